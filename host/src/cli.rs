@@ -1,0 +1,261 @@
+//! The `tether` command line.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::config::{ConnectorConfig, SecretSource, Secrets};
+use crate::connector::{ConnectorInstance, Grants};
+use crate::engine::{ConnectorEngine, LoadedModule};
+use crate::http::AllowedHost;
+use crate::inspect::{InspectFormat, InspectWhat};
+use crate::limits::Limits;
+use crate::store::SyncFile;
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "Runs identity-governance connectors built as WebAssembly components")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Starts a simulated Asana org on 127.0.0.1 and syncs it through the
+    /// Asana connector component.
+    Demo(crate::demo::DemoArgs),
+    /// Syncs a connector into a sync file.
+    Sync(SyncArgs),
+    /// Shows what the last good sync in a sync file found.
+    Inspect(InspectArgs),
+    /// Runs the Asana simulator on its own.
+    Simulate(crate::demo::SimulateArgs),
+}
+
+/// How to load and sandbox a connector: shared by every command that runs one.
+#[derive(Args, Debug, Clone)]
+pub struct ConnectorArgs {
+    /// The connector component (.wasm).
+    #[arg(long, value_name = "FILE.wasm")]
+    pub connector: PathBuf,
+    /// A config value for the connector (repeatable), e.g. asana-api-url=https://…
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    pub config: Vec<(String, String)>,
+    /// A secret for the connector (repeatable): NAME=env:VAR, NAME=file:PATH or NAME=literal:VALUE.
+    /// The connector never sees its value; the host attaches it to requests to allowed hosts.
+    #[arg(long = "secret", value_name = "NAME=SOURCE")]
+    pub secret: Vec<SecretSource>,
+    /// Also allow requests to this host (repeatable). Plain http only with an http:// prefix or for loopback.
+    #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
+    pub allow_host: Vec<String>,
+    /// Refuse the module unless its sha256 is this.
+    #[arg(long, value_name = "SHA256")]
+    pub digest: Option<String>,
+    /// Where compiled code is cached (default: ~/.cache/tether/compiled).
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Compile the module afresh and cache nothing.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Root of the connectors' storage namespaces (default: no storage).
+    #[arg(long, value_name = "DIR")]
+    pub storage_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct LimitArgs {
+    /// Linear memory per connector instance, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 64)]
+    pub max_memory_mb: usize,
+    /// CPU seconds one connector call may use.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
+    pub cpu_seconds: f64,
+    /// Wall-clock seconds one connector call may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
+    pub call_timeout: f64,
+    /// Seconds one HTTP request may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    pub http_timeout: f64,
+    /// Largest HTTP response body, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 16)]
+    pub max_response_mb: usize,
+    /// Most records one page may carry.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_page_records: usize,
+    /// Most log lines per call.
+    #[arg(long, value_name = "N", default_value_t = 1_000)]
+    pub max_log_lines: usize,
+}
+
+impl LimitArgs {
+    pub fn to_limits(&self) -> Result<Limits> {
+        let seconds = |name: &str, value: f64| {
+            if value.is_finite() && value > 0.0 && value < 86_400.0 {
+                Ok(Duration::from_secs_f64(value))
+            } else {
+                bail!("--{name} must be a number of seconds between 0 and 86400")
+            }
+        };
+        Ok(Limits {
+            memory_bytes: self.max_memory_mb.checked_mul(1 << 20).context("--max-memory-mb is too large")?,
+            cpu_per_call: seconds("cpu-seconds", self.cpu_seconds)?,
+            wall_per_call: seconds("call-timeout", self.call_timeout)?,
+            http_timeout: seconds("http-timeout", self.http_timeout)?,
+            http_response_bytes: self.max_response_mb.checked_mul(1 << 20).context("--max-response-mb is too large")?,
+            records_per_page: self.max_page_records,
+            log_lines_per_call: self.max_log_lines,
+            ..Limits::default()
+        })
+    }
+}
+
+#[derive(Args)]
+struct SyncArgs {
+    #[command(flatten)]
+    connector: ConnectorArgs,
+    /// The sync file (SQLite); created if missing. A failed sync never replaces the last good one.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write the synced records as JSON Lines to PATH, or - for stdout.
+    #[arg(long, value_name = "PATH|-")]
+    jsonl: Option<String>,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// The sync file.
+    file: PathBuf,
+    /// What to show.
+    #[arg(value_enum)]
+    what: InspectWhat,
+    /// Only this resource type (for grants and entitlements: of the entitled resource).
+    #[arg(long = "type", value_name = "T")]
+    resource_type: Option<String>,
+    #[arg(long, value_enum, default_value_t = InspectFormat::Table)]
+    format: InspectFormat,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(args) => crate::demo::demo(args).await,
+        Command::Simulate(args) => crate::demo::simulate(args).await,
+        Command::Sync(args) => sync_command(args).await,
+        Command::Inspect(args) => {
+            let file = SyncFile::open_existing(&args.file)?;
+            crate::inspect::print(&file, args.what, args.resource_type.as_deref(), args.format, &mut std::io::stdout().lock())
+        }
+    }
+}
+
+/// A connector loaded and started as the flags say.
+pub struct Prepared {
+    pub engine: ConnectorEngine,
+    pub module: LoadedModule,
+    pub instance: ConnectorInstance,
+}
+
+pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
+    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir) };
+    let engine = ConnectorEngine::new(cache_dir)?;
+    let module = engine.load(&args.connector, args.digest.as_deref())?;
+    eprintln!(
+        "loaded {} (sha256 {}) in {:.0} ms{}",
+        module.path.display(),
+        module.digest,
+        module.load_time.as_secs_f64() * 1000.0,
+        if module.from_cache { ", compiled code from cache" } else { "" }
+    );
+    let hosts = args.allow_host.iter().map(|h| AllowedHost::parse(h)).collect::<Result<Vec<_>>>()?;
+    let grants = Grants {
+        config: ConnectorConfig::new(args.config.clone()),
+        secrets: Arc::new(Secrets::resolve(&args.secret)?),
+        extra_hosts: hosts,
+        only_extra_hosts: false,
+        limits: args.limits.to_limits()?,
+        storage_root: args.storage_dir.clone(),
+        dry_run,
+    };
+    let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
+    check_config_against_metadata(&instance, args)?;
+    Ok(Prepared { engine, module, instance })
+}
+
+/// Secrets must not travel as config, and required keys must be given.
+fn check_config_against_metadata(instance: &ConnectorInstance, args: &ConnectorArgs) -> Result<()> {
+    for field in &instance.metadata.config {
+        let as_config = args.config.iter().any(|(key, _)| key == &field.key);
+        let as_secret = args.secret.iter().any(|s| s.name == field.key);
+        if field.secret && as_config {
+            bail!("{} is a secret: give it with --secret {}=env:VAR (or file:PATH), not --config", field.key, field.key);
+        }
+        if field.required && !as_config && !as_secret {
+            let flag = if field.secret { "--secret" } else { "--config" };
+            bail!("the connector needs {}: {} (give it with {flag} {}=…)", field.key, field.description, field.key);
+        }
+    }
+    Ok(())
+}
+
+pub fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::new_spinner();
+    if std::io::stderr().is_terminal() {
+        bar.set_style(ProgressStyle::with_template("{spinner} {elapsed} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.enable_steady_tick(Duration::from_millis(120));
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+async fn sync_command(args: SyncArgs) -> Result<()> {
+    let mut file = SyncFile::open(&args.out)?;
+    let mut prepared = prepare(&args.connector, false).await?;
+    let progress = progress_bar();
+    let result = crate::sync::run(&mut prepared.instance, &mut file, &prepared.module.digest, &progress).await;
+    progress.finish_and_clear();
+    let summary = result.with_context(|| format!("sync failed; {} still holds the last good sync", args.out.display()))?;
+    crate::demo::print_summary(&summary, &args.out, None);
+    if let Some(target) = &args.jsonl {
+        crate::inspect::export_jsonl(&file, summary.run_id, target)?;
+    }
+    Ok(())
+}

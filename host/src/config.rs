@@ -1,0 +1,154 @@
+//! The `config` import and the operator's secrets.
+//!
+//! Config values are readable by the connector; secrets are not: the
+//! connector names a secret on an HTTP request and the host attaches it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+
+use crate::bindings::tether::connector::config;
+use crate::state::HostState;
+
+/// Non-secret config the connector may read.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectorConfig {
+    values: BTreeMap<String, String>,
+}
+
+impl ConnectorConfig {
+    pub fn new(values: impl IntoIterator<Item = (String, String)>) -> Self {
+        ConnectorConfig { values: values.into_iter().collect() }
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.values.get(key).map(String::as_str)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.values.keys().map(String::as_str)
+    }
+}
+
+impl config::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
+        // A secret is never a config value, even if a connector asks for it
+        // by name.
+        if self.secrets.contains(&key) {
+            return Ok(None);
+        }
+        Ok(self.config.get(&key).map(str::to_string))
+    }
+}
+
+/// A secret's value; never printed.
+#[derive(Clone)]
+pub struct SecretValue(String);
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the operator keeps a secret: `NAME=env:VAR`, `NAME=file:PATH` or
+/// `NAME=literal:VALUE`.
+#[derive(Debug, Clone)]
+pub struct SecretSource {
+    pub name: String,
+    pub from: SecretFrom,
+}
+
+#[derive(Clone)]
+pub enum SecretFrom {
+    Env(String),
+    File(PathBuf),
+    Literal(SecretValue),
+}
+
+impl fmt::Debug for SecretFrom {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretFrom::Env(var) => write!(f, "env:{var}"),
+            SecretFrom::File(path) => write!(f, "file:{}", path.display()),
+            SecretFrom::Literal(_) => f.write_str("literal:<redacted>"),
+        }
+    }
+}
+
+impl FromStr for SecretSource {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (name, source) = text
+            .split_once('=')
+            .ok_or_else(|| "expected NAME=env:VAR, NAME=file:PATH or NAME=literal:VALUE".to_string())?;
+        if name.is_empty() {
+            return Err("the secret needs a name before '='".into());
+        }
+        let from = match source.split_once(':') {
+            Some(("env", var)) if !var.is_empty() => SecretFrom::Env(var.to_string()),
+            Some(("file", path)) if !path.is_empty() => SecretFrom::File(PathBuf::from(path)),
+            Some(("literal", value)) => SecretFrom::Literal(SecretValue(value.to_string())),
+            _ => return Err(format!("secret {name}: expected env:VAR, file:PATH or literal:VALUE after '='")),
+        };
+        Ok(SecretSource { name: name.to_string(), from })
+    }
+}
+
+/// The operator's secrets, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct Secrets {
+    values: HashMap<String, SecretValue>,
+}
+
+impl Secrets {
+    pub fn resolve(sources: &[SecretSource]) -> Result<Self> {
+        let mut values = HashMap::new();
+        for source in sources {
+            let value = match &source.from {
+                SecretFrom::Env(var) => std::env::var(var)
+                    .with_context(|| format!("secret {}: environment variable {var} is not set", source.name))?,
+                SecretFrom::File(path) => std::fs::read_to_string(path)
+                    .with_context(|| format!("secret {}: cannot read {}", source.name, path.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+                SecretFrom::Literal(value) => value.0.clone(),
+            };
+            if value.is_empty() {
+                bail!("secret {} is empty", source.name);
+            }
+            values.insert(source.name.clone(), SecretValue(value));
+        }
+        Ok(Secrets { values })
+    }
+
+    pub fn get(&self, name: &str) -> Option<&SecretValue> {
+        self.values.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.values.contains_key(name)
+    }
+
+    /// Replaces every secret value in `text`, so that nothing the connector
+    /// echoes (logs, error messages) can carry one out.
+    pub fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for value in self.values.values() {
+            if value.0.len() >= 4 && out.contains(&value.0) {
+                out = out.replace(&value.0, "<redacted>");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,303 @@
+//! One sandboxed connector instance and its guarded calls.
+//!
+//! Every call into the guest runs under a CPU budget (epoch ticks, yielding
+//! to the executor between ticks) and an outer wall-clock timeout, since
+//! neither alone stops every runaway. A call that hits a limit or traps
+//! leaves the instance unusable; the error says which limit.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Store, UpdateDeadline};
+
+use crate::bindings::{guest, ConnectorError, ConnectorWorld, ResourceRef};
+use crate::config::{ConnectorConfig, Secrets};
+use crate::engine::{ConnectorEngine, LoadedModule};
+use crate::http::{EgressPolicy, HttpGateway};
+use crate::limits::{LimitExceeded, Limits};
+use crate::state::HostState;
+use crate::storage::ConnectorStorage;
+
+/// What the operator grants one connector.
+#[derive(Debug, Clone, Default)]
+pub struct Grants {
+    pub config: ConnectorConfig,
+    pub secrets: Arc<Secrets>,
+    /// Extra hosts beyond the ones the connector declares.
+    pub extra_hosts: Vec<crate::http::AllowedHost>,
+    /// Use only `extra_hosts`, not the declared ones.
+    pub only_extra_hosts: bool,
+    pub limits: Limits,
+    /// Root folder for connector storage namespaces (None: no storage).
+    pub storage_root: Option<PathBuf>,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The connector reported a typed error.
+    #[error("{0}")]
+    Connector(ConnectorError),
+    /// The connector ran into one of the host's limits.
+    #[error("{0}")]
+    Limit(LimitExceeded),
+    /// The connector crashed (a panic, a trap).
+    #[error("the connector crashed: {0}")]
+    Trap(String),
+    /// An earlier failure left the instance unusable.
+    #[error("the connector instance failed earlier and cannot be called again")]
+    Poisoned,
+}
+
+pub struct ConnectorInstance {
+    store: Store<HostState>,
+    world: ConnectorWorld,
+    http: Arc<HttpGateway>,
+    wall_per_call: Duration,
+    poisoned: bool,
+    pub metadata: guest::ConnectorMetadata,
+}
+
+/// Calls one export under the instance's guards.
+macro_rules! guarded {
+    ($self:ident, $method:ident ( $($arg:expr),* )) => {{
+        if $self.poisoned {
+            return Err(CallError::Poisoned);
+        }
+        $self.before_call();
+        let call = $self.world.tether_connector_connector().$method(&mut $self.store, $($arg),*);
+        let outcome = match tokio::time::timeout($self.wall_per_call, call).await {
+            Err(_) => Err(CallError::Limit(LimitExceeded::new(
+                "wall-clock",
+                format!("the call took longer than {:?}", $self.wall_per_call),
+            ))),
+            Ok(Err(trap)) => Err(classify_trap(trap)),
+            Ok(Ok(value)) => Ok(value),
+        };
+        if outcome.is_err() {
+            $self.poisoned = true;
+        }
+        outcome
+    }};
+}
+
+impl ConnectorInstance {
+    pub async fn start(engine: &ConnectorEngine, module: &LoadedModule, grants: &Grants) -> Result<Self> {
+        let limits = grants.limits.clone();
+        let http = Arc::new(HttpGateway::new(
+            EgressPolicy::new(grants.extra_hosts.clone()),
+            grants.secrets.clone(),
+            limits.http_timeout,
+            limits.http_response_bytes,
+            grants.dry_run,
+        )?);
+        let label = module
+            .path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("connector")
+            .to_string();
+        let storage = match &grants.storage_root {
+            Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
+            None => None,
+        };
+        let state = HostState::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), storage, label);
+        let mut store = Store::new(engine.engine(), state);
+        store.limiter(|state| &mut state.store_limits);
+        store.set_hostcall_fuel(limits.hostcall_bytes);
+        store.epoch_deadline_callback(|mut ctx| {
+            let state = ctx.data_mut();
+            state.cpu_ticks_this_call += 1;
+            if state.cpu_ticks_this_call > state.cpu_tick_budget {
+                return Err(LimitExceeded::new("cpu", format!("the call ran for more than {:?} of CPU", state.limits.cpu_per_call)).into());
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        store.set_epoch_deadline(1);
+
+        let mut linker = Linker::<HostState>::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("cannot link WASI")?;
+        ConnectorWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the tether:connector imports")?;
+        let world = tokio::time::timeout(limits.wall_per_call, ConnectorWorld::instantiate_async(&mut store, &module.component, &linker))
+            .await
+            .map_err(|_| anyhow::anyhow!("limit exceeded: wall-clock: instantiation took longer than {:?}", limits.wall_per_call))?
+            .map_err(|e| anyhow::anyhow!("cannot instantiate connector {}: {}", module.path.display(), classify_trap(e)))?;
+
+        let mut instance = ConnectorInstance {
+            store,
+            world,
+            http,
+            wall_per_call: limits.wall_per_call,
+            poisoned: false,
+            metadata: empty_metadata(),
+        };
+        instance.metadata = instance.call_metadata().await.context("the connector's metadata() failed")?;
+
+        // The default allow-list is what the connector declares; the
+        // operator's hosts come on top (or instead, for a test server).
+        let mut hosts = grants.extra_hosts.clone();
+        if !grants.only_extra_hosts {
+            for declared in &instance.metadata.hosts {
+                hosts.push(crate::http::AllowedHost::parse(declared).with_context(|| format!("the connector declares a bad host {declared:?}"))?);
+            }
+        }
+        instance.http.set_policy(EgressPolicy::new(hosts));
+        Ok(instance)
+    }
+
+    pub fn http(&self) -> &HttpGateway {
+        &self.http
+    }
+
+    fn before_call(&mut self) {
+        let state = self.store.data_mut();
+        state.log_lines_this_call = 0;
+        state.cpu_ticks_this_call = 0;
+        self.store.set_epoch_deadline(1);
+    }
+
+    async fn call_metadata(&mut self) -> Result<guest::ConnectorMetadata, CallError> {
+        guarded!(self, call_metadata())
+    }
+
+    pub async fn validate(&mut self) -> Result<(), CallError> {
+        guarded!(self, call_validate())?.map_err(CallError::Connector)
+    }
+
+    pub async fn list_resources(&mut self, resource_type: &str, scope: Option<&ResourceRef>, token: Option<&str>) -> Result<guest::Page, CallError> {
+        let page = guarded!(self, call_list_resources(resource_type, scope, token))?.map_err(CallError::Connector)?;
+        self.check_page(page)
+    }
+
+    pub async fn list_entitlements(&mut self, resource: &ResourceRef, token: Option<&str>) -> Result<guest::Page, CallError> {
+        let page = guarded!(self, call_list_entitlements(resource, token))?.map_err(CallError::Connector)?;
+        self.check_page(page)
+    }
+
+    pub async fn list_grants(&mut self, resource: &ResourceRef, token: Option<&str>) -> Result<guest::Page, CallError> {
+        let page = guarded!(self, call_list_grants(resource, token))?.map_err(CallError::Connector)?;
+        self.check_page(page)
+    }
+
+    pub async fn grant_entitlement(&mut self, entitlement_id: &str, principal: &ResourceRef) -> Result<guest::WriteResult, CallError> {
+        guarded!(self, call_grant_entitlement(entitlement_id, principal))?.map_err(CallError::Connector)
+    }
+
+    pub async fn revoke_grant(&mut self, grant_id: &str) -> Result<guest::WriteResult, CallError> {
+        guarded!(self, call_revoke_grant(grant_id))?.map_err(CallError::Connector)
+    }
+
+    pub async fn create_account(&mut self, request: &guest::AccountRequest) -> Result<guest::Resource, CallError> {
+        guarded!(self, call_create_account(request))?.map_err(CallError::Connector)
+    }
+
+    pub async fn disable_account(&mut self, account: &ResourceRef) -> Result<guest::WriteResult, CallError> {
+        guarded!(self, call_disable_account(account))?.map_err(CallError::Connector)
+    }
+
+    /// Caps what one page may carry, in records and in bytes.
+    fn check_page(&mut self, page: guest::Page) -> Result<guest::Page, CallError> {
+        let limits = &self.store.data().limits;
+        let records = page.resources.len() + page.entitlements.len() + page.grants.len();
+        let over = if records > limits.records_per_page {
+            Some(LimitExceeded::new("records-per-page", format!("{records} records in one page (at most {})", limits.records_per_page)))
+        } else {
+            let bytes = page_bytes(&page);
+            (bytes > limits.bytes_per_page)
+                .then(|| LimitExceeded::new("bytes-per-page", format!("{bytes} bytes in one page (at most {})", limits.bytes_per_page)))
+        };
+        match over {
+            Some(limit) => {
+                self.poisoned = true;
+                Err(CallError::Limit(limit))
+            }
+            None => Ok(page),
+        }
+    }
+}
+
+fn page_bytes(page: &guest::Page) -> usize {
+    let pairs = |pairs: &[crate::bindings::Pair]| pairs.iter().map(|p| p.name.len() + p.value.len()).sum::<usize>();
+    let resources: usize = page
+        .resources
+        .iter()
+        .map(|r| r.resource_type.len() + r.id.len() + r.display_name.len() + pairs(&r.attributes))
+        .sum();
+    let entitlements: usize = page
+        .entitlements
+        .iter()
+        .map(|e| e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + e.resource.id.len())
+        .sum();
+    let grants: usize = page.grants.iter().map(|g| g.id.len() + g.entitlement_id.len() + g.principal.id.len() + pairs(&g.attributes)).sum();
+    resources + entitlements + grants + page.next_token.as_ref().map_or(0, String::len)
+}
+
+/// Turns a wasmtime error into what the operator needs to know.
+fn classify_trap(error: wasmtime::Error) -> CallError {
+    if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
+        return CallError::Limit(LimitExceeded::new(limit.limit, limit.detail.clone()));
+    }
+    let text = format!("{error:#}");
+    if text.contains("growing memory") || text.contains("memory.grow") || text.contains("memory size") {
+        return CallError::Limit(LimitExceeded::new("memory", text));
+    }
+    if text.contains("growing table") {
+        return CallError::Limit(LimitExceeded::new("table-elements", text));
+    }
+    if text.contains("hostcall fuel") || text.contains("fuel") {
+        return CallError::Limit(LimitExceeded::new("hostcall-bytes", text));
+    }
+    CallError::Trap(text)
+}
+
+/// Storage namespaces are file names; keep only safe characters.
+fn storage_namespace(label: &str) -> String {
+    let cleaned: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if cleaned.is_empty() { "connector".into() } else { cleaned }
+}
+
+fn empty_metadata() -> guest::ConnectorMetadata {
+    guest::ConnectorMetadata {
+        name: String::new(),
+        version: String::new(),
+        description: String::new(),
+        resource_types: vec![],
+        config: vec![],
+        hosts: vec![],
+        account_fields: vec![],
+    }
+}
+
+/// How often a call that the upstream rate-limited is tried again, and the
+/// longest wait honoured from a Retry-After.
+pub const RATE_LIMIT_RETRIES: u32 = 8;
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(120);
+
+/// Calls `$instance.$method(args)` again while the connector reports
+/// `rate-limited`, waiting as long as the upstream asked (Retry-After).
+/// Every list call is one upstream request, so a retry repeats exactly the
+/// page that was refused.
+macro_rules! retry_rate_limited {
+    ($instance:expr, $method:ident ( $($arg:expr),* )) => {{
+        let mut attempt = 0;
+        loop {
+            match $instance.$method($($arg),*).await {
+                Err($crate::connector::CallError::Connector($crate::bindings::ConnectorError::RateLimited(limit)))
+                    if attempt < $crate::connector::RATE_LIMIT_RETRIES =>
+                {
+                    attempt += 1;
+                    let wait = std::time::Duration::from_millis(limit.retry_after_ms).min($crate::connector::MAX_RETRY_WAIT);
+                    tracing::info!("rate limited; retrying in {wait:?} ({attempt}/{})", $crate::connector::RATE_LIMIT_RETRIES);
+                    tokio::time::sleep(wait).await;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use retry_rate_limited;

@@ -1,0 +1,161 @@
+//! `tether demo` and `tether simulate`: the Asana simulator, and a sync of
+//! it through the real connector component.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use asana_sim::{Org, OrgSpec, SimConfig, SimHandle};
+use clap::Args;
+
+use crate::cli::{ConnectorArgs, LimitArgs};
+use crate::config::SecretSource;
+use crate::store::SyncFile;
+use crate::sync::SyncSummary;
+
+/// Asana's largest page, which the connector uses.
+const PAGE_SIZE: usize = 100;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// Users in the simulated org.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    users: u32,
+    /// Teams in the simulated org.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    teams: u32,
+    /// Workspaces in the simulated org (the first is an organization).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    workspaces: u32,
+    /// Seed of the org generator.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The sync file to write.
+    #[arg(long, value_name = "FILE", default_value = "tether-demo.db")]
+    out: PathBuf,
+    /// The Asana connector component (default: target/wasm/tether-asana.wasm beside this binary).
+    #[arg(long, value_name = "FILE.wasm")]
+    connector: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SimulateArgs {
+    /// Port on 127.0.0.1 (0 picks a free one).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    users: u32,
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    teams: u32,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    workspaces: u32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// The bearer token the simulator accepts.
+    #[arg(long, default_value = "sim-token")]
+    token: String,
+    /// Share of requests answered 429 at random (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    inject_429: f64,
+}
+
+/// Where the build puts the connector: target/wasm/ beside target/<profile>/.
+pub fn default_connector_path() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let target = exe.parent()?.parent()?;
+    Some(target.join("wasm").join("tether-asana.wasm"))
+}
+
+pub async fn demo(args: DemoArgs) -> Result<()> {
+    let connector = match args.connector {
+        Some(path) => path,
+        None => default_connector_path()
+            .filter(|p| p.is_file())
+            .context("no connector found at target/wasm/tether-asana.wasm; build it with scripts/build-guests.sh or pass --connector")?,
+    };
+    let spec = OrgSpec { users: args.users as usize, teams: args.teams as usize, workspaces: args.workspaces as usize, seed: args.seed };
+    let org = Org::generate(&spec);
+    let minimum = org.minimum_requests(PAGE_SIZE);
+    let config = SimConfig::new(org);
+    let token = config.token.clone();
+    let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+        .await
+        .context("cannot start the Asana simulator")?;
+    eprintln!("simulated Asana org on {} ({} users, {} teams, {} workspaces, seed {})", sim.base_url(), spec.users, spec.teams, spec.workspaces, spec.seed);
+
+    let connector_args = ConnectorArgs {
+        connector,
+        config: vec![("asana-api-url".into(), sim.base_url())],
+        secret: vec![format!("token=literal:{token}").parse::<SecretSource>().map_err(anyhow::Error::msg)?],
+        allow_host: vec![sim.addr().to_string()],
+        digest: None,
+        cache_dir: None,
+        no_cache: false,
+        storage_dir: None,
+        limits: default_limit_args(),
+    };
+    let result = sync_into(&connector_args, &args.out).await;
+    sim.shutdown().await;
+    let summary = result?;
+    print_summary(&summary, &args.out, Some(minimum));
+    Ok(())
+}
+
+fn default_limit_args() -> LimitArgs {
+    use clap::FromArgMatches;
+    let matches = <LimitArgs as clap::Args>::augment_args(clap::Command::new("limits")).get_matches_from(["limits"]);
+    LimitArgs::from_arg_matches(&matches).expect("the limit flags have defaults")
+}
+
+async fn sync_into(args: &ConnectorArgs, out: &Path) -> Result<SyncSummary> {
+    let mut file = SyncFile::open(out)?;
+    let mut prepared = crate::cli::prepare(args, false).await?;
+    let progress = crate::cli::progress_bar();
+    let result = crate::sync::run(&mut prepared.instance, &mut file, &prepared.module.digest, &progress).await;
+    progress.finish_and_clear();
+    result.with_context(|| format!("sync failed; {} still holds the last good sync", out.display()))
+}
+
+pub async fn simulate(args: SimulateArgs) -> Result<()> {
+    if !(0.0..=1.0).contains(&args.inject_429) {
+        anyhow::bail!("--inject-429 must be between 0 and 1");
+    }
+    let spec = OrgSpec { users: args.users as usize, teams: args.teams as usize, workspaces: args.workspaces as usize, seed: args.seed };
+    let org = Org::generate(&spec);
+    let mut config = SimConfig::new(org);
+    config.token = args.token;
+    config.inject_429_rate = args.inject_429;
+    config.seed = args.seed;
+    let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
+    println!("Asana simulator listening on {}", sim.base_url());
+    println!("({} users, {} teams, {} workspaces, seed {}); Ctrl-C stops it", spec.users, spec.teams, spec.workspaces, spec.seed);
+    tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
+    sim.shutdown().await;
+    Ok(())
+}
+
+/// The readable summary of a sync.
+pub fn print_summary(summary: &SyncSummary, out: &Path, minimum_requests: Option<u64>) {
+    println!();
+    println!("Synced {} {} into {} (sync run {})", summary.connector.name, summary.connector.version, out.display(), summary.run_id);
+    println!("  connector sha256  {}", summary.connector.digest);
+    println!();
+    println!("  {:<20} {:>8}", "resource type", "count");
+    for (resource_type, count) in &summary.resources {
+        println!("  {resource_type:<20} {count:>8}");
+    }
+    println!("  {:<20} {:>8}", "entitlements", summary.entitlements);
+    println!("  {:<20} {:>8}", "grants", summary.grants);
+    println!();
+    let rate_limited = if summary.rate_limited > 0 { format!(", {} answered 429 and retried", summary.rate_limited) } else { String::new() };
+    match minimum_requests {
+        Some(minimum) => println!(
+            "  HTTP requests       {:>8}   (minimum for this org at {PAGE_SIZE} per page: {minimum}{rate_limited})",
+            summary.http_requests
+        ),
+        None => println!("  HTTP requests       {:>8}{rate_limited}", summary.http_requests),
+    }
+    println!("  elapsed             {:>8.2} s", summary.elapsed.as_secs_f64());
+}

@@ -1,0 +1,164 @@
+//! The wasmtime engine: its configuration, the epoch ticker that drives CPU
+//! deadlines, module loading (digest, trust checks, import check) and the
+//! compiled-code cache.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::Component;
+use wasmtime::{Config, Engine};
+
+/// How often the engine's epoch advances; CPU deadlines count these ticks.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Interfaces a connector may import: our package, and the WASI a Rust std
+/// guest needs to start (all linked with nothing granted). Anything else,
+/// sockets included, is refused before instantiation.
+const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
+    "tether:connector/",
+    "wasi:cli/",
+    "wasi:io/",
+    "wasi:filesystem/",
+    "wasi:clocks/",
+    "wasi:random/",
+];
+
+pub struct ConnectorEngine {
+    engine: Engine,
+    cache_dir: Option<PathBuf>,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+/// A module ready to instantiate.
+pub struct LoadedModule {
+    pub component: Component,
+    /// Hex sha256 of the .wasm file as given.
+    pub digest: String,
+    pub path: PathBuf,
+    /// True when the compiled code came from this host's cache.
+    pub from_cache: bool,
+    pub load_time: Duration,
+}
+
+impl ConnectorEngine {
+    /// `cache_dir`: where compiled code is kept between runs (None: no cache).
+    pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
+
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        let (stop, ticking) = (ticker_stop.clone(), engine.clone());
+        std::thread::Builder::new()
+            .name("tether-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticking.increment_epoch();
+                }
+            })
+            .context("cannot start the epoch ticker")?;
+        Ok(ConnectorEngine { engine, cache_dir, ticker_stop })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The default cache folder: `$XDG_CACHE_HOME/tether` or `~/.cache/tether`.
+    pub fn default_cache_dir() -> Option<PathBuf> {
+        std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+            .map(|base| base.join("tether").join("compiled"))
+    }
+
+    /// Reads, checks and compiles a connector. `expected_digest` pins the
+    /// module's sha256.
+    pub fn load(&self, path: &Path, expected_digest: Option<&str>) -> Result<LoadedModule> {
+        let started = Instant::now();
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read connector {}", path.display()))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if let Some(expected) = expected_digest {
+            let expected = expected.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+            if expected != digest {
+                bail!("connector {} has sha256 {digest}, but {expected} was pinned", path.display());
+            }
+        }
+        // Precompiled code from outside is not trusted input: wasmtime
+        // deserializes it without validation.
+        if Engine::detect_precompiled(&bytes).is_some() {
+            bail!("{} is precompiled wasmtime code; give the .wasm component instead", path.display());
+        }
+        let (component, from_cache) = self.compile(&bytes, &digest).with_context(|| {
+            format!("{} is not a valid WebAssembly component", path.display())
+        })?;
+        check_imports(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
+        Ok(LoadedModule { component, digest, path: path.to_path_buf(), from_cache, load_time: started.elapsed() })
+    }
+
+    /// Compiles, or reuses code this host compiled before for the same
+    /// module and the same engine settings.
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool)> {
+        let Some(dir) = &self.cache_dir else {
+            return Ok((Component::new(&self.engine, bytes)?, false));
+        };
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cached = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
+        if cached.is_file() {
+            // SAFETY: only files this host wrote into its own cache folder,
+            // named by the module's digest and this engine's compatibility
+            // hash, are deserialized.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok((component, true)),
+                Err(e) => tracing::warn!("ignoring unusable cache entry {}: {e:#}", cached.display()),
+            }
+        }
+        let component = Component::new(&self.engine, bytes)?;
+        if let Err(e) = write_cache_entry(dir, &cached, &component) {
+            tracing::warn!("cannot cache compiled code in {}: {e:#}", dir.display());
+        }
+        Ok((component, false))
+    }
+}
+
+impl Drop for ConnectorEngine {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn write_cache_entry(dir: &Path, target: &Path, component: &Component) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, component.serialize()?)?;
+    std::fs::rename(&tmp, target)?;
+    Ok(())
+}
+
+/// Refuses a component that imports anything the host does not offer.
+fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
+    for (name, item) in component.component_type().imports(engine) {
+        if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
+            bail!("it imports {name:?}, which is not an interface the host offers");
+        }
+        if !ALLOWED_IMPORT_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+            bail!("it imports {name}, which the host does not offer");
+        }
+    }
+    Ok(())
+}
+
+/// Names of a component's imports, for `tether module inspect` and tests.
+pub fn import_names(engine: &Engine, component: &Component) -> Vec<String> {
+    component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect()
+}

@@ -1,0 +1,106 @@
+//! Reading a sync file back: `tether inspect` tables and JSON, and the
+//! JSON Lines export.
+
+use std::io::Write;
+
+use anyhow::{Context, Result};
+use clap::ValueEnum;
+use serde_json::json;
+
+use crate::store::SyncFile;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum InspectWhat {
+    Resources,
+    Entitlements,
+    Grants,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq)]
+pub enum InspectFormat {
+    Table,
+    /// One JSON object per line.
+    Json,
+}
+
+pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, format: InspectFormat, out: &mut dyn Write) -> Result<()> {
+    let run = file
+        .last_good_run()?
+        .context("the sync file holds no successful sync yet")?;
+    let rows: Vec<serde_json::Value> = match what {
+        InspectWhat::Resources => file.resources(run.id, resource_type)?.into_iter().map(|r| json!(r)).collect(),
+        InspectWhat::Entitlements => file.entitlements(run.id, resource_type)?.into_iter().map(|e| json!(e)).collect(),
+        InspectWhat::Grants => file.grants(run.id, resource_type)?.into_iter().map(|g| json!(g)).collect(),
+    };
+    if format == InspectFormat::Json {
+        for row in &rows {
+            writeln!(out, "{row}")?;
+        }
+        return Ok(());
+    }
+    let columns: &[&str] = match what {
+        InspectWhat::Resources => &["resource_type", "id", "display_name", "parent", "attributes"],
+        InspectWhat::Entitlements => &["id", "display_name", "grantable"],
+        InspectWhat::Grants => &["id", "principal", "immutable", "attributes"],
+    };
+    let cells: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| cell(&row[*c])).collect()).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()).min(60))
+        .collect();
+    let line = |values: Vec<String>| {
+        values.iter().zip(&widths).map(|(v, w)| format!("{:<w$}", truncate(v, *w), w = *w)).collect::<Vec<_>>().join("  ")
+    };
+    writeln!(out, "{}", line(columns.iter().map(|c| c.to_string()).collect()).trim_end())?;
+    for row in cells {
+        writeln!(out, "{}", line(row).trim_end())?;
+    }
+    writeln!(out, "({} rows, sync run {} of {})", rows.len(), run.id, run.started_at)?;
+    Ok(())
+}
+
+fn cell(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::Null => String::new(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Object(map) if map.contains_key("resource_type") && map.contains_key("id") => {
+            format!("{}:{}", map["resource_type"].as_str().unwrap_or(""), map["id"].as_str().unwrap_or(""))
+        }
+        serde_json::Value::Object(map) if map.is_empty() => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn truncate(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        text.to_string()
+    } else {
+        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
+        cut.push('…');
+        cut
+    }
+}
+
+/// Writes every record of a run as JSON Lines (`{"kind": …, …}`) to a path
+/// or, for `-`, to stdout.
+pub fn export_jsonl(file: &SyncFile, run: i64, target: &str) -> Result<()> {
+    let mut out: Box<dyn Write> = if target == "-" {
+        Box::new(std::io::stdout().lock())
+    } else {
+        Box::new(std::io::BufWriter::new(
+            std::fs::File::create(target).with_context(|| format!("cannot write {target}"))?,
+        ))
+    };
+    for r in file.resources(run, None)? {
+        writeln!(out, "{}", json!({ "kind": "resource", "record": r }))?;
+    }
+    for e in file.entitlements(run, None)? {
+        writeln!(out, "{}", json!({ "kind": "entitlement", "record": e }))?;
+    }
+    for g in file.grants(run, None)? {
+        writeln!(out, "{}", json!({ "kind": "grant", "record": g }))?;
+    }
+    out.flush()?;
+    Ok(())
+}

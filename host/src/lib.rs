@@ -1,0 +1,24 @@
+//! Tether's host: loads connector components, sandboxes them, drives them
+//! and writes what they report into the sync file.
+//!
+//! One module per concern: `engine` (wasmtime, limits, compiled-code cache),
+//! the host side of each WIT import (`http`, `config`, `storage`, `log`),
+//! `connector` (one sandboxed instance and its guarded calls), `model` (the
+//! uniform data model), `store` (the SQLite sync file), `sync` (the driver),
+//! and the commands (`cli`, `demo`, `inspect`).
+
+pub mod bindings;
+pub mod cli;
+pub mod config;
+pub mod connector;
+pub mod demo;
+pub mod engine;
+pub mod http;
+pub mod inspect;
+pub mod limits;
+pub mod log;
+pub mod model;
+pub mod state;
+pub mod storage;
+pub mod store;
+pub mod sync;

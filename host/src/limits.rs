@@ -1,0 +1,66 @@
+//! The limits one connector instance runs under. Every limit has a safe
+//! default and can be changed by the operator.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory per instance.
+    pub memory_bytes: usize,
+    /// Elements per table, tables, memories and instances per store.
+    pub table_elements: usize,
+    pub instances: usize,
+    /// CPU time one call may use, measured in epoch ticks of `EPOCH_TICK`.
+    pub cpu_per_call: Duration,
+    /// Wall-clock time one call may take, waits on HTTP included.
+    pub wall_per_call: Duration,
+    /// Records (resources + entitlements + grants) one page may carry.
+    pub records_per_page: usize,
+    /// Bytes of strings one page may carry.
+    pub bytes_per_page: usize,
+    /// Log lines and log bytes per call.
+    pub log_lines_per_call: usize,
+    pub log_bytes_per_line: usize,
+    /// Size of one HTTP response body.
+    pub http_response_bytes: usize,
+    /// Time one HTTP request may take.
+    pub http_timeout: Duration,
+    /// Bytes the guest may hand the host in one host call.
+    pub hostcall_bytes: usize,
+    /// Bytes the connector's storage namespace may hold.
+    pub storage_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            table_elements: 20_000,
+            instances: 16,
+            cpu_per_call: Duration::from_secs(10),
+            wall_per_call: Duration::from_secs(120),
+            records_per_page: 10_000,
+            bytes_per_page: 16 << 20,
+            log_lines_per_call: 1_000,
+            log_bytes_per_line: 4_096,
+            http_response_bytes: 16 << 20,
+            http_timeout: Duration::from_secs(30),
+            hostcall_bytes: 8 << 20,
+            storage_bytes: 1 << 20,
+        }
+    }
+}
+
+/// A limit the guest ran into; ends the call that hit it.
+#[derive(Debug, thiserror::Error)]
+#[error("limit exceeded: {limit}: {detail}")]
+pub struct LimitExceeded {
+    pub limit: &'static str,
+    pub detail: String,
+}
+
+impl LimitExceeded {
+    pub fn new(limit: &'static str, detail: impl Into<String>) -> Self {
+        LimitExceeded { limit, detail: detail.into() }
+    }
+}

@@ -1,0 +1,37 @@
+//! The `log` import: the connector's diagnostics go to tracing, capped per
+//! call and scrubbed of secrets.
+
+use crate::bindings::tether::connector::log::{self, Level};
+use crate::limits::LimitExceeded;
+use crate::state::HostState;
+
+impl log::Host for HostState {
+    async fn emit(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        self.log_lines_this_call += 1;
+        if self.log_lines_this_call > self.limits.log_lines_per_call {
+            return Err(LimitExceeded::new(
+                "log-lines",
+                format!("more than {} log lines in one call", self.limits.log_lines_per_call),
+            )
+            .into());
+        }
+        let mut message = self.secrets.redact(&message);
+        if message.len() > self.limits.log_bytes_per_line {
+            let mut end = self.limits.log_bytes_per_line;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push_str("…");
+        }
+        let connector = &self.connector_label;
+        match level {
+            Level::Trace => tracing::trace!(target: "connector", connector, "{message}"),
+            Level::Debug => tracing::debug!(target: "connector", connector, "{message}"),
+            Level::Info => tracing::info!(target: "connector", connector, "{message}"),
+            Level::Warn => tracing::warn!(target: "connector", connector, "{message}"),
+            Level::Error => tracing::error!(target: "connector", connector, "{message}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,82 @@
+//! What one connector instance's store holds: the WASI context (granting
+//! nothing), the host services behind our imports, and the limits.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::config::{ConnectorConfig, Secrets};
+use crate::http::HttpGateway;
+use crate::limits::Limits;
+use crate::storage::ConnectorStorage;
+
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub store_limits: StoreLimits,
+    pub limits: Limits,
+    pub http: Arc<HttpGateway>,
+    pub config: ConnectorConfig,
+    pub secrets: Arc<Secrets>,
+    pub storage: Option<ConnectorStorage>,
+    /// Names the connector in logs.
+    pub connector_label: String,
+    pub log_lines_this_call: usize,
+    /// Epoch ticks this call has run guest code for, and its budget.
+    pub cpu_ticks_this_call: u64,
+    pub cpu_tick_budget: u64,
+}
+
+impl HostState {
+    pub fn new(
+        limits: Limits,
+        http: Arc<HttpGateway>,
+        config: ConnectorConfig,
+        secrets: Arc<Secrets>,
+        storage: Option<ConnectorStorage>,
+        connector_label: String,
+    ) -> Self {
+        // No preopened folders, no environment, no arguments, no sockets,
+        // no inherited stdio: what a Rust std guest needs to start, nothing
+        // it could use.
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .max_random_size(64 << 10)
+            .build();
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements)
+            .instances(limits.instances)
+            .tables(limits.instances * 4)
+            .memories(limits.instances)
+            .trap_on_grow_failure(true)
+            .build();
+        let cpu_tick_budget = (limits.cpu_per_call.as_millis() / crate::engine::EPOCH_TICK.as_millis()).max(1) as u64;
+        HostState {
+            wasi,
+            table: ResourceTable::new(),
+            store_limits,
+            limits,
+            http,
+            config,
+            secrets,
+            storage,
+            connector_label,
+            log_lines_this_call: 0,
+            cpu_ticks_this_call: 0,
+            cpu_tick_budget,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl crate::bindings::tether::connector::types::Host for HostState {}

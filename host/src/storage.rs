@@ -1,0 +1,130 @@
+//! The `storage` import: a small key/value namespace per connector, kept as
+//! files in a capability directory (cap-std), so no key can reach outside it.
+
+use std::io::ErrorKind;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+
+use crate::bindings::tether::connector::storage::{self, StorageError};
+use crate::state::HostState;
+
+const MAX_KEY_LEN: usize = 128;
+
+pub struct ConnectorStorage {
+    dir: Dir,
+    quota_bytes: u64,
+}
+
+impl ConnectorStorage {
+    /// Opens (creating it) the namespace `name` under `root`.
+    pub fn open(root: &Path, name: &str, quota_bytes: u64) -> Result<Self> {
+        validate_key(name).map_err(|e| anyhow::anyhow!("bad storage namespace {name:?}: {e:?}"))?;
+        let path = root.join(name);
+        std::fs::create_dir_all(&path).with_context(|| format!("cannot create storage folder {}", path.display()))?;
+        let dir = Dir::open_ambient_dir(&path, ambient_authority())
+            .with_context(|| format!("cannot open storage folder {}", path.display()))?;
+        Ok(ConnectorStorage { dir, quota_bytes })
+    }
+
+    fn used_bytes(&self, except: &str) -> Result<u64, StorageError> {
+        let mut total = 0;
+        for entry in self.dir.entries().map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
+            if entry.file_name().to_str() == Some(except) {
+                continue;
+            }
+            total += entry.metadata().map_err(io_error)?.len();
+        }
+        Ok(total)
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        validate_key(key)?;
+        match self.dir.read(key) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    pub fn set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
+        validate_key(key)?;
+        let used = self.used_bytes(key)?;
+        if used + value.len() as u64 > self.quota_bytes {
+            return Err(StorageError::QuotaExceeded(format!(
+                "storing {} bytes under {key:?} would exceed the {}-byte quota ({used} used)",
+                value.len(),
+                self.quota_bytes
+            )));
+        }
+        self.dir.write(key, value).map_err(io_error)
+    }
+
+    pub fn delete(&self, key: &str) -> Result<(), StorageError> {
+        validate_key(key)?;
+        match self.dir.remove_file(key) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(e)),
+        }
+    }
+
+    pub fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StorageError> {
+        let mut keys = vec![];
+        for entry in self.dir.entries().map_err(io_error)? {
+            let entry = entry.map_err(io_error)?;
+            if let Some(name) = entry.file_name().to_str() {
+                if name.starts_with(prefix) && validate_key(name).is_ok() {
+                    keys.push(name.to_string());
+                }
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+}
+
+/// Keys are plain file names: letters, digits, `-`, `_`, `.`, not starting
+/// with a dot (so never `.` or `..`), at most 128 bytes.
+fn validate_key(key: &str) -> Result<(), StorageError> {
+    let valid = !key.is_empty()
+        && key.len() <= MAX_KEY_LEN
+        && !key.starts_with('.')
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidKey(format!(
+            "{key:?}: keys are 1-{MAX_KEY_LEN} letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+fn io_error(e: std::io::Error) -> StorageError {
+    StorageError::Io(e.to_string())
+}
+
+fn disabled() -> StorageError {
+    StorageError::Io("storage is not enabled for this connector".into())
+}
+
+impl storage::Host for HostState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, StorageError>> {
+        Ok(self.storage.as_ref().ok_or_else(disabled).and_then(|s| s.get(&key)))
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), StorageError>> {
+        Ok(self.storage.as_ref().ok_or_else(disabled).and_then(|s| s.set(&key, &value)))
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), StorageError>> {
+        Ok(self.storage.as_ref().ok_or_else(disabled).and_then(|s| s.delete(&key)))
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, StorageError>> {
+        Ok(self.storage.as_ref().ok_or_else(disabled).and_then(|s| s.list_keys(&prefix)))
+    }
+}
