@@ -1,0 +1,134 @@
+//! The `tether` binary as a user runs it: clear one-line errors and
+//! non-zero exits on bad input, and the demo's readable summary.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use asana_sim::OrgSpec;
+use support::*;
+
+fn tether(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tether")).args(args).env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache")).output().expect("tether runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[test]
+fn demo_prints_a_summary_and_writes_a_queryable_sync_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo.db");
+    let run = tether(&["demo", "--users", "300", "--teams", "12", "--out", out.to_str().unwrap(), "--connector", asana_wasm().to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    let minimum = asana_sim::Org::generate(&OrgSpec { users: 300, teams: 12, workspaces: 3, seed: 42 }).minimum_requests(100);
+    let line = text.lines().find(|l| l.trim_start().starts_with("HTTP requests")).expect("a request line");
+    let sent: u64 = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    assert_eq!(sent, minimum, "{line}");
+    assert!(line.contains(&format!("minimum for this org at 100 per page: {minimum})")), "{line}");
+    assert!(text.contains("user") && text.contains("grants"), "{text}");
+
+    let json = tether(&["inspect", out.to_str().unwrap(), "resources", "--type", "team", "--format", "json"]);
+    assert!(json.status.success(), "{}", stderr(&json));
+    let teams: Vec<serde_json::Value> = stdout(&json).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect();
+    assert_eq!(teams.len(), 12);
+    assert!(teams.iter().all(|t| t["resource_type"] == "team" && t["parent"]["resource_type"] == "workspace"));
+
+    let table = tether(&["inspect", out.to_str().unwrap(), "grants", "--type", "workspace"]);
+    assert!(table.status.success());
+    assert!(stdout(&table).lines().next().unwrap().starts_with("id"), "{}", stdout(&table));
+}
+
+#[test]
+fn a_bad_flag_is_a_usage_error() {
+    let run = tether(&["sync", "--bogus"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(stderr(&run).contains("--bogus"));
+    let run = tether(&["demo", "--users", "many"]);
+    assert_eq!(run.status.code(), Some(2));
+}
+
+#[test]
+fn a_missing_connector_file_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x.db");
+    let run = tether(&["sync", "--connector", "/nonexistent/c.wasm", "--out", out.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1));
+    let err = stderr(&run);
+    assert!(err.starts_with("error: cannot read connector /nonexistent/c.wasm"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
+
+#[test]
+fn garbage_and_truncated_modules_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"this is not wasm at all").unwrap();
+    let real = std::fs::read(asana_wasm()).unwrap();
+    let truncated = dir.path().join("truncated.wasm");
+    std::fs::write(&truncated, &real[..real.len() / 2]).unwrap();
+    for module in [&garbage, &truncated] {
+        let run = tether(&["sync", "--connector", module.to_str().unwrap(), "--out", dir.path().join("x.db").to_str().unwrap(), "--no-cache"]);
+        assert_eq!(run.status.code(), Some(1));
+        assert!(stderr(&run).contains("is not a valid WebAssembly component"), "{}", stderr(&run));
+    }
+}
+
+#[test]
+fn inspect_of_a_missing_file_fails_clearly() {
+    let run = tether(&["inspect", "/nonexistent/sync.db", "grants"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("no sync file at /nonexistent/sync.db"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_with_a_bad_token_exits_non_zero_and_names_the_problem() {
+    let sim = start_sim(OrgSpec { users: 20, teams: 1, workspaces: 1, seed: 1 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let args = |token_var: &str| {
+        vec![
+            "sync".to_string(),
+            "--connector".into(),
+            asana_wasm().to_str().unwrap().into(),
+            "--config".into(),
+            format!("asana-api-url={}", sim.base_url()),
+            "--secret".into(),
+            format!("token=env:{token_var}"),
+            "--allow-host".into(),
+            sim.addr().to_string(),
+            "--out".into(),
+            out.to_str().unwrap().into(),
+        ]
+    };
+    let run = |token_var: &'static str, value: &'static str| {
+        let args = args(token_var);
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_tether")).args(&args).env(token_var, value).output().unwrap()
+        })
+    };
+    let good = run("GOOD_TOKEN", "sim-token").await.unwrap();
+    assert!(good.status.success(), "{}", stderr(&good));
+
+    let bad = run("BAD_TOKEN", "not-the-token").await.unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = stderr(&bad);
+    assert!(err.contains("unauthorized") && err.contains("still holds the last good sync"), "{err}");
+    assert!(!err.contains("not-the-token"));
+
+    let grants = tether(&["inspect", out.to_str().unwrap(), "grants", "--format", "json"]);
+    assert!(stdout(&grants).lines().count() > 20, "the good sync is still there");
+
+    // A secret passed as config is refused before anything is sent.
+    let mut leaky = args("GOOD_TOKEN");
+    leaky.extend(["--config".into(), "token=sim-token".into()]);
+    let leaky = Command::new(env!("CARGO_BIN_EXE_tether")).args(&leaky).env("GOOD_TOKEN", "x").output().unwrap();
+    assert_eq!(leaky.status.code(), Some(1));
+    assert!(stderr(&leaky).contains("token is a secret"), "{}", stderr(&leaky));
+}

@@ -1,0 +1,150 @@
+//! Syncs of the simulated Asana org through the compiled connector
+//! component running in the host.
+
+mod support;
+
+use std::collections::HashSet;
+
+use asana_sim::{OrgSpec, SimConfig};
+use support::*;
+use tether_host::store::SyncFile;
+
+fn spec(users: usize, teams: usize, workspaces: usize, seed: u64) -> OrgSpec {
+    OrgSpec { users, teams, workspaces, seed }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seeded_org_syncs_exactly_with_the_fewest_requests() {
+    let sim = start_sim(spec(150, 9, 3, 7)).await;
+    let org = sim.org();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+
+    let summary = sync_sim(&sim, "sim-token", &out).await.expect("sync succeeds");
+
+    let members: HashSet<&str> = org.workspace_memberships.iter().map(|m| m.user_gid.as_str()).collect();
+    let count = |t: &str| summary.resources.iter().find(|(name, _)| name == t).map(|(_, n)| *n).unwrap_or(-1);
+    assert_eq!(count("workspace"), org.workspaces.len() as i64);
+    assert_eq!(count("team"), org.teams.len() as i64);
+    assert_eq!(count("user"), members.len() as i64);
+    assert_eq!(summary.entitlements, (3 * org.workspaces.len() + 4 * org.teams.len()) as i64);
+    assert_eq!(summary.grants, (org.workspace_memberships.len() + org.team_memberships.len()) as i64);
+    assert_eq!(summary.http_requests, org.minimum_requests(100), "one request per page, pages of 100");
+    assert_eq!(sim.request_count(), summary.http_requests);
+
+    let file = SyncFile::open_existing(&out).unwrap();
+    let run = file.last_good_run().unwrap().unwrap();
+    let grants = file.grants(run.id, None).unwrap();
+    let grant = |id: String| grants.iter().find(|g| g.id == id).unwrap_or_else(|| panic!("grant {id} missing")).clone();
+
+    // An active admin is an admin, not also a member.
+    let admin = org.workspace_memberships.iter().find(|m| m.is_admin).expect("the org has an admin");
+    let admin_grant = grant(format!("workspace:{}:admin:user:{}", admin.workspace_gid, admin.user_gid));
+    assert!(admin_grant.immutable);
+    assert!(!grants.iter().any(|g| g.id == format!("workspace:{}:member:user:{}", admin.workspace_gid, admin.user_gid)));
+
+    let guest = org.workspace_memberships.iter().find(|m| m.is_guest && !m.is_admin).expect("the org has a guest");
+    grant(format!("workspace:{}:guest:user:{}", guest.workspace_gid, guest.user_gid));
+
+    let view_only = org.workspace_memberships.iter().find(|m| m.is_view_only && !m.is_admin && !m.is_guest).expect("a view-only member");
+    let g = grant(format!("workspace:{}:member:user:{}", view_only.workspace_gid, view_only.user_gid));
+    assert_eq!(g.attributes["is_view_only"], "true");
+
+    let inactive = org.workspace_memberships.iter().find(|m| !m.is_active).expect("a deactivated user");
+    let role = if inactive.is_admin { "admin" } else if inactive.is_guest { "guest" } else { "member" };
+    let g = grant(format!("workspace:{}:{role}:user:{}", inactive.workspace_gid, inactive.user_gid));
+    assert_eq!(g.attributes["is_active"], "false");
+
+    let limited = org.team_memberships.iter().find(|m| m.is_limited_access && !m.is_admin).expect("a limited-access member");
+    assert!(grant(format!("team:{}:limited-access:user:{}", limited.team_gid, limited.user_gid)).immutable);
+    let team_admin = org.team_memberships.iter().find(|m| m.is_admin).expect("a team admin");
+    grant(format!("team:{}:admin:user:{}", team_admin.team_gid, team_admin.user_gid));
+    let plain = org.team_memberships.iter().find(|m| !m.is_admin && !m.is_limited_access && !m.is_guest).expect("a team member");
+    assert!(!grant(format!("team:{}:member:user:{}", plain.team_gid, plain.user_gid)).immutable);
+
+    // Users carry name and email; teams hang under their workspace.
+    let users = file.resources(run.id, Some("user")).unwrap();
+    let someone = &org.users[3];
+    let user = users.iter().find(|u| u.id == someone.gid).expect("user synced");
+    assert_eq!(user.display_name, someone.name);
+    assert_eq!(user.attributes["email"], someone.email.as_str());
+    let teams = file.resources(run.id, Some("team")).unwrap();
+    let team = teams.iter().find(|t| t.id == org.teams[0].gid).unwrap();
+    assert_eq!(team.parent.as_ref().unwrap().id, org.teams[0].workspace_gid);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pagination_crosses_page_boundaries() {
+    let sim = start_sim(spec(250, 2, 1, 11)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = sync_sim(&sim, "sim-token", &dir.path().join("sync.db")).await.unwrap();
+
+    let count = |t: &str| summary.resources.iter().find(|(name, _)| name == t).unwrap().1;
+    let members = sim.org().workspace_memberships.len() as i64;
+    assert!(members >= 240, "the org is big enough to page: {members}");
+    assert_eq!(count("user"), members);
+    let requests = sim.requests();
+    let user_pages: Vec<_> = requests.iter().filter(|r| r.path == "/users").collect();
+    assert_eq!(user_pages.len(), 3, "250 users take 3 pages of 100");
+    assert_eq!(user_pages.iter().filter(|r| r.query.contains("offset=")).count(), 2);
+    assert!(requests.iter().all(|r| r.query.contains("limit=100") && r.query.contains("opt_fields=")), "every list asks for 100 and opt_fields");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_is_waited_out_and_retried() {
+    let sim = start_sim(spec(40, 2, 1, 5)).await;
+    sim.force_429_next(1);
+    let dir = tempfile::tempdir().unwrap();
+    let summary = sync_sim(&sim, "sim-token", &dir.path().join("sync.db")).await.expect("sync succeeds after the 429");
+    assert_eq!(summary.rate_limited, 1);
+    assert_eq!(summary.http_requests, sim.org().minimum_requests(100) + 1);
+    let requests = sim.requests();
+    assert_eq!(requests[0].status, 429);
+    assert_eq!((requests[1].path.as_str(), requests[1].status), (requests[0].path.as_str(), 200), "the same page is asked again");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn injected_429s_at_random_still_sync_everything() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(60, 3, 2, 9)));
+    config.inject_429_rate = 0.15;
+    config.retry_after_secs = 0;
+    let sim = start_sim_with(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let summary = sync_sim(&sim, "sim-token", &dir.path().join("sync.db")).await.expect("sync succeeds");
+    assert_eq!(summary.http_requests, sim.org().minimum_requests(100) + summary.rate_limited);
+    assert_eq!(summary.grants, (sim.org().workspace_memberships.len() + sim.org().team_memberships.len()) as i64);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_token_fails_with_unauthorized_and_keeps_the_last_good_sync() {
+    let sim = start_sim(spec(30, 2, 1, 3)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let good = sync_sim(&sim, "sim-token", &out).await.unwrap();
+
+    let error = sync_sim(&sim, "wrong-token", &out).await.expect_err("a wrong token fails");
+    let text = format!("{error:#}");
+    assert!(text.contains("unauthorized"), "{text}");
+    assert!(!text.contains("wrong-token"), "the secret never shows in errors: {text}");
+
+    let file = SyncFile::open_existing(&out).unwrap();
+    let last_good = file.last_good_run().unwrap().unwrap();
+    assert_eq!(last_good.id, good.run_id);
+    assert_eq!(file.grants(last_good.id, None).unwrap().len() as i64, good.grants);
+    let last = file.last_run().unwrap().unwrap();
+    assert_eq!(last.status, "failed");
+    assert!(last.error.unwrap().contains("unauthorized"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_component_imports_only_our_package_and_startup_wasi() {
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let imports = tether_host::engine::import_names(engine.engine(), &module.component);
+    assert!(imports.iter().any(|i| i.starts_with("tether:connector/http@0.1.0")), "{imports:?}");
+    for import in &imports {
+        let allowed = ["tether:connector/", "wasi:cli/", "wasi:io/", "wasi:filesystem/", "wasi:clocks/", "wasi:random/"];
+        assert!(allowed.iter().any(|p| import.starts_with(p)), "unexpected import {import}");
+    }
+    assert!(!imports.iter().any(|i| i.starts_with("wasi:sockets") || i.starts_with("wasi:http")));
+}

@@ -39,7 +39,7 @@ pub struct Grants {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The connector reported a typed error.
-    #[error("{0}")]
+    #[error("{}", crate::bindings::describe(.0))]
     Connector(ConnectorError),
     /// The connector ran into one of the host's limits.
     #[error("{0}")]

@@ -1,0 +1,75 @@
+//! Shared pieces of the integration tests: the compiled connector, the
+//! simulator, and a sync of one through the other.
+#![allow(dead_code)]
+
+pub mod prism;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use asana_sim::{Org, OrgSpec, SimConfig, SimHandle};
+use tether_host::config::{ConnectorConfig, Secrets};
+use tether_host::connector::{ConnectorInstance, Grants};
+use tether_host::engine::{ConnectorEngine, LoadedModule};
+use tether_host::http::AllowedHost;
+use tether_host::store::SyncFile;
+use tether_host::sync::SyncSummary;
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// A component built by scripts/build-guests.sh.
+pub fn wasm(name: &str) -> PathBuf {
+    let path = repo_root().join("target/wasm").join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} is missing: run scripts/build-guests.sh --fixtures first", path.display());
+    path
+}
+
+pub fn asana_wasm() -> PathBuf {
+    wasm("tether-asana")
+}
+
+pub async fn start_sim(spec: OrgSpec) -> SimHandle {
+    start_sim_with(SimConfig::new(Org::generate(&spec))).await
+}
+
+pub async fn start_sim_with(config: SimConfig) -> SimHandle {
+    SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.expect("simulator starts")
+}
+
+/// What a test grants the connector: the simulator's URL, a token, and the
+/// simulator's address as the only extra host.
+pub fn grants_for(base_url: &str, addr: SocketAddr, token: &str) -> Grants {
+    let secrets: Secrets = Secrets::resolve(&[format!("token=literal:{token}").parse().unwrap()]).unwrap();
+    Grants {
+        config: ConnectorConfig::new([("asana-api-url".to_string(), base_url.to_string())]),
+        secrets: Arc::new(secrets),
+        extra_hosts: vec![AllowedHost::parse(&addr.to_string()).unwrap()],
+        ..Grants::default()
+    }
+}
+
+pub fn engine() -> ConnectorEngine {
+    ConnectorEngine::new(None).expect("engine")
+}
+
+pub fn load(engine: &ConnectorEngine, path: &Path) -> LoadedModule {
+    engine.load(path, None).expect("module loads")
+}
+
+/// Syncs `grants`' org through `module` into `out`.
+pub async fn sync_with(engine: &ConnectorEngine, module: &LoadedModule, grants: &Grants, out: &Path) -> Result<SyncSummary> {
+    let mut file = SyncFile::open(out)?;
+    let mut instance = ConnectorInstance::start(engine, module, grants).await?;
+    tether_host::sync::run(&mut instance, &mut file, &module.digest, &indicatif::ProgressBar::hidden()).await
+}
+
+/// Syncs the simulator through the Asana component into `out`.
+pub async fn sync_sim(sim: &SimHandle, token: &str, out: &Path) -> Result<SyncSummary> {
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    sync_with(&engine, &module, &grants_for(&sim.base_url(), sim.addr(), token), out).await
+}

@@ -1,0 +1,72 @@
+//! Stoplight Prism as a validating proxy in front of the simulator: every
+//! request the connector sends is checked against Asana's official OpenAPI
+//! spec (`--errors`: a request that breaks it is answered 422 and never
+//! reaches the simulator; a response that breaks it becomes a 500).
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::repo_root;
+
+pub struct Prism {
+    child: Child,
+    pub port: u16,
+}
+
+impl Prism {
+    /// Starts Prism proxying to `upstream` (the simulator's base URL) and
+    /// waits until it accepts connections.
+    pub fn start(upstream: &str) -> Prism {
+        let bin = std::env::var_os("TETHER_PRISM").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".tools/prism/node_modules/.bin/prism"));
+        assert!(bin.is_file(), "{} is missing: run scripts/install-prism.sh (scripts/test.sh does)", bin.display());
+        let spec = repo_root().parent().unwrap().join("shared/asana/asana_oas.yaml");
+        assert!(spec.is_file(), "Asana's spec is missing at {}", spec.display());
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["proxy", spec.to_str().unwrap(), upstream, "--errors", "-p", &port.to_string(), "-h", "127.0.0.1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prism starts");
+        let mut prism = Prism { child, port };
+        prism.wait_ready();
+        prism
+    }
+
+    /// The base URL a connector uses: Prism matches paths without Asana's
+    /// /api/1.0 prefix and adds the upstream's.
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("prism exited early: {status}");
+            }
+            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("prism did not listen on {} within 90 s", self.addr());
+    }
+}
+
+impl Drop for Prism {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
+}
