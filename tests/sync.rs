@@ -13,6 +13,19 @@ fn spec(users: usize, teams: usize, workspaces: usize, seed: u64) -> OrgSpec {
     OrgSpec { users, teams, workspaces, seed }
 }
 
+/// Grants a REST-only sync reports: every workspace and team membership,
+/// plus one license per user with an active, non-guest membership (from
+/// `is_view_only`).
+fn expected_grants(org: &asana_sim::Org) -> i64 {
+    let licenses: HashSet<(bool, &str)> = org
+        .workspace_memberships
+        .iter()
+        .filter(|m| m.is_active && !(m.is_guest && !m.is_admin))
+        .map(|m| (m.is_view_only, m.user_gid.as_str()))
+        .collect();
+    (org.workspace_memberships.len() + org.team_memberships.len() + licenses.len()) as i64
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn seeded_org_syncs_exactly_with_the_fewest_requests() {
     let sim = start_sim(spec(150, 9, 3, 7)).await;
@@ -27,8 +40,9 @@ async fn seeded_org_syncs_exactly_with_the_fewest_requests() {
     assert_eq!(count("workspace"), org.workspaces.len() as i64);
     assert_eq!(count("team"), org.teams.len() as i64);
     assert_eq!(count("user"), members.len() as i64);
-    assert_eq!(summary.entitlements, (3 * org.workspaces.len() + 4 * org.teams.len()) as i64);
-    assert_eq!(summary.grants, (org.workspace_memberships.len() + org.team_memberships.len()) as i64);
+    assert_eq!(count("license"), 2);
+    assert_eq!(summary.entitlements, (3 * org.workspaces.len() + 4 * org.teams.len() + 2) as i64);
+    assert_eq!(summary.grants, expected_grants(&org));
     assert_eq!(summary.http_requests, org.minimum_requests(100), "one request per page, pages of 100");
     assert_eq!(sim.request_count(), summary.http_requests);
 
@@ -49,6 +63,8 @@ async fn seeded_org_syncs_exactly_with_the_fewest_requests() {
     let view_only = org.workspace_memberships.iter().find(|m| m.is_view_only && !m.is_admin && !m.is_guest).expect("a view-only member");
     let g = grant(format!("workspace:{}:member:user:{}", view_only.workspace_gid, view_only.user_gid));
     assert_eq!(g.attributes["is_view_only"], "true");
+    // Without SCIM the license comes from REST and is read only.
+    assert!(grant(format!("license:view only:assigned:user:{}", view_only.user_gid)).immutable);
 
     let inactive = org.workspace_memberships.iter().find(|m| !m.is_active).expect("a deactivated user");
     let role = if inactive.is_admin { "admin" } else if inactive.is_guest { "guest" } else { "member" };
@@ -112,7 +128,7 @@ async fn injected_429s_at_random_still_sync_everything() {
     let dir = tempfile::tempdir().unwrap();
     let summary = sync_sim(&sim, "sim-token", &dir.path().join("sync.db")).await.expect("sync succeeds");
     assert_eq!(summary.http_requests, sim.org().minimum_requests(100) + summary.rate_limited);
-    assert_eq!(summary.grants, (sim.org().workspace_memberships.len() + sim.org().team_memberships.len()) as i64);
+    assert_eq!(summary.grants, expected_grants(&sim.org()));
 }
 
 #[tokio::test(flavor = "multi_thread")]

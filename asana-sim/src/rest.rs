@@ -32,6 +32,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/workspaces/{gid}/users", get(list_workspace_users))
         .route("/workspaces/{gid}/addUser", post(workspace_add_user))
         .route("/workspaces/{gid}/removeUser", post(workspace_remove_user))
+        .route("/team_memberships", get(query_team_memberships))
         .route("/teams/{gid}", get(get_team))
         .route("/teams/{gid}/team_memberships", get(list_team_memberships))
         .route("/teams/{gid}/addUser", post(team_add_user))
@@ -288,6 +289,49 @@ async fn list_team_memberships(
         .team_memberships
         .iter()
         .filter(|m| m.team_gid == gid)
+        .collect();
+    ctx.list(
+        &shared,
+        items,
+        |m| &m.gid,
+        |m| views::team_membership(org, m),
+        views::TEAM_MEMBERSHIP_COMPACT,
+    )
+}
+
+/// `GET /team_memberships`: by `team`, or by `user` with `workspace`, or
+/// all three (Asana requires `user` and `workspace` together).
+async fn query_team_memberships(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
+    let world = lock(&shared.world);
+    let org = &world.org;
+    let team = ctx.query.get("team").map(str::to_string);
+    let workspace = ctx.query.get("workspace").map(str::to_string);
+    let user = match ctx.query.get("user") {
+        Some(r) => Some(resolve_user(org, r)?.gid.clone()),
+        None => None,
+    };
+    if user.is_some() != workspace.is_some() {
+        return Err(ApiError::bad_request("user and workspace must be given together"));
+    }
+    if team.is_none() && user.is_none() {
+        return Err(ApiError::bad_request("give team, or user and workspace"));
+    }
+    if let Some(t) = &team {
+        org.team(t).ok_or_else(|| unknown("team", t))?;
+    }
+    if let Some(w) = &workspace {
+        org.workspace(w).ok_or_else(|| unknown("workspace", w))?;
+    }
+    let items: Vec<_> = org
+        .team_memberships
+        .iter()
+        .filter(|m| team.as_ref().is_none_or(|t| &m.team_gid == t))
+        .filter(|m| user.as_ref().is_none_or(|u| &m.user_gid == u))
+        .filter(|m| {
+            workspace
+                .as_ref()
+                .is_none_or(|w| org.team(&m.team_gid).is_some_and(|t| &t.workspace_gid == w))
+        })
         .collect();
     ctx.list(
         &shared,

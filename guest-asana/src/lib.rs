@@ -6,69 +6,60 @@
 
 mod client;
 mod ids;
-mod model;
+mod listing;
+mod provision;
+mod records;
+mod scim;
+mod settings;
 
 wit_bindgen::generate!({
     path: "../wit/v0.1.0",
     world: "connector-world",
 });
 
-use exports::tether::connector::connector::{
-    AccountRequest, Guest, ConnectorMetadata, Page, Resource, WriteResult,
-};
+use client::Client;
+use exports::tether::connector::connector::{AccountRequest, ConnectorMetadata, Guest, Page, Resource, WriteResult};
 use tether::connector::types::{ConnectorError, ResourceRef};
 
 struct AsanaConnector;
 
 impl Guest for AsanaConnector {
     fn metadata() -> ConnectorMetadata {
-        model::metadata()
+        records::metadata()
     }
 
     fn validate() -> Result<(), ConnectorError> {
-        // Config only: a bad token shows up on the first request, and the
-        // sync must not spend a request on a check it gets for free.
-        client::Client::from_config().map(|_| ())
+        // Config only: a bad token shows up on the first request, and a sync
+        // must not spend a request on a check it gets for free.
+        settings::Settings::load().map(|_| ())
     }
 
-    fn list_resources(
-        resource_type: String,
-        scope: Option<ResourceRef>,
-        page_token: Option<String>,
-    ) -> Result<Page, ConnectorError> {
-        let client = client::Client::from_config()?;
-        model::list_resources(&client, &resource_type, scope.as_ref(), page_token.as_deref())
+    fn list_resources(resource_type: String, scope: Option<ResourceRef>, page_token: Option<String>) -> Result<Page, ConnectorError> {
+        listing::list_resources(&Client::from_config()?, &resource_type, scope.as_ref(), page_token.as_deref())
     }
 
     fn list_entitlements(resource: ResourceRef, _page_token: Option<String>) -> Result<Page, ConnectorError> {
-        model::list_entitlements(&resource)
+        listing::list_entitlements(&Client::from_config()?, &resource)
     }
 
     fn list_grants(resource: ResourceRef, page_token: Option<String>) -> Result<Page, ConnectorError> {
-        let client = client::Client::from_config()?;
-        model::list_grants(&client, &resource, page_token.as_deref())
+        listing::list_grants(&Client::from_config()?, &resource, page_token.as_deref())
     }
 
     fn grant_entitlement(entitlement_id: String, principal: ResourceRef) -> Result<WriteResult, ConnectorError> {
-        let client = client::Client::from_config()?;
-        model::grant(&client, &entitlement_id, &principal)
+        provision::grant_entitlement(&Client::from_config()?, &entitlement_id, &principal)
     }
 
     fn revoke_grant(grant_id: String) -> Result<WriteResult, ConnectorError> {
-        let client = client::Client::from_config()?;
-        model::revoke(&client, &grant_id)
+        provision::revoke_grant(&Client::from_config()?, &grant_id)
     }
 
     fn create_account(request: AccountRequest) -> Result<Resource, ConnectorError> {
-        let client = client::Client::from_config()?;
-        model::create_account(&client, &request)
+        provision::create_account(&Client::from_config()?, &request)
     }
 
     fn disable_account(account: ResourceRef) -> Result<WriteResult, ConnectorError> {
-        let _ = account;
-        Err(ConnectorError::Unsupported(
-            "disabling an account needs the SCIM API (use-scim-api)".into(),
-        ))
+        provision::disable_account(&Client::from_config()?, &account)
     }
 }
 

@@ -36,6 +36,14 @@ enum Command {
     Inspect(InspectArgs),
     /// Runs the Asana simulator on its own.
     Simulate(crate::demo::SimulateArgs),
+    /// Grants an entitlement to a principal.
+    Grant(crate::provision::GrantArgs),
+    /// Revokes a grant.
+    Revoke(crate::provision::RevokeArgs),
+    /// Creates an account (invite only, no password).
+    CreateAccount(crate::provision::CreateAccountArgs),
+    /// Disables an account. Asana cannot reactivate it: needs --yes.
+    DisableAccount(crate::provision::DisableAccountArgs),
 }
 
 /// How to load and sandbox a connector: shared by every command that runs one.
@@ -179,6 +187,10 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::Simulate(args) => crate::demo::simulate(args).await,
         Command::Sync(args) => sync_command(args).await,
+        Command::Grant(args) => crate::provision::grant(args).await,
+        Command::Revoke(args) => crate::provision::revoke(args).await,
+        Command::CreateAccount(args) => crate::provision::create_account(args).await,
+        Command::DisableAccount(args) => crate::provision::disable_account(args).await,
         Command::Inspect(args) => {
             let file = SyncFile::open_existing(&args.file)?;
             crate::inspect::print(&file, args.what, args.resource_type.as_deref(), args.format, &mut std::io::stdout().lock())

@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod limits;
 pub mod log;
 pub mod model;
+pub mod provision;
 pub mod state;
 pub mod storage;
 pub mod store;

@@ -1,0 +1,172 @@
+//! The paged listings the host drives: every call is at most one request.
+//!
+//! Per workspace: its teams, its users (`/users?workspace=`) and its
+//! memberships; per team, its memberships. Licenses: from SCIM when
+//! enabled (one pass over `/scim/Users` for the whole org, made when the
+//! host lists the grants of the enterprise license), otherwise from the
+//! `is_view_only` flag of workspace memberships (read only).
+
+use crate::client::Client;
+use crate::exports::tether::connector::connector::{Page, Resource};
+use crate::records::*;
+use crate::scim;
+use crate::tether::connector::types::{ConnectorError, ResourceRef};
+
+const WORKSPACE_FIELDS: &str = "name,is_organization,email_domains";
+const TEAM_FIELDS: &str = "name,description";
+const USER_FIELDS: &str = "name,email";
+// Asana's spec allows only `user.name` of the user inside a membership, so
+// emails come from one paged pass over `/users?workspace=` (never
+// `/workspaces/{gid}/users`, which stops at 2000 users).
+pub const WORKSPACE_MEMBERSHIP_FIELDS: &str = "user.name,is_admin,is_guest,is_active,is_view_only";
+pub const TEAM_MEMBERSHIP_FIELDS: &str = "user.name,is_admin,is_guest,is_limited_access";
+
+/// Roles: (slug, display name, description, grantable through the API).
+/// Only plain membership can be changed through Asana's API.
+const WORKSPACE_ROLES: &[(&str, &str, &str, bool)] = &[
+    ("admin", "Admin", "Administers the workspace or organization", false),
+    ("member", "Member", "A full member of the workspace", true),
+    ("guest", "Guest", "A guest with access to what is shared with them", false),
+];
+const TEAM_ROLES: &[(&str, &str, &str, bool)] = &[
+    ("member", "Member", "A member of the team", true),
+    ("admin", "Admin", "Administers the team", false),
+    ("limited-access", "Limited access", "A member who sees only what is shared with them", false),
+    ("guest", "Guest", "A guest member of the team", false),
+];
+
+/// The role a workspace membership gives: an active admin is an admin, not
+/// also a member.
+pub fn workspace_role(membership: &serde_json::Value) -> &'static str {
+    if flag(membership, "is_admin") {
+        "admin"
+    } else if flag(membership, "is_guest") {
+        "guest"
+    } else {
+        "member"
+    }
+}
+
+pub fn team_role(membership: &serde_json::Value) -> &'static str {
+    if flag(membership, "is_admin") {
+        "admin"
+    } else if flag(membership, "is_limited_access") {
+        "limited-access"
+    } else if flag(membership, "is_guest") {
+        "guest"
+    } else {
+        "member"
+    }
+}
+
+pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&ResourceRef>, token: Option<&str>) -> Result<Page, ConnectorError> {
+    match (resource_type, scope) {
+        ("workspace", None) => {
+            let page = client.list("/workspaces", &[], WORKSPACE_FIELDS, token)?;
+            let resources = page.items.iter().map(workspace_resource).collect::<Result<_, _>>()?;
+            Ok(Page { resources, next_token: page.next_offset, ..empty_page() })
+        }
+        ("license", None) => {
+            let resources = LICENSES
+                .iter()
+                .map(|(id, name)| Resource {
+                    resource_type: "license".into(),
+                    id: id.to_string(),
+                    display_name: name.to_string(),
+                    parent: None,
+                    attributes: vec![],
+                })
+                .collect();
+            Ok(Page { resources, ..empty_page() })
+        }
+        ("team", Some(workspace)) if workspace.resource_type == "workspace" => {
+            let path = format!("/workspaces/{}/teams", workspace.id);
+            let page = client.list(&path, &[], TEAM_FIELDS, token)?;
+            let resources = page.items.iter().map(|team| team_resource(team, workspace)).collect::<Result<_, _>>()?;
+            Ok(Page { resources, next_token: page.next_offset, ..empty_page() })
+        }
+        ("user", Some(workspace)) if workspace.resource_type == "workspace" => {
+            let page = client.list("/users", &[("workspace", &workspace.id)], USER_FIELDS, token)?;
+            let resources = page.items.iter().map(user_resource).collect::<Result<_, _>>()?;
+            Ok(Page { resources, next_token: page.next_offset, ..empty_page() })
+        }
+        _ => Err(ConnectorError::InvalidArgument(format!(
+            "no resources of type {resource_type:?} under {:?}",
+            scope.map(|p| format!("{}:{}", p.resource_type, p.id))
+        ))),
+    }
+}
+
+pub fn list_entitlements(client: &Client, resource: &ResourceRef) -> Result<Page, ConnectorError> {
+    let entitlements = match resource.resource_type.as_str() {
+        "workspace" => roles(resource, WORKSPACE_ROLES),
+        "team" => roles(resource, TEAM_ROLES),
+        "license" => vec![entitlement(
+            resource,
+            "assigned",
+            "Assigned",
+            "Holds this license",
+            // License changes go through SCIM.
+            client.settings.use_scim,
+        )],
+        "user" => vec![],
+        other => return Err(ConnectorError::InvalidArgument(format!("unknown resource type {other:?}"))),
+    };
+    Ok(Page { entitlements, ..empty_page() })
+}
+
+fn roles(resource: &ResourceRef, roles: &[(&str, &str, &str, bool)]) -> Vec<crate::exports::tether::connector::connector::Entitlement> {
+    roles.iter().map(|(slug, name, description, grantable)| entitlement(resource, slug, name, description, *grantable)).collect()
+}
+
+pub fn list_grants(client: &Client, resource: &ResourceRef, token: Option<&str>) -> Result<Page, ConnectorError> {
+    match resource.resource_type.as_str() {
+        "workspace" => workspace_grants(client, resource, token),
+        "team" => {
+            let path = format!("/teams/{}/team_memberships", resource.id);
+            let page = client.list(&path, &[], TEAM_MEMBERSHIP_FIELDS, token)?;
+            let mut out = Page { next_token: page.next_offset, ..empty_page() };
+            for membership in &page.items {
+                let user = user_resource(membership_user(membership)?)?;
+                let role = team_role(membership);
+                out.grants.push(grant(resource, role, &user.id, role != "member", vec![]));
+                out.resources.push(user);
+            }
+            Ok(out)
+        }
+        // The one SCIM pass over the org yields every user's license.
+        "license" if resource.id == "enterprise" && client.settings.use_scim => {
+            let (users, next_token) = scim::list_users(client, token)?;
+            let mut out = Page { next_token, ..empty_page() };
+            for user in &users {
+                out.grants.extend(user.license_grant());
+                out.resources.push(user.resource());
+            }
+            Ok(out)
+        }
+        // Reported with the SCIM pass or the workspace memberships.
+        "license" | "user" => Ok(empty_page()),
+        other => Err(ConnectorError::InvalidArgument(format!("unknown resource type {other:?}"))),
+    }
+}
+
+fn workspace_grants(client: &Client, workspace: &ResourceRef, token: Option<&str>) -> Result<Page, ConnectorError> {
+    let path = format!("/workspaces/{}/workspace_memberships", workspace.id);
+    let page = client.list(&path, &[], WORKSPACE_MEMBERSHIP_FIELDS, token)?;
+    let mut out = Page { next_token: page.next_offset, ..empty_page() };
+    for membership in &page.items {
+        let user = user_resource(membership_user(membership)?)?;
+        let role = workspace_role(membership);
+        let active = flag_or(membership, "is_active", true);
+        let view_only = flag(membership, "is_view_only");
+        let attributes = vec![pair("is_active", active.to_string()), pair("is_view_only", view_only.to_string())];
+        out.grants.push(grant(workspace, role, &user.id, role != "member", attributes));
+        // Without SCIM, the license is what REST says; read only.
+        if !client.settings.use_scim && active && role != "guest" {
+            let license = if view_only { "view only" } else { "enterprise" };
+            out.grants.push(license_grant(license, &user.id, true));
+        }
+        out.resources.push(user);
+    }
+    Ok(out)
+}

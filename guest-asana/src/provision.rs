@@ -1,0 +1,212 @@
+//! Writes: team and workspace membership through REST, licenses and
+//! accounts through SCIM. Each write first reads the current state, so a
+//! grant already held or a revoke already done is "no change" and writes
+//! nothing.
+
+use serde_json::json;
+
+use crate::client::Client;
+use crate::exports::tether::connector::connector::{AccountRequest, Outcome, Resource, WriteResult};
+use crate::ids::{self, EntitlementId};
+use crate::listing::{team_role, workspace_role, TEAM_MEMBERSHIP_FIELDS, WORKSPACE_MEMBERSHIP_FIELDS};
+use crate::records::*;
+use crate::scim;
+use crate::tether::connector::types::{ConnectorError, ResourceRef};
+
+pub fn grant_entitlement(client: &Client, entitlement_id: &str, principal: &ResourceRef) -> Result<WriteResult, ConnectorError> {
+    let entitlement = ids::parse_entitlement(entitlement_id)?;
+    if principal.resource_type != "user" || principal.id.is_empty() {
+        return Err(ConnectorError::InvalidArgument(format!("principals are users (user:GID), not {}:{}", principal.resource_type, principal.id)));
+    }
+    let user = principal.id.as_str();
+    let resource = &entitlement.resource;
+    match (resource.resource_type.as_str(), entitlement.slug.as_str()) {
+        ("team", "member") => {
+            if let Some(role) = team_membership_role(client, &resource.id, user)? {
+                return Ok(no_change(format!("user {user} is already on team {} (as {role})", resource.id)));
+            }
+            client.post(&format!("/teams/{}/addUser", resource.id), json!({ "user": user }))?;
+            Ok(changed(format!("added user {user} to team {}", resource.id), Some(grant(resource, "member", user, false, vec![]))))
+        }
+        ("workspace", "member") => {
+            if let Some(role) = workspace_membership_role(client, &resource.id, user)? {
+                return Ok(no_change(format!("user {user} is already in workspace {} (as {role})", resource.id)));
+            }
+            client.post(&format!("/workspaces/{}/addUser", resource.id), json!({ "user": user }))?;
+            Ok(changed(format!("added user {user} to workspace {}", resource.id), Some(grant(resource, "member", user, false, vec![]))))
+        }
+        ("license", "assigned") => {
+            client.settings.require_scim("changing a license")?;
+            let license = license_id(&entitlement)?;
+            let current = scim::get_user(client, user)?;
+            if !current.active {
+                return Err(ConnectorError::InvalidArgument(format!("user {user} is deactivated, and Asana cannot reactivate a user")));
+            }
+            if current.license() == Some(license) {
+                return Ok(no_change(format!("user {user} already has the {license} license")));
+            }
+            scim::set_user_type(client, user, license)?;
+            Ok(changed(format!("moved user {user} to the {license} license"), Some(license_grant(license, user, false))))
+        }
+        _ => Err(not_writable(&entitlement)),
+    }
+}
+
+pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, ConnectorError> {
+    let (entitlement, principal) = ids::parse_grant(grant_id)?;
+    let user = principal.id.as_str();
+    let resource = &entitlement.resource;
+    match (resource.resource_type.as_str(), entitlement.slug.as_str()) {
+        ("team", "member") => match team_membership_role(client, &resource.id, user)? {
+            Some("member") => {
+                client.post(&format!("/teams/{}/removeUser", resource.id), json!({ "user": user }))?;
+                Ok(changed(format!("removed user {user} from team {}", resource.id), None))
+            }
+            Some(role) => Ok(no_change(format!("user {user} is on team {} as {role}, not as a member", resource.id))),
+            None => Ok(no_change(format!("user {user} is not on team {}", resource.id))),
+        },
+        ("workspace", "member") => match workspace_membership_role(client, &resource.id, user)? {
+            Some("member") => {
+                client.post(&format!("/workspaces/{}/removeUser", resource.id), json!({ "user": user }))?;
+                Ok(changed(format!("removed user {user} from workspace {}", resource.id), None))
+            }
+            Some(role) => Ok(no_change(format!("user {user} is in workspace {} as {role}, not as a member", resource.id))),
+            None => Ok(no_change(format!("user {user} is not in workspace {}", resource.id))),
+        },
+        ("license", "assigned") => {
+            client.settings.require_scim("changing a license")?;
+            let license = license_id(&entitlement)?;
+            let current = scim::get_user(client, user)?;
+            if current.license() != Some(license) {
+                return Ok(no_change(format!("user {user} does not hold the {license} license")));
+            }
+            if license == "enterprise" {
+                // Without the enterprise license a user falls back to view only.
+                scim::set_user_type(client, user, "view only")?;
+                Ok(changed(format!("moved user {user} from enterprise to the view only license"), None))
+            } else {
+                // View only is the last license: taking it deactivates.
+                scim::deactivate(client, user)?;
+                Ok(changed(format!("deactivated user {user} (the view only license was their last)"), None))
+            }
+        }
+        _ => Err(not_writable(&entitlement)),
+    }
+}
+
+pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Resource, ConnectorError> {
+    let email = request.email.trim();
+    if !email.contains('@') || email.chars().any(char::is_whitespace) {
+        return Err(ConnectorError::InvalidArgument(format!("{email:?} is not an email address")));
+    }
+    let option = |name: &str| request.options.iter().find(|p| p.name == name).map(|p| p.value.clone());
+    let license = option("license").unwrap_or_else(|| "view only".into());
+    if !LICENSES.iter().any(|(id, _)| *id == license) {
+        return Err(ConnectorError::InvalidArgument(format!("license must be \"enterprise\" or \"view only\", got {license:?}")));
+    }
+    if client.settings.use_scim {
+        if let Some(existing) = scim::find_by_user_name(client, email)? {
+            let mut resource = existing.resource();
+            resource.attributes.push(pair("created", "false".into()));
+            return Ok(resource);
+        }
+        let created = scim::create_user(client, email, request.display_name.as_deref(), &license)?;
+        return Ok(match scim::ScimUser::parse(created) {
+            Ok(user) => {
+                let mut resource = user.resource();
+                resource.attributes.push(pair("created", "true".into()));
+                resource
+            }
+            // A dry run answers without a body: nothing was created.
+            Err(_) => pending_account(email),
+        });
+    }
+    if license != "view only" {
+        return Err(ConnectorError::Unsupported(
+            "new accounts made through REST get the view only license; another license needs use-scim-api".into(),
+        ));
+    }
+    let workspace = option("workspace")
+        .or_else(|| client.settings.default_workspace.clone())
+        .ok_or_else(|| ConnectorError::InvalidArgument("name a workspace for the new account, or configure default-workspace-id".into()))?;
+    if let Some(role) = workspace_membership_role(client, &workspace, email)? {
+        let existing = client.list(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", email)], "user.name", None)?;
+        let user = existing.items.first().map(membership_user).transpose()?.ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
+        let mut resource = user_resource(user)?;
+        resource.attributes.extend([pair("email", email.to_string()), pair("created", "false".into()), pair("role", role.into())]);
+        return Ok(resource);
+    }
+    let user = client.post(&format!("/workspaces/{workspace}/addUser"), json!({ "user": email }))?;
+    if user.is_null() {
+        return Ok(pending_account(email));
+    }
+    let mut resource = user_resource(&user)?;
+    resource.attributes.extend([pair("email", email.to_string()), pair("created", "true".into())]);
+    Ok(resource)
+}
+
+pub fn disable_account(client: &Client, account: &ResourceRef) -> Result<WriteResult, ConnectorError> {
+    client.settings.require_scim("disabling an account")?;
+    if account.resource_type != "user" {
+        return Err(ConnectorError::InvalidArgument(format!("accounts are users, not {:?}", account.resource_type)));
+    }
+    let current = scim::get_user(client, &account.id)?;
+    if !current.active {
+        return Ok(no_change(format!("user {} is already deactivated", account.id)));
+    }
+    scim::deactivate(client, &account.id)?;
+    Ok(changed(format!("deactivated user {} ({})", account.id, current.user_name), None))
+}
+
+/// The user's role on a team, if they are on it.
+fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
+    // Asana takes `user` only together with `workspace`: the team's.
+    let team_object = client.get(&format!("/teams/{team}"), "organization")?;
+    let workspace = team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
+    let page = client.list("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
+    Ok(page.items.first().map(team_role))
+}
+
+/// The user's role in a workspace, if they are an active member.
+fn workspace_membership_role(client: &Client, workspace: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
+    let page = client.list(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None)?;
+    Ok(page.items.iter().find(|m| flag_or(m, "is_active", true)).map(workspace_role))
+}
+
+fn license_id(entitlement: &EntitlementId) -> Result<&'static str, ConnectorError> {
+    LICENSES
+        .iter()
+        .map(|(id, _)| *id)
+        .find(|id| *id == entitlement.resource.id)
+        .ok_or_else(|| ConnectorError::InvalidArgument(format!("unknown license {:?}", entitlement.resource.id)))
+}
+
+fn not_writable(entitlement: &EntitlementId) -> ConnectorError {
+    let kind = &entitlement.resource.resource_type;
+    match kind.as_str() {
+        "team" | "workspace" => ConnectorError::Unsupported(format!(
+            "the {} role of a {kind} is immutable: Asana's API can only add and remove members",
+            entitlement.slug
+        )),
+        _ => ConnectorError::InvalidArgument(format!("{kind}:{}:{} is not an entitlement this connector can write", entitlement.resource.id, entitlement.slug)),
+    }
+}
+
+fn pending_account(email: &str) -> Resource {
+    Resource {
+        resource_type: "user".into(),
+        id: String::new(),
+        display_name: email.into(),
+        parent: None,
+        attributes: vec![pair("email", email.into()), pair("created", "false".into())],
+    }
+}
+
+fn changed(message: String, grant: Option<crate::exports::tether::connector::connector::Grant>) -> WriteResult {
+    WriteResult { outcome: Outcome::Changed, grant, message }
+}
+
+fn no_change(message: String) -> WriteResult {
+    WriteResult { outcome: Outcome::NoChange, grant: None, message }
+}
+

@@ -1,0 +1,178 @@
+//! Building Tether records from Asana's JSON, and the connector's metadata.
+
+use serde_json::Value;
+
+use crate::exports::tether::connector::connector::{
+    ConfigField, ConnectorMetadata, Entitlement, Grant, Page, Resource, ResourceType,
+};
+use crate::ids;
+use crate::tether::connector::types::{ConnectorError, Pair, ResourceRef};
+
+/// The two Asana licenses, as (resource id, display name).
+pub const LICENSES: &[(&str, &str)] = &[("enterprise", "Enterprise"), ("view only", "View only")];
+
+pub fn metadata() -> ConnectorMetadata {
+    let field = |key: &str, description: &str, secret: bool, required: bool, default: Option<&str>| ConfigField {
+        key: key.into(),
+        description: description.into(),
+        secret,
+        required,
+        default_value: default.map(str::to_string),
+    };
+    let resource_type = |id: &str, name: &str, description: &str, listed_under: Option<&str>| ResourceType {
+        id: id.into(),
+        display_name: name.into(),
+        description: description.into(),
+        listed_under: listed_under.map(str::to_string),
+    };
+    ConnectorMetadata {
+        name: "asana".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        description: "Asana workspaces, teams, users, licenses and their memberships".into(),
+        resource_types: vec![
+            resource_type("workspace", "Workspace", "An Asana workspace or organization", None),
+            resource_type("license", "License", "An Asana license: enterprise or view only", None),
+            resource_type("team", "Team", "A team inside a workspace", Some("workspace")),
+            resource_type("user", "User", "An Asana user (listed per workspace, one resource per user)", Some("workspace")),
+        ],
+        config: vec![
+            field("token", "Asana personal access token or service account token", true, true, None),
+            field("use-service-account", "The token is an Asana service account's (Enterprise); needed for SCIM", false, false, Some("false")),
+            field(
+                "use-scim-api",
+                "Read users and licenses from Asana's SCIM API and change licenses and accounts through it; needs use-service-account",
+                false,
+                false,
+                Some("false"),
+            ),
+            field("default-workspace-id", "Workspace gid that new accounts join when the request names none", false, false, None),
+            field("asana-api-url", "Base URL of Asana's REST API (override for test servers)", false, false, Some(crate::settings::DEFAULT_API_URL)),
+            field("scim-url", "Base URL of Asana's SCIM API (default: asana-api-url + /scim)", false, false, None),
+        ],
+        hosts: vec!["app.asana.com".into()],
+        account_fields: vec![
+            field("workspace", "Workspace gid to add the user to (REST; default: default-workspace-id)", false, false, None),
+            field("license", "\"enterprise\" or \"view only\" (SCIM only; default \"view only\")", false, false, Some("view only")),
+        ],
+    }
+}
+
+pub fn entitlement(resource: &ResourceRef, slug: &str, name: &str, description: &str, grantable: bool) -> Entitlement {
+    Entitlement {
+        id: ids::entitlement_id(&resource.resource_type, &resource.id, slug),
+        resource: resource.clone(),
+        slug: slug.into(),
+        display_name: name.into(),
+        description: description.into(),
+        grantable,
+    }
+}
+
+pub fn grant(resource: &ResourceRef, slug: &str, user_gid: &str, immutable: bool, attributes: Vec<Pair>) -> Grant {
+    let entitlement_id = ids::entitlement_id(&resource.resource_type, &resource.id, slug);
+    Grant {
+        id: ids::grant_id(&entitlement_id, user_gid),
+        entitlement_id,
+        principal: user_ref(user_gid),
+        immutable,
+        attributes,
+    }
+}
+
+pub fn license_grant(license: &str, user_gid: &str, immutable: bool) -> Grant {
+    grant(&license_ref(license), "assigned", user_gid, immutable, vec![])
+}
+
+pub fn license_ref(license: &str) -> ResourceRef {
+    ResourceRef { resource_type: "license".into(), id: license.into() }
+}
+
+pub fn user_ref(gid: &str) -> ResourceRef {
+    ResourceRef { resource_type: "user".into(), id: gid.into() }
+}
+
+pub fn workspace_resource(item: &Value) -> Result<Resource, ConnectorError> {
+    let gid = gid(item)?;
+    Ok(Resource {
+        resource_type: "workspace".into(),
+        id: gid.clone(),
+        display_name: text(item, "name").unwrap_or(&gid).to_string(),
+        parent: None,
+        attributes: vec![pair("is_organization", flag(item, "is_organization").to_string())],
+    })
+}
+
+pub fn team_resource(item: &Value, workspace: &ResourceRef) -> Result<Resource, ConnectorError> {
+    let gid = gid(item)?;
+    let mut attributes = vec![];
+    if let Some(description) = text(item, "description").filter(|d| !d.is_empty()) {
+        attributes.push(pair("description", description.to_string()));
+    }
+    Ok(Resource {
+        resource_type: "team".into(),
+        id: gid.clone(),
+        display_name: text(item, "name").unwrap_or(&gid).to_string(),
+        parent: Some(workspace.clone()),
+        attributes,
+    })
+}
+
+/// The user a membership names.
+pub fn membership_user(membership: &Value) -> Result<&Value, ConnectorError> {
+    membership
+        .get("user")
+        .filter(|u| u.is_object())
+        .ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
+}
+
+/// A REST user object as a resource (memberships name users without email;
+/// the host merges the attributes of every report of the same user).
+pub fn user_resource(user: &Value) -> Result<Resource, ConnectorError> {
+    let gid = gid(user)?;
+    let email = text(user, "email");
+    let mut attributes = vec![];
+    if let Some(email) = email {
+        attributes.push(pair("email", email.to_string()));
+    }
+    Ok(Resource {
+        resource_type: "user".into(),
+        display_name: text(user, "name").or(email).unwrap_or(&gid).to_string(),
+        id: gid,
+        parent: None,
+        attributes,
+    })
+}
+
+pub fn gid(item: &Value) -> Result<String, ConnectorError> {
+    text(item, "gid")
+        .filter(|g| !g.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| ConnectorError::Upstream(format!("Asana object without a gid: {}", truncate(&item.to_string()))))
+}
+
+pub fn text<'a>(item: &'a Value, key: &str) -> Option<&'a str> {
+    item.get(key).and_then(Value::as_str)
+}
+
+pub fn flag(item: &Value, key: &str) -> bool {
+    flag_or(item, key, false)
+}
+
+pub fn flag_or(item: &Value, key: &str, default: bool) -> bool {
+    item.get(key).and_then(Value::as_bool).unwrap_or(default)
+}
+
+pub fn pair(name: &str, value: String) -> Pair {
+    Pair { name: name.into(), value }
+}
+
+pub fn empty_page() -> Page {
+    Page { resources: vec![], entitlements: vec![], grants: vec![], next_token: None }
+}
+
+fn truncate(text: &str) -> &str {
+    match text.char_indices().nth(120) {
+        Some((end, _)) => &text[..end],
+        None => text,
+    }
+}

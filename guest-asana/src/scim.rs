@@ -1,0 +1,130 @@
+//! Asana's SCIM Users API: listing users with their license (`userType`)
+//! and profile, reading one user, and the PATCH operations.
+
+use serde_json::{json, Value};
+
+use crate::client::{malformed, Client, PAGE_SIZE};
+use crate::exports::tether::connector::connector::{Grant, Resource};
+use crate::records::{license_grant, pair, text, LICENSES};
+use crate::tether::connector::types::ConnectorError;
+
+const ENTERPRISE_EXTENSION: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
+const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+
+/// A SCIM user as Tether needs it.
+pub struct ScimUser {
+    pub id: String,
+    pub user_name: String,
+    pub active: bool,
+    pub user_type: Option<String>,
+    raw: Value,
+}
+
+impl ScimUser {
+    pub fn parse(raw: Value) -> Result<Self, ConnectorError> {
+        let id = text(&raw, "id").filter(|id| !id.is_empty()).ok_or_else(|| malformed("/scim/Users", "a user without an id"))?.to_string();
+        let user_name = text(&raw, "userName").unwrap_or_default().to_string();
+        let active = raw.get("active").and_then(Value::as_bool).unwrap_or(true);
+        let user_type = text(&raw, "userType").map(str::to_string);
+        Ok(ScimUser { id, user_name, active, user_type, raw })
+    }
+
+    /// The SCIM id is the user's gid in Asana, so this merges with the
+    /// same user listed through REST.
+    pub fn resource(&self) -> Resource {
+        let raw = &self.raw;
+        let email = raw
+            .get("emails")
+            .and_then(Value::as_array)
+            .and_then(|emails| emails.iter().find(|e| e.get("primary").and_then(Value::as_bool) == Some(true)).or(emails.first()))
+            .and_then(|e| text(e, "value"))
+            .unwrap_or(&self.user_name);
+        let name = raw.get("name").and_then(|n| text(n, "formatted")).or(text(raw, "displayName")).unwrap_or(email);
+        let mut attributes = vec![pair("email", email.to_string()), pair("active", self.active.to_string())];
+        if let Some(title) = text(raw, "title") {
+            attributes.push(pair("title", title.to_string()));
+        }
+        if let Some(department) = raw.get(ENTERPRISE_EXTENSION).and_then(|e| text(e, "department")) {
+            attributes.push(pair("department", department.to_string()));
+        }
+        if let Some(user_type) = &self.user_type {
+            attributes.push(pair("user_type", user_type.clone()));
+        }
+        Resource { resource_type: "user".into(), id: self.id.clone(), display_name: name.to_string(), parent: None, attributes }
+    }
+
+    /// The license this user holds: none when deactivated.
+    pub fn license(&self) -> Option<&'static str> {
+        if !self.active {
+            return None;
+        }
+        let user_type = self.user_type.as_deref()?.to_ascii_lowercase();
+        LICENSES.iter().map(|(id, _)| *id).find(|id| *id == user_type)
+    }
+
+    pub fn license_grant(&self) -> Option<Grant> {
+        self.license().map(|license| license_grant(license, &self.id, false))
+    }
+}
+
+/// One page of `/Users`; the token is the next `startIndex`.
+pub fn list_users(client: &Client, token: Option<&str>) -> Result<(Vec<ScimUser>, Option<String>), ConnectorError> {
+    let start: u64 = match token {
+        Some(token) => token.parse().map_err(|_| ConnectorError::InvalidArgument(format!("bad SCIM page token {token:?}")))?,
+        None => 1,
+    };
+    let start_text = start.to_string();
+    let page = client.scim_get("/Users", &[("startIndex", start_text.as_str()), ("count", PAGE_SIZE)])?;
+    let resources = page.get("Resources").and_then(Value::as_array).cloned().unwrap_or_default();
+    let total = page.get("totalResults").and_then(Value::as_u64).ok_or_else(|| malformed("/scim/Users", "no totalResults"))?;
+    let users = resources.into_iter().map(ScimUser::parse).collect::<Result<Vec<_>, _>>()?;
+    let next = start + users.len() as u64;
+    let more = !users.is_empty() && next <= total;
+    Ok((users, more.then(|| next.to_string())))
+}
+
+pub fn get_user(client: &Client, id: &str) -> Result<ScimUser, ConnectorError> {
+    if id.is_empty() || id.contains('/') {
+        return Err(ConnectorError::InvalidArgument(format!("bad user id {id:?}")));
+    }
+    ScimUser::parse(client.scim_get(&format!("/Users/{id}"), &[])?)
+}
+
+pub fn find_by_user_name(client: &Client, user_name: &str) -> Result<Option<ScimUser>, ConnectorError> {
+    let filter = format!("userName eq \"{}\"", user_name.replace('\\', "\\\\").replace('"', "\\\""));
+    let page = client.scim_get("/Users", &[("filter", filter.as_str())])?;
+    let first = page.get("Resources").and_then(Value::as_array).and_then(|r| r.first()).cloned();
+    first.map(ScimUser::parse).transpose()
+}
+
+pub fn create_user(client: &Client, email: &str, name: Option<&str>, user_type: &str) -> Result<Value, ConnectorError> {
+    let formatted = name.unwrap_or(email);
+    let (given, family) = match formatted.rsplit_once(' ') {
+        Some((given, family)) => (given, family),
+        None => (formatted, ""),
+    };
+    client.scim_post(
+        "/Users",
+        json!({
+            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "userName": email,
+            "emails": [{ "value": email, "primary": true, "type": "work" }],
+            "name": { "formatted": formatted, "givenName": given, "familyName": family },
+            "userType": user_type,
+            "active": true,
+        }),
+    )
+}
+
+pub fn set_user_type(client: &Client, id: &str, user_type: &str) -> Result<(), ConnectorError> {
+    patch(client, id, json!({ "op": "replace", "path": "userType", "value": user_type }))
+}
+
+pub fn deactivate(client: &Client, id: &str) -> Result<(), ConnectorError> {
+    patch(client, id, json!({ "op": "replace", "path": "active", "value": false }))
+}
+
+fn patch(client: &Client, id: &str, operation: Value) -> Result<(), ConnectorError> {
+    client.scim_patch(&format!("/Users/{id}"), json!({ "schemas": [PATCH_SCHEMA], "Operations": [operation] }))?;
+    Ok(())
+}

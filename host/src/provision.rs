@@ -1,0 +1,167 @@
+//! `tether grant`, `revoke`, `create-account` and `disable-account`: one
+//! write through the connector, printed as what changed. With `--dry-run`
+//! the host holds every write back and prints it instead (reads still go
+//! out, since the connector reads state to decide what to write).
+
+use anyhow::{bail, Result};
+use clap::Args;
+
+use crate::bindings::{guest, Pair, ResourceRef};
+use crate::cli::{prepare, ConnectorArgs};
+use crate::connector::{retry_rate_limited, ConnectorInstance};
+
+#[derive(Args)]
+pub struct GrantArgs {
+    /// The entitlement to grant, e.g. team:1200000000000123:member.
+    #[arg(long, value_name = "ID")]
+    entitlement: String,
+    /// Who gets it, e.g. user:1200000000000456.
+    #[arg(long, value_name = "TYPE:ID", value_parser = parse_principal)]
+    principal: ResourceRef,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// The grant to revoke, as the sync file names it.
+    #[arg(long, value_name = "ID")]
+    grant: String,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+#[derive(Args)]
+pub struct CreateAccountArgs {
+    #[arg(long, value_name = "E")]
+    email: String,
+    #[arg(long, value_name = "N")]
+    name: Option<String>,
+    /// "enterprise" or "view only" (new users get view only).
+    #[arg(long, value_name = "L")]
+    license: Option<String>,
+    /// Workspace to add the user to (else the connector's default-workspace-id).
+    #[arg(long, value_name = "GID")]
+    workspace: Option<String>,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+#[derive(Args)]
+pub struct DisableAccountArgs {
+    /// The user to deactivate, e.g. 1200000000000456 or user:1200000000000456.
+    #[arg(long, value_name = "ID")]
+    user: String,
+    /// Confirm: Asana cannot reactivate a deactivated user.
+    #[arg(long)]
+    yes: bool,
+    #[command(flatten)]
+    write: WriteArgs,
+}
+
+#[derive(Args)]
+pub struct WriteArgs {
+    #[command(flatten)]
+    connector: ConnectorArgs,
+    /// Print the exact write requests instead of sending them.
+    #[arg(long)]
+    dry_run: bool,
+}
+
+fn parse_principal(text: &str) -> Result<ResourceRef, String> {
+    match text.split_once(':') {
+        Some((resource_type, id)) if !resource_type.is_empty() && !id.is_empty() => {
+            Ok(ResourceRef { resource_type: resource_type.into(), id: id.into() })
+        }
+        _ => Err(format!("expected TYPE:ID (e.g. user:123), got {text:?}")),
+    }
+}
+
+pub async fn grant(args: GrantArgs) -> Result<()> {
+    let mut instance = start(&args.write).await?;
+    let result = retry_rate_limited!(instance, grant_entitlement(&args.entitlement, &args.principal));
+    let result = result.map_err(|e| anyhow::anyhow!("grant of {} to {}:{} failed: {e}", args.entitlement, args.principal.resource_type, args.principal.id))?;
+    report(&instance, &args.write, &result);
+    Ok(())
+}
+
+pub async fn revoke(args: RevokeArgs) -> Result<()> {
+    let mut instance = start(&args.write).await?;
+    let result = retry_rate_limited!(instance, revoke_grant(&args.grant));
+    let result = result.map_err(|e| anyhow::anyhow!("revoke of {} failed: {e}", args.grant))?;
+    report(&instance, &args.write, &result);
+    Ok(())
+}
+
+pub async fn create_account(args: CreateAccountArgs) -> Result<()> {
+    let mut options = vec![];
+    if let Some(license) = &args.license {
+        options.push(Pair { name: "license".into(), value: license.clone() });
+    }
+    if let Some(workspace) = &args.workspace {
+        options.push(Pair { name: "workspace".into(), value: workspace.clone() });
+    }
+    let request = guest::AccountRequest { email: args.email.clone(), display_name: args.name.clone(), options };
+    let mut instance = start(&args.write).await?;
+    let account = retry_rate_limited!(instance, create_account(&request));
+    let account = account.map_err(|e| anyhow::anyhow!("creating an account for {} failed: {e}", args.email))?;
+    if args.write.dry_run {
+        print_held(&instance);
+        return Ok(());
+    }
+    let created = account.attributes.iter().any(|p| p.name == "created" && p.value == "true");
+    if created {
+        println!("changed: created account user:{} for {}", account.id, args.email);
+    } else {
+        println!("no change: an account for {} already exists (user:{})", args.email, account.id);
+    }
+    for pair in &account.attributes {
+        println!("  {} = {}", pair.name, pair.value);
+    }
+    Ok(())
+}
+
+pub async fn disable_account(args: DisableAccountArgs) -> Result<()> {
+    if !args.yes && !args.write.dry_run {
+        bail!("Asana cannot reactivate a deactivated user: pass --yes to disable {}", args.user);
+    }
+    let id = args.user.strip_prefix("user:").unwrap_or(&args.user).to_string();
+    let account = ResourceRef { resource_type: "user".into(), id };
+    let mut instance = start(&args.write).await?;
+    let result = retry_rate_limited!(instance, disable_account(&account));
+    let result = result.map_err(|e| anyhow::anyhow!("disabling user {} failed: {e}", account.id))?;
+    report(&instance, &args.write, &result);
+    Ok(())
+}
+
+async fn start(args: &WriteArgs) -> Result<ConnectorInstance> {
+    let prepared = prepare(&args.connector, args.dry_run).await?;
+    Ok(prepared.instance)
+}
+
+fn report(instance: &ConnectorInstance, args: &WriteArgs, result: &guest::WriteResult) {
+    if args.dry_run {
+        print_held(instance);
+        return;
+    }
+    match result.outcome {
+        guest::Outcome::Changed => println!("changed: {}", result.message),
+        guest::Outcome::NoChange => println!("no change: {}", result.message),
+    }
+    if let Some(grant) = &result.grant {
+        println!("  grant {}", grant.id);
+    }
+}
+
+fn print_held(instance: &ConnectorInstance) {
+    let held = instance.http().held_requests();
+    if held.is_empty() {
+        println!("dry run: nothing would be sent (already in the requested state)");
+    }
+    for request in held {
+        println!("dry run: would send {} {}", request.method, request.url);
+        if let Some(body) = request.body {
+            println!("  {body}");
+        }
+    }
+}
