@@ -132,3 +132,81 @@ async fn sync_with_a_bad_token_exits_non_zero_and_names_the_problem() {
     assert_eq!(leaky.status.code(), Some(1));
     assert!(stderr(&leaky).contains("token is a secret"), "{}", stderr(&leaky));
 }
+
+fn connector_flags(sim: &asana_sim::SimHandle, extra_config: &[&str]) -> Vec<String> {
+    let mut flags = vec![
+        "--connector".to_string(),
+        asana_wasm().to_str().unwrap().into(),
+        "--config".into(),
+        format!("asana-api-url={}", sim.base_url()),
+        "--secret".into(),
+        "token=env:SIM_TOKEN".into(),
+        "--allow-host".into(),
+        sim.addr().to_string(),
+    ];
+    for config in extra_config {
+        flags.extend(["--config".to_string(), config.to_string()]);
+    }
+    flags
+}
+
+async fn tether_async(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_tether")).args(&args).env("SIM_TOKEN", "sim-token").output().unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grant_dry_run_prints_the_write_and_sends_none_then_grant_does_it() {
+    let sim = start_sim(OrgSpec { users: 30, teams: 2, workspaces: 1, seed: 4 }).await;
+    let org = sim.org();
+    let team = &org.teams[0].gid;
+    let outsider = org.workspace_memberships.iter().find(|m| m.is_active && !m.is_guest && !org.team_memberships.iter().any(|t| &t.team_gid == team && t.user_gid == m.user_gid)).unwrap().user_gid.clone();
+    let mut args = vec!["grant".to_string(), "--entitlement".into(), format!("team:{team}:member"), "--principal".into(), format!("user:{outsider}")];
+    args.extend(connector_flags(&sim, &[]));
+
+    let mut dry = args.clone();
+    dry.push("--dry-run".into());
+    let run = tether_async(dry).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    assert!(text.contains(&format!("dry run: would send POST {}/teams/{team}/addUser", sim.base_url())), "{text}");
+    assert!(text.contains(&format!("{{\"data\":{{\"user\":\"{outsider}\"}}}}")), "{text}");
+    assert!(sim.requests().iter().all(|r| r.method == "GET"), "a dry run sends no write");
+
+    let run = tether_async(args.clone()).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).starts_with(&format!("changed: added user {outsider} to team {team}")), "{}", stdout(&run));
+    let run = tether_async(args).await;
+    assert!(stdout(&run).starts_with("no change:"), "{}", stdout(&run));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disable_account_needs_yes_and_says_why() {
+    let sim = start_sim(OrgSpec { users: 20, teams: 1, workspaces: 1, seed: 4 }).await;
+    let target = sim.org().users[3].gid.clone();
+    let mut args = vec!["disable-account".to_string(), "--user".into(), target.clone()];
+    args.extend(connector_flags(&sim, &["use-service-account=true", "use-scim-api=true"]));
+    let run = tether_async(args.clone()).await;
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("Asana cannot reactivate a deactivated user: pass --yes"), "{}", stderr(&run));
+    assert_eq!(sim.request_count(), 0);
+
+    args.push("--yes".into());
+    let run = tether_async(args).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).starts_with(&format!("changed: deactivated user {target}")), "{}", stdout(&run));
+    assert!(!sim.org().user(&target).unwrap().active);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_account_prints_the_new_user() {
+    let sim = start_sim(OrgSpec { users: 20, teams: 1, workspaces: 1, seed: 4 }).await;
+    let workspace = sim.org().workspaces[0].gid.clone();
+    let mut args = vec!["create-account".to_string(), "--email".into(), "cli.user@example.com".into(), "--workspace".into(), workspace];
+    args.extend(connector_flags(&sim, &[]));
+    let run = tether_async(args).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).starts_with("changed: created account user:"), "{}", stdout(&run));
+    assert!(sim.org().users.iter().any(|u| u.email == "cli.user@example.com"));
+}

@@ -129,7 +129,12 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Resou
     let workspace = option("workspace")
         .or_else(|| client.settings.default_workspace.clone())
         .ok_or_else(|| ConnectorError::InvalidArgument("name a workspace for the new account, or configure default-workspace-id".into()))?;
-    if let Some(role) = workspace_membership_role(client, &workspace, email)? {
+    // Asana answers 400 or 404 for an email it does not know: a new person.
+    let existing_role = match workspace_membership_role(client, &workspace, email) {
+        Err(ConnectorError::InvalidArgument(_) | ConnectorError::NotFound(_)) => None,
+        other => other?,
+    };
+    if let Some(role) = existing_role {
         let existing = client.list(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", email)], "user.name", None)?;
         let user = existing.items.first().map(membership_user).transpose()?.ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
         let mut resource = user_resource(user)?;

@@ -1,0 +1,299 @@
+//! Provisioning through the compiled connector in the host, against the
+//! simulator: each write, its idempotent repeat, its error cases, and a new
+//! sync that shows the change.
+
+mod support;
+
+use asana_sim::{License, Org, OrgSpec, SimHandle};
+use support::*;
+use tether_host::bindings::{guest, ConnectorError, ResourceRef};
+use tether_host::config::ConnectorConfig;
+use tether_host::connector::{CallError, ConnectorInstance, Grants};
+use tether_host::store::SyncFile;
+
+fn small_org() -> OrgSpec {
+    OrgSpec { users: 60, teams: 3, workspaces: 2, seed: 17 }
+}
+
+fn user(gid: &str) -> ResourceRef {
+    ResourceRef { resource_type: "user".into(), id: gid.into() }
+}
+
+fn with_config(mut grants: Grants, extra: &[(&str, &str)]) -> Grants {
+    let mut pairs: Vec<(String, String)> = grants.config.keys().map(|k| (k.to_string(), grants.config.get(k).unwrap().to_string())).collect();
+    pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    grants.config = ConnectorConfig::new(pairs);
+    grants
+}
+
+fn scim(sim: &SimHandle) -> Grants {
+    with_config(grants_for(&sim.base_url(), sim.addr(), "sim-token"), &[("use-service-account", "true"), ("use-scim-api", "true")])
+}
+
+fn rest(sim: &SimHandle) -> Grants {
+    grants_for(&sim.base_url(), sim.addr(), "sim-token")
+}
+
+async fn instance(grants: &Grants) -> ConnectorInstance {
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    ConnectorInstance::start(&engine, &module, grants).await.expect("connector starts")
+}
+
+fn writes(sim: &SimHandle) -> usize {
+    sim.requests().iter().filter(|r| r.method != "GET").count()
+}
+
+fn outcome(result: &guest::WriteResult) -> &'static str {
+    match result.outcome {
+        guest::Outcome::Changed => "changed",
+        guest::Outcome::NoChange => "no-change",
+    }
+}
+
+/// A team of the organization and an active, non-guest org member not on it.
+fn team_and_outsider(org: &Org) -> (String, String) {
+    let organization = &org.workspaces[0].gid;
+    for team in org.teams.iter().filter(|t| &t.workspace_gid == organization) {
+        let outsider = org.workspace_memberships.iter().find(|m| {
+            &m.workspace_gid == organization
+                && m.is_active
+                && !m.is_guest
+                && !org.team_memberships.iter().any(|tm| tm.team_gid == team.gid && tm.user_gid == m.user_gid)
+        });
+        if let Some(m) = outsider {
+            return (team.gid.clone(), m.user_gid.clone());
+        }
+    }
+    panic!("no team with an outsider");
+}
+
+async fn sync_grant_ids(sim: &SimHandle, grants: &Grants) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    sync_with(&engine, &module, grants, &out).await.expect("sync succeeds");
+    let file = SyncFile::open_existing(&out).unwrap();
+    let run = file.last_good_run().unwrap().unwrap();
+    let _ = sim;
+    file.grants(run.id, None).unwrap().into_iter().map(|g| g.id).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn team_membership_grant_and_revoke_round_trip() {
+    let sim = start_sim(small_org()).await;
+    let (team, outsider) = team_and_outsider(&sim.org());
+    let entitlement = format!("team:{team}:member");
+    let grant_id = format!("{entitlement}:user:{outsider}");
+    let mut connector = instance(&rest(&sim)).await;
+
+    let granted = connector.grant_entitlement(&entitlement, &user(&outsider)).await.unwrap();
+    assert_eq!(outcome(&granted), "changed");
+    assert_eq!(granted.grant.unwrap().id, grant_id);
+    assert!(sim.org().team_memberships.iter().any(|m| m.team_gid == team && m.user_gid == outsider));
+    assert!(sync_grant_ids(&sim, &rest(&sim)).await.contains(&grant_id), "a new sync shows the grant");
+
+    let before = writes(&sim);
+    let again = connector.grant_entitlement(&entitlement, &user(&outsider)).await.unwrap();
+    assert_eq!(outcome(&again), "no-change");
+    assert_eq!(writes(&sim), before, "no write for a grant already held");
+
+    let revoked = connector.revoke_grant(&grant_id).await.unwrap();
+    assert_eq!(outcome(&revoked), "changed");
+    assert!(!sim.org().team_memberships.iter().any(|m| m.team_gid == team && m.user_gid == outsider));
+    assert!(!sync_grant_ids(&sim, &rest(&sim)).await.contains(&grant_id), "a new sync shows it gone");
+
+    let before = writes(&sim);
+    assert_eq!(outcome(&connector.revoke_grant(&grant_id).await.unwrap()), "no-change");
+    assert_eq!(writes(&sim), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_the_api_cannot_set_are_refused_as_immutable() {
+    let sim = start_sim(small_org()).await;
+    let org = sim.org();
+    let (team, outsider) = team_and_outsider(&org);
+    let mut connector = instance(&rest(&sim)).await;
+    for entitlement in [format!("team:{team}:admin"), format!("team:{team}:limited-access"), format!("workspace:{}:admin", org.workspaces[0].gid)] {
+        match connector.grant_entitlement(&entitlement, &user(&outsider)).await {
+            Err(CallError::Connector(ConnectorError::Unsupported(message))) => assert!(message.contains("immutable"), "{message}"),
+            other => panic!("{entitlement}: expected unsupported, got {other:?}"),
+        }
+    }
+    let admin = org.team_memberships.iter().find(|m| m.is_admin).unwrap();
+    let revoke = connector.revoke_grant(&format!("team:{}:admin:user:{}", admin.team_gid, admin.user_gid)).await;
+    assert!(matches!(revoke, Err(CallError::Connector(ConnectorError::Unsupported(_)))), "{revoke:?}");
+    assert_eq!(writes(&sim), 0);
+
+    // An immutable grant is marked so in the sync file.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+    let engine = engine();
+    sync_with(&engine, &load(&engine, &asana_wasm()), &rest(&sim), &out).await.unwrap();
+    let file = SyncFile::open_existing(&out).unwrap();
+    let grants = file.grants(file.last_good_run().unwrap().unwrap().id, Some("team")).unwrap();
+    assert!(grants.iter().filter(|g| !g.id.contains(":member:")).all(|g| g.immutable));
+    assert!(grants.iter().filter(|g| g.id.contains(":member:")).all(|g| !g.immutable));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workspace_membership_grant_and_revoke() {
+    let sim = start_sim(small_org()).await;
+    let org = sim.org();
+    let small = &org.workspaces[1].gid;
+    let outsider = org
+        .workspace_memberships
+        .iter()
+        .find(|m| m.workspace_gid == org.workspaces[0].gid && m.is_active && !m.is_guest && org.workspace_membership(&m.user_gid, small).is_none())
+        .unwrap()
+        .user_gid
+        .clone();
+    let mut connector = instance(&rest(&sim)).await;
+    let entitlement = format!("workspace:{small}:member");
+    assert_eq!(outcome(&connector.grant_entitlement(&entitlement, &user(&outsider)).await.unwrap()), "changed");
+    assert!(sim.org().workspace_membership(&outsider, small).is_some());
+    assert_eq!(outcome(&connector.grant_entitlement(&entitlement, &user(&outsider)).await.unwrap()), "no-change");
+    let grant_id = format!("{entitlement}:user:{outsider}");
+    assert!(sync_grant_ids(&sim, &rest(&sim)).await.contains(&grant_id));
+    assert_eq!(outcome(&connector.revoke_grant(&grant_id).await.unwrap()), "changed");
+    assert!(sim.org().workspace_membership(&outsider, small).is_none());
+    assert_eq!(outcome(&connector.revoke_grant(&grant_id).await.unwrap()), "no-change");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn license_moves_through_scim_patch() {
+    let sim = start_sim(small_org()).await;
+    let org = sim.org();
+    let viewer = org.users.iter().find(|u| u.active && u.license == License::ViewOnly && org.workspace_membership(&u.gid, &org.workspaces[0].gid).is_some_and(|m| !m.is_guest)).unwrap().gid.clone();
+    let mut connector = instance(&scim(&sim)).await;
+
+    // View only -> enterprise.
+    let result = connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await.unwrap();
+    assert_eq!(outcome(&result), "changed");
+    assert_eq!(sim.org().user(&viewer).unwrap().license, License::Enterprise);
+    let patches = sim.requests().iter().filter(|r| r.method == "PATCH").count();
+    assert_eq!(patches, 1);
+    let before = writes(&sim);
+    assert_eq!(outcome(&connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await.unwrap()), "no-change");
+    assert_eq!(writes(&sim), before);
+    assert!(sync_grant_ids(&sim, &scim(&sim)).await.contains(&format!("license:enterprise:assigned:user:{viewer}")));
+
+    // Revoke enterprise: back to view only.
+    assert_eq!(outcome(&connector.revoke_grant(&format!("license:enterprise:assigned:user:{viewer}")).await.unwrap()), "changed");
+    assert_eq!(sim.org().user(&viewer).unwrap().license, License::ViewOnly);
+    assert_eq!(outcome(&connector.revoke_grant(&format!("license:enterprise:assigned:user:{viewer}")).await.unwrap()), "no-change");
+
+    // Revoke view only: deactivates.
+    assert_eq!(outcome(&connector.revoke_grant(&format!("license:view only:assigned:user:{viewer}")).await.unwrap()), "changed");
+    assert!(!sim.org().user(&viewer).unwrap().active);
+    let ids = sync_grant_ids(&sim, &scim(&sim)).await;
+    assert!(!ids.iter().any(|id| id.starts_with("license:") && id.ends_with(&format!(":user:{viewer}"))), "a deactivated user holds no license");
+
+    // No reactivation.
+    let again = connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await;
+    assert!(matches!(&again, Err(CallError::Connector(ConnectorError::InvalidArgument(m))) if m.contains("cannot reactivate")), "{again:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn license_changes_need_scim() {
+    let sim = start_sim(small_org()).await;
+    let someone = sim.org().users[5].gid.clone();
+    let mut connector = instance(&rest(&sim)).await;
+    let result = connector.grant_entitlement("license:enterprise:assigned", &user(&someone)).await;
+    assert!(matches!(&result, Err(CallError::Connector(ConnectorError::Unsupported(m))) if m.contains("use-scim-api")), "{result:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scim_without_a_service_account_fails_validation() {
+    let sim = start_sim(small_org()).await;
+    let grants = with_config(rest(&sim), &[("use-scim-api", "true")]);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let error = sync_with(&engine, &load(&engine, &asana_wasm()), &grants, &dir.path().join("s.db")).await.unwrap_err();
+    assert!(format!("{error:#}").contains("use-scim-api needs use-service-account=true"), "{error:#}");
+    assert_eq!(sim.request_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scim_sync_adds_profiles_and_licenses_and_keeps_guests() {
+    let sim = start_sim(small_org()).await;
+    let org = sim.org();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+    let engine = engine();
+    let summary = sync_with(&engine, &load(&engine, &asana_wasm()), &scim(&sim), &out).await.unwrap();
+    let scim_pages = sim.requests().iter().filter(|r| r.path.starts_with("/scim/Users")).count();
+    assert_eq!(scim_pages, 1, "one SCIM pass for the org, not one per workspace");
+    assert_eq!(summary.http_requests, org.minimum_requests(100) + 1);
+
+    let file = SyncFile::open_existing(&out).unwrap();
+    let run = file.last_good_run().unwrap().unwrap().id;
+    let users = file.resources(run, Some("user")).unwrap();
+    let member = org.users.iter().find(|u| u.active && org.workspace_memberships.iter().any(|m| m.user_gid == u.gid && !m.is_guest)).unwrap();
+    let synced = users.iter().find(|u| u.id == member.gid).unwrap();
+    assert_eq!(synced.attributes["title"], member.title.as_str());
+    assert_eq!(synced.attributes["department"], member.department.as_str());
+    assert_eq!(synced.attributes["email"], member.email.as_str());
+    let guest = org.workspace_memberships.iter().find(|m| m.is_guest && !m.is_admin).unwrap();
+    assert!(users.iter().any(|u| u.id == guest.user_gid), "guests still come from REST");
+    let grants = file.grants(run, Some("license")).unwrap();
+    let license = if member.license == License::Enterprise { "enterprise" } else { "view only" };
+    let mine = grants.iter().find(|g| g.principal.id == member.gid).unwrap();
+    assert_eq!(mine.entitlement_id, format!("license:{license}:assigned"));
+    assert!(!mine.immutable);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_are_created_through_scim_as_view_only() {
+    let sim = start_sim(small_org()).await;
+    let mut connector = instance(&scim(&sim)).await;
+    let request = guest::AccountRequest { email: "new.person@example.com".into(), display_name: Some("New Person".into()), options: vec![] };
+    let created = connector.create_account(&request).await.unwrap();
+    assert!(created.attributes.iter().any(|p| p.name == "created" && p.value == "true"));
+    let made = sim.org().user(&created.id).cloned().expect("the user exists");
+    assert_eq!(made.email, "new.person@example.com");
+    assert_eq!(made.license, License::ViewOnly);
+    let post = sim.requests().into_iter().find(|r| r.method == "POST").unwrap();
+    let body: serde_json::Value = serde_json::from_str(post.body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["userName"], "new.person@example.com");
+    assert_eq!(body["userType"], "view only");
+    assert_eq!(body["emails"][0]["value"], "new.person@example.com");
+
+    let before = writes(&sim);
+    let again = connector.create_account(&request).await.unwrap();
+    assert_eq!(again.id, created.id);
+    assert!(again.attributes.iter().any(|p| p.name == "created" && p.value == "false"));
+    assert_eq!(writes(&sim), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_are_created_through_rest_in_the_default_workspace() {
+    let sim = start_sim(small_org()).await;
+    let workspace = sim.org().workspaces[0].gid.clone();
+    let request = guest::AccountRequest { email: "invitee@example.com".into(), display_name: None, options: vec![] };
+
+    let mut without_default = instance(&rest(&sim)).await;
+    let error = without_default.create_account(&request).await.unwrap_err();
+    assert!(format!("{error}").contains("default-workspace-id"), "{error}");
+
+    let mut connector = instance(&with_config(rest(&sim), &[("default-workspace-id", &workspace)])).await;
+    let created = connector.create_account(&request).await.unwrap();
+    let user = sim.org().user(&created.id).cloned().expect("user created");
+    assert_eq!(user.license, License::ViewOnly, "new users get a view-only license");
+    assert!(sim.org().workspace_membership(&created.id, &workspace).is_some());
+    let again = connector.create_account(&request).await.unwrap();
+    assert!(again.attributes.iter().any(|p| p.name == "created" && p.value == "false"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_an_account_deactivates_once() {
+    let sim = start_sim(small_org()).await;
+    let target = sim.org().users.iter().find(|u| u.active && u.gid != sim.org().users[0].gid).unwrap().gid.clone();
+    let mut connector = instance(&scim(&sim)).await;
+    assert_eq!(outcome(&connector.disable_account(&user(&target)).await.unwrap()), "changed");
+    assert!(!sim.org().user(&target).unwrap().active);
+    let before = writes(&sim);
+    assert_eq!(outcome(&connector.disable_account(&user(&target)).await.unwrap()), "no-change");
+    assert_eq!(writes(&sim), before);
+}
