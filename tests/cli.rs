@@ -210,3 +210,53 @@ async fn create_account_prints_the_new_user() {
     assert!(stdout(&run).starts_with("changed: created account user:"), "{}", stdout(&run));
     assert!(sim.org().users.iter().any(|u| u.email == "cli.user@example.com"));
 }
+
+#[test]
+fn describe_lists_config_keys_and_which_are_secret() {
+    let run = tether(&["describe", "--connector", asana_wasm().to_str().unwrap()]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let text = stdout(&run);
+    for key in ["token", "use-service-account", "use-scim-api", "default-workspace-id", "asana-api-url"] {
+        assert!(text.lines().any(|l| l.trim_start().starts_with(key)), "{key} missing: {text}");
+    }
+    let token = text.lines().find(|l| l.trim_start().starts_with("token")).unwrap();
+    assert!(token.contains("secret"), "{token}");
+    let help = tether(&["sync", "--help"]);
+    assert!(stdout(&help).contains("use-scim-api"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_writes_json_lines_and_an_unreachable_host_fails_clearly() {
+    let sim = start_sim(OrgSpec { users: 15, teams: 1, workspaces: 1, seed: 2 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+    let jsonl = dir.path().join("s.jsonl");
+    let mut args = vec!["sync".to_string(), "--out".into(), out.to_str().unwrap().into(), "--jsonl".into(), jsonl.to_str().unwrap().into()];
+    args.extend(connector_flags(&sim, &[]));
+    let run = tether_async(args).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&jsonl).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: std::collections::BTreeSet<&str> = lines.iter().map(|l| l["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["entitlement", "grant", "resource"]);
+
+    // Nothing listens on this port: one clear line, non-zero, sync kept.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let args = vec![
+        "sync".to_string(),
+        "--out".into(),
+        out.to_str().unwrap().into(),
+        "--connector".into(),
+        asana_wasm().to_str().unwrap().into(),
+        "--config".into(),
+        format!("asana-api-url=http://{closed}/api/1.0"),
+        "--secret".into(),
+        "token=env:SIM_TOKEN".into(),
+        "--allow-host".into(),
+        closed.to_string(),
+    ];
+    let run = tether_async(args).await;
+    assert_eq!(run.status.code(), Some(1));
+    let err = stderr(&run);
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("error: sync failed") && last.contains("cannot reach Asana"), "{err}");
+}

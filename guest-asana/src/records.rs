@@ -33,7 +33,7 @@ pub fn metadata() -> ConnectorMetadata {
             resource_type("workspace", "Workspace", "An Asana workspace or organization", None),
             resource_type("license", "License", "An Asana license: enterprise or view only", None),
             resource_type("team", "Team", "A team inside a workspace", Some("workspace")),
-            resource_type("user", "User", "An Asana user (listed per workspace, one resource per user)", Some("workspace")),
+            resource_type("user", "User", "An Asana user, one resource however many workspaces they are in", Some("workspace")),
         ],
         config: vec![
             field("token", "Asana personal access token or service account token", true, true, None),

@@ -36,6 +36,9 @@ enum Command {
     Inspect(InspectArgs),
     /// Runs the Asana simulator on its own.
     Simulate(crate::demo::SimulateArgs),
+    /// Shows what a connector declares: resource types, config keys (which
+    /// are secrets), hosts, account fields.
+    Describe(DescribeArgs),
     /// Grants an entitlement to a principal.
     Grant(crate::provision::GrantArgs),
     /// Revokes a grant.
@@ -126,6 +129,26 @@ impl LimitArgs {
 }
 
 #[derive(Args)]
+struct DescribeArgs {
+    /// The connector component (.wasm).
+    #[arg(long, value_name = "FILE.wasm")]
+    connector: PathBuf,
+}
+
+/// What the Asana connector takes, for `tether sync --help`; `tether
+/// describe` reads the same from any connector's metadata.
+const ASANA_CONFIG_HELP: &str = "\
+Connector config and secrets: `tether describe --connector FILE.wasm` lists what a connector takes.
+The Asana connector (target/wasm/tether-asana.wasm):
+  --secret token=env:VAR          personal access token or service account token (secret; the connector never sees it)
+  --config use-service-account=B  the token is a service account's (Enterprise); needed for SCIM (default false)
+  --config use-scim-api=B         users and licenses from SCIM, license and account writes through it; needs use-service-account
+  --config default-workspace-id=G workspace new accounts join when the request names none
+  --config asana-api-url=URL      REST base URL (default https://app.asana.com/api/1.0; for test servers)
+  --config scim-url=URL           SCIM base URL (default asana-api-url + /scim)";
+
+#[derive(Args)]
+#[command(after_help = ASANA_CONFIG_HELP)]
 struct SyncArgs {
     #[command(flatten)]
     connector: ConnectorArgs,
@@ -186,6 +209,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::Simulate(args) => crate::demo::simulate(args).await,
+        Command::Describe(args) => describe(args).await,
         Command::Sync(args) => sync_command(args).await,
         Command::Grant(args) => crate::provision::grant(args).await,
         Command::Revoke(args) => crate::provision::revoke(args).await,
@@ -269,5 +293,41 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
     if let Some(target) = &args.jsonl {
         crate::inspect::export_jsonl(&file, summary.run_id, target)?;
     }
+    Ok(())
+}
+
+async fn describe(args: DescribeArgs) -> Result<()> {
+    let engine = ConnectorEngine::new(ConnectorEngine::default_cache_dir())?;
+    let module = engine.load(&args.connector, None)?;
+    let grants = Grants::default();
+    let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
+    let m = &instance.metadata;
+    println!("{} {} — {}", m.name, m.version, m.description);
+    println!("sha256 {}", module.digest);
+    println!("\nresource types:");
+    for t in &m.resource_types {
+        let listed = t.listed_under.as_deref().map(|p| format!(" (listed per {p})")).unwrap_or_default();
+        println!("  {:<12} {}{listed}", t.id, t.description);
+    }
+    let fields = |title: &str, fields: &[crate::bindings::guest::ConfigField]| {
+        println!("\n{title}:");
+        for f in fields {
+            let mut notes = vec![];
+            if f.secret {
+                notes.push("secret: give with --secret".to_string());
+            }
+            if f.required {
+                notes.push("required".to_string());
+            }
+            if let Some(default) = &f.default_value {
+                notes.push(format!("default {default}"));
+            }
+            let notes = if notes.is_empty() { String::new() } else { format!(" [{}]", notes.join(", ")) };
+            println!("  {:<22} {}{notes}", f.key, f.description);
+        }
+    };
+    fields("config", &m.config);
+    fields("create-account fields", &m.account_fields);
+    println!("\nhosts it reaches: {}", m.hosts.join(", "));
     Ok(())
 }
