@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh --fixtures
 ./scripts/install-prism.sh >/dev/null
+./scripts/install-scim2-server.sh >/dev/null
 cargo test --workspace --locked "$@"

@@ -158,4 +158,16 @@ pub fn print_summary(summary: &SyncSummary, out: &Path, minimum_requests: Option
         None => println!("  HTTP requests       {:>8}{rate_limited}", summary.http_requests),
     }
     println!("  elapsed             {:>8.2} s", summary.elapsed.as_secs_f64());
+    if let Some(peak) = peak_memory_mib() {
+        println!("  peak memory         {peak:>8} MiB");
+    }
+}
+
+/// The process's peak resident memory (Linux), to show it stays flat as
+/// orgs grow: pages are written as they arrive, never gathered.
+fn peak_memory_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }

@@ -1,0 +1,42 @@
+//! Sync cost as the org grows: requests, time and the syncing process's
+//! peak memory, for orgs of 1k, 10k and 50k users. The simulator runs in
+//! its own process so its memory (it holds the whole org) is not counted.
+//!
+//! Run: cargo bench -p tether-host --bench sync_scale
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+fn main() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let tether = root.join("target/debug/tether");
+    let connector = root.join("target/wasm/tether-asana.wasm");
+    assert!(tether.is_file() && connector.is_file(), "build first: scripts/build-guests.sh && cargo build -p tether-host");
+    println!("{:>8} {:>6} {:>9} {:>9} {:>10}", "users", "teams", "requests", "seconds", "peak MiB");
+    for (users, teams) in [(1_000, 50), (10_000, 300), (50_000, 1_000)] {
+        let mut sim = Command::new(&tether)
+            .args(["simulate", "--users", &users.to_string(), "--teams", &teams.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("simulator starts");
+        let mut first = String::new();
+        BufReader::new(sim.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        let base_url = first.trim().rsplit(' ').next().unwrap().to_string();
+        let addr = base_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new(&tether)
+            .args(["sync", "--connector", connector.to_str().unwrap(), "--out", dir.path().join("s.db").to_str().unwrap()])
+            .args(["--config", &format!("asana-api-url={base_url}"), "--secret", "token=literal:sim-token", "--allow-host", &addr])
+            .output()
+            .expect("sync runs");
+        let _ = sim.kill();
+        let _ = sim.wait();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let figure = |label: &str| {
+            text.lines().find(|l| l.trim_start().starts_with(label)).and_then(|l| l.split_whitespace().nth(label.split(' ').count())).unwrap_or("?").to_string()
+        };
+        println!("{users:>8} {teams:>6} {:>9} {:>9} {:>10}", figure("HTTP requests"), figure("elapsed"), figure("peak memory"));
+    }
+}

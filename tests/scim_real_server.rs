@@ -1,0 +1,68 @@
+//! The connector's SCIM client against a real SCIM 2.0 server (scim2-server
+//! from PyPI): create, filter, PATCH answered 204, deactivation, paging.
+
+mod support;
+
+use support::scim2::Scim2Server;
+use support::*;
+use tether_host::bindings::{guest, ResourceRef};
+use tether_host::config::ConnectorConfig;
+use tether_host::connector::ConnectorInstance;
+use tether_host::http::AllowedHost;
+
+async fn connector_for(server: &Scim2Server) -> ConnectorInstance {
+    let mut grants = grants_for("http://127.0.0.1:9/api/1.0", server.addr(), "any-token");
+    grants.config = ConnectorConfig::new([
+        ("use-service-account".to_string(), "true".to_string()),
+        ("use-scim-api".to_string(), "true".to_string()),
+        ("scim-url".to_string(), server.base_url()),
+    ]);
+    grants.extra_hosts = vec![AllowedHost::parse(&server.addr().to_string()).unwrap()];
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    ConnectorInstance::start(&engine, &module, &grants).await.unwrap()
+}
+
+fn changed(result: &guest::WriteResult) -> bool {
+    matches!(result.outcome, guest::Outcome::Changed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scim_client_works_against_a_real_scim_server() {
+    let server = tokio::task::spawn_blocking(Scim2Server::start).await.unwrap();
+    let mut connector = connector_for(&server).await;
+
+    // Create, then find by userName filter instead of creating twice.
+    let mut ids = vec![];
+    for n in 0..3 {
+        let request = guest::AccountRequest { email: format!("person{n}@example.com"), display_name: Some(format!("Person {n}")), options: vec![] };
+        let created = connector.create_account(&request).await.expect("SCIM POST");
+        assert!(created.attributes.iter().any(|p| p.name == "created" && p.value == "true"));
+        assert!(created.attributes.iter().any(|p| p.name == "user_type" && p.value == "view only"), "{:?}", created.attributes);
+        let again = connector.create_account(&request).await.expect("SCIM filter");
+        assert_eq!(again.id, created.id);
+        assert!(again.attributes.iter().any(|p| p.name == "created" && p.value == "false"));
+        ids.push(created.id);
+    }
+
+    // PATCH userType (the server answers 204), then read it back.
+    let user = ResourceRef { resource_type: "user".into(), id: ids[0].clone() };
+    assert!(changed(&connector.grant_entitlement("license:enterprise:assigned", &user).await.expect("PATCH userType")));
+    assert!(!changed(&connector.grant_entitlement("license:enterprise:assigned", &user).await.unwrap()), "read back as enterprise");
+
+    // The listing pass: every user with the license their userType gives.
+    let license = ResourceRef { resource_type: "license".into(), id: "enterprise".into() };
+    let page = connector.list_grants(&license, None).await.expect("SCIM list");
+    assert_eq!(page.resources.len(), 3);
+    let enterprise: Vec<_> = page.grants.iter().filter(|g| g.entitlement_id == "license:enterprise:assigned").map(|g| g.principal.id.clone()).collect();
+    assert_eq!(enterprise, vec![ids[0].clone()]);
+    assert_eq!(page.grants.len(), 3);
+    assert!(page.next_token.is_none());
+
+    // Deactivate (PATCH active=false, 204); a second time is no change.
+    let other = ResourceRef { resource_type: "user".into(), id: ids[1].clone() };
+    assert!(changed(&connector.disable_account(&other).await.expect("PATCH active")));
+    assert!(!changed(&connector.disable_account(&other).await.unwrap()));
+    let page = connector.list_grants(&license, None).await.unwrap();
+    assert_eq!(page.grants.len(), 2, "a deactivated user holds no license");
+}
