@@ -44,6 +44,11 @@ pick_toolchain() {
 toolchain="$(pick_toolchain)"
 for crate in "${crates[@]}"; do
   name="$(sed -n 's/^name = "\(.*\)"/\1/p' "$crate/Cargo.toml" | head -n1)"
+  # The fixtures are separate workspaces; one target folder lets them share
+  # their compiled dependencies.
+  target_dir="$crate/target"
+  [[ "$crate" == "$root"/tests/fixtures/* ]] && target_dir="$root/tests/fixtures/target"
+  export CARGO_TARGET_DIR="$target_dir"
   echo "building $name for wasm32-wasip2 ($toolchain toolchain)" >&2
   if [[ "$toolchain" == rustup ]]; then
     (cd "$crate" && cargo build --quiet --release --target wasm32-wasip2)
@@ -56,6 +61,6 @@ for crate in "${crates[@]}"; do
       RUSTC_BOOTSTRAP=1 RUSTFLAGS="-L /usr/lib/wasm32-wasi -C link-self-contained=no" \
       /usr/bin/cargo build --quiet --release --target wasm32-wasip2 -Zbuild-std=std,panic_abort)
   fi
-  cp "$crate/target/wasm32-wasip2/release/${name//-/_}.wasm" "$out/$name.wasm"
+  cp "$target_dir/wasm32-wasip2/release/${name//-/_}.wasm" "$out/$name.wasm"
   echo "$out/$name.wasm" >&2
 done

@@ -135,7 +135,7 @@ pub(crate) fn paginate<T>(
 ) -> Result<Page<T>, ApiError> {
     let limit = query.limit()?;
     let key = query.listing_key(path);
-    items.sort_by_key(|t| gid_num(gid_of(t)));
+    items.sort_by_cached_key(|t| gid_num(gid_of(t)));
     if let Some(raw) = query.get("offset") {
         let after = decode_offset(raw, &key)?;
         items.retain(|t| gid_num(gid_of(t)) > after);

@@ -20,8 +20,10 @@ fn main() {
             .stdout(Stdio::piped())
             .spawn()
             .expect("simulator starts");
+        // Keep the pipe open while the simulator runs.
+        let mut sim_output = BufReader::new(sim.stdout.take().unwrap());
         let mut first = String::new();
-        BufReader::new(sim.stdout.take().unwrap()).read_line(&mut first).unwrap();
+        sim_output.read_line(&mut first).unwrap();
         let base_url = first.trim().rsplit(' ').next().unwrap().to_string();
         let addr = base_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
         let dir = tempfile::tempdir().unwrap();
@@ -32,6 +34,7 @@ fn main() {
             .expect("sync runs");
         let _ = sim.kill();
         let _ = sim.wait();
+        drop(sim_output);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let figure = |label: &str| {

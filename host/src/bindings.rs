@@ -1,4 +1,5 @@
-//! Rust bindings for the `tether:connector` WIT package.
+//! Rust bindings for the `tether:connector` WIT package, one module per
+//! supported version of the `connector` export.
 
 wasmtime::component::bindgen!({
     path: "../wit/v0.1.0",
@@ -10,6 +11,27 @@ wasmtime::component::bindgen!({
 });
 
 pub use exports::tether::connector::connector as guest;
+
+/// `tether:connector@0.2.0`. Its world imports 0.1.0's interfaces, so they
+/// map onto the 0.1.0 bindings above: one implementation of each import, one
+/// set of shared types (`connector-error`, `pair`, `resource-ref`).
+pub mod v0_2 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.2.0",
+        world: "connector-world",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "tether:connector/types@0.1.0": crate::bindings::tether::connector::types,
+            "tether:connector/http@0.1.0": crate::bindings::tether::connector::http,
+            "tether:connector/config@0.1.0": crate::bindings::tether::connector::config,
+            "tether:connector/storage@0.1.0": crate::bindings::tether::connector::storage,
+            "tether:connector/log@0.1.0": crate::bindings::tether::connector::log,
+        },
+    });
+
+    pub use exports::tether::connector0_2_0::connector as guest;
+}
 pub use tether::connector::types::{ConnectorError, Pair, RateLimit, ResourceRef};
 
 /// A connector error as one readable line (the generated Display is

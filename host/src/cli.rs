@@ -17,6 +17,7 @@ use crate::http::AllowedHost;
 use crate::inspect::{InspectFormat, InspectWhat};
 use crate::limits::Limits;
 use crate::store::SyncFile;
+use crate::trust::ModuleTrust;
 
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Runs identity-governance connectors built as WebAssembly components")]
@@ -36,6 +37,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Runs the Asana simulator on its own.
     Simulate(crate::demo::SimulateArgs),
+    /// Signs connector modules and checks signatures: keygen, sign, verify.
+    Module(crate::trust::ModuleArgs),
     /// Shows what a connector declares: resource types, config keys (which
     /// are secrets), hosts, account fields.
     Describe(DescribeArgs),
@@ -68,6 +71,13 @@ pub struct ConnectorArgs {
     /// Refuse the module unless its sha256 is this.
     #[arg(long, value_name = "SHA256")]
     pub digest: Option<String>,
+    /// Refuse the module unless it carries a good signature by this key: a
+    /// NAME.pub file from `tether module keygen`, or 64 hex digits.
+    #[arg(long, value_name = "NAME.pub|HEX")]
+    pub require_signature: Option<String>,
+    /// The module's signature (default: FILE.wasm.sig beside it).
+    #[arg(long, value_name = "FILE", requires = "require_signature")]
+    pub signature: Option<PathBuf>,
     /// Where compiled code is cached (default: ~/.cache/tether/compiled).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -104,6 +114,24 @@ pub struct LimitArgs {
     /// Most log lines per call.
     #[arg(long, value_name = "N", default_value_t = 1_000)]
     pub max_log_lines: usize,
+    /// Longest log line kept, in bytes (longer ones are cut).
+    #[arg(long, value_name = "BYTES", default_value_t = 4_096)]
+    pub max_log_line_bytes: usize,
+    /// Most bytes of strings one page may carry, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 8)]
+    pub max_page_mb: usize,
+    /// Most bytes the host copies out of the connector in one call, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 32)]
+    pub max_hostcall_mb: usize,
+    /// Most elements per wasm table.
+    #[arg(long, value_name = "N", default_value_t = 20_000)]
+    pub max_table_elements: usize,
+    /// Most wasm instances (and memories) per connector instance.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub max_instances: usize,
+    /// Size quota of the connector's storage namespace, in KiB.
+    #[arg(long, value_name = "KIB", default_value_t = 1_024)]
+    pub max_storage_kb: u64,
 }
 
 impl LimitArgs {
@@ -123,6 +151,12 @@ impl LimitArgs {
             http_response_bytes: self.max_response_mb.checked_mul(1 << 20).context("--max-response-mb is too large")?,
             records_per_page: self.max_page_records,
             log_lines_per_call: self.max_log_lines,
+            log_bytes_per_line: self.max_log_line_bytes,
+            bytes_per_page: self.max_page_mb.checked_mul(1 << 20).context("--max-page-mb is too large")?,
+            hostcall_bytes: self.max_hostcall_mb.checked_mul(1 << 20).context("--max-hostcall-mb is too large")?,
+            table_elements: self.max_table_elements,
+            instances: self.max_instances,
+            storage_bytes: self.max_storage_kb.checked_mul(1 << 10).context("--max-storage-kb is too large")?,
             ..Limits::default()
         })
     }
@@ -209,6 +243,7 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => crate::demo::demo(args).await,
         Command::Simulate(args) => crate::demo::simulate(args).await,
+        Command::Module(args) => crate::trust::run(args),
         Command::Describe(args) => describe(args).await,
         Command::Sync(args) => sync_command(args).await,
         Command::Grant(args) => crate::provision::grant(args).await,
@@ -232,11 +267,18 @@ pub struct Prepared {
 pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir) };
     let engine = ConnectorEngine::new(cache_dir)?;
-    let module = engine.load(&args.connector, args.digest.as_deref())?;
+    let trust = ModuleTrust {
+        digest: args.digest.clone(),
+        signer: args.require_signature.as_deref().map(crate::trust::parse_verifying_key).transpose()?,
+        signature: args.signature.clone(),
+    };
+    let module = engine.load_trusted(&args.connector, &trust)?;
     eprintln!(
-        "loaded {} (sha256 {}) in {:.0} ms{}",
+        "loaded {} (sha256 {}{}, tether:connector@{}) in {:.0} ms{}",
         module.path.display(),
         module.digest,
+        trust.signer.map(|key| format!(", signed by key {}", crate::trust::key_id(&key))).unwrap_or_default(),
+        module.api,
         module.load_time.as_secs_f64() * 1000.0,
         if module.from_cache { ", compiled code from cache" } else { "" }
     );

@@ -140,6 +140,27 @@ impl Secrets {
         self.values.contains_key(name)
     }
 
+    /// `redact` for bytes (response bodies).
+    pub fn redact_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
+        let mut out = bytes;
+        for value in self.values.values() {
+            let needle = value.0.as_bytes();
+            if needle.len() < 4 || memchr::memmem::find(&out, needle).is_none() {
+                continue;
+            }
+            let mut replaced = Vec::with_capacity(out.len());
+            let mut copied = 0;
+            for at in memchr::memmem::find_iter(&out, needle) {
+                replaced.extend_from_slice(&out[copied..at]);
+                replaced.extend_from_slice(b"<redacted>");
+                copied = at + needle.len();
+            }
+            replaced.extend_from_slice(&out[copied..]);
+            out = replaced;
+        }
+        out
+    }
+
     /// Replaces every secret value in `text`, so that nothing the connector
     /// echoes (logs, error messages) can carry one out.
     pub fn redact(&self, text: &str) -> String {

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::bindings::{guest, ConnectorError, ConnectorWorld, ResourceRef};
+use crate::api_version::{ApiVersion, Convert};
+use crate::bindings::{guest, v0_2, ConnectorError, ConnectorWorld, ResourceRef};
 use crate::config::{ConnectorConfig, Secrets};
 use crate::engine::{ConnectorEngine, LoadedModule};
 use crate::http::{EgressPolicy, HttpGateway};
@@ -54,27 +54,29 @@ pub enum CallError {
 
 pub struct ConnectorInstance {
     store: Store<HostState>,
-    world: ConnectorWorld,
+    exports: Exports,
+    api: ApiVersion,
     http: Arc<HttpGateway>,
     wall_per_call: Duration,
     poisoned: bool,
     pub metadata: guest::ConnectorMetadata,
 }
 
-/// Calls one export under the instance's guards.
+/// Runs `$call` (an export call, given the instance's `$exports` and
+/// `$store`) under the instance's guards.
 macro_rules! guarded {
-    ($self:ident, $method:ident ( $($arg:expr),* )) => {{
+    ($self:ident, |$exports:ident, $store:ident| $call:expr) => {{
         if $self.poisoned {
             return Err(CallError::Poisoned);
         }
         $self.before_call();
-        let call = $self.world.tether_connector_connector().$method(&mut $self.store, $($arg),*);
-        let outcome = match tokio::time::timeout($self.wall_per_call, call).await {
+        let ($exports, $store) = (&$self.exports, &mut $self.store);
+        let outcome = match tokio::time::timeout($self.wall_per_call, $call).await {
             Err(_) => Err(CallError::Limit(LimitExceeded::new(
                 "wall-clock",
                 format!("the call took longer than {:?}", $self.wall_per_call),
             ))),
-            Ok(Err(trap)) => Err(classify_trap(trap)),
+            Ok(Err(trap)) => Err(classify_trap(trap, &$self.store.data().limits)),
             Ok(Ok(value)) => Ok(value),
         };
         if outcome.is_err() {
@@ -82,6 +84,29 @@ macro_rules! guarded {
         }
         outcome
     }};
+}
+
+/// Calls one export in whichever version of the contract the module speaks;
+/// a 0.2.0 result is converted into the host's (0.1.0) types. Arguments
+/// whose types differ between versions are given again after `v0_2`.
+macro_rules! call_export {
+    ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* )) => {
+        call_export!($exports, $store, $method($($arg),*) v0_2 ($($arg),*))
+    };
+    ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* ) v0_2 ( $($arg2:expr),* )) => {
+        async {
+            match $exports {
+                Exports::V0_1(world) => world.tether_connector_connector().$method(&mut *$store, $($arg),*).await,
+                Exports::V0_2(world) => world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg2),*).await.map(Convert::convert),
+            }
+        }
+    };
+}
+
+/// The module's `connector` export, in the version it was built against.
+enum Exports {
+    V0_1(ConnectorWorld),
+    V0_2(v0_2::ConnectorWorld),
 }
 
 impl ConnectorInstance {
@@ -108,6 +133,7 @@ impl ConnectorInstance {
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.store_limits);
         store.set_hostcall_fuel(limits.hostcall_bytes);
+        store.set_max_component_handles(limits.resource_handles);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
             state.cpu_ticks_this_call += 1;
@@ -118,19 +144,20 @@ impl ConnectorInstance {
         });
         store.set_epoch_deadline(1);
 
-        let mut linker = Linker::<HostState>::new(engine.engine());
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("cannot link WASI")?;
-        ConnectorWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("cannot link the tether:connector imports")?;
-        let world = tokio::time::timeout(limits.wall_per_call, ConnectorWorld::instantiate_async(&mut store, &module.component, &linker))
+        let instance = tokio::time::timeout(limits.wall_per_call, module.pre.instantiate_async(&mut store))
             .await
             .map_err(|_| anyhow::anyhow!("limit exceeded: wall-clock: instantiation took longer than {:?}", limits.wall_per_call))?
-            .map_err(|e| anyhow::anyhow!("cannot instantiate connector {}: {}", module.path.display(), classify_trap(e)))?;
+            .map_err(|e| anyhow::anyhow!("cannot instantiate connector {}: {}", module.path.display(), classify_trap(e, &limits)))?;
+        let exports = match module.api {
+            ApiVersion::V0_1 => ConnectorWorld::new(&mut store, &instance).map(Exports::V0_1),
+            ApiVersion::V0_2 => v0_2::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_2),
+        }
+        .map_err(|e| anyhow::anyhow!("connector {} lacks a function of tether:connector@{}: {e}", module.path.display(), module.api))?;
 
         let mut instance = ConnectorInstance {
             store,
-            world,
+            exports,
+            api: module.api,
             http,
             wall_per_call: limits.wall_per_call,
             poisoned: false,
@@ -143,7 +170,7 @@ impl ConnectorInstance {
         let mut hosts = grants.extra_hosts.clone();
         if !grants.only_extra_hosts {
             for declared in &instance.metadata.hosts {
-                hosts.push(crate::http::AllowedHost::parse(declared).with_context(|| format!("the connector declares a bad host {declared:?}"))?);
+                hosts.push(crate::http::AllowedHost::declared(declared).with_context(|| format!("the connector declares a bad host {declared:?}"))?);
             }
         }
         instance.http.set_policy(EgressPolicy::new(hosts));
@@ -154,6 +181,11 @@ impl ConnectorInstance {
         &self.http
     }
 
+    /// The version of `tether:connector` the module was built against.
+    pub fn api_version(&self) -> ApiVersion {
+        self.api
+    }
+
     fn before_call(&mut self) {
         let state = self.store.data_mut();
         state.log_lines_this_call = 0;
@@ -162,42 +194,57 @@ impl ConnectorInstance {
     }
 
     async fn call_metadata(&mut self) -> Result<guest::ConnectorMetadata, CallError> {
-        guarded!(self, call_metadata())
+        guarded!(self, |exports, store| call_export!(exports, store, call_metadata()))
     }
 
     pub async fn validate(&mut self) -> Result<(), CallError> {
-        guarded!(self, call_validate())?.map_err(CallError::Connector)
+        guarded!(self, |exports, store| call_export!(exports, store, call_validate()))?.map_err(CallError::Connector)
     }
 
     pub async fn list_resources(&mut self, resource_type: &str, scope: Option<&ResourceRef>, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let page = guarded!(self, call_list_resources(resource_type, scope, token))?.map_err(CallError::Connector)?;
+        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_resources(resource_type, scope, token)))?.map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
     pub async fn list_entitlements(&mut self, resource: &ResourceRef, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let page = guarded!(self, call_list_entitlements(resource, token))?.map_err(CallError::Connector)?;
+        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_entitlements(resource, token)))?.map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
     pub async fn list_grants(&mut self, resource: &ResourceRef, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let page = guarded!(self, call_list_grants(resource, token))?.map_err(CallError::Connector)?;
+        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_grants(resource, token)))?.map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
     pub async fn grant_entitlement(&mut self, entitlement_id: &str, principal: &ResourceRef) -> Result<guest::WriteResult, CallError> {
-        guarded!(self, call_grant_entitlement(entitlement_id, principal))?.map_err(CallError::Connector)
+        guarded!(self, |exports, store| call_export!(exports, store, call_grant_entitlement(entitlement_id, principal)))?.map_err(CallError::Connector)
     }
 
     pub async fn revoke_grant(&mut self, grant_id: &str) -> Result<guest::WriteResult, CallError> {
-        guarded!(self, call_revoke_grant(grant_id))?.map_err(CallError::Connector)
+        guarded!(self, |exports, store| call_export!(exports, store, call_revoke_grant(grant_id)))?.map_err(CallError::Connector)
     }
 
     pub async fn create_account(&mut self, request: &guest::AccountRequest) -> Result<guest::Resource, CallError> {
-        guarded!(self, call_create_account(request))?.map_err(CallError::Connector)
+        let for_v0_2 = request.clone().convert();
+        guarded!(self, |exports, store| call_export!(exports, store, call_create_account(request) v0_2 (&for_v0_2)))?.map_err(CallError::Connector)
     }
 
     pub async fn disable_account(&mut self, account: &ResourceRef) -> Result<guest::WriteResult, CallError> {
-        guarded!(self, call_disable_account(account))?.map_err(CallError::Connector)
+        guarded!(self, |exports, store| call_export!(exports, store, call_disable_account(account)))?.map_err(CallError::Connector)
+    }
+
+    /// Checks that the connector reaches its upstream; says as whom. Modules
+    /// built against 0.1.0 answer `unsupported`.
+    pub async fn test_connection(&mut self) -> Result<String, CallError> {
+        guarded!(self, |exports, store| async {
+            match exports {
+                Exports::V0_2(world) => world.tether_connector0_2_0_connector().call_test_connection(&mut *store).await,
+                Exports::V0_1(_) => Ok(Err(ConnectorError::Unsupported(
+                    "test-connection is new in tether:connector@0.2.0; this connector was built against 0.1.0".into(),
+                ))),
+            }
+        })?
+        .map_err(CallError::Connector)
     }
 
     /// Caps what one page may carry, in records and in bytes.
@@ -237,22 +284,32 @@ fn page_bytes(page: &guest::Page) -> usize {
     resources + entitlements + grants + page.next_token.as_ref().map_or(0, String::len)
 }
 
-/// Turns a wasmtime error into what the operator needs to know.
-fn classify_trap(error: wasmtime::Error) -> CallError {
+/// Turns a wasmtime error into what the operator needs to know: which
+/// limit was hit (in one line), or the crash with its wasm backtrace.
+fn classify_trap(error: wasmtime::Error, limits: &Limits) -> CallError {
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return CallError::Limit(LimitExceeded::new(limit.limit, limit.detail.clone()));
     }
-    let text = format!("{error:#}");
-    if text.contains("growing memory") || text.contains("memory.grow") || text.contains("memory size") {
-        return CallError::Limit(LimitExceeded::new("memory", text));
+    // The cause without the backtrace wasmtime wraps it in. Store-limit and
+    // hostcall-fuel failures come as messages, not types.
+    let cause = error.root_cause().to_string();
+    let limit = if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow) {
+        Some(("stack", format!("{cause} (at most {} bytes of wasm stack)", crate::engine::MAX_WASM_STACK)))
+    } else if cause.contains("growing memory") || cause.contains("exceeds memory limits") {
+        Some(("memory", format!("{cause} (at most {} bytes per memory)", limits.memory_bytes)))
+    } else if cause.contains("growing table") || cause.contains("exceeds table limits") {
+        Some(("table-elements", format!("{cause} (at most {} elements per table)", limits.table_elements)))
+    } else if cause.contains("resource limit exceeded") {
+        Some(("instances", format!("{cause} (at most {} instances)", limits.instances)))
+    } else if cause.contains("fuel allocated for hostcalls") {
+        Some(("hostcall-bytes", format!("{cause} (at most {} bytes per call)", limits.hostcall_bytes)))
+    } else {
+        None
+    };
+    match limit {
+        Some((limit, detail)) => CallError::Limit(LimitExceeded::new(limit, detail)),
+        None => CallError::Trap(format!("{error:#}")),
     }
-    if text.contains("growing table") {
-        return CallError::Limit(LimitExceeded::new("table-elements", text));
-    }
-    if text.contains("hostcall fuel") || text.contains("fuel") {
-        return CallError::Limit(LimitExceeded::new("hostcall-bytes", text));
-    }
-    CallError::Trap(text)
 }
 
 /// Storage namespaces are file names; keep only safe characters.

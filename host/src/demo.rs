@@ -1,6 +1,7 @@
 //! `tether demo` and `tether simulate`: the Asana simulator, and a sync of
 //! it through the real connector component.
 
+use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
@@ -89,6 +90,8 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         secret: vec![format!("token=literal:{token}").parse::<SecretSource>().map_err(anyhow::Error::msg)?],
         allow_host: vec![sim.addr().to_string()],
         digest: None,
+        require_signature: None,
+        signature: None,
         cache_dir: None,
         no_cache: false,
         storage_dir: None,
@@ -129,8 +132,11 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
     let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;
-    println!("Asana simulator listening on {}", sim.base_url());
-    println!("({} users, {} teams, {} workspaces, seed {}); Ctrl-C stops it", spec.users, spec.teams, spec.workspaces, spec.seed);
+    // A closed stdout (a parent that read the URL and went) must not stop the server.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "Asana simulator listening on {}", sim.base_url());
+    let _ = writeln!(stdout, "({} users, {} teams, {} workspaces, seed {}); Ctrl-C stops it", spec.users, spec.teams, spec.workspaces, spec.seed);
+    let _ = stdout.flush();
     tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")?;
     sim.shutdown().await;
     Ok(())

@@ -11,17 +11,24 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::Component;
+use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
+
+use crate::api_version::ApiVersion;
+use crate::bindings::ConnectorWorld;
+use crate::state::HostState;
+use crate::trust::ModuleTrust;
 
 /// How often the engine's epoch advances; CPU deadlines count these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// The wasm call stack each call may use.
+pub const MAX_WASM_STACK: usize = 1 << 20;
 
-/// Interfaces a connector may import: our package, and the WASI a Rust std
-/// guest needs to start (all linked with nothing granted). Anything else,
-/// sockets included, is refused before instantiation.
-const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
-    "tether:connector/",
+/// Interfaces a connector may import besides our package (checked by
+/// version in `api_version`): the WASI a Rust std guest needs to start, all
+/// linked with nothing granted. Anything else, sockets included, is refused
+/// before instantiation.
+const WASI_IMPORT_PREFIXES: &[&str] = &[
     "wasi:cli/",
     "wasi:io/",
     "wasi:filesystem/",
@@ -31,6 +38,8 @@ const ALLOWED_IMPORT_PREFIXES: &[&str] = &[
 
 pub struct ConnectorEngine {
     engine: Engine,
+    /// Every import the host offers, linked once for all instances.
+    linker: Linker<HostState>,
     cache_dir: Option<PathBuf>,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -38,8 +47,12 @@ pub struct ConnectorEngine {
 /// A module ready to instantiate.
 pub struct LoadedModule {
     pub component: Component,
+    /// The component with its imports resolved: instantiating it is cheap.
+    pub pre: InstancePre<HostState>,
     /// Hex sha256 of the .wasm file as given.
     pub digest: String,
+    /// The version of `tether:connector` its export was built against.
+    pub api: ApiVersion,
     pub path: PathBuf,
     /// True when the compiled code came from this host's cache.
     pub from_cache: bool,
@@ -52,8 +65,14 @@ impl ConnectorEngine {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
-        config.max_wasm_stack(1 << 20);
+        config.max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
+        let mut linker = Linker::<HostState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("cannot link WASI")?;
+        // Every version of the contract so far imports 0.1.0's interfaces.
+        ConnectorWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(anyhow::Error::from)
+            .context("cannot link the tether:connector imports")?;
 
         let ticker_stop = Arc::new(AtomicBool::new(false));
         let (stop, ticking) = (ticker_stop.clone(), engine.clone());
@@ -66,7 +85,7 @@ impl ConnectorEngine {
                 }
             })
             .context("cannot start the epoch ticker")?;
-        Ok(ConnectorEngine { engine, cache_dir, ticker_stop })
+        Ok(ConnectorEngine { engine, linker, cache_dir, ticker_stop })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -84,15 +103,17 @@ impl ConnectorEngine {
     /// Reads, checks and compiles a connector. `expected_digest` pins the
     /// module's sha256.
     pub fn load(&self, path: &Path, expected_digest: Option<&str>) -> Result<LoadedModule> {
+        self.load_trusted(path, &ModuleTrust { digest: expected_digest.map(str::to_string), ..ModuleTrust::default() })
+    }
+
+    /// Reads a connector, checks it against what the operator requires (digest
+    /// pin, signature) before compiling anything, compiles it and checks that
+    /// it speaks a version of the contract this host serves.
+    pub fn load_trusted(&self, path: &Path, trust: &ModuleTrust) -> Result<LoadedModule> {
         let started = Instant::now();
         let bytes = std::fs::read(path).with_context(|| format!("cannot read connector {}", path.display()))?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        if let Some(expected) = expected_digest {
-            let expected = expected.trim().trim_start_matches("sha256:").to_ascii_lowercase();
-            if expected != digest {
-                bail!("connector {} has sha256 {digest}, but {expected} was pinned", path.display());
-            }
-        }
+        trust.check(path, &bytes)?;
         // Precompiled code from outside is not trusted input: wasmtime
         // deserializes it without validation.
         if Engine::detect_precompiled(&bytes).is_some() {
@@ -102,7 +123,13 @@ impl ConnectorEngine {
             format!("{} is not a valid WebAssembly component", path.display())
         })?;
         check_imports(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
-        Ok(LoadedModule { component, digest, path: path.to_path_buf(), from_cache, load_time: started.elapsed() })
+        let api = ApiVersion::of(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("connector {} refused", path.display()))?;
+        Ok(LoadedModule { component, pre, digest, api, path: path.to_path_buf(), from_cache, load_time: started.elapsed() })
     }
 
     /// Compiles, or reuses code this host compiled before for the same
@@ -151,7 +178,9 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
         if !matches!(item.ty, ComponentItem::ComponentInstance(_)) {
             bail!("it imports {name:?}, which is not an interface the host offers");
         }
-        if !ALLOWED_IMPORT_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        if name.starts_with("tether:connector/") {
+            crate::api_version::check_tether_import(name)?;
+        } else if !WASI_IMPORT_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
             bail!("it imports {name}, which the host does not offer");
         }
     }

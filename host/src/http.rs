@@ -4,7 +4,7 @@
 //! again on every redirect), attaches secrets only to allowed hosts, caps
 //! response sizes and time, and counts what was sent.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use crate::bindings::Pair;
 use crate::config::Secrets;
 use crate::state::HostState;
 
-/// One destination the operator allows.
+/// One destination a connector may reach.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AllowedHost {
     pub host: String,
@@ -26,10 +26,14 @@ pub struct AllowedHost {
     /// Plain http is allowed only where the operator said so (`http://`
     /// prefix), or for loopback addresses they listed.
     pub plain_http: bool,
+    /// Listed by the operator, not only declared by the connector: only
+    /// then may it be an IP address or resolve to a private one.
+    pub from_operator: bool,
 }
 
 impl AllowedHost {
-    /// Parses `HOST`, `HOST:PORT`, `http://HOST[:PORT]` or `https://HOST[:PORT]`.
+    /// Parses the operator's `HOST`, `HOST:PORT`, `http://HOST[:PORT]` or
+    /// `https://HOST[:PORT]`.
     pub fn parse(spec: &str) -> Result<Self> {
         let (scheme, rest) = match spec.split_once("://") {
             Some((scheme @ ("http" | "https"), rest)) => (Some(scheme), rest),
@@ -44,13 +48,56 @@ impl AllowedHost {
         let host = url.host_str().ok_or_else(|| anyhow::anyhow!("--allow-host {spec}: no host"))?.to_ascii_lowercase();
         let port = url.port();
         let plain_http = scheme == Some("http") || is_loopback(&host);
-        Ok(AllowedHost { host, port, plain_http })
+        Ok(AllowedHost { host, port, plain_http, from_operator: true })
+    }
+
+    /// A host the connector declares in its metadata: https only, and never
+    /// an IP address or a name resolving to a private one.
+    pub fn declared(spec: &str) -> Result<Self> {
+        let parsed = Self::parse(spec)?;
+        Ok(AllowedHost { plain_http: false, from_operator: false, ..parsed })
     }
 }
 
 fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+}
+
+/// True for addresses on the public internet; false for loopback, private,
+/// link-local (cloud metadata), shared, documentation, multicast and
+/// reserved ranges, which a connector reaches only where the operator
+/// listed the host.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_documentation()
+                || v4.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)) // shared address space (CGNAT)
+                || (a == 198 && (b == 18 || b == 19)) // benchmarking
+                || a >= 240) // reserved
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (first & 0xfe00) == 0xfc00 // unique local
+                || (first & 0xffc0) == 0xfe80 // link-local
+                || first == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
+                || v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0]) // NAT64 of any v4
+        }
+    }
 }
 
 /// Which URLs a connector may reach.
@@ -68,8 +115,8 @@ impl EgressPolicy {
         &self.hosts
     }
 
-    /// Ok when `url` may be requested; otherwise why not. IP literals and
-    /// private addresses pass only when listed exactly, like any host.
+    /// Ok when `url` may be requested; otherwise why not. IP addresses pass
+    /// only when the operator listed them, like private ones.
     pub fn check(&self, url: &Url) -> Result<(), String> {
         let scheme = url.scheme();
         if scheme != "https" && scheme != "http" {
@@ -78,15 +125,54 @@ impl EgressPolicy {
         let host = url.host_str().ok_or("the URL has no host")?.to_ascii_lowercase();
         let port = url.port_or_known_default().ok_or("the URL has no port")?;
         let default_port = if scheme == "https" { 443 } else { 80 };
-        let entry = self
-            .hosts
-            .iter()
-            .find(|h| h.host == host && h.port.unwrap_or(default_port) == port)
+        let matching = || self.hosts.iter().filter(|h| h.host == host && h.port.unwrap_or(default_port) == port);
+        // The operator's listing of a host outranks the connector's.
+        let entry = matching()
+            .find(|h| h.from_operator)
+            .or_else(|| matching().next())
             .ok_or_else(|| format!("{host}:{port} is not an allowed host"))?;
+        if matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) && !entry.from_operator {
+            return Err(format!("{host} is an IP address, which only the operator can allow (--allow-host)"));
+        }
         if scheme == "http" && !entry.plain_http {
             return Err(format!("plain http to {host}:{port} is not allowed (https only)"));
         }
         Ok(())
+    }
+
+    /// Whether `name` may resolve to a private address: only a host the
+    /// operator listed.
+    fn may_resolve_privately(&self, name: &str) -> bool {
+        self.hosts.iter().any(|h| h.from_operator && h.host.eq_ignore_ascii_case(name))
+    }
+}
+
+/// Resolves names for the connector's requests, refusing private, loopback
+/// and link-local addresses unless the operator listed the host: a declared
+/// host cannot be pointed at the inside of the network through DNS.
+struct PublicOnlyResolver {
+    policy: Arc<RwLock<EgressPolicy>>,
+}
+
+/// Why a name was not resolved; found again in reqwest's error chain.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} resolves only to private addresses, which only the operator can allow (--allow-host)")]
+struct PrivateAddressRefused(String);
+
+impl reqwest::dns::Resolve for PublicOnlyResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let name = name.as_str().to_string();
+        let private_ok = self.policy.read().map(|p| p.may_resolve_privately(&name)).unwrap_or(false);
+        Box::pin(async move {
+            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
+                .await?
+                .filter(|address| private_ok || is_public(address.ip()))
+                .collect();
+            if addresses.is_empty() {
+                return Err(Box::new(PrivateAddressRefused(name)) as Box<dyn std::error::Error + Send + Sync>);
+            }
+            Ok(Box::new(addresses.into_iter()) as reqwest::dns::Addrs)
+        })
     }
 }
 
@@ -120,6 +206,7 @@ impl HttpGateway {
         let policy = Arc::new(RwLock::new(policy));
         let redirect_policy = policy.clone();
         let client = reqwest::Client::builder()
+            .dns_resolver(Arc::new(PublicOnlyResolver { policy: policy.clone() }))
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
@@ -211,10 +298,15 @@ impl HttpGateway {
         if status == 429 {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         }
+        // An upstream that echoes the request (an echo endpoint, an error
+        // quoting the token) must not hand the connector a secret.
         let headers = response
             .headers()
             .iter()
-            .map(|(name, value)| Pair { name: name.as_str().to_string(), value: String::from_utf8_lossy(value.as_bytes()).into_owned() })
+            .map(|(name, value)| Pair {
+                name: name.as_str().to_string(),
+                value: self.secrets.redact(&String::from_utf8_lossy(value.as_bytes())),
+            })
             .collect();
         if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(self.too_large());
@@ -226,7 +318,7 @@ impl HttpGateway {
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Response { status, headers, body })
+        Ok(Response { status, headers, body: self.secrets.redact_bytes(body) })
     }
 
     fn too_large(&self) -> HttpError {
@@ -236,7 +328,18 @@ impl HttpGateway {
     fn transport_error(&self, e: reqwest::Error) -> HttpError {
         // reqwest's messages include the URL but never our headers; redact
         // anyway in case a secret was placed in a URL by a connector.
-        let text = self.secrets.redact(&format!("{e:#}"));
+        // reqwest's own message is generic ("error following redirect");
+        // the reason is further down its chain.
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            if let Some(refused) = cause.downcast_ref::<PrivateAddressRefused>() {
+                return HttpError::Denied(refused.to_string());
+            }
+            text = format!("{text}: {cause}");
+            source = cause.source();
+        }
+        let text = self.secrets.redact(&text);
         if e.is_redirect() {
             HttpError::Denied(text)
         } else if e.is_timeout() {
@@ -250,5 +353,44 @@ impl HttpGateway {
 impl wit::Host for HostState {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
         Ok(self.http.send(request).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(hosts: Vec<AllowedHost>, url: &str) -> Result<(), String> {
+        EgressPolicy::new(hosts).check(&Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn declared_hosts_are_https_names_only() {
+        let declared = |spec: &str| AllowedHost::declared(spec).unwrap();
+        assert!(check(vec![declared("app.asana.com")], "https://app.asana.com/api").is_ok());
+        assert!(check(vec![declared("app.asana.com")], "http://app.asana.com/api").unwrap_err().contains("https only"));
+        assert!(check(vec![declared("169.254.169.254")], "https://169.254.169.254/").unwrap_err().contains("IP address"));
+        assert!(check(vec![declared("127.0.0.1:8080")], "http://127.0.0.1:8080/").is_err());
+        assert!(check(vec![declared("app.asana.com")], "https://evil.example/").unwrap_err().contains("not an allowed host"));
+    }
+
+    #[test]
+    fn the_operator_may_allow_addresses_and_plain_http() {
+        let operator = |spec: &str| AllowedHost::parse(spec).unwrap();
+        assert!(check(vec![operator("127.0.0.1:8080")], "http://127.0.0.1:8080/").is_ok());
+        assert!(check(vec![operator("http://10.1.2.3")], "http://10.1.2.3/").is_ok());
+        assert!(check(vec![operator("10.1.2.3")], "http://10.1.2.3/").unwrap_err().contains("https only"));
+        let both = vec![AllowedHost::declared("10.1.2.3").unwrap(), operator("10.1.2.3")];
+        assert!(check(both, "https://10.1.2.3/").is_ok(), "the operator's listing wins");
+    }
+
+    #[test]
+    fn private_ranges_are_not_public() {
+        for private in ["127.0.0.1", "10.0.0.8", "172.16.3.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
     }
 }

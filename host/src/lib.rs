@@ -7,6 +7,7 @@
 //! uniform data model), `store` (the SQLite sync file), `sync` (the driver),
 //! and the commands (`cli`, `demo`, `inspect`).
 
+pub mod api_version;
 pub mod bindings;
 pub mod cli;
 pub mod config;
@@ -23,3 +24,4 @@ pub mod state;
 pub mod storage;
 pub mod store;
 pub mod sync;
+pub mod trust;

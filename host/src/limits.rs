@@ -16,7 +16,8 @@ pub struct Limits {
     pub wall_per_call: Duration,
     /// Records (resources + entitlements + grants) one page may carry.
     pub records_per_page: usize,
-    /// Bytes of strings one page may carry.
+    /// Bytes of strings one page may carry (checked once the page is in the
+    /// host; `hostcall_bytes` bounds what the host copies to get it there).
     pub bytes_per_page: usize,
     /// Log lines and log bytes per call.
     pub log_lines_per_call: usize,
@@ -25,8 +26,13 @@ pub struct Limits {
     pub http_response_bytes: usize,
     /// Time one HTTP request may take.
     pub http_timeout: Duration,
-    /// Bytes the guest may hand the host in one host call.
+    /// Bytes the host may allocate to copy what the guest hands it in one
+    /// call, either way: an import's arguments or an export's result
+    /// (wasmtime's hostcall fuel). Keep it above `bytes_per_page`.
     pub hostcall_bytes: usize,
+    /// Live handles (WASI streams and the like) the guest may hold in the
+    /// host's tables.
+    pub resource_handles: usize,
     /// Bytes the connector's storage namespace may hold.
     pub storage_bytes: u64,
 }
@@ -40,12 +46,13 @@ impl Default for Limits {
             cpu_per_call: Duration::from_secs(10),
             wall_per_call: Duration::from_secs(120),
             records_per_page: 10_000,
-            bytes_per_page: 16 << 20,
+            bytes_per_page: 8 << 20,
             log_lines_per_call: 1_000,
             log_bytes_per_line: 4_096,
             http_response_bytes: 16 << 20,
             http_timeout: Duration::from_secs(30),
-            hostcall_bytes: 8 << 20,
+            hostcall_bytes: 32 << 20,
+            resource_handles: 1_000,
             storage_bytes: 1 << 20,
         }
     }

@@ -22,7 +22,7 @@ impl log::Host for HostState {
                 end -= 1;
             }
             message.truncate(end);
-            message.push_str("…");
+            message.push('…');
         }
         let connector = &self.connector_label;
         match level {

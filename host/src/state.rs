@@ -39,8 +39,10 @@ impl HostState {
         connector_label: String,
     ) -> Self {
         // No preopened folders, no environment, no arguments, no sockets,
-        // no inherited stdio: what a Rust std guest needs to start, nothing
-        // it could use.
+        // no inherited stdio (output goes nowhere): what a Rust std guest
+        // needs to start, nothing it could use. What the host buffers for
+        // WASI is capped: random bytes here, reads by wasmtime-wasi itself
+        // (64 KiB), handles by the table's capacity, copies by hostcall fuel.
         let wasi = WasiCtxBuilder::new()
             .allow_tcp(false)
             .allow_udp(false)
@@ -56,9 +58,11 @@ impl HostState {
             .trap_on_grow_failure(true)
             .build();
         let cpu_tick_budget = (limits.cpu_per_call.as_millis() / crate::engine::EPOCH_TICK.as_millis()).max(1) as u64;
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.resource_handles);
         HostState {
             wasi,
-            table: ResourceTable::new(),
+            table,
             store_limits,
             limits,
             http,

@@ -1,0 +1,526 @@
+//! The sandbox against hostile connectors: each attack ends its own call
+//! with a typed error naming the limit or policy it hit, and the host then
+//! runs the Asana connector normally (a fresh instance syncs the simulator).
+//!
+//! The attackers are tests/fixtures/: `hostile` (its `mode` config key picks
+//! the attack), `socket-dialer` (imports sockets the host does not offer) and
+//! `connector-v0-2` (built against tether:connector@0.2.0). Every hostile call
+//! runs under short limits, and nothing leaves 127.0.0.1.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use asana_sim::OrgSpec;
+use support::*;
+use tether_host::api_version::ApiVersion;
+use tether_host::bindings::{guest, ConnectorError};
+use tether_host::config::{ConnectorConfig, Secrets};
+use tether_host::connector::{CallError, ConnectorInstance, Grants};
+use tether_host::engine::{ConnectorEngine, LoadedModule};
+use tether_host::http::AllowedHost;
+use tether_host::limits::Limits;
+use tether_host::store::SyncFile;
+use tether_host::trust::ModuleTrust;
+
+const TOKEN: &str = "sim-token";
+
+/// One engine (and its compiled modules) for every test in this file.
+fn shared_engine() -> &'static ConnectorEngine {
+    static ENGINE: OnceLock<ConnectorEngine> = OnceLock::new();
+    ENGINE.get_or_init(engine)
+}
+
+fn asana() -> &'static LoadedModule {
+    static MODULE: OnceLock<LoadedModule> = OnceLock::new();
+    MODULE.get_or_init(|| load(shared_engine(), &asana_wasm()))
+}
+
+fn hostile() -> &'static LoadedModule {
+    static MODULE: OnceLock<LoadedModule> = OnceLock::new();
+    MODULE.get_or_init(|| load(shared_engine(), &wasm("hostile")))
+}
+
+/// Short limits, so that no attack can hang a test.
+fn tight_limits() -> Limits {
+    Limits {
+        cpu_per_call: Duration::from_secs(1),
+        wall_per_call: Duration::from_secs(5),
+        http_timeout: Duration::from_secs(2),
+        ..Limits::default()
+    }
+}
+
+fn hostile_grants(settings: &[(&str, &str)]) -> Grants {
+    Grants {
+        config: ConnectorConfig::new(settings.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
+        limits: tight_limits(),
+        ..Grants::default()
+    }
+}
+
+/// `grants` plus the operator allowing `addr` and giving the secret `token`.
+fn with_server(grants: Grants, addr: SocketAddr) -> Grants {
+    Grants {
+        extra_hosts: vec![AllowedHost::parse(&addr.to_string()).unwrap()],
+        secrets: Arc::new(Secrets::resolve(&[format!("token=literal:{TOKEN}").parse().unwrap()]).unwrap()),
+        ..grants
+    }
+}
+
+/// Starts the hostile connector and runs its attack (listing `probe`).
+async fn attack(grants: &Grants) -> Result<guest::Page, CallError> {
+    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), grants).await.expect("the hostile connector starts");
+    instance.list_resources("probe", None, None).await
+}
+
+/// The limit an attack ran into, and the error's text.
+fn limit_hit(outcome: Result<guest::Page, CallError>) -> (&'static str, String) {
+    match outcome {
+        Err(CallError::Limit(limit)) => (limit.limit, limit.to_string()),
+        other => panic!("expected a limit, got {other:?}"),
+    }
+}
+
+/// The typed error the connector reported.
+fn connector_error(outcome: Result<guest::Page, CallError>) -> ConnectorError {
+    match outcome {
+        Err(CallError::Connector(error)) => error,
+        other => panic!("expected a connector error, got {other:?}"),
+    }
+}
+
+/// The one probe a successful attack reports, as (display name, attributes).
+fn single_probe(outcome: Result<guest::Page, CallError>) -> (String, Vec<(String, String)>) {
+    let page = outcome.expect("the call succeeds");
+    let probe = page.resources.into_iter().next().expect("a probe");
+    (probe.display_name, probe.attributes.into_iter().map(|p| (p.name, p.value)).collect())
+}
+
+fn attribute<'a>(attributes: &'a [(String, String)], name: &str) -> &'a str {
+    attributes.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str()).unwrap_or_else(|| panic!("no attribute {name}: {attributes:?}"))
+}
+
+/// The host is healthy after an attack: a fresh Asana instance syncs the
+/// simulator.
+async fn asana_still_syncs() {
+    let sim = start_sim(OrgSpec { users: 30, teams: 2, workspaces: 1, seed: 3 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let grants = grants_for(&sim.base_url(), sim.addr(), TOKEN);
+    let summary = sync_with(shared_engine(), asana(), &grants, &dir.path().join("sync.db")).await.expect("the Asana connector still syncs");
+    assert!(summary.grants > 0 && summary.http_requests == sim.request_count(), "{summary:?}");
+}
+
+/// A web server on 127.0.0.1 misbehaving as an upstream might: redirects
+/// elsewhere, echoes the request, answers too much or never.
+async fn start_misbehaving_server() -> SocketAddr {
+    use axum::http::{header, HeaderMap, StatusCode};
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let redirect = |to: &'static str| move || async move { (StatusCode::FOUND, [(header::LOCATION, to)]) };
+    let app = axum::Router::new()
+        .route("/redirect-away", get(redirect("http://not-allowed.example/collect")))
+        .route("/redirect-metadata", get(redirect("http://169.254.169.254/latest/meta-data/")))
+        .route(
+            "/echo",
+            get(|headers: HeaderMap| async move {
+                let seen = |name: header::HeaderName| headers.get(&name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
+                ([("x-echo-authorization", seen(header::AUTHORIZATION))], format!("authorization: {}", seen(header::AUTHORIZATION)))
+            }),
+        )
+        .route("/big", get(|| async { vec![b'b'; 2 << 20] }))
+        .route("/hang", get(std::future::pending::<&'static str>));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn tether(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache"))
+        .output()
+        .expect("tether runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
+    let grants = hostile_grants(&[("mode", "infinite-loop")]);
+    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &grants).await.unwrap();
+    let started = Instant::now();
+    let (limit, message) = limit_hit(instance.list_resources("probe", None, None).await);
+    assert_eq!(limit, "cpu", "{message}");
+    assert!(message.starts_with("limit exceeded: cpu: the call ran for more than 1s of CPU"), "{message}");
+    assert!(started.elapsed() < Duration::from_secs(4), "the CPU budget, not the wall clock, stopped it: {:?}", started.elapsed());
+    assert!(matches!(instance.validate().await, Err(CallError::Poisoned)), "a stopped instance is not called again");
+
+    // The deadline yields to the executor, so the outer wall clock can stop
+    // a loop too.
+    let generous_cpu = Grants { limits: Limits { cpu_per_call: Duration::from_secs(60), wall_per_call: Duration::from_millis(500), ..tight_limits() }, ..grants };
+    assert_eq!(limit_hit(attack(&generous_cpu).await).0, "wall-clock");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
+    let mut grants = hostile_grants(&[("mode", "memory-bomb")]);
+    grants.limits.memory_bytes = 16 << 20;
+    let (limit, message) = limit_hit(attack(&grants).await);
+    assert_eq!(limit, "memory", "{message}");
+    assert!(message.contains("forcing trap when growing memory"), "{message}");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_and_a_stack_overflow_end_only_their_call() {
+    match attack(&hostile_grants(&[("mode", "panic")])).await {
+        Err(CallError::Trap(text)) => assert!(text.contains("unreachable"), "{text}"),
+        other => panic!("expected a crash, got {other:?}"),
+    }
+    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "stack-overflow")])).await);
+    assert_eq!(limit, "stack", "{message}");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_million_log_lines_are_cut_off_by_the_log_limit() {
+    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "log-flood")])).await);
+    assert_eq!(limit, "log-lines", "{message}");
+    assert!(message.contains("more than 1000 log lines in one call"), "{message}");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_result_pages_are_refused() {
+    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "huge-page"), ("records", "20000")])).await);
+    assert_eq!(limit, "records-per-page", "{message}");
+    assert!(message.contains("20000 records in one page (at most 10000)"), "{message}");
+
+    let nine_mib = (9 << 20).to_string();
+    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "huge-strings"), ("bytes", &nine_mib)])).await);
+    assert_eq!(limit, "bytes-per-page", "{message}");
+
+    // Past the hostcall budget the host does not even copy the page out.
+    let mut grants = hostile_grants(&[("mode", "huge-page"), ("records", "5000")]);
+    grants.limits.hostcall_bytes = 256 << 10;
+    let (limit, message) = limit_hit(attack(&grants).await);
+    assert_eq!(limit, "hostcall-bytes", "{message}");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_to_a_host_not_allowed_is_denied() {
+    let server = start_misbehaving_server().await;
+    let unlisted_server = format!("http://127.0.0.1:{}/echo", server.port());
+    for url in ["https://example.com/", "http://example.com/", unlisted_server.as_str()] {
+        // The server is not on the allow-list here.
+        let error = connector_error(attack(&hostile_grants(&[("mode", "fetch"), ("url", url), ("bearer", "token")])).await);
+        match error {
+            ConnectorError::Forbidden(m) => assert!(m.starts_with("denied: ") && m.contains("is not an allowed host"), "{m}"),
+            other => panic!("{url}: expected a denial, got {other:?}"),
+        }
+    }
+    // The connector's own declared hosts are https only.
+    let declared = format!("example.com,localhost:{}", server.port());
+    let error = connector_error(attack(&hostile_grants(&[("mode", "fetch"), ("declare-host", &declared), ("url", "http://example.com/")])).await);
+    assert!(matches!(&error, ConnectorError::Forbidden(m) if m.contains("plain http to example.com:80 is not allowed")), "{error:?}");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_to_a_host_not_allowed_is_refused() {
+    let server = start_misbehaving_server().await;
+    for (path, refused) in [("redirect-away", "not-allowed.example:80"), ("redirect-metadata", "169.254.169.254:80")] {
+        let url = format!("http://{server}/{path}");
+        let grants = with_server(hostile_grants(&[("mode", "fetch"), ("url", &url), ("bearer", "token")]), server);
+        match connector_error(attack(&grants).await) {
+            ConnectorError::Forbidden(m) => assert!(m.contains(&format!("redirect refused: {refused} is not an allowed host")), "{m}"),
+            other => panic!("expected the redirect refused, got {other:?}"),
+        }
+    }
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_to_private_addresses_are_refused() {
+    let server = start_misbehaving_server().await;
+    let port = server.port().to_string();
+    let denial = |settings: &[(&str, &str)]| {
+        let grants = hostile_grants(settings);
+        async move {
+            match connector_error(attack(&grants).await) {
+                ConnectorError::Forbidden(m) => m,
+                other => panic!("expected a denial, got {other:?}"),
+            }
+        }
+    };
+    // Cloud metadata, not on the allow-list.
+    let m = denial(&[("mode", "fetch"), ("url", "http://169.254.169.254/latest/meta-data/")]).await;
+    assert!(m.contains("169.254.169.254:80 is not an allowed host"), "{m}");
+    // Declared by the connector itself: IP addresses need the operator.
+    let m = denial(&[("mode", "fetch"), ("declare-host", "169.254.169.254"), ("url", "https://169.254.169.254/")]).await;
+    assert!(m.contains("169.254.169.254 is an IP address, which only the operator can allow"), "{m}");
+    // A declared name that resolves to a private address is refused by the
+    // host's resolver.
+    let declared = format!("localhost:{port}");
+    let m = denial(&[("mode", "fetch"), ("declare-host", &declared), ("url", &format!("https://localhost:{port}/echo"))]).await;
+    assert!(m.contains("localhost resolves only to private addresses"), "{m}");
+
+    // The same name, listed by the operator, may resolve to loopback.
+    let mut grants = hostile_grants(&[("mode", "fetch"), ("url", &format!("http://localhost:{port}/echo"))]);
+    grants.extra_hosts = vec![AllowedHost::parse(&format!("localhost:{port}")).unwrap()];
+    let (status, _) = single_probe(attack(&grants).await);
+    assert_eq!(status, "200");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_responses_are_capped_in_size_and_time() {
+    let server = start_misbehaving_server().await;
+    let fetch = |path: &str| with_server(hostile_grants(&[("mode", "fetch"), ("url", &format!("http://{server}/{path}"))]), server);
+
+    let mut grants = fetch("big");
+    grants.limits.http_response_bytes = 1 << 20;
+    let error = connector_error(attack(&grants).await);
+    assert!(matches!(&error, ConnectorError::Upstream(m) if m.starts_with("too-large: limit exceeded: http-response-bytes")), "{error:?}");
+
+    let mut grants = fetch("hang");
+    grants.limits.http_timeout = Duration::from_millis(500);
+    let error = connector_error(attack(&grants).await);
+    assert!(matches!(&error, ConnectorError::Upstream(m) if m.starts_with("timeout: ")), "{error:?}");
+
+    // A request that outlives the call's wall-clock budget ends the call.
+    let mut grants = fetch("hang");
+    grants.limits.http_timeout = Duration::from_secs(30);
+    grants.limits.wall_per_call = Duration::from_millis(500);
+    assert_eq!(limit_hit(attack(&grants).await).0, "wall-clock");
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_guest_never_receives_the_token() {
+    let server = start_misbehaving_server().await;
+    // Asking for it as config.
+    let grants = with_server(hostile_grants(&[("mode", "read-secret"), ("secret-name", "token")]), server);
+    let (seen, _) = single_probe(attack(&grants).await);
+    assert_eq!(seen, "<none>");
+
+    // Having an upstream echo it back: the host attached it, and takes it
+    // out of what the connector receives.
+    let url = format!("http://{server}/echo");
+    let grants = with_server(hostile_grants(&[("mode", "fetch"), ("url", &url), ("bearer", "token")]), server);
+    let (_, attributes) = single_probe(attack(&grants).await);
+    assert_eq!(attribute(&attributes, "body"), "authorization: Bearer <redacted>");
+    assert_eq!(attribute(&attributes, "x-echo-authorization"), "Bearer <redacted>");
+    assert!(!format!("{attributes:?}").contains(TOKEN));
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn storage_keys_cannot_escape_and_the_quota_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("storage");
+    let mut grants = hostile_grants(&[("mode", "storage"), ("chunk", "3000")]);
+    grants.storage_root = Some(root.clone());
+    grants.limits.storage_bytes = 4096;
+    let page = attack(&grants).await.expect("the storage attempts are reported");
+    let result = |key: &str| {
+        let probe = page.resources.iter().find(|r| r.display_name == key && r.id != "get").unwrap_or_else(|| panic!("no attempt {key:?}"));
+        probe.attributes.iter().find(|p| p.name == "result").unwrap().value.clone()
+    };
+    for bad in ["../escape", "..", "a/b", "/etc/passwd", "nul\0key", ".hidden", ""] {
+        assert!(result(bad).starts_with("invalid-key: "), "{bad:?}: {}", result(bad));
+    }
+    assert_eq!(result("fine-key"), "ok");
+    assert_eq!(result("chunk-1"), "ok");
+    assert!(result("chunk-2").starts_with("quota-exceeded: "), "{}", result("chunk-2"));
+    let get = page.resources.iter().find(|r| r.id == "get").unwrap();
+    assert!(get.attributes[0].value.starts_with("invalid-key: "), "{:?}", get.attributes);
+    let keys = page.resources.iter().find(|r| r.id == "keys").unwrap();
+    assert_eq!(keys.attributes[0].value, "chunk-1,fine-key");
+
+    // On disk: one namespace folder holding just those two files.
+    let entries = |path: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(path).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(entries(dir.path()), ["storage"]);
+    assert_eq!(entries(&root), ["hostile"]);
+    assert_eq!(entries(&root.join("hostile")), ["chunk-1", "fine-key"]);
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_truncated_and_precompiled_modules_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = std::fs::read(asana_wasm()).unwrap();
+    let precompiled = shared_engine().engine().precompile_component(&real).unwrap();
+    let cases: [(&str, &[u8], &str); 4] = [
+        ("garbage.wasm", b"\0asm but not really a module at all", "is not a valid WebAssembly component"),
+        ("empty.wasm", b"", "is not a valid WebAssembly component"),
+        ("truncated.wasm", &real[..real.len() / 3], "is not a valid WebAssembly component"),
+        ("precompiled.wasm", &precompiled, "is precompiled wasmtime code"),
+    ];
+    for (name, bytes, expected) in cases {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let error = format!("{:#}", shared_engine().load(&path, None).err().unwrap_or_else(|| panic!("{name} loaded")));
+        assert!(error.contains(expected), "{name}: {error}");
+    }
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_component_importing_what_the_host_does_not_offer_is_refused() {
+    let error = format!("{:#}", shared_engine().load(&wasm("socket-dialer"), None).err().expect("the socket dialer is refused"));
+    assert!(error.contains("refused: it imports wasi:sockets/") && error.contains("which the host does not offer"), "{error}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let unknown = write_wat(dir.path(), "unknown.wasm", r#"(component (import "acme:exfil/tunnel" (instance)))"#);
+    let error = format!("{:#}", shared_engine().load(&unknown, None).err().expect("refused"));
+    assert!(error.contains("it imports acme:exfil/tunnel, which the host does not offer"), "{error}");
+    asana_still_syncs().await;
+}
+
+/// Writes the component `wat` describes to `dir/name`.
+fn write_wat(dir: &Path, name: &str, wat: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, wat::parse_str(wat).expect("valid WAT")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn modules_of_every_supported_version_run_and_others_are_refused() {
+    // 0.1.0: the Asana connector.
+    assert_eq!(asana().api, ApiVersion::V0_1);
+    let mut instance = ConnectorInstance::start(shared_engine(), asana(), &Grants::default()).await.unwrap();
+    match instance.test_connection().await {
+        Err(CallError::Connector(ConnectorError::Unsupported(m))) => assert!(m.contains("new in tether:connector@0.2.0"), "{m}"),
+        other => panic!("a 0.1.0 module has no test-connection: {other:?}"),
+    }
+
+    // 0.2.0: its new function, and a whole sync through the same driver.
+    let widgets = load(shared_engine(), &wasm("connector-v0-2"));
+    assert_eq!(widgets.api, ApiVersion::V0_2);
+    let grants = Grants { config: ConnectorConfig::new([("greeting".to_string(), "the tests".to_string())]), ..Grants::default() };
+    let mut instance = ConnectorInstance::start(shared_engine(), &widgets, &grants).await.unwrap();
+    assert_eq!(instance.api_version(), ApiVersion::V0_2);
+    assert_eq!(instance.metadata.name, "widgets");
+    assert_eq!(instance.test_connection().await.unwrap(), "connected as the tests");
+    let dir = tempfile::tempdir().unwrap();
+    let summary = sync_with(shared_engine(), &widgets, &grants, &dir.path().join("sync.db")).await.unwrap();
+    assert_eq!((summary.resources.clone(), summary.entitlements), (vec![("widget".to_string(), 2)], 2));
+
+    // Incompatible: a newer export, an import of an unknown version, no export.
+    let refused = |name: &str, wat: &str| {
+        let path = write_wat(dir.path(), name, wat);
+        format!("{:#}", shared_engine().load(&path, None).err().unwrap_or_else(|| panic!("{name} loaded")))
+    };
+    let error = refused("v9.wasm", r#"(component (instance $none) (export "tether:connector/connector@9.0.0" (instance $none)))"#);
+    assert!(error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0"), "{error}");
+    let error = refused("http3.wasm", r#"(component (import "tether:connector/http@0.3.0" (instance)))"#);
+    assert!(error.contains("it imports tether:connector/http@0.3.0, but this host offers tether:connector/http@0.1.0"), "{error}");
+    let error = refused("nothing.wasm", "(component)");
+    assert!(error.contains("it does not export tether:connector/connector"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_or_unsigned_module_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let module = path("hostile.wasm");
+    std::fs::copy(wasm("hostile"), &module).unwrap();
+
+    let run = tether(&["module", "keygen", "--out", &path("ops")]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let run = tether(&["module", "sign", "--key", &path("ops.key"), &module]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(Path::new(&path("hostile.wasm.sig")).is_file());
+    let run = tether(&["module", "verify", "--key", &path("ops.pub"), &module]);
+    assert!(run.status.success(), "{}", stderr(&run));
+
+    let signer = tether_host::trust::parse_verifying_key(&path("ops.pub")).unwrap();
+    let trust = ModuleTrust { signer: Some(signer), ..ModuleTrust::default() };
+    let signed = shared_engine().load_trusted(Path::new(&module), &trust).expect("a signed module loads");
+    ConnectorInstance::start(shared_engine(), &signed, &hostile_grants(&[])).await.expect("and runs");
+
+    // Tampered, yet still a valid component: one custom section appended.
+    let mut bytes = std::fs::read(&module).unwrap();
+    bytes.extend_from_slice(&[0, 5, 4, b'e', b'v', b'i', b'l']);
+    std::fs::write(&module, &bytes).unwrap();
+    shared_engine().load(Path::new(&module), None).expect("without a signature requirement it would load");
+    let error = format!("{:#}", shared_engine().load_trusted(Path::new(&module), &trust).err().expect("tampered is refused"));
+    assert!(error.contains("is not a good signature by key"), "{error}");
+    let run = tether(&["module", "verify", "--key", &path("ops.pub"), &module]);
+    assert_eq!(run.status.code(), Some(1));
+    let out = path("sync.db");
+    let run = tether(&["sync", "--connector", &module, "--require-signature", &path("ops.pub"), "--out", &out, "--no-cache"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("is not a good signature by key"), "{}", stderr(&run));
+
+    // Unsigned.
+    std::fs::remove_file(path("hostile.wasm.sig")).unwrap();
+    let run = tether(&["sync", "--connector", &module, "--require-signature", &path("ops.pub"), "--out", &out, "--no-cache"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("is not signed: no signature at"), "{}", stderr(&run));
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_sync_leaves_the_last_good_sync_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let good = sync_with(shared_engine(), hostile(), &hostile_grants(&[("mode", "benign")]), &out).await.expect("a benign sync");
+    let error = sync_with(shared_engine(), hostile(), &hostile_grants(&[("mode", "memory-bomb")]), &out).await.expect_err("the bomb fails");
+    assert!(format!("{error:#}").contains("limit exceeded: memory"), "{error:#}");
+
+    let file = SyncFile::open_existing(&out).unwrap();
+    let last_good = file.last_good_run().unwrap().unwrap();
+    assert_eq!(last_good.id, good.run_id);
+    let probes: Vec<String> = file.resources(last_good.id, Some("probe")).unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(probes, ["p1", "p2", "p3"]);
+    let last = file.last_run().unwrap().unwrap();
+    assert_eq!(last.status, "failed");
+    assert!(last.error.unwrap().contains("limit exceeded: memory"));
+    asana_still_syncs().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_load_reuses_the_compiled_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = ConnectorEngine::new(Some(dir.path().to_path_buf())).unwrap().load(&wasm("hostile"), None).unwrap();
+    assert!(!first.from_cache);
+    let engine = ConnectorEngine::new(Some(dir.path().to_path_buf())).unwrap();
+    let second = engine.load(&wasm("hostile"), None).unwrap();
+    assert!(second.from_cache, "the second load reads the cache");
+    assert_eq!(second.digest, first.digest);
+    let mut instance = ConnectorInstance::start(&engine, &second, &hostile_grants(&[("mode", "benign")])).await.unwrap();
+    assert_eq!(instance.list_resources("probe", None, None).await.unwrap().resources.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn table_instance_and_memory_limits_apply_from_instantiation() {
+    let start_with = |limits: Limits| async move {
+        let grants = Grants { limits, ..hostile_grants(&[]) };
+        match ConnectorInstance::start(shared_engine(), hostile(), &grants).await {
+            Ok(_) => panic!("the connector started within {:?}", grants.limits),
+            Err(error) => format!("{error:#}"),
+        }
+    };
+    let error = start_with(Limits { table_elements: 1, ..tight_limits() }).await;
+    assert!(error.contains("limit exceeded: table-elements"), "{error}");
+    let error = start_with(Limits { instances: 1, ..tight_limits() }).await;
+    assert!(error.contains("limit exceeded: instances"), "{error}");
+    let error = start_with(Limits { memory_bytes: 64 << 10, ..tight_limits() }).await;
+    assert!(error.contains("limit exceeded: memory"), "{error}");
+    asana_still_syncs().await;
+}
