@@ -297,3 +297,19 @@ async fn disabling_an_account_deactivates_once() {
     assert_eq!(outcome(&connector.disable_account(&user(&target)).await.unwrap()), "no-change");
     assert_eq!(writes(&sim), before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn scim_users_page_with_start_index_and_count() {
+    let sim = start_sim(OrgSpec { users: 260, teams: 2, workspaces: 1, seed: 23 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let summary = sync_with(&engine, &load(&engine, &asana_wasm()), &scim(&sim), &dir.path().join("s.db")).await.unwrap();
+    let scim_pages: Vec<String> = sim.requests().iter().filter(|r| r.path.starts_with("/scim/Users")).map(|r| r.query.clone()).collect();
+    let scim_listed = sim.org().users.iter().filter(|u| sim.org().workspace_memberships.iter().any(|m| m.user_gid == u.gid && !m.is_guest)).count();
+    let expected_pages = scim_listed.div_ceil(100);
+    assert!(expected_pages >= 3, "{scim_listed} SCIM users");
+    assert_eq!(scim_pages.len(), expected_pages, "{scim_pages:?}");
+    assert_eq!(scim_pages[0], "startIndex=1&count=100");
+    assert_eq!(scim_pages[1], "startIndex=101&count=100");
+    assert_eq!(summary.http_requests, sim.org().minimum_requests(100) + expected_pages as u64);
+}

@@ -8,16 +8,17 @@ use asana_sim::OrgSpec;
 use support::prism::Prism;
 use support::*;
 
+/// Starts Prism (a blocking wait for its port) in front of the simulator.
+async fn prism_in_front_of(sim: &asana_sim::SimHandle) -> Prism {
+    let upstream = sim.base_url();
+    tokio::task::spawn_blocking(move || Prism::start(&upstream)).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_sync_request_is_valid_against_the_official_spec() {
     // 230 users: the user and membership listings page with offset tokens.
     let sim = start_sim(OrgSpec { users: 230, teams: 4, workspaces: 2, seed: 21 }).await;
-    let prism = tokio::task::spawn_blocking({
-        let upstream = sim.base_url();
-        move || Prism::start(&upstream)
-    })
-    .await
-    .unwrap();
+    let prism = prism_in_front_of(&sim).await;
     let engine = engine();
     let module = load(&engine, &asana_wasm());
     let grants = grants_for(&prism.base_url(), prism.addr(), "sim-token");
@@ -48,12 +49,7 @@ async fn every_rest_write_request_is_valid_against_the_official_spec() {
 
     let sim = start_sim(OrgSpec { users: 40, teams: 2, workspaces: 2, seed: 8 }).await;
     let org = sim.org();
-    let prism = tokio::task::spawn_blocking({
-        let upstream = sim.base_url();
-        move || Prism::start(&upstream)
-    })
-    .await
-    .unwrap();
+    let prism = prism_in_front_of(&sim).await;
     let engine = engine();
     let module = load(&engine, &asana_wasm());
     let mut grants = grants_for(&prism.base_url(), prism.addr(), "sim-token");

@@ -17,8 +17,9 @@ use crate::sync::SyncSummary;
 /// Asana's largest page, which the connector uses.
 const PAGE_SIZE: usize = 100;
 
+/// The simulated org, shared by `demo` and `simulate`.
 #[derive(Args)]
-pub struct DemoArgs {
+pub struct OrgArgs {
     /// Users in the simulated org.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     users: u32,
@@ -31,6 +32,18 @@ pub struct DemoArgs {
     /// Seed of the org generator.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+}
+
+impl OrgArgs {
+    fn spec(&self) -> OrgSpec {
+        OrgSpec { users: self.users as usize, teams: self.teams as usize, workspaces: self.workspaces as usize, seed: self.seed }
+    }
+}
+
+#[derive(Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    org: OrgArgs,
     /// The sync file to write.
     #[arg(long, value_name = "FILE", default_value = "tether-demo.db")]
     out: PathBuf,
@@ -44,14 +57,8 @@ pub struct SimulateArgs {
     /// Port on 127.0.0.1 (0 picks a free one).
     #[arg(long, default_value_t = 0)]
     port: u16,
-    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    users: u32,
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(0..=100_000))]
-    teams: u32,
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=1_000))]
-    workspaces: u32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
+    #[command(flatten)]
+    org: OrgArgs,
     /// The bearer token the simulator accepts.
     #[arg(long, default_value = "sim-token")]
     token: String,
@@ -74,7 +81,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
             .filter(|p| p.is_file())
             .context("no connector found at target/wasm/tether-asana.wasm; build it with scripts/build-guests.sh or pass --connector")?,
     };
-    let spec = OrgSpec { users: args.users as usize, teams: args.teams as usize, workspaces: args.workspaces as usize, seed: args.seed };
+    let spec = args.org.spec();
     let org = Org::generate(&spec);
     let minimum = org.minimum_requests(PAGE_SIZE);
     let config = SimConfig::new(org);
@@ -123,12 +130,12 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&args.inject_429) {
         anyhow::bail!("--inject-429 must be between 0 and 1");
     }
-    let spec = OrgSpec { users: args.users as usize, teams: args.teams as usize, workspaces: args.workspaces as usize, seed: args.seed };
+    let spec = args.org.spec();
     let org = Org::generate(&spec);
     let mut config = SimConfig::new(org);
     config.token = args.token;
     config.inject_429_rate = args.inject_429;
-    config.seed = args.seed;
+    config.seed = spec.seed;
     let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{}", args.port))?;

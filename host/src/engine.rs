@@ -68,7 +68,7 @@ impl ConnectorEngine {
         config.max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
         let mut linker = Linker::<HostState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from).context("cannot link WASI")?;
+        crate::wasi::link_startup_wasi(&mut linker)?;
         // Every version of the contract so far imports 0.1.0's interfaces.
         ConnectorWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
             .map_err(anyhow::Error::from)

@@ -25,3 +25,4 @@ pub mod storage;
 pub mod store;
 pub mod sync;
 pub mod trust;
+pub mod wasi;
