@@ -164,3 +164,19 @@ async fn the_component_imports_only_our_package_and_startup_wasi() {
     }
     assert!(!imports.iter().any(|i| i.starts_with("wasi:sockets") || i.starts_with("wasi:http")));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workspace_that_refuses_to_list_teams_does_not_stop_the_sync() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(50, 4, 3, 13)));
+    config.teams_only_in_organizations = true;
+    let sim = start_sim_with(config).await;
+    let org = sim.org();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = sync_sim(&sim, "sim-token", &dir.path().join("s.db")).await.expect("sync succeeds");
+    let organizations: HashSet<&str> = org.workspaces.iter().filter(|w| w.is_organization).map(|w| w.gid.as_str()).collect();
+    let org_teams = org.teams.iter().filter(|t| organizations.contains(t.workspace_gid.as_str())).count() as i64;
+    assert!(org_teams < org.teams.len() as i64, "some teams sit in plain workspaces");
+    let teams = summary.resources.iter().find(|(t, _)| t == "team").unwrap().1;
+    assert_eq!(teams, org_teams);
+    assert!(sim.requests().iter().any(|r| r.path.ends_with("/teams") && r.status == 400));
+}

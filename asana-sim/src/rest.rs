@@ -208,8 +208,14 @@ async fn list_teams(
 ) -> ApiResult {
     let world = lock(&shared.world);
     let org = &world.org;
-    org.workspace(&gid)
+    let workspace = org
+        .workspace(&gid)
         .ok_or_else(|| unknown("workspace", &gid))?;
+    if shared.teams_only_in_organizations && !workspace.is_organization {
+        return Err(ApiError::bad_request(
+            "workspace: This workspace is not an organization, so it has no teams",
+        ));
+    }
     let items: Vec<_> = org
         .teams
         .iter()

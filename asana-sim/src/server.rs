@@ -39,6 +39,9 @@ pub struct SimConfig {
     pub inject_429_rate: f64,
     pub retry_after_secs: u64,
     pub seed: u64,
+    /// Answer 400 for the teams of a workspace that is not an organization,
+    /// as some Asana accounts do (teams belong to organizations).
+    pub teams_only_in_organizations: bool,
 }
 
 impl SimConfig {
@@ -52,6 +55,7 @@ impl SimConfig {
             inject_429_rate: 0.0,
             retry_after_secs: 1,
             seed: 42,
+            teams_only_in_organizations: false,
         }
     }
 }
@@ -77,6 +81,7 @@ pub struct RecordedRequest {
 pub(crate) struct Shared {
     pub world: Mutex<World>,
     pub base_url: String,
+    pub teams_only_in_organizations: bool,
     token: String,
     limiter: RateLimiter,
     recorded: Mutex<VecDeque<RecordedRequest>>,
@@ -87,6 +92,7 @@ impl Shared {
     fn new(config: SimConfig, addr: SocketAddr) -> Shared {
         Shared {
             base_url: base_url(addr),
+            teams_only_in_organizations: config.teams_only_in_organizations,
             token: config.token,
             limiter: RateLimiter::new(
                 config.per_minute_budget,

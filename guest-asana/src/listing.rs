@@ -10,6 +10,7 @@ use crate::client::Client;
 use crate::exports::tether::connector::connector::{Page, Resource};
 use crate::records::*;
 use crate::scim;
+use crate::tether::connector::log;
 use crate::tether::connector::types::{ConnectorError, ResourceRef};
 
 const WORKSPACE_FIELDS: &str = "name,is_organization,email_domains";
@@ -81,7 +82,15 @@ pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&Resou
         }
         ("team", Some(workspace)) if workspace.resource_type == "workspace" => {
             let path = format!("/workspaces/{}/teams", workspace.id);
-            let page = client.list(&path, &[], TEAM_FIELDS, token)?;
+            let page = match client.list(&path, &[], TEAM_FIELDS, token) {
+                // Only organizations have teams; a plain workspace may answer
+                // 400 rather than an empty list. Say so, and go on.
+                Err(ConnectorError::InvalidArgument(why)) if token.is_none() => {
+                    log::emit(log::Level::Warn, &format!("no teams listed for workspace {}: {why}", workspace.id));
+                    return Ok(empty_page());
+                }
+                other => other?,
+            };
             let resources = page.items.iter().map(|team| team_resource(team, workspace)).collect::<Result<_, _>>()?;
             Ok(Page { resources, next_token: page.next_offset, ..empty_page() })
         }

@@ -76,10 +76,14 @@ pub fn list_users(client: &Client, token: Option<&str>) -> Result<(Vec<ScimUser>
     let start_text = start.to_string();
     let page = client.scim_get("/Users", &[("startIndex", start_text.as_str()), ("count", PAGE_SIZE)])?;
     let resources = page.get("Resources").and_then(Value::as_array).cloned().unwrap_or_default();
-    let total = page.get("totalResults").and_then(Value::as_u64).ok_or_else(|| malformed("/scim/Users", "no totalResults"))?;
     let users = resources.into_iter().map(ScimUser::parse).collect::<Result<Vec<_>, _>>()?;
     let next = start + users.len() as u64;
-    let more = !users.is_empty() && next <= total;
+    // totalResults is required by RFC 7644, but a server that leaves it out
+    // still pages: a full page means there may be more.
+    let more = match page.get("totalResults").and_then(Value::as_u64) {
+        Some(total) => !users.is_empty() && next <= total,
+        None => users.len().to_string() == PAGE_SIZE,
+    };
     Ok((users, more.then(|| next.to_string())))
 }
 

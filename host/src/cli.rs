@@ -232,6 +232,10 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -294,6 +298,13 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
     };
     let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
     check_config_against_metadata(&instance, args)?;
+    // Secrets are attached for these hosts: the operator should see them.
+    eprintln!(
+        "{} {} may reach: {}",
+        instance.metadata.name,
+        instance.metadata.version,
+        instance.http().allowed_hosts().join(", ")
+    );
     Ok(Prepared { engine, module, instance })
 }
 

@@ -65,6 +65,9 @@ pub struct SimulateArgs {
     /// Share of requests answered 429 at random (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     inject_429: f64,
+    /// Requests per minute the token may make before 429s (Asana's paid plans: 1500).
+    #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..))]
+    per_minute: u32,
 }
 
 /// Where the build puts the connector: target/wasm/ beside target/<profile>/.
@@ -135,6 +138,7 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
     let mut config = SimConfig::new(org);
     config.token = args.token;
     config.inject_429_rate = args.inject_429;
+    config.per_minute_budget = args.per_minute;
     config.seed = spec.seed;
     let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
         .await

@@ -233,6 +233,14 @@ impl HttpGateway {
         })
     }
 
+    /// The hosts requests may go to now, as `host[:port]`.
+    pub fn allowed_hosts(&self) -> Vec<String> {
+        self.policy
+            .read()
+            .map(|p| p.hosts().iter().map(|h| h.port.map_or(h.host.clone(), |port| format!("{}:{port}", h.host))).collect())
+            .unwrap_or_default()
+    }
+
     pub fn set_policy(&self, policy: EgressPolicy) {
         if let Ok(mut current) = self.policy.write() {
             *current = policy;
