@@ -3,8 +3,8 @@
 //! runs the Asana connector normally (a fresh instance syncs the simulator).
 //!
 //! The attackers are tests/fixtures/: `hostile` (its `mode` config key picks
-//! the attack), `socket-dialer` (imports sockets the host does not offer) and
-//! `connector-v0-2` (built against tether:connector@0.2.0). Every hostile call
+//! the attack) and `connector-v0-2` (built against tether:connector@0.2.0),
+//! plus tiny components written in WAT for what must not load. Every hostile call
 //! runs under short limits, and nothing leaves 127.0.0.1.
 
 mod support;
@@ -381,10 +381,13 @@ async fn garbage_truncated_and_precompiled_modules_are_refused() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_component_importing_what_the_host_does_not_offer_is_refused() {
-    let error = format!("{:#}", shared_engine().load(&wasm("socket-dialer"), None).err().expect("the socket dialer is refused"));
-    assert!(error.contains("refused: it imports wasi:sockets/") && error.contains("which the host does not offer"), "{error}");
-
+    // What a std guest that opens a TcpStream imports (written in WAT: the
+    // Debian wasm toolchain's libc has no sockets to build one from Rust).
     let dir = tempfile::tempdir().unwrap();
+    let dialer = write_wat(dir.path(), "dialer.wasm", r#"(component (import "wasi:sockets/tcp-create-socket@0.2.0" (instance)))"#);
+    let error = format!("{:#}", shared_engine().load(&dialer, None).err().expect("the socket dialer is refused"));
+    assert!(error.contains("refused: it imports wasi:sockets/tcp-create-socket@0.2.0, which the host does not offer"), "{error}");
+
     let unknown = write_wat(dir.path(), "unknown.wasm", r#"(component (import "acme:exfil/tunnel" (instance)))"#);
     let error = format!("{:#}", shared_engine().load(&unknown, None).err().expect("refused"));
     assert!(error.contains("it imports acme:exfil/tunnel, which the host does not offer"), "{error}");
