@@ -342,7 +342,7 @@ impl Org {
     }
 
     pub fn user(&self, gid: &str) -> Option<&User> {
-        self.users.iter().find(|u| u.gid == gid)
+        find_by_gid(&self.users, gid, |u| &u.gid)
     }
 
     pub fn user_by_email(&self, email: &str) -> Option<&User> {
@@ -356,7 +356,7 @@ impl Org {
     }
 
     pub fn team(&self, gid: &str) -> Option<&Team> {
-        self.teams.iter().find(|t| t.gid == gid)
+        find_by_gid(&self.teams, gid, |t| &t.gid)
     }
 
     /// The organization SCIM provisions into: the first workspace that is one.
@@ -412,6 +412,20 @@ impl Org {
             );
         }
         total
+    }
+}
+
+/// Finds by gid in a list kept in gid order (generation and creation both
+/// hand out rising gids), so lookups stay fast in orgs of 50k users; falls
+/// back to a scan should the order ever not hold.
+fn find_by_gid<'a, T>(items: &'a [T], gid: &str, gid_of: impl Fn(&T) -> &String) -> Option<&'a T> {
+    // Numeric strings order by length, then text.
+    match items.binary_search_by(|item| {
+        let candidate = gid_of(item);
+        (candidate.len(), candidate.as_str()).cmp(&(gid.len(), gid))
+    }) {
+        Ok(index) => Some(&items[index]),
+        Err(_) => items.iter().find(|item| gid_of(item) == gid),
     }
 }
 

@@ -1,6 +1,7 @@
-//! Sync cost as the org grows: requests, time and the syncing process's
-//! peak memory, for orgs of 1k, 10k and 50k users. The simulator runs in
-//! its own process so its memory (it holds the whole org) is not counted.
+//! Sync cost as the org grows: requests, wall time, the syncing process's
+//! CPU time and peak memory, for orgs of 1k, 10k and 50k users. The
+//! simulator runs in its own process so its memory (it holds the whole org)
+//! and its CPU (it filters the whole org for every page) are not counted.
 //!
 //! Run: cargo bench -p tether-host --bench sync_scale
 
@@ -13,7 +14,11 @@ fn main() {
     let tether = root.join("target/debug/tether");
     let connector = root.join("target/wasm/tether-asana.wasm");
     assert!(tether.is_file() && connector.is_file(), "build first: scripts/build-guests.sh && cargo build -p tether-host");
-    println!("{:>8} {:>6} {:>9} {:>9} {:>10}", "users", "teams", "requests", "seconds", "peak MiB");
+    // Compile the connector once, so every row measures a sync from the
+    // compiled-code cache.
+    let warm = Command::new(&tether).args(["describe", "--connector", connector.to_str().unwrap()]).output().expect("describe runs");
+    assert!(warm.status.success());
+    println!("{:>8} {:>6} {:>9} {:>9} {:>9} {:>10}", "users", "teams", "requests", "seconds", "cpu s", "peak MiB");
     for (users, teams) in [(1_000, 50), (10_000, 300), (50_000, 1_000)] {
         let mut sim = Command::new(&tether)
             // Asana's 1500 requests a minute would make this a measure of
@@ -29,11 +34,14 @@ fn main() {
         let base_url = first.trim().rsplit(' ').next().unwrap().to_string();
         let addr = base_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
         let dir = tempfile::tempdir().unwrap();
+        let cpu_before = children_cpu_seconds();
         let out = Command::new(&tether)
             .args(["sync", "--connector", connector.to_str().unwrap(), "--out", dir.path().join("s.db").to_str().unwrap()])
             .args(["--config", &format!("asana-api-url={base_url}"), "--secret", "token=literal:sim-token", "--allow-host", &addr])
             .output()
             .expect("sync runs");
+        // The sync is the only child waited for in between.
+        let cpu = children_cpu_seconds() - cpu_before;
         let _ = sim.kill();
         let _ = sim.wait();
         drop(sim_output);
@@ -42,6 +50,18 @@ fn main() {
         let figure = |label: &str| {
             text.lines().find(|l| l.trim_start().starts_with(label)).and_then(|l| l.split_whitespace().nth(label.split(' ').count())).unwrap_or("?").to_string()
         };
-        println!("{users:>8} {teams:>6} {:>9} {:>9} {:>10}", figure("HTTP requests"), figure("elapsed"), figure("peak memory"));
+        println!("{users:>8} {teams:>6} {:>9} {:>9} {cpu:>9.2} {:>10}", figure("HTTP requests"), figure("elapsed"), figure("peak memory"));
     }
+}
+
+/// User and system CPU time of the children this process has waited for.
+fn children_cpu_seconds() -> f64 {
+    // SAFETY: getrusage only writes the struct we hand it.
+    let usage = unsafe {
+        let mut usage = std::mem::zeroed::<libc::rusage>();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
