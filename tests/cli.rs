@@ -42,7 +42,11 @@ fn demo_prints_a_summary_and_writes_a_queryable_sync_file() {
 
     let table = tether(&["inspect", out.to_str().unwrap(), "grants", "--type", "workspace"]);
     assert!(table.status.success());
-    assert!(stdout(&table).lines().next().unwrap().starts_with("id"), "{}", stdout(&table));
+    let header = stdout(&table).lines().next().unwrap().to_string();
+    assert!(header.starts_with("id") && header.contains("principal_name"), "{header}");
+    let org = asana_sim::Org::generate(&OrgSpec { users: 300, teams: 12, workspaces: 3, seed: 42 });
+    let member = &org.users[5];
+    assert!(stdout(&table).lines().any(|l| l.contains(&format!("user:{}", member.gid)) && l.contains(&member.name)), "grants show the principal's name");
 }
 
 #[test]
@@ -223,6 +227,11 @@ fn describe_lists_config_keys_and_which_are_secret() {
     assert!(token.contains("secret"), "{token}");
     let help = tether(&["sync", "--help"]);
     assert!(stdout(&help).contains("use-scim-api"));
+
+    // describe runs the module too, so it takes the same trust checks.
+    let pinned = tether(&["describe", "--connector", asana_wasm().to_str().unwrap(), "--digest", "00"]);
+    assert_eq!(pinned.status.code(), Some(1));
+    assert!(stderr(&pinned).contains("but 00 was pinned"), "{}", stderr(&pinned));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -68,16 +68,8 @@ pub struct ConnectorArgs {
     /// Also allow requests to this host (repeatable). Plain http only with an http:// prefix or for loopback.
     #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
     pub allow_host: Vec<String>,
-    /// Refuse the module unless its sha256 is this.
-    #[arg(long, value_name = "SHA256")]
-    pub digest: Option<String>,
-    /// Refuse the module unless it carries a good signature by this key: a
-    /// NAME.pub file from `tether module keygen`, or 64 hex digits.
-    #[arg(long, value_name = "NAME.pub|HEX")]
-    pub require_signature: Option<String>,
-    /// The module's signature (default: FILE.wasm.sig beside it).
-    #[arg(long, value_name = "FILE", requires = "require_signature")]
-    pub signature: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Where compiled code is cached (default: ~/.cache/tether/compiled).
     #[arg(long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
@@ -89,6 +81,31 @@ pub struct ConnectorArgs {
     pub storage_dir: Option<PathBuf>,
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// What a module must prove before the host compiles it.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TrustArgs {
+    /// Refuse the module unless its sha256 is this.
+    #[arg(long, value_name = "SHA256")]
+    pub digest: Option<String>,
+    /// Refuse the module unless it carries a good signature by this key: a
+    /// NAME.pub file from `tether module keygen`, or 64 hex digits.
+    #[arg(long, value_name = "NAME.pub|HEX")]
+    pub require_signature: Option<String>,
+    /// The module's signature (default: FILE.wasm.sig beside it).
+    #[arg(long, value_name = "FILE", requires = "require_signature")]
+    pub signature: Option<PathBuf>,
+}
+
+impl TrustArgs {
+    fn to_trust(&self) -> Result<ModuleTrust> {
+        Ok(ModuleTrust {
+            digest: self.digest.clone(),
+            signer: self.require_signature.as_deref().map(crate::trust::parse_verifying_key).transpose()?,
+            signature: self.signature.clone(),
+        })
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -167,6 +184,8 @@ struct DescribeArgs {
     /// The connector component (.wasm).
     #[arg(long, value_name = "FILE.wasm")]
     connector: PathBuf,
+    #[command(flatten)]
+    trust: TrustArgs,
 }
 
 /// What the Asana connector takes, for `tether sync --help`; `tether
@@ -271,11 +290,7 @@ pub struct Prepared {
 pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir) };
     let engine = ConnectorEngine::new(cache_dir)?;
-    let trust = ModuleTrust {
-        digest: args.digest.clone(),
-        signer: args.require_signature.as_deref().map(crate::trust::parse_verifying_key).transpose()?,
-        signature: args.signature.clone(),
-    };
+    let trust = args.trust.to_trust()?;
     let module = engine.load_trusted(&args.connector, &trust)?;
     eprintln!(
         "loaded {} (sha256 {}{}, tether:connector@{}) in {:.0} ms{}",
@@ -351,7 +366,7 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
 
 async fn describe(args: DescribeArgs) -> Result<()> {
     let engine = ConnectorEngine::new(ConnectorEngine::default_cache_dir())?;
-    let module = engine.load(&args.connector, None)?;
+    let module = engine.load_trusted(&args.connector, &args.trust.to_trust()?)?;
     let grants = Grants::default();
     let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
     let m = &instance.metadata;

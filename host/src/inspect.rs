@@ -38,10 +38,23 @@ pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, fo
         }
         return Ok(());
     }
+    let mut rows = rows;
+    if let InspectWhat::Grants = what {
+        // A reviewer reads names, not gids.
+        let names: std::collections::HashMap<(String, String), String> = file
+            .resources(run.id, None)?
+            .into_iter()
+            .map(|r| ((r.resource_type, r.id), r.display_name))
+            .collect();
+        for row in &mut rows {
+            let key = (row["principal"]["resource_type"].as_str().unwrap_or("").to_string(), row["principal"]["id"].as_str().unwrap_or("").to_string());
+            row["principal_name"] = json!(names.get(&key).cloned().unwrap_or_default());
+        }
+    }
     let columns: &[&str] = match what {
         InspectWhat::Resources => &["resource_type", "id", "display_name", "parent", "attributes"],
         InspectWhat::Entitlements => &["id", "display_name", "grantable"],
-        InspectWhat::Grants => &["id", "principal", "immutable", "attributes"],
+        InspectWhat::Grants => &["id", "principal", "principal_name", "immutable", "attributes"],
     };
     let cells: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| cell(&row[*c])).collect()).collect();
     let widths: Vec<usize> = columns
