@@ -527,3 +527,25 @@ async fn table_instance_and_memory_limits_apply_from_instantiation() {
     assert!(error.contains("limit exceeded: memory"), "{error}");
     asana_still_syncs().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_flood_is_cut_off_per_call_and_paced_per_host() {
+    let sim = start_sim(OrgSpec { users: 10, teams: 1, workspaces: 1, seed: 5 }).await;
+    let url = format!("{}/users/me", sim.base_url());
+    let flood = [("mode", "request-flood"), ("url", url.as_str()), ("bearer", "token")];
+
+    // At most 100 requests in one call.
+    let (limit, detail) = limit_hit(attack(&with_server(hostile_grants(&flood), sim.addr())).await);
+    assert_eq!(limit, "http-requests-per-call", "{detail}");
+    assert_eq!(sim.request_count(), 100);
+
+    // A per-host budget of 3 a minute: the fourth request waits, and the
+    // call's wall-clock limit ends the wait.
+    let mut grants = with_server(hostile_grants(&flood), sim.addr());
+    grants.limits.http_requests_per_minute = 3;
+    grants.limits.wall_per_call = Duration::from_secs(2);
+    let (limit, detail) = limit_hit(attack(&grants).await);
+    assert_eq!(limit, "wall-clock", "{detail}");
+    assert_eq!(sim.request_count(), 100 + 3, "only the budget got through");
+    asana_still_syncs().await;
+}

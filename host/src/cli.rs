@@ -122,6 +122,12 @@ pub struct LimitArgs {
     /// Seconds one HTTP request may take.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     pub http_timeout: f64,
+    /// HTTP requests one connector call may make.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_requests_per_call: usize,
+    /// HTTP requests per minute to any one host (Asana allows 1500); past it requests wait.
+    #[arg(long, value_name = "N", default_value_t = 1_500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_minute: u32,
     /// Largest HTTP response body, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub max_response_mb: usize,
@@ -165,6 +171,8 @@ impl LimitArgs {
             cpu_per_call: seconds("cpu-seconds", self.cpu_seconds)?,
             wall_per_call: seconds("call-timeout", self.call_timeout)?,
             http_timeout: seconds("http-timeout", self.http_timeout)?,
+            http_requests_per_call: self.max_requests_per_call,
+            http_requests_per_minute: self.max_requests_per_minute,
             http_response_bytes: self.max_response_mb.checked_mul(1 << 20).context("--max-response-mb is too large")?,
             records_per_page: self.max_page_records,
             log_lines_per_call: self.max_log_lines,

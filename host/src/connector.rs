@@ -115,8 +115,7 @@ impl ConnectorInstance {
         let http = Arc::new(HttpGateway::new(
             EgressPolicy::new(grants.extra_hosts.clone()),
             grants.secrets.clone(),
-            limits.http_timeout,
-            limits.http_response_bytes,
+            &limits,
             grants.dry_run,
         )?);
         let label = module
@@ -189,6 +188,7 @@ impl ConnectorInstance {
     fn before_call(&mut self) {
         let state = self.store.data_mut();
         state.log_lines_this_call = 0;
+        state.http_requests_this_call = 0;
         state.cpu_ticks_this_call = 0;
         self.store.set_epoch_deadline(1);
     }

@@ -5,16 +5,19 @@
 //! response sizes and time, and counts what was sent.
 
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use url::Url;
 
 use crate::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
 use crate::bindings::Pair;
 use crate::config::Secrets;
+use crate::limits::{LimitExceeded, Limits};
 use crate::state::HostState;
 
 /// One destination a connector may reach.
@@ -196,13 +199,18 @@ pub struct HttpGateway {
     policy: Arc<RwLock<EgressPolicy>>,
     secrets: Arc<Secrets>,
     max_response_bytes: usize,
+    /// Requests per minute per host (governor's GCRA, bursts allowed).
+    per_host: DefaultKeyedRateLimiter<String>,
     pub counters: HttpCounters,
     /// With dry-run, writes are held here instead of being sent.
     dry_run: Option<Mutex<Vec<HeldRequest>>>,
 }
 
 impl HttpGateway {
-    pub fn new(policy: EgressPolicy, secrets: Arc<Secrets>, timeout: Duration, max_response_bytes: usize, dry_run: bool) -> Result<Self> {
+    pub fn new(policy: EgressPolicy, secrets: Arc<Secrets>, limits: &Limits, dry_run: bool) -> Result<Self> {
+        let timeout = limits.http_timeout;
+        let per_minute = NonZeroU32::new(limits.http_requests_per_minute).unwrap_or(NonZeroU32::MIN);
+        let per_host = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(per_minute));
         let policy = Arc::new(RwLock::new(policy));
         let redirect_policy = policy.clone();
         let client = reqwest::Client::builder()
@@ -227,7 +235,8 @@ impl HttpGateway {
             client,
             policy,
             secrets,
-            max_response_bytes,
+            max_response_bytes: limits.http_response_bytes,
+            per_host,
             counters: HttpCounters::default(),
             dry_run: dry_run.then(|| Mutex::new(vec![])),
         })
@@ -300,6 +309,9 @@ impl HttpGateway {
             builder = builder.body(body);
         }
 
+        // Past the per-host budget a request waits its turn (the call's
+        // wall-clock limit still bounds the wait).
+        self.per_host.until_key_ready(&url.host_str().unwrap_or_default().to_ascii_lowercase()).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut response = builder.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status().as_u16();
@@ -360,6 +372,14 @@ impl HttpGateway {
 
 impl wit::Host for HostState {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
+        self.http_requests_this_call += 1;
+        if self.http_requests_this_call > self.limits.http_requests_per_call {
+            return Err(LimitExceeded::new(
+                "http-requests-per-call",
+                format!("more than {} HTTP requests in one call", self.limits.http_requests_per_call),
+            )
+            .into());
+        }
         Ok(self.http.send(request).await)
     }
 }

@@ -26,6 +26,13 @@ pub struct Limits {
     pub http_response_bytes: usize,
     /// Time one HTTP request may take.
     pub http_timeout: Duration,
+    /// HTTP requests one call may make: a list call needs one, a write a
+    /// few; a guest looping on `send` is stopped here.
+    pub http_requests_per_call: usize,
+    /// Requests per minute to any one host, with that many in a burst
+    /// (Asana allows 1500 a minute): a connector cannot hammer an upstream
+    /// with the operator's token. Requests past it wait.
+    pub http_requests_per_minute: u32,
     /// Bytes the host may allocate to copy what the guest hands it in one
     /// call, either way: an import's arguments or an export's result
     /// (wasmtime's hostcall fuel). Keep it above `bytes_per_page`.
@@ -51,6 +58,8 @@ impl Default for Limits {
             log_bytes_per_line: 4_096,
             http_response_bytes: 16 << 20,
             http_timeout: Duration::from_secs(30),
+            http_requests_per_call: 100,
+            http_requests_per_minute: 1_500,
             hostcall_bytes: 32 << 20,
             resource_handles: 1_000,
             storage_bytes: 1 << 20,

@@ -24,6 +24,7 @@ pub struct HostState {
     /// Names the connector in logs.
     pub connector_label: String,
     pub log_lines_this_call: usize,
+    pub http_requests_this_call: usize,
     /// Epoch ticks this call has run guest code for, and its budget.
     pub cpu_ticks_this_call: u64,
     pub cpu_tick_budget: u64,
@@ -71,6 +72,7 @@ impl HostState {
             storage,
             connector_label,
             log_lines_this_call: 0,
+            http_requests_this_call: 0,
             cpu_ticks_this_call: 0,
             cpu_tick_budget,
         }
