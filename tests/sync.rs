@@ -180,3 +180,46 @@ async fn a_workspace_that_refuses_to_list_teams_does_not_stop_the_sync() {
     assert_eq!(teams, org_teams);
     assert!(sim.requests().iter().any(|r| r.path.ends_with("/teams") && r.status == 400));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_sync_resumes_from_its_checkpoint() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(700, 12, 2, 31)));
+    config.retry_after_secs = 0;
+    let sim = start_sim_with(config).await;
+    let org = sim.org();
+    let minimum = org.minimum_requests(100);
+    // An outage halfway through that outlasts the host's retries.
+    let retries = tether_host::connector::RATE_LIMIT_RETRIES;
+    sim.force_429_from(minimum / 2, retries + 1);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+
+    let error = sync_sim(&sim, "sim-token", &out).await.expect_err("the outage fails the sync");
+    assert!(format!("{error:#}").contains("rate limited"), "{error:#}");
+    let sent_before = sim.request_count();
+
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let grants = grants_for(&sim.base_url(), sim.addr(), "sim-token");
+    let mut file = SyncFile::open(&out).unwrap();
+    let failed_run = file.last_run().unwrap().unwrap().id;
+    let mut instance = tether_host::connector::ConnectorInstance::start(&engine, &module, &grants).await.unwrap();
+    let summary = tether_host::sync::run_or_resume(&mut instance, &mut file, &module.digest, &indicatif::ProgressBar::hidden(), true)
+        .await
+        .expect("the resume finishes");
+
+    assert_eq!(summary.run_id, failed_run, "the failed run is the one finished");
+    assert_eq!(summary.grants, expected_grants(&org), "nothing lost, nothing doubled");
+    let users = summary.resources.iter().find(|(t, _)| t == "user").unwrap().1;
+    assert_eq!(users, org.workspace_memberships.iter().map(|m| &m.user_gid).collect::<HashSet<_>>().len() as i64);
+    let resumed = sim.request_count() - sent_before;
+    assert!(resumed < minimum - minimum / 4, "the resume did not start over: {resumed} of {minimum}");
+    // It goes on from the page that was refused (or, at the start of a
+    // listing, the page before it): nothing else is asked twice.
+    let outage_at = minimum / 2;
+    assert_eq!(sent_before, outage_at - 1 + retries as u64 + 1);
+    assert!(resumed <= minimum - (outage_at - 1) + 1, "{sent_before} + {resumed} vs {minimum}");
+    let run = file.last_run().unwrap().unwrap();
+    assert_eq!(run.status, "succeeded");
+    assert_eq!(run.http_requests as u64, sent_before + resumed, "the run counts both parts");
+}

@@ -84,6 +84,7 @@ pub(crate) struct Shared {
     pub teams_only_in_organizations: bool,
     token: String,
     limiter: RateLimiter,
+    outage: Mutex<Option<(u64, u32)>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     count: AtomicU64,
 }
@@ -103,6 +104,7 @@ impl Shared {
                 config.seed,
             ),
             world: Mutex::new(World::new(config.org)),
+            outage: Mutex::new(None),
             recorded: Mutex::new(VecDeque::new()),
             count: AtomicU64::new(0),
         }
@@ -149,7 +151,13 @@ fn is_scim(path: &str) -> bool {
 /// Every request passes here: it is counted and recorded whatever happens to it, then
 /// authenticated and rate limited before reaching a handler.
 async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
-    shared.count.fetch_add(1, Ordering::SeqCst);
+    let number = shared.count.fetch_add(1, Ordering::SeqCst) + 1;
+    // A planned outage: from request number `at` on, `n` requests get 429.
+    if let Some((at, n)) = *lock(&shared.outage) {
+        if number == at {
+            shared.limiter.force_next(n);
+        }
+    }
     let (parts, body) = req.into_parts();
     let method = parts.method.clone();
     let full_path = parts.uri.path();
@@ -304,6 +312,12 @@ impl SimHandle {
     /// The next `n` authenticated requests get 429 with Retry-After (tests of retry paths).
     pub fn force_429_next(&self, n: u32) {
         self.shared.limiter.force_next(n);
+    }
+
+    /// From the `at`-th request (counting from 1) on, `n` requests get 429:
+    /// an outage in the middle of a sync, for tests of failure and resume.
+    pub fn force_429_from(&self, at: u64, n: u32) {
+        *lock(&self.shared.outage) = Some((at, n));
     }
 
     pub async fn shutdown(mut self) {

@@ -219,6 +219,10 @@ struct SyncArgs {
     /// Also write the synced records as JSON Lines to PATH, or - for stdout.
     #[arg(long, value_name = "PATH|-")]
     jsonl: Option<String>,
+    /// If the last sync in FILE failed (same module), go on from where it
+    /// stopped instead of starting over.
+    #[arg(long)]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -362,9 +366,11 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
     let mut file = SyncFile::open(&args.out)?;
     let mut prepared = prepare(&args.connector, false).await?;
     let progress = progress_bar();
-    let result = crate::sync::run(&mut prepared.instance, &mut file, &prepared.module.digest, &progress).await;
+    let result = crate::sync::run_or_resume(&mut prepared.instance, &mut file, &prepared.module.digest, &progress, args.resume).await;
     progress.finish_and_clear();
-    let summary = result.with_context(|| format!("sync failed; {} still holds the last good sync", args.out.display()))?;
+    let summary = result.with_context(|| {
+        format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display())
+    })?;
     crate::demo::print_summary(&summary, &args.out, None);
     if let Some(target) = &args.jsonl {
         crate::inspect::export_jsonl(&file, summary.run_id, target)?;

@@ -4,7 +4,8 @@
 //! Each page is written in its own transaction as it arrives, so memory does
 //! not grow with the org. Views (`resources`, `entitlements`, `grants`,
 //! `resource_types`) show the last successful run: a failed or running sync
-//! never replaces it, and only a successful one prunes older runs.
+//! never replaces it, and only a successful one prunes older runs. A failed
+//! run keeps its records and checkpoint, so `sync --resume` can finish it.
 
 use std::path::Path;
 
@@ -24,7 +25,9 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     connector_version TEXT NOT NULL,
     connector_digest TEXT NOT NULL,
     error TEXT,
-    http_requests INTEGER NOT NULL DEFAULT 0
+    http_requests INTEGER NOT NULL DEFAULT 0,
+    -- Where the driver is (JSON of store::Checkpoint), for sync --resume.
+    checkpoint TEXT
 );
 CREATE TABLE IF NOT EXISTS run_resource_types (
     run_id INTEGER NOT NULL REFERENCES sync_runs(id),
@@ -84,6 +87,25 @@ CREATE VIEW IF NOT EXISTS grants AS
     WHERE run_id = (SELECT id FROM last_good_run);
 "#;
 
+/// How far a run got: whether the top-level listings are done, the last
+/// resource (by row) whose children, entitlements and grants are all
+/// written, and how far the driver got inside the next one.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub top_level_done: bool,
+    pub cursor: i64,
+    pub within: Option<Within>,
+}
+
+/// A place inside one resource's listings: its row, the step (which
+/// listing), and the page token to go on from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Within {
+    pub row: i64,
+    pub step: usize,
+    pub token: Option<String>,
+}
+
 /// Who produced a run.
 #[derive(Debug, Clone)]
 pub struct ConnectorIdentity {
@@ -135,6 +157,12 @@ impl SyncFile {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
+        // Files written before checkpoints existed.
+        let has_checkpoint: bool =
+            conn.query_row("SELECT count(*) FROM pragma_table_info('sync_runs') WHERE name = 'checkpoint'", [], |row| row.get(0))?;
+        if !has_checkpoint {
+            conn.execute_batch("ALTER TABLE sync_runs ADD COLUMN checkpoint TEXT")?;
+        }
         Ok(SyncFile { conn })
     }
 
@@ -235,20 +263,54 @@ impl SyncFile {
     }
 
     /// Ends a run. A successful run becomes the one the views show and
-    /// older runs' records are dropped; a failed run's partial records are
-    /// dropped and the last good run stays as it was.
+    /// older runs' records (failed ones' included) are dropped; a failed run
+    /// keeps its partial records for a resume, and the last good run stays
+    /// what the views show. `http_requests` adds to the run's count.
     pub fn finish_run(&mut self, run: i64, error: Option<&str>, http_requests: u64) -> Result<()> {
         let tx = self.conn.transaction()?;
         let status = if error.is_some() { "failed" } else { "succeeded" };
         tx.execute(
-            "UPDATE sync_runs SET status = ?2, ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), error = ?3, http_requests = ?4 WHERE id = ?1",
+            "UPDATE sync_runs SET status = ?2, ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), error = ?3,
+                http_requests = http_requests + ?4 WHERE id = ?1",
             params![run, status, error, http_requests as i64],
         )?;
-        let condition = if error.is_some() { "run_id = ?1" } else { "run_id < ?1" };
-        for table in ["run_resource_types", "run_resources", "run_entitlements", "run_grants"] {
-            tx.execute(&format!("DELETE FROM {table} WHERE {condition}"), params![run])?;
+        if error.is_none() {
+            for table in ["run_resource_types", "run_resources", "run_entitlements", "run_grants"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE run_id < ?1"), params![run])?;
+            }
         }
         tx.commit()?;
+        Ok(())
+    }
+
+    pub fn save_checkpoint(&self, run: i64, checkpoint: &Checkpoint) -> Result<()> {
+        self.conn.execute(
+            "UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1",
+            params![run, serde_json::to_string(checkpoint)?],
+        )?;
+        Ok(())
+    }
+
+    /// The newest run, if it failed, was made by the module with `digest`,
+    /// and got far enough to checkpoint: it can be resumed.
+    pub fn resumable_run(&self, digest: &str) -> Result<Option<(i64, Checkpoint)>> {
+        let last: Option<(i64, String, String, Option<String>)> = self
+            .conn
+            .query_row("SELECT id, status, connector_digest, checkpoint FROM sync_runs ORDER BY id DESC LIMIT 1", [], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })
+            .optional()?;
+        Ok(match last {
+            Some((id, status, run_digest, Some(checkpoint))) if status == "failed" && run_digest == digest => {
+                serde_json::from_str(&checkpoint).ok().map(|c| (id, c))
+            }
+            _ => None,
+        })
+    }
+
+    /// Marks a failed run running again, to resume it.
+    pub fn reopen_run(&mut self, run: i64) -> Result<()> {
+        self.conn.execute("UPDATE sync_runs SET status = 'running', ended_at = NULL, error = NULL WHERE id = ?1", [run])?;
         Ok(())
     }
 
