@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh
-cargo build --locked --quiet -p tether-host
+cargo build --locked -p tether-host
 exec ./target/debug/tether demo "$@"

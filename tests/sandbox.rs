@@ -356,6 +356,15 @@ async fn storage_keys_cannot_escape_and_the_quota_holds() {
     assert_eq!(entries(dir.path()), ["storage"]);
     assert_eq!(entries(&root), ["hostile"]);
     assert_eq!(entries(&root.join("hostile")), ["chunk-1", "fine-key"]);
+
+    // A new version dropped in under another file name keeps the same
+    // namespace: it follows the connector's name.
+    let renamed = dir.path().join("hostile-2.0.wasm");
+    std::fs::copy(wasm("hostile"), &renamed).unwrap();
+    let module = load(shared_engine(), &renamed);
+    let mut instance = ConnectorInstance::start(shared_engine(), &module, &grants).await.unwrap();
+    let _ = instance.list_resources("probe", None, None).await;
+    assert_eq!(entries(&root), ["hostile"]);
     asana_still_syncs().await;
 }
 

@@ -124,11 +124,8 @@ impl ConnectorInstance {
             .and_then(|s| s.to_str())
             .unwrap_or("connector")
             .to_string();
-        let storage = match &grants.storage_root {
-            Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
-            None => None,
-        };
-        let state = HostState::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), storage, label);
+        // Storage opens once the connector has named itself (below).
+        let state = HostState::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), None, label);
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.store_limits);
         store.set_hostcall_fuel(limits.hostcall_bytes);
@@ -163,6 +160,13 @@ impl ConnectorInstance {
             metadata: empty_metadata(),
         };
         instance.metadata = instance.call_metadata().await.context("the connector's metadata() failed")?;
+
+        // The namespace follows the connector's name, not its file name, so
+        // a new version dropped in as another file keeps its storage.
+        if let Some(root) = &grants.storage_root {
+            let namespace = storage_namespace(&instance.metadata.name);
+            instance.store.data_mut().storage = Some(ConnectorStorage::open(root, &namespace, limits.storage_bytes)?);
+        }
 
         // The default allow-list is what the connector declares; the
         // operator's hosts come on top (or instead, for a test server).
