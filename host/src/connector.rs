@@ -76,7 +76,7 @@ macro_rules! guarded {
                 "wall-clock",
                 format!("the call took longer than {:?}", $self.wall_per_call),
             ))),
-            Ok(Err(trap)) => Err(classify_trap(trap, &$self.store.data().limits)),
+            Ok(Err(trap)) => Err(with_guest_stderr(classify_trap(trap, &$self.store.data().limits), &$self.store.data().stderr)),
             Ok(Ok(value)) => Ok(value),
         };
         if outcome.is_err() {
@@ -192,6 +192,7 @@ impl ConnectorInstance {
     fn before_call(&mut self) {
         let state = self.store.data_mut();
         state.log_lines_this_call = 0;
+        state.stderr.clear();
         state.http_requests_this_call = 0;
         state.cpu_ticks_this_call = 0;
         self.store.set_epoch_deadline(1);
@@ -290,6 +291,22 @@ fn page_bytes(page: &guest::Page) -> usize {
 
 /// Turns a wasmtime error into what the operator needs to know: which
 /// limit was hit (in one line), or the crash with its wasm backtrace.
+/// A crash says what the guest wrote to stderr during the call: a Rust
+/// guest's panic message. (The guest never holds a secret to leak here.)
+fn with_guest_stderr(error: CallError, stderr: &crate::guest_stderr::GuestStderr) -> CallError {
+    match error {
+        CallError::Trap(trap) => {
+            let said = stderr.text();
+            if said.is_empty() {
+                CallError::Trap(trap)
+            } else {
+                CallError::Trap(format!("{said}\n{trap}"))
+            }
+        }
+        other => other,
+    }
+}
+
 fn classify_trap(error: wasmtime::Error, limits: &Limits) -> CallError {
     if let Some(limit) = error.downcast_ref::<LimitExceeded>() {
         return CallError::Limit(LimitExceeded::new(limit.limit, limit.detail.clone()));

@@ -14,6 +14,7 @@ pub mod config;
 pub mod connector;
 pub mod demo;
 pub mod engine;
+pub mod guest_stderr;
 pub mod http;
 pub mod inspect;
 pub mod limits;

@@ -9,6 +9,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::{ConnectorConfig, Secrets};
 use crate::http::HttpGateway;
+use crate::guest_stderr::GuestStderr;
 use crate::limits::Limits;
 use crate::storage::ConnectorStorage;
 
@@ -23,6 +24,8 @@ pub struct HostState {
     pub storage: Option<ConnectorStorage>,
     /// Names the connector in logs.
     pub connector_label: String,
+    /// The guest's stderr of the current call (panic messages land here).
+    pub stderr: GuestStderr,
     pub log_lines_this_call: usize,
     pub http_requests_this_call: usize,
     /// Epoch ticks this call has run guest code for, and its budget.
@@ -44,7 +47,9 @@ impl HostState {
         // needs to start, nothing it could use. What the host buffers for
         // WASI is capped: random bytes here, reads by wasmtime-wasi itself
         // (64 KiB), handles by the table's capacity, copies by hostcall fuel.
+        let stderr = GuestStderr::default();
         let wasi = WasiCtxBuilder::new()
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -71,6 +76,7 @@ impl HostState {
             secrets,
             storage,
             connector_label,
+            stderr,
             log_lines_this_call: 0,
             http_requests_this_call: 0,
             cpu_ticks_this_call: 0,
