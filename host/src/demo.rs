@@ -109,6 +109,9 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     sim.shutdown().await;
     let summary = result?;
     print_summary(&summary, &args.out, Some(minimum));
+    println!();
+    println!("  query it:  sqlite3 {} 'select resource_type, count(*) from resources group by 1'", args.out.display());
+    println!("             tether inspect {} grants --type team", args.out.display());
     Ok(())
 }
 
