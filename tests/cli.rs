@@ -269,3 +269,15 @@ async fn sync_writes_json_lines_and_an_unreachable_host_fails_clearly() {
     let last = err.lines().last().unwrap();
     assert!(last.starts_with("error: sync failed") && last.contains("cannot reach Asana"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_allowed_hosts_drops_the_declared_ones() {
+    let sim = start_sim(OrgSpec { users: 10, teams: 1, workspaces: 1, seed: 2 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["sync".to_string(), "--out".into(), dir.path().join("s.db").to_str().unwrap().into(), "--only-allowed-hosts".into()];
+    args.extend(connector_flags(&sim, &[]));
+    let run = tether_async(args).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    let reach = stderr(&run).lines().find(|l| l.contains("may reach:")).unwrap().to_string();
+    assert!(reach.ends_with(&format!("may reach: {}", sim.addr())), "app.asana.com is not reachable: {reach}");
+}

@@ -20,7 +20,8 @@ fn expected_grants(org: &asana_sim::Org) -> i64 {
     let licenses: HashSet<(bool, &str)> = org
         .workspace_memberships
         .iter()
-        .filter(|m| m.is_active && !(m.is_guest && !m.is_admin))
+        // The license follows the role: an admin counts even if flagged guest.
+        .filter(|m| m.is_active && (m.is_admin || !m.is_guest))
         .map(|m| (m.is_view_only, m.user_gid.as_str()))
         .collect();
     (org.workspace_memberships.len() + org.team_memberships.len() + licenses.len()) as i64

@@ -68,6 +68,10 @@ pub struct ConnectorArgs {
     /// Also allow requests to this host (repeatable). Plain http only with an http:// prefix or for loopback.
     #[arg(long = "allow-host", value_name = "HOST[:PORT]")]
     pub allow_host: Vec<String>,
+    /// Allow only the --allow-host hosts, not those the connector declares:
+    /// a new module version cannot widen where the token goes.
+    #[arg(long)]
+    pub only_allowed_hosts: bool,
     #[command(flatten)]
     pub trust: TrustArgs,
     /// Where compiled code is cached (default: ~/.cache/tether/compiled).
@@ -318,7 +322,7 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
         config: ConnectorConfig::new(args.config.clone()),
         secrets: Arc::new(Secrets::resolve(&args.secret)?),
         extra_hosts: hosts,
-        only_extra_hosts: false,
+        only_extra_hosts: args.only_allowed_hosts,
         limits: args.limits.to_limits()?,
         storage_root: args.storage_dir.clone(),
         dry_run,

@@ -99,6 +99,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         config: vec![("asana-api-url".into(), sim.base_url())],
         secret: vec![format!("token=literal:{token}").parse::<SecretSource>().map_err(anyhow::Error::msg)?],
         allow_host: vec![sim.addr().to_string()],
+        only_allowed_hosts: false,
         trust: Default::default(),
         cache_dir: None,
         no_cache: false,
