@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod prism;
+pub mod process;
 pub mod scim2;
 
 use std::net::{Ipv4Addr, SocketAddr};

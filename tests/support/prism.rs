@@ -3,11 +3,12 @@
 //! spec (`--errors`: a request that breaks it is answered 422 and never
 //! reaches the simulator; a response that breaks it becomes a 500).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::process::{free_port, loopback, wait_listening};
 use super::repo_root;
 
 pub struct Prism {
@@ -42,21 +43,13 @@ impl Prism {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        loopback(self.port)
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("prism exited early: {status}");
-            }
-            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
+        if let Err(why) = wait_listening(&mut self.child, self.port, Duration::from_secs(90)) {
+            panic!("prism {why}");
         }
-        panic!("prism did not listen on {} within 90 s", self.addr());
     }
 }
 
@@ -65,8 +58,4 @@ impl Drop for Prism {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
 }

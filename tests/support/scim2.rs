@@ -35,12 +35,13 @@
 //!   has an `attributes` or `excludedAttributes` query parameter (then the
 //!   body holds just those attributes, plus `schemas` and `id`).
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use super::process::{free_port, loopback, wait_listening};
 use super::repo_root;
 
 pub struct Scim2Server {
@@ -88,7 +89,7 @@ impl Scim2Server {
     }
 
     pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from((Ipv4Addr::LOCALHOST, self.port))
+        loopback(self.port)
     }
 
     /// What the server logged so far (one line per request, and errors).
@@ -97,17 +98,9 @@ impl Scim2Server {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("scim2-server exited early: {status}\n{}", self.log());
-            }
-            if TcpStream::connect_timeout(&self.addr(), Duration::from_millis(200)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Err(why) = wait_listening(&mut self.child, self.port, Duration::from_secs(60)) {
+            panic!("scim2-server {why}\n{}", self.log());
         }
-        panic!("scim2-server did not listen on {} within 60 s\n{}", self.addr(), self.log());
     }
 }
 
@@ -144,6 +137,3 @@ fn python() -> PathBuf {
         .clone()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
-}
