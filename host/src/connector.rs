@@ -18,7 +18,7 @@ use crate::config::{ConnectorConfig, Secrets};
 use crate::engine::{ConnectorEngine, LoadedModule};
 use crate::http::{EgressPolicy, HttpGateway};
 use crate::limits::{LimitExceeded, Limits};
-use crate::state::HostState;
+use crate::state::{CallUsage, HostState};
 use crate::storage::ConnectorStorage;
 
 /// What the operator grants one connector.
@@ -132,8 +132,8 @@ impl ConnectorInstance {
         store.set_max_component_handles(limits.resource_handles);
         store.epoch_deadline_callback(|mut ctx| {
             let state = ctx.data_mut();
-            state.cpu_ticks_this_call += 1;
-            if state.cpu_ticks_this_call > state.cpu_tick_budget {
+            state.usage.cpu_ticks += 1;
+            if state.usage.cpu_ticks > state.cpu_tick_budget {
                 return Err(LimitExceeded::new("cpu", format!("the call ran for more than {:?} of CPU", state.limits.cpu_per_call)).into());
             }
             Ok(UpdateDeadline::Yield(1))
@@ -191,10 +191,8 @@ impl ConnectorInstance {
 
     fn before_call(&mut self) {
         let state = self.store.data_mut();
-        state.log_lines_this_call = 0;
+        state.usage = CallUsage::default();
         state.stderr.clear();
-        state.http_requests_this_call = 0;
-        state.cpu_ticks_this_call = 0;
         self.store.set_epoch_deadline(1);
     }
 

@@ -17,8 +17,8 @@ use url::Url;
 use crate::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
 use crate::bindings::Pair;
 use crate::config::Secrets;
-use crate::limits::{LimitExceeded, Limits};
-use crate::state::HostState;
+use crate::limits::Limits;
+use crate::state::{charge, HostState};
 
 /// One destination a connector may reach.
 #[derive(Debug, Clone, PartialEq)]
@@ -372,14 +372,7 @@ impl HttpGateway {
 
 impl wit::Host for HostState {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
-        self.http_requests_this_call += 1;
-        if self.http_requests_this_call > self.limits.http_requests_per_call {
-            return Err(LimitExceeded::new(
-                "http-requests-per-call",
-                format!("more than {} HTTP requests in one call", self.limits.http_requests_per_call),
-            )
-            .into());
-        }
+        charge(&mut self.usage.http_requests, self.limits.http_requests_per_call, "http-requests-per-call", "HTTP requests")?;
         Ok(self.http.send(request).await)
     }
 }

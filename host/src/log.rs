@@ -2,19 +2,11 @@
 //! call and scrubbed of secrets.
 
 use crate::bindings::tether::connector::log::{self, Level};
-use crate::limits::LimitExceeded;
-use crate::state::HostState;
+use crate::state::{charge, HostState};
 
 impl log::Host for HostState {
     async fn emit(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
-        self.log_lines_this_call += 1;
-        if self.log_lines_this_call > self.limits.log_lines_per_call {
-            return Err(LimitExceeded::new(
-                "log-lines",
-                format!("more than {} log lines in one call", self.limits.log_lines_per_call),
-            )
-            .into());
-        }
+        charge(&mut self.usage.log_lines, self.limits.log_lines_per_call, "log-lines", "log lines")?;
         let mut message = self.secrets.redact(&message);
         if message.len() > self.limits.log_bytes_per_line {
             let mut end = self.limits.log_bytes_per_line;

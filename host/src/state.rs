@@ -10,7 +10,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use crate::config::{ConnectorConfig, Secrets};
 use crate::http::HttpGateway;
 use crate::guest_stderr::GuestStderr;
-use crate::limits::Limits;
+use crate::limits::{LimitExceeded, Limits};
 use crate::storage::ConnectorStorage;
 
 pub struct HostState {
@@ -26,10 +26,9 @@ pub struct HostState {
     pub connector_label: String,
     /// The guest's stderr of the current call (panic messages land here).
     pub stderr: GuestStderr,
-    pub log_lines_this_call: usize,
-    pub http_requests_this_call: usize,
-    /// Epoch ticks this call has run guest code for, and its budget.
-    pub cpu_ticks_this_call: u64,
+    /// What the current call has used of its per-call budgets.
+    pub usage: CallUsage,
+    /// Epoch ticks one call may run guest code for.
     pub cpu_tick_budget: u64,
 }
 
@@ -77,12 +76,28 @@ impl HostState {
             storage,
             connector_label,
             stderr,
-            log_lines_this_call: 0,
-            http_requests_this_call: 0,
-            cpu_ticks_this_call: 0,
+            usage: CallUsage::default(),
             cpu_tick_budget,
         }
     }
+}
+
+/// Per-call counters, reset before every call into the guest.
+#[derive(Debug, Default)]
+pub struct CallUsage {
+    pub log_lines: usize,
+    pub http_requests: usize,
+    pub cpu_ticks: u64,
+}
+
+/// Counts one more use of a per-call budget; past `cap` the call ends with
+/// the limit named `limit`.
+pub fn charge(used: &mut usize, cap: usize, limit: &'static str, what: &str) -> Result<(), LimitExceeded> {
+    *used += 1;
+    if *used > cap {
+        return Err(LimitExceeded::new(limit, format!("more than {cap} {what} in one call")));
+    }
+    Ok(())
 }
 
 impl WasiView for HostState {
