@@ -113,9 +113,7 @@ async fn sync_with_a_bad_token_exits_non_zero_and_names_the_problem() {
     };
     let run = |token_var: &'static str, value: &'static str| {
         let args = args(token_var);
-        tokio::task::spawn_blocking(move || {
-            Command::new(env!("CARGO_BIN_EXE_tether")).args(&args).env(token_var, value).output().unwrap()
-        })
+        tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_tether")).args(&args).env(token_var, value).output().unwrap())
     };
     let good = run("GOOD_TOKEN", "sim-token").await.unwrap();
     assert!(good.status.success(), "{}", stderr(&good));
@@ -155,9 +153,7 @@ fn connector_flags(sim: &asana_sim::SimHandle, extra_config: &[&str]) -> Vec<Str
 }
 
 async fn tether_async(args: Vec<String>) -> Output {
-    tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_tether")).args(&args).env("SIM_TOKEN", "sim-token").output().unwrap())
-        .await
-        .unwrap()
+    tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_tether")).args(&args).env("SIM_TOKEN", "sim-token").output().unwrap()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -165,7 +161,13 @@ async fn grant_dry_run_prints_the_write_and_sends_none_then_grant_does_it() {
     let sim = start_sim(OrgSpec { users: 30, teams: 2, workspaces: 1, seed: 4 }).await;
     let org = sim.org();
     let team = &org.teams[0].gid;
-    let outsider = org.workspace_memberships.iter().find(|m| m.is_active && !m.is_guest && !org.team_memberships.iter().any(|t| &t.team_gid == team && t.user_gid == m.user_gid)).unwrap().user_gid.clone();
+    let outsider = org
+        .workspace_memberships
+        .iter()
+        .find(|m| m.is_active && !m.is_guest && !org.team_memberships.iter().any(|t| &t.team_gid == team && t.user_gid == m.user_gid))
+        .unwrap()
+        .user_gid
+        .clone();
     let mut args = vec!["grant".to_string(), "--entitlement".into(), format!("team:{team}:member"), "--principal".into(), format!("user:{outsider}")];
     args.extend(connector_flags(&sim, &[]));
 

@@ -165,7 +165,13 @@ async fn workspace_membership_grant_and_revoke() {
 async fn license_moves_through_scim_patch() {
     let sim = start_sim(small_org()).await;
     let org = sim.org();
-    let viewer = org.users.iter().find(|u| u.active && u.license == License::ViewOnly && org.workspace_membership(&u.gid, &org.workspaces[0].gid).is_some_and(|m| !m.is_guest)).unwrap().gid.clone();
+    let viewer = org
+        .users
+        .iter()
+        .find(|u| u.active && u.license == License::ViewOnly && org.workspace_membership(&u.gid, &org.workspaces[0].gid).is_some_and(|m| !m.is_guest))
+        .unwrap()
+        .gid
+        .clone();
     let mut connector = instance(&scim(&sim)).await;
 
     // View only -> enterprise.

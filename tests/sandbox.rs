@@ -47,20 +47,11 @@ fn hostile() -> &'static LoadedModule {
 
 /// Short limits, so that no attack can hang a test.
 fn tight_limits() -> Limits {
-    Limits {
-        cpu_per_call: Duration::from_secs(1),
-        wall_per_call: Duration::from_secs(5),
-        http_timeout: Duration::from_secs(2),
-        ..Limits::default()
-    }
+    Limits { cpu_per_call: Duration::from_secs(1), wall_per_call: Duration::from_secs(5), http_timeout: Duration::from_secs(2), ..Limits::default() }
 }
 
 fn hostile_grants(settings: &[(&str, &str)]) -> Grants {
-    Grants {
-        config: ConnectorConfig::new(settings.iter().map(|(k, v)| (k.to_string(), v.to_string()))),
-        limits: tight_limits(),
-        ..Grants::default()
-    }
+    Grants { config: ConnectorConfig::new(settings.iter().map(|(k, v)| (k.to_string(), v.to_string()))), limits: tight_limits(), ..Grants::default() }
 }
 
 /// `grants` plus the operator allowing `addr` and giving the secret `token`.
@@ -140,11 +131,7 @@ async fn start_misbehaving_server() -> SocketAddr {
 }
 
 fn tether(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tether"))
-        .args(args)
-        .env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache"))
-        .output()
-        .expect("tether runs")
+    Command::new(env!("CARGO_BIN_EXE_tether")).args(args).env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache")).output().expect("tether runs")
 }
 
 fn stderr(output: &Output) -> String {
@@ -164,7 +151,8 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
 
     // The deadline yields to the executor, so the outer wall clock can stop
     // a loop too.
-    let generous_cpu = Grants { limits: Limits { cpu_per_call: Duration::from_secs(60), wall_per_call: Duration::from_millis(500), ..tight_limits() }, ..grants };
+    let generous_cpu =
+        Grants { limits: Limits { cpu_per_call: Duration::from_secs(60), wall_per_call: Duration::from_millis(500), ..tight_limits() }, ..grants };
     assert_eq!(limit_hit(attack(&generous_cpu).await).0, "wall-clock");
     asana_still_syncs().await;
 }

@@ -29,16 +29,12 @@ async fn every_sync_request_is_valid_against_the_official_spec() {
     let summary = summary.expect("Prism accepts every request and response (it answers 422/500 otherwise)");
     assert_eq!(summary.http_requests, sim.org().minimum_requests(100));
     assert_eq!(sim.request_count(), summary.http_requests, "every request went through Prism to the simulator");
-    let shapes: std::collections::BTreeSet<String> = sim.requests().iter().map(|r| r.path.split('/').filter(|s| !s.chars().all(|c| c.is_ascii_digit())).collect::<Vec<_>>().join("/")).collect();
+    let shapes: std::collections::BTreeSet<String> =
+        sim.requests().iter().map(|r| r.path.split('/').filter(|s| !s.chars().all(|c| c.is_ascii_digit())).collect::<Vec<_>>().join("/")).collect();
     assert_eq!(shapes.len(), 5, "workspaces, teams, users, workspace and team memberships: {shapes:?}");
 
     // The check has teeth: a request that breaks the spec is refused.
-    let refused = reqwest::Client::new()
-        .get(format!("{}/workspaces?limit=abc", prism.base_url()))
-        .bearer_auth("sim-token")
-        .send()
-        .await
-        .unwrap();
+    let refused = reqwest::Client::new().get(format!("{}/workspaces?limit=abc", prism.base_url())).bearer_auth("sim-token").send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 422);
 }
 
@@ -63,13 +59,24 @@ async fn every_rest_write_request_is_valid_against_the_official_spec() {
     let outsider = org
         .workspace_memberships
         .iter()
-        .find(|m| m.workspace_gid == team.workspace_gid && m.is_active && !m.is_guest && !org.team_memberships.iter().any(|t| t.team_gid == team.gid && t.user_gid == m.user_gid))
+        .find(|m| {
+            m.workspace_gid == team.workspace_gid
+                && m.is_active
+                && !m.is_guest
+                && !org.team_memberships.iter().any(|t| t.team_gid == team.gid && t.user_gid == m.user_gid)
+        })
         .unwrap()
         .user_gid
         .clone();
     let user = ResourceRef { resource_type: "user".into(), id: outsider.clone() };
     let small = &org.workspaces[1].gid;
-    let stranger = org.workspace_memberships.iter().find(|m| m.workspace_gid == org.workspaces[0].gid && m.is_active && !m.is_guest && org.workspace_membership(&m.user_gid, small).is_none()).unwrap().user_gid.clone();
+    let stranger = org
+        .workspace_memberships
+        .iter()
+        .find(|m| m.workspace_gid == org.workspaces[0].gid && m.is_active && !m.is_guest && org.workspace_membership(&m.user_gid, small).is_none())
+        .unwrap()
+        .user_gid
+        .clone();
     let stranger_ref = ResourceRef { resource_type: "user".into(), id: stranger.clone() };
 
     connector.grant_entitlement(&format!("team:{}:member", team.gid), &user).await.expect("team addUser passes Prism");

@@ -68,7 +68,13 @@ async fn seeded_org_syncs_exactly_with_the_fewest_requests() {
     assert!(grant(format!("license:view only:assigned:user:{}", view_only.user_gid)).immutable);
 
     let inactive = org.workspace_memberships.iter().find(|m| !m.is_active).expect("a deactivated user");
-    let role = if inactive.is_admin { "admin" } else if inactive.is_guest { "guest" } else { "member" };
+    let role = if inactive.is_admin {
+        "admin"
+    } else if inactive.is_guest {
+        "guest"
+    } else {
+        "member"
+    };
     let g = grant(format!("workspace:{}:{role}:user:{}", inactive.workspace_gid, inactive.user_gid));
     assert_eq!(g.attributes["is_active"], "false");
 
@@ -205,9 +211,8 @@ async fn a_failed_sync_resumes_from_its_checkpoint() {
     let mut file = SyncFile::open(&out).unwrap();
     let failed_run = file.last_run().unwrap().unwrap().id;
     let mut instance = tether_host::connector::ConnectorInstance::start(&engine, &module, &grants).await.unwrap();
-    let summary = tether_host::sync::run_or_resume(&mut instance, &mut file, &module.digest, &indicatif::ProgressBar::hidden(), true)
-        .await
-        .expect("the resume finishes");
+    let summary =
+        tether_host::sync::run_or_resume(&mut instance, &mut file, &module.digest, &indicatif::ProgressBar::hidden(), true).await.expect("the resume finishes");
 
     assert_eq!(summary.run_id, failed_run, "the failed run is the one finished");
     assert_eq!(summary.grants, expected_grants(&org), "nothing lost, nothing doubled");

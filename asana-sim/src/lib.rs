@@ -26,9 +26,7 @@ mod views;
 
 use std::sync::{Mutex, MutexGuard};
 
-pub use org::{
-    License, Org, OrgSpec, Team, TeamMembership, User, Workspace, WorkspaceMembership, FIRST_GID,
-};
+pub use org::{License, Org, OrgSpec, Team, TeamMembership, User, Workspace, WorkspaceMembership, FIRST_GID};
 pub use server::{serve_forever, RecordedRequest, SimConfig, SimHandle};
 
 /// Every route lives under this prefix, as on app.asana.com.

@@ -1,13 +1,11 @@
 //! Word lists for the generated org. Plain data, kept apart so `org.rs` reads as logic.
 
 pub(crate) const FIRST_NAMES: &[&str] = &[
-    "Ava", "Liam", "Olivia", "Noah", "Emma", "Mateo", "Sophia", "Lucas", "Isabella", "Ethan",
-    "Mia", "Aiden", "Amelia", "Elijah", "Harper", "James", "Evelyn", "Benjamin", "Abigail",
-    "Daniel", "Priya", "Arjun", "Mei", "Hiroshi", "Yuki", "Chen", "Fatima", "Omar", "Aisha",
-    "Kwame", "Amara", "Diego", "Camila", "Sofia", "Luca", "Giulia", "Hannah", "Jonas", "Lena",
-    "Felix", "Nora", "Oscar", "Freya", "Erik", "Ingrid", "Mateus", "Beatriz", "Tomás", "Elena",
-    "Ivan", "Anya", "Dmitri", "Zara", "Ravi", "Ananya", "Kofi", "Nia", "Samuel", "Grace", "Leo",
-    "Chloe", "Julian", "Maya", "Gabriel", "Layla", "Isaac", "Ruby", "Henry", "Alice",
+    "Ava", "Liam", "Olivia", "Noah", "Emma", "Mateo", "Sophia", "Lucas", "Isabella", "Ethan", "Mia", "Aiden", "Amelia", "Elijah", "Harper", "James", "Evelyn",
+    "Benjamin", "Abigail", "Daniel", "Priya", "Arjun", "Mei", "Hiroshi", "Yuki", "Chen", "Fatima", "Omar", "Aisha", "Kwame", "Amara", "Diego", "Camila",
+    "Sofia", "Luca", "Giulia", "Hannah", "Jonas", "Lena", "Felix", "Nora", "Oscar", "Freya", "Erik", "Ingrid", "Mateus", "Beatriz", "Tomás", "Elena", "Ivan",
+    "Anya", "Dmitri", "Zara", "Ravi", "Ananya", "Kofi", "Nia", "Samuel", "Grace", "Leo", "Chloe", "Julian", "Maya", "Gabriel", "Layla", "Isaac", "Ruby",
+    "Henry", "Alice",
 ];
 
 pub(crate) const LAST_NAMES: &[&str] = &[
@@ -85,66 +83,16 @@ pub(crate) const LAST_NAMES: &[&str] = &[
 
 /// (department, titles). Guests get their own department below.
 pub(crate) const DEPARTMENTS: &[(&str, &[&str])] = &[
-    (
-        "Engineering",
-        &[
-            "Software Engineer",
-            "Senior Software Engineer",
-            "Staff Engineer",
-            "Engineering Manager",
-            "QA Engineer",
-            "Site Reliability Engineer",
-        ],
-    ),
-    (
-        "Product",
-        &[
-            "Product Manager",
-            "Senior Product Manager",
-            "Director of Product",
-        ],
-    ),
-    (
-        "Design",
-        &["Product Designer", "UX Researcher", "Design Lead"],
-    ),
-    (
-        "Marketing",
-        &["Marketing Manager", "Content Strategist", "Growth Marketer"],
-    ),
-    (
-        "Sales",
-        &[
-            "Account Executive",
-            "Sales Development Rep",
-            "Sales Manager",
-        ],
-    ),
-    (
-        "Customer Success",
-        &["Customer Success Manager", "Support Specialist"],
-    ),
-    (
-        "Finance",
-        &["Financial Analyst", "Controller", "Accountant"],
-    ),
-    (
-        "People",
-        &[
-            "HR Business Partner",
-            "Recruiter",
-            "People Operations Specialist",
-        ],
-    ),
+    ("Engineering", &["Software Engineer", "Senior Software Engineer", "Staff Engineer", "Engineering Manager", "QA Engineer", "Site Reliability Engineer"]),
+    ("Product", &["Product Manager", "Senior Product Manager", "Director of Product"]),
+    ("Design", &["Product Designer", "UX Researcher", "Design Lead"]),
+    ("Marketing", &["Marketing Manager", "Content Strategist", "Growth Marketer"]),
+    ("Sales", &["Account Executive", "Sales Development Rep", "Sales Manager"]),
+    ("Customer Success", &["Customer Success Manager", "Support Specialist"]),
+    ("Finance", &["Financial Analyst", "Controller", "Accountant"]),
+    ("People", &["HR Business Partner", "Recruiter", "People Operations Specialist"]),
     ("Legal", &["Counsel", "Paralegal"]),
-    (
-        "IT",
-        &[
-            "IT Administrator",
-            "Security Engineer",
-            "Systems Administrator",
-        ],
-    ),
+    ("IT", &["IT Administrator", "Security Engineer", "Systems Administrator"]),
     ("Operations", &["Operations Manager", "Program Manager"]),
 ];
 
@@ -152,25 +100,13 @@ pub(crate) const GUEST_DEPARTMENT: &str = "External";
 pub(crate) const GUEST_TITLES: &[&str] = &["Contractor", "Consultant", "Agency Partner"];
 
 /// Domains for people outside the organization (guests, members of small workspaces only).
-pub(crate) const EXTERNAL_DOMAINS: &[&str] = &[
-    "gmail.com",
-    "partnerco.io",
-    "contractor.net",
-    "agency.co",
-    "freelance.dev",
-];
+pub(crate) const EXTERNAL_DOMAINS: &[&str] = &["gmail.com", "partnerco.io", "contractor.net", "agency.co", "freelance.dev"];
 
 pub(crate) const ORG_NAME: &str = "Example Corp";
 pub(crate) const ORG_DOMAIN: &str = "example.com";
 
-pub(crate) const WORKSPACE_NAMES: &[&str] = &[
-    "Partner Collaboration",
-    "Marketing Agency",
-    "Events Sandbox",
-    "Vendor Portal",
-    "Research Guild",
-    "Community Projects",
-];
+pub(crate) const WORKSPACE_NAMES: &[&str] =
+    &["Partner Collaboration", "Marketing Agency", "Events Sandbox", "Vendor Portal", "Research Guild", "Community Projects"];
 
 pub(crate) const TEAM_NAMES: &[&str] = &[
     "Engineering",

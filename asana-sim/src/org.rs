@@ -23,12 +23,7 @@ pub struct OrgSpec {
 
 impl Default for OrgSpec {
     fn default() -> Self {
-        OrgSpec {
-            users: 120,
-            teams: 8,
-            workspaces: 3,
-            seed: 42,
-        }
+        OrgSpec { users: 120, teams: 8, workspaces: 3, seed: 42 }
     }
 }
 
@@ -159,26 +154,12 @@ impl Org {
         let workspaces: Vec<Workspace> = (0..spec.workspaces)
             .map(|i| {
                 if i == 0 {
-                    Workspace {
-                        gid: gids.next(),
-                        name: names::ORG_NAME.to_string(),
-                        is_organization: true,
-                        email_domains: vec![names::ORG_DOMAIN.to_string()],
-                    }
+                    Workspace { gid: gids.next(), name: names::ORG_NAME.to_string(), is_organization: true, email_domains: vec![names::ORG_DOMAIN.to_string()] }
                 } else {
                     let base = names::WORKSPACE_NAMES[(i - 1) % names::WORKSPACE_NAMES.len()];
                     let round = (i - 1) / names::WORKSPACE_NAMES.len();
-                    let name = if round == 0 {
-                        base.to_string()
-                    } else {
-                        format!("{base} {}", round + 1)
-                    };
-                    Workspace {
-                        gid: gids.next(),
-                        name,
-                        is_organization: false,
-                        email_domains: vec![],
-                    }
+                    let name = if round == 0 { base.to_string() } else { format!("{base} {}", round + 1) };
+                    Workspace { gid: gids.next(), name, is_organization: false, email_domains: vec![] }
                 }
             })
             .collect();
@@ -231,21 +212,9 @@ impl Org {
             .map(|(i, &w)| {
                 let base = names::TEAM_NAMES[i % names::TEAM_NAMES.len()];
                 let round = i / names::TEAM_NAMES.len();
-                let name = if round == 0 {
-                    base.to_string()
-                } else {
-                    format!("{base} {}", round + 1)
-                };
-                let purpose = names::TEAM_PURPOSES
-                    .choose(&mut rng)
-                    .copied()
-                    .unwrap_or_default();
-                Team {
-                    gid: gids.next(),
-                    description: format!("{name} team. {purpose}"),
-                    name,
-                    workspace_gid: workspaces[w].gid.clone(),
-                }
+                let name = if round == 0 { base.to_string() } else { format!("{base} {}", round + 1) };
+                let purpose = names::TEAM_PURPOSES.choose(&mut rng).copied().unwrap_or_default();
+                Team { gid: gids.next(), description: format!("{name} team. {purpose}"), name, workspace_gid: workspaces[w].gid.clone() }
             })
             .collect();
 
@@ -255,24 +224,15 @@ impl Org {
         if !workspaces.is_empty() {
             members_of[0] = (0..n).filter(|&i| roles[i] != Role::Outsider).collect();
             let small = workspaces.len() - 1;
-            let insiders: Vec<usize> = (1..n)
-                .filter(|&i| !matches!(roles[i], Role::Guest | Role::Outsider))
-                .collect();
+            let insiders: Vec<usize> = (1..n).filter(|&i| !matches!(roles[i], Role::Guest | Role::Outsider)).collect();
             let outsiders: Vec<usize> = (0..n).filter(|&i| roles[i] == Role::Outsider).collect();
             for (w, slot) in members_of.iter_mut().enumerate().skip(1) {
                 let share = (n / 7).max(3).min(insiders.len());
-                let mut members: Vec<usize> =
-                    insiders.choose_multiple(&mut rng, share).copied().collect();
+                let mut members: Vec<usize> = insiders.choose_multiple(&mut rng, share).copied().collect();
                 if n > 0 {
                     members.push(0);
                 }
-                members.extend(
-                    outsiders
-                        .iter()
-                        .enumerate()
-                        .filter(|(k, _)| k % small == w - 1)
-                        .map(|(_, &i)| i),
-                );
+                members.extend(outsiders.iter().enumerate().filter(|(k, _)| k % small == w - 1).map(|(_, &i)| i));
                 members.sort_unstable();
                 members.dedup();
                 *slot = members;
@@ -303,11 +263,7 @@ impl Org {
         let mut team_memberships = Vec::new();
         for (t, team) in teams.iter().enumerate() {
             let w = team_ws[t];
-            let pool: Vec<usize> = members_of[w]
-                .iter()
-                .copied()
-                .filter(|&i| !teamless[i])
-                .collect();
+            let pool: Vec<usize> = members_of[w].iter().copied().filter(|&i| !teamless[i]).collect();
             if pool.is_empty() {
                 continue;
             }
@@ -332,13 +288,7 @@ impl Org {
             }
         }
 
-        Org {
-            workspaces,
-            users,
-            teams,
-            workspace_memberships,
-            team_memberships,
-        }
+        Org { workspaces, users, teams, workspace_memberships, team_memberships }
     }
 
     pub fn user(&self, gid: &str) -> Option<&User> {
@@ -346,9 +296,7 @@ impl Org {
     }
 
     pub fn user_by_email(&self, email: &str) -> Option<&User> {
-        self.users
-            .iter()
-            .find(|u| u.email.eq_ignore_ascii_case(email))
+        self.users.iter().find(|u| u.email.eq_ignore_ascii_case(email))
     }
 
     pub fn workspace(&self, gid: &str) -> Option<&Workspace> {
@@ -369,14 +317,8 @@ impl Org {
         self.users.first()
     }
 
-    pub fn workspace_membership(
-        &self,
-        user_gid: &str,
-        workspace_gid: &str,
-    ) -> Option<&WorkspaceMembership> {
-        self.workspace_memberships
-            .iter()
-            .find(|m| m.user_gid == user_gid && m.workspace_gid == workspace_gid)
+    pub fn workspace_membership(&self, user_gid: &str, workspace_gid: &str) -> Option<&WorkspaceMembership> {
+        self.workspace_memberships.iter().find(|m| m.user_gid == user_gid && m.workspace_gid == workspace_gid)
     }
 
     /// Requests a perfect connector needs to read the org at `page_size` per page:
@@ -388,28 +330,14 @@ impl Org {
         let listing = |items: usize| ceil_div(items, page_size).max(1);
         let mut total = listing(self.workspaces.len());
         for ws in &self.workspaces {
-            total += listing(
-                self.teams
-                    .iter()
-                    .filter(|t| t.workspace_gid == ws.gid)
-                    .count(),
-            );
-            let members = self
-                .workspace_memberships
-                .iter()
-                .filter(|m| m.workspace_gid == ws.gid)
-                .count();
+            total += listing(self.teams.iter().filter(|t| t.workspace_gid == ws.gid).count());
+            let members = self.workspace_memberships.iter().filter(|m| m.workspace_gid == ws.gid).count();
             // Its users (`/users?workspace=`, the only spec-valid source of
             // emails) and its memberships (roles and license state).
             total += listing(members) * 2;
         }
         for team in &self.teams {
-            total += listing(
-                self.team_memberships
-                    .iter()
-                    .filter(|m| m.team_gid == team.gid)
-                    .count(),
-            );
+            total += listing(self.team_memberships.iter().filter(|m| m.team_gid == team.gid).count());
         }
         total
     }
@@ -437,36 +365,14 @@ fn generate_users(rng: &mut ChaCha8Rng, gids: &mut Gids, roles: &[Role]) -> Vec<
             let first = names::FIRST_NAMES.choose(rng).copied().unwrap_or("Alex");
             let last = names::LAST_NAMES.choose(rng).copied().unwrap_or("Doe");
             let external = matches!(role, Role::Guest | Role::Outsider);
-            let domain = if external {
-                names::EXTERNAL_DOMAINS
-                    .choose(rng)
-                    .copied()
-                    .unwrap_or("gmail.com")
-            } else {
-                names::ORG_DOMAIN
-            };
-            let email = unique_email(
-                &mut taken_emails,
-                &format!("{}.{}", email_part(first), email_part(last)),
-                domain,
-            );
+            let domain = if external { names::EXTERNAL_DOMAINS.choose(rng).copied().unwrap_or("gmail.com") } else { names::ORG_DOMAIN };
+            let email = unique_email(&mut taken_emails, &format!("{}.{}", email_part(first), email_part(last)), domain);
             let (department, title) = match role {
                 Role::TokenOwner => ("IT".to_string(), "IT Administrator".to_string()),
-                Role::Guest | Role::Outsider => (
-                    names::GUEST_DEPARTMENT.to_string(),
-                    names::GUEST_TITLES
-                        .choose(rng)
-                        .copied()
-                        .unwrap_or_default()
-                        .to_string(),
-                ),
+                Role::Guest | Role::Outsider => (names::GUEST_DEPARTMENT.to_string(), names::GUEST_TITLES.choose(rng).copied().unwrap_or_default().to_string()),
                 _ => {
-                    let (dept, titles) =
-                        names::DEPARTMENTS.choose(rng).copied().unwrap_or(("", &[]));
-                    (
-                        dept.to_string(),
-                        titles.choose(rng).copied().unwrap_or_default().to_string(),
-                    )
+                    let (dept, titles) = names::DEPARTMENTS.choose(rng).copied().unwrap_or(("", &[]));
+                    (dept.to_string(), titles.choose(rng).copied().unwrap_or_default().to_string())
                 }
             };
             User {
@@ -476,11 +382,7 @@ fn generate_users(rng: &mut ChaCha8Rng, gids: &mut Gids, roles: &[Role]) -> Vec<
                 title,
                 department,
                 active: role != Role::Deactivated,
-                license: if role == Role::ViewOnly {
-                    License::ViewOnly
-                } else {
-                    License::Enterprise
-                },
+                license: if role == Role::ViewOnly { License::ViewOnly } else { License::Enterprise },
             }
         })
         .collect()
@@ -488,10 +390,7 @@ fn generate_users(rng: &mut ChaCha8Rng, gids: &mut Gids, roles: &[Role]) -> Vec<
 
 /// Lowercase ASCII letters only, so "O'Brien" becomes "obrien" and "Müller" "mller".
 fn email_part(s: &str) -> String {
-    s.chars()
-        .filter(|c| c.is_ascii_alphabetic())
-        .map(|c| c.to_ascii_lowercase())
-        .collect()
+    s.chars().filter(|c| c.is_ascii_alphabetic()).map(|c| c.to_ascii_lowercase()).collect()
 }
 
 fn unique_email(taken: &mut HashSet<String>, local: &str, domain: &str) -> String {
@@ -545,10 +444,7 @@ impl World {
             .chain(org.team_memberships.iter().map(|x| &x.gid))
             .filter_map(|g| g.parse::<u64>().ok())
             .max();
-        World {
-            org,
-            next_gid: max.map_or(FIRST_GID, |m| m + 1),
-        }
+        World { org, next_gid: max.map_or(FIRST_GID, |m| m + 1) }
     }
 
     fn gid(&mut self) -> String {
@@ -560,38 +456,21 @@ impl World {
     /// Creates a user with no memberships; returns its index.
     pub fn create_user(&mut self, name: String, email: String, license: License) -> usize {
         let gid = self.gid();
-        self.org.users.push(User {
-            gid,
-            name,
-            email,
-            title: String::new(),
-            department: String::new(),
-            active: true,
-            license,
-        });
+        self.org.users.push(User { gid, name, email, title: String::new(), department: String::new(), active: true, license });
         self.org.users.len() - 1
     }
 
     /// Adds (or returns the existing) workspace membership; returns its index, None if
     /// the user or workspace does not exist.
     pub fn add_workspace_member(&mut self, user_gid: &str, workspace_gid: &str) -> Option<usize> {
-        if let Some(i) = self
-            .org
-            .workspace_memberships
-            .iter()
-            .position(|m| m.user_gid == user_gid && m.workspace_gid == workspace_gid)
-        {
+        if let Some(i) = self.org.workspace_memberships.iter().position(|m| m.user_gid == user_gid && m.workspace_gid == workspace_gid) {
             return Some(i);
         }
         let user = self.org.user(user_gid)?.clone();
         let ws = self.org.workspace(workspace_gid)?.clone();
         // Organizations treat anyone outside their email domains as a guest.
         let domain = user.email.rsplit('@').next().unwrap_or_default();
-        let is_guest = ws.is_organization
-            && !ws
-                .email_domains
-                .iter()
-                .any(|d| d.eq_ignore_ascii_case(domain));
+        let is_guest = ws.is_organization && !ws.email_domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
         let gid = self.gid();
         self.org.workspace_memberships.push(WorkspaceMembership {
             gid,
@@ -607,29 +486,14 @@ impl World {
 
     /// Removes the user from the workspace and from the workspace's teams.
     pub fn remove_workspace_member(&mut self, user_gid: &str, workspace_gid: &str) {
-        self.org
-            .workspace_memberships
-            .retain(|m| !(m.user_gid == user_gid && m.workspace_gid == workspace_gid));
-        let teams: HashSet<String> = self
-            .org
-            .teams
-            .iter()
-            .filter(|t| t.workspace_gid == workspace_gid)
-            .map(|t| t.gid.clone())
-            .collect();
-        self.org
-            .team_memberships
-            .retain(|m| !(m.user_gid == user_gid && teams.contains(&m.team_gid)));
+        self.org.workspace_memberships.retain(|m| !(m.user_gid == user_gid && m.workspace_gid == workspace_gid));
+        let teams: HashSet<String> = self.org.teams.iter().filter(|t| t.workspace_gid == workspace_gid).map(|t| t.gid.clone()).collect();
+        self.org.team_memberships.retain(|m| !(m.user_gid == user_gid && teams.contains(&m.team_gid)));
     }
 
     /// Adds (or returns the existing) team membership; returns its index.
     pub fn add_team_member(&mut self, user_gid: &str, team_gid: &str, is_guest: bool) -> usize {
-        if let Some(i) = self
-            .org
-            .team_memberships
-            .iter()
-            .position(|m| m.user_gid == user_gid && m.team_gid == team_gid)
-        {
+        if let Some(i) = self.org.team_memberships.iter().position(|m| m.user_gid == user_gid && m.team_gid == team_gid) {
             return i;
         }
         let gid = self.gid();
@@ -645,9 +509,7 @@ impl World {
     }
 
     pub fn remove_team_member(&mut self, user_gid: &str, team_gid: &str) {
-        self.org
-            .team_memberships
-            .retain(|m| !(m.user_gid == user_gid && m.team_gid == team_gid));
+        self.org.team_memberships.retain(|m| !(m.user_gid == user_gid && m.team_gid == team_gid));
     }
 
     /// Deactivation keeps memberships but marks them inactive, as Asana's admin view does.
@@ -655,12 +517,7 @@ impl World {
         for u in self.org.users.iter_mut().filter(|u| u.gid == user_gid) {
             u.active = false;
         }
-        for m in self
-            .org
-            .workspace_memberships
-            .iter_mut()
-            .filter(|m| m.user_gid == user_gid)
-        {
+        for m in self.org.workspace_memberships.iter_mut().filter(|m| m.user_gid == user_gid) {
             m.is_active = false;
         }
     }
@@ -669,12 +526,7 @@ impl World {
         for u in self.org.users.iter_mut().filter(|u| u.gid == user_gid) {
             u.license = license;
         }
-        for m in self
-            .org
-            .workspace_memberships
-            .iter_mut()
-            .filter(|m| m.user_gid == user_gid)
-        {
+        for m in self.org.workspace_memberships.iter_mut().filter(|m| m.user_gid == user_gid) {
             m.is_view_only = license == License::ViewOnly;
         }
     }
@@ -689,21 +541,14 @@ mod tests {
         let spec = OrgSpec::default();
         let a = Org::generate(&spec);
         let b = Org::generate(&spec);
-        assert_eq!(
-            serde_json::to_string(&a).unwrap(),
-            serde_json::to_string(&b).unwrap()
-        );
+        assert_eq!(serde_json::to_string(&a).unwrap(), serde_json::to_string(&b).unwrap());
         assert_eq!(a.users.len(), 120);
         assert_eq!(a.teams.len(), 8);
         assert_eq!(a.workspaces.len(), 3);
         assert!(a.workspaces[0].is_organization && !a.workspaces[1].is_organization);
         // Every workspace has a team.
         for ws in &a.workspaces {
-            assert!(
-                a.teams.iter().any(|t| t.workspace_gid == ws.gid),
-                "{} has no team",
-                ws.name
-            );
+            assert!(a.teams.iter().any(|t| t.workspace_gid == ws.gid), "{} has no team", ws.name);
         }
         // gids unique across kinds.
         let mut all = HashSet::new();
@@ -722,11 +567,7 @@ mod tests {
         let emails: HashSet<_> = a.users.iter().map(|u| &u.email).collect();
         assert_eq!(emails.len(), a.users.len());
         let org = &a.workspaces[0].gid;
-        let org_members: Vec<_> = a
-            .workspace_memberships
-            .iter()
-            .filter(|m| &m.workspace_gid == org)
-            .collect();
+        let org_members: Vec<_> = a.workspace_memberships.iter().filter(|m| &m.workspace_gid == org).collect();
         assert!(org_members.len() > a.users.len() * 9 / 10);
         assert_eq!(org_members.iter().filter(|m| m.is_guest).count(), 6);
         assert!(org_members.iter().any(|m| !m.is_active));
@@ -735,11 +576,7 @@ mod tests {
         assert!(a.users.iter().any(|u| u.license == License::ViewOnly));
         // Users shared across workspaces keep one gid.
         let small = &a.workspaces[1].gid;
-        assert!(a
-            .workspace_memberships
-            .iter()
-            .any(|m| &m.workspace_gid == small
-                && org_members.iter().any(|o| o.user_gid == m.user_gid)));
+        assert!(a.workspace_memberships.iter().any(|m| &m.workspace_gid == small && org_members.iter().any(|o| o.user_gid == m.user_gid)));
         // Some users belong to no team.
         let in_team: HashSet<_> = a.team_memberships.iter().map(|m| &m.user_gid).collect();
         assert!(a.users.iter().filter(|u| !in_team.contains(&u.gid)).count() >= 2);
@@ -747,52 +584,21 @@ mod tests {
         // Team members are members of the team's workspace.
         for m in &a.team_memberships {
             let team = a.team(&m.team_gid).unwrap();
-            assert!(a
-                .workspace_membership(&m.user_gid, &team.workspace_gid)
-                .is_some());
+            assert!(a.workspace_membership(&m.user_gid, &team.workspace_gid).is_some());
         }
     }
 
     #[test]
     fn large_and_degenerate_specs() {
         let start = std::time::Instant::now();
-        let big = Org::generate(&OrgSpec {
-            users: 1000,
-            teams: 50,
-            workspaces: 3,
-            seed: 7,
-        });
-        assert!(
-            start.elapsed().as_millis() < 500,
-            "generation too slow: {:?}",
-            start.elapsed()
-        );
+        let big = Org::generate(&OrgSpec { users: 1000, teams: 50, workspaces: 3, seed: 7 });
+        assert!(start.elapsed().as_millis() < 500, "generation too slow: {:?}", start.elapsed());
         assert_eq!(big.teams.len(), 50);
         for spec in [
-            OrgSpec {
-                users: 0,
-                teams: 0,
-                workspaces: 0,
-                seed: 1,
-            },
-            OrgSpec {
-                users: 0,
-                teams: 5,
-                workspaces: 2,
-                seed: 1,
-            },
-            OrgSpec {
-                users: 1,
-                teams: 3,
-                workspaces: 5,
-                seed: 1,
-            },
-            OrgSpec {
-                users: 5,
-                teams: 1,
-                workspaces: 1,
-                seed: 1,
-            },
+            OrgSpec { users: 0, teams: 0, workspaces: 0, seed: 1 },
+            OrgSpec { users: 0, teams: 5, workspaces: 2, seed: 1 },
+            OrgSpec { users: 1, teams: 3, workspaces: 5, seed: 1 },
+            OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 1 },
         ] {
             let org = Org::generate(&spec);
             assert_eq!(org.users.len(), spec.users);
@@ -802,12 +608,7 @@ mod tests {
 
     #[test]
     fn minimum_requests_counts_pages() {
-        let org = Org::generate(&OrgSpec {
-            users: 250,
-            teams: 4,
-            workspaces: 1,
-            seed: 3,
-        });
+        let org = Org::generate(&OrgSpec { users: 250, teams: 4, workspaces: 1, seed: 3 });
         // 1 (workspaces) + 1 (teams) + 3 (250 users) + 3 (250 memberships)
         // + one per team.
         assert_eq!(org.minimum_requests(100), 1 + 1 + 3 + 3 + 4);

@@ -13,14 +13,7 @@ pub(crate) const MAX_UNPAGINATED: usize = 1000;
 
 /// Parameters that shape the response rather than select the data; they are left out of
 /// the key an offset token is bound to.
-const PRESENTATION_PARAMS: &[&str] = &[
-    "limit",
-    "offset",
-    "opt_fields",
-    "opt_pretty",
-    "pretty",
-    "opt_expand",
-];
+const PRESENTATION_PARAMS: &[&str] = &["limit", "offset", "opt_fields", "opt_pretty", "pretty", "opt_expand"];
 
 /// The parsed query string, in request order.
 #[derive(Debug, Default)]
@@ -30,16 +23,13 @@ pub(crate) struct Query {
 
 impl Query {
     pub fn parse(raw: Option<&str>) -> Result<Query, ApiError> {
-        let pairs = serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or(""))
-            .map_err(|_| ApiError::bad_request("Could not parse the query string"))?;
+        let pairs =
+            serde_urlencoded::from_str::<Vec<(String, String)>>(raw.unwrap_or("")).map_err(|_| ApiError::bad_request("Could not parse the query string"))?;
         Ok(Query { pairs })
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     /// `limit` must be an integer in 1..=100 when present.
@@ -49,39 +39,25 @@ impl Query {
         };
         match raw.trim().parse::<usize>() {
             Ok(n) if (1..=100).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::bad_request(format!(
-                "limit: Not a valid limit: {raw}. The value must be an integer between 1 and 100."
-            ))),
+            _ => Err(ApiError::bad_request(format!("limit: Not a valid limit: {raw}. The value must be an integer between 1 and 100."))),
         }
     }
 
     /// The requested fields, or None for the endpoint's default (compact) form.
     pub fn opt_fields(&self) -> Option<Vec<String>> {
         let raw = self.get("opt_fields")?;
-        let fields: Vec<String> = raw
-            .split(',')
-            .map(str::trim)
-            .filter(|f| !f.is_empty())
-            .map(str::to_string)
-            .collect();
+        let fields: Vec<String> = raw.split(',').map(str::trim).filter(|f| !f.is_empty()).map(str::to_string).collect();
         (!fields.is_empty()).then_some(fields)
     }
 
     pub fn pretty(&self) -> bool {
-        ["opt_pretty", "pretty"]
-            .iter()
-            .any(|k| matches!(self.get(k), Some("" | "true" | "1")))
+        ["opt_pretty", "pretty"].iter().any(|k| matches!(self.get(k), Some("" | "true" | "1")))
     }
 
     /// What an offset token is bound to: the path plus the filters (not limit/opt_fields),
     /// so a token from one listing is rejected by another.
     fn listing_key(&self, path: &str) -> String {
-        let mut filters: Vec<String> = self
-            .pairs
-            .iter()
-            .filter(|(k, _)| !PRESENTATION_PARAMS.contains(&k.as_str()))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let mut filters: Vec<String> = self.pairs.iter().filter(|(k, _)| !PRESENTATION_PARAMS.contains(&k.as_str())).map(|(k, v)| format!("{k}={v}")).collect();
         filters.sort();
         format!("{path}?{}", filters.join("&"))
     }
@@ -96,16 +72,12 @@ struct OffsetToken {
 }
 
 fn encode_offset(after: &str, key: &str) -> String {
-    let token = OffsetToken {
-        after: after.to_string(),
-        key: key.to_string(),
-    };
+    let token = OffsetToken { after: after.to_string(), key: key.to_string() };
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).unwrap_or_default())
 }
 
 fn decode_offset(raw: &str, key: &str) -> Result<u64, ApiError> {
-    let invalid =
-        || ApiError::bad_request("offset: Your pagination token is invalid or has expired.");
+    let invalid = || ApiError::bad_request("offset: Your pagination token is invalid or has expired.");
     let bytes = URL_SAFE_NO_PAD.decode(raw.trim()).map_err(|_| invalid())?;
     let token: OffsetToken = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
     if token.key != key {
@@ -126,13 +98,7 @@ pub(crate) struct Page<T> {
 }
 
 /// Sorts `items` by gid and cuts the page the query asks for.
-pub(crate) fn paginate<T>(
-    mut items: Vec<T>,
-    gid_of: impl Fn(&T) -> &str,
-    query: &Query,
-    path: &str,
-    base_url: &str,
-) -> Result<Page<T>, ApiError> {
+pub(crate) fn paginate<T>(mut items: Vec<T>, gid_of: impl Fn(&T) -> &str, query: &Query, path: &str, base_url: &str) -> Result<Page<T>, ApiError> {
     let limit = query.limit()?;
     let key = query.listing_key(path);
     items.sort_by_cached_key(|t| gid_num(gid_of(t)));
@@ -142,9 +108,7 @@ pub(crate) fn paginate<T>(
     }
     let Some(limit) = limit else {
         if items.len() > MAX_UNPAGINATED {
-            return Err(ApiError::bad_request(
-                "The result is too large. You should use pagination (may require specifying a workspace)!",
-            ));
+            return Err(ApiError::bad_request("The result is too large. You should use pagination (may require specifying a workspace)!"));
         }
         return Ok(Page { items, next: None });
     };
@@ -153,12 +117,7 @@ pub(crate) fn paginate<T>(
     let next = match (more, items.last()) {
         (true, Some(last)) => {
             let offset = encode_offset(gid_of(last), &key);
-            let mut pairs: Vec<(&str, &str)> = query
-                .pairs
-                .iter()
-                .filter(|(k, _)| k != "offset")
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
+            let mut pairs: Vec<(&str, &str)> = query.pairs.iter().filter(|(k, _)| k != "offset").map(|(k, v)| (k.as_str(), v.as_str())).collect();
             pairs.push(("offset", &offset));
             let qs = serde_urlencoded::to_string(&pairs).unwrap_or_default();
             let rel = format!("{path}?{qs}");
@@ -166,10 +125,7 @@ pub(crate) fn paginate<T>(
         }
         _ => None,
     };
-    Ok(Page {
-        items,
-        next: Some(next),
-    })
+    Ok(Page { items, next: Some(next) })
 }
 
 /// Renders a resource: the requested `opt_fields`, or its compact form.
@@ -196,12 +152,7 @@ fn compact_nested(v: &Value) -> Value {
     match v {
         Value::Object(obj) if obj.contains_key("gid") => {
             let keep = ["gid", "resource_type", "name"];
-            Value::Object(
-                obj.iter()
-                    .filter(|(k, _)| keep.contains(&k.as_str()))
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            )
+            Value::Object(obj.iter().filter(|(k, _)| keep.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
         }
         Value::Array(items) => Value::Array(items.iter().map(compact_nested).collect()),
         other => other.clone(),
@@ -239,11 +190,7 @@ pub(crate) fn project(full: &Value, fields: &[&str]) -> Value {
             }
             for (head, sub) in groups {
                 let Some(v) = obj.get(head) else { continue };
-                let projected = if sub.is_empty() {
-                    gid_only(v)
-                } else {
-                    project(v, &sub)
-                };
+                let projected = if sub.is_empty() { gid_only(v) } else { project(v, &sub) };
                 out.insert(head.to_string(), projected);
             }
             Value::Object(out)
@@ -271,19 +218,10 @@ mod tests {
             "user": {"gid": "2", "resource_type": "user", "name": "A", "email": "a@x"},
             "team": {"gid": "3", "resource_type": "team", "name": "T"},
         });
-        let p = project(
-            &full,
-            &["user.name", "user.email", "is_admin", "team", "bogus"],
-        );
-        assert_eq!(
-            p,
-            json!({"gid": "1", "user": {"gid": "2", "name": "A", "email": "a@x"}, "is_admin": true, "team": {"gid": "3"}})
-        );
+        let p = project(&full, &["user.name", "user.email", "is_admin", "team", "bogus"]);
+        assert_eq!(p, json!({"gid": "1", "user": {"gid": "2", "name": "A", "email": "a@x"}, "is_admin": true, "team": {"gid": "3"}}));
         let c = compact(&full, &["gid", "resource_type", "user", "team"]);
-        assert_eq!(
-            c["user"],
-            json!({"gid": "2", "resource_type": "user", "name": "A"})
-        );
+        assert_eq!(c["user"], json!({"gid": "2", "resource_type": "user", "name": "A"}));
         assert!(c.get("is_admin").is_none());
     }
 

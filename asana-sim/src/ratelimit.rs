@@ -41,14 +41,7 @@ pub(crate) struct Admission {
 }
 
 impl RateLimiter {
-    pub fn new(
-        per_minute_budget: u32,
-        max_reads: usize,
-        max_writes: usize,
-        inject_429_rate: f64,
-        retry_after_secs: u64,
-        seed: u64,
-    ) -> Self {
+    pub fn new(per_minute_budget: u32, max_reads: usize, max_writes: usize, inject_429_rate: f64, retry_after_secs: u64, seed: u64) -> Self {
         let cap = |n: usize| n.min(Semaphore::MAX_PERMITS);
         RateLimiter {
             budget: per_minute_budget as usize,
@@ -56,11 +49,7 @@ impl RateLimiter {
             reads: Arc::new(Semaphore::new(cap(max_reads))),
             writes: Arc::new(Semaphore::new(cap(max_writes))),
             // NaN or out-of-range rates would make the rng panic.
-            inject_rate: if inject_429_rate.is_finite() {
-                inject_429_rate.clamp(0.0, 1.0)
-            } else {
-                0.0
-            },
+            inject_rate: if inject_429_rate.is_finite() { inject_429_rate.clamp(0.0, 1.0) } else { 0.0 },
             rng: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             forced: AtomicU32::new(0),
             retry_after_secs,
@@ -75,47 +64,26 @@ impl RateLimiter {
     /// Asana being busy), then concurrency, then the per-minute budget; a rejected request
     /// does not use up budget.
     pub fn admit(&self, is_read: bool) -> Result<Admission, Limited> {
-        let limited = |reason| Limited {
-            retry_after_secs: self.retry_after_secs,
-            reason,
-        };
-        if self
-            .forced
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
+        let limited = |reason| Limited { retry_after_secs: self.retry_after_secs, reason };
+        if self.forced.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
             return Err(limited("forced"));
         }
         if self.inject_rate > 0.0 && lock(&self.rng).random_bool(self.inject_rate) {
             return Err(limited("injected"));
         }
         let sem = if is_read { &self.reads } else { &self.writes };
-        let permit = sem.clone().try_acquire_owned().map_err(|_| {
-            limited(if is_read {
-                "concurrent reads"
-            } else {
-                "concurrent writes"
-            })
-        })?;
+        let permit = sem.clone().try_acquire_owned().map_err(|_| limited(if is_read { "concurrent reads" } else { "concurrent writes" }))?;
 
         let now = Instant::now();
         let mut window = lock(&self.window);
-        while window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) >= WINDOW)
-        {
+        while window.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             window.pop_front();
         }
         if window.len() >= self.budget {
             // Tell the truth about when a slot frees up, but never less than configured.
-            let frees_in = window
-                .front()
-                .map_or(WINDOW, |t| WINDOW.saturating_sub(now.duration_since(*t)));
+            let frees_in = window.front().map_or(WINDOW, |t| WINDOW.saturating_sub(now.duration_since(*t)));
             let secs = frees_in.as_secs() + u64::from(frees_in.subsec_nanos() > 0);
-            return Err(Limited {
-                retry_after_secs: secs.max(self.retry_after_secs),
-                reason: "per-minute budget",
-            });
+            return Err(Limited { retry_after_secs: secs.max(self.retry_after_secs), reason: "per-minute budget" });
         }
         window.push_back(now);
         Ok(Admission { _permit: permit })
@@ -152,9 +120,7 @@ mod tests {
     fn injection_is_seeded() {
         let run = || {
             let rl = RateLimiter::new(10_000, 10, 10, 0.3, 1, 9);
-            (0..200)
-                .map(|_| rl.admit(true).is_err())
-                .collect::<Vec<_>>()
+            (0..200).map(|_| rl.admit(true).is_err()).collect::<Vec<_>>()
         };
         let a = run();
         assert_eq!(a, run());

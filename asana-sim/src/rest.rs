@@ -25,10 +25,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
         .route("/workspaces", get(list_workspaces))
         .route("/workspaces/{gid}", get(get_workspace))
         .route("/workspaces/{gid}/teams", get(list_teams))
-        .route(
-            "/workspaces/{gid}/workspace_memberships",
-            get(list_workspace_memberships),
-        )
+        .route("/workspaces/{gid}/workspace_memberships", get(list_workspace_memberships))
         .route("/workspaces/{gid}/users", get(list_workspace_users))
         .route("/workspaces/{gid}/addUser", post(workspace_add_user))
         .route("/workspaces/{gid}/removeUser", post(workspace_remove_user))
@@ -52,19 +49,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         // Nested routers see a stripped URI; pagination links need the API-relative path.
-        let uri = parts
-            .extensions
-            .get::<OriginalUri>()
-            .map_or_else(|| parts.uri.clone(), |o| o.0.clone());
-        let path = uri
-            .path()
-            .strip_prefix(API_PREFIX)
-            .unwrap_or(uri.path())
-            .to_string();
-        Ok(Ctx {
-            path,
-            query: Query::parse(uri.query())?,
-        })
+        let uri = parts.extensions.get::<OriginalUri>().map_or_else(|| parts.uri.clone(), |o| o.0.clone());
+        let path = uri.path().strip_prefix(API_PREFIX).unwrap_or(uri.path()).to_string();
+        Ok(Ctx { path, query: Query::parse(uri.query())? })
     }
 }
 
@@ -74,16 +61,9 @@ impl Ctx {
     }
 
     fn respond(&self, status: StatusCode, body: &Value) -> Response {
-        let text = if self.query.pretty() {
-            serde_json::to_string_pretty(body).unwrap_or_default()
-        } else {
-            body.to_string()
-        };
+        let text = if self.query.pretty() { serde_json::to_string_pretty(body).unwrap_or_default() } else { body.to_string() };
         let mut resp = (status, text).into_response();
-        resp.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("application/json; charset=UTF-8"),
-        );
+        resp.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json; charset=UTF-8"));
         resp
     }
 
@@ -92,21 +72,10 @@ impl Ctx {
     }
 
     /// Paginates `items`, renders each, and wraps them in Asana's list envelope.
-    fn list<T>(
-        &self,
-        shared: &Shared,
-        items: Vec<T>,
-        gid_of: impl Fn(&T) -> &str,
-        full: impl Fn(&T) -> Value,
-        compact_keys: &[&str],
-    ) -> ApiResult {
+    fn list<T>(&self, shared: &Shared, items: Vec<T>, gid_of: impl Fn(&T) -> &str, full: impl Fn(&T) -> Value, compact_keys: &[&str]) -> ApiResult {
         let page = paginate(items, gid_of, &self.query, &self.path, &shared.base_url)?;
         let fields = self.fields();
-        let data: Vec<Value> = page
-            .items
-            .iter()
-            .map(|t| render(&full(t), fields.as_deref(), compact_keys))
-            .collect();
+        let data: Vec<Value> = page.items.iter().map(|t| render(&full(t), fields.as_deref(), compact_keys)).collect();
         let mut body = json!({ "data": data });
         // next_page is only part of the response when the client paginates.
         if let Some(next) = page.next {
@@ -141,26 +110,16 @@ fn resolve_user<'a>(org: &'a Org, reference: &str) -> Result<&'a User, ApiError>
 /// The `user` of an addUser/removeUser body: JSON `{"data":{"user":..}}` or a form field.
 fn body_user(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
     let missing = || ApiError::bad_request("user: Missing input");
-    let is_form = headers
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let is_form = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
     if is_form {
-        let pairs: Vec<(String, String)> = serde_urlencoded::from_bytes(body).map_err(|_| {
-            ApiError::bad_request("Could not parse request data, invalid form data")
-        })?;
-        return pairs
-            .into_iter()
-            .find(|(k, _)| k == "user")
-            .map(|(_, v)| v)
-            .ok_or_else(missing);
+        let pairs: Vec<(String, String)> =
+            serde_urlencoded::from_bytes(body).map_err(|_| ApiError::bad_request("Could not parse request data, invalid form data"))?;
+        return pairs.into_iter().find(|(k, _)| k == "user").map(|(_, v)| v).ok_or_else(missing);
     }
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(missing());
     }
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!("Could not parse request data, invalid JSON: {e}"))
-    })?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Could not parse request data, invalid JSON: {e}")))?;
     match value.get("data").and_then(|d| d.get("user")) {
         Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.clone()),
         Some(Value::Number(n)) => Ok(n.to_string()),
@@ -171,138 +130,55 @@ fn body_user(headers: &HeaderMap, body: &Bytes) -> Result<String, ApiError> {
 async fn list_workspaces(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
     let world = lock(&shared.world);
     let items: Vec<_> = world.org.workspaces.iter().collect();
-    ctx.list(
-        &shared,
-        items,
-        |w| &w.gid,
-        |w| views::workspace(w),
-        views::COMPACT,
-    )
+    ctx.list(&shared, items, |w| &w.gid, |w| views::workspace(w), views::COMPACT)
 }
 
-async fn get_workspace(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-) -> ApiResult {
+async fn get_workspace(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
     let world = lock(&shared.world);
-    let ws = world
-        .org
-        .workspace(&gid)
-        .ok_or_else(|| unknown("workspace", &gid))?;
+    let ws = world.org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     let full = views::workspace(ws);
-    let default = [
-        "gid",
-        "resource_type",
-        "name",
-        "is_organization",
-        "email_domains",
-    ];
+    let default = ["gid", "resource_type", "name", "is_organization", "email_domains"];
     ctx.object(render(&full, ctx.fields().as_deref(), &default))
 }
 
-async fn list_teams(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-) -> ApiResult {
+async fn list_teams(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
     let world = lock(&shared.world);
     let org = &world.org;
-    let workspace = org
-        .workspace(&gid)
-        .ok_or_else(|| unknown("workspace", &gid))?;
+    let workspace = org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     if shared.teams_only_in_organizations && !workspace.is_organization {
-        return Err(ApiError::bad_request(
-            "workspace: This workspace is not an organization, so it has no teams",
-        ));
+        return Err(ApiError::bad_request("workspace: This workspace is not an organization, so it has no teams"));
     }
-    let items: Vec<_> = org
-        .teams
-        .iter()
-        .filter(|t| t.workspace_gid == gid)
-        .collect();
-    ctx.list(
-        &shared,
-        items,
-        |t| &t.gid,
-        |t| views::team(org, t),
-        views::COMPACT,
-    )
+    let items: Vec<_> = org.teams.iter().filter(|t| t.workspace_gid == gid).collect();
+    ctx.list(&shared, items, |t| &t.gid, |t| views::team(org, t), views::COMPACT)
 }
 
-async fn get_team(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-) -> ApiResult {
+async fn get_team(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
     let world = lock(&shared.world);
     let org = &world.org;
     let team = org.team(&gid).ok_or_else(|| unknown("team", &gid))?;
-    let default = [
-        "gid",
-        "resource_type",
-        "name",
-        "description",
-        "html_description",
-        "organization",
-        "permalink_url",
-        "visibility",
-    ];
-    ctx.object(render(
-        &views::team(org, team),
-        ctx.fields().as_deref(),
-        &default,
-    ))
+    let default = ["gid", "resource_type", "name", "description", "html_description", "organization", "permalink_url", "visibility"];
+    ctx.object(render(&views::team(org, team), ctx.fields().as_deref(), &default))
 }
 
-async fn list_workspace_memberships(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-) -> ApiResult {
+async fn list_workspace_memberships(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
     let world = lock(&shared.world);
     let org = &world.org;
-    org.workspace(&gid)
-        .ok_or_else(|| unknown("workspace", &gid))?;
+    org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     // Optional `user` filter (gid, email or "me").
     let only_user = match ctx.query.get("user") {
         Some(r) => Some(resolve_user(org, r)?.gid.clone()),
         None => None,
     };
-    let items: Vec<_> = org
-        .workspace_memberships
-        .iter()
-        .filter(|m| m.workspace_gid == gid && only_user.as_ref().is_none_or(|u| &m.user_gid == u))
-        .collect();
-    ctx.list(
-        &shared,
-        items,
-        |m| &m.gid,
-        |m| views::workspace_membership(org, m),
-        views::WORKSPACE_MEMBERSHIP_COMPACT,
-    )
+    let items: Vec<_> = org.workspace_memberships.iter().filter(|m| m.workspace_gid == gid && only_user.as_ref().is_none_or(|u| &m.user_gid == u)).collect();
+    ctx.list(&shared, items, |m| &m.gid, |m| views::workspace_membership(org, m), views::WORKSPACE_MEMBERSHIP_COMPACT)
 }
 
-async fn list_team_memberships(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-) -> ApiResult {
+async fn list_team_memberships(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
     let world = lock(&shared.world);
     let org = &world.org;
     org.team(&gid).ok_or_else(|| unknown("team", &gid))?;
-    let items: Vec<_> = org
-        .team_memberships
-        .iter()
-        .filter(|m| m.team_gid == gid)
-        .collect();
-    ctx.list(
-        &shared,
-        items,
-        |m| &m.gid,
-        |m| views::team_membership(org, m),
-        views::TEAM_MEMBERSHIP_COMPACT,
-    )
+    let items: Vec<_> = org.team_memberships.iter().filter(|m| m.team_gid == gid).collect();
+    ctx.list(&shared, items, |m| &m.gid, |m| views::team_membership(org, m), views::TEAM_MEMBERSHIP_COMPACT)
 }
 
 /// `GET /team_memberships`: by `team`, or by `user` with `workspace`, or
@@ -333,28 +209,13 @@ async fn query_team_memberships(State(shared): State<Arc<Shared>>, ctx: Ctx) -> 
         .iter()
         .filter(|m| team.as_ref().is_none_or(|t| &m.team_gid == t))
         .filter(|m| user.as_ref().is_none_or(|u| &m.user_gid == u))
-        .filter(|m| {
-            workspace
-                .as_ref()
-                .is_none_or(|w| org.team(&m.team_gid).is_some_and(|t| &t.workspace_gid == w))
-        })
+        .filter(|m| workspace.as_ref().is_none_or(|w| org.team(&m.team_gid).is_some_and(|t| &t.workspace_gid == w)))
         .collect();
-    ctx.list(
-        &shared,
-        items,
-        |m| &m.gid,
-        |m| views::team_membership(org, m),
-        views::TEAM_MEMBERSHIP_COMPACT,
-    )
+    ctx.list(&shared, items, |m| &m.gid, |m| views::team_membership(org, m), views::TEAM_MEMBERSHIP_COMPACT)
 }
 
 /// Users of a workspace and/or team (both optional), sorted by gid like Asana.
-fn users_response(
-    shared: &Shared,
-    ctx: &Ctx,
-    workspace: Option<&str>,
-    team: Option<&str>,
-) -> ApiResult {
+fn users_response(shared: &Shared, ctx: &Ctx, workspace: Option<&str>, team: Option<&str>) -> ApiResult {
     let world = lock(&shared.world);
     let org = &world.org;
     if let Some(w) = workspace {
@@ -367,29 +228,11 @@ fn users_response(
     let items: Vec<&User> = org
         .users
         .iter()
-        .filter(|u| {
-            workspace.is_none_or(|w| {
-                by_user
-                    .get(u.gid.as_str())
-                    .is_some_and(|ws| ws.contains(&w))
-            })
-        })
-        .filter(|u| {
-            team.is_none_or(|t| {
-                org.team_memberships
-                    .iter()
-                    .any(|m| m.team_gid == t && m.user_gid == u.gid)
-            })
-        })
+        .filter(|u| workspace.is_none_or(|w| by_user.get(u.gid.as_str()).is_some_and(|ws| ws.contains(&w))))
+        .filter(|u| team.is_none_or(|t| org.team_memberships.iter().any(|m| m.team_gid == t && m.user_gid == u.gid)))
         .collect();
     let workspaces_of = |u: &User| by_user.get(u.gid.as_str()).cloned().unwrap_or_default();
-    ctx.list(
-        shared,
-        items,
-        |u| &u.gid,
-        |u| views::user(org, u, &workspaces_of(u)),
-        views::COMPACT,
-    )
+    ctx.list(shared, items, |u| &u.gid, |u| views::user(org, u, &workspaces_of(u)), views::COMPACT)
 }
 
 async fn list_users(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
@@ -398,84 +241,41 @@ async fn list_users(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
     users_response(&shared, &ctx, workspace.as_deref(), team.as_deref())
 }
 
-async fn list_workspace_users(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-) -> ApiResult {
+async fn list_workspace_users(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
     users_response(&shared, &ctx, Some(&gid), None)
 }
 
 fn user_object(org: &Org, ctx: &Ctx, user: &User) -> Value {
-    let workspaces = views::workspaces_by_user(org)
-        .remove(user.gid.as_str())
-        .unwrap_or_default();
-    render(
-        &views::user(org, user, &workspaces),
-        ctx.fields().as_deref(),
-        views::USER_DEFAULT,
-    )
+    let workspaces = views::workspaces_by_user(org).remove(user.gid.as_str()).unwrap_or_default();
+    render(&views::user(org, user, &workspaces), ctx.fields().as_deref(), views::USER_DEFAULT)
 }
 
-async fn get_user(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-) -> ApiResult {
+async fn get_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
     let world = lock(&shared.world);
     let user = resolve_user(&world.org, &gid)?;
     ctx.object(user_object(&world.org, &ctx, user))
 }
 
-async fn team_add_user(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
+async fn team_add_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
     let reference = body_user(&headers, &body)?;
     let mut world = lock(&shared.world);
-    let team = world
-        .org
-        .team(&gid)
-        .ok_or_else(|| unknown("team", &gid))?
-        .clone();
+    let team = world.org.team(&gid).ok_or_else(|| unknown("team", &gid))?.clone();
     let user = resolve_user(&world.org, &reference)?.clone();
     let membership = world
         .org
         .workspace_membership(&user.gid, &team.workspace_gid)
-        .ok_or_else(|| {
-            ApiError::bad_request("user: The user must be a member of the team's organization.")
-        })?;
+        .ok_or_else(|| ApiError::bad_request("user: The user must be a member of the team's organization."))?;
     if !membership.is_active || !user.active {
-        return Err(ApiError::bad_request(
-            "user: Cannot add a deactivated user to a team.",
-        ));
+        return Err(ApiError::bad_request("user: Cannot add a deactivated user to a team."));
     }
     let is_guest = membership.is_guest;
     let i = world.add_team_member(&user.gid, &team.gid, is_guest);
     let full = views::team_membership(&world.org, &world.org.team_memberships[i]);
-    let default = [
-        "gid",
-        "resource_type",
-        "user",
-        "team",
-        "is_admin",
-        "is_guest",
-        "is_limited_access",
-        "access_level",
-    ];
+    let default = ["gid", "resource_type", "user", "team", "is_admin", "is_guest", "is_limited_access", "access_level"];
     ctx.object(render(&full, ctx.fields().as_deref(), &default))
 }
 
-async fn team_remove_user(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
+async fn team_remove_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
     let reference = body_user(&headers, &body)?;
     let mut world = lock(&shared.world);
     world.org.team(&gid).ok_or_else(|| unknown("team", &gid))?;
@@ -485,33 +285,20 @@ async fn team_remove_user(
     ctx.object(json!({}))
 }
 
-async fn workspace_add_user(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
+async fn workspace_add_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
     let reference = body_user(&headers, &body)?;
     let mut world = lock(&shared.world);
-    world
-        .org
-        .workspace(&gid)
-        .ok_or_else(|| unknown("workspace", &gid))?;
+    world.org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     let user_gid = match resolve_user(&world.org, &reference) {
         Ok(u) if !u.active => {
-            return Err(ApiError::bad_request(
-                "user: The user is deactivated and cannot be added.",
-            ));
+            return Err(ApiError::bad_request("user: The user is deactivated and cannot be added."));
         }
         Ok(u) => u.gid.clone(),
         // Inviting an unknown email creates the account; new seats start view-only.
         Err(_) if reference.contains('@') => {
             let email = reference.trim().to_string();
             if !valid_email(&email) {
-                return Err(ApiError::bad_request(format!(
-                    "user: Not a valid email address: {email}"
-                )));
+                return Err(ApiError::bad_request(format!("user: Not a valid email address: {email}")));
             }
             let i = world.create_user(name_from_email(&email), email, License::ViewOnly);
             world.org.users[i].gid.clone()
@@ -519,27 +306,14 @@ async fn workspace_add_user(
         Err(e) => return Err(e),
     };
     world.add_workspace_member(&user_gid, &gid);
-    let user = world
-        .org
-        .user(&user_gid)
-        .cloned()
-        .ok_or_else(|| unknown("user", &user_gid))?;
+    let user = world.org.user(&user_gid).cloned().ok_or_else(|| unknown("user", &user_gid))?;
     ctx.object(user_object(&world.org, &ctx, &user))
 }
 
-async fn workspace_remove_user(
-    State(shared): State<Arc<Shared>>,
-    Path(gid): Path<String>,
-    ctx: Ctx,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult {
+async fn workspace_remove_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
     let reference = body_user(&headers, &body)?;
     let mut world = lock(&shared.world);
-    world
-        .org
-        .workspace(&gid)
-        .ok_or_else(|| unknown("workspace", &gid))?;
+    world.org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     let user_gid = resolve_user(&world.org, &reference)?.gid.clone();
     world.remove_workspace_member(&user_gid, &gid);
     ctx.object(json!({}))

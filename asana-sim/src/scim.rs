@@ -26,9 +26,7 @@ const MAX_COUNT: usize = 100;
 type ScimResult = Result<Response, ScimError>;
 
 pub(crate) fn router() -> Router<Arc<Shared>> {
-    Router::new()
-        .route("/Users", get(list_users).post(create_user))
-        .route("/Users/{id}", get(get_user).patch(patch_user))
+    Router::new().route("/Users", get(list_users).post(create_user)).route("/Users/{id}", get(get_user).patch(patch_user))
 }
 
 /// Users SCIM manages: non-guest members of the organization.
@@ -36,22 +34,15 @@ fn scim_users(org: &Org) -> Vec<&User> {
     let Some(orgws) = org.organization() else {
         return Vec::new();
     };
-    let mut users: Vec<&User> = org
-        .workspace_memberships
-        .iter()
-        .filter(|m| m.workspace_gid == orgws.gid && !m.is_guest)
-        .filter_map(|m| org.user(&m.user_gid))
-        .collect();
+    let mut users: Vec<&User> =
+        org.workspace_memberships.iter().filter(|m| m.workspace_gid == orgws.gid && !m.is_guest).filter_map(|m| org.user(&m.user_gid)).collect();
     users.sort_by_key(|u| u.gid.parse::<u64>().unwrap_or(u64::MAX));
     users.dedup_by(|a, b| a.gid == b.gid);
     users
 }
 
 fn find_scim_user<'a>(org: &'a Org, id: &str) -> Result<&'a User, ScimError> {
-    scim_users(org)
-        .into_iter()
-        .find(|u| u.gid == id)
-        .ok_or_else(|| ScimError::not_found(id))
+    scim_users(org).into_iter().find(|u| u.gid == id).ok_or_else(|| ScimError::not_found(id))
 }
 
 /// "First Rest Of Name" -> ("First", "Rest Of Name").
@@ -80,14 +71,12 @@ fn resource(base_url: &str, u: &User) -> Value {
 }
 
 fn parse_query(raw: Option<&str>) -> Result<Vec<(String, String)>, ScimError> {
-    serde_urlencoded::from_str(raw.unwrap_or(""))
-        .map_err(|_| ScimError::bad_request("invalidSyntax", "Could not parse the query string"))
+    serde_urlencoded::from_str(raw.unwrap_or("")).map_err(|_| ScimError::bad_request("invalidSyntax", "Could not parse the query string"))
 }
 
 /// Supports the one filter provisioning clients use: `userName eq "value"`.
 fn parse_filter(filter: &str) -> Result<String, ScimError> {
-    let invalid =
-        || ScimError::bad_request("invalidFilter", format!("Unsupported filter: {filter}"));
+    let invalid = || ScimError::bad_request("invalidFilter", format!("Unsupported filter: {filter}"));
     let mut parts = filter.trim().splitn(3, char::is_whitespace);
     let (Some(attr), Some(op), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
         return Err(invalid());
@@ -96,19 +85,13 @@ fn parse_filter(filter: &str) -> Result<String, ScimError> {
     if !attr.eq_ignore_ascii_case("userName") || !op.eq_ignore_ascii_case("eq") {
         return Err(invalid());
     }
-    value
-        .strip_prefix('"')
-        .and_then(|v| v.strip_suffix('"'))
-        .map(str::to_string)
-        .ok_or_else(invalid)
+    value.strip_prefix('"').and_then(|v| v.strip_suffix('"')).map(str::to_string).ok_or_else(invalid)
 }
 
 fn int_param(pairs: &[(String, String)], name: &str) -> Result<Option<i64>, ScimError> {
     match pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
         None => Ok(None),
-        Some((_, v)) => v.trim().parse().map(Some).map_err(|_| {
-            ScimError::bad_request("invalidValue", format!("{name} must be an integer"))
-        }),
+        Some((_, v)) => v.trim().parse().map(Some).map_err(|_| ScimError::bad_request("invalidValue", format!("{name} must be an integer"))),
     }
 }
 
@@ -116,28 +99,14 @@ async fn list_users(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) 
     let pairs = parse_query(raw.as_deref())?;
     // SCIM: startIndex is 1-based and values below 1 mean 1; negative counts mean 0.
     let start = int_param(&pairs, "startIndex")?.unwrap_or(1).max(1) as usize;
-    let count = int_param(&pairs, "count")?
-        .unwrap_or(MAX_COUNT as i64)
-        .clamp(0, MAX_COUNT as i64) as usize;
+    let count = int_param(&pairs, "count")?.unwrap_or(MAX_COUNT as i64).clamp(0, MAX_COUNT as i64) as usize;
     let filter = match pairs.iter().find(|(k, _)| k == "filter") {
         Some((_, f)) => Some(parse_filter(f)?),
         None => None,
     };
     let world = lock(&shared.world);
-    let matching: Vec<&User> = scim_users(&world.org)
-        .into_iter()
-        .filter(|u| {
-            filter
-                .as_ref()
-                .is_none_or(|f| u.email.eq_ignore_ascii_case(f))
-        })
-        .collect();
-    let page: Vec<Value> = matching
-        .iter()
-        .skip(start - 1)
-        .take(count)
-        .map(|u| resource(&shared.base_url, u))
-        .collect();
+    let matching: Vec<&User> = scim_users(&world.org).into_iter().filter(|u| filter.as_ref().is_none_or(|f| u.email.eq_ignore_ascii_case(f))).collect();
+    let page: Vec<Value> = matching.iter().skip(start - 1).take(count).map(|u| resource(&shared.base_url, u)).collect();
     let body = json!({
         "schemas": [LIST_SCHEMA],
         "totalResults": matching.len(),
@@ -157,23 +126,13 @@ async fn get_user(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> 
 fn parse_body(body: &Bytes) -> Result<Map<String, Value>, ScimError> {
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ScimError::bad_request(
-            "invalidSyntax",
-            "Request body must be a JSON object",
-        )),
-        Err(e) => Err(ScimError::bad_request(
-            "invalidSyntax",
-            format!("Invalid JSON: {e}"),
-        )),
+        Ok(_) => Err(ScimError::bad_request("invalidSyntax", "Request body must be a JSON object")),
+        Err(e) => Err(ScimError::bad_request("invalidSyntax", format!("Invalid JSON: {e}"))),
     }
 }
 
 fn conflict(email: &str) -> ScimError {
-    ScimError::new(
-        StatusCode::CONFLICT,
-        Some("uniqueness"),
-        format!("A user with userName {email} already exists"),
-    )
+    ScimError::new(StatusCode::CONFLICT, Some("uniqueness"), format!("A user with userName {email} already exists"))
 }
 
 /// The editable SCIM view of a user; creates and patches both go through it.
@@ -208,29 +167,19 @@ impl Draft {
     fn name(&self) -> String {
         match &self.formatted {
             Some(f) if !f.trim().is_empty() => f.trim().to_string(),
-            _ => format!("{} {}", self.given.trim(), self.family.trim())
-                .trim()
-                .to_string(),
+            _ => format!("{} {}", self.given.trim(), self.family.trim()).trim().to_string(),
         }
     }
 
     /// Sets one attribute. `attr` is lowercase, relative to the core schema.
     /// Returns false for attributes this simulator does not know.
     fn set(&mut self, attr: &str, value: &Value) -> Result<bool, ScimError> {
-        let text = || {
-            value.as_str().map(str::to_string).ok_or_else(|| {
-                ScimError::bad_request("invalidValue", format!("{attr} must be a string"))
-            })
-        };
+        let text = || value.as_str().map(str::to_string).ok_or_else(|| ScimError::bad_request("invalidValue", format!("{attr} must be a string")));
         match attr {
             "active" => self.active = scim_bool(value)?,
             "usertype" => {
-                self.license = License::parse(&text()?).ok_or_else(|| {
-                    ScimError::bad_request(
-                        "invalidValue",
-                        "userType must be \"enterprise\" or \"view only\"",
-                    )
-                })?
+                self.license =
+                    License::parse(&text()?).ok_or_else(|| ScimError::bad_request("invalidValue", "userType must be \"enterprise\" or \"view only\""))?
             }
             "title" => self.title = text()?,
             "username" => self.email = text()?,
@@ -238,9 +187,7 @@ impl Draft {
             "name.givenname" => self.given = text()?,
             "name.familyname" => self.family = text()?,
             "name" => {
-                let obj = value.as_object().ok_or_else(|| {
-                    ScimError::bad_request("invalidValue", "name must be an object")
-                })?;
+                let obj = value.as_object().ok_or_else(|| ScimError::bad_request("invalidValue", "name must be an object"))?;
                 for (k, v) in obj {
                     self.set(&format!("name.{}", k.to_ascii_lowercase()), v)?;
                 }
@@ -272,8 +219,7 @@ impl Draft {
                 self.set("department", value)?;
             }
             // Known to SCIM but not modelled here.
-            "externalid" | "schemas" | "id" | "meta" | "locale" | "timezone"
-            | "preferredlanguage" => {}
+            "externalid" | "schemas" | "id" | "meta" | "locale" | "timezone" | "preferredlanguage" => {}
             _ => return Ok(false),
         }
         Ok(true)
@@ -295,19 +241,13 @@ fn scim_bool(v: &Value) -> Result<bool, ScimError> {
         Value::Bool(b) => Ok(*b),
         Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(true),
         Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(false),
-        _ => Err(ScimError::bad_request(
-            "invalidValue",
-            "active must be a boolean",
-        )),
+        _ => Err(ScimError::bad_request("invalidValue", "active must be a boolean")),
     }
 }
 
 fn primary_email(v: &Value) -> Option<String> {
     let list = v.as_array()?;
-    let pick = list
-        .iter()
-        .find(|e| e.get("primary") == Some(&Value::Bool(true)))
-        .or(list.first())?;
+    let pick = list.iter().find(|e| e.get("primary") == Some(&Value::Bool(true))).or(list.first())?;
     pick.get("value")?.as_str().map(str::to_string)
 }
 
@@ -320,10 +260,7 @@ async fn create_user(State(shared): State<Arc<Shared>>, body: Bytes) -> ScimResu
         .map(|s| s.trim().to_string())
         .ok_or_else(|| ScimError::bad_request("invalidValue", "userName is required"))?;
     if !valid_email(&email) {
-        return Err(ScimError::bad_request(
-            "invalidValue",
-            format!("userName must be an email address: {email}"),
-        ));
+        return Err(ScimError::bad_request("invalidValue", format!("userName must be an email address: {email}")));
     }
     let mut draft = Draft {
         given: String::new(),
@@ -343,13 +280,8 @@ async fn create_user(State(shared): State<Arc<Shared>>, body: Bytes) -> ScimResu
     if world.org.user_by_email(&email).is_some() {
         return Err(conflict(&email));
     }
-    let org_gid = world
-        .org
-        .organization()
-        .map(|w| w.gid.clone())
-        .ok_or_else(|| {
-            ScimError::bad_request("invalidValue", "There is no organization to provision into")
-        })?;
+    let org_gid =
+        world.org.organization().map(|w| w.gid.clone()).ok_or_else(|| ScimError::bad_request("invalidValue", "There is no organization to provision into"))?;
     let name = match draft.name() {
         n if n.is_empty() => name_from_email(&email),
         n => n,
@@ -373,11 +305,7 @@ async fn create_user(State(shared): State<Arc<Shared>>, body: Bytes) -> ScimResu
     Ok(resp)
 }
 
-async fn patch_user(
-    State(shared): State<Arc<Shared>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ScimResult {
+async fn patch_user(State(shared): State<Arc<Shared>>, Path(id): Path<String>, body: Bytes) -> ScimResult {
     let obj = parse_body(&body)?;
     let ops = obj
         .iter()
@@ -390,65 +318,38 @@ async fn patch_user(
     // Apply every operation to a draft first so a bad op changes nothing.
     let mut draft = Draft::of(&user);
     for op in ops {
-        let kind = op
-            .get("op")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        let path = op
-            .get("path")
-            .and_then(Value::as_str)
-            .map(|p| p.trim().to_ascii_lowercase());
+        let kind = op.get("op").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+        let path = op.get("path").and_then(Value::as_str).map(|p| p.trim().to_ascii_lowercase());
         let value = op.get("value").unwrap_or(&Value::Null);
         match (kind.as_str(), path) {
             ("replace" | "add", None) => {
-                let map = value.as_object().ok_or_else(|| {
-                    ScimError::bad_request(
-                        "invalidValue",
-                        "An operation without a path needs an object value",
-                    )
-                })?;
+                let map = value.as_object().ok_or_else(|| ScimError::bad_request("invalidValue", "An operation without a path needs an object value"))?;
                 draft.set_all(map)?;
             }
             ("replace" | "add", Some(p)) => {
                 if !draft.set(&p, value)? {
-                    return Err(ScimError::bad_request(
-                        "invalidPath",
-                        format!("Unsupported path: {p}"),
-                    ));
+                    return Err(ScimError::bad_request("invalidPath", format!("Unsupported path: {p}")));
                 }
             }
             ("remove", Some(p)) if p == "title" || p.ends_with("department") => {
                 draft.set(&p, &Value::String(String::new()))?;
             }
             ("remove", p) => {
-                return Err(ScimError::bad_request(
-                    "mutability",
-                    format!("Cannot remove {}", p.unwrap_or_else(|| "the user".into())),
-                ));
+                return Err(ScimError::bad_request("mutability", format!("Cannot remove {}", p.unwrap_or_else(|| "the user".into()))));
             }
             (other, _) => {
-                return Err(ScimError::bad_request(
-                    "invalidSyntax",
-                    format!("Unknown op: {other:?}"),
-                ));
+                return Err(ScimError::bad_request("invalidSyntax", format!("Unknown op: {other:?}")));
             }
         }
     }
 
     if !user.active && draft.active {
-        return Err(ScimError::bad_request(
-            "mutability",
-            "Asana cannot reactivate a deactivated user",
-        ));
+        return Err(ScimError::bad_request("mutability", "Asana cannot reactivate a deactivated user"));
     }
     let email = draft.email.trim().to_string();
     if !email.eq_ignore_ascii_case(&user.email) {
         if !valid_email(&email) {
-            return Err(ScimError::bad_request(
-                "invalidValue",
-                format!("userName must be an email address: {email}"),
-            ));
+            return Err(ScimError::bad_request("invalidValue", format!("userName must be an email address: {email}")));
         }
         if world.org.user_by_email(&email).is_some() {
             return Err(conflict(&email));

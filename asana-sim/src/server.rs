@@ -123,12 +123,7 @@ fn base_url(addr: SocketAddr) -> String {
 
 fn app(shared: Arc<Shared>) -> Router {
     // Each router gets the 405 fallback: it does not carry over into nested routers.
-    let api = rest::router()
-        .nest(
-            "/scim",
-            scim::router().method_not_allowed_fallback(method_not_allowed),
-        )
-        .method_not_allowed_fallback(method_not_allowed);
+    let api = rest::router().nest("/scim", scim::router().method_not_allowed_fallback(method_not_allowed)).method_not_allowed_fallback(method_not_allowed);
     Router::new()
         .nest(API_PREFIX, api)
         .fallback(|| async { ApiError::not_found("No matching route for request") })
@@ -138,10 +133,7 @@ fn app(shared: Arc<Shared>) -> Router {
 }
 
 async fn method_not_allowed() -> ApiError {
-    ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "Method not allowed for this route",
-    )
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "Method not allowed for this route")
 }
 
 fn is_scim(path: &str) -> bool {
@@ -197,9 +189,7 @@ async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
             match shared.limiter.admit(is_read) {
                 Err(limited) => too_many_requests(&limited, scim),
                 Ok(admission) => {
-                    let resp = next
-                        .run(Request::from_parts(parts, Body::from(bytes)))
-                        .await;
+                    let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
                     drop(admission);
                     resp
                 }
@@ -213,27 +203,16 @@ async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
     if recorded.len() >= MAX_RECORDED {
         recorded.pop_front();
     }
-    recorded.push_back(RecordedRequest {
-        method: method.to_string(),
-        path,
-        query,
-        status,
-        body: recorded_body,
-    });
+    recorded.push_back(RecordedRequest { method: method.to_string(), path, query, status, body: recorded_body });
     response
 }
 
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(value) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return false;
     };
     match value.trim().split_once(' ') {
-        Some((scheme, presented)) => {
-            scheme.eq_ignore_ascii_case("bearer") && presented.trim() == token
-        }
+        Some((scheme, presented)) => scheme.eq_ignore_ascii_case("bearer") && presented.trim() == token,
         None => false,
     }
 }
@@ -245,10 +224,7 @@ fn too_many_requests(limited: &Limited, scim: bool) -> Response {
     } else {
         ApiError::new(StatusCode::TOO_MANY_REQUESTS, RATE_LIMITED).into_response()
     };
-    resp.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(limited.retry_after_secs),
-    );
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(limited.retry_after_secs));
     resp
 }
 
@@ -264,9 +240,7 @@ impl SimHandle {
     /// Binds `bind` (use 127.0.0.1:0 for an ephemeral port) and serves in the background.
     /// Returns once the socket is listening, so requests can be sent right away.
     pub async fn start(config: SimConfig, bind: SocketAddr) -> anyhow::Result<SimHandle> {
-        let listener = TcpListener::bind(bind)
-            .await
-            .with_context(|| format!("binding the Asana simulator to {bind}"))?;
+        let listener = TcpListener::bind(bind).await.with_context(|| format!("binding the Asana simulator to {bind}"))?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config, addr));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -279,12 +253,7 @@ impl SimHandle {
                 tracing::warn!("asana-sim server error: {e}");
             }
         });
-        Ok(SimHandle {
-            shared,
-            addr,
-            stop: Some(stop),
-            task: Some(task),
-        })
+        Ok(SimHandle { shared, addr, stop: Some(stop), task: Some(task) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -327,10 +296,7 @@ impl SimHandle {
         if let Some(mut task) = self.task.take() {
             // Graceful shutdown waits for open connections; a client holding one open
             // must not hang the caller.
-            if tokio::time::timeout(Duration::from_secs(5), &mut task)
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
                 task.abort();
             }
         }
@@ -350,9 +316,7 @@ impl Drop for SimHandle {
 
 /// Serves until the process ends (for `tether simulate`). Prints nothing itself.
 pub async fn serve_forever(config: SimConfig, bind: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("binding the Asana simulator to {bind}"))?;
+    let listener = TcpListener::bind(bind).await.with_context(|| format!("binding the Asana simulator to {bind}"))?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared::new(config, addr));
     axum::serve(listener, app(shared)).await?;

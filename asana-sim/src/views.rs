@@ -8,18 +8,10 @@ use serde_json::{json, Value};
 use crate::org::{Org, Team, TeamMembership, User, Workspace, WorkspaceMembership};
 
 pub(crate) const COMPACT: &[&str] = &["gid", "resource_type", "name"];
-pub(crate) const WORKSPACE_MEMBERSHIP_COMPACT: &[&str] =
-    &["gid", "resource_type", "user", "workspace"];
+pub(crate) const WORKSPACE_MEMBERSHIP_COMPACT: &[&str] = &["gid", "resource_type", "user", "workspace"];
 pub(crate) const TEAM_MEMBERSHIP_COMPACT: &[&str] = &["gid", "resource_type", "user", "team"];
 /// What single-object responses (GET by gid, addUser) return without opt_fields.
-pub(crate) const USER_DEFAULT: &[&str] = &[
-    "gid",
-    "resource_type",
-    "name",
-    "email",
-    "photo",
-    "workspaces",
-];
+pub(crate) const USER_DEFAULT: &[&str] = &["gid", "resource_type", "name", "email", "photo", "workspaces"];
 
 pub(crate) fn workspace(ws: &Workspace) -> Value {
     json!({
@@ -42,9 +34,7 @@ fn workspace_ref(org: &Org, gid: &str) -> Value {
 pub(crate) fn workspaces_by_user(org: &Org) -> HashMap<&str, Vec<&str>> {
     let mut map: HashMap<&str, Vec<&str>> = HashMap::new();
     for m in &org.workspace_memberships {
-        map.entry(m.user_gid.as_str())
-            .or_default()
-            .push(m.workspace_gid.as_str());
+        map.entry(m.user_gid.as_str()).or_default().push(m.workspace_gid.as_str());
     }
     map
 }
@@ -125,9 +115,7 @@ pub(crate) fn team_membership(org: &Org, m: &TeamMembership) -> Value {
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// A stable pseudo creation time derived from the gid (the model keeps no timestamps).
@@ -137,12 +125,7 @@ fn created_at(gid: &str) -> String {
     let days = 17_897 + (n.wrapping_mul(2_654_435_761) % 1_800) as i64;
     let secs = n.wrapping_mul(40_503) % 86_400;
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z", secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// Days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.

@@ -45,11 +45,7 @@ impl Client {
             Some(Value::Array(items)) => items.clone(),
             _ => return Err(malformed(path, "no `data` list")),
         };
-        let next_offset = body
-            .get("next_page")
-            .and_then(|next| next.get("offset"))
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let next_offset = body.get("next_page").and_then(|next| next.get("offset")).and_then(Value::as_str).map(str::to_string);
         Ok(ListPage { items, next_offset })
     }
 
@@ -95,13 +91,7 @@ impl Client {
         if body.is_some() {
             headers.push(Pair { name: "content-type".into(), value: media_type.into() });
         }
-        let request = Request {
-            method,
-            url,
-            headers,
-            body: body.map(|b| b.to_string().into_bytes()),
-            bearer_secret: Some("token".into()),
-        };
+        let request = Request { method, url, headers, body: body.map(|b| b.to_string().into_bytes()), bearer_secret: Some("token".into()) };
         let response = http::send(&request).map_err(|e| transport_error(path, e))?;
         let parsed: Value = if response.body.is_empty() {
             Value::Null
@@ -136,12 +126,8 @@ fn transport_error(path: &str, error: HttpError) -> ConnectorError {
 /// Asana's REST errors are `{"errors": [{"message": ...}]}`; SCIM errors
 /// `{"detail": ..., "status": ...}`.
 fn status_error(path: &str, status: u16, headers: &[Pair], body: &Value) -> ConnectorError {
-    let detail = body
-        .get("errors")
-        .and_then(|errors| errors.get(0))
-        .and_then(|error| error.get("message"))
-        .or_else(|| body.get("detail"))
-        .and_then(Value::as_str);
+    let detail =
+        body.get("errors").and_then(|errors| errors.get(0)).and_then(|error| error.get("message")).or_else(|| body.get("detail")).and_then(Value::as_str);
     let message = match detail {
         Some(detail) => format!("Asana {path}: {detail} (HTTP {status})"),
         None => format!("Asana {path}: HTTP {status}"),
@@ -151,11 +137,7 @@ fn status_error(path: &str, status: u16, headers: &[Pair], body: &Value) -> Conn
         403 => ConnectorError::Forbidden(message),
         404 => ConnectorError::NotFound(message),
         429 => {
-            let seconds = headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("retry-after"))
-                .and_then(|h| h.value.trim().parse::<u64>().ok())
-                .unwrap_or(60);
+            let seconds = headers.iter().find(|h| h.name.eq_ignore_ascii_case("retry-after")).and_then(|h| h.value.trim().parse::<u64>().ok()).unwrap_or(60);
             ConnectorError::RateLimited(RateLimit { retry_after_ms: seconds * 1000, message })
         }
         400 | 409 | 422 => ConnectorError::InvalidArgument(message),

@@ -21,13 +21,10 @@ pub struct EntitlementId {
 pub fn parse_entitlement(id: &str) -> Result<EntitlementId, ConnectorError> {
     let parts: Vec<&str> = id.split(':').collect();
     match parts.as_slice() {
-        [resource_type, gid, slug] if !gid.is_empty() && !slug.is_empty() => Ok(EntitlementId {
-            resource: ResourceRef { resource_type: resource_type.to_string(), id: gid.to_string() },
-            slug: slug.to_string(),
-        }),
-        _ => Err(ConnectorError::InvalidArgument(format!(
-            "not an Asana entitlement ID (TYPE:GID:ROLE): {id:?}"
-        ))),
+        [resource_type, gid, slug] if !gid.is_empty() && !slug.is_empty() => {
+            Ok(EntitlementId { resource: ResourceRef { resource_type: resource_type.to_string(), id: gid.to_string() }, slug: slug.to_string() })
+        }
+        _ => Err(ConnectorError::InvalidArgument(format!("not an Asana entitlement ID (TYPE:GID:ROLE): {id:?}"))),
     }
 }
 

@@ -122,9 +122,7 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Resou
         });
     }
     if license != "view only" {
-        return Err(ConnectorError::Unsupported(
-            "new accounts made through REST get the view only license; another license needs use-scim-api".into(),
-        ));
+        return Err(ConnectorError::Unsupported("new accounts made through REST get the view only license; another license needs use-scim-api".into()));
     }
     let workspace = option("workspace")
         .or_else(|| client.settings.default_workspace.clone())
@@ -167,7 +165,8 @@ pub fn disable_account(client: &Client, account: &ResourceRef) -> Result<WriteRe
 fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
     // Asana takes `user` only together with `workspace`: the team's.
     let team_object = client.get(&format!("/teams/{team}"), "organization")?;
-    let workspace = team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
+    let workspace =
+        team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
     let page = client.list("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
     Ok(page.items.first().map(team_role))
 }
@@ -189,10 +188,9 @@ fn license_id(entitlement: &EntitlementId) -> Result<&'static str, ConnectorErro
 fn not_writable(entitlement: &EntitlementId) -> ConnectorError {
     let kind = &entitlement.resource.resource_type;
     match kind.as_str() {
-        "team" | "workspace" => ConnectorError::Unsupported(format!(
-            "the {} role of a {kind} is immutable: Asana's API can only add and remove members",
-            entitlement.slug
-        )),
+        "team" | "workspace" => {
+            ConnectorError::Unsupported(format!("the {} role of a {kind} is immutable: Asana's API can only add and remove members", entitlement.slug))
+        }
         _ => ConnectorError::InvalidArgument(format!("{kind}:{}:{} is not an entitlement this connector can write", entitlement.resource.id, entitlement.slug)),
     }
 }
@@ -214,4 +212,3 @@ fn changed(message: String, grant: Option<crate::exports::tether::connector::con
 fn no_change(message: String) -> WriteResult {
     WriteResult { outcome: Outcome::NoChange, grant: None, message }
 }
-

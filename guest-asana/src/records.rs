@@ -2,9 +2,7 @@
 
 use serde_json::Value;
 
-use crate::exports::tether::connector::connector::{
-    ConfigField, ConnectorMetadata, Entitlement, Grant, Page, Resource, ResourceType,
-};
+use crate::exports::tether::connector::connector::{ConfigField, ConnectorMetadata, Entitlement, Grant, Page, Resource, ResourceType};
 use crate::ids;
 use crate::tether::connector::types::{ConnectorError, Pair, ResourceRef};
 
@@ -70,13 +68,7 @@ pub fn entitlement(resource: &ResourceRef, slug: &str, name: &str, description: 
 
 pub fn grant(resource: &ResourceRef, slug: &str, user_gid: &str, immutable: bool, attributes: Vec<Pair>) -> Grant {
     let entitlement_id = ids::entitlement_id(&resource.resource_type, &resource.id, slug);
-    Grant {
-        id: ids::grant_id(&entitlement_id, user_gid),
-        entitlement_id,
-        principal: user_ref(user_gid),
-        immutable,
-        attributes,
-    }
+    Grant { id: ids::grant_id(&entitlement_id, user_gid), entitlement_id, principal: user_ref(user_gid), immutable, attributes }
 }
 
 pub fn license_grant(license: &str, user_gid: &str, immutable: bool) -> Grant {
@@ -119,10 +111,7 @@ pub fn team_resource(item: &Value, workspace: &ResourceRef) -> Result<Resource, 
 
 /// The user a membership names.
 pub fn membership_user(membership: &Value) -> Result<&Value, ConnectorError> {
-    membership
-        .get("user")
-        .filter(|u| u.is_object())
-        .ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
+    membership.get("user").filter(|u| u.is_object()).ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
 }
 
 /// A REST user object as a resource (memberships name users without email;
@@ -134,13 +123,7 @@ pub fn user_resource(user: &Value) -> Result<Resource, ConnectorError> {
     if let Some(email) = email {
         attributes.push(pair("email", email.to_string()));
     }
-    Ok(Resource {
-        resource_type: "user".into(),
-        display_name: text(user, "name").or(email).unwrap_or(&gid).to_string(),
-        id: gid,
-        parent: None,
-        attributes,
-    })
+    Ok(Resource { resource_type: "user".into(), display_name: text(user, "name").or(email).unwrap_or(&gid).to_string(), id: gid, parent: None, attributes })
 }
 
 pub fn gid(item: &Value) -> Result<String, ConnectorError> {

@@ -37,9 +37,7 @@ impl Settings {
         if self.use_scim {
             Ok(())
         } else {
-            Err(ConnectorError::Unsupported(format!(
-                "{what} goes through Asana's SCIM API: set use-service-account=true and use-scim-api=true"
-            )))
+            Err(ConnectorError::Unsupported(format!("{what} goes through Asana's SCIM API: set use-service-account=true and use-scim-api=true")))
         }
     }
 }

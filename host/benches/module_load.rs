@@ -44,11 +44,6 @@ fn main() {
         });
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let kib = std::fs::metadata(&path).unwrap().len() / 1024;
-        println!(
-            "{name:<16} {kib:>10} {:>14.1} {:>14.1} {:>18.0}",
-            ms(first.load_time),
-            ms(cached.load_time),
-            instantiation.as_secs_f64() * 1e6
-        );
+        println!("{name:<16} {kib:>10} {:>14.1} {:>14.1} {:>18.0}", ms(first.load_time), ms(cached.load_time), instantiation.as_secs_f64() * 1e6);
     }
 }

@@ -42,20 +42,15 @@ impl ApiVersion {
     /// picks the version of the contract that serves it.
     pub fn of(engine: &Engine, component: &Component) -> Result<ApiVersion> {
         let export_prefix = format!("{PACKAGE}/connector@");
-        let exported: Vec<String> = component
-            .component_type()
-            .exports(engine)
-            .filter_map(|(name, _)| name.strip_prefix(&export_prefix).map(str::to_string))
-            .collect();
+        let exported: Vec<String> =
+            component.component_type().exports(engine).filter_map(|(name, _)| name.strip_prefix(&export_prefix).map(str::to_string)).collect();
         if exported.is_empty() {
             bail!("it does not export {PACKAGE}/connector, so it is not a Tether connector");
         }
         // A module exporting several versions is driven through the newest.
         let mut best: Option<ApiVersion> = None;
         for text in &exported {
-            let served = Version::parse(text)
-                .ok()
-                .and_then(|v| Self::SUPPORTED.into_iter().rev().find(|api| compatible(&api.version(), &v)));
+            let served = Version::parse(text).ok().and_then(|v| Self::SUPPORTED.into_iter().rev().find(|api| compatible(&api.version(), &v)));
             if served.is_some_and(|api| best.is_none_or(|b| api.version() > b.version())) {
                 best = served;
             }
@@ -89,8 +84,7 @@ fn compatible(offered: &Version, wanted: &Version) -> bool {
 /// Checks one `tether:connector/...` import: an interface the host
 /// implements, at a version compatible with the one it implements.
 pub fn check_tether_import(name: &str) -> Result<()> {
-    let Some((interface, version)) = name.strip_prefix(PACKAGE).and_then(|rest| rest.strip_prefix('/')).and_then(|rest| rest.split_once('@'))
-    else {
+    let Some((interface, version)) = name.strip_prefix(PACKAGE).and_then(|rest| rest.strip_prefix('/')).and_then(|rest| rest.split_once('@')) else {
         bail!("it imports {name}, which names no version of {PACKAGE}");
     };
     if !IMPORTED_INTERFACES.contains(&interface) {

@@ -253,9 +253,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -268,9 +266,7 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         // A reader that stopped early (`| head`) is not an error.
-        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
-            ExitCode::SUCCESS
-        }
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -330,12 +326,7 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
     let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
     check_config_against_metadata(&instance, args)?;
     // Secrets are attached for these hosts: the operator should see them.
-    eprintln!(
-        "{} {} may reach: {}",
-        instance.metadata.name,
-        instance.metadata.version,
-        instance.http().allowed_hosts().join(", ")
-    );
+    eprintln!("{} {} may reach: {}", instance.metadata.name, instance.metadata.version, instance.http().allowed_hosts().join(", "));
     Ok(Prepared { engine, module, instance })
 }
 
@@ -372,9 +363,7 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
     let progress = progress_bar();
     let result = crate::sync::run_or_resume(&mut prepared.instance, &mut file, &prepared.module.digest, &progress, args.resume).await;
     progress.finish_and_clear();
-    let summary = result.with_context(|| {
-        format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display())
-    })?;
+    let summary = result.with_context(|| format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display()))?;
     crate::demo::print_summary(&summary, &args.out, None);
     if let Some(target) = &args.jsonl {
         crate::inspect::export_jsonl(&file, summary.run_id, target)?;

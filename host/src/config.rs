@@ -89,9 +89,7 @@ impl FromStr for SecretSource {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        let (name, source) = text
-            .split_once('=')
-            .ok_or_else(|| "expected NAME=env:VAR, NAME=file:PATH or NAME=literal:VALUE".to_string())?;
+        let (name, source) = text.split_once('=').ok_or_else(|| "expected NAME=env:VAR, NAME=file:PATH or NAME=literal:VALUE".to_string())?;
         if name.is_empty() {
             return Err("the secret needs a name before '='".into());
         }
@@ -116,8 +114,7 @@ impl Secrets {
         let mut values = HashMap::new();
         for source in sources {
             let value = match &source.from {
-                SecretFrom::Env(var) => std::env::var(var)
-                    .with_context(|| format!("secret {}: environment variable {var} is not set", source.name))?,
+                SecretFrom::Env(var) => std::env::var(var).with_context(|| format!("secret {}: environment variable {var} is not set", source.name))?,
                 SecretFrom::File(path) => std::fs::read_to_string(path)
                     .with_context(|| format!("secret {}: cannot read {}", source.name, path.display()))?
                     .trim_end_matches(['\n', '\r'])

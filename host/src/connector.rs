@@ -72,10 +72,7 @@ macro_rules! guarded {
         $self.before_call();
         let ($exports, $store) = (&$self.exports, &mut $self.store);
         let outcome = match tokio::time::timeout($self.wall_per_call, $call).await {
-            Err(_) => Err(CallError::Limit(LimitExceeded::new(
-                "wall-clock",
-                format!("the call took longer than {:?}", $self.wall_per_call),
-            ))),
+            Err(_) => Err(CallError::Limit(LimitExceeded::new("wall-clock", format!("the call took longer than {:?}", $self.wall_per_call)))),
             Ok(Err(trap)) => Err(with_guest_stderr(classify_trap(trap, &$self.store.data().limits), &$self.store.data().stderr)),
             Ok(Ok(value)) => Ok(value),
         };
@@ -112,18 +109,8 @@ enum Exports {
 impl ConnectorInstance {
     pub async fn start(engine: &ConnectorEngine, module: &LoadedModule, grants: &Grants) -> Result<Self> {
         let limits = grants.limits.clone();
-        let http = Arc::new(HttpGateway::new(
-            EgressPolicy::new(grants.extra_hosts.clone()),
-            grants.secrets.clone(),
-            &limits,
-            grants.dry_run,
-        )?);
-        let label = module
-            .path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("connector")
-            .to_string();
+        let http = Arc::new(HttpGateway::new(EgressPolicy::new(grants.extra_hosts.clone()), grants.secrets.clone(), &limits, grants.dry_run)?);
+        let label = module.path.file_stem().and_then(|s| s.to_str()).unwrap_or("connector").to_string();
         // Storage opens once the connector has named itself (below).
         let state = HostState::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), None, label);
         let mut store = Store::new(engine.engine(), state);
@@ -150,15 +137,8 @@ impl ConnectorInstance {
         }
         .map_err(|e| anyhow::anyhow!("connector {} lacks a function of tether:connector@{}: {e}", module.path.display(), module.api))?;
 
-        let mut instance = ConnectorInstance {
-            store,
-            exports,
-            api: module.api,
-            http,
-            wall_per_call: limits.wall_per_call,
-            poisoned: false,
-            metadata: empty_metadata(),
-        };
+        let mut instance =
+            ConnectorInstance { store, exports, api: module.api, http, wall_per_call: limits.wall_per_call, poisoned: false, metadata: empty_metadata() };
         instance.metadata = instance.call_metadata().await.context("the connector's metadata() failed")?;
 
         // The namespace follows the connector's name, not its file name, so
@@ -205,7 +185,8 @@ impl ConnectorInstance {
     }
 
     pub async fn list_resources(&mut self, resource_type: &str, scope: Option<&ResourceRef>, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_resources(resource_type, scope, token)))?.map_err(CallError::Connector)?;
+        let page =
+            guarded!(self, |exports, store| call_export!(exports, store, call_list_resources(resource_type, scope, token)))?.map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
@@ -242,9 +223,9 @@ impl ConnectorInstance {
         guarded!(self, |exports, store| async {
             match exports {
                 Exports::V0_2(world) => world.tether_connector0_2_0_connector().call_test_connection(&mut *store).await,
-                Exports::V0_1(_) => Ok(Err(ConnectorError::Unsupported(
-                    "test-connection is new in tether:connector@0.2.0; this connector was built against 0.1.0".into(),
-                ))),
+                Exports::V0_1(_) => {
+                    Ok(Err(ConnectorError::Unsupported("test-connection is new in tether:connector@0.2.0; this connector was built against 0.1.0".into())))
+                }
             }
         })?
         .map_err(CallError::Connector)
@@ -273,16 +254,9 @@ impl ConnectorInstance {
 
 fn page_bytes(page: &guest::Page) -> usize {
     let pairs = |pairs: &[crate::bindings::Pair]| pairs.iter().map(|p| p.name.len() + p.value.len()).sum::<usize>();
-    let resources: usize = page
-        .resources
-        .iter()
-        .map(|r| r.resource_type.len() + r.id.len() + r.display_name.len() + pairs(&r.attributes))
-        .sum();
-    let entitlements: usize = page
-        .entitlements
-        .iter()
-        .map(|e| e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + e.resource.id.len())
-        .sum();
+    let resources: usize = page.resources.iter().map(|r| r.resource_type.len() + r.id.len() + r.display_name.len() + pairs(&r.attributes)).sum();
+    let entitlements: usize =
+        page.entitlements.iter().map(|e| e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + e.resource.id.len()).sum();
     let grants: usize = page.grants.iter().map(|g| g.id.len() + g.entitlement_id.len() + g.principal.id.len() + pairs(&g.attributes)).sum();
     resources + entitlements + grants + page.next_token.as_ref().map_or(0, String::len)
 }
@@ -334,7 +308,11 @@ fn classify_trap(error: wasmtime::Error, limits: &Limits) -> CallError {
 /// Storage namespaces are file names; keep only safe characters.
 fn storage_namespace(label: &str) -> String {
     let cleaned: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
-    if cleaned.is_empty() { "connector".into() } else { cleaned }
+    if cleaned.is_empty() {
+        "connector".into()
+    } else {
+        cleaned
+    }
 }
 
 fn empty_metadata() -> guest::ConnectorMetadata {

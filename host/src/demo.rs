@@ -89,9 +89,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
     let minimum = org.minimum_requests(PAGE_SIZE);
     let config = SimConfig::new(org);
     let token = config.token.clone();
-    let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .context("cannot start the Asana simulator")?;
+    let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await.context("cannot start the Asana simulator")?;
     eprintln!("simulated Asana org on {} ({} users, {} teams, {} workspaces, seed {})", sim.base_url(), spec.users, spec.teams, spec.workspaces, spec.seed);
 
     let connector_args = ConnectorArgs {
@@ -170,10 +168,9 @@ pub fn print_summary(summary: &SyncSummary, out: &Path, minimum_requests: Option
     println!();
     let rate_limited = if summary.rate_limited > 0 { format!(", {} answered 429 and retried", summary.rate_limited) } else { String::new() };
     match minimum_requests {
-        Some(minimum) => println!(
-            "  HTTP requests       {:>8}   (minimum for this org at {PAGE_SIZE} per page: {minimum}{rate_limited})",
-            summary.http_requests
-        ),
+        Some(minimum) => {
+            println!("  HTTP requests       {:>8}   (minimum for this org at {PAGE_SIZE} per page: {minimum}{rate_limited})", summary.http_requests)
+        }
         None => println!("  HTTP requests       {:>8}{rate_limited}", summary.http_requests),
     }
     println!("  elapsed             {:>8.2} s", summary.elapsed.as_secs_f64());

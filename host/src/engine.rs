@@ -28,13 +28,7 @@ pub const MAX_WASM_STACK: usize = 1 << 20;
 /// version in `api_version`): the WASI a Rust std guest needs to start, all
 /// linked with nothing granted. Anything else, sockets included, is refused
 /// before instantiation.
-const WASI_IMPORT_PREFIXES: &[&str] = &[
-    "wasi:cli/",
-    "wasi:io/",
-    "wasi:filesystem/",
-    "wasi:clocks/",
-    "wasi:random/",
-];
+const WASI_IMPORT_PREFIXES: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:filesystem/", "wasi:clocks/", "wasi:random/"];
 
 pub struct ConnectorEngine {
     engine: Engine,
@@ -119,16 +113,10 @@ impl ConnectorEngine {
         if Engine::detect_precompiled(&bytes).is_some() {
             bail!("{} is precompiled wasmtime code; give the .wasm component instead", path.display());
         }
-        let (component, from_cache) = self.compile(&bytes, &digest).with_context(|| {
-            format!("{} is not a valid WebAssembly component", path.display())
-        })?;
+        let (component, from_cache) = self.compile(&bytes, &digest).with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
         check_imports(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
         let api = ApiVersion::of(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("connector {} refused", path.display()))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| format!("connector {} refused", path.display()))?;
         Ok(LoadedModule { component, pre, digest, api, path: path.to_path_buf(), from_cache, load_time: started.elapsed() })
     }
 

@@ -43,8 +43,8 @@ impl AllowedHost {
             Some((other, _)) => bail!("--allow-host {spec}: scheme {other:?} is not http or https"),
             None => (None, spec),
         };
-        let url = Url::parse(&format!("https://{}", rest.trim_end_matches('/')))
-            .map_err(|e| anyhow::anyhow!("--allow-host {spec}: not a HOST[:PORT] ({e})"))?;
+        let url =
+            Url::parse(&format!("https://{}", rest.trim_end_matches('/'))).map_err(|e| anyhow::anyhow!("--allow-host {spec}: not a HOST[:PORT] ({e})"))?;
         if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
             bail!("--allow-host {spec}: give a host and optional port only");
         }
@@ -63,8 +63,7 @@ impl AllowedHost {
 }
 
 fn is_loopback(host: &str) -> bool {
-    host == "localhost"
-        || host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
+    host == "localhost" || host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false)
 }
 
 /// True for addresses on the public internet; false for loopback, private,
@@ -130,10 +129,7 @@ impl EgressPolicy {
         let default_port = if scheme == "https" { 443 } else { 80 };
         let matching = || self.hosts.iter().filter(|h| h.host == host && h.port.unwrap_or(default_port) == port);
         // The operator's listing of a host outranks the connector's.
-        let entry = matching()
-            .find(|h| h.from_operator)
-            .or_else(|| matching().next())
-            .ok_or_else(|| format!("{host}:{port} is not an allowed host"))?;
+        let entry = matching().find(|h| h.from_operator).or_else(|| matching().next()).ok_or_else(|| format!("{host}:{port} is not an allowed host"))?;
         if matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) && !entry.from_operator {
             return Err(format!("{host} is an IP address, which only the operator can allow (--allow-host)"));
         }
@@ -167,10 +163,8 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
         let name = name.as_str().to_string();
         let private_ok = self.policy.read().map(|p| p.may_resolve_privately(&name)).unwrap_or(false);
         Box::pin(async move {
-            let addresses: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|address| private_ok || is_public(address.ip()))
-                .collect();
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((name.as_str(), 0)).await?.filter(|address| private_ok || is_public(address.ip())).collect();
             if addresses.is_empty() {
                 return Err(Box::new(PrivateAddressRefused(name)) as Box<dyn std::error::Error + Send + Sync>);
             }
@@ -244,10 +238,7 @@ impl HttpGateway {
 
     /// The hosts requests may go to now, as `host[:port]`.
     pub fn allowed_hosts(&self) -> Vec<String> {
-        self.policy
-            .read()
-            .map(|p| p.hosts().iter().map(|h| h.port.map_or(h.host.clone(), |port| format!("{}:{port}", h.host))).collect())
-            .unwrap_or_default()
+        self.policy.read().map(|p| p.hosts().iter().map(|h| h.port.map_or(h.host.clone(), |port| format!("{}:{port}", h.host))).collect()).unwrap_or_default()
     }
 
     pub fn set_policy(&self, policy: EgressPolicy) {
@@ -267,11 +258,7 @@ impl HttpGateway {
 
     pub async fn send(&self, request: Request) -> Result<Response, HttpError> {
         let url = Url::parse(&request.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
-        self.policy
-            .read()
-            .map_err(|_| HttpError::Denied("policy unavailable".into()))?
-            .check(&url)
-            .map_err(HttpError::Denied)?;
+        self.policy.read().map_err(|_| HttpError::Denied("policy unavailable".into()))?.check(&url).map_err(HttpError::Denied)?;
 
         let method = match request.method {
             Method::Get => reqwest::Method::GET,
@@ -299,10 +286,7 @@ impl HttpGateway {
             builder = builder.header(header.name.as_str(), header.value.as_str());
         }
         if let Some(name) = &request.bearer_secret {
-            let secret = self
-                .secrets
-                .get(name)
-                .ok_or_else(|| HttpError::InvalidRequest(format!("no secret named {name:?} was given to this connector")))?;
+            let secret = self.secrets.get(name).ok_or_else(|| HttpError::InvalidRequest(format!("no secret named {name:?} was given to this connector")))?;
             builder = builder.bearer_auth(secret.expose());
         }
         if let Some(body) = request.body {
@@ -323,10 +307,7 @@ impl HttpGateway {
         let headers = response
             .headers()
             .iter()
-            .map(|(name, value)| Pair {
-                name: name.as_str().to_string(),
-                value: self.secrets.redact(&String::from_utf8_lossy(value.as_bytes())),
-            })
+            .map(|(name, value)| Pair { name: name.as_str().to_string(), value: self.secrets.redact(&String::from_utf8_lossy(value.as_bytes())) })
             .collect();
         if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(self.too_large());
@@ -407,7 +388,20 @@ mod tests {
 
     #[test]
     fn private_ranges_are_not_public() {
-        for private in ["127.0.0.1", "10.0.0.8", "172.16.3.4", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0", "::1", "fe80::1", "fd00::1", "::ffff:10.0.0.1", "64:ff9b::a00:1"] {
+        for private in [
+            "127.0.0.1",
+            "10.0.0.8",
+            "172.16.3.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+        ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
         for public in ["93.184.216.34", "8.8.8.8", "2606:4700::1111"] {

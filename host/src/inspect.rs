@@ -24,9 +24,7 @@ pub enum InspectFormat {
 }
 
 pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, format: InspectFormat, out: &mut dyn Write) -> Result<()> {
-    let run = file
-        .last_good_run()?
-        .context("the sync file holds no successful sync yet")?;
+    let run = file.last_good_run()?.context("the sync file holds no successful sync yet")?;
     let rows: Vec<serde_json::Value> = match what {
         InspectWhat::Resources => file.resources(run.id, resource_type)?.into_iter().map(|r| json!(r)).collect(),
         InspectWhat::Entitlements => file.entitlements(run.id, resource_type)?.into_iter().map(|e| json!(e)).collect(),
@@ -41,11 +39,8 @@ pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, fo
     let mut rows = rows;
     if let InspectWhat::Grants = what {
         // A reviewer reads names, not gids.
-        let names: std::collections::HashMap<(String, String), String> = file
-            .resources(run.id, None)?
-            .into_iter()
-            .map(|r| ((r.resource_type, r.id), r.display_name))
-            .collect();
+        let names: std::collections::HashMap<(String, String), String> =
+            file.resources(run.id, None)?.into_iter().map(|r| ((r.resource_type, r.id), r.display_name)).collect();
         for row in &mut rows {
             let key = (row["principal"]["resource_type"].as_str().unwrap_or("").to_string(), row["principal"]["id"].as_str().unwrap_or("").to_string());
             row["principal_name"] = json!(names.get(&key).cloned().unwrap_or_default());
@@ -57,14 +52,9 @@ pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, fo
         InspectWhat::Grants => &["id", "principal", "principal_name", "immutable", "attributes"],
     };
     let cells: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| cell(&row[*c])).collect()).collect();
-    let widths: Vec<usize> = columns
-        .iter()
-        .enumerate()
-        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()).min(60))
-        .collect();
-    let line = |values: Vec<String>| {
-        values.iter().zip(&widths).map(|(v, w)| format!("{:<w$}", truncate(v, *w), w = *w)).collect::<Vec<_>>().join("  ")
-    };
+    let widths: Vec<usize> =
+        columns.iter().enumerate().map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()).min(60)).collect();
+    let line = |values: Vec<String>| values.iter().zip(&widths).map(|(v, w)| format!("{:<w$}", truncate(v, *w), w = *w)).collect::<Vec<_>>().join("  ");
     writeln!(out, "{}", line(columns.iter().map(|c| c.to_string()).collect()).trim_end())?;
     for row in cells {
         writeln!(out, "{}", line(row).trim_end())?;
@@ -101,9 +91,7 @@ pub fn export_jsonl(file: &SyncFile, run: i64, target: &str) -> Result<()> {
     let mut out: Box<dyn Write> = if target == "-" {
         Box::new(std::io::stdout().lock())
     } else {
-        Box::new(std::io::BufWriter::new(
-            std::fs::File::create(target).with_context(|| format!("cannot write {target}"))?,
-        ))
+        Box::new(std::io::BufWriter::new(std::fs::File::create(target).with_context(|| format!("cannot write {target}"))?))
     };
     for r in file.resources(run, None)? {
         writeln!(out, "{}", json!({ "kind": "resource", "record": r }))?;

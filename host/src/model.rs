@@ -103,26 +103,13 @@ impl From<guest::Resource> for Resource {
 
 impl From<guest::Entitlement> for Entitlement {
     fn from(e: guest::Entitlement) -> Self {
-        Entitlement {
-            id: e.id,
-            resource: e.resource.into(),
-            slug: e.slug,
-            display_name: e.display_name,
-            description: e.description,
-            grantable: e.grantable,
-        }
+        Entitlement { id: e.id, resource: e.resource.into(), slug: e.slug, display_name: e.display_name, description: e.description, grantable: e.grantable }
     }
 }
 
 impl From<guest::Grant> for Grant {
     fn from(g: guest::Grant) -> Self {
-        Grant {
-            id: g.id,
-            entitlement_id: g.entitlement_id,
-            principal: g.principal.into(),
-            immutable: g.immutable,
-            attributes: attributes(g.attributes),
-        }
+        Grant { id: g.id, entitlement_id: g.entitlement_id, principal: g.principal.into(), immutable: g.immutable, attributes: attributes(g.attributes) }
     }
 }
 

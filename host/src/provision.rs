@@ -70,9 +70,7 @@ pub struct WriteArgs {
 
 fn parse_principal(text: &str) -> Result<ResourceRef, String> {
     match text.split_once(':') {
-        Some((resource_type, id)) if !resource_type.is_empty() && !id.is_empty() => {
-            Ok(ResourceRef { resource_type: resource_type.into(), id: id.into() })
-        }
+        Some((resource_type, id)) if !resource_type.is_empty() && !id.is_empty() => Ok(ResourceRef { resource_type: resource_type.into(), id: id.into() }),
         _ => Err(format!("expected TYPE:ID (e.g. user:123), got {text:?}")),
     }
 }

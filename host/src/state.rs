@@ -8,8 +8,8 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::config::{ConnectorConfig, Secrets};
-use crate::http::HttpGateway;
 use crate::guest_stderr::GuestStderr;
+use crate::http::HttpGateway;
 use crate::limits::{LimitExceeded, Limits};
 use crate::storage::ConnectorStorage;
 
@@ -47,13 +47,7 @@ impl HostState {
         // WASI is capped: random bytes here, reads by wasmtime-wasi itself
         // (64 KiB), handles by the table's capacity, copies by hostcall fuel.
         let stderr = GuestStderr::default();
-        let wasi = WasiCtxBuilder::new()
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .max_random_size(64 << 10)
-            .build();
+        let wasi = WasiCtxBuilder::new().stderr(stderr.clone()).allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false).max_random_size(64 << 10).build();
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .table_elements(limits.table_elements)
@@ -65,20 +59,7 @@ impl HostState {
         let cpu_tick_budget = (limits.cpu_per_call.as_millis() / crate::engine::EPOCH_TICK.as_millis()).max(1) as u64;
         let mut table = ResourceTable::new();
         table.set_max_capacity(limits.resource_handles);
-        HostState {
-            wasi,
-            table,
-            store_limits,
-            limits,
-            http,
-            config,
-            secrets,
-            storage,
-            connector_label,
-            stderr,
-            usage: CallUsage::default(),
-            cpu_tick_budget,
-        }
+        HostState { wasi, table, store_limits, limits, http, config, secrets, storage, connector_label, stderr, usage: CallUsage::default(), cpu_tick_budget }
     }
 }
 

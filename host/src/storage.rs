@@ -24,8 +24,7 @@ impl ConnectorStorage {
         validate_key(name).map_err(|e| anyhow::anyhow!("bad storage namespace {name:?}: {e:?}"))?;
         let path = root.join(name);
         std::fs::create_dir_all(&path).with_context(|| format!("cannot create storage folder {}", path.display()))?;
-        let dir = Dir::open_ambient_dir(&path, ambient_authority())
-            .with_context(|| format!("cannot open storage folder {}", path.display()))?;
+        let dir = Dir::open_ambient_dir(&path, ambient_authority()).with_context(|| format!("cannot open storage folder {}", path.display()))?;
         Ok(ConnectorStorage { dir, quota_bytes })
     }
 
@@ -97,9 +96,7 @@ fn validate_key(key: &str) -> Result<(), StorageError> {
     if valid {
         Ok(())
     } else {
-        Err(StorageError::InvalidKey(format!(
-            "{key:?}: keys are 1-{MAX_KEY_LEN} letters, digits, '-', '_' or '.', not starting with '.'"
-        )))
+        Err(StorageError::InvalidKey(format!("{key:?}: keys are 1-{MAX_KEY_LEN} letters, digits, '-', '_' or '.', not starting with '.'")))
     }
 }
 

@@ -158,8 +158,7 @@ impl SyncFile {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(SCHEMA)?;
         // Files written before checkpoints existed.
-        let has_checkpoint: bool =
-            conn.query_row("SELECT count(*) FROM pragma_table_info('sync_runs') WHERE name = 'checkpoint'", [], |row| row.get(0))?;
+        let has_checkpoint: bool = conn.query_row("SELECT count(*) FROM pragma_table_info('sync_runs') WHERE name = 'checkpoint'", [], |row| row.get(0))?;
         if !has_checkpoint {
             conn.execute_batch("ALTER TABLE sync_runs ADD COLUMN checkpoint TEXT")?;
         }
@@ -220,9 +219,7 @@ impl SyncFile {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )?;
             for e in &page.entitlements {
-                entitlement.execute(params![
-                    run, e.id, e.resource.resource_type, e.resource.id, e.slug, e.display_name, e.description, e.grantable
-                ])?;
+                entitlement.execute(params![run, e.id, e.resource.resource_type, e.resource.id, e.slug, e.display_name, e.description, e.grantable])?;
             }
             let mut grant = tx.prepare_cached(
                 "INSERT INTO run_grants (run_id, id, entitlement_id, principal_type, principal_id, immutable, attributes)
@@ -250,14 +247,10 @@ impl SyncFile {
     /// The next resources of a run after `after_row`, in the order they were
     /// first written: the driver's work queue, read in batches.
     pub fn resources_after(&self, run: i64, after_row: i64, batch: usize) -> Result<Vec<QueuedResource>> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT rowid, resource_type, id FROM run_resources WHERE run_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3",
-        )?;
+        let mut stmt =
+            self.conn.prepare_cached("SELECT rowid, resource_type, id FROM run_resources WHERE run_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3")?;
         let rows = stmt.query_map(params![run, after_row, batch as i64], |row| {
-            Ok(QueuedResource {
-                row: row.get(0)?,
-                key: ResourceKey { resource_type: row.get(1)?, id: row.get(2)? },
-            })
+            Ok(QueuedResource { row: row.get(0)?, key: ResourceKey { resource_type: row.get(1)?, id: row.get(2)? } })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -284,10 +277,7 @@ impl SyncFile {
     }
 
     pub fn save_checkpoint(&self, run: i64, checkpoint: &Checkpoint) -> Result<()> {
-        self.conn.execute(
-            "UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1",
-            params![run, serde_json::to_string(checkpoint)?],
-        )?;
+        self.conn.execute("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1", params![run, serde_json::to_string(checkpoint)?])?;
         Ok(())
     }
 

@@ -59,19 +59,9 @@ pub async fn run(instance: &mut ConnectorInstance, file: &mut SyncFile, digest: 
 /// Like [`run`]; with `resume`, a failed last run of the same module goes
 /// on from its checkpoint instead of starting over (listings already
 /// written are not asked for again).
-pub async fn run_or_resume(
-    instance: &mut ConnectorInstance,
-    file: &mut SyncFile,
-    digest: &str,
-    progress: &ProgressBar,
-    resume: bool,
-) -> Result<SyncSummary> {
+pub async fn run_or_resume(instance: &mut ConnectorInstance, file: &mut SyncFile, digest: &str, progress: &ProgressBar, resume: bool) -> Result<SyncSummary> {
     let started = Instant::now();
-    let connector = ConnectorIdentity {
-        name: instance.metadata.name.clone(),
-        version: instance.metadata.version.clone(),
-        digest: digest.to_string(),
-    };
+    let connector = ConnectorIdentity { name: instance.metadata.name.clone(), version: instance.metadata.version.clone(), digest: digest.to_string() };
     let resumable = if resume { file.resumable_run(digest)? } else { None };
     let (run_id, checkpoint) = match resumable {
         Some((run_id, checkpoint)) => {

@@ -124,16 +124,10 @@ fn python() -> PathBuf {
             }
             let script = repo_root().join("scripts/install-scim2-server.sh");
             let out = Command::new("bash").arg(&script).stdin(Stdio::null()).output().expect("runs scripts/install-scim2-server.sh");
-            assert!(
-                out.status.success(),
-                "scripts/install-scim2-server.sh failed ({}):\n{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "scripts/install-scim2-server.sh failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
             let python = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
             assert!(python.is_file(), "scripts/install-scim2-server.sh printed {}, which is not a file", python.display());
             python
         })
         .clone()
 }
-
