@@ -32,12 +32,33 @@ pub mod v0_2 {
 
     pub use exports::tether::connector0_2_0::connector as guest;
 }
+
+/// `tether:connector@0.3.0`: the same imports again; the export adds
+/// `check-write`.
+pub mod v0_3 {
+    wasmtime::component::bindgen!({
+        path: "../wit/v0.3.0",
+        world: "connector-world",
+        imports: { default: async | trappable },
+        exports: { default: async },
+        with: {
+            "tether:connector/types@0.1.0": crate::bindings::tether::connector::types,
+            "tether:connector/http@0.1.0": crate::bindings::tether::connector::http,
+            "tether:connector/config@0.1.0": crate::bindings::tether::connector::config,
+            "tether:connector/storage@0.1.0": crate::bindings::tether::connector::storage,
+            "tether:connector/log@0.1.0": crate::bindings::tether::connector::log,
+        },
+    });
+
+    pub use exports::tether::connector0_3_0::connector as guest;
+}
 pub use tether::connector::types::{ConnectorError, Pair, RateLimit, ResourceRef};
 
 /// A connector error as one readable line (the generated Display is
 /// Debug-like).
+/// Escaped for the terminal: the text is the connector's.
 pub fn describe(error: &ConnectorError) -> String {
-    match error {
+    let line = match error {
         ConnectorError::Unauthorized(m) => format!("unauthorized: {m}"),
         ConnectorError::Forbidden(m) => format!("forbidden: {m}"),
         ConnectorError::NotFound(m) => format!("not found: {m}"),
@@ -46,5 +67,6 @@ pub fn describe(error: &ConnectorError) -> String {
         ConnectorError::InvalidArgument(m) => format!("invalid argument: {m}"),
         ConnectorError::Upstream(m) => format!("upstream error: {m}"),
         ConnectorError::Unsupported(m) => format!("unsupported: {m}"),
-    }
+    };
+    crate::terminal::escape(&line).into_owned()
 }

@@ -63,8 +63,9 @@ pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, fo
     Ok(())
 }
 
+/// A table cell, escaped for the terminal (every value came from a connector).
 fn cell(value: &serde_json::Value) -> String {
-    match value {
+    let text = match value {
         serde_json::Value::Null => String::new(),
         serde_json::Value::String(s) => s.clone(),
         serde_json::Value::Object(map) if map.contains_key("resource_type") && map.contains_key("id") => {
@@ -72,7 +73,8 @@ fn cell(value: &serde_json::Value) -> String {
         }
         serde_json::Value::Object(map) if map.is_empty() => String::new(),
         other => other.to_string(),
-    }
+    };
+    crate::terminal::escape(&text).into_owned()
 }
 
 fn truncate(text: &str, width: usize) -> String {

@@ -25,5 +25,6 @@ pub mod state;
 pub mod storage;
 pub mod store;
 pub mod sync;
+pub mod terminal;
 pub mod trust;
 pub mod wasi;

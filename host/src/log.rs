@@ -7,7 +7,9 @@ use crate::state::{charge, HostState};
 impl log::Host for HostState {
     async fn emit(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         charge(&mut self.usage.log_lines, self.limits.log_lines_per_call, "log-lines", "log lines")?;
-        let mut message = self.secrets.redact(&message);
+        // Redacted, then escaped: one guest line is one host line, and it can
+        // neither drive the terminal nor pass for a line of the host's.
+        let mut message = crate::terminal::escape(&self.secrets.redact(&message)).into_owned();
         if message.len() > self.limits.log_bytes_per_line {
             let mut end = self.limits.log_bytes_per_line;
             while !message.is_char_boundary(end) {

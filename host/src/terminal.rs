@@ -1,0 +1,81 @@
+//! Connector text made safe for the operator's terminal.
+//!
+//! Everything a connector says — log messages, error strings, its stderr,
+//! display names and attributes — is untrusted. Control characters (C0, DEL,
+//! C1) could move the cursor, rewrite earlier lines, change the window title
+//! or ring the bell, and a newline followed by `INFO tether: …` would forge a
+//! host line. So they are shown as visible escapes (`\x1b`, `\n`, `\u{9b}`),
+//! as are the bidirectional overrides that reorder what a reader sees.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+/// `text` on one line with every control character shown as an escape.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        push_escaped(&mut out, c);
+    }
+    Cow::Owned(out)
+}
+
+/// Like [`escape`], but the text's own line breaks are kept, every
+/// continuation line marked with `  | `: a crash report stays readable, and
+/// no line of it can start the way a host line starts.
+pub fn escape_multiline(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 8);
+    for (i, line) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push_str("\n  | ");
+        }
+        out.push_str(&escape(line.strip_suffix('\r').unwrap_or(line)));
+    }
+    out
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control() || is_bidi_control(c)
+}
+
+/// Unicode's explicit directional formatting characters.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+fn push_escaped(out: &mut String, c: char) {
+    match c {
+        '\n' => out.push_str("\\n"),
+        '\r' => out.push_str("\\r"),
+        '\t' => out.push_str("\\t"),
+        '\\' => out.push('\\'),
+        c if (c as u32) < 0x80 && needs_escape(c) => {
+            let _ = write!(out, "\\x{:02x}", c as u32);
+        }
+        c if needs_escape(c) => {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        }
+        c => out.push(c),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_become_visible() {
+        assert_eq!(escape("plain text, ünïcode"), "plain text, ünïcode");
+        assert_eq!(escape("\x1b[2J\x07bell\r"), "\\x1b[2J\\x07bell\\r");
+        assert_eq!(escape("one\nINFO tether: forged"), "one\\nINFO tether: forged");
+        assert_eq!(escape("c1 \u{9b}31m"), "c1 \\u{9b}31m");
+        assert_eq!(escape("del \x7f, rlo \u{202e}"), "del \\x7f, rlo \\u{202e}");
+    }
+
+    #[test]
+    fn multiline_text_keeps_its_lines_indented() {
+        assert_eq!(escape_multiline("panicked\nINFO tether: forged\x1b]0;t\x07"), "panicked\n  | INFO tether: forged\\x1b]0;t\\x07");
+    }
+}
