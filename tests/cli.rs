@@ -130,7 +130,7 @@ async fn sync_with_a_bad_token_exits_non_zero_and_names_the_problem() {
     // A secret passed as config is refused before anything is sent.
     let mut leaky = args("GOOD_TOKEN");
     leaky.extend(["--config".into(), "token=sim-token".into()]);
-    let leaky = Command::new(env!("CARGO_BIN_EXE_tether")).args(&leaky).env("GOOD_TOKEN", "x").output().unwrap();
+    let leaky = Command::new(env!("CARGO_BIN_EXE_tether")).args(&leaky).env("GOOD_TOKEN", "long-enough-token").output().unwrap();
     assert_eq!(leaky.status.code(), Some(1));
     assert!(stderr(&leaky).contains("token is a secret"), "{}", stderr(&leaky));
 }
@@ -195,7 +195,8 @@ async fn disable_account_needs_yes_and_says_why() {
     args.extend(connector_flags(&sim, &["use-service-account=true", "use-scim-api=true"]));
     let run = tether_async(args.clone()).await;
     assert_eq!(run.status.code(), Some(1));
-    assert!(stderr(&run).contains("Asana cannot reactivate a deactivated user: pass --yes"), "{}", stderr(&run));
+    let text = stderr(&run);
+    assert!(text.contains("refusing a write that cannot be undone without --yes") && text.contains("Asana cannot reactivate"), "{text}");
     assert_eq!(sim.request_count(), 0);
 
     args.push("--yes".into());
@@ -282,4 +283,110 @@ async fn only_allowed_hosts_drops_the_declared_ones() {
     assert!(run.status.success(), "{}", stderr(&run));
     let reach = stderr(&run).lines().find(|l| l.contains("may reach:")).unwrap().to_string();
     assert!(reach.ends_with(&format!("may reach: {}", sim.addr())), "app.asana.com is not reachable: {reach}");
+}
+
+/// A sync of a 1,500-user org answering each request after 4 ms, started
+/// as a child process, and what the org needs at least.
+async fn start_slow_sync(out: &std::path::Path) -> (asana_sim::SimHandle, std::process::Child, u64) {
+    let mut config = asana_sim::SimConfig::new(asana_sim::Org::generate(&OrgSpec { users: 1500, teams: 40, workspaces: 2, seed: 8 }));
+    config.latency = std::time::Duration::from_millis(4);
+    let sim = start_sim_with(config).await;
+    let minimum = sim.org().minimum_requests(100);
+    let mut args = vec!["sync".to_string(), "--out".into(), out.to_str().unwrap().into()];
+    args.extend(connector_flags(&sim, &[]));
+    let child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(&args)
+        .env("SIM_TOKEN", "sim-token")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    (sim, child, minimum)
+}
+
+/// Polls until the simulator has answered `count` requests.
+async fn wait_for_requests(sim: &asana_sim::SimHandle, count: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sim.request_count() < count {
+        assert!(std::time::Instant::now() < deadline, "the sync never got to {count} requests");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+async fn resume(sim: &asana_sim::SimHandle, out: &std::path::Path) -> Output {
+    let mut args = vec!["sync".to_string(), "--resume".into(), "--out".into(), out.to_str().unwrap().into()];
+    args.extend(connector_flags(sim, &[]));
+    tether_async(args).await
+}
+
+/// The grant ids of run `run` in `file` equal those of a clean sync of the
+/// same org.
+async fn assert_same_grants_as_a_clean_sync(sim: &asana_sim::SimHandle, file: &tether_host::store::SyncFile, run: i64) {
+    let dir = tempfile::tempdir().unwrap();
+    let clean_out = dir.path().join("clean.db");
+    let clean = sync_sim(sim, "sim-token", &clean_out).await.expect("a clean sync");
+    let ids = |file: &tether_host::store::SyncFile, run: i64| file.grants(run, None).unwrap().into_iter().map(|g| g.id).collect::<Vec<_>>();
+    let clean_file = tether_host::store::SyncFile::open_existing(&clean_out).unwrap();
+    assert_eq!(ids(file, run), ids(&clean_file, clean.run_id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_at_a_page_boundary_and_resume_asks_no_page_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let (sim, child, minimum) = start_slow_sync(&out).await;
+    wait_for_requests(&sim, minimum / 3).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
+    assert!(stderr(&stopped).contains("interrupted") && stderr(&stopped).contains("tether sync --resume"), "{}", stderr(&stopped));
+    let before = sim.request_count();
+    assert!(before < minimum, "it stopped early: {before} of {minimum}");
+    let file = tether_host::store::SyncFile::open_existing(&out).unwrap();
+    let interrupted = file.last_run().unwrap().unwrap();
+    assert_eq!(interrupted.status, "interrupted");
+    assert_eq!(interrupted.http_requests as u64, before);
+
+    let resumed = resume(&sim, &out).await;
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(sim.request_count(), minimum, "the interrupted and the resumed run together ask for every page once");
+    let run = file.last_run().unwrap().unwrap();
+    assert_eq!((run.id, run.status.as_str()), (interrupted.id, "succeeded"));
+    assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_killed_outright_is_recognised_and_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let (sim, mut child, minimum) = start_slow_sync(&out).await;
+    wait_for_requests(&sim, minimum / 2).await;
+    child.kill().unwrap(); // SIGKILL: no handler runs
+    child.wait().unwrap();
+    let file = tether_host::store::SyncFile::open_existing(&out).unwrap();
+    let killed = file.last_run().unwrap().unwrap();
+    assert_eq!(killed.status, "running", "nothing marked it: the process died");
+
+    let resumed = resume(&sim, &out).await;
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    // Pages written before the kill are not asked again; the one in flight
+    // when it landed may be.
+    let total = sim.request_count();
+    assert!((minimum..=minimum + 1).contains(&total), "{total} requests for a minimum of {minimum}");
+    let run = file.last_run().unwrap().unwrap();
+    assert_eq!((run.id, run.status.as_str()), (killed.id, "succeeded"));
+    assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_sync_into_the_same_file_is_refused_while_one_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let (sim, mut child, minimum) = start_slow_sync(&out).await;
+    wait_for_requests(&sim, minimum / 4).await;
+    let second = resume(&sim, &out).await;
+    assert_eq!(second.status.code(), Some(1));
+    assert!(stderr(&second).contains("another tether process is syncing into"), "{}", stderr(&second));
+    child.kill().unwrap();
+    child.wait().unwrap();
 }

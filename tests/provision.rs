@@ -117,7 +117,9 @@ async fn roles_the_api_cannot_set_are_refused_as_immutable() {
     let mut connector = instance(&rest(&sim)).await;
     for entitlement in [format!("team:{team}:admin"), format!("team:{team}:limited-access"), format!("workspace:{}:admin", org.workspaces[0].gid)] {
         match connector.grant_entitlement(&entitlement, &user(&outsider)).await {
-            Err(CallError::Connector(ConnectorError::Unsupported(message))) => assert!(message.contains("immutable"), "{message}"),
+            Err(CallError::Connector(ConnectorError::Unsupported(message))) => {
+                assert!(message.contains("immutable"), "{message}")
+            }
             other => panic!("{entitlement}: expected unsupported, got {other:?}"),
         }
     }

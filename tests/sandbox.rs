@@ -351,11 +351,12 @@ async fn storage_keys_cannot_escape_and_the_quota_holds() {
     assert_eq!(entries(&root.join("hostile")), ["chunk-1", "fine-key"]);
 
     // A new version dropped in under another file name keeps the same
-    // namespace: it follows the connector's name.
+    // namespace when the operator names the instance as before.
     let renamed = dir.path().join("hostile-2.0.wasm");
     std::fs::copy(wasm("hostile"), &renamed).unwrap();
     let module = load(shared_engine(), &renamed);
-    let mut instance = ConnectorInstance::start(shared_engine(), &module, &grants).await.unwrap();
+    let same_instance = Grants { instance_name: Some("hostile".into()), ..grants.clone() };
+    let mut instance = ConnectorInstance::start(shared_engine(), &module, &same_instance).await.unwrap();
     let _ = instance.list_resources("probe", None, None).await;
     assert_eq!(entries(&root), ["hostile"]);
     asana_still_syncs().await;
@@ -409,7 +410,9 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     assert_eq!(asana().api, ApiVersion::V0_1);
     let mut instance = ConnectorInstance::start(shared_engine(), asana(), &Grants::default()).await.unwrap();
     match instance.test_connection().await {
-        Err(CallError::Connector(ConnectorError::Unsupported(m))) => assert!(m.contains("new in tether:connector@0.2.0"), "{m}"),
+        Err(CallError::Connector(ConnectorError::Unsupported(m))) => {
+            assert!(m.contains("new in tether:connector@0.2.0"), "{m}")
+        }
         other => panic!("a 0.1.0 module has no test-connection: {other:?}"),
     }
 
@@ -550,4 +553,211 @@ async fn a_request_flood_is_cut_off_per_call_and_paced_per_host() {
     assert_eq!(limit, "wall-clock", "{detail}");
     assert_eq!(sim.request_count(), 100 + 3, "only the budget got through");
     asana_still_syncs().await;
+}
+
+// ---- Hardening (issue 7): what an outside review broke ----
+
+/// Runs `tether` with `args`, ending it if it outlives `deadline` (a guest
+/// the host failed to stop): returns None then.
+fn tether_within(args: &[&str], deadline: Duration) -> Option<Output> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("tether runs");
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn every_write_command_ends_a_looping_guest_at_the_cpu_limit() {
+    let hostile = wasm("hostile");
+    let writes: [&[&str]; 4] = [
+        &["grant", "--entitlement", "probe:p1:member", "--principal", "user:1"],
+        &["revoke", "--grant", "probe:p1:member:user:1"],
+        &["create-account", "--email", "new@example.com"],
+        &["disable-account", "--user", "1", "--yes"],
+    ];
+    for write in writes {
+        let mut args: Vec<&str> = write.to_vec();
+        args.extend(["--connector", hostile.to_str().unwrap(), "--config", "mode=loop-in-writes", "--cpu-seconds", "0.5", "--call-timeout", "60"]);
+        let output = tether_within(&args, Duration::from_secs(45)).unwrap_or_else(|| panic!("`tether {}` never stopped the looping guest", write[0]));
+        assert_eq!(output.status.code(), Some(1), "{}: {}", write[0], stderr(&output));
+        assert!(stderr(&output).contains("limit exceeded: cpu"), "{}: {}", write[0], stderr(&output));
+    }
+}
+
+/// Syncs the hostile connector (`settings`) under `limits` into `out`.
+async fn hostile_sync(settings: &[(&str, &str)], limits: tether_host::limits::SyncLimits, out: &Path) -> anyhow::Result<tether_host::sync::SyncSummary> {
+    let mut file = SyncFile::open_for_sync(out)?;
+    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &hostile_grants(settings)).await?;
+    let options = tether_host::sync::SyncOptions { limits, ..Default::default() };
+    tether_host::sync::run_with(&mut instance, &mut file, &hostile().digest, &indicatif::ProgressBar::hidden(), &options).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sync_without_end_is_stopped_by_the_sync_limits() {
+    use tether_host::limits::SyncLimits;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let good = hostile_sync(&[("mode", "benign")], SyncLimits::default(), &out).await.expect("a benign sync");
+    let unbounded = SyncLimits { records: u64::MAX, depth: u32::MAX, pages_per_listing: u64::MAX, duration: Duration::from_secs(3600) };
+    let cases = [
+        ("nest-forever", SyncLimits::default(), "limit exceeded: nesting-depth"),
+        ("nest-forever", SyncLimits { records: 300, ..unbounded.clone() }, "limit exceeded: records-per-sync"),
+        ("endless-pages", SyncLimits { pages_per_listing: 50, ..unbounded.clone() }, "limit exceeded: pages-per-listing"),
+        ("nest-forever", SyncLimits { duration: Duration::from_millis(300), ..unbounded.clone() }, "limit exceeded: sync-duration"),
+    ];
+    for (mode, limits, expected) in cases {
+        let error = hostile_sync(&[("mode", mode)], limits, &out).await.expect_err("the sync is stopped");
+        assert!(format!("{error:#}").contains(expected), "{mode}: {error:#}");
+        let file = SyncFile::open_existing(&out).unwrap();
+        assert_eq!(file.last_good_run().unwrap().unwrap().id, good.run_id, "the last good sync stays readable");
+        let last = file.last_run().unwrap().unwrap();
+        assert_eq!(last.status, "failed");
+        assert!(last.error.unwrap().contains(expected));
+    }
+    let file = SyncFile::open_existing(&out).unwrap();
+    let probes: Vec<String> = file.resources(good.run_id, Some("probe")).unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(probes, ["p1", "p2", "p3"]);
+}
+
+/// No terminal control in what the host printed: no C0 but newline, no
+/// DEL, no C1.
+fn assert_terminal_safe(what: &str, text: &str) {
+    let bad: Vec<char> = text.chars().filter(|&c| (c.is_control() && c != '\n') || ('\u{80}'..='\u{9f}').contains(&c)).collect();
+    assert!(bad.is_empty(), "{what} carries control characters {bad:?}: {text:?}");
+    for line in text.lines() {
+        assert!(!line.trim_start().starts_with("INFO tether"), "{what}: a guest line passes for a host line: {line:?}");
+    }
+}
+
+#[test]
+fn connector_text_reaches_the_terminal_escaped() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let hostile = wasm("hostile");
+    let sync = |mode: &str| {
+        let config = format!("mode={mode}");
+        let args = ["sync", "--connector", hostile.to_str().unwrap(), "--config", &config, "--out", out.to_str().unwrap()];
+        Command::new(env!("CARGO_BIN_EXE_tether")).args(args).env("TETHER_LOG", "info").output().unwrap()
+    };
+    let logged = sync("terminal");
+    assert!(logged.status.success(), "{}", stderr(&logged));
+    let text = stderr(&logged);
+    assert!(text.contains("\\x1b[2J") && text.contains("\\nINFO tether: sync finished"), "the log line is shown, escaped: {text}");
+    assert_terminal_safe("sync's log", &text);
+    assert_terminal_safe("sync's summary", &String::from_utf8_lossy(&logged.stdout));
+
+    for what in ["resources", "grants", "entitlements"] {
+        let shown = tether(&["inspect", out.to_str().unwrap(), what]);
+        assert!(shown.status.success(), "{}", stderr(&shown));
+        let table = String::from_utf8_lossy(&shown.stdout).into_owned();
+        assert_terminal_safe("inspect", &table);
+        if what == "resources" {
+            assert!(table.contains("name\\x1b[2J"), "{table}");
+        }
+    }
+    for mode in ["terminal-error", "terminal-panic"] {
+        let failed = sync(mode);
+        assert_eq!(failed.status.code(), Some(1));
+        let text = stderr(&failed);
+        assert!(text.contains("\\x1b]0;pwned\\x07"), "{mode}: {text}");
+        assert_terminal_safe(mode, &text);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_swapped_cache_entry_is_never_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let describe = |connector: &Path| {
+        let args = ["describe", "--connector", connector.to_str().unwrap(), "--cache-dir", cache.path().to_str().unwrap()];
+        let output = tether(&args);
+        assert!(output.status.success(), "{}", stderr(&output));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert!(describe(&asana_wasm()).starts_with("asana "));
+    assert!(describe(&wasm("hostile")).starts_with("hostile "));
+    let entries: Vec<PathBuf> =
+        std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|e| e == "cwasm")).collect();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let asana_digest = asana().digest.clone();
+    let (asana_entry, other) = if entries[0].to_string_lossy().contains(&asana_digest) { (&entries[0], &entries[1]) } else { (&entries[1], &entries[0]) };
+    // Swap the two entries: the Asana module's name now holds the hostile code.
+    let swap = cache.path().join("swap");
+    std::fs::rename(asana_entry, &swap).unwrap();
+    std::fs::rename(other, asana_entry).unwrap();
+    std::fs::rename(&swap, other).unwrap();
+
+    let shown = describe(&asana_wasm());
+    assert!(shown.starts_with("asana ") && shown.contains(&asana_digest), "the Asana module's own code ran: {shown}");
+    // Recompiled, so the entry is good again, and used.
+    let engine = ConnectorEngine::new(Some(cache.path().to_path_buf())).unwrap();
+    let again = engine.load(&asana_wasm(), None).unwrap();
+    assert!(again.from_cache);
+    let instance = ConnectorInstance::start(&engine, &again, &Grants::default()).await.unwrap();
+    assert_eq!(instance.metadata.name, "asana");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_cannot_choose_its_storage_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("storage");
+    std::fs::create_dir_all(root.join("asana")).unwrap();
+    std::fs::write(root.join("asana").join("sync-state"), b"the Asana instance's").unwrap();
+    // A module calling itself "asana", run as the operator's instance "intruder".
+    let mut grants = hostile_grants(&[("mode", "storage"), ("declare-name", "asana")]);
+    grants.storage_root = Some(root.clone());
+    grants.instance_name = Some("intruder".into());
+    let page = attack(&grants).await.expect("the storage attempts are reported");
+    let keys = page.resources.iter().find(|r| r.id == "keys").unwrap();
+    assert!(!keys.attributes[0].value.contains("sync-state"), "{:?}", keys.attributes);
+    assert_eq!(std::fs::read(root.join("asana").join("sync-state")).unwrap(), b"the Asana instance's");
+    assert!(root.join("intruder").join("fine-key").is_file(), "it wrote into its instance's namespace");
+
+    // `describe` says which namespace a run uses.
+    let shown = tether(&["describe", "--connector", wasm("hostile").to_str().unwrap(), "--instance", "intruder"]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("storage namespace intruder"), "{}", String::from_utf8_lossy(&shown.stdout));
+    let bad = tether(&["describe", "--connector", wasm("hostile").to_str().unwrap(), "--instance", "../asana"]);
+    assert_eq!(bad.status.code(), Some(2), "a bad instance name is a usage error");
+}
+
+#[test]
+fn secrets_too_short_to_redact_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let run = tether(&[
+        "sync",
+        "--connector",
+        wasm("hostile").to_str().unwrap(),
+        "--config",
+        "mode=benign",
+        "--secret",
+        "token=literal:abc",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    let text = stderr(&run);
+    assert!(text.contains("secret token is 3 bytes long") && text.contains("at least 8 bytes"), "{text}");
+    assert!(!text.contains("abc"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_eight_byte_secret_echoed_back_is_redacted() {
+    let server = start_misbehaving_server().await;
+    let mut grants = with_server(hostile_grants(&[("mode", "fetch"), ("url", &format!("http://{server}/echo")), ("bearer", "token")]), server);
+    grants.secrets = Arc::new(Secrets::resolve(&["token=literal:8bytes!!".parse().unwrap()]).unwrap());
+    let (_, attributes) = single_probe(attack(&grants).await);
+    assert_eq!(attribute(&attributes, "body"), "authorization: Bearer <redacted>");
 }

@@ -42,6 +42,9 @@ pub struct SimConfig {
     /// Answer 400 for the teams of a workspace that is not an organization,
     /// as some Asana accounts do (teams belong to organizations).
     pub teams_only_in_organizations: bool,
+    /// Added before every answer, like a real upstream's round trip (and so
+    /// that a test can stop a sync halfway through).
+    pub latency: std::time::Duration,
 }
 
 impl SimConfig {
@@ -56,6 +59,7 @@ impl SimConfig {
             retry_after_secs: 1,
             seed: 42,
             teams_only_in_organizations: false,
+            latency: std::time::Duration::ZERO,
         }
     }
 }
@@ -82,6 +86,7 @@ pub(crate) struct Shared {
     pub world: Mutex<World>,
     pub base_url: String,
     pub teams_only_in_organizations: bool,
+    latency: std::time::Duration,
     token: String,
     limiter: RateLimiter,
     outage: Mutex<Option<(u64, u32)>>,
@@ -94,6 +99,7 @@ impl Shared {
         Shared {
             base_url: base_url(addr),
             teams_only_in_organizations: config.teams_only_in_organizations,
+            latency: config.latency,
             token: config.token,
             limiter: RateLimiter::new(
                 config.per_minute_budget,
@@ -143,6 +149,9 @@ fn is_scim(path: &str) -> bool {
 /// Every request passes here: it is counted and recorded whatever happens to it, then
 /// authenticated and rate limited before reaching a handler.
 async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    if !shared.latency.is_zero() {
+        tokio::time::sleep(shared.latency).await;
+    }
     let number = shared.count.fetch_add(1, Ordering::SeqCst) + 1;
     // A planned outage: from request number `at` on, `n` requests get 429.
     if let Some((at, n)) = *lock(&shared.outage) {

@@ -13,6 +13,7 @@ use wasmtime::component::Component;
 use wasmtime::Engine;
 
 use crate::bindings::v0_2::guest as v0_2_guest;
+use crate::bindings::v0_3::guest as v0_3_guest;
 use crate::bindings::{guest, ConnectorError, Pair, ResourceRef};
 
 const PACKAGE: &str = "tether:connector";
@@ -26,15 +27,18 @@ pub enum ApiVersion {
     V0_1,
     /// Adds `test-connection`.
     V0_2,
+    /// Adds `check-write` (irreversible writes need confirmation).
+    V0_3,
 }
 
 impl ApiVersion {
-    pub const SUPPORTED: [ApiVersion; 2] = [ApiVersion::V0_1, ApiVersion::V0_2];
+    pub const SUPPORTED: [ApiVersion; 3] = [ApiVersion::V0_1, ApiVersion::V0_2, ApiVersion::V0_3];
 
     pub fn version(self) -> Version {
         match self {
             ApiVersion::V0_1 => Version::new(0, 1, 0),
             ApiVersion::V0_2 => Version::new(0, 2, 0),
+            ApiVersion::V0_3 => Version::new(0, 3, 0),
         }
     }
 
@@ -92,7 +96,9 @@ pub fn check_tether_import(name: &str) -> Result<()> {
     }
     match Version::parse(version) {
         Ok(wanted) if compatible(&IMPORTS_VERSION, &wanted) => Ok(()),
-        _ => bail!("it imports {name}, but this host offers {PACKAGE}/{interface}@{IMPORTS_VERSION}"),
+        _ => {
+            bail!("it imports {name}, but this host offers {PACKAGE}/{interface}@{IMPORTS_VERSION}")
+        }
     }
 }
 
@@ -156,12 +162,34 @@ same_records!(v0_2_guest => guest:
 same_records!(guest => v0_2_guest:
     AccountRequest { email, display_name, options }
 );
+same_records!(v0_3_guest => guest:
+    ResourceType { id, display_name, description, listed_under }
+    ConfigField { key, description, secret, required, default_value }
+    ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
+    Resource { resource_type, id, display_name, parent, attributes }
+    Entitlement { id, resource, slug, display_name, description, grantable }
+    Grant { id, entitlement_id, principal, immutable, attributes }
+    Page { resources, entitlements, grants, next_token }
+    WriteResult { outcome, grant, message }
+);
+same_records!(guest => v0_3_guest:
+    AccountRequest { email, display_name, options }
+);
 
 impl Convert<guest::Outcome> for v0_2_guest::Outcome {
     fn convert(self) -> guest::Outcome {
         match self {
             v0_2_guest::Outcome::Changed => guest::Outcome::Changed,
             v0_2_guest::Outcome::NoChange => guest::Outcome::NoChange,
+        }
+    }
+}
+
+impl Convert<guest::Outcome> for v0_3_guest::Outcome {
+    fn convert(self) -> guest::Outcome {
+        match self {
+            v0_3_guest::Outcome::Changed => guest::Outcome::Changed,
+            v0_3_guest::Outcome::NoChange => guest::Outcome::NoChange,
         }
     }
 }

@@ -15,8 +15,9 @@ use crate::connector::{ConnectorInstance, Grants};
 use crate::engine::{ConnectorEngine, LoadedModule};
 use crate::http::AllowedHost;
 use crate::inspect::{InspectFormat, InspectWhat};
-use crate::limits::Limits;
+use crate::limits::{Limits, SyncLimits};
 use crate::store::SyncFile;
+use crate::terminal::escape as esc;
 use crate::trust::ModuleTrust;
 
 #[derive(Parser)]
@@ -48,7 +49,7 @@ enum Command {
     Revoke(crate::provision::RevokeArgs),
     /// Creates an account (invite only, no password).
     CreateAccount(crate::provision::CreateAccountArgs),
-    /// Disables an account. Asana cannot reactivate it: needs --yes.
+    /// Disables an account (needs --yes where the upstream cannot undo it).
     DisableAccount(crate::provision::DisableAccountArgs),
 }
 
@@ -84,7 +85,28 @@ pub struct ConnectorArgs {
     #[arg(long, value_name = "DIR")]
     pub storage_dir: Option<PathBuf>,
     #[command(flatten)]
+    pub instance: InstanceArgs,
+    #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Which connector instance this is, in the operator's words.
+#[derive(Args, Debug, Clone, Default)]
+pub struct InstanceArgs {
+    /// This connector instance's name: its storage namespace (under
+    /// --storage-dir) and its name in logs. Default: the module's file name
+    /// without .wasm. The module's own name plays no part in it.
+    #[arg(long = "instance", value_name = "NAME", value_parser = parse_instance_name)]
+    pub instance_name: Option<String>,
+}
+
+fn parse_instance_name(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err(format!("{text:?}: an instance name is 1-64 letters, digits, '-' or '_'"))
+    }
 }
 
 /// What a module must prove before the host compiles it.
@@ -196,8 +218,13 @@ struct DescribeArgs {
     /// The connector component (.wasm).
     #[arg(long, value_name = "FILE.wasm")]
     connector: PathBuf,
+    /// Where compiled code is cached (default: ~/.cache/tether/compiled).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     #[command(flatten)]
     trust: TrustArgs,
+    #[command(flatten)]
+    instance: InstanceArgs,
 }
 
 /// What the Asana connector takes, for `tether sync --help`; `tether
@@ -223,10 +250,44 @@ struct SyncArgs {
     /// Also write the synced records as JSON Lines to PATH, or - for stdout.
     #[arg(long, value_name = "PATH|-")]
     jsonl: Option<String>,
-    /// If the last sync in FILE failed (same module), go on from where it
-    /// stopped instead of starting over.
+    /// If the last sync in FILE failed or was interrupted (same module), go
+    /// on from where it stopped instead of starting over.
     #[arg(long)]
     resume: bool,
+    #[command(flatten)]
+    sync_limits: SyncLimitArgs,
+}
+
+/// Bounds on a whole sync (each ends it with `limit exceeded: <name>`).
+#[derive(Args, Debug, Clone)]
+pub struct SyncLimitArgs {
+    /// Most records (resources + entitlements + grants) one sync may report.
+    #[arg(long, value_name = "N", default_value_t = 50_000_000)]
+    pub max_sync_records: u64,
+    /// Deepest nesting of listings (a type listed under a type listed under …).
+    #[arg(long, value_name = "N", default_value_t = 32)]
+    pub max_depth: u32,
+    /// Most pages one listing may take.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub max_pages_per_listing: u64,
+    /// Longest a whole sync may run, in minutes.
+    #[arg(long, value_name = "MINUTES", default_value_t = 720.0)]
+    pub max_sync_minutes: f64,
+}
+
+impl SyncLimitArgs {
+    pub fn to_limits(&self) -> Result<SyncLimits> {
+        let minutes = self.max_sync_minutes;
+        if !(minutes.is_finite() && minutes > 0.0 && minutes <= 7.0 * 24.0 * 60.0) {
+            bail!("--max-sync-minutes must be a number of minutes between 0 and one week");
+        }
+        Ok(SyncLimits {
+            records: self.max_sync_records,
+            depth: self.max_depth,
+            pages_per_listing: self.max_pages_per_listing,
+            duration: Duration::from_secs_f64(minutes * 60.0),
+        })
+    }
 }
 
 #[derive(Args)]
@@ -255,6 +316,9 @@ pub fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or pipe gets plain
+        // text, in which any escape sequence would be a connector's.
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
@@ -265,6 +329,12 @@ pub fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
+        // Stopped by a signal, with the run saved: 128 + the signal's
+        // number, as a shell reports a process the signal ended.
+        Err(e) if e.chain().any(|c| c.is::<crate::sync::Interrupted>()) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(128 + STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst).clamp(1, 127) as u8)
+        }
         // A reader that stopped early (`| head`) is not an error.
         Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::SUCCESS,
         Err(e) => {
@@ -321,12 +391,13 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
         only_extra_hosts: args.only_allowed_hosts,
         limits: args.limits.to_limits()?,
         storage_root: args.storage_dir.clone(),
+        instance_name: args.instance.instance_name.clone(),
         dry_run,
     };
     let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
     check_config_against_metadata(&instance, args)?;
     // Secrets are attached for these hosts: the operator should see them.
-    eprintln!("{} {} may reach: {}", instance.metadata.name, instance.metadata.version, instance.http().allowed_hosts().join(", "));
+    eprintln!("{} {} may reach: {}", esc(&instance.metadata.name), esc(&instance.metadata.version), instance.http().allowed_hosts().join(", "));
     Ok(Prepared { engine, module, instance })
 }
 
@@ -357,13 +428,56 @@ pub fn progress_bar() -> ProgressBar {
     bar
 }
 
+/// The signal that asked the running sync to stop (2: SIGINT, 15: SIGTERM).
+static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// On SIGINT or SIGTERM (what Kubernetes sends), asks the sync to stop at
+/// its next page boundary; a second signal ends the process at once.
+fn stop_on_signals(stop: crate::sync::StopRequest) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        tokio::spawn(async move {
+            loop {
+                let number = tokio::select! {
+                    _ = terminate.recv() => 15,
+                    _ = interrupt.recv() => 2,
+                };
+                if stop.is_requested() {
+                    eprintln!("\nsecond signal: stopping now; the last page written is kept (tether sync --resume goes on from it)");
+                    std::process::exit(128 + number);
+                }
+                STOP_SIGNAL.store(number, Ordering::SeqCst);
+                stop.request();
+                eprintln!("\nstopping after the page in flight (signal again to stop at once)…");
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            STOP_SIGNAL.store(2, Ordering::SeqCst);
+            stop.request();
+        }
+    });
+    Ok(())
+}
+
 async fn sync_command(args: SyncArgs) -> Result<()> {
-    let mut file = SyncFile::open(&args.out)?;
+    let options = crate::sync::SyncOptions { resume: args.resume, limits: args.sync_limits.to_limits()?, stop: Default::default() };
+    let mut file = SyncFile::open_for_sync(&args.out)?;
     let mut prepared = prepare(&args.connector, false).await?;
+    stop_on_signals(options.stop.clone())?;
     let progress = progress_bar();
-    let result = crate::sync::run_or_resume(&mut prepared.instance, &mut file, &prepared.module.digest, &progress, args.resume).await;
+    let result = crate::sync::run_with(&mut prepared.instance, &mut file, &prepared.module.digest, &progress, &options).await;
     progress.finish_and_clear();
-    let summary = result.with_context(|| format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display()))?;
+    let summary = match result {
+        Err(e) if e.is::<crate::sync::Interrupted>() => return Err(e),
+        other => other.with_context(|| format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display()))?,
+    };
     crate::demo::print_summary(&summary, &args.out, None);
     if let Some(target) = &args.jsonl {
         crate::inspect::export_jsonl(&file, summary.run_id, target)?;
@@ -372,17 +486,17 @@ async fn sync_command(args: SyncArgs) -> Result<()> {
 }
 
 async fn describe(args: DescribeArgs) -> Result<()> {
-    let engine = ConnectorEngine::new(ConnectorEngine::default_cache_dir())?;
+    let engine = ConnectorEngine::new(args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir))?;
     let module = engine.load_trusted(&args.connector, &args.trust.to_trust()?)?;
     let grants = Grants::default();
     let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
     let m = &instance.metadata;
-    println!("{} {} — {}", m.name, m.version, m.description);
+    println!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description));
     println!("sha256 {}", module.digest);
     println!("\nresource types:");
     for t in &m.resource_types {
-        let listed = t.listed_under.as_deref().map(|p| format!(" (listed per {p})")).unwrap_or_default();
-        println!("  {:<12} {}{listed}", t.id, t.description);
+        let listed = t.listed_under.as_deref().map(|p| format!(" (listed per {})", esc(p))).unwrap_or_default();
+        println!("  {:<12} {}{listed}", esc(&t.id), esc(&t.description));
     }
     let fields = |title: &str, fields: &[crate::bindings::guest::ConfigField]| {
         println!("\n{title}:");
@@ -395,14 +509,28 @@ async fn describe(args: DescribeArgs) -> Result<()> {
                 notes.push("required".to_string());
             }
             if let Some(default) = &f.default_value {
-                notes.push(format!("default {default}"));
+                notes.push(format!("default {}", esc(default)));
             }
             let notes = if notes.is_empty() { String::new() } else { format!(" [{}]", notes.join(", ")) };
-            println!("  {:<22} {}{notes}", f.key, f.description);
+            println!("  {:<22} {}{notes}", esc(&f.key), esc(&f.description));
         }
     };
     fields("config", &m.config);
     fields("create-account fields", &m.account_fields);
-    println!("\nhosts it reaches: {}", m.hosts.join(", "));
+    let instance_name = args.instance.instance_name.clone().unwrap_or_else(|| crate::connector::default_instance_name(&args.connector));
+    println!(
+        "\ninstance {instance_name}: storage namespace {} (under --storage-dir; set by --instance, never by the module)",
+        crate::connector::storage_namespace(&instance_name)
+    );
+    println!("\nhosts it asks for: {}", esc(&m.hosts.join(", ")));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -103,6 +103,11 @@ impl FromStr for SecretSource {
     }
 }
 
+/// The shortest secret the host accepts: every secret is redacted from
+/// responses, logs and errors, which only works for values that cannot
+/// occur by chance.
+pub const MIN_SECRET_BYTES: usize = 8;
+
 /// The operator's secrets, resolved.
 #[derive(Debug, Clone, Default)]
 pub struct Secrets {
@@ -121,8 +126,15 @@ impl Secrets {
                     .to_string(),
                 SecretFrom::Literal(value) => value.0.clone(),
             };
-            if value.is_empty() {
-                bail!("secret {} is empty", source.name);
+            if value.len() < MIN_SECRET_BYTES {
+                // A secret is redacted from everything the connector reads;
+                // redacting a two-letter value would mangle every response
+                // that happens to contain those letters, so it is refused.
+                bail!(
+                    "secret {} is {} bytes long; secrets must be at least {MIN_SECRET_BYTES} bytes so that the host can redact them from what the connector reads",
+                    source.name,
+                    value.len()
+                );
             }
             values.insert(source.name.clone(), SecretValue(value));
         }
@@ -142,7 +154,7 @@ impl Secrets {
         let mut out = bytes;
         for value in self.values.values() {
             let needle = value.0.as_bytes();
-            if needle.len() < 4 || memchr::memmem::find(&out, needle).is_none() {
+            if memchr::memmem::find(&out, needle).is_none() {
                 continue;
             }
             let mut replaced = Vec::with_capacity(out.len());
@@ -163,7 +175,7 @@ impl Secrets {
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for value in self.values.values() {
-            if value.0.len() >= 4 && out.contains(&value.0) {
+            if out.contains(&value.0) {
                 out = out.replace(&value.0, "<redacted>");
             }
         }

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::api_version::{ApiVersion, Convert};
-use crate::bindings::{guest, v0_2, ConnectorError, ConnectorWorld, ResourceRef};
+use crate::bindings::{guest, v0_2, v0_3, ConnectorError, ConnectorWorld, ResourceRef};
 use crate::config::{ConnectorConfig, Secrets};
 use crate::engine::{ConnectorEngine, LoadedModule};
 use crate::http::{EgressPolicy, HttpGateway};
@@ -33,7 +33,28 @@ pub struct Grants {
     pub limits: Limits,
     /// Root folder for connector storage namespaces (None: no storage).
     pub storage_root: Option<PathBuf>,
+    /// The operator's name for this connector instance: its storage
+    /// namespace and its name in logs. None: the module's file stem.
+    pub instance_name: Option<String>,
     pub dry_run: bool,
+}
+
+/// A write the host is about to make, for [`ConnectorInstance::check_write`].
+#[derive(Debug, Clone)]
+pub enum PlannedWrite {
+    Grant { entitlement_id: String, principal: ResourceRef },
+    Revoke { grant_id: String },
+    CreateAccount(guest::AccountRequest),
+    DisableAccount(ResourceRef),
+}
+
+/// What a write would do, as its connector says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WriteEffect {
+    /// The connector's words (unescaped); empty when it said nothing.
+    pub description: String,
+    /// The upstream cannot undo it: the host needs the operator's --yes.
+    pub irreversible: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,13 +109,14 @@ macro_rules! guarded {
 /// whose types differ between versions are given again after `v0_2`.
 macro_rules! call_export {
     ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* )) => {
-        call_export!($exports, $store, $method($($arg),*) v0_2 ($($arg),*))
+        call_export!($exports, $store, $method($($arg),*) v0_2 ($($arg),*) v0_3 ($($arg),*))
     };
-    ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* ) v0_2 ( $($arg2:expr),* )) => {
+    ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* ) v0_2 ( $($arg2:expr),* ) v0_3 ( $($arg3:expr),* )) => {
         async {
             match $exports {
                 Exports::V0_1(world) => world.tether_connector_connector().$method(&mut *$store, $($arg),*).await,
                 Exports::V0_2(world) => world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg2),*).await.map(Convert::convert),
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().$method(&mut *$store, $($arg3),*).await.map(Convert::convert),
             }
         }
     };
@@ -104,15 +126,22 @@ macro_rules! call_export {
 enum Exports {
     V0_1(ConnectorWorld),
     V0_2(v0_2::ConnectorWorld),
+    V0_3(v0_3::ConnectorWorld),
 }
 
 impl ConnectorInstance {
     pub async fn start(engine: &ConnectorEngine, module: &LoadedModule, grants: &Grants) -> Result<Self> {
         let limits = grants.limits.clone();
         let http = Arc::new(HttpGateway::new(EgressPolicy::new(grants.extra_hosts.clone()), grants.secrets.clone(), &limits, grants.dry_run)?);
-        let label = module.path.file_stem().and_then(|s| s.to_str()).unwrap_or("connector").to_string();
-        // Storage opens once the connector has named itself (below).
-        let state = HostState::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), None, label);
+        let label = grants.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path));
+        // The namespace is the operator's choice (the instance name), never
+        // the name a module gives itself: a module calling itself "asana"
+        // must not read the Asana instance's storage.
+        let storage = match &grants.storage_root {
+            Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
+            None => None,
+        };
+        let state = HostState::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), storage, label);
         let mut store = Store::new(engine.engine(), state);
         store.limiter(|state| &mut state.store_limits);
         store.set_hostcall_fuel(limits.hostcall_bytes);
@@ -134,6 +163,7 @@ impl ConnectorInstance {
         let exports = match module.api {
             ApiVersion::V0_1 => ConnectorWorld::new(&mut store, &instance).map(Exports::V0_1),
             ApiVersion::V0_2 => v0_2::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_2),
+            ApiVersion::V0_3 => v0_3::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_3),
         }
         .map_err(|e| anyhow::anyhow!("connector {} lacks a function of tether:connector@{}: {e}", module.path.display(), module.api))?;
 
@@ -141,19 +171,14 @@ impl ConnectorInstance {
             ConnectorInstance { store, exports, api: module.api, http, wall_per_call: limits.wall_per_call, poisoned: false, metadata: empty_metadata() };
         instance.metadata = instance.call_metadata().await.context("the connector's metadata() failed")?;
 
-        // The namespace follows the connector's name, not its file name, so
-        // a new version dropped in as another file keeps its storage.
-        if let Some(root) = &grants.storage_root {
-            let namespace = storage_namespace(&instance.metadata.name);
-            instance.store.data_mut().storage = Some(ConnectorStorage::open(root, &namespace, limits.storage_bytes)?);
-        }
-
         // The default allow-list is what the connector declares; the
         // operator's hosts come on top (or instead, for a test server).
         let mut hosts = grants.extra_hosts.clone();
         if !grants.only_extra_hosts {
             for declared in &instance.metadata.hosts {
-                hosts.push(crate::http::AllowedHost::declared(declared).with_context(|| format!("the connector declares a bad host {declared:?}"))?);
+                let host = crate::http::AllowedHost::declared(declared)
+                    .map_err(|e| anyhow::anyhow!("the connector declares a bad host {:?}: {}", declared, crate::terminal::escape(&e.to_string())))?;
+                hosts.push(host);
             }
         }
         instance.http.set_policy(EgressPolicy::new(hosts));
@@ -210,7 +235,9 @@ impl ConnectorInstance {
 
     pub async fn create_account(&mut self, request: &guest::AccountRequest) -> Result<guest::Resource, CallError> {
         let for_v0_2 = request.clone().convert();
-        guarded!(self, |exports, store| call_export!(exports, store, call_create_account(request) v0_2 (&for_v0_2)))?.map_err(CallError::Connector)
+        let for_v0_3 = request.clone().convert();
+        guarded!(self, |exports, store| call_export!(exports, store, call_create_account(request) v0_2 (&for_v0_2) v0_3 (&for_v0_3)))?
+            .map_err(CallError::Connector)
     }
 
     pub async fn disable_account(&mut self, account: &ResourceRef) -> Result<guest::WriteResult, CallError> {
@@ -222,6 +249,7 @@ impl ConnectorInstance {
     pub async fn test_connection(&mut self) -> Result<String, CallError> {
         guarded!(self, |exports, store| async {
             match exports {
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_2(world) => world.tether_connector0_2_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_1(_) => {
                     Ok(Err(ConnectorError::Unsupported("test-connection is new in tether:connector@0.2.0; this connector was built against 0.1.0".into())))
@@ -229,6 +257,41 @@ impl ConnectorInstance {
             }
         })?
         .map_err(CallError::Connector)
+    }
+
+    /// What `write` would do and whether it can be undone, as the connector
+    /// says (0.3.0 on). Older connectors cannot say: then disabling an
+    /// account counts as irreversible (the host cannot know it is not) and
+    /// the other writes as reversible, which is what they were before.
+    pub async fn check_write(&mut self, write: &PlannedWrite) -> Result<WriteEffect, CallError> {
+        let request = match write {
+            PlannedWrite::Grant { entitlement_id, principal } => {
+                v0_3::guest::WriteRequest::GrantEntitlement(v0_3::guest::GrantRequest { entitlement_id: entitlement_id.clone(), principal: principal.clone() })
+            }
+            PlannedWrite::Revoke { grant_id } => v0_3::guest::WriteRequest::RevokeGrant(grant_id.clone()),
+            PlannedWrite::CreateAccount(request) => v0_3::guest::WriteRequest::CreateAccount(request.clone().convert()),
+            PlannedWrite::DisableAccount(account) => v0_3::guest::WriteRequest::DisableAccount(account.clone()),
+        };
+        if !matches!(self.exports, Exports::V0_3(_)) {
+            return Ok(match write {
+                PlannedWrite::DisableAccount(account) => WriteEffect {
+                    description: format!(
+                        "disables {}:{} (this connector, built against tether:connector@{}, cannot say whether that can be undone)",
+                        account.resource_type, account.id, self.api
+                    ),
+                    irreversible: true,
+                },
+                _ => WriteEffect { description: String::new(), irreversible: false },
+            });
+        }
+        let effect = guarded!(self, |exports, store| async {
+            match exports {
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_check_write(&mut *store, &request).await,
+                _ => Ok(Err(ConnectorError::Unsupported("check-write is new in tether:connector@0.3.0".into()))),
+            }
+        })?
+        .map_err(CallError::Connector)?;
+        Ok(WriteEffect { description: effect.description, irreversible: effect.irreversible })
     }
 
     /// Caps what one page may carry, in records and in bytes.
@@ -272,7 +335,7 @@ fn with_guest_stderr(error: CallError, stderr: &crate::guest_stderr::GuestStderr
             if said.is_empty() {
                 CallError::Trap(trap)
             } else {
-                CallError::Trap(format!("{said}\n{trap}"))
+                CallError::Trap(format!("{}\n{trap}", crate::terminal::escape_multiline(&said)))
             }
         }
         other => other,
@@ -301,12 +364,19 @@ fn classify_trap(error: wasmtime::Error, limits: &Limits) -> CallError {
     };
     match limit {
         Some((limit, detail)) => CallError::Limit(LimitExceeded::new(limit, detail)),
-        None => CallError::Trap(format!("{error:#}")),
+        // The backtrace names the guest's functions: its text, escaped.
+        None => CallError::Trap(crate::terminal::escape_multiline(&format!("{error:#}"))),
     }
 }
 
+/// The instance name when the operator gives none: the module's file name
+/// without its extension (`tether-asana.wasm` → `tether-asana`).
+pub fn default_instance_name(module: &std::path::Path) -> String {
+    module.file_stem().and_then(|s| s.to_str()).unwrap_or("connector").to_string()
+}
+
 /// Storage namespaces are file names; keep only safe characters.
-fn storage_namespace(label: &str) -> String {
+pub fn storage_namespace(label: &str) -> String {
     let cleaned: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
     if cleaned.is_empty() {
         "connector".into()

@@ -102,6 +102,7 @@ pub async fn demo(args: DemoArgs) -> Result<()> {
         cache_dir: None,
         no_cache: false,
         storage_dir: None,
+        instance: Default::default(),
         limits: default_limit_args(),
     };
     let result = sync_into(&connector_args, &args.out).await;
@@ -121,7 +122,7 @@ fn default_limit_args() -> LimitArgs {
 }
 
 async fn sync_into(args: &ConnectorArgs, out: &Path) -> Result<SyncSummary> {
-    let mut file = SyncFile::open(out)?;
+    let mut file = SyncFile::open_for_sync(out)?;
     let mut prepared = crate::cli::prepare(args, false).await?;
     let progress = crate::cli::progress_bar();
     let result = crate::sync::run(&mut prepared.instance, &mut file, &prepared.module.digest, &progress).await;
@@ -156,12 +157,13 @@ pub async fn simulate(args: SimulateArgs) -> Result<()> {
 /// The readable summary of a sync.
 pub fn print_summary(summary: &SyncSummary, out: &Path, minimum_requests: Option<u64>) {
     println!();
-    println!("Synced {} {} into {} (sync run {})", summary.connector.name, summary.connector.version, out.display(), summary.run_id);
+    let esc = crate::terminal::escape;
+    println!("Synced {} {} into {} (sync run {})", esc(&summary.connector.name), esc(&summary.connector.version), out.display(), summary.run_id);
     println!("  connector sha256  {}", summary.connector.digest);
     println!();
     println!("  {:<20} {:>8}", "resource type", "count");
     for (resource_type, count) in &summary.resources {
-        println!("  {resource_type:<20} {count:>8}");
+        println!("  {:<20} {count:>8}", esc(resource_type));
     }
     println!("  {:<20} {:>8}", "entitlements", summary.entitlements);
     println!("  {:<20} {:>8}", "grants", summary.grants);

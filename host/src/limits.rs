@@ -67,6 +67,33 @@ impl Default for Limits {
     }
 }
 
+/// Bounds on one whole sync, whatever the connector reports: a connector
+/// whose types nest without end, or that pages forever, fails the sync with
+/// the limit named instead of filling the disk.
+#[derive(Debug, Clone)]
+pub struct SyncLimits {
+    /// Records (resources + entitlements + grants) one sync may report.
+    pub records: u64,
+    /// Listings between a top-level listing and the deepest resource.
+    pub depth: u32,
+    /// Pages one listing may take.
+    pub pages_per_listing: u64,
+    /// Wall-clock time of the whole sync.
+    pub duration: Duration,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        SyncLimits {
+            // 100k users in 2k teams is about 2M grants; leave room.
+            records: 50_000_000,
+            depth: 32,
+            pages_per_listing: 100_000,
+            duration: Duration::from_secs(12 * 3600),
+        }
+    }
+}
+
 /// A limit the guest ran into; ends the call that hit it.
 #[derive(Debug, thiserror::Error)]
 #[error("limit exceeded: {limit}: {detail}")]

@@ -2,13 +2,18 @@
 //! write through the connector, printed as what changed. With `--dry-run`
 //! the host holds every write back and prints it instead (reads still go
 //! out, since the connector reads state to decide what to write).
+//!
+//! Before every write the host asks the connector what it would do
+//! (`check-write`); one the upstream cannot undo is refused without `--yes`,
+//! whichever connector and command it comes from.
 
 use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::bindings::{guest, Pair, ResourceRef};
 use crate::cli::{prepare, ConnectorArgs};
-use crate::connector::{retry_rate_limited, ConnectorInstance};
+use crate::connector::{retry_rate_limited, ConnectorInstance, PlannedWrite};
+use crate::terminal::escape as esc;
 
 #[derive(Args)]
 pub struct GrantArgs {
@@ -52,9 +57,6 @@ pub struct DisableAccountArgs {
     /// The user to deactivate, e.g. 1200000000000456 or user:1200000000000456.
     #[arg(long, value_name = "ID")]
     user: String,
-    /// Confirm: Asana cannot reactivate a deactivated user.
-    #[arg(long)]
-    yes: bool,
     #[command(flatten)]
     write: WriteArgs,
 }
@@ -66,6 +68,10 @@ pub struct WriteArgs {
     /// Print the exact write requests instead of sending them.
     #[arg(long)]
     dry_run: bool,
+    /// Confirm a write the upstream cannot undo (the connector says which;
+    /// e.g. deactivating an Asana user). Without it such a write is refused.
+    #[arg(long)]
+    yes: bool,
 }
 
 fn parse_principal(text: &str) -> Result<ResourceRef, String> {
@@ -77,6 +83,8 @@ fn parse_principal(text: &str) -> Result<ResourceRef, String> {
 
 pub async fn grant(args: GrantArgs) -> Result<()> {
     let mut instance = start(&args.write).await?;
+    let planned = PlannedWrite::Grant { entitlement_id: args.entitlement.clone(), principal: args.principal.clone() };
+    confirm(&mut instance, &args.write, &planned).await?;
     let result = retry_rate_limited!(instance, grant_entitlement(&args.entitlement, &args.principal));
     let result = result.map_err(|e| anyhow::anyhow!("grant of {} to {}:{} failed: {e}", args.entitlement, args.principal.resource_type, args.principal.id))?;
     report(&instance, &args.write, &result);
@@ -85,6 +93,7 @@ pub async fn grant(args: GrantArgs) -> Result<()> {
 
 pub async fn revoke(args: RevokeArgs) -> Result<()> {
     let mut instance = start(&args.write).await?;
+    confirm(&mut instance, &args.write, &PlannedWrite::Revoke { grant_id: args.grant.clone() }).await?;
     let result = retry_rate_limited!(instance, revoke_grant(&args.grant));
     let result = result.map_err(|e| anyhow::anyhow!("revoke of {} failed: {e}", args.grant))?;
     report(&instance, &args.write, &result);
@@ -101,6 +110,7 @@ pub async fn create_account(args: CreateAccountArgs) -> Result<()> {
     }
     let request = guest::AccountRequest { email: args.email.clone(), display_name: args.name.clone(), options };
     let mut instance = start(&args.write).await?;
+    confirm(&mut instance, &args.write, &PlannedWrite::CreateAccount(request.clone())).await?;
     let account = retry_rate_limited!(instance, create_account(&request));
     let account = account.map_err(|e| anyhow::anyhow!("creating an account for {} failed: {e}", args.email))?;
     if args.write.dry_run {
@@ -109,26 +119,44 @@ pub async fn create_account(args: CreateAccountArgs) -> Result<()> {
     }
     let created = account.attributes.iter().any(|p| p.name == "created" && p.value == "true");
     if created {
-        println!("changed: created account user:{} for {}", account.id, args.email);
+        println!("changed: created account user:{} for {}", esc(&account.id), args.email);
     } else {
-        println!("no change: an account for {} already exists (user:{})", args.email, account.id);
+        println!("no change: an account for {} already exists (user:{})", args.email, esc(&account.id));
     }
     for pair in &account.attributes {
-        println!("  {} = {}", pair.name, pair.value);
+        println!("  {} = {}", esc(&pair.name), esc(&pair.value));
     }
     Ok(())
 }
 
 pub async fn disable_account(args: DisableAccountArgs) -> Result<()> {
-    if !args.yes && !args.write.dry_run {
-        bail!("Asana cannot reactivate a deactivated user: pass --yes to disable {}", args.user);
-    }
     let id = args.user.strip_prefix("user:").unwrap_or(&args.user).to_string();
     let account = ResourceRef { resource_type: "user".into(), id };
     let mut instance = start(&args.write).await?;
+    confirm(&mut instance, &args.write, &PlannedWrite::DisableAccount(account.clone())).await?;
     let result = retry_rate_limited!(instance, disable_account(&account));
     let result = result.map_err(|e| anyhow::anyhow!("disabling user {} failed: {e}", account.id))?;
     report(&instance, &args.write, &result);
+    Ok(())
+}
+
+/// Asks the connector what `write` would do; refuses one it cannot undo
+/// unless the operator said --yes (a dry run shows it and goes on, since it
+/// sends no write).
+async fn confirm(instance: &mut ConnectorInstance, args: &WriteArgs, write: &PlannedWrite) -> Result<()> {
+    let effect = retry_rate_limited!(instance, check_write(write)).map_err(|e| anyhow::anyhow!("the connector could not say what the write would do: {e}"))?;
+    if !effect.irreversible {
+        return Ok(());
+    }
+    let what = esc(&effect.description);
+    if args.dry_run {
+        println!("dry run: irreversible: {what} (needs --yes)");
+        return Ok(());
+    }
+    if !args.yes {
+        bail!("refusing a write that cannot be undone without --yes: it {what}");
+    }
+    eprintln!("confirmed with --yes: {what}");
     Ok(())
 }
 
@@ -143,11 +171,11 @@ fn report(instance: &ConnectorInstance, args: &WriteArgs, result: &guest::WriteR
         return;
     }
     match result.outcome {
-        guest::Outcome::Changed => println!("changed: {}", result.message),
-        guest::Outcome::NoChange => println!("no change: {}", result.message),
+        guest::Outcome::Changed => println!("changed: {}", esc(&result.message)),
+        guest::Outcome::NoChange => println!("no change: {}", esc(&result.message)),
     }
     if let Some(grant) = &result.grant {
-        println!("  grant {}", grant.id);
+        println!("  grant {}", esc(&grant.id));
     }
 }
 
@@ -157,9 +185,9 @@ fn print_held(instance: &ConnectorInstance) {
         println!("dry run: nothing would be sent (already in the requested state)");
     }
     for request in held {
-        println!("dry run: would send {} {}", request.method, request.url);
+        println!("dry run: would send {} {}", request.method, esc(&request.url));
         if let Some(body) = request.body {
-            println!("  {body}");
+            println!("  {}", esc(&body));
         }
     }
 }

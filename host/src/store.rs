@@ -15,12 +15,19 @@ use serde_json::{Map, Value};
 
 use crate::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, ResourceType};
 
+/// The schema this host writes, kept in `PRAGMA user_version`. Files of an
+/// older version are migrated when opened (see `migrate`); a newer one is
+/// refused rather than misread.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The schema at `SCHEMA_VERSION`. Statements are idempotent, so it also
+/// (re)creates the views after a migration.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sync_runs (
     id INTEGER PRIMARY KEY,
     started_at TEXT NOT NULL,
     ended_at TEXT,
-    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
     connector_name TEXT NOT NULL,
     connector_version TEXT NOT NULL,
     connector_digest TEXT NOT NULL,
@@ -45,6 +52,8 @@ CREATE TABLE IF NOT EXISTS run_resources (
     parent_type TEXT,
     parent_id TEXT,
     attributes TEXT NOT NULL DEFAULT '{}',
+    -- Listings between a top-level listing and this resource (0: top level).
+    depth INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, resource_type, id)
 );
 CREATE TABLE IF NOT EXISTS run_entitlements (
@@ -87,14 +96,69 @@ CREATE VIEW IF NOT EXISTS grants AS
     WHERE run_id = (SELECT id FROM last_good_run);
 "#;
 
-/// How far a run got: whether the top-level listings are done, the last
-/// resource (by row) whose children, entitlements and grants are all
-/// written, and how far the driver got inside the next one.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+/// Schema 1 (files from before `user_version` was set) to 2: runs can be
+/// `interrupted` (a CHECK constraint, so `sync_runs` is rebuilt), resources
+/// know their depth, and every run has a checkpoint column (the very first
+/// files lacked it).
+const MIGRATE_1_TO_2: &str = r#"
+DROP VIEW IF EXISTS resource_types;
+DROP VIEW IF EXISTS resources;
+DROP VIEW IF EXISTS entitlements;
+DROP VIEW IF EXISTS grants;
+DROP VIEW IF EXISTS last_good_run;
+CREATE TABLE sync_runs_v2 (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+    connector_name TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    connector_digest TEXT NOT NULL,
+    error TEXT,
+    http_requests INTEGER NOT NULL DEFAULT 0,
+    checkpoint TEXT
+);
+INSERT INTO sync_runs_v2
+    SELECT id, started_at, ended_at, status, connector_name, connector_version, connector_digest, error, http_requests, checkpoint
+    FROM sync_runs;
+DROP TABLE sync_runs;
+ALTER TABLE sync_runs_v2 RENAME TO sync_runs;
+ALTER TABLE run_resources ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
+"#;
+
+/// The version of the checkpoint format this host writes.
+pub const CHECKPOINT_VERSION: u32 = 2;
+
+/// How far a run got, saved with every page it writes (in the same
+/// transaction), so that a resume asks for no page already written.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
-    pub top_level_done: bool,
-    pub cursor: i64,
-    pub within: Option<Within>,
+    pub version: u32,
+    pub position: Position,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint { version: CHECKPOINT_VERSION, position: Position::TopLevel { index: 0, token: None } }
+    }
+}
+
+impl From<Position> for Checkpoint {
+    fn from(position: Position) -> Self {
+        Checkpoint { version: CHECKPOINT_VERSION, position }
+    }
+}
+
+/// Where the driver goes on from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Position {
+    /// Listing the top-level types: the `index`-th of them (in the
+    /// connector's order), from page `token`.
+    TopLevel { index: usize, token: Option<String> },
+    /// Walking the queue: every resource up to row `cursor` is done;
+    /// `within` says how far the driver got inside the next one.
+    Queue { cursor: i64, within: Option<Within> },
 }
 
 /// A place inside one resource's listings: its row, the step (which
@@ -104,6 +168,32 @@ pub struct Within {
     pub row: i64,
     pub step: usize,
     pub token: Option<String>,
+}
+
+impl Checkpoint {
+    /// Reads a saved checkpoint: this version's, or version 1 (no version
+    /// field; top-level listings were checkpointed only once all done).
+    /// Anything else is an error, never silently a fresh start.
+    pub fn parse(text: &str) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct V1 {
+            top_level_done: bool,
+            cursor: i64,
+            within: Option<Within>,
+        }
+        let value: Value = serde_json::from_str(text).context("the checkpoint is not JSON")?;
+        match value.get("version").map(Value::as_u64) {
+            Some(Some(v)) if v == u64::from(CHECKPOINT_VERSION) => serde_json::from_value(value).context("the checkpoint does not match its version's format"),
+            Some(other) => anyhow::bail!(
+                "the checkpoint has version {}, which this tether does not read (it reads 1 and {CHECKPOINT_VERSION})",
+                other.map_or_else(|| "(not a number)".to_string(), |v| v.to_string())
+            ),
+            None => {
+                let v1: V1 = serde_json::from_value(value).context("the checkpoint is in no format this tether reads")?;
+                Ok(if v1.top_level_done { Position::Queue { cursor: v1.cursor, within: v1.within }.into() } else { Checkpoint::default() })
+            }
+        }
+    }
 }
 
 /// Who produced a run.
@@ -129,13 +219,27 @@ pub struct RunInfo {
 
 pub struct SyncFile {
     conn: Connection,
+    /// Held while this process syncs into the file (see `open_for_sync`);
+    /// the OS lets go of it when the process dies, however it dies.
+    _writer_lock: Option<std::fs::File>,
 }
 
-/// A resource as the sync driver walks them: its position in the run and key.
+/// A resource as the sync driver walks them: its position in the run, key
+/// and depth.
 #[derive(Debug, Clone)]
 pub struct QueuedResource {
     pub row: i64,
     pub key: ResourceKey,
+    pub depth: u32,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RunEnd<'a> {
+    Succeeded,
+    Failed(&'a str),
+    /// Stopped on request (SIGINT/SIGTERM) at a page boundary.
+    Interrupted(&'a str),
 }
 
 impl SyncFile {
@@ -152,17 +256,52 @@ impl SyncFile {
         Self::open(path)
     }
 
-    fn init(conn: Connection) -> Result<Self> {
+    /// Opens the file to sync into: takes the writer's lock (a second sync
+    /// into the same file is refused), and marks any run still `running` —
+    /// its process died, since nobody held the lock — as interrupted, so
+    /// that `--resume` can go on from its checkpoint.
+    pub fn open_for_sync(path: &Path) -> Result<Self> {
+        let lock_path = writer_lock_path(path);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("cannot create the lock file {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                anyhow::bail!("another tether process is syncing into {} (it holds {})", path.display(), lock_path.display())
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
+            }
+        }
+        let mut file = Self::open(path)?;
+        file._writer_lock = Some(lock);
+        let orphaned = file.conn.execute(
+            "UPDATE sync_runs SET status = 'interrupted', ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
+                error = 'the process running this sync ended without finishing it (killed or crashed)'
+             WHERE status = 'running'",
+            [],
+        )?;
+        if orphaned > 0 {
+            tracing::warn!("{orphaned} sync run(s) in {} were left running by a process that died; marked interrupted", path.display());
+        }
+        Ok(file)
+    }
+
+    fn init(mut conn: Connection) -> Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.execute_batch(SCHEMA)?;
-        // Files written before checkpoints existed.
-        let has_checkpoint: bool = conn.query_row("SELECT count(*) FROM pragma_table_info('sync_runs') WHERE name = 'checkpoint'", [], |row| row.get(0))?;
-        if !has_checkpoint {
-            conn.execute_batch("ALTER TABLE sync_runs ADD COLUMN checkpoint TEXT")?;
-        }
-        Ok(SyncFile { conn })
+        migrate(&mut conn)?;
+        Ok(SyncFile { conn, _writer_lock: None })
+    }
+
+    /// The schema version the file is at.
+    pub fn schema_version(&self) -> Result<i64> {
+        Ok(self.conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
     }
 
     pub fn begin_run(&mut self, connector: &ConnectorIdentity) -> Result<i64> {
@@ -189,19 +328,23 @@ impl SyncFile {
         Ok(())
     }
 
-    /// Writes one page in one transaction. A resource reported again (a user
-    /// seen in several workspaces) keeps its place and merges attributes.
-    pub fn write_page(&mut self, run: i64, page: &PageRecords) -> Result<()> {
+    /// Writes one page and where the run goes on from after it, in one
+    /// transaction: a run stopped at any moment resumes after the last page
+    /// written, never before it. A resource reported again (a user seen in
+    /// several workspaces) keeps its place, its smallest depth, and merges
+    /// attributes. `depth`: the depth of the resources this page lists.
+    pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
             let mut resource = tx.prepare_cached(
-                "INSERT INTO run_resources (run_id, resource_type, id, display_name, parent_type, parent_id, attributes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                "INSERT INTO run_resources (run_id, resource_type, id, display_name, parent_type, parent_id, attributes, depth)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
                  ON CONFLICT (run_id, resource_type, id) DO UPDATE SET
                     display_name = excluded.display_name,
                     parent_type = coalesce(excluded.parent_type, parent_type),
                     parent_id = coalesce(excluded.parent_id, parent_id),
-                    attributes = json_patch(attributes, excluded.attributes)",
+                    attributes = json_patch(attributes, excluded.attributes),
+                    depth = min(depth, excluded.depth)",
             )?;
             for r in &page.resources {
                 resource.execute(params![
@@ -212,6 +355,7 @@ impl SyncFile {
                     r.parent.as_ref().map(|p| &p.resource_type),
                     r.parent.as_ref().map(|p| &p.id),
                     Value::Object(r.attributes.clone()).to_string(),
+                    depth,
                 ])?;
             }
             let mut entitlement = tx.prepare_cached(
@@ -239,6 +383,7 @@ impl SyncFile {
                     Value::Object(g.attributes.clone()).to_string(),
                 ])?;
             }
+            tx.execute("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1", params![run, serde_json::to_string(next)?])?;
         }
         tx.commit()?;
         Ok(())
@@ -248,26 +393,31 @@ impl SyncFile {
     /// first written: the driver's work queue, read in batches.
     pub fn resources_after(&self, run: i64, after_row: i64, batch: usize) -> Result<Vec<QueuedResource>> {
         let mut stmt =
-            self.conn.prepare_cached("SELECT rowid, resource_type, id FROM run_resources WHERE run_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3")?;
+            self.conn.prepare_cached("SELECT rowid, resource_type, id, depth FROM run_resources WHERE run_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3")?;
         let rows = stmt.query_map(params![run, after_row, batch as i64], |row| {
-            Ok(QueuedResource { row: row.get(0)?, key: ResourceKey { resource_type: row.get(1)?, id: row.get(2)? } })
+            Ok(QueuedResource { row: row.get(0)?, key: ResourceKey { resource_type: row.get(1)?, id: row.get(2)? }, depth: row.get(3)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Ends a run. A successful run becomes the one the views show and
-    /// older runs' records (failed ones' included) are dropped; a failed run
-    /// keeps its partial records for a resume, and the last good run stays
-    /// what the views show. `http_requests` adds to the run's count.
-    pub fn finish_run(&mut self, run: i64, error: Option<&str>, http_requests: u64) -> Result<()> {
+    /// older runs' records (failed ones' included) are dropped; a failed or
+    /// interrupted run keeps its partial records for a resume, and the last
+    /// good run stays what the views show. `http_requests` adds to the
+    /// run's count.
+    pub fn finish_run(&mut self, run: i64, end: RunEnd<'_>, http_requests: u64) -> Result<()> {
         let tx = self.conn.transaction()?;
-        let status = if error.is_some() { "failed" } else { "succeeded" };
+        let (status, error) = match end {
+            RunEnd::Succeeded => ("succeeded", None),
+            RunEnd::Failed(error) => ("failed", Some(error)),
+            RunEnd::Interrupted(why) => ("interrupted", Some(why)),
+        };
         tx.execute(
             "UPDATE sync_runs SET status = ?2, ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), error = ?3,
                 http_requests = http_requests + ?4 WHERE id = ?1",
             params![run, status, error, http_requests as i64],
         )?;
-        if error.is_none() {
+        if end == RunEnd::Succeeded {
             for table in ["run_resource_types", "run_resources", "run_entitlements", "run_grants"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE run_id < ?1"), params![run])?;
             }
@@ -281,8 +431,18 @@ impl SyncFile {
         Ok(())
     }
 
-    /// The newest run, if it failed, was made by the module with `digest`,
-    /// and got far enough to checkpoint: it can be resumed.
+    /// Records (resources, entitlements, grants) a run holds so far.
+    pub fn records(&self, run: i64) -> Result<u64> {
+        let mut total = 0;
+        for table in [Table::Resources, Table::Entitlements, Table::Grants] {
+            total += self.count(run, table)? as u64;
+        }
+        Ok(total)
+    }
+
+    /// The newest run, if it failed or was interrupted, was made by the
+    /// module with `digest`, and got far enough to checkpoint: it can be
+    /// resumed. A checkpoint this host cannot read is an error.
     pub fn resumable_run(&self, digest: &str) -> Result<Option<(i64, Checkpoint)>> {
         let last: Option<(i64, String, String, Option<String>)> = self
             .conn
@@ -291,14 +451,15 @@ impl SyncFile {
             })
             .optional()?;
         Ok(match last {
-            Some((id, status, run_digest, Some(checkpoint))) if status == "failed" && run_digest == digest => {
-                serde_json::from_str(&checkpoint).ok().map(|c| (id, c))
+            Some((id, status, run_digest, Some(checkpoint))) if (status == "failed" || status == "interrupted") && run_digest == digest => {
+                let checkpoint = Checkpoint::parse(&checkpoint).with_context(|| format!("cannot resume sync run {id}"))?;
+                Some((id, checkpoint))
             }
             _ => None,
         })
     }
 
-    /// Marks a failed run running again, to resume it.
+    /// Marks a failed or interrupted run running again, to resume it.
     pub fn reopen_run(&mut self, run: i64) -> Result<()> {
         self.conn.execute("UPDATE sync_runs SET status = 'running', ended_at = NULL, error = NULL WHERE id = ?1", [run])?;
         Ok(())
@@ -424,9 +585,284 @@ impl Table {
     }
 }
 
+/// The lock file beside a sync file: `asana.db` → `asana.db.lock`.
+fn writer_lock_path(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".lock");
+    name.into()
+}
+
+/// Brings the file to `SCHEMA_VERSION`, each step in one transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > SCHEMA_VERSION {
+        anyhow::bail!("it has schema version {version}, written by a newer tether; this one reads up to {SCHEMA_VERSION}");
+    }
+    let has_runs: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0))?;
+    // Rebuilding a table that others reference needs foreign keys off (as
+    // SQLite's ALTER TABLE guide says); they cannot change inside a
+    // transaction, so off here, on again below.
+    let foreign_keys: bool = conn.query_row("PRAGMA foreign_keys", [], |row| row.get(0))?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    let migrated = migrate_in_transaction(conn, version, has_runs);
+    conn.pragma_update(None, "foreign_keys", foreign_keys)?;
+    migrated
+}
+
+fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -> Result<()> {
+    let tx = conn.transaction()?;
+    if version < 2 && has_runs {
+        // Version 1: the very first files had no checkpoint column.
+        let has_checkpoint: bool = tx.query_row("SELECT count(*) FROM pragma_table_info('sync_runs') WHERE name = 'checkpoint'", [], |row| row.get(0))?;
+        if !has_checkpoint {
+            tx.execute_batch("ALTER TABLE sync_runs ADD COLUMN checkpoint TEXT")?;
+        }
+        tx.execute_batch(MIGRATE_1_TO_2).context("cannot migrate the sync file from schema 1 to 2")?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    let broken: i64 = tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0))?;
+    if broken > 0 {
+        anyhow::bail!("{broken} records point at runs that do not exist");
+    }
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
 fn json_object(text: String) -> Map<String, Value> {
     match serde_json::from_str(&text) {
         Ok(Value::Object(map)) => map,
         _ => Map::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The schema of files written before versions were recorded (schema 1),
+    /// as the host wrote it then.
+    const SCHEMA_V1: &str = r#"
+CREATE TABLE IF NOT EXISTS sync_runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    connector_name TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    connector_digest TEXT NOT NULL,
+    error TEXT,
+    http_requests INTEGER NOT NULL DEFAULT 0,
+    -- Where the driver is (JSON of store::Checkpoint), for sync --resume.
+    checkpoint TEXT
+);
+CREATE TABLE IF NOT EXISTS run_resource_types (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    listed_under TEXT,
+    PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS run_resources (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    parent_type TEXT,
+    parent_id TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, resource_type, id)
+);
+CREATE TABLE IF NOT EXISTS run_entitlements (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    slug TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    grantable INTEGER NOT NULL,
+    PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS run_grants (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    id TEXT NOT NULL,
+    entitlement_id TEXT NOT NULL,
+    principal_type TEXT NOT NULL,
+    principal_id TEXT NOT NULL,
+    immutable INTEGER NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, id)
+);
+CREATE INDEX IF NOT EXISTS run_grants_by_entitlement ON run_grants (run_id, entitlement_id);
+CREATE INDEX IF NOT EXISTS run_grants_by_principal ON run_grants (run_id, principal_type, principal_id);
+
+CREATE VIEW IF NOT EXISTS last_good_run AS
+    SELECT * FROM sync_runs WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1;
+CREATE VIEW IF NOT EXISTS resource_types AS
+    SELECT id, display_name, description, listed_under FROM run_resource_types
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS resources AS
+    SELECT resource_type, id, display_name, parent_type, parent_id, attributes FROM run_resources
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS entitlements AS
+    SELECT id, resource_type, resource_id, slug, display_name, description, grantable FROM run_entitlements
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS grants AS
+    SELECT id, entitlement_id, principal_type, principal_id, immutable, attributes FROM run_grants
+    WHERE run_id = (SELECT id FROM last_good_run);
+"#;
+
+    /// Schema 1 as the very first files had it: no checkpoint column.
+    const SCHEMA_V1_FIRST: &str = r#"
+CREATE TABLE IF NOT EXISTS sync_runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    connector_name TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    connector_digest TEXT NOT NULL,
+    error TEXT,
+    http_requests INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS run_resource_types (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    listed_under TEXT,
+    PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS run_resources (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    parent_type TEXT,
+    parent_id TEXT,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, resource_type, id)
+);
+CREATE TABLE IF NOT EXISTS run_entitlements (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    id TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    resource_id TEXT NOT NULL,
+    slug TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    grantable INTEGER NOT NULL,
+    PRIMARY KEY (run_id, id)
+);
+CREATE TABLE IF NOT EXISTS run_grants (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    id TEXT NOT NULL,
+    entitlement_id TEXT NOT NULL,
+    principal_type TEXT NOT NULL,
+    principal_id TEXT NOT NULL,
+    immutable INTEGER NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, id)
+);
+CREATE INDEX IF NOT EXISTS run_grants_by_entitlement ON run_grants (run_id, entitlement_id);
+CREATE INDEX IF NOT EXISTS run_grants_by_principal ON run_grants (run_id, principal_type, principal_id);
+
+CREATE VIEW IF NOT EXISTS last_good_run AS
+    SELECT * FROM sync_runs WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1;
+CREATE VIEW IF NOT EXISTS resource_types AS
+    SELECT id, display_name, description, listed_under FROM run_resource_types
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS resources AS
+    SELECT resource_type, id, display_name, parent_type, parent_id, attributes FROM run_resources
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS entitlements AS
+    SELECT id, resource_type, resource_id, slug, display_name, description, grantable FROM run_entitlements
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS grants AS
+    SELECT id, entitlement_id, principal_type, principal_id, immutable, attributes FROM run_grants
+    WHERE run_id = (SELECT id FROM last_good_run);
+"#;
+
+    fn v1_file(dir: &Path, schema: &str, checkpoint_column: bool) -> std::path::PathBuf {
+        let path = dir.join("old.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(schema).unwrap();
+        conn.execute_batch(
+            "INSERT INTO sync_runs (id, started_at, ended_at, status, connector_name, connector_version, connector_digest, http_requests)
+                VALUES (1, '2026-01-01T00:00:00Z', '2026-01-01T00:01:00Z', 'succeeded', 'asana', '0.1.0', 'abc', 3);
+             INSERT INTO run_resource_types VALUES (1, 'user', 'User', 'a user', NULL);
+             INSERT INTO run_resources (run_id, resource_type, id, display_name) VALUES (1, 'user', 'u1', 'Ada');
+             INSERT INTO run_grants VALUES (1, 'team:t1:member:user:u1', 'team:t1:member', 'user', 'u1', 0, '{}');
+             INSERT INTO sync_runs (id, started_at, status, connector_name, connector_version, connector_digest, http_requests)
+                VALUES (2, '2026-01-02T00:00:00Z', 'failed', 'asana', '0.1.0', 'abc', 5);",
+        )
+        .unwrap();
+        if checkpoint_column {
+            conn.execute(
+                "UPDATE sync_runs SET checkpoint = ?1 WHERE id = 2",
+                [r#"{"top_level_done":true,"cursor":7,"within":{"row":8,"step":1,"token":"t9"}}"#],
+            )
+            .unwrap();
+        }
+        path
+    }
+
+    #[test]
+    fn files_of_every_earlier_schema_are_migrated_and_keep_their_runs() {
+        for (schema, checkpoint_column) in [(SCHEMA_V1_FIRST, false), (SCHEMA_V1, true)] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = v1_file(dir.path(), schema, checkpoint_column);
+            let mut file = SyncFile::open(&path).unwrap();
+            assert_eq!(file.schema_version().unwrap(), SCHEMA_VERSION);
+            let good = file.last_good_run().unwrap().unwrap();
+            assert_eq!((good.id, good.http_requests), (1, 3));
+            assert_eq!(file.resources(1, None).unwrap()[0].display_name, "Ada");
+            assert_eq!(file.grants(1, None).unwrap().len(), 1);
+            let view: i64 = file.conn.query_row("SELECT count(*) FROM grants", [], |row| row.get(0)).unwrap();
+            assert_eq!(view, 1, "the views are back");
+            let resumable = file.resumable_run("abc").unwrap();
+            if checkpoint_column {
+                let within = Within { row: 8, step: 1, token: Some("t9".into()) };
+                assert_eq!(resumable, Some((2, Position::Queue { cursor: 7, within: Some(within) }.into())), "a version-1 checkpoint still resumes");
+            } else {
+                assert_eq!(resumable, None);
+            }
+            // What schema 2 adds works on the migrated file.
+            file.finish_run(2, RunEnd::Interrupted("stopped"), 0).unwrap();
+            assert_eq!(file.last_run().unwrap().unwrap().status, "interrupted");
+            let depth: i64 = file.conn.query_row("SELECT depth FROM run_resources", [], |row| row.get(0)).unwrap();
+            assert_eq!(depth, 0);
+            drop(file);
+            // Opening again is a no-op.
+            assert_eq!(SyncFile::open(&path).unwrap().schema_version().unwrap(), SCHEMA_VERSION);
+        }
+    }
+
+    #[test]
+    fn a_file_from_a_newer_tether_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("new.db");
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        let error = format!("{:#}", SyncFile::open(&path).err().unwrap());
+        assert!(error.contains("written by a newer tether"), "{error}");
+    }
+
+    #[test]
+    fn an_unreadable_checkpoint_is_an_error_not_a_fresh_start() {
+        assert!(Checkpoint::parse(r#"{"version":9,"position":{}}"#).unwrap_err().to_string().contains("version 9"));
+        assert!(Checkpoint::parse("not json").is_err());
+        assert!(Checkpoint::parse(r#"{"cursor":"x"}"#).is_err());
+        let current = Checkpoint::from(Position::TopLevel { index: 1, token: Some("p2".into()) });
+        assert_eq!(Checkpoint::parse(&serde_json::to_string(&current).unwrap()).unwrap(), current);
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
+        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        file.conn.execute("UPDATE sync_runs SET checkpoint = '{\"version\":9}' WHERE id = ?1", [run]).unwrap();
+        file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
+        let error = format!("{:#}", file.resumable_run("d").unwrap_err());
+        assert!(error.contains("cannot resume sync run") && error.contains("version 9"), "{error}");
     }
 }
