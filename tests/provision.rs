@@ -258,8 +258,8 @@ async fn accounts_are_created_through_scim_as_view_only() {
     let mut connector = instance(&scim(&sim)).await;
     let request = guest::AccountRequest { email: "new.person@example.com".into(), display_name: Some("New Person".into()), options: vec![] };
     let created = connector.create_account(&request).await.unwrap();
-    assert!(created.attributes.iter().any(|p| p.name == "created" && p.value == "true"));
-    let made = sim.org().user(&created.id).cloned().expect("the user exists");
+    assert_eq!(created.outcome, Some(guest::Outcome::Changed), "the contract says it was created");
+    let made = sim.org().user(&created.account.id).cloned().expect("the user exists");
     assert_eq!(made.email, "new.person@example.com");
     assert_eq!(made.license, License::ViewOnly);
     let post = sim.requests().into_iter().find(|r| r.method == "POST").unwrap();
@@ -270,8 +270,8 @@ async fn accounts_are_created_through_scim_as_view_only() {
 
     let before = writes(&sim);
     let again = connector.create_account(&request).await.unwrap();
-    assert_eq!(again.id, created.id);
-    assert!(again.attributes.iter().any(|p| p.name == "created" && p.value == "false"));
+    assert_eq!(again.account.id, created.account.id);
+    assert_eq!(again.outcome, Some(guest::Outcome::NoChange), "already there");
     assert_eq!(writes(&sim), before);
 }
 
@@ -287,11 +287,11 @@ async fn accounts_are_created_through_rest_in_the_default_workspace() {
 
     let mut connector = instance(&with_config(rest(&sim), &[("default-workspace-id", &workspace)])).await;
     let created = connector.create_account(&request).await.unwrap();
-    let user = sim.org().user(&created.id).cloned().expect("user created");
+    let user = sim.org().user(&created.account.id).cloned().expect("user created");
     assert_eq!(user.license, License::ViewOnly, "new users get a view-only license");
-    assert!(sim.org().workspace_membership(&created.id, &workspace).is_some());
+    assert!(sim.org().workspace_membership(&created.account.id, &workspace).is_some());
     let again = connector.create_account(&request).await.unwrap();
-    assert!(again.attributes.iter().any(|p| p.name == "created" && p.value == "false"));
+    assert_eq!(again.outcome, Some(guest::Outcome::NoChange));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,7 +27,7 @@ mod views;
 use std::sync::{Mutex, MutexGuard};
 
 pub use org::{License, Org, OrgSpec, Team, TeamMembership, User, Workspace, WorkspaceMembership, FIRST_GID};
-pub use server::{serve_forever, RecordedRequest, SimConfig, SimHandle};
+pub use server::{RecordedRequest, SimConfig, SimHandle};
 
 /// Every route lives under this prefix, as on app.asana.com.
 pub(crate) const API_PREFIX: &str = "/api/1.0";

@@ -322,12 +322,3 @@ impl Drop for SimHandle {
         }
     }
 }
-
-/// Serves until the process ends (for `tether simulate`). Prints nothing itself.
-pub async fn serve_forever(config: SimConfig, bind: SocketAddr) -> anyhow::Result<()> {
-    let listener = TcpListener::bind(bind).await.with_context(|| format!("binding the Asana simulator to {bind}"))?;
-    let addr = listener.local_addr()?;
-    let shared = Arc::new(Shared::new(config, addr));
-    axum::serve(listener, app(shared)).await?;
-    Ok(())
-}

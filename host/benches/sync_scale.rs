@@ -12,18 +12,19 @@ use std::process::{Command, Stdio};
 fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let tether = root.join("target/debug/tether");
+    let simulator = root.join("target/debug/asana-sim");
     let connector = root.join("target/wasm/tether-asana.wasm");
-    assert!(tether.is_file() && connector.is_file(), "build first: scripts/build-guests.sh && cargo build -p tether-host");
+    assert!(tether.is_file() && simulator.is_file() && connector.is_file(), "build first: scripts/build-guests.sh && cargo build -p tether-host -p asana-sim");
     // Compile the connector once, so every row measures a sync from the
     // compiled-code cache.
     let warm = Command::new(&tether).args(["describe", "--connector", connector.to_str().unwrap()]).output().expect("describe runs");
     assert!(warm.status.success());
     println!("{:>8} {:>6} {:>9} {:>9} {:>9} {:>10}", "users", "teams", "requests", "seconds", "cpu s", "peak MiB");
     for (users, teams) in [(1_000, 50), (10_000, 300), (50_000, 1_000)] {
-        let mut sim = Command::new(&tether)
+        let mut sim = Command::new(&simulator)
             // Asana's 1500 requests a minute would make this a measure of
             // waiting: lift the budget to measure Tether.
-            .args(["simulate", "--users", &users.to_string(), "--teams", &teams.to_string(), "--per-minute", "1000000"])
+            .args(["--users", &users.to_string(), "--teams", &teams.to_string(), "--per-minute", "1000000"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("simulator starts");

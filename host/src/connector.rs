@@ -48,6 +48,17 @@ pub enum PlannedWrite {
     DisableAccount(ResourceRef),
 }
 
+/// What `create-account` did.
+#[derive(Debug, Clone)]
+pub struct AccountCreated {
+    /// Created (`Changed`) or already there (`NoChange`); None when the
+    /// connector's contract version cannot say.
+    pub outcome: Option<guest::Outcome>,
+    pub account: guest::Resource,
+    /// The connector's account of it (unescaped).
+    pub message: String,
+}
+
 /// What a write would do, as its connector says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WriteEffect {
@@ -233,11 +244,29 @@ impl ConnectorInstance {
         guarded!(self, |exports, store| call_export!(exports, store, call_revoke_grant(grant_id)))?.map_err(CallError::Connector)
     }
 
-    pub async fn create_account(&mut self, request: &guest::AccountRequest) -> Result<guest::Resource, CallError> {
+    /// Creates an account. Before 0.3.0 the contract did not say whether
+    /// the account was new: `outcome` is None for those connectors.
+    pub async fn create_account(&mut self, request: &guest::AccountRequest) -> Result<AccountCreated, CallError> {
         let for_v0_2 = request.clone().convert();
         let for_v0_3 = request.clone().convert();
-        guarded!(self, |exports, store| call_export!(exports, store, call_create_account(request) v0_2 (&for_v0_2) v0_3 (&for_v0_3)))?
-            .map_err(CallError::Connector)
+        guarded!(self, |exports, store| async {
+            match exports {
+                Exports::V0_1(world) => world
+                    .tether_connector_connector()
+                    .call_create_account(&mut *store, request)
+                    .await
+                    .map(|r| r.map(|account| AccountCreated { outcome: None, account, message: String::new() })),
+                Exports::V0_2(world) => world
+                    .tether_connector0_2_0_connector()
+                    .call_create_account(&mut *store, &for_v0_2)
+                    .await
+                    .map(|r| r.map(|account| AccountCreated { outcome: None, account: account.convert(), message: String::new() })),
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_create_account(&mut *store, &for_v0_3).await.map(|r| {
+                    r.map(|created| AccountCreated { outcome: Some(created.outcome.convert()), account: created.account.convert(), message: created.message })
+                }),
+            }
+        })?
+        .map_err(CallError::Connector)
     }
 
     pub async fn disable_account(&mut self, account: &ResourceRef) -> Result<guest::WriteResult, CallError> {

@@ -1,13 +1,35 @@
-//! Reading a sync file back: `tether inspect` tables and JSON, and the
-//! JSON Lines export.
+//! `tether inspect`: a sync file read back as tables or JSON, and the JSON
+//! Lines export of `sync --jsonl`.
 
 use std::io::Write;
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
-use clap::ValueEnum;
+use clap::{Args, ValueEnum};
 use serde_json::json;
 
 use crate::store::SyncFile;
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// The sync file.
+    file: PathBuf,
+    /// What to show.
+    #[arg(value_enum)]
+    what: InspectWhat,
+    /// Only this resource type (for grants and entitlements: of the entitled resource).
+    #[arg(long = "type", value_name = "T")]
+    resource_type: Option<String>,
+    #[arg(long, value_enum, default_value_t = InspectFormat::Table)]
+    format: InspectFormat,
+}
+
+/// `tether inspect FILE WHAT`.
+pub fn run(args: InspectArgs) -> Result<()> {
+    let file = SyncFile::open_existing(&args.file)?;
+    print(&file, args.what, args.resource_type.as_deref(), args.format, &mut std::io::stdout().lock())
+}
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum InspectWhat {

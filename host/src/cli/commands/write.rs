@@ -11,7 +11,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use crate::bindings::{guest, Pair, ResourceRef};
-use crate::cli::{prepare, ConnectorArgs};
+use crate::cli::args::ConnectorArgs;
+use crate::cli::start::prepare;
 use crate::connector::{retry_rate_limited, ConnectorInstance, PlannedWrite};
 use crate::terminal::escape as esc;
 
@@ -38,16 +39,16 @@ pub struct RevokeArgs {
 
 #[derive(Args)]
 pub struct CreateAccountArgs {
+    /// The new account's email.
     #[arg(long, value_name = "E")]
     email: String,
+    /// Its display name.
     #[arg(long, value_name = "N")]
     name: Option<String>,
-    /// "enterprise" or "view only" (new users get view only).
-    #[arg(long, value_name = "L")]
-    license: Option<String>,
-    /// Workspace to add the user to (else the connector's default-workspace-id).
-    #[arg(long, value_name = "GID")]
-    workspace: Option<String>,
+    /// A field the connector declares for new accounts (repeatable);
+    /// `tether describe` lists them (Asana: workspace, license).
+    #[arg(long = "field", value_name = "KEY=VALUE", value_parser = crate::cli::args::parse_key_value)]
+    fields: Vec<(String, String)>,
     #[command(flatten)]
     write: WriteArgs,
 }
@@ -101,30 +102,51 @@ pub async fn revoke(args: RevokeArgs) -> Result<()> {
 }
 
 pub async fn create_account(args: CreateAccountArgs) -> Result<()> {
-    let mut options = vec![];
-    if let Some(license) = &args.license {
-        options.push(Pair { name: "license".into(), value: license.clone() });
-    }
-    if let Some(workspace) = &args.workspace {
-        options.push(Pair { name: "workspace".into(), value: workspace.clone() });
-    }
-    let request = guest::AccountRequest { email: args.email.clone(), display_name: args.name.clone(), options };
     let mut instance = start(&args.write).await?;
+    check_account_fields(&instance.metadata.account_fields, &args.fields)?;
+    let options = args.fields.iter().map(|(name, value)| Pair { name: name.clone(), value: value.clone() }).collect();
+    let request = guest::AccountRequest { email: args.email.clone(), display_name: args.name.clone(), options };
     confirm(&mut instance, &args.write, &PlannedWrite::CreateAccount(request.clone())).await?;
-    let account = retry_rate_limited!(instance, create_account(&request));
-    let account = account.map_err(|e| anyhow::anyhow!("creating an account for {} failed: {e}", args.email))?;
+    let created = retry_rate_limited!(instance, create_account(&request));
+    let created = created.map_err(|e| anyhow::anyhow!("creating an account for {} failed: {e}", args.email))?;
     if args.write.dry_run {
         print_held(&instance);
         return Ok(());
     }
-    let created = account.attributes.iter().any(|p| p.name == "created" && p.value == "true");
-    if created {
-        println!("changed: created account user:{} for {}", esc(&account.id), args.email);
-    } else {
-        println!("no change: an account for {} already exists (user:{})", args.email, esc(&account.id));
+    let account = &created.account;
+    let reference = format!("{}:{}", esc(&account.resource_type), esc(&account.id));
+    match created.outcome {
+        Some(guest::Outcome::Changed) => println!("changed: created account {reference} for {}", args.email),
+        Some(guest::Outcome::NoChange) => println!("no change: an account for {} already exists ({reference})", args.email),
+        // A connector built before 0.3.0 does not say which.
+        None => println!("done: account {reference} for {}", args.email),
+    }
+    if !created.message.is_empty() {
+        println!("  {}", esc(&created.message));
     }
     for pair in &account.attributes {
         println!("  {} = {}", esc(&pair.name), esc(&pair.value));
+    }
+    Ok(())
+}
+
+/// `--field`s must be ones the connector declares, each once, and every
+/// required one must be there.
+fn check_account_fields(declared: &[guest::ConfigField], given: &[(String, String)]) -> Result<()> {
+    let names = || declared.iter().map(|f| esc(&f.key).into_owned()).collect::<Vec<_>>().join(", ");
+    for (i, (key, _)) in given.iter().enumerate() {
+        if !declared.iter().any(|f| &f.key == key) {
+            if declared.is_empty() {
+                bail!("--field {key}: this connector takes no account fields");
+            }
+            bail!("--field {key}: not a field this connector takes (it takes: {})", names());
+        }
+        if given[..i].iter().any(|(earlier, _)| earlier == key) {
+            bail!("--field {key} is given twice");
+        }
+    }
+    if let Some(missing) = declared.iter().find(|f| f.required && !given.iter().any(|(key, _)| key == &f.key)) {
+        bail!("the connector needs --field {}=…: {}", esc(&missing.key), esc(&missing.description));
     }
     Ok(())
 }

@@ -1,0 +1,67 @@
+//! `tether describe`: what a connector declares, and the storage namespace
+//! a run of it would use.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::cli::args::{InstanceArgs, TrustArgs};
+use crate::connector::{ConnectorInstance, Grants};
+use crate::engine::ConnectorEngine;
+use crate::terminal::escape as esc;
+
+#[derive(Args)]
+pub struct DescribeArgs {
+    /// The connector component (.wasm).
+    #[arg(long, value_name = "FILE.wasm")]
+    connector: PathBuf,
+    /// Where compiled code is cached (default: ~/.cache/tether/compiled).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    #[command(flatten)]
+    trust: TrustArgs,
+    #[command(flatten)]
+    instance: InstanceArgs,
+}
+
+pub async fn run(args: DescribeArgs) -> Result<()> {
+    let engine = ConnectorEngine::new(args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir))?;
+    let module = engine.load_trusted(&args.connector, &args.trust.to_trust()?)?;
+    let grants = Grants::default();
+    let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
+    let m = &instance.metadata;
+    println!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description));
+    println!("sha256 {}", module.digest);
+    println!("\nresource types:");
+    for t in &m.resource_types {
+        let listed = t.listed_under.as_deref().map(|p| format!(" (listed per {})", esc(p))).unwrap_or_default();
+        println!("  {:<12} {}{listed}", esc(&t.id), esc(&t.description));
+    }
+    let fields = |title: &str, fields: &[crate::bindings::guest::ConfigField]| {
+        println!("\n{title}:");
+        for f in fields {
+            let mut notes = vec![];
+            if f.secret {
+                notes.push("secret: give with --secret".to_string());
+            }
+            if f.required {
+                notes.push("required".to_string());
+            }
+            if let Some(default) = &f.default_value {
+                notes.push(format!("default {}", esc(default)));
+            }
+            let notes = if notes.is_empty() { String::new() } else { format!(" [{}]", notes.join(", ")) };
+            println!("  {:<22} {}{notes}", esc(&f.key), esc(&f.description));
+        }
+    };
+    fields("config", &m.config);
+    fields("create-account fields", &m.account_fields);
+    let instance_name = args.instance.instance_name.clone().unwrap_or_else(|| crate::connector::default_instance_name(&args.connector));
+    println!(
+        "\ninstance {instance_name}: storage namespace {} (under --storage-dir; set by --instance, never by the module)",
+        crate::connector::storage_namespace(&instance_name)
+    );
+    println!("\nhosts it asks for: {}", esc(&m.hosts.join(", ")));
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `tether module keygen | sign | verify`: the operator's side of module
+//! signatures (checking them on load is `trust`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use sha2::{Digest, Sha256};
+
+use crate::trust::*;
+
+/// Writes `path` only if it does not exist yet; `secret` files are made
+/// readable by their owner only.
+fn write_new(path: &Path, text: &str, secret: bool) -> Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let _ = secret;
+    let mut file = options.open(path).with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
+    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[derive(Args)]
+pub struct ModuleArgs {
+    #[command(subcommand)]
+    command: ModuleCommand,
+}
+
+#[derive(Subcommand)]
+enum ModuleCommand {
+    /// Creates a signing key pair: NAME.key (secret) and NAME.pub.
+    Keygen {
+        /// Path and base name of the two files.
+        #[arg(long, value_name = "NAME")]
+        out: PathBuf,
+    },
+    /// Signs a module with a secret key: writes MODULE.wasm.sig beside it.
+    Sign {
+        #[arg(long, value_name = "NAME.key")]
+        key: PathBuf,
+        #[arg(value_name = "MODULE.wasm")]
+        module: PathBuf,
+        /// Where to write the signature (default: MODULE.wasm.sig).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+    },
+    /// Checks a module's signature against a public key.
+    Verify {
+        /// The public key: a NAME.pub file or 64 hex digits.
+        #[arg(long, value_name = "NAME.pub|HEX")]
+        key: String,
+        #[arg(value_name = "MODULE.wasm")]
+        module: PathBuf,
+        /// The signature (default: MODULE.wasm.sig).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
+    },
+}
+
+/// `tether module …`.
+pub fn run(args: ModuleArgs) -> Result<()> {
+    let read_module = |module: &Path| -> Result<[u8; 32]> {
+        let bytes = std::fs::read(module).with_context(|| format!("cannot read module {}", module.display()))?;
+        Ok(Sha256::digest(&bytes).into())
+    };
+    match args.command {
+        ModuleCommand::Keygen { out } => {
+            let key = generate_signing_key()?;
+            let public = key.verifying_key();
+            let id = key_id(&public);
+            let secret_path = PathBuf::from(format!("{}.key", out.display()));
+            let public_path = PathBuf::from(format!("{}.pub", out.display()));
+            // The public half first: if it cannot be written, no secret is left behind.
+            write_new(&public_path, &format!("# tether module signing public key {id}\n{}\n", hex::encode(public.as_bytes())), false)?;
+            write_new(&secret_path, &format!("# tether module signing SECRET key {id}: keep it private\n{}\n", hex::encode(key.to_bytes())), true)?;
+            println!("wrote {} (secret) and {} (key id {id})", secret_path.display(), public_path.display());
+        }
+        ModuleCommand::Sign { key, module, signature } => {
+            let key = read_signing_key(&key)?;
+            let digest = read_module(&module)?;
+            let target = signature.unwrap_or_else(|| signature_path_for(&module));
+            let id = key_id(&key.verifying_key());
+            let text = format!("# signature of sha256 {} by key {id}\n{}\n", hex::encode(digest), hex::encode(sign_digest(&key, &digest).to_bytes()));
+            std::fs::write(&target, text).with_context(|| format!("cannot write {}", target.display()))?;
+            println!("signed {} (sha256 {}) with key {id}: {}", module.display(), hex::encode(digest), target.display());
+        }
+        ModuleCommand::Verify { key, module, signature } => {
+            let signer = parse_verifying_key(&key)?;
+            let bytes = std::fs::read(&module).with_context(|| format!("cannot read module {}", module.display()))?;
+            ModuleTrust { digest: None, signer: Some(signer), signature }.check(&module, &bytes)?;
+            println!("{} (sha256 {}): good signature by key {}", module.display(), hex::encode(Sha256::digest(&bytes)), key_id(&signer));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,90 @@
+//! `tether sync`: one sync of a connector into a sync file, stopping
+//! cleanly on SIGINT/SIGTERM so that `--resume` goes on from there.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use crate::cli::args::{ConnectorArgs, SyncLimitArgs};
+use crate::cli::{output, start};
+use crate::store::SyncFile;
+
+/// Where a connector's own keys are listed (the host knows no connector).
+const CONNECTOR_HELP: &str = "Connector config keys, secrets and account fields: `tether describe --connector FILE.wasm` lists what a connector takes.";
+
+#[derive(Args)]
+#[command(after_help = CONNECTOR_HELP)]
+pub struct SyncArgs {
+    #[command(flatten)]
+    connector: ConnectorArgs,
+    /// The sync file (SQLite); created if missing. A failed sync never replaces the last good one.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+    /// Also write the synced records as JSON Lines to PATH, or - for stdout.
+    #[arg(long, value_name = "PATH|-")]
+    jsonl: Option<String>,
+    /// If the last sync in FILE failed or was interrupted (same module), go
+    /// on from where it stopped instead of starting over.
+    #[arg(long)]
+    resume: bool,
+    #[command(flatten)]
+    sync_limits: SyncLimitArgs,
+}
+
+/// The signal that asked the running sync to stop (2: SIGINT, 15: SIGTERM).
+pub static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// On SIGINT or SIGTERM (what Kubernetes sends), asks the sync to stop at
+/// its next page boundary; a second signal ends the process at once.
+fn stop_on_signals(stop: crate::sync::StopRequest) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        tokio::spawn(async move {
+            loop {
+                let number = tokio::select! {
+                    _ = terminate.recv() => 15,
+                    _ = interrupt.recv() => 2,
+                };
+                if stop.is_requested() {
+                    eprintln!("\nsecond signal: stopping now; the last page written is kept (tether sync --resume goes on from it)");
+                    std::process::exit(128 + number);
+                }
+                STOP_SIGNAL.store(number, Ordering::SeqCst);
+                stop.request();
+                eprintln!("\nstopping after the page in flight (signal again to stop at once)…");
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            STOP_SIGNAL.store(2, Ordering::SeqCst);
+            stop.request();
+        }
+    });
+    Ok(())
+}
+
+pub async fn run(args: SyncArgs) -> Result<()> {
+    let options = crate::sync::SyncOptions { resume: args.resume, limits: args.sync_limits.to_limits()?, stop: Default::default() };
+    let mut file = SyncFile::open_for_sync(&args.out)?;
+    let mut prepared = start::prepare(&args.connector, false).await?;
+    stop_on_signals(options.stop.clone())?;
+    let progress = output::progress_bar();
+    let result = crate::sync::run_with(&mut prepared.instance, &mut file, &prepared.module.digest, &progress, &options).await;
+    progress.finish_and_clear();
+    let summary = match result {
+        Err(e) if e.is::<crate::sync::Interrupted>() => return Err(e),
+        other => other.with_context(|| format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display()))?,
+    };
+    output::print_summary(&summary, &args.out);
+    if let Some(target) = &args.jsonl {
+        crate::cli::commands::inspect::export_jsonl(&file, summary.run_id, target)?;
+    }
+    Ok(())
+}

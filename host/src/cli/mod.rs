@@ -1,0 +1,102 @@
+//! The `tether` command line.
+
+//!
+//! `args` holds the flags commands share, `start` loads and starts a
+//! connector from them, `output` is what commands print, and `commands/`
+//! has one module per command.
+
+pub mod args;
+pub mod commands;
+pub mod output;
+pub mod start;
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use commands::{describe, inspect, module, sync, write};
+
+#[derive(Parser)]
+#[command(name = "tether", version, about = "Runs identity-governance connectors built as WebAssembly components")]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Syncs a connector into a sync file.
+    Sync(sync::SyncArgs),
+    /// Shows what the last good sync in a sync file found.
+    Inspect(inspect::InspectArgs),
+    /// Signs connector modules and checks signatures: keygen, sign, verify.
+    Module(module::ModuleArgs),
+    /// Shows what a connector declares: resource types, config keys (which
+    /// are secrets), hosts, account fields, and its storage namespace.
+    Describe(describe::DescribeArgs),
+    /// Grants an entitlement to a principal.
+    Grant(write::GrantArgs),
+    /// Revokes a grant.
+    Revoke(write::RevokeArgs),
+    /// Creates an account (invite only, no password).
+    CreateAccount(write::CreateAccountArgs),
+    /// Disables an account (needs --yes where the upstream cannot undo it).
+    DisableAccount(write::DisableAccountArgs),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or pipe gets plain
+        // text, in which any escape sequence would be a connector's.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // Stopped by a signal, with the run saved: 128 + the signal's
+        // number, as a shell reports a process the signal ended.
+        Err(e) if e.chain().any(|c| c.is::<crate::sync::Interrupted>()) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(128 + sync::STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst).clamp(1, 127) as u8)
+        }
+        // A reader that stopped early (`| head`) is not an error.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Module(args) => module::run(args),
+        Command::Describe(args) => describe::run(args).await,
+        Command::Sync(args) => sync::run(args).await,
+        Command::Grant(args) => write::grant(args).await,
+        Command::Revoke(args) => write::revoke(args).await,
+        Command::CreateAccount(args) => write::create_account(args).await,
+        Command::DisableAccount(args) => write::disable_account(args).await,
+        Command::Inspect(args) => inspect::run(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,67 @@
+//! A connector loaded, checked and started as the command-line flags say.
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+
+use super::args::ConnectorArgs;
+use crate::config::{ConnectorConfig, Secrets};
+use crate::connector::{ConnectorInstance, Grants};
+use crate::engine::{ConnectorEngine, LoadedModule};
+use crate::http::AllowedHost;
+use crate::terminal::escape as esc;
+
+/// A connector loaded and started as the flags say.
+pub struct Prepared {
+    pub engine: ConnectorEngine,
+    pub module: LoadedModule,
+    pub instance: ConnectorInstance,
+}
+
+pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
+    let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir) };
+    let engine = ConnectorEngine::new(cache_dir)?;
+    let trust = args.trust.to_trust()?;
+    let module = engine.load_trusted(&args.connector, &trust)?;
+    eprintln!(
+        "loaded {} (sha256 {}{}, tether:connector@{}) in {:.0} ms{}",
+        module.path.display(),
+        module.digest,
+        trust.signer.map(|key| format!(", signed by key {}", crate::trust::key_id(&key))).unwrap_or_default(),
+        module.api,
+        module.load_time.as_secs_f64() * 1000.0,
+        if module.from_cache { ", compiled code from cache" } else { "" }
+    );
+    let hosts = args.allow_host.iter().map(|h| AllowedHost::parse(h)).collect::<Result<Vec<_>>>()?;
+    let grants = Grants {
+        config: ConnectorConfig::new(args.config.clone()),
+        secrets: Arc::new(Secrets::resolve(&args.secret)?),
+        extra_hosts: hosts,
+        only_extra_hosts: args.only_allowed_hosts,
+        limits: args.limits.to_limits()?,
+        storage_root: args.storage_dir.clone(),
+        instance_name: args.instance.instance_name.clone(),
+        dry_run,
+    };
+    let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
+    check_config_against_metadata(&instance, args)?;
+    // Secrets are attached for these hosts: the operator should see them.
+    eprintln!("{} {} may reach: {}", esc(&instance.metadata.name), esc(&instance.metadata.version), instance.http().allowed_hosts().join(", "));
+    Ok(Prepared { engine, module, instance })
+}
+
+/// Secrets must not travel as config, and required keys must be given.
+fn check_config_against_metadata(instance: &ConnectorInstance, args: &ConnectorArgs) -> Result<()> {
+    for field in &instance.metadata.config {
+        let as_config = args.config.iter().any(|(key, _)| key == &field.key);
+        let as_secret = args.secret.iter().any(|s| s.name == field.key);
+        if field.secret && as_config {
+            bail!("{} is a secret: give it with --secret {}=env:VAR (or file:PATH), not --config", field.key, field.key);
+        }
+        if field.required && !as_config && !as_secret {
+            let flag = if field.secret { "--secret" } else { "--config" };
+            bail!("the connector needs {}: {} (give it with {flag} {}=…)", field.key, field.description, field.key);
+        }
+    }
+    Ok(())
+}
