@@ -204,10 +204,15 @@ async fn disable_account_needs_yes_and_says_why() {
     assert_eq!(sim.request_count(), 0);
 
     args.push("--yes".into());
-    let run = tether_async(args).await;
+    let run = tether_async(args.clone()).await;
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(stdout(&run).starts_with(&format!("changed: deactivated user {target}")), "{}", stdout(&run));
     assert!(!sim.org().user(&target).unwrap().active);
+
+    // Asana now hides the user from SCIM; a second run is no change, not `not found`.
+    let run = tether_async(args).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).starts_with(&format!("no change: user {target} is already deactivated")), "{}", stdout(&run));
 }
 
 #[tokio::test(flavor = "multi_thread")]

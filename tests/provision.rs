@@ -174,32 +174,48 @@ async fn license_moves_through_scim_patch() {
         .unwrap()
         .gid
         .clone();
+    let organization = org.workspaces[0].gid.clone();
+    let enterprise = format!("license:{organization}:enterprise:assigned");
+    let enterprise_grant = format!("{enterprise}:user:{viewer}");
+    let view_only_grant = format!("license:{organization}:view only:assigned:user:{viewer}");
     let mut connector = instance(&scim(&sim)).await;
 
+    // License IDs name their organization; the old org-less ones are refused.
+    let old = connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await;
+    assert!(matches!(&old, Err(CallError::Connector(ConnectorError::InvalidArgument(m))) if m.contains("ORG_GID:enterprise")), "{old:?}");
+
     // View only -> enterprise.
-    let result = connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await.unwrap();
+    let result = connector.grant_entitlement(&enterprise, &user(&viewer)).await.unwrap();
     assert_eq!(outcome(&result), "changed");
+    assert_eq!(result.grant.unwrap().id, enterprise_grant);
     assert_eq!(sim.org().user(&viewer).unwrap().license, License::Enterprise);
     let patches = sim.requests().iter().filter(|r| r.method == "PATCH").count();
     assert_eq!(patches, 1);
     let before = writes(&sim);
-    assert_eq!(outcome(&connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await.unwrap()), "no-change");
+    assert_eq!(outcome(&connector.grant_entitlement(&enterprise, &user(&viewer)).await.unwrap()), "no-change");
     assert_eq!(writes(&sim), before);
-    assert!(sync_grant_ids(&sim, &scim(&sim)).await.contains(&format!("license:enterprise:assigned:user:{viewer}")));
+    let ids = sync_grant_ids(&sim, &scim(&sim)).await;
+    assert!(ids.contains(&enterprise_grant));
+    assert!(!ids.contains(&view_only_grant), "one license per user per organization");
 
     // Revoke enterprise: back to view only.
-    assert_eq!(outcome(&connector.revoke_grant(&format!("license:enterprise:assigned:user:{viewer}")).await.unwrap()), "changed");
+    assert_eq!(outcome(&connector.revoke_grant(&enterprise_grant).await.unwrap()), "changed");
     assert_eq!(sim.org().user(&viewer).unwrap().license, License::ViewOnly);
-    assert_eq!(outcome(&connector.revoke_grant(&format!("license:enterprise:assigned:user:{viewer}")).await.unwrap()), "no-change");
+    assert_eq!(outcome(&connector.revoke_grant(&enterprise_grant).await.unwrap()), "no-change");
+    assert!(sync_grant_ids(&sim, &scim(&sim)).await.contains(&view_only_grant));
 
     // Revoke view only: deactivates.
-    assert_eq!(outcome(&connector.revoke_grant(&format!("license:view only:assigned:user:{viewer}")).await.unwrap()), "changed");
+    assert_eq!(outcome(&connector.revoke_grant(&view_only_grant).await.unwrap()), "changed");
     assert!(!sim.org().user(&viewer).unwrap().active);
     let ids = sync_grant_ids(&sim, &scim(&sim)).await;
     assert!(!ids.iter().any(|id| id.starts_with("license:") && id.ends_with(&format!(":user:{viewer}"))), "a deactivated user holds no license");
+    // Asana now hides the user from SCIM: revoking again is still no change.
+    let before = writes(&sim);
+    assert_eq!(outcome(&connector.revoke_grant(&view_only_grant).await.unwrap()), "no-change");
+    assert_eq!(writes(&sim), before);
 
     // No reactivation.
-    let again = connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await;
+    let again = connector.grant_entitlement(&enterprise, &user(&viewer)).await;
     assert!(matches!(&again, Err(CallError::Connector(ConnectorError::InvalidArgument(m))) if m.contains("cannot reactivate")), "{again:?}");
 }
 
@@ -208,7 +224,7 @@ async fn license_changes_need_scim() {
     let sim = start_sim(small_org()).await;
     let someone = sim.org().users[5].gid.clone();
     let mut connector = instance(&rest(&sim)).await;
-    let result = connector.grant_entitlement("license:enterprise:assigned", &user(&someone)).await;
+    let result = connector.grant_entitlement(&format!("license:{}:enterprise:assigned", sim.org().workspaces[0].gid), &user(&someone)).await;
     assert!(matches!(&result, Err(CallError::Connector(ConnectorError::Unsupported(m))) if m.contains("use-scim-api")), "{result:?}");
 }
 
@@ -247,9 +263,12 @@ async fn scim_sync_adds_profiles_and_licenses_and_keeps_guests() {
     assert!(users.iter().any(|u| u.id == guest.user_gid), "guests still come from REST");
     let grants = file.grants(run, Some("license")).unwrap();
     let license = if member.license == License::Enterprise { "enterprise" } else { "view only" };
-    let mine = grants.iter().find(|g| g.principal.id == member.gid).unwrap();
-    assert_eq!(mine.entitlement_id, format!("license:{license}:assigned"));
-    assert!(!mine.immutable);
+    let mine: Vec<_> = grants.iter().filter(|g| g.principal.id == member.gid).collect();
+    assert_eq!(mine.len(), 1, "one license per user per organization: {mine:?}");
+    assert_eq!(mine[0].entitlement_id, format!("license:{}:{license}:assigned", org.workspaces[0].gid));
+    assert!(!mine[0].immutable);
+    let licenses = file.resources(run, Some("license")).unwrap();
+    assert_eq!(licenses.len(), 2, "the organization's two licenses; the plain workspace has none");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,6 +325,40 @@ async fn disabling_an_account_deactivates_once() {
     assert_eq!(writes(&sim), before);
 }
 
+/// Issue #7, item 11: Asana hides deactivated users from SCIM, so a second
+/// `disable-account` ended with `not found`. It is "already deactivated",
+/// no change, when REST shows the user's membership inactive; a user who
+/// never existed is still a clear not-found.
+#[tokio::test(flavor = "multi_thread")]
+async fn disabling_an_account_twice_is_no_change_even_though_scim_hides_the_user() {
+    let sim = start_sim(small_org()).await;
+    let org = sim.org();
+    let organization = org.workspaces[0].gid.clone();
+    let target =
+        org.workspace_memberships.iter().find(|m| m.workspace_gid == organization && m.is_active && !m.is_guest && !m.is_admin).unwrap().user_gid.clone();
+    let mut connector = instance(&scim(&sim)).await;
+    assert_eq!(outcome(&connector.disable_account(&user(&target)).await.unwrap()), "changed");
+    assert!(!sim.org().user(&target).unwrap().active);
+
+    let before = writes(&sim);
+    let seen = sim.request_count();
+    let again = connector.disable_account(&user(&target)).await.expect("a second disable is not an error");
+    assert_eq!(outcome(&again), "no-change");
+    assert!(again.message.contains("already deactivated"), "{}", again.message);
+    assert_eq!(writes(&sim), before, "nothing written the second time");
+    let asked: Vec<_> = sim.requests().into_iter().skip(seen as usize).map(|r| (r.path, r.status)).collect();
+    assert_eq!(asked[0], (format!("/scim/Users/{target}"), 404), "SCIM hides the deactivated user: {asked:?}");
+    assert!(asked.iter().any(|(path, _)| path == &format!("/workspaces/{organization}/workspace_memberships")), "{asked:?}");
+
+    // A user who never existed.
+    let stranger = "1299999999999999";
+    match connector.disable_account(&user(stranger)).await {
+        Err(CallError::Connector(ConnectorError::NotFound(message))) => assert!(message.contains(stranger), "{message}"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    assert_eq!(writes(&sim), before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn scim_users_page_with_start_index_and_count() {
     let sim = start_sim(OrgSpec { users: 260, teams: 2, workspaces: 1, seed: 23 }).await;
@@ -313,11 +366,27 @@ async fn scim_users_page_with_start_index_and_count() {
     let engine = engine();
     let summary = sync_with(&engine, &load(&engine, &asana_wasm()), &scim(&sim), &dir.path().join("s.db")).await.unwrap();
     let scim_pages: Vec<String> = sim.requests().iter().filter(|r| r.path.starts_with("/scim/Users")).map(|r| r.query.clone()).collect();
-    let scim_listed = sim.org().users.iter().filter(|u| sim.org().workspace_memberships.iter().any(|m| m.user_gid == u.gid && !m.is_guest)).count();
+    // SCIM lists active full members (Asana hides deactivated users).
+    let scim_listed = sim.org().users.iter().filter(|u| u.active && sim.org().workspace_memberships.iter().any(|m| m.user_gid == u.gid && !m.is_guest)).count();
     let expected_pages = scim_listed.div_ceil(100);
     assert!(expected_pages >= 3, "{scim_listed} SCIM users");
     assert_eq!(scim_pages.len(), expected_pages, "{scim_pages:?}");
     assert_eq!(scim_pages[0], "startIndex=1&count=100");
     assert_eq!(scim_pages[1], "startIndex=101&count=100");
     assert_eq!(summary.http_requests, sim.org().minimum_requests(100) + expected_pages as u64);
+}
+
+/// SCIM answers for a service account's one organization: with a token
+/// that sees two, its licenses could not be attributed, so the sync stops
+/// and says why instead of guessing.
+#[tokio::test(flavor = "multi_thread")]
+async fn scim_mode_refuses_a_token_that_sees_two_organizations() {
+    let mut org = Org::generate(&small_org());
+    org.workspaces[1].is_organization = true;
+    let sim = support::start_sim_with(asana_sim::SimConfig::new(org)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let error = sync_with(&engine, &load(&engine, &asana_wasm()), &scim(&sim), &dir.path().join("s.db")).await.unwrap_err();
+    assert!(format!("{error:#}").contains("sees 2 organizations"), "{error:#}");
+    assert_eq!(sim.request_count(), 1, "stopped at the workspace listing");
 }

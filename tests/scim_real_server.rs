@@ -23,6 +23,9 @@ async fn connector_for(server: &Scim2Server) -> ConnectorInstance {
     ConnectorInstance::start(&engine, &module, &grants).await.unwrap()
 }
 
+/// The organization the licenses belong to (any gid: the SCIM server has none).
+const ORG: &str = "1200000000000001";
+
 fn changed(result: &guest::WriteResult) -> bool {
     matches!(result.outcome, guest::Outcome::Changed)
 }
@@ -46,17 +49,19 @@ async fn the_scim_client_works_against_a_real_scim_server() {
         ids.push(account.id);
     }
 
-    // PATCH userType (the server answers 204), then read it back.
+    // PATCH userType (the server answers 204), then read it back. License
+    // IDs name the organization the service account's SCIM API serves.
     let user = ResourceRef { resource_type: "user".into(), id: ids[0].clone() };
-    assert!(changed(&connector.grant_entitlement("license:enterprise:assigned", &user).await.expect("PATCH userType")));
-    assert!(!changed(&connector.grant_entitlement("license:enterprise:assigned", &user).await.unwrap()), "read back as enterprise");
+    let enterprise = format!("license:{ORG}:enterprise:assigned");
+    assert!(changed(&connector.grant_entitlement(&enterprise, &user).await.expect("PATCH userType")));
+    assert!(!changed(&connector.grant_entitlement(&enterprise, &user).await.unwrap()), "read back as enterprise");
 
     // The listing pass: every user with the license their userType gives.
-    let license = ResourceRef { resource_type: "license".into(), id: "enterprise".into() };
+    let license = ResourceRef { resource_type: "license".into(), id: format!("{ORG}:enterprise") };
     let page = connector.list_grants(&license, None).await.expect("SCIM list");
     assert_eq!(page.resources.len(), 3);
-    let enterprise: Vec<_> = page.grants.iter().filter(|g| g.entitlement_id == "license:enterprise:assigned").map(|g| g.principal.id.clone()).collect();
-    assert_eq!(enterprise, vec![ids[0].clone()]);
+    let holders: Vec<_> = page.grants.iter().filter(|g| g.entitlement_id == enterprise).map(|g| g.principal.id.clone()).collect();
+    assert_eq!(holders, vec![ids[0].clone()]);
     assert_eq!(page.grants.len(), 3);
     assert!(page.next_token.is_none());
 

@@ -14,17 +14,22 @@ fn spec(users: usize, teams: usize, workspaces: usize, seed: u64) -> OrgSpec {
 }
 
 /// Grants a REST-only sync reports: every workspace and team membership,
-/// plus one license per user with an active, non-guest membership (from
-/// `is_view_only`).
+/// plus one license per user with an active, non-guest membership in an
+/// organization (from `is_view_only`); plain workspaces carry no license.
 fn expected_grants(org: &asana_sim::Org) -> i64 {
-    let licenses: HashSet<(bool, &str)> = org
+    let licenses: HashSet<(&str, &str)> = org
         .workspace_memberships
         .iter()
+        .filter(|m| org.workspace(&m.workspace_gid).unwrap().is_organization)
         // The license follows the role: an admin counts even if flagged guest.
         .filter(|m| m.is_active && (m.is_admin || !m.is_guest))
-        .map(|m| (m.is_view_only, m.user_gid.as_str()))
+        .map(|m| (m.workspace_gid.as_str(), m.user_gid.as_str()))
         .collect();
     (org.workspace_memberships.len() + org.team_memberships.len() + licenses.len()) as i64
+}
+
+fn organizations(org: &asana_sim::Org) -> usize {
+    org.workspaces.iter().filter(|w| w.is_organization).count()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,7 +46,8 @@ async fn seeded_org_syncs_exactly_with_the_fewest_requests() {
     assert_eq!(count("workspace"), org.workspaces.len() as i64);
     assert_eq!(count("team"), org.teams.len() as i64);
     assert_eq!(count("user"), members.len() as i64);
-    assert_eq!(count("license"), 2);
+    assert_eq!(organizations(&org), 1);
+    assert_eq!(count("license"), 2, "enterprise and view only, of the one organization");
     assert_eq!(summary.entitlements, (3 * org.workspaces.len() + 4 * org.teams.len() + 2) as i64);
     assert_eq!(summary.grants, expected_grants(&org));
     assert_eq!(summary.http_requests, org.minimum_requests(100), "one request per page, pages of 100");
@@ -65,7 +71,7 @@ async fn seeded_org_syncs_exactly_with_the_fewest_requests() {
     let g = grant(format!("workspace:{}:member:user:{}", view_only.workspace_gid, view_only.user_gid));
     assert_eq!(g.attributes["is_view_only"], "true");
     // Without SCIM the license comes from REST and is read only.
-    assert!(grant(format!("license:view only:assigned:user:{}", view_only.user_gid)).immutable);
+    assert!(grant(format!("license:{}:view only:assigned:user:{}", view_only.workspace_gid, view_only.user_gid)).immutable);
 
     let inactive = org.workspace_memberships.iter().find(|m| !m.is_active).expect("a deactivated user");
     let role = if inactive.is_admin {
@@ -235,4 +241,77 @@ async fn a_failed_sync_resumes_from_its_checkpoint() {
     let run = file.last_run().unwrap().unwrap();
     assert_eq!(run.status, "succeeded");
     assert_eq!(run.http_requests as u64, sent_before + resumed, "the run counts both parts");
+}
+
+/// Issue #7, item 8: a user view only in an organization and also in a
+/// plain workspace got both `enterprise` and `view only`. Licenses belong
+/// to organizations: one license resource pair per organization, at most
+/// one license grant per user per organization, none from plain
+/// workspaces, and a user's licenses in two organizations told apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn licenses_are_per_organization_and_plain_workspaces_carry_none() {
+    let mut org = asana_sim::Org::generate(&spec(60, 3, 3, 19));
+    let first = org.workspaces[0].gid.clone();
+    let plain = org.workspaces[1].gid.clone();
+    // A second organization, with licenses of its own.
+    let second = org.workspaces[2].gid.clone();
+    org.workspaces[2].is_organization = true;
+    org.workspaces[2].email_domains = vec!["second.example".into()];
+    let viewer = org
+        .workspace_memberships
+        .iter()
+        .find(|m| m.workspace_gid == first && m.is_active && m.is_view_only && !m.is_admin && !m.is_guest)
+        .expect("a view-only member of the organization")
+        .user_gid
+        .clone();
+    // The viewer is also in the plain workspace (where Asana says
+    // is_view_only: false) and a full (enterprise) member of the second organization.
+    let mut next_gid = 1_299_999_999_999_000u64;
+    for workspace in [&plain, &second] {
+        match org.workspace_memberships.iter_mut().find(|m| &m.workspace_gid == workspace && m.user_gid == viewer) {
+            Some(m) => m.is_view_only = false,
+            None => {
+                next_gid += 1;
+                org.workspace_memberships.push(asana_sim::WorkspaceMembership {
+                    gid: next_gid.to_string(),
+                    user_gid: viewer.clone(),
+                    workspace_gid: workspace.clone(),
+                    is_admin: false,
+                    is_guest: false,
+                    is_active: true,
+                    is_view_only: false,
+                });
+            }
+        }
+    }
+    let sim = start_sim_with(SimConfig::new(org.clone())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+
+    let summary = sync_sim(&sim, "sim-token", &out).await.expect("sync succeeds");
+    assert_eq!(summary.http_requests, org.minimum_requests(100), "licenses cost no request");
+    assert_eq!(summary.grants, expected_grants(&org));
+
+    let file = SyncFile::open_existing(&out).unwrap();
+    let run = file.last_good_run().unwrap().unwrap().id;
+    let mut licenses: Vec<(String, String)> =
+        file.resources(run, Some("license")).unwrap().into_iter().map(|r| (r.id, r.parent.expect("a license hangs under its organization").id)).collect();
+    licenses.sort();
+    let mut expected: Vec<(String, String)> =
+        [&first, &second].iter().flat_map(|o| [(format!("{o}:enterprise"), o.to_string()), (format!("{o}:view only"), o.to_string())]).collect();
+    expected.sort();
+    assert_eq!(licenses, expected, "two licenses per organization, none for the plain workspace");
+
+    let grants = file.grants(run, Some("license")).unwrap();
+    let mut held: Vec<&str> = grants.iter().filter(|g| g.principal.id == viewer).map(|g| g.id.as_str()).collect();
+    held.sort();
+    let mut want = vec![format!("license:{first}:view only:assigned:user:{viewer}"), format!("license:{second}:enterprise:assigned:user:{viewer}")];
+    want.sort();
+    assert_eq!(held, want);
+    assert!(!grants.iter().any(|g| g.entitlement_id.contains(&plain)), "a plain workspace carries no license");
+    let mut per_org = HashSet::new();
+    for g in &grants {
+        let org_gid = g.entitlement_id.split(':').nth(1).unwrap();
+        assert!(per_org.insert((org_gid.to_string(), g.principal.id.clone())), "{} holds two licenses in {org_gid}", g.principal.id);
+    }
 }

@@ -53,6 +53,8 @@ pub struct User {
     pub department: String,
     /// false = deactivated (Asana cannot reactivate).
     pub active: bool,
+    /// The license in the organization SCIM serves ([`Org::organization`]); a membership's
+    /// `is_view_only` is the license in its own workspace (always false outside organizations).
     pub license: License,
 }
 
@@ -255,7 +257,8 @@ impl Org {
                     // Only organizations have guests.
                     is_guest: is_org && roles[i] == Role::Guest,
                     is_active: user.active,
-                    is_view_only: user.license == License::ViewOnly,
+                    // Licenses exist only in organizations (Enterprise domains).
+                    is_view_only: is_org && user.license == License::ViewOnly,
                 });
             }
         }
@@ -479,7 +482,7 @@ impl World {
             is_admin: false,
             is_guest,
             is_active: user.active,
-            is_view_only: user.license == License::ViewOnly,
+            is_view_only: ws.is_organization && user.license == License::ViewOnly,
         });
         Some(self.org.workspace_memberships.len() - 1)
     }
@@ -522,11 +525,17 @@ impl World {
         }
     }
 
+    /// `license` is the user's license in the organization SCIM provisions into
+    /// ([`Org::organization`]); plain workspaces carry none, and other organizations keep
+    /// their own.
     pub fn set_license(&mut self, user_gid: &str, license: License) {
         for u in self.org.users.iter_mut().filter(|u| u.gid == user_gid) {
             u.license = license;
         }
-        for m in self.org.workspace_memberships.iter_mut().filter(|m| m.user_gid == user_gid) {
+        let Some(organization) = self.org.organization().map(|w| w.gid.clone()) else {
+            return;
+        };
+        for m in self.org.workspace_memberships.iter_mut().filter(|m| m.user_gid == user_gid && m.workspace_gid == organization) {
             m.is_view_only = license == License::ViewOnly;
         }
     }
@@ -572,6 +581,8 @@ mod tests {
         assert_eq!(org_members.iter().filter(|m| m.is_guest).count(), 6);
         assert!(org_members.iter().any(|m| !m.is_active));
         assert!(org_members.iter().any(|m| m.is_view_only));
+        // Licenses exist only in organizations.
+        assert!(a.workspace_memberships.iter().filter(|m| !a.workspace(&m.workspace_gid).unwrap().is_organization).all(|m| !m.is_view_only));
         assert!(a.users.iter().any(|u| !u.active));
         assert!(a.users.iter().any(|u| u.license == License::ViewOnly));
         // Users shared across workspaces keep one gid.

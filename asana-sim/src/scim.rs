@@ -1,7 +1,9 @@
 //! Asana's SCIM 2.0 Users endpoints (user provisioning in the organization).
 //!
 //! SCIM sees only full members of the organization: guests and users of other workspaces
-//! are not listed. Deactivated users stay visible with `active: false`.
+//! are not listed. Like Asana, GET hides deactivated users (the list leaves them out and
+//! `GET /Users/{id}` answers 404); REST still shows their workspace memberships with
+//! `is_active: false`. A PATCH still finds them, and refuses to reactivate them.
 
 use std::sync::Arc;
 
@@ -29,7 +31,7 @@ pub(crate) fn router() -> Router<Arc<Shared>> {
     Router::new().route("/Users", get(list_users).post(create_user)).route("/Users/{id}", get(get_user).patch(patch_user))
 }
 
-/// Users SCIM manages: non-guest members of the organization.
+/// Users SCIM manages: non-guest members of the organization, deactivated ones included.
 fn scim_users(org: &Org) -> Vec<&User> {
     let Some(orgws) = org.organization() else {
         return Vec::new();
@@ -39,6 +41,11 @@ fn scim_users(org: &Org) -> Vec<&User> {
     users.sort_by_key(|u| u.gid.parse::<u64>().unwrap_or(u64::MAX));
     users.dedup_by(|a, b| a.gid == b.gid);
     users
+}
+
+/// Users SCIM GET shows: the active ones.
+fn visible_scim_users(org: &Org) -> Vec<&User> {
+    scim_users(org).into_iter().filter(|u| u.active).collect()
 }
 
 fn find_scim_user<'a>(org: &'a Org, id: &str) -> Result<&'a User, ScimError> {
@@ -105,7 +112,7 @@ async fn list_users(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) 
         None => None,
     };
     let world = lock(&shared.world);
-    let matching: Vec<&User> = scim_users(&world.org).into_iter().filter(|u| filter.as_ref().is_none_or(|f| u.email.eq_ignore_ascii_case(f))).collect();
+    let matching: Vec<&User> = visible_scim_users(&world.org).into_iter().filter(|u| filter.as_ref().is_none_or(|f| u.email.eq_ignore_ascii_case(f))).collect();
     let page: Vec<Value> = matching.iter().skip(start - 1).take(count).map(|u| resource(&shared.base_url, u)).collect();
     let body = json!({
         "schemas": [LIST_SCHEMA],
@@ -119,7 +126,7 @@ async fn list_users(State(shared): State<Arc<Shared>>, RawQuery(raw): RawQuery) 
 
 async fn get_user(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> ScimResult {
     let world = lock(&shared.world);
-    let user = find_scim_user(&world.org, &id)?;
+    let user = visible_scim_users(&world.org).into_iter().find(|u| u.gid == id).ok_or_else(|| ScimError::not_found(&id))?;
     Ok(scim_json(StatusCode::OK, &resource(&shared.base_url, user)))
 }
 

@@ -341,7 +341,9 @@ async fn scim_users_list_patch_and_create() {
     let org = api.sim.org();
     let org_gid = org.workspaces[0].gid.clone();
     let members: Vec<_> = org.workspace_memberships.iter().filter(|m| m.workspace_gid == org_gid).collect();
-    let expected = members.iter().filter(|m| !m.is_guest).count();
+    // Deactivated users are hidden from SCIM GET.
+    let expected = members.iter().filter(|m| !m.is_guest && m.is_active).count();
+    assert!(members.iter().any(|m| !m.is_guest && !m.is_active));
 
     let (status, body) = api.get("/scim/Users?startIndex=1&count=100").await;
     assert_eq!(status, StatusCode::OK);
@@ -353,7 +355,7 @@ async fn scim_users_list_patch_and_create() {
     let guest = members.iter().find(|m| m.is_guest).unwrap();
     let all: Vec<Value> = body["Resources"].as_array().unwrap().iter().chain(rest["Resources"].as_array().unwrap()).cloned().collect();
     assert!(all.iter().all(|r| r["id"] != guest.user_gid.as_str()), "guests are not SCIM users");
-    assert!(all.iter().any(|r| r["active"] == false));
+    assert!(all.iter().all(|r| r["active"] == true));
 
     let target = org
         .users
@@ -385,8 +387,13 @@ async fn scim_users_list_patch_and_create() {
     let org = api.sim.org();
     assert!(!org.user(&target.gid).unwrap().active);
     assert!(org.workspace_memberships.iter().filter(|m| m.user_gid == target.gid).all(|m| !m.is_active));
-    let (_, body) = api.get(&path).await;
-    assert_eq!(body["active"], false);
+    // Gone from SCIM GET, as in Asana; REST shows the membership inactive.
+    let (status, _) = api.get(&path).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, body) = api.get(&format!("/scim/Users?filter=userName%20eq%20%22{}%22", target.email)).await;
+    assert_eq!(body["totalResults"], 0);
+    let (_, body) = api.get(&format!("/workspaces/{org_gid}/workspace_memberships?user={}&opt_fields=is_active", target.gid)).await;
+    assert_eq!(body["data"][0]["is_active"], false);
 
     // Asana cannot reactivate.
     let (status, _, text) = api.send(Method::PATCH, &path, Some(patch(json!([{"op": "replace", "path": "active", "value": true}])))).await;

@@ -1,15 +1,38 @@
 //! The identifiers this connector hands out: entitlements are
-//! `TYPE:GID:SLUG` (e.g. `team:1201:member`), grants are
+//! `TYPE:ID:SLUG` (e.g. `team:1201:member`), grants are
 //! `ENTITLEMENT:user:USER_GID`. Revoke parses them back.
+//!
+//! Most resource IDs are Asana gids. A license belongs to one organization,
+//! so its resource ID is `ORG_GID:LICENSE` (`1201:enterprise`,
+//! `1201:view only`), its entitlement `license:1201:enterprise:assigned`.
 
+use crate::records::LICENSES;
 use crate::tether::connector::types::{ConnectorError, ResourceRef};
 
-pub fn entitlement_id(resource_type: &str, gid: &str, slug: &str) -> String {
-    format!("{resource_type}:{gid}:{slug}")
+pub fn entitlement_id(resource_type: &str, id: &str, slug: &str) -> String {
+    format!("{resource_type}:{id}:{slug}")
 }
 
 pub fn grant_id(entitlement_id: &str, user_gid: &str) -> String {
     format!("{entitlement_id}:user:{user_gid}")
+}
+
+/// The resource ID of `license` in organization `org`.
+pub fn license_resource_id(org: &str, license: &str) -> String {
+    format!("{org}:{license}")
+}
+
+/// A license resource ID taken apart: (organization gid, license).
+pub fn parse_license(id: &str) -> Result<(&str, &'static str), ConnectorError> {
+    let bad = || {
+        ConnectorError::InvalidArgument(format!("not an Asana license (ORG_GID:enterprise or ORG_GID:view only; licenses belong to one organization): {id:?}"))
+    };
+    let (org, name) = id.split_once(':').ok_or_else(bad)?;
+    if org.is_empty() || !org.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    let license = LICENSES.iter().map(|(l, _)| *l).find(|l| *l == name).ok_or_else(bad)?;
+    Ok((org, license))
 }
 
 /// An entitlement ID taken apart.
@@ -18,19 +41,26 @@ pub struct EntitlementId {
     pub slug: String,
 }
 
+/// `TYPE:ID:SLUG`: the type runs to the first colon, the slug from the
+/// last; the ID between them may hold colons (licenses' does).
 pub fn parse_entitlement(id: &str) -> Result<EntitlementId, ConnectorError> {
-    let parts: Vec<&str> = id.split(':').collect();
-    match parts.as_slice() {
-        [resource_type, gid, slug] if !gid.is_empty() && !slug.is_empty() => {
-            Ok(EntitlementId { resource: ResourceRef { resource_type: resource_type.to_string(), id: gid.to_string() }, slug: slug.to_string() })
-        }
-        _ => Err(ConnectorError::InvalidArgument(format!("not an Asana entitlement ID (TYPE:GID:ROLE): {id:?}"))),
+    let bad = || ConnectorError::InvalidArgument(format!("not an Asana entitlement ID (TYPE:ID:ROLE): {id:?}"));
+    let (resource_type, rest) = id.split_once(':').ok_or_else(bad)?;
+    let (resource_id, slug) = rest.rsplit_once(':').ok_or_else(bad)?;
+    if resource_type.is_empty() || resource_id.is_empty() || slug.is_empty() {
+        return Err(bad());
     }
+    if resource_type == "license" {
+        parse_license(resource_id)?;
+    } else if resource_id.contains(':') {
+        return Err(bad());
+    }
+    Ok(EntitlementId { resource: ResourceRef { resource_type: resource_type.to_string(), id: resource_id.to_string() }, slug: slug.to_string() })
 }
 
 /// A grant ID taken apart into its entitlement and the user it is granted to.
 pub fn parse_grant(id: &str) -> Result<(EntitlementId, ResourceRef), ConnectorError> {
-    let bad = || ConnectorError::InvalidArgument(format!("not an Asana grant ID (TYPE:GID:ROLE:user:GID): {id:?}"));
+    let bad = || ConnectorError::InvalidArgument(format!("not an Asana grant ID (TYPE:ID:ROLE:user:GID): {id:?}"));
     let (entitlement, user_gid) = id.rsplit_once(":user:").ok_or_else(bad)?;
     if user_gid.is_empty() || user_gid.contains(':') {
         return Err(bad());

@@ -1,19 +1,31 @@
-//! The paged listings the host drives: every call is at most one request.
+//! The paged listings the host drives: every call is at most one request
+//! (a workspace's memberships in an instance that has not seen the
+//! `/workspaces` listing, as in a resumed sync, first ask it once more).
 //!
 //! Per workspace: its teams, its users (`/users?workspace=`) and its
-//! memberships; per team, its memberships. Licenses: from SCIM when
-//! enabled (one pass over `/scim/Users` for the whole org, made when the
-//! host lists the grants of the enterprise license), otherwise from the
-//! `is_view_only` flag of workspace memberships (read only).
+//! memberships; per team, its memberships.
+//!
+//! Licenses belong to organizations: each organization's two license
+//! resources (`ORG_GID:enterprise`, `ORG_GID:view only`) come with the
+//! `/workspaces` page that lists it, since only that page says which
+//! workspaces are organizations; plain workspaces have none. A user's
+//! license comes from SCIM when enabled (one pass over `/scim/Users` for
+//! the organization, made when the host lists the grants of its enterprise
+//! license), otherwise from the `is_view_only` flag of their membership in
+//! the organization (read only): one license per user per organization.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 
 use crate::client::Client;
-use crate::exports::tether::connector::connector::{Page, Resource};
+use crate::exports::tether::connector::connector::Page;
+use crate::ids;
 use crate::records::*;
 use crate::scim;
 use crate::tether::connector::log;
 use crate::tether::connector::types::{ConnectorError, ResourceRef};
 
-const WORKSPACE_FIELDS: &str = "name,is_organization,email_domains";
+pub const WORKSPACE_FIELDS: &str = "name,is_organization,email_domains";
 const TEAM_FIELDS: &str = "name,description";
 const USER_FIELDS: &str = "name,email";
 // Asana's spec allows only `user.name` of the user inside a membership, so
@@ -60,26 +72,71 @@ pub fn team_role(membership: &serde_json::Value) -> &'static str {
     }
 }
 
+thread_local! {
+    /// Workspace gid -> is it an organization, as `/workspaces` said. The
+    /// host keeps one instance for a whole sync, so the workspace listing
+    /// fills this before any workspace's memberships are listed; a fresh
+    /// instance (a resumed sync) asks `/workspaces` again, once.
+    static ORGANIZATIONS: RefCell<BTreeMap<String, bool>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+fn remember_workspaces(items: &[serde_json::Value]) -> Result<(), ConnectorError> {
+    for item in items {
+        let gid = gid(item)?;
+        let is_organization = flag(item, "is_organization");
+        ORGANIZATIONS.with(|known| known.borrow_mut().insert(gid, is_organization));
+    }
+    Ok(())
+}
+
+fn known_organizations() -> usize {
+    ORGANIZATIONS.with(|known| known.borrow().values().filter(|is_org| **is_org).count())
+}
+
+/// Whether a workspace is an organization (has licenses).
+fn is_organization(client: &Client, workspace: &str) -> Result<bool, ConnectorError> {
+    if let Some(known) = ORGANIZATIONS.with(|known| known.borrow().get(workspace).copied()) {
+        return Ok(known);
+    }
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.list("/workspaces", &[], WORKSPACE_FIELDS, token.as_deref())?;
+        remember_workspaces(&page.items)?;
+        match page.next_offset {
+            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+            _ => break,
+        }
+    }
+    Ok(ORGANIZATIONS.with(|known| known.borrow().get(workspace).copied()).unwrap_or(false))
+}
+
 pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&ResourceRef>, token: Option<&str>) -> Result<Page, ConnectorError> {
     match (resource_type, scope) {
         ("workspace", None) => {
             let page = client.list("/workspaces", &[], WORKSPACE_FIELDS, token)?;
-            let resources = page.items.iter().map(workspace_resource).collect::<Result<_, _>>()?;
+            remember_workspaces(&page.items)?;
+            if client.settings.use_scim && known_organizations() > 1 {
+                // SCIM answers for the service account's one organization;
+                // with several, its licenses could not be told apart.
+                return Err(ConnectorError::InvalidConfig(format!(
+                    "use-scim-api: the token sees {} organizations, but Asana's SCIM API serves one (a service account belongs to one organization)",
+                    known_organizations()
+                )));
+            }
+            let mut resources = Vec::new();
+            for item in &page.items {
+                let workspace = workspace_resource(item)?;
+                let organization = ResourceRef { resource_type: "workspace".into(), id: workspace.id.clone() };
+                resources.push(workspace);
+                if flag(item, "is_organization") {
+                    resources.extend(license_resources(&organization));
+                }
+            }
             Ok(Page { resources, next_token: page.next_offset, ..empty_page() })
         }
-        ("license", None) => {
-            let resources = LICENSES
-                .iter()
-                .map(|(id, name)| Resource {
-                    resource_type: "license".into(),
-                    id: id.to_string(),
-                    display_name: name.to_string(),
-                    parent: None,
-                    attributes: vec![],
-                })
-                .collect();
-            Ok(Page { resources, ..empty_page() })
-        }
+        // Listed with the `/workspaces` page (above), the only place that
+        // says which workspaces are organizations.
+        ("license", Some(workspace)) if workspace.resource_type == "workspace" => Ok(empty_page()),
         ("team", Some(workspace)) if workspace.resource_type == "workspace" => {
             let path = format!("/workspaces/{}/teams", workspace.id);
             let page = match client.list(&path, &[], TEAM_FIELDS, token) {
@@ -143,23 +200,30 @@ pub fn list_grants(client: &Client, resource: &ResourceRef, token: Option<&str>)
             }
             Ok(out)
         }
-        // The one SCIM pass over the org yields every user's license.
-        "license" if resource.id == "enterprise" && client.settings.use_scim => {
+        "license" => {
+            let (org, license) = ids::parse_license(&resource.id)?;
+            if license != "enterprise" || !client.settings.use_scim {
+                // Reported with the SCIM pass or the workspace memberships.
+                return Ok(empty_page());
+            }
+            // The one SCIM pass over the organization yields every user's license.
             let (users, next_token) = scim::list_users(client, token)?;
             let mut out = Page { next_token, ..empty_page() };
             for user in &users {
-                out.grants.extend(user.license_grant());
+                out.grants.extend(user.license_grant(org));
                 out.resources.push(user.resource());
             }
             Ok(out)
         }
-        // Reported with the SCIM pass or the workspace memberships.
-        "license" | "user" => Ok(empty_page()),
+        "user" => Ok(empty_page()),
         other => Err(ConnectorError::InvalidArgument(format!("unknown resource type {other:?}"))),
     }
 }
 
 fn workspace_grants(client: &Client, workspace: &ResourceRef, token: Option<&str>) -> Result<Page, ConnectorError> {
+    // Without SCIM, the license is what REST says, read only; only an
+    // organization has licenses.
+    let rest_licenses = !client.settings.use_scim && is_organization(client, &workspace.id)?;
     let path = format!("/workspaces/{}/workspace_memberships", workspace.id);
     let page = client.list(&path, &[], WORKSPACE_MEMBERSHIP_FIELDS, token)?;
     let mut out = Page { next_token: page.next_offset, ..empty_page() };
@@ -170,10 +234,9 @@ fn workspace_grants(client: &Client, workspace: &ResourceRef, token: Option<&str
         let view_only = flag(membership, "is_view_only");
         let attributes = vec![pair("is_active", active.to_string()), pair("is_view_only", view_only.to_string())];
         out.grants.push(grant(workspace, role, &user.id, role != "member", attributes));
-        // Without SCIM, the license is what REST says; read only.
-        if !client.settings.use_scim && active && role != "guest" {
+        if rest_licenses && active && role != "guest" {
             let license = if view_only { "view only" } else { "enterprise" };
-            out.grants.push(license_grant(license, &user.id, true));
+            out.grants.push(license_grant(&workspace.id, license, &user.id, true));
         }
         out.resources.push(user);
     }

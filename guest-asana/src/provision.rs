@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::client::Client;
 use crate::exports::tether::connector::connector::{AccountRequest, Outcome, Resource, WriteResult};
 use crate::ids::{self, EntitlementId};
-use crate::listing::{team_role, workspace_role, TEAM_MEMBERSHIP_FIELDS, WORKSPACE_MEMBERSHIP_FIELDS};
+use crate::listing::{team_role, workspace_role, TEAM_MEMBERSHIP_FIELDS, WORKSPACE_FIELDS, WORKSPACE_MEMBERSHIP_FIELDS};
 use crate::records::*;
 use crate::scim;
 use crate::tether::connector::types::{ConnectorError, ResourceRef};
@@ -37,16 +37,16 @@ pub fn grant_entitlement(client: &Client, entitlement_id: &str, principal: &Reso
         }
         ("license", "assigned") => {
             client.settings.require_scim("changing a license")?;
-            let license = license_id(&entitlement)?;
-            let current = scim::get_user(client, user)?;
-            if !current.active {
-                return Err(ConnectorError::InvalidArgument(format!("user {user} is deactivated, and Asana cannot reactivate a user")));
-            }
+            let (org, license) = ids::parse_license(&resource.id)?;
+            let current = match scim_user(client, user, Some(org))? {
+                ScimLookup::Found(current) if current.active => current,
+                _ => return Err(ConnectorError::InvalidArgument(format!("user {user} is deactivated, and Asana cannot reactivate a user"))),
+            };
             if current.license() == Some(license) {
-                return Ok(no_change(format!("user {user} already has the {license} license")));
+                return Ok(no_change(format!("user {user} already has the {license} license in organization {org}")));
             }
             scim::set_user_type(client, user, license)?;
-            Ok(changed(format!("moved user {user} to the {license} license"), Some(license_grant(license, user, false))))
+            Ok(changed(format!("moved user {user} to the {license} license in organization {org}"), Some(license_grant(org, license, user, false))))
         }
         _ => Err(not_writable(&entitlement)),
     }
@@ -75,10 +75,15 @@ pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, Conn
         },
         ("license", "assigned") => {
             client.settings.require_scim("changing a license")?;
-            let license = license_id(&entitlement)?;
-            let current = scim::get_user(client, user)?;
+            let (org, license) = ids::parse_license(&resource.id)?;
+            let current = match scim_user(client, user, Some(org))? {
+                ScimLookup::Found(current) => current,
+                ScimLookup::Deactivated { .. } => {
+                    return Ok(no_change(format!("user {user} is deactivated and holds no license in organization {org}")));
+                }
+            };
             if current.license() != Some(license) {
-                return Ok(no_change(format!("user {user} does not hold the {license} license")));
+                return Ok(no_change(format!("user {user} does not hold the {license} license in organization {org}")));
             }
             if license == "enterprise" {
                 // Without the enterprise license a user falls back to view only.
@@ -153,12 +158,86 @@ pub fn disable_account(client: &Client, account: &ResourceRef) -> Result<WriteRe
     if account.resource_type != "user" {
         return Err(ConnectorError::InvalidArgument(format!("accounts are users, not {:?}", account.resource_type)));
     }
-    let current = scim::get_user(client, &account.id)?;
-    if !current.active {
-        return Ok(no_change(format!("user {} is already deactivated", account.id)));
-    }
+    let current = match scim_user(client, &account.id, None)? {
+        ScimLookup::Found(current) if current.active => current,
+        ScimLookup::Found(_) => return Ok(no_change(format!("user {} is already deactivated", account.id))),
+        ScimLookup::Deactivated { org } => {
+            return Ok(no_change(format!(
+                "user {} is already deactivated (SCIM no longer lists them; their membership in organization {org} is inactive)",
+                account.id
+            )))
+        }
+    };
     scim::deactivate(client, &account.id)?;
     Ok(changed(format!("deactivated user {} ({})", account.id, current.user_name), None))
+}
+
+/// What SCIM says of a user.
+enum ScimLookup {
+    /// SCIM shows the user (some SCIM servers keep deactivated users
+    /// visible with `active: false`).
+    Found(scim::ScimUser),
+    /// SCIM hides the user, as Asana does once a user is deactivated, and
+    /// REST shows their membership in organization `org` inactive.
+    Deactivated { org: String },
+}
+
+/// Reads `user` through SCIM. A 404 there is either a deactivated user
+/// (Asana hides them from SCIM) or someone the organization never had: the
+/// user's REST membership in `org` (or, without one, in every organization
+/// the token sees) tells which. A real stranger stays a clear not-found.
+fn scim_user(client: &Client, user: &str, org: Option<&str>) -> Result<ScimLookup, ConnectorError> {
+    let why = match scim::get_user(client, user) {
+        Ok(found) => return Ok(ScimLookup::Found(found)),
+        Err(ConnectorError::NotFound(why)) => why,
+        Err(other) => return Err(other),
+    };
+    let organizations = match org {
+        Some(org) => vec![org.to_string()],
+        None => organizations(client)?,
+    };
+    for org in organizations {
+        let Some(membership) = organization_membership(client, &org, user)? else { continue };
+        if !flag_or(&membership, "is_active", true) {
+            return Ok(ScimLookup::Deactivated { org });
+        }
+        if workspace_role(&membership) == "guest" {
+            return Err(ConnectorError::NotFound(format!(
+                "user {user} is a guest of organization {org}, and Asana's SCIM API knows only full members ({why})"
+            )));
+        }
+    }
+    Err(ConnectorError::NotFound(format!("user {user} does not exist in the organization ({why})")))
+}
+
+/// The gids of the organizations the token sees.
+fn organizations(client: &Client) -> Result<Vec<String>, ConnectorError> {
+    let mut found = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = client.list("/workspaces", &[], WORKSPACE_FIELDS, token.as_deref())?;
+        for workspace in page.items.iter().filter(|w| flag(w, "is_organization")) {
+            found.push(gid(workspace)?);
+        }
+        match page.next_offset {
+            Some(next) if Some(&next) != token.as_ref() => token = Some(next),
+            _ => return Ok(found),
+        }
+    }
+}
+
+/// The user's membership in an organization, active or not (an active one
+/// first, should there be several); None when Asana does not know the user
+/// there.
+fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Option<serde_json::Value>, ConnectorError> {
+    let path = format!("/workspaces/{org}/workspace_memberships");
+    let page = match client.list(&path, &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None) {
+        // Asana answers 404 (or 400) for a user it does not know.
+        Err(ConnectorError::NotFound(_) | ConnectorError::InvalidArgument(_)) => return Ok(None),
+        other => other?,
+    };
+    let active = page.items.iter().find(|m| flag_or(m, "is_active", true));
+    Ok(active.or(page.items.first()).cloned())
 }
 
 /// The user's role on a team, if they are on it.
@@ -175,14 +254,6 @@ fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Optio
 fn workspace_membership_role(client: &Client, workspace: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
     let page = client.list(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None)?;
     Ok(page.items.iter().find(|m| flag_or(m, "is_active", true)).map(workspace_role))
-}
-
-fn license_id(entitlement: &EntitlementId) -> Result<&'static str, ConnectorError> {
-    LICENSES
-        .iter()
-        .map(|(id, _)| *id)
-        .find(|id| *id == entitlement.resource.id)
-        .ok_or_else(|| ConnectorError::InvalidArgument(format!("unknown license {:?}", entitlement.resource.id)))
 }
 
 fn not_writable(entitlement: &EntitlementId) -> ConnectorError {

@@ -6,7 +6,8 @@ use crate::exports::tether::connector::connector::{ConfigField, ConnectorMetadat
 use crate::ids;
 use crate::tether::connector::types::{ConnectorError, Pair, ResourceRef};
 
-/// The two Asana licenses, as (resource id, display name).
+/// The two Asana licenses, as (name, display name). A license resource is
+/// one of them in one organization: ID `ORG_GID:NAME` (see `ids`).
 pub const LICENSES: &[(&str, &str)] = &[("enterprise", "Enterprise"), ("view only", "View only")];
 
 pub fn metadata() -> ConnectorMetadata {
@@ -29,9 +30,14 @@ pub fn metadata() -> ConnectorMetadata {
         description: "Asana workspaces, teams, users, licenses and their memberships".into(),
         resource_types: vec![
             resource_type("workspace", "Workspace", "An Asana workspace or organization", None),
-            resource_type("license", "License", "An Asana license: enterprise or view only", None),
             resource_type("team", "Team", "A team inside a workspace", Some("workspace")),
             resource_type("user", "User", "An Asana user, one resource however many workspaces they are in", Some("workspace")),
+            resource_type(
+                "license",
+                "License",
+                "An Asana license of one organization (ID ORG_GID:enterprise or ORG_GID:view only); plain workspaces have none",
+                Some("workspace"),
+            ),
         ],
         config: vec![
             field("token", "Asana personal access token or service account token", true, true, None),
@@ -71,12 +77,27 @@ pub fn grant(resource: &ResourceRef, slug: &str, user_gid: &str, immutable: bool
     Grant { id: ids::grant_id(&entitlement_id, user_gid), entitlement_id, principal: user_ref(user_gid), immutable, attributes }
 }
 
-pub fn license_grant(license: &str, user_gid: &str, immutable: bool) -> Grant {
-    grant(&license_ref(license), "assigned", user_gid, immutable, vec![])
+/// `user_gid` holds `license` in organization `org`.
+pub fn license_grant(org: &str, license: &str, user_gid: &str, immutable: bool) -> Grant {
+    grant(&license_ref(org, license), "assigned", user_gid, immutable, vec![])
 }
 
-pub fn license_ref(license: &str) -> ResourceRef {
-    ResourceRef { resource_type: "license".into(), id: license.into() }
+pub fn license_ref(org: &str, license: &str) -> ResourceRef {
+    ResourceRef { resource_type: "license".into(), id: ids::license_resource_id(org, license) }
+}
+
+/// The licenses of an organization, as resources under it.
+pub fn license_resources(organization: &ResourceRef) -> Vec<Resource> {
+    LICENSES
+        .iter()
+        .map(|(license, name)| Resource {
+            resource_type: "license".into(),
+            id: ids::license_resource_id(&organization.id, license),
+            display_name: name.to_string(),
+            parent: Some(organization.clone()),
+            attributes: vec![pair("license", license.to_string()), pair("organization", organization.id.clone())],
+        })
+        .collect()
 }
 
 pub fn user_ref(gid: &str) -> ResourceRef {

@@ -62,8 +62,10 @@ impl ScimUser {
         LICENSES.iter().map(|(id, _)| *id).find(|id| *id == user_type)
     }
 
-    pub fn license_grant(&self) -> Option<Grant> {
-        self.license().map(|license| license_grant(license, &self.id, false))
+    /// The grant of this user's license in `org`, the organization SCIM
+    /// serves.
+    pub fn license_grant(&self, org: &str) -> Option<Grant> {
+        self.license().map(|license| license_grant(org, license, &self.id, false))
     }
 }
 
@@ -87,6 +89,8 @@ pub fn list_users(client: &Client, token: Option<&str>) -> Result<(Vec<ScimUser>
     Ok((users, more.then(|| next.to_string())))
 }
 
+/// One user. Asana hides deactivated users from SCIM GET: they answer 404
+/// (see `provision::scim_user`, which tells them from strangers).
 pub fn get_user(client: &Client, id: &str) -> Result<ScimUser, ConnectorError> {
     if id.is_empty() || id.contains('/') {
         return Err(ConnectorError::InvalidArgument(format!("bad user id {id:?}")));
