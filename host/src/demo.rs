@@ -65,6 +65,12 @@ pub struct SimulateArgs {
     /// Share of requests answered 429 at random (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     inject_429: f64,
+    /// Share of requests answered 500 or 503 at random (0 to 1).
+    #[arg(long = "inject-5xx", default_value_t = 0.0)]
+    inject_5xx: f64,
+    /// Share of requests whose connection is dropped at random (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    inject_reset: f64,
     /// Requests per minute the token may make before 429s (Asana's paid plans: 1500).
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..))]
     per_minute: u32,
@@ -130,14 +136,18 @@ async fn sync_into(args: &ConnectorArgs, out: &Path) -> Result<SyncSummary> {
 }
 
 pub async fn simulate(args: SimulateArgs) -> Result<()> {
-    if !(0.0..=1.0).contains(&args.inject_429) {
-        anyhow::bail!("--inject-429 must be between 0 and 1");
+    for (flag, rate) in [("inject-429", args.inject_429), ("inject-5xx", args.inject_5xx), ("inject-reset", args.inject_reset)] {
+        if !(0.0..=1.0).contains(&rate) {
+            anyhow::bail!("--{flag} must be between 0 and 1");
+        }
     }
     let spec = args.org.spec();
     let org = Org::generate(&spec);
     let mut config = SimConfig::new(org);
     config.token = args.token;
     config.inject_429_rate = args.inject_429;
+    config.inject_5xx_rate = args.inject_5xx;
+    config.inject_reset_rate = args.inject_reset;
     config.per_minute_budget = args.per_minute;
     config.seed = spec.seed;
     let sim = SimHandle::start(config, SocketAddr::from((Ipv4Addr::LOCALHOST, args.port)))
@@ -166,7 +176,10 @@ pub fn print_summary(summary: &SyncSummary, out: &Path, minimum_requests: Option
     println!("  {:<20} {:>8}", "entitlements", summary.entitlements);
     println!("  {:<20} {:>8}", "grants", summary.grants);
     println!();
-    let rate_limited = if summary.rate_limited > 0 { format!(", {} answered 429 and retried", summary.rate_limited) } else { String::new() };
+    let mut rate_limited = if summary.rate_limited > 0 { format!(", {} answered 429 and retried", summary.rate_limited) } else { String::new() };
+    if summary.retries > 0 {
+        rate_limited.push_str(&format!(", {} sent again after a transient failure", summary.retries));
+    }
     match minimum_requests {
         Some(minimum) => {
             println!("  HTTP requests       {:>8}   (minimum for this org at {PAGE_SIZE} per page: {minimum}{rate_limited})", summary.http_requests)

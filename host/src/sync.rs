@@ -30,6 +30,8 @@ pub struct SyncSummary {
     pub grants: i64,
     pub http_requests: u64,
     pub rate_limited: u64,
+    /// Requests the host sent again after a transient failure.
+    pub retries: u64,
     pub elapsed: Duration,
 }
 
@@ -84,10 +86,15 @@ pub async fn run_or_resume(instance: &mut ConnectorInstance, file: &mut SyncFile
                 grants: file.count(run_id, Table::Grants)?,
                 http_requests: requests,
                 rate_limited: instance.http().counters.rate_limited.load(std::sync::atomic::Ordering::Relaxed),
+                retries: instance.http().retries(),
                 elapsed: started.elapsed(),
             })
         }
         Err(error) => {
+            let error = match instance.http().retry_budget_note() {
+                Some(note) => error.context(note),
+                None => error,
+            };
             if let Err(mark) = file.finish_run(run_id, Some(&format!("{error:#}")), requests) {
                 tracing::error!("cannot mark sync run {run_id} failed: {mark:#}");
             }
