@@ -110,6 +110,33 @@ async fn team_membership_grant_and_revoke_round_trip() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_write_answered_503_is_not_sent_again() {
+    let sim = start_sim(small_org()).await;
+    let (team, outsider) = team_and_outsider(&sim.org());
+    let entitlement = format!("team:{team}:member");
+    let mut grants = rest(&sim);
+    grants.limits.http_retry_base = std::time::Duration::from_millis(1);
+    let mut connector = instance(&grants).await;
+
+    sim.force_503_next_writes(1);
+    let before = writes(&sim);
+    match connector.grant_entitlement(&entitlement, &user(&outsider)).await {
+        Err(CallError::Connector(ConnectorError::Upstream(m))) => assert!(m.contains("(HTTP 503)"), "{m}"),
+        other => panic!("expected the 503 to reach the operator, got {other:?}"),
+    }
+    assert_eq!(writes(&sim), before + 1, "the POST was sent once: a write without an Idempotency-Key is not repeated");
+    assert_eq!(connector.http().retries(), 0);
+    assert!(!sim.org().team_memberships.iter().any(|m| m.team_gid == team && m.user_gid == outsider));
+
+    // Reads are: the grant, tried again, reads through a 503 and writes once.
+    sim.force_503_next(1);
+    let granted = connector.grant_entitlement(&entitlement, &user(&outsider)).await.expect("the second try succeeds");
+    assert_eq!(outcome(&granted), "changed");
+    assert_eq!(connector.http().retries(), 1);
+    assert_eq!(writes(&sim), before + 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn roles_the_api_cannot_set_are_refused_as_immutable() {
     let sim = start_sim(small_org()).await;
     let org = sim.org();

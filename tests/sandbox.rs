@@ -47,7 +47,15 @@ fn hostile() -> &'static LoadedModule {
 
 /// Short limits, so that no attack can hang a test.
 fn tight_limits() -> Limits {
-    Limits { cpu_per_call: Duration::from_secs(1), wall_per_call: Duration::from_secs(5), http_timeout: Duration::from_secs(2), ..Limits::default() }
+    Limits {
+        cpu_per_call: Duration::from_secs(1),
+        wall_per_call: Duration::from_secs(5),
+        http_timeout: Duration::from_secs(2),
+        // One quick retry: a hung upstream is tried twice, not five times.
+        http_retries: 1,
+        http_retry_base: Duration::from_millis(1),
+        ..Limits::default()
+    }
 }
 
 fn hostile_grants(settings: &[(&str, &str)]) -> Grants {

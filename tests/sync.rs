@@ -315,3 +315,113 @@ async fn licenses_are_per_organization_and_plain_workspaces_carry_none() {
         assert!(per_org.insert((org_gid.to_string(), g.principal.id.clone())), "{} holds two licenses in {org_gid}", g.principal.id);
     }
 }
+
+/// The simulator's grants as a sync of it records them, by id.
+fn grant_ids(out: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let file = SyncFile::open_existing(out).unwrap();
+    let run = file.last_good_run().unwrap().unwrap();
+    file.grants(run.id, None).unwrap().into_iter().map(|g| g.id).collect()
+}
+
+/// Grants for `sim` whose host retries wait a millisecond or so, not the
+/// default quarter second and up, so tests do not wait.
+fn quick_retry_grants(sim: &asana_sim::SimHandle) -> tether_host::connector::Grants {
+    let mut grants = grants_for(&sim.base_url(), sim.addr(), "sim-token");
+    grants.limits.http_retry_base = std::time::Duration::from_millis(1);
+    grants.limits.http_retry_max_delay = std::time::Duration::from_millis(5);
+    grants
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_5xx_and_429s_sync_exactly_the_grants_of_a_clean_run() {
+    let org_spec = spec(600, 30, 3, 21);
+    let clean_sim = start_sim(org_spec.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean_out = dir.path().join("clean.db");
+    sync_sim(&clean_sim, "sim-token", &clean_out).await.expect("the clean sync succeeds");
+
+    let mut config = SimConfig::new(asana_sim::Org::generate(&org_spec));
+    config.inject_5xx_rate = 0.03;
+    config.inject_429_rate = 0.10;
+    config.retry_after_secs = 0;
+    let sim = start_sim_with(config).await;
+    let out = dir.path().join("faulty.db");
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let summary = sync_with(&engine, &module, &quick_retry_grants(&sim), &out).await.expect("the sync outlasts the faults");
+
+    let requests = sim.requests();
+    let failed = requests.iter().filter(|r| r.status >= 500).count() as u64;
+    assert!(failed >= 2, "the simulator answered 5xx: {failed}");
+    assert!(summary.rate_limited > 0);
+    assert_eq!(summary.retries, failed, "every 5xx was sent again");
+    assert_eq!(summary.grants, expected_grants(&sim.org()));
+    assert_eq!(grant_ids(&out), grant_ids(&clean_out), "the same grants as a clean run");
+    let minimum = sim.org().minimum_requests(100);
+    assert_eq!(summary.http_requests, minimum + summary.rate_limited + summary.retries);
+    assert_eq!(sim.request_count(), summary.http_requests, "the host counts every attempt");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_connections_are_sent_again() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(300, 12, 2, 17)));
+    config.inject_reset_rate = 0.05;
+    let sim = start_sim_with(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let summary = sync_with(&engine, &module, &quick_retry_grants(&sim), &dir.path().join("s.db")).await.expect("the sync outlasts the resets");
+    let dropped = sim.requests().iter().filter(|r| r.status == 0).count() as u64;
+    assert!(dropped >= 1, "the simulator dropped connections");
+    assert_eq!(summary.retries, dropped);
+    assert_eq!(summary.grants, expected_grants(&sim.org()));
+    assert_eq!(summary.http_requests, sim.org().minimum_requests(100) + dropped);
+    assert_eq!(sim.request_count(), summary.http_requests);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spent_retry_budget_ends_the_sync_with_a_clear_error() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(300, 12, 2, 23)));
+    config.inject_5xx_rate = 0.3;
+    let sim = start_sim_with(config).await;
+    let mut grants = quick_retry_grants(&sim);
+    grants.limits.http_retry_budget = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let error = sync_with(&engine, &module, &grants, &out).await.expect_err("the budget runs out");
+    let text = format!("{error:#}");
+    assert!(text.starts_with("the HTTP retry budget is spent (3 retries for this connector instance, --retry-budget): "), "{text}");
+    assert!(text.contains("(HTTP 500)") || text.contains("(HTTP 503)"), "the upstream's answer follows: {text}");
+
+    // Three retries, spread over the sync's requests, then the fourth
+    // failure went to the connector.
+    let requests = sim.requests();
+    let failed: Vec<_> = requests.iter().filter(|r| r.status >= 500).collect();
+    assert_eq!(failed.len(), 4, "{failed:?}");
+    assert!(requests.last().unwrap().status >= 500);
+    let pages: HashSet<(&str, &str)> = failed.iter().map(|r| (r.path.as_str(), r.query.as_str())).collect();
+    assert!(pages.len() > 1, "the budget is shared by every call: {pages:?}");
+    let run = SyncFile::open_existing(&out).unwrap().last_run().unwrap().unwrap();
+    assert_eq!(run.status, "failed");
+    assert!(run.error.unwrap().contains("retry budget is spent"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backoff_waits_count_toward_the_call_wall_clock() {
+    let sim = start_sim(spec(20, 1, 1, 3)).await;
+    sim.force_503_next(u32::MAX);
+    let mut grants = grants_for(&sim.base_url(), sim.addr(), "sim-token");
+    grants.limits.http_retries = 1_000;
+    grants.limits.http_retry_budget = 1_000;
+    grants.limits.http_retry_base = std::time::Duration::from_millis(40);
+    grants.limits.http_retry_max_delay = std::time::Duration::from_millis(40);
+    grants.limits.wall_per_call = std::time::Duration::from_millis(400);
+    let dir = tempfile::tempdir().unwrap();
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let error = sync_with(&engine, &module, &grants, &dir.path().join("s.db")).await.expect_err("the call runs out of time");
+    assert!(format!("{error:#}").contains("limit exceeded: wall-clock"), "{error:#}");
+    assert!(sim.request_count() < 12, "backoff waited between attempts: {}", sim.request_count());
+}

@@ -15,6 +15,7 @@
 //! ```
 
 mod error;
+mod faults;
 mod names;
 mod org;
 mod query;

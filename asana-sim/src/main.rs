@@ -37,6 +37,12 @@ struct Args {
     /// Share of requests answered 429 at random (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     inject_429: f64,
+    /// Share of requests answered 500 or 503 at random (0 to 1).
+    #[arg(long = "inject-5xx", default_value_t = 0.0)]
+    inject_5xx: f64,
+    /// Share of requests whose connection is dropped at random (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    inject_reset: f64,
     /// Requests per minute the token may make before 429s (Asana's paid plans: 1500).
     #[arg(long, default_value_t = 1500, value_parser = clap::value_parser!(u32).range(1..))]
     per_minute: u32,
@@ -53,8 +59,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    if !(0.0..=1.0).contains(&args.inject_429) {
-        bail!("--inject-429 must be between 0 and 1");
+    for (flag, rate) in [("inject-429", args.inject_429), ("inject-5xx", args.inject_5xx), ("inject-reset", args.inject_reset)] {
+        if !(0.0..=1.0).contains(&rate) {
+            bail!("--{flag} must be between 0 and 1");
+        }
     }
     let spec = OrgSpec { users: args.users as usize, teams: args.teams as usize, workspaces: args.workspaces as usize, seed: args.seed };
     let org = Org::generate(&spec);
@@ -62,6 +70,8 @@ async fn main() -> Result<()> {
     let mut config = SimConfig::new(org);
     config.token = args.token;
     config.inject_429_rate = args.inject_429;
+    config.inject_5xx_rate = args.inject_5xx;
+    config.inject_reset_rate = args.inject_reset;
     config.per_minute_budget = args.per_minute;
     config.seed = spec.seed;
     config.latency = std::time::Duration::from_millis(args.latency_ms);

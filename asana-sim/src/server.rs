@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::error::{ApiError, ScimError, RATE_LIMITED};
+use crate::faults::{self, Fault, Faults};
 use crate::org::{Org, OrgSpec, World};
 use crate::ratelimit::{Limited, RateLimiter};
 use crate::{lock, rest, scim, API_PREFIX};
@@ -37,6 +38,12 @@ pub struct SimConfig {
     pub max_concurrent_reads: usize,
     pub max_concurrent_writes: usize,
     pub inject_429_rate: f64,
+    /// Share of requests answered 500 or 503 (half each) with an error body
+    /// in the API's shape; the request is not carried out.
+    pub inject_5xx_rate: f64,
+    /// Share of requests whose connection is dropped before the answer's
+    /// body (recorded with status 0); the request is not carried out.
+    pub inject_reset_rate: f64,
     pub retry_after_secs: u64,
     pub seed: u64,
     /// Answer 400 for the teams of a workspace that is not an organization,
@@ -56,6 +63,8 @@ impl SimConfig {
             max_concurrent_reads: 50,
             max_concurrent_writes: 15,
             inject_429_rate: 0.0,
+            inject_5xx_rate: 0.0,
+            inject_reset_rate: 0.0,
             retry_after_secs: 1,
             seed: 42,
             teams_only_in_organizations: false,
@@ -71,7 +80,7 @@ impl Default for SimConfig {
 }
 
 /// One request as the simulator saw it. `path` has no `/api/1.0` prefix; `body` is the
-/// request body (None when empty).
+/// request body (None when empty); `status` is 0 for a dropped connection.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RecordedRequest {
     pub method: String,
@@ -89,6 +98,7 @@ pub(crate) struct Shared {
     latency: std::time::Duration,
     token: String,
     limiter: RateLimiter,
+    faults: Faults,
     outage: Mutex<Option<(u64, u32)>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     count: AtomicU64,
@@ -109,6 +119,7 @@ impl Shared {
                 config.retry_after_secs,
                 config.seed,
             ),
+            faults: Faults::new(config.inject_5xx_rate, config.inject_reset_rate, config.seed),
             world: Mutex::new(World::new(config.org)),
             outage: Mutex::new(None),
             recorded: Mutex::new(VecDeque::new()),
@@ -184,6 +195,8 @@ async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
     };
     let recorded_body = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
 
+    let is_read = method == Method::GET || method == Method::HEAD;
+    let mut dropped = false;
     let response = match response {
         Some(resp) => resp,
         None if !authorized(&parts.headers, &shared.token) => {
@@ -193,20 +206,23 @@ async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
                 ApiError::unauthorized().into_response()
             }
         }
-        None => {
-            let is_read = method == Method::GET || method == Method::HEAD;
-            match shared.limiter.admit(is_read) {
+        None => match shared.faults.pick(is_read) {
+            Some(fault) => {
+                dropped = fault == Fault::Reset;
+                faults::respond(fault, scim)
+            }
+            None => match shared.limiter.admit(is_read) {
                 Err(limited) => too_many_requests(&limited, scim),
                 Ok(admission) => {
                     let resp = next.run(Request::from_parts(parts, Body::from(bytes))).await;
                     drop(admission);
                     resp
                 }
-            }
-        }
+            },
+        },
     };
 
-    let status = response.status().as_u16();
+    let status = if dropped { 0 } else { response.status().as_u16() };
     tracing::debug!(%method, %path, %query, status, "asana-sim");
     let mut recorded = lock(&shared.recorded);
     if recorded.len() >= MAX_RECORDED {
@@ -290,6 +306,17 @@ impl SimHandle {
     /// The next `n` authenticated requests get 429 with Retry-After (tests of retry paths).
     pub fn force_429_next(&self, n: u32) {
         self.shared.limiter.force_next(n);
+    }
+
+    /// The next `n` authenticated requests get 503 (tests of retry paths).
+    pub fn force_503_next(&self, n: u32) {
+        self.shared.faults.force_next(n);
+    }
+
+    /// The next `n` authenticated writes (not GET or HEAD) get 503; reads
+    /// pass. The writes are not carried out.
+    pub fn force_503_next_writes(&self, n: u32) {
+        self.shared.faults.force_next_writes(n);
     }
 
     /// From the `at`-th request (counting from 1) on, `n` requests get 429:

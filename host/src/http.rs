@@ -3,14 +3,26 @@
 //! The host decides where a request may go (the egress allow-list, checked
 //! again on every redirect), attaches secrets only to allowed hosts, caps
 //! response sizes and time, and counts what was sent.
+//!
+//! Transient upstream failures are tried again here, for every connector:
+//! an idempotent request (a GET, or any request carrying an
+//! `Idempotency-Key` header, the IETF httpapi convention for "safe to
+//! repeat") that meets a 500, 502, 503 or 504, a timeout or a broken
+//! connection is sent again after an exponential backoff with jitter, a
+//! bounded number of times per request and within a retry budget shared by
+//! every call of the instance. Other writes are sent again only when no
+//! connection could be made, so nothing reached the upstream. A 429 goes to
+//! the connector, which reports `rate-limited` with the upstream's
+//! Retry-After; the sync driver waits that out.
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
+use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use url::Url;
 
@@ -176,8 +188,101 @@ impl reqwest::dns::Resolve for PublicOnlyResolver {
 /// Figures the host keeps about a connector's HTTP use.
 #[derive(Debug, Default)]
 pub struct HttpCounters {
+    /// Every attempt sent, retries included.
     pub requests: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// Attempts sent again by the host after a transient failure.
+    pub retries: AtomicU64,
+}
+
+/// How an attempt failed, as far as trying it again is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// The upstream answered with this status.
+    Status(u16),
+    /// No connection could be made: nothing reached the upstream.
+    NotConnected,
+    /// The request or its answer took longer than `http-timeout`.
+    TimedOut,
+    /// The connection broke (reset, closed early) once the request may
+    /// have been sent.
+    Broken,
+    /// Refused by the host (egress policy, size cap) or malformed: the same
+    /// again would fail the same way.
+    Final,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status(status) => write!(f, "HTTP {status}"),
+            Failure::NotConnected => f.write_str("no connection"),
+            Failure::TimedOut => f.write_str("timed out"),
+            Failure::Broken => f.write_str("connection broken"),
+            Failure::Final => f.write_str("refused"),
+        }
+    }
+}
+
+/// Whether a request may be sent again on its own: a GET, or one the
+/// connector marks with an `Idempotency-Key` header. POST, PATCH, PUT and
+/// DELETE without one are not, whatever HTTP says of PUT and DELETE: the
+/// host cannot know what a connector's write does twice.
+pub fn is_idempotent(method: &Method, headers: &[Pair]) -> bool {
+    matches!(method, Method::Get) || headers.iter().any(|h| h.name.eq_ignore_ascii_case("idempotency-key"))
+}
+
+/// Whether the host tries a failed attempt again. 429 is not retried here:
+/// the connector reports it with the upstream's Retry-After.
+pub fn may_retry(idempotent: bool, failure: Failure) -> bool {
+    match failure {
+        Failure::Status(500 | 502 | 503 | 504) | Failure::TimedOut | Failure::Broken => idempotent,
+        Failure::NotConnected => true,
+        Failure::Status(_) | Failure::Final => false,
+    }
+}
+
+/// An attempt that did not give a final answer: why, and what the
+/// connector gets if it is not tried again.
+struct FailedAttempt {
+    failure: Failure,
+    outcome: Result<Response, HttpError>,
+}
+
+/// Retries: the backoff schedule of one request, and the budget all of an
+/// instance's requests share.
+struct RetryPolicy {
+    backoff: ExponentialBuilder,
+    budget: u32,
+    budget_left: AtomicU64,
+    exhausted: AtomicBool,
+}
+
+impl RetryPolicy {
+    fn new(limits: &Limits) -> Self {
+        RetryPolicy {
+            // Exponential (factor 2) from the base delay, capped, with
+            // jitter of up to as much again so clients that failed together
+            // do not come back together.
+            backoff: ExponentialBuilder::default()
+                .with_min_delay(limits.http_retry_base)
+                .with_max_delay(limits.http_retry_max_delay.max(limits.http_retry_base))
+                .with_max_times(limits.http_retries as usize)
+                .with_jitter(),
+            budget: limits.http_retry_budget,
+            budget_left: AtomicU64::new(limits.http_retry_budget.into()),
+            exhausted: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes one retry from the budget; false once it is spent.
+    fn take(&self) -> bool {
+        let taken = self.budget_left.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| left.checked_sub(1)).is_ok();
+        if !taken {
+            self.exhausted.store(true, Ordering::Relaxed);
+        }
+        taken
+    }
 }
 
 /// A write the host did not send because of `--dry-run`.
@@ -195,6 +300,7 @@ pub struct HttpGateway {
     max_response_bytes: usize,
     /// Requests per minute per host (governor's GCRA, bursts allowed).
     per_host: DefaultKeyedRateLimiter<String>,
+    retry: RetryPolicy,
     pub counters: HttpCounters,
     /// With dry-run, writes are held here instead of being sent.
     dry_run: Option<Mutex<Vec<HeldRequest>>>,
@@ -231,6 +337,7 @@ impl HttpGateway {
             secrets,
             max_response_bytes: limits.http_response_bytes,
             per_host,
+            retry: RetryPolicy::new(limits),
             counters: HttpCounters::default(),
             dry_run: dry_run.then(|| Mutex::new(vec![])),
         })
@@ -249,6 +356,20 @@ impl HttpGateway {
 
     pub fn requests_sent(&self) -> u64 {
         self.counters.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn retries(&self) -> u64 {
+        self.counters.retries.load(Ordering::Relaxed)
+    }
+
+    /// Once a transient failure went to the connector because this
+    /// instance's retry budget was spent: says so, for the error the
+    /// operator sees.
+    pub fn retry_budget_note(&self) -> Option<String> {
+        self.retry
+            .exhausted
+            .load(Ordering::Relaxed)
+            .then(|| format!("the HTTP retry budget is spent ({} retries for this connector instance, --retry-budget)", self.retry.budget))
     }
 
     /// Writes held back by dry-run, in order.
@@ -278,7 +399,8 @@ impl HttpGateway {
             }
         }
 
-        let mut builder = self.client.request(method, url.clone());
+        let idempotent = is_idempotent(&request.method, &request.headers);
+        let mut builder = self.client.request(method.clone(), url.clone());
         for header in &request.headers {
             if header.name.eq_ignore_ascii_case("authorization") || header.name.eq_ignore_ascii_case("host") {
                 continue;
@@ -292,12 +414,43 @@ impl HttpGateway {
         if let Some(body) = request.body {
             builder = builder.body(body);
         }
+        let prepared = builder.build().map_err(|e| self.transport_error(e))?;
+        let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
 
+        // The call's wall-clock limit bounds the attempts and the waits
+        // between them, like any other wait.
+        let outcome = (|| self.attempt(&prepared, &host))
+            .retry(self.retry.backoff)
+            .sleep(tokio::time::sleep)
+            .when(|failed: &FailedAttempt| may_retry(idempotent, failed.failure))
+            .adjust(|failed, delay| {
+                let delay = delay?;
+                if self.retry.take() {
+                    Some(delay)
+                } else {
+                    tracing::warn!("{method} {host}{}: {}; not retried: the retry budget is spent", url.path(), failed.failure);
+                    None
+                }
+            })
+            .notify(|failed, delay| {
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("{method} {host}{}: {}; retrying in {delay:?}", url.path(), failed.failure);
+            })
+            .await;
+        outcome.or_else(|failed| failed.outcome)
+    }
+
+    /// Sends one attempt of `prepared`. Ok is an answer to hand over as it
+    /// is; a 500/502/503/504 or a transport failure comes back as a
+    /// failed attempt, which may be tried again.
+    async fn attempt(&self, prepared: &reqwest::Request, host: &String) -> Result<Response, FailedAttempt> {
+        let failed = |failure, error| FailedAttempt { failure, outcome: Err(error) };
+        let request = prepared.try_clone().ok_or_else(|| failed(Failure::Final, HttpError::InvalidRequest("the request body cannot be sent again".into())))?;
         // Past the per-host budget a request waits its turn (the call's
         // wall-clock limit still bounds the wait).
-        self.per_host.until_key_ready(&url.host_str().unwrap_or_default().to_ascii_lowercase()).await;
+        self.per_host.until_key_ready(host).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut response = builder.send().await.map_err(|e| self.transport_error(e))?;
+        let mut response = self.client.execute(request).await.map_err(|e| failed(self.failure_of(&e), self.transport_error(e)))?;
         let status = response.status().as_u16();
         if status == 429 {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
@@ -310,16 +463,42 @@ impl HttpGateway {
             .map(|(name, value)| Pair { name: name.as_str().to_string(), value: self.secrets.redact(&String::from_utf8_lossy(value.as_bytes())) })
             .collect();
         if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
-            return Err(self.too_large());
+            return Err(failed(Failure::Final, self.too_large()));
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| self.transport_error(e))? {
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(self.failure_of(&e), self.transport_error(e)))? {
             if body.len() + chunk.len() > self.max_response_bytes {
-                return Err(self.too_large());
+                return Err(failed(Failure::Final, self.too_large()));
             }
             body.extend_from_slice(&chunk);
         }
-        Ok(Response { status, headers, body: self.secrets.redact_bytes(body) })
+        let response = Response { status, headers, body: self.secrets.redact_bytes(body) };
+        match status {
+            500 | 502 | 503 | 504 => Err(FailedAttempt { failure: Failure::Status(status), outcome: Ok(response) }),
+            _ => Ok(response),
+        }
+    }
+
+    /// How far a request that failed in transport got.
+    fn failure_of(&self, e: &reqwest::Error) -> Failure {
+        if e.is_redirect() || e.is_builder() {
+            Failure::Final
+        } else if e.is_connect() {
+            // Includes a refused private address, which transport_error
+            // turns into a denial; trying again would be refused again.
+            let mut source = std::error::Error::source(e);
+            while let Some(cause) = source {
+                if cause.is::<PrivateAddressRefused>() {
+                    return Failure::Final;
+                }
+                source = cause.source();
+            }
+            Failure::NotConnected
+        } else if e.is_timeout() {
+            Failure::TimedOut
+        } else {
+            Failure::Broken
+        }
     }
 
     fn too_large(&self) -> HttpError {
@@ -384,6 +563,117 @@ mod tests {
         assert!(check(vec![operator("10.1.2.3")], "http://10.1.2.3/").unwrap_err().contains("https only"));
         let both = vec![AllowedHost::declared("10.1.2.3").unwrap(), operator("10.1.2.3")];
         assert!(check(both, "https://10.1.2.3/").is_ok(), "the operator's listing wins");
+    }
+
+    #[test]
+    fn only_idempotent_requests_are_retried_after_an_answer() {
+        let key = vec![Pair { name: "Idempotency-Key".into(), value: "k1".into() }];
+        assert!(is_idempotent(&Method::Get, &[]));
+        for write in [Method::Post, Method::Put, Method::Patch, Method::Delete] {
+            assert!(!is_idempotent(&write, &[]), "{write:?}");
+            assert!(is_idempotent(&write, &key), "{write:?} with a key");
+        }
+        for failure in [Failure::Status(500), Failure::Status(502), Failure::Status(503), Failure::Status(504), Failure::TimedOut, Failure::Broken] {
+            assert!(may_retry(true, failure), "{failure}");
+            assert!(!may_retry(false, failure), "a write is not sent twice after {failure}");
+        }
+        // Nothing was sent: safe for any request.
+        assert!(may_retry(false, Failure::NotConnected));
+        for failure in [Failure::Status(429), Failure::Status(404), Failure::Status(501), Failure::Status(200), Failure::Final] {
+            assert!(!may_retry(true, failure), "{failure}");
+        }
+    }
+
+    /// A server on 127.0.0.1 answering 503 to its first `failures`
+    /// requests, then 200; counts what it received.
+    async fn flaky_server(failures: u32) -> (SocketAddr, Arc<AtomicU64>) {
+        let seen = Arc::new(AtomicU64::new(0));
+        let counter = seen.clone();
+        let app = axum::Router::new().fallback(move || {
+            let n = counter.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if n < u64::from(failures) {
+                    (axum::http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+                } else {
+                    (axum::http::StatusCode::OK, "ok")
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (addr, seen)
+    }
+
+    fn gateway(addr: SocketAddr, limits: Limits) -> HttpGateway {
+        let policy = EgressPolicy::new(vec![AllowedHost::parse(&addr.to_string()).unwrap()]);
+        HttpGateway::new(policy, Arc::new(Secrets::default()), &limits, false).unwrap()
+    }
+
+    fn fast_retries(retries: u32, budget: u32) -> Limits {
+        Limits {
+            http_retries: retries,
+            http_retry_base: Duration::from_millis(1),
+            http_retry_max_delay: Duration::from_millis(4),
+            http_retry_budget: budget,
+            ..Limits::default()
+        }
+    }
+
+    fn request(method: Method, addr: SocketAddr, headers: Vec<Pair>) -> Request {
+        Request { method, url: format!("http://{addr}/x"), headers, body: Some(b"{}".to_vec()).filter(|_| method != Method::Get), bearer_secret: None }
+    }
+
+    #[tokio::test]
+    async fn a_get_is_sent_again_until_it_succeeds() {
+        let (addr, seen) = flaky_server(2).await;
+        let http = gateway(addr, fast_retries(4, 200));
+        let response = http.send(request(Method::Get, addr, vec![])).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!((seen.load(Ordering::SeqCst), http.requests_sent(), http.retries()), (3, 3, 2));
+        assert!(http.retry_budget_note().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_write_is_sent_again_only_with_an_idempotency_key() {
+        let (addr, seen) = flaky_server(1).await;
+        let http = gateway(addr, fast_retries(4, 200));
+        let response = http.send(request(Method::Post, addr, vec![])).await.unwrap();
+        assert_eq!(response.status, 503, "the connector sees the failure");
+        assert_eq!((seen.load(Ordering::SeqCst), http.retries()), (1, 0));
+
+        let (addr, seen) = flaky_server(1).await;
+        let http = gateway(addr, fast_retries(4, 200));
+        let key = vec![Pair { name: "idempotency-key".into(), value: "grant-1".into() }];
+        let response = http.send(request(Method::Post, addr, key)).await.unwrap();
+        assert_eq!(response.status, 200);
+        assert_eq!((seen.load(Ordering::SeqCst), http.retries()), (2, 1));
+    }
+
+    #[tokio::test]
+    async fn attempts_per_request_and_the_budget_are_bounded() {
+        let (addr, seen) = flaky_server(u32::MAX).await;
+        let http = gateway(addr, fast_retries(2, 5));
+        assert_eq!(http.send(request(Method::Get, addr, vec![])).await.unwrap().status, 503);
+        assert_eq!((http.requests_sent(), http.retries()), (3, 2), "two retries per request");
+        assert!(http.retry_budget_note().is_none());
+        // The budget is the instance's: 3 retries left for all requests.
+        http.send(request(Method::Get, addr, vec![])).await.unwrap();
+        http.send(request(Method::Get, addr, vec![])).await.unwrap();
+        assert_eq!((http.requests_sent(), http.retries()), (3 + 3 + 2, 5));
+        assert!(http.retry_budget_note().unwrap().contains("5 retries"));
+        http.send(request(Method::Get, addr, vec![])).await.unwrap();
+        assert_eq!((seen.load(Ordering::SeqCst), http.requests_sent(), http.retries()), (9, 9, 5), "no retries past the budget");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_could_not_connect_is_sent_again() {
+        // A port nothing listens on: the connection is refused, nothing sent.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let http = gateway(addr, fast_retries(3, 200));
+        let error = http.send(request(Method::Post, addr, vec![])).await.unwrap_err();
+        assert!(matches!(error, HttpError::Connect(_)), "{error:?}");
+        assert_eq!((http.requests_sent(), http.retries()), (4, 3));
     }
 
     #[test]

@@ -33,6 +33,19 @@ pub struct Limits {
     /// (Asana allows 1500 a minute): a connector cannot hammer an upstream
     /// with the operator's token. Requests past it wait.
     pub http_requests_per_minute: u32,
+    /// Times one idempotent request (a GET, or one carrying an
+    /// `Idempotency-Key` header) is tried again after a 500, 502, 503 or
+    /// 504, a timeout or a broken connection. Other writes are tried again
+    /// only when the connection could not be made (nothing was sent).
+    pub http_retries: u32,
+    /// Wait before the first retry; each further one doubles it, up to
+    /// `http_retry_max_delay`, plus random jitter of up to as much again.
+    pub http_retry_base: Duration,
+    pub http_retry_max_delay: Duration,
+    /// Retries one connector instance (one sync, one provisioning command)
+    /// may make in all: an upstream that keeps failing ends the sync rather
+    /// than multiplying its load. Past it a failure goes to the connector.
+    pub http_retry_budget: u32,
     /// Bytes the host may allocate to copy what the guest hands it in one
     /// call, either way: an import's arguments or an export's result
     /// (wasmtime's hostcall fuel). Keep it above `bytes_per_page`.
@@ -60,6 +73,10 @@ impl Default for Limits {
             http_timeout: Duration::from_secs(30),
             http_requests_per_call: 100,
             http_requests_per_minute: 1_500,
+            http_retries: 4,
+            http_retry_base: Duration::from_millis(250),
+            http_retry_max_delay: Duration::from_secs(8),
+            http_retry_budget: 200,
             hostcall_bytes: 32 << 20,
             resource_handles: 1_000,
             storage_bytes: 1 << 20,

@@ -31,6 +31,8 @@ pub struct SyncSummary {
     pub grants: i64,
     pub http_requests: u64,
     pub rate_limited: u64,
+    /// Requests the host sent again after a transient failure.
+    pub retries: u64,
     pub elapsed: Duration,
 }
 
@@ -161,10 +163,15 @@ pub async fn run_with(
                 grants: file.count(run_id, Table::Grants)?,
                 http_requests: requests,
                 rate_limited: instance.http().counters.rate_limited.load(Ordering::Relaxed),
+                retries: instance.http().retries(),
                 elapsed: started.elapsed(),
             })
         }
         Err(error) => {
+            let error = match instance.http().retry_budget_note() {
+                Some(note) => error.context(note),
+                None => error,
+            };
             let text = format!("{error:#}");
             let end = if error.is::<Interrupted>() { RunEnd::Interrupted(&text) } else { RunEnd::Failed(&text) };
             if let Err(mark) = file.finish_run(run_id, end, requests) {

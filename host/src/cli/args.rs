@@ -112,6 +112,19 @@ pub struct LimitArgs {
     /// HTTP requests per minute to any one host (Asana allows 1500); past it requests wait.
     #[arg(long, value_name = "N", default_value_t = 1_500, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_requests_per_minute: u32,
+    /// Times an idempotent request (GET, or one with an Idempotency-Key header) is tried again after a
+    /// 500/502/503/504, a timeout or a broken connection; other writes only when nothing was sent.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub http_retries: u32,
+    /// First wait before a retry, in seconds; it doubles each time, plus jitter.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.25)]
+    pub http_retry_base: f64,
+    /// Longest wait between retries, in seconds (before jitter).
+    #[arg(long, value_name = "SECONDS", default_value_t = 8.0)]
+    pub http_retry_max: f64,
+    /// Retries one sync (one connector instance) may make in all; then failures go to the connector.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub retry_budget: u32,
     /// Largest HTTP response body, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 16)]
     pub max_response_mb: usize,
@@ -157,6 +170,10 @@ impl LimitArgs {
             http_timeout: seconds("http-timeout", self.http_timeout)?,
             http_requests_per_call: self.max_requests_per_call,
             http_requests_per_minute: self.max_requests_per_minute,
+            http_retries: self.http_retries,
+            http_retry_base: seconds("http-retry-base", self.http_retry_base)?,
+            http_retry_max_delay: seconds("http-retry-max", self.http_retry_max)?,
+            http_retry_budget: self.retry_budget,
             http_response_bytes: self.max_response_mb.checked_mul(1 << 20).context("--max-response-mb is too large")?,
             records_per_page: self.max_page_records,
             log_lines_per_call: self.max_log_lines,

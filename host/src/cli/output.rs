@@ -34,7 +34,10 @@ pub fn print_summary(summary: &SyncSummary, out: &Path) {
     println!("  {:<20} {:>8}", "entitlements", summary.entitlements);
     println!("  {:<20} {:>8}", "grants", summary.grants);
     println!();
-    let rate_limited = if summary.rate_limited > 0 { format!(", {} answered 429 and retried", summary.rate_limited) } else { String::new() };
+    let mut rate_limited = if summary.rate_limited > 0 { format!(", {} answered 429 and retried", summary.rate_limited) } else { String::new() };
+    if summary.retries > 0 {
+        rate_limited.push_str(&format!(", {} sent again after a transient failure", summary.retries));
+    }
     println!("  HTTP requests       {:>8}{rate_limited}", summary.http_requests);
     println!("  elapsed             {:>8.2} s", summary.elapsed.as_secs_f64());
     if let Some(peak) = peak_memory_mib() {
