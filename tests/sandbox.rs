@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use asana_sim::OrgSpec;
 use support::*;
 use tether_host::api_version::ApiVersion;
+use tether_host::bindings::ResourceRef;
 use tether_host::bindings::{guest, ConnectorError};
 use tether_host::config::{ConnectorConfig, Secrets};
-use tether_host::connector::{CallError, ConnectorInstance, Grants};
+use tether_host::connector::{CallError, ConnectorInstance, Grants, PlannedWrite};
 use tether_host::engine::{ConnectorEngine, LoadedModule};
 use tether_host::http::AllowedHost;
 use tether_host::limits::Limits;
@@ -414,15 +415,30 @@ fn write_wat(dir: &Path, name: &str, wat: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn modules_of_every_supported_version_run_and_others_are_refused() {
-    // 0.1.0: the Asana connector.
-    assert_eq!(asana().api, ApiVersion::V0_1);
-    let mut instance = ConnectorInstance::start(shared_engine(), asana(), &Grants::default()).await.unwrap();
+    // 0.1.0: the hostile connector. It has neither test-connection nor
+    // check-write; for it the host assumes disabling is irreversible.
+    assert_eq!(hostile().api, ApiVersion::V0_1);
+    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &hostile_grants(&[("mode", "benign")])).await.unwrap();
     match instance.test_connection().await {
         Err(CallError::Connector(ConnectorError::Unsupported(m))) => {
             assert!(m.contains("new in tether:connector@0.2.0"), "{m}")
         }
         other => panic!("a 0.1.0 module has no test-connection: {other:?}"),
     }
+    let account = ResourceRef { resource_type: "user".into(), id: "1".into() };
+    let effect = instance.check_write(&PlannedWrite::DisableAccount(account)).await.unwrap();
+    assert!(effect.irreversible && effect.description.contains("cannot say whether that can be undone"), "{effect:?}");
+    let effect = instance.check_write(&PlannedWrite::Revoke { grant_id: "probe:p1:member:user:1".into() }).await.unwrap();
+    assert!(!effect.irreversible);
+
+    // 0.3.0: the Asana connector, with test-connection and check-write.
+    assert_eq!(asana().api, ApiVersion::V0_3);
+    let sim = start_sim(OrgSpec { users: 10, teams: 1, workspaces: 1, seed: 3 }).await;
+    let mut instance = ConnectorInstance::start(shared_engine(), asana(), &grants_for(&sim.base_url(), sim.addr(), TOKEN)).await.unwrap();
+    let owner = sim.org().token_owner().unwrap().clone();
+    assert_eq!(instance.test_connection().await.unwrap(), format!("connected to Asana as {} <{}>", owner.name, owner.email));
+    let effect = instance.check_write(&PlannedWrite::Revoke { grant_id: format!("license:{}:view only:assigned:user:7", owner.gid) }).await.unwrap();
+    assert!(effect.irreversible && effect.description.contains("Asana cannot reactivate"), "{effect:?}");
 
     // 0.2.0: its new function, and a whole sync through the same driver.
     let widgets = load(shared_engine(), &wasm("connector-v0-2"));
@@ -442,7 +458,7 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
         format!("{:#}", shared_engine().load(&path, None).err().unwrap_or_else(|| panic!("{name} loaded")))
     };
     let error = refused("v9.wasm", r#"(component (instance $none) (export "tether:connector/connector@9.0.0" (instance $none)))"#);
-    assert!(error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0"), "{error}");
+    assert!(error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0 and @0.3.0"), "{error}");
     let error = refused("http3.wasm", r#"(component (import "tether:connector/http@0.3.0" (instance)))"#);
     assert!(error.contains("it imports tether:connector/http@0.3.0, but this host offers tether:connector/http@0.1.0"), "{error}");
     let error = refused("nothing.wasm", "(component)");
@@ -768,4 +784,18 @@ async fn an_eight_byte_secret_echoed_back_is_redacted() {
     grants.secrets = Arc::new(Secrets::resolve(&["token=literal:8bytes!!".parse().unwrap()]).unwrap());
     let (_, attributes) = single_probe(attack(&grants).await);
     assert_eq!(attribute(&attributes, "body"), "authorization: Bearer <redacted>");
+}
+
+#[test]
+fn a_connector_that_cannot_say_still_needs_yes_to_disable_an_account() {
+    let hostile = wasm("hostile");
+    let args = ["disable-account", "--user", "1", "--connector", hostile.to_str().unwrap(), "--config", "mode=benign"];
+    let refused = tether(&args);
+    assert_eq!(refused.status.code(), Some(1));
+    let text = stderr(&refused);
+    assert!(text.contains("refusing a write that cannot be undone without --yes") && text.contains("tether:connector@0.1.0"), "{text}");
+    let mut confirmed = args.to_vec();
+    confirmed.push("--yes");
+    let run = tether(&confirmed);
+    assert!(stderr(&run).contains("unsupported: no writes"), "with --yes the write is attempted: {}", stderr(&run));
 }

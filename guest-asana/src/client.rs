@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 use crate::settings::Settings;
-use crate::tether::connector::http::{self, HttpError, Method, Request};
-use crate::tether::connector::types::{ConnectorError, Pair, RateLimit};
+use crate::tether::connector0_1_0::http::{self, HttpError, Method, Request};
+use crate::tether::connector0_1_0::types::{ConnectorError, Pair, RateLimit};
 
 /// Asana's largest page; fewer, bigger pages mean fewer requests.
 pub const PAGE_SIZE: &str = "100";

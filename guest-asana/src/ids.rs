@@ -7,7 +7,7 @@
 //! `1201:view only`), its entitlement `license:1201:enterprise:assigned`.
 
 use crate::records::LICENSES;
-use crate::tether::connector::types::{ConnectorError, ResourceRef};
+use crate::tether::connector0_1_0::types::{ConnectorError, ResourceRef};
 
 pub fn entitlement_id(resource_type: &str, id: &str, slug: &str) -> String {
     format!("{resource_type}:{id}:{slug}")

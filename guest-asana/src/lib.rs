@@ -2,9 +2,12 @@
 //!
 //! It reaches Asana only through the host's `http` import (which attaches the
 //! token), and answers the host's paged list calls one upstream request at a
-//! time: every list call is at most one Asana request.
+//! time: every list call is at most one Asana request. It targets
+//! `tether:connector@0.3.0`: it says before each write what the write would
+//! do and whether Asana could undo it (`effects`).
 
 mod client;
+mod effects;
 mod ids;
 mod listing;
 mod provision;
@@ -13,13 +16,15 @@ mod scim;
 mod settings;
 
 wit_bindgen::generate!({
-    path: "../wit/v0.1.0",
+    path: "../wit/v0.3.0",
     world: "connector-world",
+    // The 0.1.0 interfaces the world imports come from wit/v0.3.0/deps/.
+    generate_all,
 });
 
 use client::Client;
-use exports::tether::connector::connector::{AccountRequest, ConnectorMetadata, Guest, Page, Resource, WriteResult};
-use tether::connector::types::{ConnectorError, ResourceRef};
+use exports::tether::connector0_3_0::connector::{AccountRequest, AccountResult, ConnectorMetadata, Guest, Page, WriteEffect, WriteRequest, WriteResult};
+use tether::connector0_1_0::types::{ConnectorError, ResourceRef};
 
 struct AsanaConnector;
 
@@ -54,12 +59,24 @@ impl Guest for AsanaConnector {
         provision::revoke_grant(&Client::from_config()?, &grant_id)
     }
 
-    fn create_account(request: AccountRequest) -> Result<Resource, ConnectorError> {
+    fn create_account(request: AccountRequest) -> Result<AccountResult, ConnectorError> {
         provision::create_account(&Client::from_config()?, &request)
     }
 
     fn disable_account(account: ResourceRef) -> Result<WriteResult, ConnectorError> {
         provision::disable_account(&Client::from_config()?, &account)
+    }
+
+    fn test_connection() -> Result<String, ConnectorError> {
+        let client = Client::from_config()?;
+        let me = client.get("/users/me", "name,email")?;
+        let name = records::text(&me, "name").unwrap_or("?");
+        let email = records::text(&me, "email").unwrap_or("?");
+        Ok(format!("connected to Asana as {name} <{email}>"))
+    }
+
+    fn check_write(request: WriteRequest) -> Result<WriteEffect, ConnectorError> {
+        effects::check_write(&request)
     }
 }
 

@@ -6,12 +6,12 @@
 use serde_json::json;
 
 use crate::client::Client;
-use crate::exports::tether::connector::connector::{AccountRequest, Outcome, Resource, WriteResult};
+use crate::exports::tether::connector0_3_0::connector::{AccountRequest, AccountResult, Outcome, Resource, WriteResult};
 use crate::ids::{self, EntitlementId};
 use crate::listing::{team_role, workspace_role, TEAM_MEMBERSHIP_FIELDS, WORKSPACE_FIELDS, WORKSPACE_MEMBERSHIP_FIELDS};
 use crate::records::*;
 use crate::scim;
-use crate::tether::connector::types::{ConnectorError, ResourceRef};
+use crate::tether::connector0_1_0::types::{ConnectorError, ResourceRef};
 
 pub fn grant_entitlement(client: &Client, entitlement_id: &str, principal: &ResourceRef) -> Result<WriteResult, ConnectorError> {
     let entitlement = ids::parse_entitlement(entitlement_id)?;
@@ -99,7 +99,7 @@ pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, Conn
     }
 }
 
-pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Resource, ConnectorError> {
+pub fn create_account(client: &Client, request: &AccountRequest) -> Result<AccountResult, ConnectorError> {
     let email = request.email.trim();
     if !email.contains('@') || email.chars().any(char::is_whitespace) {
         return Err(ConnectorError::InvalidArgument(format!("{email:?} is not an email address")));
@@ -111,17 +111,11 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Resou
     }
     if client.settings.use_scim {
         if let Some(existing) = scim::find_by_user_name(client, email)? {
-            let mut resource = existing.resource();
-            resource.attributes.push(pair("created", "false".into()));
-            return Ok(resource);
+            return Ok(account_exists(existing.resource(), email));
         }
         let created = scim::create_user(client, email, request.display_name.as_deref(), &license)?;
         return Ok(match scim::ScimUser::parse(created) {
-            Ok(user) => {
-                let mut resource = user.resource();
-                resource.attributes.push(pair("created", "true".into()));
-                resource
-            }
+            Ok(user) => account_created(user.resource(), email),
             // A dry run answers without a body: nothing was created.
             Err(_) => pending_account(email),
         });
@@ -141,16 +135,24 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Resou
         let existing = client.list(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", email)], "user.name", None)?;
         let user = existing.items.first().map(membership_user).transpose()?.ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
         let mut resource = user_resource(user)?;
-        resource.attributes.extend([pair("email", email.to_string()), pair("created", "false".into()), pair("role", role.into())]);
-        return Ok(resource);
+        resource.attributes.extend([pair("email", email.to_string()), pair("role", role.into())]);
+        return Ok(account_exists(resource, email));
     }
     let user = client.post(&format!("/workspaces/{workspace}/addUser"), json!({ "user": email }))?;
     if user.is_null() {
         return Ok(pending_account(email));
     }
     let mut resource = user_resource(&user)?;
-    resource.attributes.extend([pair("email", email.to_string()), pair("created", "true".into())]);
-    Ok(resource)
+    resource.attributes.push(pair("email", email.to_string()));
+    Ok(account_created(resource, email))
+}
+
+fn account_created(account: Resource, email: &str) -> AccountResult {
+    AccountResult { outcome: Outcome::Changed, message: format!("invited {email} as user {}", account.id), account }
+}
+
+fn account_exists(account: Resource, email: &str) -> AccountResult {
+    AccountResult { outcome: Outcome::NoChange, message: format!("{email} already has an account (user {})", account.id), account }
 }
 
 pub fn disable_account(client: &Client, account: &ResourceRef) -> Result<WriteResult, ConnectorError> {
@@ -266,17 +268,22 @@ fn not_writable(entitlement: &EntitlementId) -> ConnectorError {
     }
 }
 
-fn pending_account(email: &str) -> Resource {
-    Resource {
-        resource_type: "user".into(),
-        id: String::new(),
-        display_name: email.into(),
-        parent: None,
-        attributes: vec![pair("email", email.into()), pair("created", "false".into())],
+/// What a dry run reports: the account would be created.
+fn pending_account(email: &str) -> AccountResult {
+    AccountResult {
+        outcome: Outcome::Changed,
+        account: Resource {
+            resource_type: "user".into(),
+            id: String::new(),
+            display_name: email.into(),
+            parent: None,
+            attributes: vec![pair("email", email.into())],
+        },
+        message: format!("would invite {email}"),
     }
 }
 
-fn changed(message: String, grant: Option<crate::exports::tether::connector::connector::Grant>) -> WriteResult {
+fn changed(message: String, grant: Option<crate::exports::tether::connector0_3_0::connector::Grant>) -> WriteResult {
     WriteResult { outcome: Outcome::Changed, grant, message }
 }
 

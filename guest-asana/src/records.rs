@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 
-use crate::exports::tether::connector::connector::{ConfigField, ConnectorMetadata, Entitlement, Grant, Page, Resource, ResourceType};
+use crate::exports::tether::connector0_3_0::connector::{ConfigField, ConnectorMetadata, Entitlement, Grant, Page, Resource, ResourceType};
 use crate::ids;
-use crate::tether::connector::types::{ConnectorError, Pair, ResourceRef};
+use crate::tether::connector0_1_0::types::{ConnectorError, Pair, ResourceRef};
 
 /// The two Asana licenses, as (name, display name). A license resource is
 /// one of them in one organization: ID `ORG_GID:NAME` (see `ids`).

@@ -4,9 +4,9 @@
 use serde_json::{json, Value};
 
 use crate::client::{malformed, Client, PAGE_SIZE};
-use crate::exports::tether::connector::connector::{Grant, Resource};
+use crate::exports::tether::connector0_3_0::connector::{Grant, Resource};
 use crate::records::{license_grant, pair, text, LICENSES};
-use crate::tether::connector::types::ConnectorError;
+use crate::tether::connector0_1_0::types::ConnectorError;
 
 const ENTERPRISE_EXTENSION: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";

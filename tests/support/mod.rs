@@ -75,3 +75,22 @@ pub async fn sync_sim(sim: &SimHandle, token: &str, out: &Path) -> Result<SyncSu
     let module = load(&engine, &asana_wasm());
     sync_with(&engine, &module, &grants_for(&sim.base_url(), sim.addr(), token), out).await
 }
+
+/// Requests (method, path and query) the simulator answered with 200 more
+/// than once, leaving out paths in `except`: pages asked for twice.
+pub fn pages_asked_twice(sim: &SimHandle, except: &[&str]) -> Vec<String> {
+    let mut seen = std::collections::HashMap::<String, usize>::new();
+    for r in sim.requests().iter().filter(|r| r.status == 200 && !except.contains(&r.path.as_str())) {
+        *seen.entry(format!("{} {}?{}", r.method, r.path, r.query)).or_default() += 1;
+    }
+    let mut twice: Vec<String> = seen.into_iter().filter(|(_, n)| *n > 1).map(|(k, _)| k).collect();
+    twice.sort();
+    twice
+}
+
+/// GET /workspaces beyond the first: the Asana connector reads it again in
+/// a fresh instance (after a restart) to learn which workspaces are
+/// organizations, since memberships do not say.
+pub fn workspace_rereads(sim: &SimHandle) -> u64 {
+    (sim.requests().iter().filter(|r| r.path == "/workspaces" && r.status == 200).count() as u64).saturating_sub(1)
+}
