@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
 # Runs every test: builds the connector and the test fixtures as wasm
-# components, installs Stoplight Prism (spec validation), then cargo test.
+# components, installs Stoplight Prism (spec validation) and scim2-server (a
+# real SCIM server), checks formatting and lints, then cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh --fixtures
 ./scripts/install-prism.sh >/dev/null
 ./scripts/install-scim2-server.sh >/dev/null
+
+echo "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)" >&2
+cargo fmt --all -- --check
+for crate in guest-asana tests/fixtures/*/; do
+  (cd "$crate" && cargo fmt -- --check)
+done
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
 cargo test --workspace --locked "$@"

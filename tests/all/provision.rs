@@ -2,10 +2,8 @@
 //! simulator: each write, its idempotent repeat, its error cases, and a new
 //! sync that shows the change.
 
-mod support;
-
+use crate::support::*;
 use asana_sim::{License, Org, OrgSpec, SimHandle};
-use support::*;
 use tether_host::bindings::{guest, ConnectorError, ResourceRef};
 use tether_host::config::ConnectorConfig;
 use tether_host::connector::{CallError, ConnectorInstance, Grants};
@@ -410,7 +408,7 @@ async fn scim_users_page_with_start_index_and_count() {
 async fn scim_mode_refuses_a_token_that_sees_two_organizations() {
     let mut org = Org::generate(&small_org());
     org.workspaces[1].is_organization = true;
-    let sim = support::start_sim_with(asana_sim::SimConfig::new(org)).await;
+    let sim = crate::support::start_sim_with(asana_sim::SimConfig::new(org)).await;
     let dir = tempfile::tempdir().unwrap();
     let engine = engine();
     let error = sync_with(&engine, &load(&engine, &asana_wasm()), &scim(&sim), &dir.path().join("s.db")).await.unwrap_err();

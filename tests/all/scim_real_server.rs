@@ -1,10 +1,8 @@
 //! The connector's SCIM client against a real SCIM 2.0 server (scim2-server
 //! from PyPI): create, filter, PATCH answered 204, deactivation, paging.
 
-mod support;
-
-use support::scim2::Scim2Server;
-use support::*;
+use crate::support::scim2::Scim2Server;
+use crate::support::*;
 use tether_host::bindings::{guest, ResourceRef};
 use tether_host::config::ConnectorConfig;
 use tether_host::connector::ConnectorInstance;

@@ -1,12 +1,10 @@
 //! Syncs of the simulated Asana org through the compiled connector
 //! component running in the host.
 
-mod support;
-
 use std::collections::HashSet;
 
+use crate::support::*;
 use asana_sim::{OrgSpec, SimConfig};
-use support::*;
 use tether_host::store::SyncFile;
 
 fn spec(users: usize, teams: usize, workspaces: usize, seed: u64) -> OrgSpec {

@@ -7,16 +7,14 @@
 //! plus tiny components written in WAT for what must not load. Every hostile call
 //! runs under short limits, and nothing leaves 127.0.0.1.
 
-mod support;
-
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use asana_sim::OrgSpec;
-use support::*;
 use tether_host::api_version::ApiVersion;
 use tether_host::bindings::ResourceRef;
 use tether_host::bindings::{guest, ConnectorError};

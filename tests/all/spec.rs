@@ -2,11 +2,9 @@
 //! official OpenAPI spec by Stoplight Prism standing between the connector
 //! and the simulator.
 
-mod support;
-
+use crate::support::prism::Prism;
+use crate::support::*;
 use asana_sim::OrgSpec;
-use support::prism::Prism;
-use support::*;
 
 /// Starts Prism (a blocking wait for its port) in front of the simulator.
 async fn prism_in_front_of(sim: &asana_sim::SimHandle) -> Prism {

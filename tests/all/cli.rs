@@ -1,12 +1,10 @@
 //! The `tether` binary as a user runs it: clear one-line errors and
 //! non-zero exits on bad input, and the demo's readable summary.
 
-mod support;
-
 use std::process::{Command, Output};
 
+use crate::support::*;
 use asana_sim::OrgSpec;
-use support::*;
 
 fn tether(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tether")).args(args).env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache")).output().expect("tether runs")

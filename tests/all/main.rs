@@ -1,0 +1,20 @@
+//! Every integration test, in one binary (as wasmtime's tests/all does):
+//! wasmtime is linked once, not once per topic. Each module is a topic;
+//! `support` holds what they share (the compiled components, the simulator,
+//! the external servers). Every test runs a compiled component in the host.
+//!
+//! - `sync`: syncs of the simulator, resume, retries, licenses
+//! - `provision`: each write, its repeat and its errors, then a sync
+//! - `cli`: the `tether` binary as an operator runs it, signals included
+//! - `sandbox`: hostile connectors against every limit and policy
+//! - `spec`: every request validated against Asana's OpenAPI spec (Prism)
+//! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
+
+mod support;
+
+mod cli;
+mod provision;
+mod sandbox;
+mod scim_real_server;
+mod spec;
+mod sync;
