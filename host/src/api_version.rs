@@ -149,50 +149,36 @@ macro_rules! same_records {
     )*};
 }
 
-same_records!(v0_2_guest => guest:
-    ResourceType { id, display_name, description, listed_under }
-    ConfigField { key, description, secret, required, default_value }
-    ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
-    Resource { resource_type, id, display_name, parent, attributes }
-    Entitlement { id, resource, slug, display_name, description, grantable }
-    Grant { id, entitlement_id, principal, immutable, attributes }
-    Page { resources, entitlements, grants, next_token }
-    WriteResult { outcome, grant, message }
-);
-same_records!(guest => v0_2_guest:
-    AccountRequest { email, display_name, options }
-);
-same_records!(v0_3_guest => guest:
-    ResourceType { id, display_name, description, listed_under }
-    ConfigField { key, description, secret, required, default_value }
-    ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
-    Resource { resource_type, id, display_name, parent, attributes }
-    Entitlement { id, resource, slug, display_name, description, grantable }
-    Grant { id, entitlement_id, principal, immutable, attributes }
-    Page { resources, entitlements, grants, next_token }
-    WriteResult { outcome, grant, message }
-);
-same_records!(guest => v0_3_guest:
-    AccountRequest { email, display_name, options }
-);
+/// What a later version's export shares with 0.1.0's, converted field by
+/// field: its results into the host's types, the account request back.
+macro_rules! records_shared_with_v0_1 {
+    ($($version:ident),*) => {$(
+        same_records!($version => guest:
+            ResourceType { id, display_name, description, listed_under }
+            ConfigField { key, description, secret, required, default_value }
+            ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
+            Resource { resource_type, id, display_name, parent, attributes }
+            Entitlement { id, resource, slug, display_name, description, grantable }
+            Grant { id, entitlement_id, principal, immutable, attributes }
+            Page { resources, entitlements, grants, next_token }
+            WriteResult { outcome, grant, message }
+        );
+        same_records!(guest => $version:
+            AccountRequest { email, display_name, options }
+        );
 
-impl Convert<guest::Outcome> for v0_2_guest::Outcome {
-    fn convert(self) -> guest::Outcome {
-        match self {
-            v0_2_guest::Outcome::Changed => guest::Outcome::Changed,
-            v0_2_guest::Outcome::NoChange => guest::Outcome::NoChange,
+        impl Convert<guest::Outcome> for $version::Outcome {
+            fn convert(self) -> guest::Outcome {
+                match self {
+                    $version::Outcome::Changed => guest::Outcome::Changed,
+                    $version::Outcome::NoChange => guest::Outcome::NoChange,
+                }
+            }
         }
-    }
+    )*};
 }
 
-impl Convert<guest::Outcome> for v0_3_guest::Outcome {
-    fn convert(self) -> guest::Outcome {
-        match self {
-            v0_3_guest::Outcome::Changed => guest::Outcome::Changed,
-            v0_3_guest::Outcome::NoChange => guest::Outcome::NoChange,
-        }
-    }
-}
+records_shared_with_v0_1!(v0_2_guest, v0_3_guest);
 
 #[cfg(test)]
 mod tests {

@@ -12,46 +12,41 @@ wasmtime::component::bindgen!({
 
 pub use exports::tether::connector::connector as guest;
 
-/// `tether:connector@0.2.0`. Its world imports 0.1.0's interfaces, so they
-/// map onto the 0.1.0 bindings above: one implementation of each import, one
-/// set of shared types (`connector-error`, `pair`, `resource-ref`).
+/// Bindings of a later version of the contract. Its world imports 0.1.0's
+/// interfaces, so they map onto the 0.1.0 bindings above: one
+/// implementation of each import, one set of shared types
+/// (`connector-error`, `pair`, `resource-ref`).
+macro_rules! later_version {
+    ($path:tt, $export:ident) => {
+        wasmtime::component::bindgen!({
+            path: $path,
+            world: "connector-world",
+            imports: { default: async | trappable },
+            exports: { default: async },
+            with: {
+                "tether:connector/types@0.1.0": crate::bindings::tether::connector::types,
+                "tether:connector/http@0.1.0": crate::bindings::tether::connector::http,
+                "tether:connector/config@0.1.0": crate::bindings::tether::connector::config,
+                "tether:connector/storage@0.1.0": crate::bindings::tether::connector::storage,
+                "tether:connector/log@0.1.0": crate::bindings::tether::connector::log,
+            },
+        });
+
+        pub use exports::tether::$export::connector as guest;
+    };
+}
+
+/// `tether:connector@0.2.0`: the export adds `test-connection`.
 pub mod v0_2 {
-    wasmtime::component::bindgen!({
-        path: "../wit/v0.2.0",
-        world: "connector-world",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "tether:connector/types@0.1.0": crate::bindings::tether::connector::types,
-            "tether:connector/http@0.1.0": crate::bindings::tether::connector::http,
-            "tether:connector/config@0.1.0": crate::bindings::tether::connector::config,
-            "tether:connector/storage@0.1.0": crate::bindings::tether::connector::storage,
-            "tether:connector/log@0.1.0": crate::bindings::tether::connector::log,
-        },
-    });
-
-    pub use exports::tether::connector0_2_0::connector as guest;
+    later_version!("../wit/v0.2.0", connector0_2_0);
 }
 
-/// `tether:connector@0.3.0`: the same imports again; the export adds
-/// `check-write`.
+/// `tether:connector@0.3.0`: the export adds `check-write`, and
+/// `create-account` returns an `account-result`.
 pub mod v0_3 {
-    wasmtime::component::bindgen!({
-        path: "../wit/v0.3.0",
-        world: "connector-world",
-        imports: { default: async | trappable },
-        exports: { default: async },
-        with: {
-            "tether:connector/types@0.1.0": crate::bindings::tether::connector::types,
-            "tether:connector/http@0.1.0": crate::bindings::tether::connector::http,
-            "tether:connector/config@0.1.0": crate::bindings::tether::connector::config,
-            "tether:connector/storage@0.1.0": crate::bindings::tether::connector::storage,
-            "tether:connector/log@0.1.0": crate::bindings::tether::connector::log,
-        },
-    });
-
-    pub use exports::tether::connector0_3_0::connector as guest;
+    later_version!("../wit/v0.3.0", connector0_3_0);
 }
+
 pub use tether::connector::types::{ConnectorError, Pair, RateLimit, ResourceRef};
 
 /// A connector error as one readable line (the generated Display is
