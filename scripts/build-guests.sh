@@ -11,7 +11,10 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 out="$root/target/wasm"
 mkdir -p "$out"
 
-crates=("$root/guest-asana")
+crates=()
+for dir in "$root"/connectors/*/; do
+  [[ -f "$dir/Cargo.toml" ]] && crates+=("${dir%/}")
+done
 if [[ "${1:-}" == "--fixtures" ]]; then
   for dir in "$root"/tests/fixtures/*/; do
     [[ -f "$dir/Cargo.toml" ]] && crates+=("${dir%/}")

@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 
 echo "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)" >&2
 cargo fmt --all -- --check
-for crate in guest-asana tests/fixtures/*/; do
+for crate in connectors/*/ tests/fixtures/*/; do
   if [[ -f "$crate/Cargo.toml" ]]; then (cd "$crate" && cargo fmt -- --check); fi
 done
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -22,8 +22,8 @@ impl Prism {
     pub fn start(upstream: &str) -> Prism {
         let bin = std::env::var_os("TETHER_PRISM").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".tools/prism/node_modules/.bin/prism"));
         assert!(bin.is_file(), "{} is missing: run scripts/install-prism.sh (scripts/test.sh does)", bin.display());
-        // Vendored with its source and license: asana-sim/spec/SOURCE.md.
-        let spec = repo_root().join("asana-sim/spec/asana_oas.yaml");
+        // Vendored with its source and license: simulators/asana/spec/SOURCE.md.
+        let spec = repo_root().join("simulators/asana/spec/asana_oas.yaml");
         assert!(spec.is_file(), "Asana's spec is missing at {}", spec.display());
         let port = free_port();
         let child = Command::new(bin)

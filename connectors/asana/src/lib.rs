@@ -16,7 +16,7 @@ mod scim;
 mod settings;
 
 wit_bindgen::generate!({
-    path: "../wit/v0.3.0",
+    path: "../../wit/v0.3.0",
     world: "connector-world",
     // The 0.1.0 interfaces the world imports come from wit/v0.3.0/deps/.
     generate_all,
