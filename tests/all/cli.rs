@@ -339,12 +339,12 @@ async fn resume(sim: &asana_sim::SimHandle, out: &std::path::Path) -> Output {
 
 /// The grant ids of run `run` in `file` equal those of a clean sync of the
 /// same org.
-async fn assert_same_grants_as_a_clean_sync(sim: &asana_sim::SimHandle, file: &tether_host::store::SyncFile, run: i64) {
+async fn assert_same_grants_as_a_clean_sync(sim: &asana_sim::SimHandle, file: &tether_host::sync::SyncFile, run: i64) {
     let dir = tempfile::tempdir().unwrap();
     let clean_out = dir.path().join("clean.db");
     let clean = sync_sim(sim, "sim-token", &clean_out).await.expect("a clean sync");
-    let ids = |file: &tether_host::store::SyncFile, run: i64| file.grants(run, None).unwrap().into_iter().map(|g| g.id).collect::<Vec<_>>();
-    let clean_file = tether_host::store::SyncFile::open_existing(&clean_out).unwrap();
+    let ids = |file: &tether_host::sync::SyncFile, run: i64| file.grants(run, None).unwrap().into_iter().map(|g| g.id).collect::<Vec<_>>();
+    let clean_file = tether_host::sync::SyncFile::open_existing(&clean_out).unwrap();
     assert_eq!(ids(file, run), ids(&clean_file, clean.run_id));
 }
 
@@ -360,7 +360,7 @@ async fn sigterm_stops_at_a_page_boundary_and_resume_asks_no_page_twice() {
     assert!(stderr(&stopped).contains("interrupted") && stderr(&stopped).contains("tether sync --resume"), "{}", stderr(&stopped));
     let before = sim.request_count();
     assert!(before < minimum, "it stopped early: {before} of {minimum}");
-    let file = tether_host::store::SyncFile::open_existing(&out).unwrap();
+    let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
     let interrupted = file.last_run().unwrap().unwrap();
     assert_eq!(interrupted.status, "interrupted");
     assert_eq!(interrupted.http_requests as u64, before);
@@ -384,7 +384,7 @@ async fn a_sync_killed_outright_is_recognised_and_resumed() {
     wait_for_requests(&sim, minimum / 2).await;
     child.kill().unwrap(); // SIGKILL: no handler runs
     child.wait().unwrap();
-    let file = tether_host::store::SyncFile::open_existing(&out).unwrap();
+    let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
     let killed = file.last_run().unwrap().unwrap();
     assert_eq!(killed.status, "running", "nothing marked it: the process died");
 

@@ -7,7 +7,7 @@ use asana_sim::{License, Org, OrgSpec, SimHandle};
 use tether_host::bindings::{guest, ConnectorError, ResourceRef};
 use tether_host::config::ConnectorConfig;
 use tether_host::connector::{CallError, ConnectorInstance, Grants};
-use tether_host::store::SyncFile;
+use tether_host::sync::SyncFile;
 
 fn small_org() -> OrgSpec {
     OrgSpec { users: 60, teams: 3, workspaces: 2, seed: 17 }

@@ -23,7 +23,7 @@ use tether_host::connector::{CallError, ConnectorInstance, Grants, PlannedWrite}
 use tether_host::engine::{ConnectorEngine, LoadedModule};
 use tether_host::http::AllowedHost;
 use tether_host::limits::Limits;
-use tether_host::store::SyncFile;
+use tether_host::sync::SyncFile;
 use tether_host::trust::ModuleTrust;
 
 const TOKEN: &str = "sim-token";

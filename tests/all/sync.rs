@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use crate::support::*;
 use asana_sim::{OrgSpec, SimConfig};
-use tether_host::store::SyncFile;
+use tether_host::sync::SyncFile;
 
 fn spec(users: usize, teams: usize, workspaces: usize, seed: u64) -> OrgSpec {
     OrgSpec { users, teams, workspaces, seed }

@@ -16,7 +16,7 @@ use tether_host::config::{ConnectorConfig, Secrets};
 use tether_host::connector::{ConnectorInstance, Grants};
 use tether_host::engine::{ConnectorEngine, LoadedModule};
 use tether_host::http::AllowedHost;
-use tether_host::store::SyncFile;
+use tether_host::sync::SyncFile;
 use tether_host::sync::SyncSummary;
 
 pub fn repo_root() -> PathBuf {

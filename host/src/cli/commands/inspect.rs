@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::json;
 
-use crate::store::SyncFile;
+use crate::sync::SyncFile;
 
 #[derive(Args)]
 pub struct InspectArgs {

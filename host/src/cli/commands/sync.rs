@@ -8,7 +8,7 @@ use clap::Args;
 
 use crate::cli::args::{ConnectorArgs, SyncLimitArgs};
 use crate::cli::{output, start};
-use crate::store::SyncFile;
+use crate::sync::SyncFile;
 
 /// Where a connector's own keys are listed (the host knows no connector).
 const CONNECTOR_HELP: &str = "Connector config keys, secrets and account fields: `tether describe --connector FILE.wasm` lists what a connector takes.";

@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
-use crate::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, ResourceType};
+use super::checkpoint::Checkpoint;
+use super::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, ResourceType};
 
 /// The schema this host writes, kept in `PRAGMA user_version`. Files of an
 /// older version are migrated when opened (see `migrate`); a newer one is
@@ -33,7 +34,7 @@ CREATE TABLE IF NOT EXISTS sync_runs (
     connector_digest TEXT NOT NULL,
     error TEXT,
     http_requests INTEGER NOT NULL DEFAULT 0,
-    -- Where the driver is (JSON of store::Checkpoint), for sync --resume.
+    -- Where the driver is (JSON of sync::checkpoint::Checkpoint), for sync --resume.
     checkpoint TEXT
 );
 CREATE TABLE IF NOT EXISTS run_resource_types (
@@ -125,76 +126,6 @@ DROP TABLE sync_runs;
 ALTER TABLE sync_runs_v2 RENAME TO sync_runs;
 ALTER TABLE run_resources ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
 "#;
-
-/// The version of the checkpoint format this host writes.
-pub const CHECKPOINT_VERSION: u32 = 2;
-
-/// How far a run got, saved with every page it writes (in the same
-/// transaction), so that a resume asks for no page already written.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Checkpoint {
-    pub version: u32,
-    pub position: Position,
-}
-
-impl Default for Checkpoint {
-    fn default() -> Self {
-        Checkpoint { version: CHECKPOINT_VERSION, position: Position::TopLevel { index: 0, token: None } }
-    }
-}
-
-impl From<Position> for Checkpoint {
-    fn from(position: Position) -> Self {
-        Checkpoint { version: CHECKPOINT_VERSION, position }
-    }
-}
-
-/// Where the driver goes on from.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "phase", rename_all = "kebab-case")]
-pub enum Position {
-    /// Listing the top-level types: the `index`-th of them (in the
-    /// connector's order), from page `token`.
-    TopLevel { index: usize, token: Option<String> },
-    /// Walking the queue: every resource up to row `cursor` is done;
-    /// `within` says how far the driver got inside the next one.
-    Queue { cursor: i64, within: Option<Within> },
-}
-
-/// A place inside one resource's listings: its row, the step (which
-/// listing), and the page token to go on from.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Within {
-    pub row: i64,
-    pub step: usize,
-    pub token: Option<String>,
-}
-
-impl Checkpoint {
-    /// Reads a saved checkpoint: this version's, or version 1 (no version
-    /// field; top-level listings were checkpointed only once all done).
-    /// Anything else is an error, never silently a fresh start.
-    pub fn parse(text: &str) -> Result<Self> {
-        #[derive(serde::Deserialize)]
-        struct V1 {
-            top_level_done: bool,
-            cursor: i64,
-            within: Option<Within>,
-        }
-        let value: Value = serde_json::from_str(text).context("the checkpoint is not JSON")?;
-        match value.get("version").map(Value::as_u64) {
-            Some(Some(v)) if v == u64::from(CHECKPOINT_VERSION) => serde_json::from_value(value).context("the checkpoint does not match its version's format"),
-            Some(other) => anyhow::bail!(
-                "the checkpoint has version {}, which this tether does not read (it reads 1 and {CHECKPOINT_VERSION})",
-                other.map_or_else(|| "(not a number)".to_string(), |v| v.to_string())
-            ),
-            None => {
-                let v1: V1 = serde_json::from_value(value).context("the checkpoint is in no format this tether reads")?;
-                Ok(if v1.top_level_done { Position::Queue { cursor: v1.cursor, within: v1.within }.into() } else { Checkpoint::default() })
-            }
-        }
-    }
-}
 
 /// Who produced a run.
 #[derive(Debug, Clone)]
@@ -639,6 +570,7 @@ fn json_object(text: String) -> Map<String, Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sync::checkpoint::{Position, Within};
 
     /// The schema of files written before versions were recorded (schema 1),
     /// as the host wrote it then.

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use indicatif::ProgressBar;
 
+use super::checkpoint::{Checkpoint, Position, Within};
+use super::model::{PageRecords, ResourceType};
+use super::sync_file::{ConnectorIdentity, RunEnd, SyncFile, Table};
 use crate::bindings::ResourceRef;
 use crate::connector::{retry_rate_limited, ConnectorInstance};
 use crate::limits::{LimitExceeded, SyncLimits};
-use crate::model::{PageRecords, ResourceType};
-use crate::store::{Checkpoint, ConnectorIdentity, Position, RunEnd, SyncFile, Table, Within};
 
 const QUEUE_BATCH: usize = 256;
 

@@ -1,0 +1,76 @@
+//! Where a sync goes on from: saved with every page it writes, read back by
+//! `sync --resume`. Versioned: a checkpoint of an older version is read, an
+//! unknown one is an error, never silently a fresh start.
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+/// The version of the checkpoint format this host writes.
+pub const CHECKPOINT_VERSION: u32 = 2;
+
+/// How far a run got, saved with every page it writes (in the same
+/// transaction), so that a resume asks for no page already written.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub version: u32,
+    pub position: Position,
+}
+
+impl Default for Checkpoint {
+    fn default() -> Self {
+        Checkpoint { version: CHECKPOINT_VERSION, position: Position::TopLevel { index: 0, token: None } }
+    }
+}
+
+impl From<Position> for Checkpoint {
+    fn from(position: Position) -> Self {
+        Checkpoint { version: CHECKPOINT_VERSION, position }
+    }
+}
+
+/// Where the driver goes on from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "phase", rename_all = "kebab-case")]
+pub enum Position {
+    /// Listing the top-level types: the `index`-th of them (in the
+    /// connector's order), from page `token`.
+    TopLevel { index: usize, token: Option<String> },
+    /// Walking the queue: every resource up to row `cursor` is done;
+    /// `within` says how far the driver got inside the next one.
+    Queue { cursor: i64, within: Option<Within> },
+}
+
+/// A place inside one resource's listings: its row, the step (which
+/// listing), and the page token to go on from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Within {
+    pub row: i64,
+    pub step: usize,
+    pub token: Option<String>,
+}
+
+impl Checkpoint {
+    /// Reads a saved checkpoint: this version's, or version 1 (no version
+    /// field; top-level listings were checkpointed only once all done).
+    /// Anything else is an error, never silently a fresh start.
+    pub fn parse(text: &str) -> Result<Self> {
+        #[derive(serde::Deserialize)]
+        struct V1 {
+            top_level_done: bool,
+            cursor: i64,
+            within: Option<Within>,
+        }
+        let value: Value = serde_json::from_str(text).context("the checkpoint is not JSON")?;
+        match value.get("version").map(Value::as_u64) {
+            Some(Some(v)) if v == u64::from(CHECKPOINT_VERSION) => serde_json::from_value(value).context("the checkpoint does not match its version's format"),
+            Some(other) => anyhow::bail!(
+                "the checkpoint has version {}, which this tether does not read (it reads 1 and {CHECKPOINT_VERSION})",
+                other.map_or_else(|| "(not a number)".to_string(), |v| v.to_string())
+            ),
+            None => {
+                let v1: V1 = serde_json::from_value(value).context("the checkpoint is in no format this tether reads")?;
+                Ok(if v1.top_level_done { Position::Queue { cursor: v1.cursor, within: v1.within }.into() } else { Checkpoint::default() })
+            }
+        }
+    }
+}
