@@ -14,12 +14,13 @@ use wasmtime::{Store, UpdateDeadline};
 
 use crate::api_version::{ApiVersion, Convert};
 use crate::bindings::{guest, v0_2, v0_3, ConnectorError, ConnectorWorld, ResourceRef};
-use crate::config::{ConnectorConfig, Secrets};
 use crate::engine::{ConnectorEngine, LoadedModule};
-use crate::http::{EgressPolicy, HttpGateway};
+use crate::imports::config::{ConnectorConfig, Secrets};
+use crate::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
+use crate::imports::storage::ConnectorStorage;
+use crate::imports::wasi::GuestStderr;
 use crate::limits::{LimitExceeded, Limits};
-use crate::state::{CallUsage, HostState};
-use crate::storage::ConnectorStorage;
+use crate::store_data::StoreData;
 
 /// What the operator grants one connector.
 #[derive(Debug, Clone, Default)]
@@ -27,7 +28,7 @@ pub struct Grants {
     pub config: ConnectorConfig,
     pub secrets: Arc<Secrets>,
     /// Extra hosts beyond the ones the connector declares.
-    pub extra_hosts: Vec<crate::http::AllowedHost>,
+    pub extra_hosts: Vec<AllowedHost>,
     /// Use only `extra_hosts`, not the declared ones.
     pub only_extra_hosts: bool,
     pub limits: Limits,
@@ -85,7 +86,7 @@ pub enum CallError {
 }
 
 pub struct ConnectorInstance {
-    store: Store<HostState>,
+    store: Store<StoreData>,
     exports: Exports,
     api: ApiVersion,
     http: Arc<HttpGateway>,
@@ -105,7 +106,7 @@ macro_rules! guarded {
         let ($exports, $store) = (&$self.exports, &mut $self.store);
         let outcome = match tokio::time::timeout($self.wall_per_call, $call).await {
             Err(_) => Err(CallError::Limit(LimitExceeded::new("wall-clock", format!("the call took longer than {:?}", $self.wall_per_call)))),
-            Ok(Err(trap)) => Err(with_guest_stderr(classify_trap(trap, &$self.store.data().limits), &$self.store.data().stderr)),
+            Ok(Err(trap)) => Err(with_guest_stderr(classify_trap(trap, &$self.store.data().limits), &$self.store.data().wasi.stderr)),
             Ok(Ok(value)) => Ok(value),
         };
         if outcome.is_err() {
@@ -152,17 +153,13 @@ impl ConnectorInstance {
             Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
             None => None,
         };
-        let state = HostState::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), storage, label);
-        let mut store = Store::new(engine.engine(), state);
-        store.limiter(|state| &mut state.store_limits);
+        let data = StoreData::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), storage, label);
+        let mut store = Store::new(engine.engine(), data);
+        store.limiter(|data| &mut data.store_limits);
         store.set_hostcall_fuel(limits.hostcall_bytes);
         store.set_max_component_handles(limits.resource_handles);
         store.epoch_deadline_callback(|mut ctx| {
-            let state = ctx.data_mut();
-            state.usage.cpu_ticks += 1;
-            if state.usage.cpu_ticks > state.cpu_tick_budget {
-                return Err(LimitExceeded::new("cpu", format!("the call ran for more than {:?} of CPU", state.limits.cpu_per_call)).into());
-            }
+            ctx.data_mut().cpu.tick()?;
             Ok(UpdateDeadline::Yield(1))
         });
         store.set_epoch_deadline(1);
@@ -187,7 +184,7 @@ impl ConnectorInstance {
         let mut hosts = grants.extra_hosts.clone();
         if !grants.only_extra_hosts {
             for declared in &instance.metadata.hosts {
-                let host = crate::http::AllowedHost::declared(declared)
+                let host = AllowedHost::declared(declared)
                     .map_err(|e| anyhow::anyhow!("the connector declares a bad host {:?}: {}", declared, crate::terminal::escape(&e.to_string())))?;
                 hosts.push(host);
             }
@@ -206,9 +203,7 @@ impl ConnectorInstance {
     }
 
     fn before_call(&mut self) {
-        let state = self.store.data_mut();
-        state.usage = CallUsage::default();
-        state.stderr.clear();
+        self.store.data_mut().begin_call();
         self.store.set_epoch_deadline(1);
     }
 
@@ -357,7 +352,7 @@ fn page_bytes(page: &guest::Page) -> usize {
 /// limit was hit (in one line), or the crash with its wasm backtrace.
 /// A crash says what the guest wrote to stderr during the call: a Rust
 /// guest's panic message. (The guest never holds a secret to leak here.)
-fn with_guest_stderr(error: CallError, stderr: &crate::guest_stderr::GuestStderr) -> CallError {
+fn with_guest_stderr(error: CallError, stderr: &GuestStderr) -> CallError {
     match error {
         CallError::Trap(trap) => {
             let said = stderr.text();

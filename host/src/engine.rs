@@ -10,12 +10,11 @@ use anyhow::{bail, Context, Result};
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
-use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::api_version::ApiVersion;
-use crate::bindings::ConnectorWorld;
-use crate::state::HostState;
+use crate::store_data::StoreData;
 use crate::trust::ModuleTrust;
 
 /// How often the engine's epoch advances; CPU deadlines count these ticks.
@@ -32,7 +31,7 @@ const WASI_IMPORT_PREFIXES: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:filesyste
 pub struct ConnectorEngine {
     engine: Engine,
     /// Every import the host offers, linked once for all instances.
-    linker: Linker<HostState>,
+    linker: Linker<StoreData>,
     cache_dir: Option<PathBuf>,
 }
 
@@ -40,7 +39,7 @@ pub struct ConnectorEngine {
 pub struct LoadedModule {
     pub component: Component,
     /// The component with its imports resolved: instantiating it is cheap.
-    pub pre: InstancePre<HostState>,
+    pub pre: InstancePre<StoreData>,
     /// Hex sha256 of the .wasm file as given.
     pub digest: String,
     /// The version of `tether:connector` its export was built against.
@@ -59,12 +58,8 @@ impl ConnectorEngine {
         config.epoch_interruption(true);
         config.max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
-        let mut linker = Linker::<HostState>::new(&engine);
-        crate::wasi::link_startup_wasi(&mut linker)?;
-        // Every version of the contract so far imports 0.1.0's interfaces.
-        ConnectorWorld::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(anyhow::Error::from)
-            .context("cannot link the tether:connector imports")?;
+        let mut linker = Linker::<StoreData>::new(&engine);
+        crate::store_data::add_to_linker(&mut linker)?;
 
         start_epoch_ticker(&engine)?;
         Ok(ConnectorEngine { engine, linker, cache_dir })

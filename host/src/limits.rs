@@ -124,3 +124,64 @@ impl LimitExceeded {
         LimitExceeded { limit, detail: detail.into() }
     }
 }
+
+/// One per-call budget (log lines, HTTP requests): what the current call
+/// has used of it. Kept by the import that charges it; reset before every
+/// call into the guest.
+#[derive(Debug)]
+pub struct CallBudget {
+    used: usize,
+    cap: usize,
+    /// The limit's name, as `limit exceeded: <limit>` says it.
+    limit: &'static str,
+    /// What is counted, in the error's words.
+    what: &'static str,
+}
+
+impl CallBudget {
+    pub fn new(cap: usize, limit: &'static str, what: &'static str) -> Self {
+        CallBudget { used: 0, cap, limit, what }
+    }
+
+    /// Counts one more use; past the cap the call ends with the limit named.
+    pub fn charge(&mut self) -> Result<(), LimitExceeded> {
+        self.used += 1;
+        if self.used > self.cap {
+            return Err(LimitExceeded::new(self.limit, format!("more than {} {} in one call", self.cap, self.what)));
+        }
+        Ok(())
+    }
+
+    pub fn reset(&mut self) {
+        self.used = 0;
+    }
+}
+
+/// The CPU one call may use, in epoch ticks: the engine's epoch callback
+/// counts a tick each time the deadline passes.
+#[derive(Debug)]
+pub struct CpuBudget {
+    used: u64,
+    ticks: u64,
+    per_call: Duration,
+}
+
+impl CpuBudget {
+    pub fn new(per_call: Duration) -> Self {
+        let ticks = (per_call.as_millis() / crate::engine::EPOCH_TICK.as_millis()).max(1) as u64;
+        CpuBudget { used: 0, ticks, per_call }
+    }
+
+    /// Counts one more tick of guest code; past the budget the call ends.
+    pub fn tick(&mut self) -> Result<(), LimitExceeded> {
+        self.used += 1;
+        if self.used > self.ticks {
+            return Err(LimitExceeded::new("cpu", format!("the call ran for more than {:?} of CPU", self.per_call)));
+        }
+        Ok(())
+    }
+
+    pub fn reset(&mut self) {
+        self.used = 0;
+    }
+}

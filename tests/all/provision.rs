@@ -5,8 +5,8 @@
 use crate::support::*;
 use asana_sim::{License, Org, OrgSpec, SimHandle};
 use tether_host::bindings::{guest, ConnectorError, ResourceRef};
-use tether_host::config::ConnectorConfig;
 use tether_host::connector::{CallError, ConnectorInstance, Grants};
+use tether_host::imports::config::ConnectorConfig;
 use tether_host::sync::SyncFile;
 
 fn small_org() -> OrgSpec {

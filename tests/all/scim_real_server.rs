@@ -4,9 +4,9 @@
 use crate::support::scim2::Scim2Server;
 use crate::support::*;
 use tether_host::bindings::{guest, ResourceRef};
-use tether_host::config::ConnectorConfig;
 use tether_host::connector::ConnectorInstance;
-use tether_host::http::AllowedHost;
+use tether_host::imports::config::ConnectorConfig;
+use tether_host::imports::http::AllowedHost;
 
 async fn connector_for(server: &Scim2Server) -> ConnectorInstance {
     let mut grants = grants_for("http://127.0.0.1:9/api/1.0", server.addr(), "any-token");

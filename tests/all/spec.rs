@@ -47,7 +47,7 @@ async fn every_rest_write_request_is_valid_against_the_official_spec() {
     let engine = engine();
     let module = load(&engine, &asana_wasm());
     let mut grants = grants_for(&prism.base_url(), prism.addr(), "sim-token");
-    grants.config = tether_host::config::ConnectorConfig::new([
+    grants.config = tether_host::imports::config::ConnectorConfig::new([
         ("asana-api-url".to_string(), prism.base_url()),
         ("default-workspace-id".to_string(), org.workspaces[0].gid.clone()),
     ]);

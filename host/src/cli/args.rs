@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::config::SecretSource;
+use crate::imports::config::SecretSource;
 use crate::limits::{Limits, SyncLimits};
 use crate::trust::ModuleTrust;
 

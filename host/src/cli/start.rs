@@ -5,10 +5,10 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::args::ConnectorArgs;
-use crate::config::{ConnectorConfig, Secrets};
 use crate::connector::{ConnectorInstance, Grants};
 use crate::engine::{ConnectorEngine, LoadedModule};
-use crate::http::AllowedHost;
+use crate::imports::config::{ConnectorConfig, Secrets};
+use crate::imports::http::AllowedHost;
 use crate::terminal::escape as esc;
 
 /// A connector loaded and started as the flags say.

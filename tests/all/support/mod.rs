@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use asana_sim::{Org, OrgSpec, SimConfig, SimHandle};
-use tether_host::config::{ConnectorConfig, Secrets};
 use tether_host::connector::{ConnectorInstance, Grants};
 use tether_host::engine::{ConnectorEngine, LoadedModule};
-use tether_host::http::AllowedHost;
+use tether_host::imports::config::{ConnectorConfig, Secrets};
+use tether_host::imports::http::AllowedHost;
 use tether_host::sync::SyncFile;
 use tether_host::sync::SyncSummary;
 

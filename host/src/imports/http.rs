@@ -25,12 +25,12 @@ use anyhow::{bail, Result};
 use backon::{ExponentialBuilder, Retryable};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use url::Url;
+use wasmtime::component::HasData;
 
 use crate::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
 use crate::bindings::Pair;
-use crate::config::Secrets;
-use crate::limits::Limits;
-use crate::state::{charge, HostState};
+use crate::imports::config::Secrets;
+use crate::limits::{CallBudget, Limits};
 
 /// One destination a connector may reach.
 #[derive(Debug, Clone, PartialEq)]
@@ -530,10 +530,37 @@ impl HttpGateway {
     }
 }
 
-impl wit::Host for HostState {
+/// What the `http` import serves: the instance's gateway (shared with the
+/// host, which reads its counters and sets its policy) and the current
+/// call's request budget.
+pub struct HttpCtx {
+    pub gateway: Arc<HttpGateway>,
+    /// Requests the current call has sent, against `http-requests-per-call`.
+    pub requests: CallBudget,
+}
+
+impl HttpCtx {
+    pub fn new(gateway: Arc<HttpGateway>, limits: &Limits) -> Self {
+        HttpCtx { gateway, requests: CallBudget::new(limits.http_requests_per_call, "http-requests-per-call", "HTTP requests") }
+    }
+
+    /// Before every call into the guest: a fresh request budget.
+    pub fn begin_call(&mut self) {
+        self.requests.reset();
+    }
+}
+
+/// Links `http` with a projection onto an [`HttpCtx`].
+pub struct Http;
+
+impl HasData for Http {
+    type Data<'a> = &'a mut HttpCtx;
+}
+
+impl wit::Host for HttpCtx {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
-        charge(&mut self.usage.http_requests, self.limits.http_requests_per_call, "http-requests-per-call", "HTTP requests")?;
-        Ok(self.http.send(request).await)
+        self.requests.charge()?;
+        Ok(self.gateway.send(request).await)
     }
 }
 

@@ -7,11 +7,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use wasmtime::component::HasData;
 
 use crate::bindings::tether::connector::config;
-use crate::state::HostState;
 
 /// Non-secret config the connector may read.
 #[derive(Debug, Clone, Default)]
@@ -33,7 +34,27 @@ impl ConnectorConfig {
     }
 }
 
-impl config::Host for HostState {
+/// What the `config` import serves: the config values, and the secrets'
+/// names, which it never answers for.
+pub struct ConfigCtx {
+    pub config: ConnectorConfig,
+    pub secrets: Arc<Secrets>,
+}
+
+impl ConfigCtx {
+    pub fn new(config: ConnectorConfig, secrets: Arc<Secrets>) -> Self {
+        ConfigCtx { config, secrets }
+    }
+}
+
+/// Links `config` with a projection onto a [`ConfigCtx`].
+pub struct Config;
+
+impl HasData for Config {
+    type Data<'a> = &'a mut ConfigCtx;
+}
+
+impl config::Host for ConfigCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Option<String>> {
         // A secret is never a config value, even if a connector asks for it
         // by name.

@@ -7,9 +7,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
+use wasmtime::component::HasData;
 
 use crate::bindings::tether::connector::storage::{self, StorageError};
-use crate::state::HostState;
 
 const MAX_KEY_LEN: usize = 128;
 
@@ -108,7 +108,26 @@ fn disabled() -> StorageError {
     StorageError::Io("storage is not enabled for this connector".into())
 }
 
-impl storage::Host for HostState {
+/// What the `storage` import serves: the instance's namespace, if the
+/// operator gave it one.
+pub struct StorageCtx {
+    pub storage: Option<ConnectorStorage>,
+}
+
+impl StorageCtx {
+    pub fn new(storage: Option<ConnectorStorage>) -> Self {
+        StorageCtx { storage }
+    }
+}
+
+/// Links `storage` with a projection onto a [`StorageCtx`].
+pub struct Storage;
+
+impl HasData for Storage {
+    type Data<'a> = &'a mut StorageCtx;
+}
+
+impl storage::Host for StorageCtx {
     async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, StorageError>> {
         Ok(self.storage.as_ref().ok_or_else(disabled).and_then(|s| s.get(&key)))
     }

@@ -1,0 +1,97 @@
+//! What one connector instance's wasmtime store holds: one context per
+//! import (each owning its own state, see [`crate::imports`]), the CPU
+//! budget the epoch callback charges, and the limits.
+//!
+//! Not to be confused with `store` (the SQLite sync file) or the `storage`
+//! import (a connector's key/value namespace).
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use wasmtime::component::Linker;
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtxView, WasiView};
+
+use crate::bindings::tether::connector as wit;
+use crate::imports::config::{Config, ConfigCtx, ConnectorConfig, Secrets};
+use crate::imports::http::{Http, HttpCtx, HttpGateway};
+use crate::imports::log::{Log, LogCtx};
+use crate::imports::storage::{ConnectorStorage, Storage, StorageCtx};
+use crate::imports::wasi::StartupWasiCtx;
+use crate::imports::Types;
+use crate::limits::{CpuBudget, Limits};
+
+pub struct StoreData {
+    pub wasi: StartupWasiCtx,
+    pub http: HttpCtx,
+    pub config: ConfigCtx,
+    pub storage: StorageCtx,
+    pub log: LogCtx,
+    /// Epoch ticks the current call has run guest code for.
+    pub cpu: CpuBudget,
+    pub store_limits: StoreLimits,
+    pub limits: Limits,
+}
+
+impl StoreData {
+    pub fn new(
+        limits: Limits,
+        http: Arc<HttpGateway>,
+        config: ConnectorConfig,
+        secrets: Arc<Secrets>,
+        storage: Option<ConnectorStorage>,
+        connector_label: String,
+    ) -> Self {
+        let store_limits = StoreLimitsBuilder::new()
+            .memory_size(limits.memory_bytes)
+            .table_elements(limits.table_elements)
+            .instances(limits.instances)
+            .tables(limits.instances * 4)
+            .memories(limits.instances)
+            .trap_on_grow_failure(true)
+            .build();
+        StoreData {
+            wasi: StartupWasiCtx::new(&limits),
+            http: HttpCtx::new(http, &limits),
+            config: ConfigCtx::new(config, secrets.clone()),
+            storage: StorageCtx::new(storage),
+            log: LogCtx::new(connector_label, secrets, &limits),
+            cpu: CpuBudget::new(limits.cpu_per_call),
+            store_limits,
+            limits,
+        }
+    }
+
+    /// Before every call into the guest: fresh per-call budgets, and no
+    /// stderr left from the call before.
+    pub fn begin_call(&mut self) {
+        self.http.begin_call();
+        self.log.begin_call();
+        self.cpu.reset();
+        self.wasi.begin_call();
+    }
+}
+
+/// Links every import the host offers, each with a projection onto its own
+/// context.
+pub fn add_to_linker(linker: &mut Linker<StoreData>) -> Result<()> {
+    crate::imports::wasi::add_to_linker(linker)?;
+    let l = linker;
+    // Every version of the contract so far imports 0.1.0's interfaces.
+    let mut link = || -> wasmtime::Result<()> {
+        wit::types::add_to_linker::<StoreData, Types>(l, |_| Types)?;
+        wit::http::add_to_linker::<StoreData, Http>(l, |s| &mut s.http)?;
+        wit::config::add_to_linker::<StoreData, Config>(l, |s| &mut s.config)?;
+        wit::storage::add_to_linker::<StoreData, Storage>(l, |s| &mut s.storage)?;
+        wit::log::add_to_linker::<StoreData, Log>(l, |s| &mut s.log)?;
+        Ok(())
+    };
+    link().map_err(anyhow::Error::from).context("cannot link the tether:connector imports")
+}
+
+/// wasmtime-wasi's interfaces find their context through this.
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        self.wasi.view()
+    }
+}
