@@ -7,8 +7,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use tether_host::connector::{ConnectorInstance, Grants};
-use tether_host::engine::ConnectorEngine;
+use tether_host::runtime::engine::ConnectorEngine;
+use tether_host::runtime::instance::{ConnectorInstance, Permissions};
 
 const INSTANCES: u32 = 50;
 
@@ -34,7 +34,7 @@ fn main() {
         assert!(!first.from_cache && cached.from_cache, "the second load must come from the cache");
 
         let instantiation = runtime.block_on(async {
-            let grants = Grants::default();
+            let grants = Permissions::default();
             ConnectorInstance::start(&engine, &cached, &grants).await.unwrap(); // warm-up
             let started = Instant::now();
             for _ in 0..INSTANCES {

@@ -4,9 +4,9 @@
 
 use crate::support::*;
 use asana_sim::{License, Org, OrgSpec, SimHandle};
-use tether_host::bindings::{guest, ConnectorError, ResourceRef};
-use tether_host::connector::{CallError, ConnectorInstance, Grants};
-use tether_host::imports::config::ConnectorConfig;
+use tether_host::runtime::bindings::{guest, ConnectorError, ResourceRef};
+use tether_host::runtime::imports::config::ConnectorConfig;
+use tether_host::runtime::instance::{CallError, ConnectorInstance, Permissions};
 use tether_host::sync::SyncFile;
 
 fn small_org() -> OrgSpec {
@@ -17,22 +17,22 @@ fn user(gid: &str) -> ResourceRef {
     ResourceRef { resource_type: "user".into(), id: gid.into() }
 }
 
-fn with_config(mut grants: Grants, extra: &[(&str, &str)]) -> Grants {
+fn with_config(mut grants: Permissions, extra: &[(&str, &str)]) -> Permissions {
     let mut pairs: Vec<(String, String)> = grants.config.keys().map(|k| (k.to_string(), grants.config.get(k).unwrap().to_string())).collect();
     pairs.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     grants.config = ConnectorConfig::new(pairs);
     grants
 }
 
-fn scim(sim: &SimHandle) -> Grants {
-    with_config(grants_for(&sim.base_url(), sim.addr(), "sim-token"), &[("use-service-account", "true"), ("use-scim-api", "true")])
+fn scim(sim: &SimHandle) -> Permissions {
+    with_config(permissions_for(&sim.base_url(), sim.addr(), "sim-token"), &[("use-service-account", "true"), ("use-scim-api", "true")])
 }
 
-fn rest(sim: &SimHandle) -> Grants {
-    grants_for(&sim.base_url(), sim.addr(), "sim-token")
+fn rest(sim: &SimHandle) -> Permissions {
+    permissions_for(&sim.base_url(), sim.addr(), "sim-token")
 }
 
-async fn instance(grants: &Grants) -> ConnectorInstance {
+async fn instance(grants: &Permissions) -> ConnectorInstance {
     let engine = engine();
     let module = load(&engine, &asana_wasm());
     ConnectorInstance::start(&engine, &module, grants).await.expect("connector starts")
@@ -66,7 +66,7 @@ fn team_and_outsider(org: &Org) -> (String, String) {
     panic!("no team with an outsider");
 }
 
-async fn sync_grant_ids(sim: &SimHandle, grants: &Grants) -> Vec<String> {
+async fn sync_grant_ids(sim: &SimHandle, grants: &Permissions) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");
     let engine = engine();

@@ -15,16 +15,16 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 use asana_sim::OrgSpec;
-use tether_host::api_version::ApiVersion;
-use tether_host::bindings::ResourceRef;
-use tether_host::bindings::{guest, ConnectorError};
-use tether_host::connector::{CallError, ConnectorInstance, Grants, PlannedWrite};
-use tether_host::engine::{ConnectorEngine, LoadedModule};
-use tether_host::imports::config::{ConnectorConfig, Secrets};
-use tether_host::imports::http::AllowedHost;
-use tether_host::limits::Limits;
+use tether_host::runtime::api_version::ApiVersion;
+use tether_host::runtime::bindings::ResourceRef;
+use tether_host::runtime::bindings::{guest, ConnectorError};
+use tether_host::runtime::engine::{ConnectorEngine, LoadedModule};
+use tether_host::runtime::imports::config::{ConnectorConfig, Secrets};
+use tether_host::runtime::imports::http::AllowedHost;
+use tether_host::runtime::instance::{CallError, ConnectorInstance, Permissions, PlannedWrite};
+use tether_host::runtime::limits::Limits;
+use tether_host::runtime::trust::ModuleTrust;
 use tether_host::sync::SyncFile;
-use tether_host::trust::ModuleTrust;
 
 const TOKEN: &str = "sim-token";
 
@@ -57,13 +57,13 @@ fn tight_limits() -> Limits {
     }
 }
 
-fn hostile_grants(settings: &[(&str, &str)]) -> Grants {
-    Grants { config: ConnectorConfig::new(settings.iter().map(|(k, v)| (k.to_string(), v.to_string()))), limits: tight_limits(), ..Grants::default() }
+fn hostile_permissions(settings: &[(&str, &str)]) -> Permissions {
+    Permissions { config: ConnectorConfig::new(settings.iter().map(|(k, v)| (k.to_string(), v.to_string()))), limits: tight_limits(), ..Permissions::default() }
 }
 
 /// `grants` plus the operator allowing `addr` and giving the secret `token`.
-fn with_server(grants: Grants, addr: SocketAddr) -> Grants {
-    Grants {
+fn with_server(grants: Permissions, addr: SocketAddr) -> Permissions {
+    Permissions {
         extra_hosts: vec![AllowedHost::parse(&addr.to_string()).unwrap()],
         secrets: Arc::new(Secrets::resolve(&[format!("token=literal:{TOKEN}").parse().unwrap()]).unwrap()),
         ..grants
@@ -71,7 +71,7 @@ fn with_server(grants: Grants, addr: SocketAddr) -> Grants {
 }
 
 /// Starts the hostile connector and runs its attack (listing `probe`).
-async fn attack(grants: &Grants) -> Result<guest::Page, CallError> {
+async fn attack(grants: &Permissions) -> Result<guest::Page, CallError> {
     let mut instance = ConnectorInstance::start(shared_engine(), hostile(), grants).await.expect("the hostile connector starts");
     instance.list_resources("probe", None, None).await
 }
@@ -108,7 +108,7 @@ fn attribute<'a>(attributes: &'a [(String, String)], name: &str) -> &'a str {
 async fn asana_still_syncs() {
     let sim = start_sim(OrgSpec { users: 30, teams: 2, workspaces: 1, seed: 3 }).await;
     let dir = tempfile::tempdir().unwrap();
-    let grants = grants_for(&sim.base_url(), sim.addr(), TOKEN);
+    let grants = permissions_for(&sim.base_url(), sim.addr(), TOKEN);
     let summary = sync_with(shared_engine(), asana(), &grants, &dir.path().join("sync.db")).await.expect("the Asana connector still syncs");
     assert!(summary.grants > 0 && summary.http_requests == sim.request_count(), "{summary:?}");
 }
@@ -147,7 +147,7 @@ fn stderr(output: &Output) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
-    let grants = hostile_grants(&[("mode", "infinite-loop")]);
+    let grants = hostile_permissions(&[("mode", "infinite-loop")]);
     let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &grants).await.unwrap();
     let started = Instant::now();
     let (limit, message) = limit_hit(instance.list_resources("probe", None, None).await);
@@ -159,14 +159,14 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
     // The deadline yields to the executor, so the outer wall clock can stop
     // a loop too.
     let generous_cpu =
-        Grants { limits: Limits { cpu_per_call: Duration::from_secs(60), wall_per_call: Duration::from_millis(500), ..tight_limits() }, ..grants };
+        Permissions { limits: Limits { cpu_per_call: Duration::from_secs(60), wall_per_call: Duration::from_millis(500), ..tight_limits() }, ..grants };
     assert_eq!(limit_hit(attack(&generous_cpu).await).0, "wall-clock");
     asana_still_syncs().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
-    let mut grants = hostile_grants(&[("mode", "memory-bomb")]);
+    let mut grants = hostile_permissions(&[("mode", "memory-bomb")]);
     grants.limits.memory_bytes = 16 << 20;
     let (limit, message) = limit_hit(attack(&grants).await);
     assert_eq!(limit, "memory", "{message}");
@@ -176,23 +176,23 @@ async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_and_a_stack_overflow_end_only_their_call() {
-    match attack(&hostile_grants(&[("mode", "panic")])).await {
+    match attack(&hostile_permissions(&[("mode", "panic")])).await {
         // The guest's own panic message, from its stderr, then the trap.
         Err(CallError::Trap(text)) => {
             assert!(text.contains("the hostile connector panics on purpose") && text.contains("unreachable"), "{text}")
         }
         other => panic!("expected a crash, got {other:?}"),
     }
-    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "stack-overflow")])).await);
+    let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "stack-overflow")])).await);
     assert_eq!(limit, "stack", "{message}");
     // Stderr is kept only up to a cap, and writing past it is no crime.
-    attack(&hostile_grants(&[("mode", "stderr-flood"), ("lines", "2000")])).await.expect("a stderr flood is dropped past the cap, not fatal");
+    attack(&hostile_permissions(&[("mode", "stderr-flood"), ("lines", "2000")])).await.expect("a stderr flood is dropped past the cap, not fatal");
     asana_still_syncs().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_million_log_lines_are_cut_off_by_the_log_limit() {
-    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "log-flood")])).await);
+    let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "log-flood")])).await);
     assert_eq!(limit, "log-lines", "{message}");
     assert!(message.contains("more than 1000 log lines in one call"), "{message}");
     asana_still_syncs().await;
@@ -200,16 +200,16 @@ async fn a_million_log_lines_are_cut_off_by_the_log_limit() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_result_pages_are_refused() {
-    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "huge-page"), ("records", "20000")])).await);
+    let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-page"), ("records", "20000")])).await);
     assert_eq!(limit, "records-per-page", "{message}");
     assert!(message.contains("20000 records in one page (at most 10000)"), "{message}");
 
     let nine_mib = (9 << 20).to_string();
-    let (limit, message) = limit_hit(attack(&hostile_grants(&[("mode", "huge-strings"), ("bytes", &nine_mib)])).await);
+    let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-strings"), ("bytes", &nine_mib)])).await);
     assert_eq!(limit, "bytes-per-page", "{message}");
 
     // Past the hostcall budget the host does not even copy the page out.
-    let mut grants = hostile_grants(&[("mode", "huge-page"), ("records", "5000")]);
+    let mut grants = hostile_permissions(&[("mode", "huge-page"), ("records", "5000")]);
     grants.limits.hostcall_bytes = 256 << 10;
     let (limit, message) = limit_hit(attack(&grants).await);
     assert_eq!(limit, "hostcall-bytes", "{message}");
@@ -222,7 +222,7 @@ async fn a_request_to_a_host_not_allowed_is_denied() {
     let unlisted_server = format!("http://127.0.0.1:{}/echo", server.port());
     for url in ["https://example.com/", "http://example.com/", unlisted_server.as_str()] {
         // The server is not on the allow-list here.
-        let error = connector_error(attack(&hostile_grants(&[("mode", "fetch"), ("url", url), ("bearer", "token")])).await);
+        let error = connector_error(attack(&hostile_permissions(&[("mode", "fetch"), ("url", url), ("bearer", "token")])).await);
         match error {
             ConnectorError::Forbidden(m) => assert!(m.starts_with("denied: ") && m.contains("is not an allowed host"), "{m}"),
             other => panic!("{url}: expected a denial, got {other:?}"),
@@ -230,7 +230,7 @@ async fn a_request_to_a_host_not_allowed_is_denied() {
     }
     // The connector's own declared hosts are https only.
     let declared = format!("example.com,localhost:{}", server.port());
-    let error = connector_error(attack(&hostile_grants(&[("mode", "fetch"), ("declare-host", &declared), ("url", "http://example.com/")])).await);
+    let error = connector_error(attack(&hostile_permissions(&[("mode", "fetch"), ("declare-host", &declared), ("url", "http://example.com/")])).await);
     assert!(matches!(&error, ConnectorError::Forbidden(m) if m.contains("plain http to example.com:80 is not allowed")), "{error:?}");
     asana_still_syncs().await;
 }
@@ -240,7 +240,7 @@ async fn a_redirect_to_a_host_not_allowed_is_refused() {
     let server = start_misbehaving_server().await;
     for (path, refused) in [("redirect-away", "not-allowed.example:80"), ("redirect-metadata", "169.254.169.254:80")] {
         let url = format!("http://{server}/{path}");
-        let grants = with_server(hostile_grants(&[("mode", "fetch"), ("url", &url), ("bearer", "token")]), server);
+        let grants = with_server(hostile_permissions(&[("mode", "fetch"), ("url", &url), ("bearer", "token")]), server);
         match connector_error(attack(&grants).await) {
             ConnectorError::Forbidden(m) => assert!(m.contains(&format!("redirect refused: {refused} is not an allowed host")), "{m}"),
             other => panic!("expected the redirect refused, got {other:?}"),
@@ -254,7 +254,7 @@ async fn requests_to_private_addresses_are_refused() {
     let server = start_misbehaving_server().await;
     let port = server.port().to_string();
     let denial = |settings: &[(&str, &str)]| {
-        let grants = hostile_grants(settings);
+        let grants = hostile_permissions(settings);
         async move {
             match connector_error(attack(&grants).await) {
                 ConnectorError::Forbidden(m) => m,
@@ -275,7 +275,7 @@ async fn requests_to_private_addresses_are_refused() {
     assert!(m.contains("localhost resolves only to private addresses"), "{m}");
 
     // The same name, listed by the operator, may resolve to loopback.
-    let mut grants = hostile_grants(&[("mode", "fetch"), ("url", &format!("http://localhost:{port}/echo"))]);
+    let mut grants = hostile_permissions(&[("mode", "fetch"), ("url", &format!("http://localhost:{port}/echo"))]);
     grants.extra_hosts = vec![AllowedHost::parse(&format!("localhost:{port}")).unwrap()];
     let (status, _) = single_probe(attack(&grants).await);
     assert_eq!(status, "200");
@@ -285,7 +285,7 @@ async fn requests_to_private_addresses_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn http_responses_are_capped_in_size_and_time() {
     let server = start_misbehaving_server().await;
-    let fetch = |path: &str| with_server(hostile_grants(&[("mode", "fetch"), ("url", &format!("http://{server}/{path}"))]), server);
+    let fetch = |path: &str| with_server(hostile_permissions(&[("mode", "fetch"), ("url", &format!("http://{server}/{path}"))]), server);
 
     let mut grants = fetch("big");
     grants.limits.http_response_bytes = 1 << 20;
@@ -309,14 +309,14 @@ async fn http_responses_are_capped_in_size_and_time() {
 async fn the_guest_never_receives_the_token() {
     let server = start_misbehaving_server().await;
     // Asking for it as config.
-    let grants = with_server(hostile_grants(&[("mode", "read-secret"), ("secret-name", "token")]), server);
+    let grants = with_server(hostile_permissions(&[("mode", "read-secret"), ("secret-name", "token")]), server);
     let (seen, _) = single_probe(attack(&grants).await);
     assert_eq!(seen, "<none>");
 
     // Having an upstream echo it back: the host attached it, and takes it
     // out of what the connector receives.
     let url = format!("http://{server}/echo");
-    let grants = with_server(hostile_grants(&[("mode", "fetch"), ("url", &url), ("bearer", "token")]), server);
+    let grants = with_server(hostile_permissions(&[("mode", "fetch"), ("url", &url), ("bearer", "token")]), server);
     let (_, attributes) = single_probe(attack(&grants).await);
     assert_eq!(attribute(&attributes, "body"), "authorization: Bearer <redacted>");
     assert_eq!(attribute(&attributes, "x-echo-authorization"), "Bearer <redacted>");
@@ -328,7 +328,7 @@ async fn the_guest_never_receives_the_token() {
 async fn storage_keys_cannot_escape_and_the_quota_holds() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("storage");
-    let mut grants = hostile_grants(&[("mode", "storage"), ("chunk", "3000")]);
+    let mut grants = hostile_permissions(&[("mode", "storage"), ("chunk", "3000")]);
     grants.storage_root = Some(root.clone());
     grants.limits.storage_bytes = 4096;
     let page = attack(&grants).await.expect("the storage attempts are reported");
@@ -362,7 +362,7 @@ async fn storage_keys_cannot_escape_and_the_quota_holds() {
     let renamed = dir.path().join("hostile-2.0.wasm");
     std::fs::copy(wasm("hostile"), &renamed).unwrap();
     let module = load(shared_engine(), &renamed);
-    let same_instance = Grants { instance_name: Some("hostile".into()), ..grants.clone() };
+    let same_instance = Permissions { instance_name: Some("hostile".into()), ..grants.clone() };
     let mut instance = ConnectorInstance::start(shared_engine(), &module, &same_instance).await.unwrap();
     let _ = instance.list_resources("probe", None, None).await;
     assert_eq!(entries(&root), ["hostile"]);
@@ -416,7 +416,7 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     // 0.1.0: the hostile connector. It has neither test-connection nor
     // check-write; for it the host assumes disabling is irreversible.
     assert_eq!(hostile().api, ApiVersion::V0_1);
-    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &hostile_grants(&[("mode", "benign")])).await.unwrap();
+    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &hostile_permissions(&[("mode", "benign")])).await.unwrap();
     match instance.test_connection().await {
         Err(CallError::Connector(ConnectorError::Unsupported(m))) => {
             assert!(m.contains("new in tether:connector@0.2.0"), "{m}")
@@ -432,7 +432,7 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     // 0.3.0: the Asana connector, with test-connection and check-write.
     assert_eq!(asana().api, ApiVersion::V0_3);
     let sim = start_sim(OrgSpec { users: 10, teams: 1, workspaces: 1, seed: 3 }).await;
-    let mut instance = ConnectorInstance::start(shared_engine(), asana(), &grants_for(&sim.base_url(), sim.addr(), TOKEN)).await.unwrap();
+    let mut instance = ConnectorInstance::start(shared_engine(), asana(), &permissions_for(&sim.base_url(), sim.addr(), TOKEN)).await.unwrap();
     let owner = sim.org().token_owner().unwrap().clone();
     assert_eq!(instance.test_connection().await.unwrap(), format!("connected to Asana as {} <{}>", owner.name, owner.email));
     let effect = instance.check_write(&PlannedWrite::Revoke { grant_id: format!("license:{}:view only:assigned:user:7", owner.gid) }).await.unwrap();
@@ -441,7 +441,7 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     // 0.2.0: its new function, and a whole sync through the same driver.
     let widgets = load(shared_engine(), &wasm("connector-v0-2"));
     assert_eq!(widgets.api, ApiVersion::V0_2);
-    let grants = Grants { config: ConnectorConfig::new([("greeting".to_string(), "the tests".to_string())]), ..Grants::default() };
+    let grants = Permissions { config: ConnectorConfig::new([("greeting".to_string(), "the tests".to_string())]), ..Permissions::default() };
     let mut instance = ConnectorInstance::start(shared_engine(), &widgets, &grants).await.unwrap();
     assert_eq!(instance.api_version(), ApiVersion::V0_2);
     assert_eq!(instance.metadata.name, "widgets");
@@ -478,10 +478,10 @@ async fn a_tampered_or_unsigned_module_is_refused() {
     let run = tether(&["module", "verify", "--key", &path("ops.pub"), &module]);
     assert!(run.status.success(), "{}", stderr(&run));
 
-    let signer = tether_host::trust::parse_verifying_key(&path("ops.pub")).unwrap();
+    let signer = tether_host::runtime::trust::parse_verifying_key(&path("ops.pub")).unwrap();
     let trust = ModuleTrust { signer: Some(signer), ..ModuleTrust::default() };
     let signed = shared_engine().load_trusted(Path::new(&module), &trust).expect("a signed module loads");
-    ConnectorInstance::start(shared_engine(), &signed, &hostile_grants(&[])).await.expect("and runs");
+    ConnectorInstance::start(shared_engine(), &signed, &hostile_permissions(&[])).await.expect("and runs");
 
     // Tampered, yet still a valid component: one custom section appended.
     let mut bytes = std::fs::read(&module).unwrap();
@@ -509,8 +509,8 @@ async fn a_tampered_or_unsigned_module_is_refused() {
 async fn a_failed_sync_leaves_the_last_good_sync_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");
-    let good = sync_with(shared_engine(), hostile(), &hostile_grants(&[("mode", "benign")]), &out).await.expect("a benign sync");
-    let error = sync_with(shared_engine(), hostile(), &hostile_grants(&[("mode", "memory-bomb")]), &out).await.expect_err("the bomb fails");
+    let good = sync_with(shared_engine(), hostile(), &hostile_permissions(&[("mode", "benign")]), &out).await.expect("a benign sync");
+    let error = sync_with(shared_engine(), hostile(), &hostile_permissions(&[("mode", "memory-bomb")]), &out).await.expect_err("the bomb fails");
     assert!(format!("{error:#}").contains("limit exceeded: memory"), "{error:#}");
 
     let file = SyncFile::open_existing(&out).unwrap();
@@ -533,14 +533,14 @@ async fn a_second_load_reuses_the_compiled_code() {
     let second = engine.load(&wasm("hostile"), None).unwrap();
     assert!(second.from_cache, "the second load reads the cache");
     assert_eq!(second.digest, first.digest);
-    let mut instance = ConnectorInstance::start(&engine, &second, &hostile_grants(&[("mode", "benign")])).await.unwrap();
+    let mut instance = ConnectorInstance::start(&engine, &second, &hostile_permissions(&[("mode", "benign")])).await.unwrap();
     assert_eq!(instance.list_resources("probe", None, None).await.unwrap().resources.len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn table_instance_and_memory_limits_apply_from_instantiation() {
     let start_with = |limits: Limits| async move {
-        let grants = Grants { limits, ..hostile_grants(&[]) };
+        let grants = Permissions { limits, ..hostile_permissions(&[]) };
         match ConnectorInstance::start(shared_engine(), hostile(), &grants).await {
             Ok(_) => panic!("the connector started within {:?}", grants.limits),
             Err(error) => format!("{error:#}"),
@@ -562,13 +562,13 @@ async fn a_request_flood_is_cut_off_per_call_and_paced_per_host() {
     let flood = [("mode", "request-flood"), ("url", url.as_str()), ("bearer", "token")];
 
     // At most 100 requests in one call.
-    let (limit, detail) = limit_hit(attack(&with_server(hostile_grants(&flood), sim.addr())).await);
+    let (limit, detail) = limit_hit(attack(&with_server(hostile_permissions(&flood), sim.addr())).await);
     assert_eq!(limit, "http-requests-per-call", "{detail}");
     assert_eq!(sim.request_count(), 100);
 
     // A per-host budget of 3 a minute: the fourth request waits, and the
     // call's wall-clock limit ends the wait.
-    let mut grants = with_server(hostile_grants(&flood), sim.addr());
+    let mut grants = with_server(hostile_permissions(&flood), sim.addr());
     grants.limits.http_requests_per_minute = 3;
     grants.limits.wall_per_call = Duration::from_secs(2);
     let (limit, detail) = limit_hit(attack(&grants).await);
@@ -620,16 +620,20 @@ fn every_write_command_ends_a_looping_guest_at_the_cpu_limit() {
 }
 
 /// Syncs the hostile connector (`settings`) under `limits` into `out`.
-async fn hostile_sync(settings: &[(&str, &str)], limits: tether_host::limits::SyncLimits, out: &Path) -> anyhow::Result<tether_host::sync::SyncSummary> {
+async fn hostile_sync(
+    settings: &[(&str, &str)],
+    limits: tether_host::runtime::limits::SyncLimits,
+    out: &Path,
+) -> anyhow::Result<tether_host::sync::SyncSummary> {
     let mut file = SyncFile::open_for_sync(out)?;
-    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &hostile_grants(settings)).await?;
+    let mut instance = ConnectorInstance::start(shared_engine(), hostile(), &hostile_permissions(settings)).await?;
     let options = tether_host::sync::SyncOptions { limits, ..Default::default() };
     tether_host::sync::run_with(&mut instance, &mut file, &hostile().digest, &indicatif::ProgressBar::hidden(), &options).await
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_without_end_is_stopped_by_the_sync_limits() {
-    use tether_host::limits::SyncLimits;
+    use tether_host::runtime::limits::SyncLimits;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");
     let good = hostile_sync(&[("mode", "benign")], SyncLimits::default(), &out).await.expect("a benign sync");
@@ -727,7 +731,7 @@ async fn a_swapped_cache_entry_is_never_run() {
     let engine = ConnectorEngine::new(Some(cache.path().to_path_buf())).unwrap();
     let again = engine.load(&asana_wasm(), None).unwrap();
     assert!(again.from_cache);
-    let instance = ConnectorInstance::start(&engine, &again, &Grants::default()).await.unwrap();
+    let instance = ConnectorInstance::start(&engine, &again, &Permissions::default()).await.unwrap();
     assert_eq!(instance.metadata.name, "asana");
 }
 
@@ -738,7 +742,7 @@ async fn a_module_cannot_choose_its_storage_namespace() {
     std::fs::create_dir_all(root.join("asana")).unwrap();
     std::fs::write(root.join("asana").join("sync-state"), b"the Asana instance's").unwrap();
     // A module calling itself "asana", run as the operator's instance "intruder".
-    let mut grants = hostile_grants(&[("mode", "storage"), ("declare-name", "asana")]);
+    let mut grants = hostile_permissions(&[("mode", "storage"), ("declare-name", "asana")]);
     grants.storage_root = Some(root.clone());
     grants.instance_name = Some("intruder".into());
     let page = attack(&grants).await.expect("the storage attempts are reported");
@@ -778,7 +782,7 @@ fn secrets_too_short_to_redact_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_eight_byte_secret_echoed_back_is_redacted() {
     let server = start_misbehaving_server().await;
-    let mut grants = with_server(hostile_grants(&[("mode", "fetch"), ("url", &format!("http://{server}/echo")), ("bearer", "token")]), server);
+    let mut grants = with_server(hostile_permissions(&[("mode", "fetch"), ("url", &format!("http://{server}/echo")), ("bearer", "token")]), server);
     grants.secrets = Arc::new(Secrets::resolve(&["token=literal:8bytes!!".parse().unwrap()]).unwrap());
     let (_, attributes) = single_probe(attack(&grants).await);
     assert_eq!(attribute(&attributes, "body"), "authorization: Bearer <redacted>");

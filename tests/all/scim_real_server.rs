@@ -3,13 +3,13 @@
 
 use crate::support::scim2::Scim2Server;
 use crate::support::*;
-use tether_host::bindings::{guest, ResourceRef};
-use tether_host::connector::ConnectorInstance;
-use tether_host::imports::config::ConnectorConfig;
-use tether_host::imports::http::AllowedHost;
+use tether_host::runtime::bindings::{guest, ResourceRef};
+use tether_host::runtime::imports::config::ConnectorConfig;
+use tether_host::runtime::imports::http::AllowedHost;
+use tether_host::runtime::instance::ConnectorInstance;
 
 async fn connector_for(server: &Scim2Server) -> ConnectorInstance {
-    let mut grants = grants_for("http://127.0.0.1:9/api/1.0", server.addr(), "any-token");
+    let mut grants = permissions_for("http://127.0.0.1:9/api/1.0", server.addr(), "any-token");
     grants.config = ConnectorConfig::new([
         ("use-service-account".to_string(), "true".to_string()),
         ("use-scim-api".to_string(), "true".to_string()),

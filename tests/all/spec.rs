@@ -19,7 +19,7 @@ async fn every_sync_request_is_valid_against_the_official_spec() {
     let prism = prism_in_front_of(&sim).await;
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    let grants = grants_for(&prism.base_url(), prism.addr(), "sim-token");
+    let grants = permissions_for(&prism.base_url(), prism.addr(), "sim-token");
     let dir = tempfile::tempdir().unwrap();
 
     let summary = sync_with(&engine, &module, &grants, &dir.path().join("sync.db")).await;
@@ -38,16 +38,16 @@ async fn every_sync_request_is_valid_against_the_official_spec() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_rest_write_request_is_valid_against_the_official_spec() {
-    use tether_host::bindings::{guest, ResourceRef};
-    use tether_host::connector::ConnectorInstance;
+    use tether_host::runtime::bindings::{guest, ResourceRef};
+    use tether_host::runtime::instance::ConnectorInstance;
 
     let sim = start_sim(OrgSpec { users: 40, teams: 2, workspaces: 2, seed: 8 }).await;
     let org = sim.org();
     let prism = prism_in_front_of(&sim).await;
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    let mut grants = grants_for(&prism.base_url(), prism.addr(), "sim-token");
-    grants.config = tether_host::imports::config::ConnectorConfig::new([
+    let mut grants = permissions_for(&prism.base_url(), prism.addr(), "sim-token");
+    grants.config = tether_host::runtime::imports::config::ConnectorConfig::new([
         ("asana-api-url".to_string(), prism.base_url()),
         ("default-workspace-id".to_string(), org.workspaces[0].gid.clone()),
     ]);

@@ -167,7 +167,7 @@ async fn a_wrong_token_fails_with_unauthorized_and_keeps_the_last_good_sync() {
 async fn the_component_imports_only_our_package_and_startup_wasi() {
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    let imports = tether_host::engine::import_names(engine.engine(), &module.component);
+    let imports = tether_host::runtime::engine::import_names(engine.engine(), &module.component);
     assert!(imports.iter().any(|i| i.starts_with("tether:connector/http@0.1.0")), "{imports:?}");
     for import in &imports {
         let allowed = ["tether:connector/", "wasi:cli/", "wasi:io/", "wasi:filesystem/", "wasi:clocks/", "wasi:random/"];
@@ -200,7 +200,7 @@ async fn a_failed_sync_resumes_from_its_checkpoint() {
     let org = sim.org();
     let minimum = org.minimum_requests(100);
     // An outage halfway through that outlasts the host's retries.
-    let retries = tether_host::connector::RATE_LIMIT_RETRIES;
+    let retries = tether_host::runtime::instance::RATE_LIMIT_RETRIES;
     sim.force_429_from(minimum / 2, retries + 1);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s.db");
@@ -211,10 +211,10 @@ async fn a_failed_sync_resumes_from_its_checkpoint() {
 
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    let grants = grants_for(&sim.base_url(), sim.addr(), "sim-token");
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
     let mut file = SyncFile::open(&out).unwrap();
     let failed_run = file.last_run().unwrap().unwrap().id;
-    let mut instance = tether_host::connector::ConnectorInstance::start(&engine, &module, &grants).await.unwrap();
+    let mut instance = tether_host::runtime::instance::ConnectorInstance::start(&engine, &module, &grants).await.unwrap();
     let summary = tether_host::sync::run_with(
         &mut instance,
         &mut file,
@@ -323,10 +323,10 @@ fn grant_ids(out: &std::path::Path) -> std::collections::BTreeSet<String> {
     file.grants(run.id, None).unwrap().into_iter().map(|g| g.id).collect()
 }
 
-/// Grants for `sim` whose host retries wait a millisecond or so, not the
+/// Permissions for `sim` whose host retries wait a millisecond or so, not the
 /// default quarter second and up, so tests do not wait.
-fn quick_retry_grants(sim: &asana_sim::SimHandle) -> tether_host::connector::Grants {
-    let mut grants = grants_for(&sim.base_url(), sim.addr(), "sim-token");
+fn quick_retry_grants(sim: &asana_sim::SimHandle) -> tether_host::runtime::instance::Permissions {
+    let mut grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
     grants.limits.http_retry_base = std::time::Duration::from_millis(1);
     grants.limits.http_retry_max_delay = std::time::Duration::from_millis(5);
     grants
@@ -412,7 +412,7 @@ async fn a_spent_retry_budget_ends_the_sync_with_a_clear_error() {
 async fn backoff_waits_count_toward_the_call_wall_clock() {
     let sim = start_sim(spec(20, 1, 1, 3)).await;
     sim.force_503_next(u32::MAX);
-    let mut grants = grants_for(&sim.base_url(), sim.addr(), "sim-token");
+    let mut grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
     grants.limits.http_retries = 1_000;
     grants.limits.http_retry_budget = 1_000;
     grants.limits.http_retry_base = std::time::Duration::from_millis(40);

@@ -7,9 +7,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
-use crate::imports::config::SecretSource;
-use crate::limits::{Limits, SyncLimits};
-use crate::trust::ModuleTrust;
+use crate::runtime::imports::config::SecretSource;
+use crate::runtime::limits::{Limits, SyncLimits};
+use crate::runtime::trust::ModuleTrust;
 
 /// How to load and sandbox a connector: shared by every command that runs one.
 #[derive(Args, Debug, Clone)]
@@ -86,7 +86,7 @@ impl TrustArgs {
     pub fn to_trust(&self) -> Result<ModuleTrust> {
         Ok(ModuleTrust {
             digest: self.digest.clone(),
-            signer: self.require_signature.as_deref().map(crate::trust::parse_verifying_key).transpose()?,
+            signer: self.require_signature.as_deref().map(crate::runtime::trust::parse_verifying_key).transpose()?,
             signature: self.signature.clone(),
         })
     }

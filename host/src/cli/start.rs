@@ -5,10 +5,10 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 
 use super::args::ConnectorArgs;
-use crate::connector::{ConnectorInstance, Grants};
-use crate::engine::{ConnectorEngine, LoadedModule};
-use crate::imports::config::{ConnectorConfig, Secrets};
-use crate::imports::http::AllowedHost;
+use crate::runtime::engine::{ConnectorEngine, LoadedModule};
+use crate::runtime::imports::config::{ConnectorConfig, Secrets};
+use crate::runtime::imports::http::AllowedHost;
+use crate::runtime::instance::{ConnectorInstance, Permissions};
 use crate::terminal::escape as esc;
 
 /// A connector loaded and started as the flags say.
@@ -27,13 +27,13 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
         "loaded {} (sha256 {}{}, tether:connector@{}) in {:.0} ms{}",
         module.path.display(),
         module.digest,
-        trust.signer.map(|key| format!(", signed by key {}", crate::trust::key_id(&key))).unwrap_or_default(),
+        trust.signer.map(|key| format!(", signed by key {}", crate::runtime::trust::key_id(&key))).unwrap_or_default(),
         module.api,
         module.load_time.as_secs_f64() * 1000.0,
         if module.from_cache { ", compiled code from cache" } else { "" }
     );
     let hosts = args.allow_host.iter().map(|h| AllowedHost::parse(h)).collect::<Result<Vec<_>>>()?;
-    let grants = Grants {
+    let permissions = Permissions {
         config: ConnectorConfig::new(args.config.clone()),
         secrets: Arc::new(Secrets::resolve(&args.secret)?),
         extra_hosts: hosts,
@@ -43,7 +43,7 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
         instance_name: args.instance.instance_name.clone(),
         dry_run,
     };
-    let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
+    let instance = ConnectorInstance::start(&engine, &module, &permissions).await?;
     check_config_against_metadata(&instance, args)?;
     // Secrets are attached for these hosts: the operator should see them.
     eprintln!("{} {} may reach: {}", esc(&instance.metadata.name), esc(&instance.metadata.version), instance.http().allowed_hosts().join(", "));

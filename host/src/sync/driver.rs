@@ -16,9 +16,9 @@ use indicatif::ProgressBar;
 use super::checkpoint::{Checkpoint, Position, Within};
 use super::model::{PageRecords, ResourceType};
 use super::sync_file::{ConnectorIdentity, RunEnd, SyncFile, Table};
-use crate::bindings::ResourceRef;
-use crate::connector::{retry_rate_limited, ConnectorInstance};
-use crate::limits::{LimitExceeded, SyncLimits};
+use crate::runtime::bindings::ResourceRef;
+use crate::runtime::instance::{retry_rate_limited, ConnectorInstance};
+use crate::runtime::limits::{LimitExceeded, SyncLimits};
 
 const QUEUE_BATCH: usize = 256;
 

@@ -5,7 +5,7 @@
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::bindings::{guest, Pair};
+use crate::runtime::bindings::{guest, Pair};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ResourceType {
@@ -71,15 +71,15 @@ fn attributes(pairs: Vec<Pair>) -> Map<String, Value> {
     pairs.into_iter().map(|p| (p.name, Value::String(p.value))).collect()
 }
 
-impl From<crate::bindings::ResourceRef> for ResourceKey {
-    fn from(r: crate::bindings::ResourceRef) -> Self {
+impl From<crate::runtime::bindings::ResourceRef> for ResourceKey {
+    fn from(r: crate::runtime::bindings::ResourceRef) -> Self {
         ResourceKey { resource_type: r.resource_type, id: r.id }
     }
 }
 
-impl From<&ResourceKey> for crate::bindings::ResourceRef {
+impl From<&ResourceKey> for crate::runtime::bindings::ResourceRef {
     fn from(r: &ResourceKey) -> Self {
-        crate::bindings::ResourceRef { resource_type: r.resource_type.clone(), id: r.id.clone() }
+        crate::runtime::bindings::ResourceRef { resource_type: r.resource_type.clone(), id: r.id.clone() }
     }
 }
 

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use asana_sim::{Org, OrgSpec, SimConfig, SimHandle};
-use tether_host::connector::{ConnectorInstance, Grants};
-use tether_host::engine::{ConnectorEngine, LoadedModule};
-use tether_host::imports::config::{ConnectorConfig, Secrets};
-use tether_host::imports::http::AllowedHost;
+use tether_host::runtime::engine::{ConnectorEngine, LoadedModule};
+use tether_host::runtime::imports::config::{ConnectorConfig, Secrets};
+use tether_host::runtime::imports::http::AllowedHost;
+use tether_host::runtime::instance::{ConnectorInstance, Permissions};
 use tether_host::sync::SyncFile;
 use tether_host::sync::SyncSummary;
 
@@ -44,13 +44,13 @@ pub async fn start_sim_with(config: SimConfig) -> SimHandle {
 
 /// What a test grants the connector: the simulator's URL, a token, and the
 /// simulator's address as the only extra host.
-pub fn grants_for(base_url: &str, addr: SocketAddr, token: &str) -> Grants {
+pub fn permissions_for(base_url: &str, addr: SocketAddr, token: &str) -> Permissions {
     let secrets: Secrets = Secrets::resolve(&[format!("token=literal:{token}").parse().unwrap()]).unwrap();
-    Grants {
+    Permissions {
         config: ConnectorConfig::new([("asana-api-url".to_string(), base_url.to_string())]),
         secrets: Arc::new(secrets),
         extra_hosts: vec![AllowedHost::parse(&addr.to_string()).unwrap()],
-        ..Grants::default()
+        ..Permissions::default()
     }
 }
 
@@ -63,7 +63,7 @@ pub fn load(engine: &ConnectorEngine, path: &Path) -> LoadedModule {
 }
 
 /// Syncs `grants`' org through `module` into `out`.
-pub async fn sync_with(engine: &ConnectorEngine, module: &LoadedModule, grants: &Grants, out: &Path) -> Result<SyncSummary> {
+pub async fn sync_with(engine: &ConnectorEngine, module: &LoadedModule, grants: &Permissions, out: &Path) -> Result<SyncSummary> {
     let mut file = SyncFile::open(out)?;
     let mut instance = ConnectorInstance::start(engine, module, grants).await?;
     tether_host::sync::run(&mut instance, &mut file, &module.digest, &indicatif::ProgressBar::hidden()).await
@@ -73,7 +73,7 @@ pub async fn sync_with(engine: &ConnectorEngine, module: &LoadedModule, grants: 
 pub async fn sync_sim(sim: &SimHandle, token: &str, out: &Path) -> Result<SyncSummary> {
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    sync_with(&engine, &module, &grants_for(&sim.base_url(), sim.addr(), token), out).await
+    sync_with(&engine, &module, &permissions_for(&sim.base_url(), sim.addr(), token), out).await
 }
 
 /// Requests (method, path and query) the simulator answered with 200 more

@@ -7,8 +7,8 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::args::{InstanceArgs, TrustArgs};
-use crate::connector::{ConnectorInstance, Grants};
-use crate::engine::ConnectorEngine;
+use crate::runtime::engine::ConnectorEngine;
+use crate::runtime::instance::{ConnectorInstance, Permissions};
 use crate::terminal::escape as esc;
 
 #[derive(Args)]
@@ -28,8 +28,8 @@ pub struct DescribeArgs {
 pub async fn run(args: DescribeArgs) -> Result<()> {
     let engine = ConnectorEngine::new(args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir))?;
     let module = engine.load_trusted(&args.connector, &args.trust.to_trust()?)?;
-    let grants = Grants::default();
-    let instance = ConnectorInstance::start(&engine, &module, &grants).await?;
+    let permissions = Permissions::default();
+    let instance = ConnectorInstance::start(&engine, &module, &permissions).await?;
     let m = &instance.metadata;
     println!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description));
     println!("sha256 {}", module.digest);
@@ -38,7 +38,7 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
         let listed = t.listed_under.as_deref().map(|p| format!(" (listed per {})", esc(p))).unwrap_or_default();
         println!("  {:<12} {}{listed}", esc(&t.id), esc(&t.description));
     }
-    let fields = |title: &str, fields: &[crate::bindings::guest::ConfigField]| {
+    let fields = |title: &str, fields: &[crate::runtime::bindings::guest::ConfigField]| {
         println!("\n{title}:");
         for f in fields {
             let mut notes = vec![];
@@ -57,10 +57,10 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
     };
     fields("config", &m.config);
     fields("create-account fields", &m.account_fields);
-    let instance_name = args.instance.instance_name.clone().unwrap_or_else(|| crate::connector::default_instance_name(&args.connector));
+    let instance_name = args.instance.instance_name.clone().unwrap_or_else(|| crate::runtime::instance::default_instance_name(&args.connector));
     println!(
         "\ninstance {instance_name}: storage namespace {} (under --storage-dir; set by --instance, never by the module)",
-        crate::connector::storage_namespace(&instance_name)
+        crate::runtime::instance::storage_namespace(&instance_name)
     );
     println!("\nhosts it asks for: {}", esc(&m.hosts.join(", ")));
     Ok(())

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
 
-use crate::trust::*;
+use crate::runtime::trust::*;
 
 /// Writes `path` only if it does not exist yet; `secret` files are made
 /// readable by their owner only.

@@ -10,10 +10,10 @@
 use anyhow::{bail, Result};
 use clap::Args;
 
-use crate::bindings::{guest, Pair, ResourceRef};
 use crate::cli::args::ConnectorArgs;
 use crate::cli::start::prepare;
-use crate::connector::{retry_rate_limited, ConnectorInstance, PlannedWrite};
+use crate::runtime::bindings::{guest, Pair, ResourceRef};
+use crate::runtime::instance::{retry_rate_limited, ConnectorInstance, PlannedWrite};
 use crate::terminal::escape as esc;
 
 #[derive(Args)]

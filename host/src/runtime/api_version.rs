@@ -12,9 +12,9 @@ use semver::Version;
 use wasmtime::component::Component;
 use wasmtime::Engine;
 
-use crate::bindings::v0_2::guest as v0_2_guest;
-use crate::bindings::v0_3::guest as v0_3_guest;
-use crate::bindings::{guest, ConnectorError, Pair, ResourceRef};
+use crate::runtime::bindings::v0_2::guest as v0_2_guest;
+use crate::runtime::bindings::v0_3::guest as v0_3_guest;
+use crate::runtime::bindings::{guest, ConnectorError, Pair, ResourceRef};
 
 const PACKAGE: &str = "tether:connector";
 /// The interfaces the host implements, all at 0.1.0.

@@ -9,7 +9,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 use wasmtime::component::HasData;
 
-use crate::bindings::tether::connector::storage::{self, StorageError};
+use crate::runtime::bindings::tether::connector::storage::{self, StorageError};
 
 const MAX_KEY_LEN: usize = 128;
 

@@ -24,11 +24,11 @@ macro_rules! later_version {
             imports: { default: async | trappable },
             exports: { default: async },
             with: {
-                "tether:connector/types@0.1.0": crate::bindings::tether::connector::types,
-                "tether:connector/http@0.1.0": crate::bindings::tether::connector::http,
-                "tether:connector/config@0.1.0": crate::bindings::tether::connector::config,
-                "tether:connector/storage@0.1.0": crate::bindings::tether::connector::storage,
-                "tether:connector/log@0.1.0": crate::bindings::tether::connector::log,
+                "tether:connector/types@0.1.0": crate::runtime::bindings::tether::connector::types,
+                "tether:connector/http@0.1.0": crate::runtime::bindings::tether::connector::http,
+                "tether:connector/config@0.1.0": crate::runtime::bindings::tether::connector::config,
+                "tether:connector/storage@0.1.0": crate::runtime::bindings::tether::connector::storage,
+                "tether:connector/log@0.1.0": crate::runtime::bindings::tether::connector::log,
             },
         });
 

@@ -6,7 +6,7 @@
 //! (`HttpCtx`, `ConfigCtx`, …), implements the generated `Host` trait on
 //! that context, and names it for the linker with a `HasData` marker, the
 //! way wasmtime's WASI crates do. The store data
-//! ([`crate::store_data::StoreData`]) is one field per context and links
+//! ([`crate::runtime::store_data::StoreData`]) is one field per context and links
 //! each import with a projection onto its field; no import sees the others'
 //! state or the store data, so adding an import touches this folder and
 //! that list alone.
@@ -19,7 +19,7 @@ pub mod wasi;
 
 use wasmtime::component::HasData;
 
-use crate::bindings::tether::connector::types;
+use crate::runtime::bindings::tether::connector::types;
 
 /// `tether:connector/types` holds only type definitions: it has nothing to
 /// serve, but a connector importing it needs the instance to exist.

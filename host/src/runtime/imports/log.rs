@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use wasmtime::component::HasData;
 
-use crate::bindings::tether::connector::log::{self, Level};
-use crate::imports::config::Secrets;
-use crate::limits::{CallBudget, Limits};
+use crate::runtime::bindings::tether::connector::log::{self, Level};
+use crate::runtime::imports::config::Secrets;
+use crate::runtime::limits::{CallBudget, Limits};
 
 /// What the `log` import needs: whose lines these are, what to redact from
 /// them, how long one may be, and the current call's line budget.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 use wasmtime::component::HasData;
 
-use crate::bindings::tether::connector::config;
+use crate::runtime::bindings::tether::connector::config;
 
 /// Non-secret config the connector may read.
 #[derive(Debug, Clone, Default)]

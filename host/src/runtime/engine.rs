@@ -7,15 +7,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::api_version::ApiVersion;
-use crate::store_data::StoreData;
-use crate::trust::ModuleTrust;
+use crate::runtime::api_version::ApiVersion;
+use crate::runtime::store_data::StoreData;
+use crate::runtime::trust::ModuleTrust;
 
 /// How often the engine's epoch advances; CPU deadlines count these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
@@ -59,7 +58,7 @@ impl ConnectorEngine {
         config.max_wasm_stack(MAX_WASM_STACK);
         let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
         let mut linker = Linker::<StoreData>::new(&engine);
-        crate::store_data::add_to_linker(&mut linker)?;
+        crate::runtime::store_data::add_to_linker(&mut linker)?;
 
         start_epoch_ticker(&engine)?;
         Ok(ConnectorEngine { engine, linker, cache_dir })
@@ -112,7 +111,7 @@ impl ConnectorEngine {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut hasher);
         let cached = dir.join(format!("{digest}-{:016x}.cwasm", hasher.finish()));
-        let cache = CompiledCache::open(dir);
+        let cache = super::cache::CompiledCache::open(dir);
         if let Some(code) = cache.as_ref().ok().and_then(|cache| cache.read(&cached, digest)) {
             // SAFETY: wasmtime runs deserialized code without validating it.
             // These bytes carry this host's MAC over (module digest, code),
@@ -133,101 +132,6 @@ impl ConnectorEngine {
         }
         Ok((component, false))
     }
-}
-
-/// The compiled-code cache folder. Each entry is the compiled code followed
-/// by an HMAC-SHA256, under a key only this host's user can read, over the
-/// module's digest and the code: an entry renamed, swapped or written by
-/// anyone without the key does not verify and is compiled afresh.
-struct CompiledCache {
-    key: [u8; 32],
-}
-
-const CACHE_KEY_FILE: &str = "cache.key";
-const MAC_LEN: usize = 32;
-
-impl CompiledCache {
-    /// Reads the folder's key, creating folder and key on first use.
-    fn open(dir: &Path) -> Result<Self> {
-        create_private_dir(dir)?;
-        let path = dir.join(CACHE_KEY_FILE);
-        let key = match std::fs::read(&path) {
-            Ok(key) => key,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness for the cache key: {e}"))?;
-                match write_private_file(&path, &key, true) {
-                    Ok(()) => key.to_vec(),
-                    // Another process created it first: use theirs.
-                    Err(_) if path.is_file() => std::fs::read(&path)?,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-        };
-        let key: [u8; 32] = key.try_into().map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
-        Ok(CompiledCache { key })
-    }
-
-    fn mac(&self, digest: &str, code: &[u8]) -> Hmac<Sha256> {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(b"tether compiled code v1\0");
-        mac.update(digest.as_bytes());
-        mac.update(b"\0");
-        mac.update(code);
-        mac
-    }
-
-    /// The code of an entry whose MAC verifies for the module `digest`.
-    fn read(&self, path: &Path, digest: &str) -> Option<Vec<u8>> {
-        let mut bytes = std::fs::read(path).ok()?;
-        if bytes.len() < MAC_LEN {
-            tracing::warn!("ignoring cache entry {}: too short", path.display());
-            return None;
-        }
-        let tag = bytes.split_off(bytes.len() - MAC_LEN);
-        if self.mac(digest, &bytes).verify_slice(&tag).is_err() {
-            tracing::warn!("ignoring cache entry {}: it was not compiled by this host from this module", path.display());
-            return None;
-        }
-        Some(bytes)
-    }
-
-    fn write(&self, target: &Path, digest: &str, code: &[u8]) -> Result<()> {
-        let tag = self.mac(digest, code).finalize().into_bytes();
-        let tmp = target.with_extension(format!("tmp{}", std::process::id()));
-        let mut bytes = Vec::with_capacity(code.len() + MAC_LEN);
-        bytes.extend_from_slice(code);
-        bytes.extend_from_slice(&tag);
-        write_private_file(&tmp, &bytes, false)?;
-        std::fs::rename(&tmp, target)?;
-        Ok(())
-    }
-}
-
-fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder.create(dir).with_context(|| format!("cannot create {}", dir.display()))
-}
-
-/// Writes a file only its owner can read (the key; the code it protects).
-/// With `new_only`, fails if the file exists.
-fn write_private_file(path: &Path, bytes: &[u8], new_only: bool) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    if new_only {
-        options.write(true).create_new(true);
-    } else {
-        options.write(true).create(true).truncate(true);
-    }
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
-    file.write_all(bytes)?;
-    Ok(())
 }
 
 /// Advances the engine's epoch every `EPOCH_TICK` for as long as anything
@@ -258,7 +162,7 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
             bail!("it imports {name:?}, which is not an interface the host offers");
         }
         if name.starts_with("tether:connector/") {
-            crate::api_version::check_tether_import(name)?;
+            crate::runtime::api_version::check_tether_import(name)?;
         } else if !WASI_IMPORT_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
             bail!("it imports {name}, which the host does not offer");
         }

@@ -22,7 +22,7 @@ use wasmtime_wasi::p2::bindings::{cli, clocks, filesystem, io as wasi_io, random
 use wasmtime_wasi::random::WasiRandom;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::limits::Limits;
+use crate::runtime::limits::Limits;
 
 /// What the WASI imports serve: a WASI context granting nothing, its
 /// resource table, and the guest's stderr of the current call.

@@ -12,19 +12,21 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use wasmtime::{Store, UpdateDeadline};
 
-use crate::api_version::{ApiVersion, Convert};
-use crate::bindings::{guest, v0_2, v0_3, ConnectorError, ConnectorWorld, ResourceRef};
-use crate::engine::{ConnectorEngine, LoadedModule};
-use crate::imports::config::{ConnectorConfig, Secrets};
-use crate::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
-use crate::imports::storage::ConnectorStorage;
-use crate::imports::wasi::GuestStderr;
-use crate::limits::{LimitExceeded, Limits};
-use crate::store_data::StoreData;
+use crate::runtime::api_version::{ApiVersion, Convert};
+use crate::runtime::bindings::{guest, v0_2, v0_3, ConnectorError, ConnectorWorld, ResourceRef};
+use crate::runtime::engine::{ConnectorEngine, LoadedModule};
+use crate::runtime::imports::config::{ConnectorConfig, Secrets};
+use crate::runtime::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
+use crate::runtime::imports::storage::ConnectorStorage;
+use crate::runtime::imports::wasi::GuestStderr;
+use crate::runtime::limits::{LimitExceeded, Limits};
+use crate::runtime::store_data::StoreData;
 
-/// What the operator grants one connector.
+/// What the operator permits one connector instance: its config and secrets,
+/// the hosts it may reach, its limits, its storage and its name. (Not to be
+/// confused with grants, the access the data model records.)
 #[derive(Debug, Clone, Default)]
-pub struct Grants {
+pub struct Permissions {
     pub config: ConnectorConfig,
     pub secrets: Arc<Secrets>,
     /// Extra hosts beyond the ones the connector declares.
@@ -72,7 +74,7 @@ pub struct WriteEffect {
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
     /// The connector reported a typed error.
-    #[error("{}", crate::bindings::describe(.0))]
+    #[error("{}", crate::runtime::bindings::describe(.0))]
     Connector(ConnectorError),
     /// The connector ran into one of the host's limits.
     #[error("{0}")]
@@ -142,18 +144,18 @@ enum Exports {
 }
 
 impl ConnectorInstance {
-    pub async fn start(engine: &ConnectorEngine, module: &LoadedModule, grants: &Grants) -> Result<Self> {
-        let limits = grants.limits.clone();
-        let http = Arc::new(HttpGateway::new(EgressPolicy::new(grants.extra_hosts.clone()), grants.secrets.clone(), &limits, grants.dry_run)?);
-        let label = grants.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path));
+    pub async fn start(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
+        let limits = permissions.limits.clone();
+        let http = Arc::new(HttpGateway::new(EgressPolicy::new(permissions.extra_hosts.clone()), permissions.secrets.clone(), &limits, permissions.dry_run)?);
+        let label = permissions.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path));
         // The namespace is the operator's choice (the instance name), never
         // the name a module gives itself: a module calling itself "asana"
         // must not read the Asana instance's storage.
-        let storage = match &grants.storage_root {
+        let storage = match &permissions.storage_root {
             Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
             None => None,
         };
-        let data = StoreData::new(limits.clone(), http.clone(), grants.config.clone(), grants.secrets.clone(), storage, label);
+        let data = StoreData::new(limits.clone(), http.clone(), permissions.config.clone(), permissions.secrets.clone(), storage, label);
         let mut store = Store::new(engine.engine(), data);
         store.limiter(|data| &mut data.store_limits);
         store.set_hostcall_fuel(limits.hostcall_bytes);
@@ -181,8 +183,8 @@ impl ConnectorInstance {
 
         // The default allow-list is what the connector declares; the
         // operator's hosts come on top (or instead, for a test server).
-        let mut hosts = grants.extra_hosts.clone();
-        if !grants.only_extra_hosts {
+        let mut hosts = permissions.extra_hosts.clone();
+        if !permissions.only_extra_hosts {
             for declared in &instance.metadata.hosts {
                 let host = AllowedHost::declared(declared)
                     .map_err(|e| anyhow::anyhow!("the connector declares a bad host {:?}: {}", declared, crate::terminal::escape(&e.to_string())))?;
@@ -340,7 +342,7 @@ impl ConnectorInstance {
 }
 
 fn page_bytes(page: &guest::Page) -> usize {
-    let pairs = |pairs: &[crate::bindings::Pair]| pairs.iter().map(|p| p.name.len() + p.value.len()).sum::<usize>();
+    let pairs = |pairs: &[crate::runtime::bindings::Pair]| pairs.iter().map(|p| p.name.len() + p.value.len()).sum::<usize>();
     let resources: usize = page.resources.iter().map(|r| r.resource_type.len() + r.id.len() + r.display_name.len() + pairs(&r.attributes)).sum();
     let entitlements: usize =
         page.entitlements.iter().map(|e| e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + e.resource.id.len()).sum();
@@ -374,7 +376,7 @@ fn classify_trap(error: wasmtime::Error, limits: &Limits) -> CallError {
     // hostcall-fuel failures come as messages, not types.
     let cause = error.root_cause().to_string();
     let limit = if error.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::StackOverflow) {
-        Some(("stack", format!("{cause} (at most {} bytes of wasm stack)", crate::engine::MAX_WASM_STACK)))
+        Some(("stack", format!("{cause} (at most {} bytes of wasm stack)", crate::runtime::engine::MAX_WASM_STACK)))
     } else if cause.contains("growing memory") || cause.contains("exceeds memory limits") {
         Some(("memory", format!("{cause} (at most {} bytes per memory)", limits.memory_bytes)))
     } else if cause.contains("growing table") || cause.contains("exceeds table limits") {
@@ -435,12 +437,12 @@ macro_rules! retry_rate_limited {
         let mut attempt = 0;
         loop {
             match $instance.$method($($arg),*).await {
-                Err($crate::connector::CallError::Connector($crate::bindings::ConnectorError::RateLimited(limit)))
-                    if attempt < $crate::connector::RATE_LIMIT_RETRIES =>
+                Err($crate::runtime::instance::CallError::Connector($crate::runtime::bindings::ConnectorError::RateLimited(limit)))
+                    if attempt < $crate::runtime::instance::RATE_LIMIT_RETRIES =>
                 {
                     attempt += 1;
-                    let wait = std::time::Duration::from_millis(limit.retry_after_ms).min($crate::connector::MAX_RETRY_WAIT);
-                    tracing::info!("rate limited; retrying in {wait:?} ({attempt}/{})", $crate::connector::RATE_LIMIT_RETRIES);
+                    let wait = std::time::Duration::from_millis(limit.retry_after_ms).min($crate::runtime::instance::MAX_RETRY_WAIT);
+                    tracing::info!("rate limited; retrying in {wait:?} ({attempt}/{})", $crate::runtime::instance::RATE_LIMIT_RETRIES);
                     tokio::time::sleep(wait).await;
                 }
                 other => break other,

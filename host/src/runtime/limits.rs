@@ -168,7 +168,7 @@ pub struct CpuBudget {
 
 impl CpuBudget {
     pub fn new(per_call: Duration) -> Self {
-        let ticks = (per_call.as_millis() / crate::engine::EPOCH_TICK.as_millis()).max(1) as u64;
+        let ticks = (per_call.as_millis() / crate::runtime::engine::EPOCH_TICK.as_millis()).max(1) as u64;
         CpuBudget { used: 0, ticks, per_call }
     }
 

@@ -1,5 +1,5 @@
 //! What one connector instance's wasmtime store holds: one context per
-//! import (each owning its own state, see [`crate::imports`]), the CPU
+//! import (each owning its own state, see [`crate::runtime::imports`]), the CPU
 //! budget the epoch callback charges, and the limits.
 //!
 //! Not to be confused with `store` (the SQLite sync file) or the `storage`
@@ -12,14 +12,14 @@ use wasmtime::component::Linker;
 use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
-use crate::bindings::tether::connector as wit;
-use crate::imports::config::{Config, ConfigCtx, ConnectorConfig, Secrets};
-use crate::imports::http::{Http, HttpCtx, HttpGateway};
-use crate::imports::log::{Log, LogCtx};
-use crate::imports::storage::{ConnectorStorage, Storage, StorageCtx};
-use crate::imports::wasi::StartupWasiCtx;
-use crate::imports::Types;
-use crate::limits::{CpuBudget, Limits};
+use crate::runtime::bindings::tether::connector as wit;
+use crate::runtime::imports::config::{Config, ConfigCtx, ConnectorConfig, Secrets};
+use crate::runtime::imports::http::{Http, HttpCtx, HttpGateway};
+use crate::runtime::imports::log::{Log, LogCtx};
+use crate::runtime::imports::storage::{ConnectorStorage, Storage, StorageCtx};
+use crate::runtime::imports::wasi::StartupWasiCtx;
+use crate::runtime::imports::Types;
+use crate::runtime::limits::{CpuBudget, Limits};
 
 pub struct StoreData {
     pub wasi: StartupWasiCtx,
@@ -75,7 +75,7 @@ impl StoreData {
 /// Links every import the host offers, each with a projection onto its own
 /// context.
 pub fn add_to_linker(linker: &mut Linker<StoreData>) -> Result<()> {
-    crate::imports::wasi::add_to_linker(linker)?;
+    crate::runtime::imports::wasi::add_to_linker(linker)?;
     let l = linker;
     // Every version of the contract so far imports 0.1.0's interfaces.
     let mut link = || -> wasmtime::Result<()> {

@@ -27,10 +27,10 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use url::Url;
 use wasmtime::component::HasData;
 
-use crate::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
-use crate::bindings::Pair;
-use crate::imports::config::Secrets;
-use crate::limits::{CallBudget, Limits};
+use crate::runtime::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
+use crate::runtime::bindings::Pair;
+use crate::runtime::imports::config::Secrets;
+use crate::runtime::limits::{CallBudget, Limits};
 
 /// One destination a connector may reach.
 #[derive(Debug, Clone, PartialEq)]

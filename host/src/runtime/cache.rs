@@ -1,0 +1,104 @@
+//! The compiled-code cache: wasmtime runs deserialized code without
+//! validating it, so an entry is used only if it provably came from this
+//! host compiling this module.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The compiled-code cache folder. Each entry is the compiled code followed
+/// by an HMAC-SHA256, under a key only this host's user can read, over the
+/// module's digest and the code: an entry renamed, swapped or written by
+/// anyone without the key does not verify and is compiled afresh.
+pub struct CompiledCache {
+    key: [u8; 32],
+}
+
+const CACHE_KEY_FILE: &str = "cache.key";
+const MAC_LEN: usize = 32;
+
+impl CompiledCache {
+    /// Reads the folder's key, creating folder and key on first use.
+    pub fn open(dir: &Path) -> Result<Self> {
+        create_private_dir(dir)?;
+        let path = dir.join(CACHE_KEY_FILE);
+        let key = match std::fs::read(&path) {
+            Ok(key) => key,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                getrandom::fill(&mut key).map_err(|e| anyhow::anyhow!("no randomness for the cache key: {e}"))?;
+                match write_private_file(&path, &key, true) {
+                    Ok(()) => key.to_vec(),
+                    // Another process created it first: use theirs.
+                    Err(_) if path.is_file() => std::fs::read(&path)?,
+                    Err(e) => return Err(e),
+                }
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        };
+        let key: [u8; 32] = key.try_into().map_err(|_| anyhow::anyhow!("{} is not a 32-byte key", path.display()))?;
+        Ok(CompiledCache { key })
+    }
+
+    fn mac(&self, digest: &str, code: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(b"tether compiled code v1\0");
+        mac.update(digest.as_bytes());
+        mac.update(b"\0");
+        mac.update(code);
+        mac
+    }
+
+    /// The code of an entry whose MAC verifies for the module `digest`.
+    pub fn read(&self, path: &Path, digest: &str) -> Option<Vec<u8>> {
+        let mut bytes = std::fs::read(path).ok()?;
+        if bytes.len() < MAC_LEN {
+            tracing::warn!("ignoring cache entry {}: too short", path.display());
+            return None;
+        }
+        let tag = bytes.split_off(bytes.len() - MAC_LEN);
+        if self.mac(digest, &bytes).verify_slice(&tag).is_err() {
+            tracing::warn!("ignoring cache entry {}: it was not compiled by this host from this module", path.display());
+            return None;
+        }
+        Some(bytes)
+    }
+
+    pub fn write(&self, target: &Path, digest: &str, code: &[u8]) -> Result<()> {
+        let tag = self.mac(digest, code).finalize().into_bytes();
+        let tmp = target.with_extension(format!("tmp{}", std::process::id()));
+        let mut bytes = Vec::with_capacity(code.len() + MAC_LEN);
+        bytes.extend_from_slice(code);
+        bytes.extend_from_slice(&tag);
+        write_private_file(&tmp, &bytes, false)?;
+        std::fs::rename(&tmp, target)?;
+        Ok(())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir).with_context(|| format!("cannot create {}", dir.display()))
+}
+
+/// Writes a file only its owner can read (the key; the code it protects).
+/// With `new_only`, fails if the file exists.
+fn write_private_file(path: &Path, bytes: &[u8], new_only: bool) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    if new_only {
+        options.write(true).create_new(true);
+    } else {
+        options.write(true).create(true).truncate(true);
+    }
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)?;
+    Ok(())
+}

@@ -1,0 +1,16 @@
+//! Running a connector: the wasmtime engine (`engine`) and its
+//! compiled-code cache (`cache`), what a module must prove before it runs (`trust`), which
+//! contract versions load and how they convert (`api_version`, `bindings`),
+//! the limits (`limits`), one sandboxed instance and its guarded calls
+//! (`instance`), what its wasmtime store holds (`store_data`), and the host
+//! side of each import (`imports/`, one module each, owning its state).
+
+pub mod api_version;
+pub mod bindings;
+pub mod cache;
+pub mod engine;
+pub mod imports;
+pub mod instance;
+pub mod limits;
+pub mod store_data;
+pub mod trust;
