@@ -170,7 +170,7 @@ fn check_imports(engine: &Engine, component: &Component) -> Result<()> {
     Ok(())
 }
 
-/// Names of a component's imports, for `tether module inspect` and tests.
+/// Names of a component's imports, for the tests.
 pub fn import_names(engine: &Engine, component: &Component) -> Vec<String> {
     component.component_type().imports(engine).map(|(name, _)| name.to_string()).collect()
 }

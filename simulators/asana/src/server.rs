@@ -27,7 +27,7 @@ use crate::{lock, rest, scim, API_PREFIX};
 
 /// Bodies larger than this are refused (Asana's own limit is far lower for these calls).
 const MAX_BODY: usize = 2 * 1024 * 1024;
-/// Recording stops growing here so a long-running `tether simulate` stays bounded.
+/// Recording stops growing here so a long-running `asana-sim` stays bounded.
 const MAX_RECORDED: usize = 100_000;
 
 #[derive(Clone, Debug)]
