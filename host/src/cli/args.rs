@@ -199,13 +199,13 @@ pub fn parse_key_value(text: &str) -> Result<(String, String), String> {
 #[derive(Args, Debug, Clone)]
 pub struct SyncLimitArgs {
     /// Most records (resources + entitlements + grants) one sync may report.
-    #[arg(long, value_name = "N", default_value_t = 50_000_000)]
+    #[arg(long, value_name = "N", default_value_t = 50_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_sync_records: u64,
     /// Deepest nesting of listings (a type listed under a type listed under …).
-    #[arg(long, value_name = "N", default_value_t = 32)]
+    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_depth: u32,
     /// Most pages one listing may take.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    #[arg(long, value_name = "N", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_pages_per_listing: u64,
     /// Longest a whole sync may run, in minutes.
     #[arg(long, value_name = "MINUTES", default_value_t = 720.0)]

@@ -192,6 +192,8 @@ impl SyncFile {
     /// its process died, since nobody held the lock — as interrupted, so
     /// that `--resume` can go on from its checkpoint.
     pub fn open_for_sync(path: &Path) -> Result<Self> {
+        // A file that is no sync file is refused before any lock file appears.
+        let mut file = Self::open(path)?;
         let lock_path = writer_lock_path(path);
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -208,7 +210,6 @@ impl SyncFile {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
             }
         }
-        let mut file = Self::open(path)?;
         file._writer_lock = Some(lock);
         let orphaned = file.conn.execute(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
