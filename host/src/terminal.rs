@@ -36,6 +36,24 @@ pub fn escape_multiline(text: &str) -> String {
     out
 }
 
+/// A line of JSON made safe for a terminal and still the same JSON: serde
+/// already writes C0 controls as `\u00XX`; C1 and bidi controls, which it
+/// leaves raw, become `\uXXXX` too (outside strings JSON has none).
+pub fn escape_json(line: &str) -> Cow<'_, str> {
+    if !line.chars().any(needs_escape) {
+        return Cow::Borrowed(line);
+    }
+    let mut out = String::with_capacity(line.len() + 8);
+    for c in line.chars() {
+        if needs_escape(c) {
+            let _ = write!(out, "\\u{:04x}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || is_bidi_control(c)
 }
@@ -72,6 +90,15 @@ mod tests {
         assert_eq!(escape("one\nINFO tether: forged"), "one\\nINFO tether: forged");
         assert_eq!(escape("c1 \u{9b}31m"), "c1 \\u{9b}31m");
         assert_eq!(escape("del \x7f, rlo \u{202e}"), "del \\x7f, rlo \\u{202e}");
+    }
+
+    #[test]
+    fn json_stays_json_without_raw_controls() {
+        let line = serde_json::json!({ "name": "a\u{9b}31m\u{202e}b\u{1b}" }).to_string();
+        let safe = escape_json(&line);
+        assert!(!safe.chars().any(needs_escape), "{safe}");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["name"], "a\u{9b}31m\u{202e}b\u{1b}");
     }
 
     #[test]

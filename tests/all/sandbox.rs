@@ -693,6 +693,13 @@ fn connector_text_reaches_the_terminal_escaped() {
         if what == "resources" {
             assert!(table.contains("name\\x1b[2J"), "{table}");
         }
+        let json = tether(&["inspect", out.to_str().unwrap(), what, "--format", "json"]);
+        assert!(json.status.success(), "{}", stderr(&json));
+        let lines = String::from_utf8_lossy(&json.stdout).into_owned();
+        assert_terminal_safe("inspect --format json", &lines);
+        for line in lines.lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("still JSON");
+        }
     }
     for mode in ["terminal-error", "terminal-panic"] {
         let failed = sync(mode);

@@ -54,7 +54,7 @@ pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, fo
     };
     if format == InspectFormat::Json {
         for row in &rows {
-            writeln!(out, "{row}")?;
+            writeln!(out, "{}", crate::terminal::escape_json(&row.to_string()))?;
         }
         return Ok(());
     }
@@ -118,13 +118,13 @@ pub fn export_jsonl(file: &SyncFile, run: i64, target: &str) -> Result<()> {
         Box::new(std::io::BufWriter::new(std::fs::File::create(target).with_context(|| format!("cannot write {target}"))?))
     };
     for r in file.resources(run, None)? {
-        writeln!(out, "{}", json!({ "kind": "resource", "record": r }))?;
+        writeln!(out, "{}", crate::terminal::escape_json(&json!({ "kind": "resource", "record": r }).to_string()))?;
     }
     for e in file.entitlements(run, None)? {
-        writeln!(out, "{}", json!({ "kind": "entitlement", "record": e }))?;
+        writeln!(out, "{}", crate::terminal::escape_json(&json!({ "kind": "entitlement", "record": e }).to_string()))?;
     }
     for g in file.grants(run, None)? {
-        writeln!(out, "{}", json!({ "kind": "grant", "record": g }))?;
+        writeln!(out, "{}", crate::terminal::escape_json(&json!({ "kind": "grant", "record": g }).to_string()))?;
     }
     out.flush()?;
     Ok(())
