@@ -192,9 +192,10 @@ impl SyncFile {
     /// its process died, since nobody held the lock — as interrupted, so
     /// that `--resume` can go on from its checkpoint.
     pub fn open_for_sync(path: &Path) -> Result<Self> {
-        // A file that is no sync file is refused before any lock file appears.
-        let mut file = Self::open(path)?;
+        // The lock comes first: opening may migrate, which must not race a
+        // running sync.
         let lock_path = writer_lock_path(path);
+        let lock_existed = lock_path.exists();
         let lock = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -210,6 +211,16 @@ impl SyncFile {
                 return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
             }
         }
+        let mut file = match Self::open(path) {
+            Ok(file) => file,
+            Err(e) => {
+                // A file that is no sync file leaves no lock file behind.
+                if !lock_existed {
+                    let _ = std::fs::remove_file(&lock_path);
+                }
+                return Err(e);
+            }
+        };
         file._writer_lock = Some(lock);
         let orphaned = file.conn.execute(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),

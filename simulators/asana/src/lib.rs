@@ -16,6 +16,7 @@
 
 mod error;
 mod faults;
+mod index;
 mod names;
 mod org;
 mod query;

@@ -429,10 +429,12 @@ pub(crate) fn name_from_email(email: &str) -> String {
         .join(" ")
 }
 
-/// The org plus what is needed to change it: the next free gid.
+/// The org plus what is needed to change it: the next free gid, and the
+/// lookups of its current state (built on demand, dropped by any write).
 pub(crate) struct World {
     pub org: Org,
     next_gid: u64,
+    index: Option<crate::index::OrgIndex>,
 }
 
 impl World {
@@ -447,7 +449,18 @@ impl World {
             .chain(org.team_memberships.iter().map(|x| &x.gid))
             .filter_map(|g| g.parse::<u64>().ok())
             .max();
-        World { org, next_gid: max.map_or(FIRST_GID, |m| m + 1) }
+        World { org, next_gid: max.map_or(FIRST_GID, |m| m + 1), index: None }
+    }
+
+    /// The org with its lookups, built now if a write dropped them.
+    pub fn indexed(&mut self) -> (&Org, &crate::index::OrgIndex) {
+        let index = self.index.get_or_insert_with(|| crate::index::OrgIndex::build(&self.org));
+        (&self.org, index)
+    }
+
+    /// Drops the lookups: the org may have changed.
+    pub fn changed(&mut self) {
+        self.index = None;
     }
 
     fn gid(&mut self) -> String {

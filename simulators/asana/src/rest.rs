@@ -13,6 +13,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::index::OrgIndex;
 use crate::org::{name_from_email, valid_email, License, Org, User};
 use crate::query::{paginate, render, Query};
 use crate::server::Shared;
@@ -142,13 +143,13 @@ async fn get_workspace(State(shared): State<Arc<Shared>>, Path(gid): Path<String
 }
 
 async fn list_teams(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
-    let world = lock(&shared.world);
-    let org = &world.org;
+    let mut world = lock(&shared.world);
+    let (org, index) = world.indexed();
     let workspace = org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     if shared.teams_only_in_organizations && !workspace.is_organization {
         return Err(ApiError::bad_request("workspace: This workspace is not an organization, so it has no teams"));
     }
-    let items: Vec<_> = org.teams.iter().filter(|t| t.workspace_gid == gid).collect();
+    let items: Vec<_> = OrgIndex::get(&index.teams_by_workspace, &gid).iter().map(|&i| &org.teams[i]).collect();
     ctx.list(&shared, items, |t| &t.gid, |t| views::team(org, t), views::COMPACT)
 }
 
@@ -161,23 +162,27 @@ async fn get_team(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ct
 }
 
 async fn list_workspace_memberships(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
-    let world = lock(&shared.world);
-    let org = &world.org;
+    let mut world = lock(&shared.world);
+    let (org, index) = world.indexed();
     org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     // Optional `user` filter (gid, email or "me").
     let only_user = match ctx.query.get("user") {
         Some(r) => Some(resolve_user(org, r)?.gid.clone()),
         None => None,
     };
-    let items: Vec<_> = org.workspace_memberships.iter().filter(|m| m.workspace_gid == gid && only_user.as_ref().is_none_or(|u| &m.user_gid == u)).collect();
+    let items: Vec<_> = OrgIndex::get(&index.workspace_memberships_by_workspace, &gid)
+        .iter()
+        .map(|&i| &org.workspace_memberships[i])
+        .filter(|m| only_user.as_ref().is_none_or(|u| &m.user_gid == u))
+        .collect();
     ctx.list(&shared, items, |m| &m.gid, |m| views::workspace_membership(org, m), views::WORKSPACE_MEMBERSHIP_COMPACT)
 }
 
 async fn list_team_memberships(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
-    let world = lock(&shared.world);
-    let org = &world.org;
+    let mut world = lock(&shared.world);
+    let (org, index) = world.indexed();
     org.team(&gid).ok_or_else(|| unknown("team", &gid))?;
-    let items: Vec<_> = org.team_memberships.iter().filter(|m| m.team_gid == gid).collect();
+    let items: Vec<_> = OrgIndex::get(&index.team_memberships_by_team, &gid).iter().map(|&i| &org.team_memberships[i]).collect();
     ctx.list(&shared, items, |m| &m.gid, |m| views::team_membership(org, m), views::TEAM_MEMBERSHIP_COMPACT)
 }
 
@@ -216,22 +221,26 @@ async fn query_team_memberships(State(shared): State<Arc<Shared>>, ctx: Ctx) -> 
 
 /// Users of a workspace and/or team (both optional), sorted by gid like Asana.
 fn users_response(shared: &Shared, ctx: &Ctx, workspace: Option<&str>, team: Option<&str>) -> ApiResult {
-    let world = lock(&shared.world);
-    let org = &world.org;
+    let mut world = lock(&shared.world);
+    let (org, index) = world.indexed();
     if let Some(w) = workspace {
         org.workspace(w).ok_or_else(|| unknown("workspace", w))?;
     }
     if let Some(t) = team {
         org.team(t).ok_or_else(|| unknown("team", t))?;
     }
-    let by_user = views::workspaces_by_user(org);
-    let items: Vec<&User> = org
-        .users
-        .iter()
-        .filter(|u| workspace.is_none_or(|w| by_user.get(u.gid.as_str()).is_some_and(|ws| ws.contains(&w))))
-        .filter(|u| team.is_none_or(|t| org.team_memberships.iter().any(|m| m.team_gid == t && m.user_gid == u.gid)))
-        .collect();
-    let workspaces_of = |u: &User| by_user.get(u.gid.as_str()).cloned().unwrap_or_default();
+    // Indices into org.users, ascending: the org's order, as a scan gave.
+    let chosen: Vec<usize> = match (workspace, team) {
+        (Some(w), Some(t)) => {
+            let in_team = OrgIndex::get(&index.users_by_team, t);
+            OrgIndex::get(&index.users_by_workspace, w).iter().copied().filter(|u| in_team.binary_search(u).is_ok()).collect()
+        }
+        (Some(w), None) => OrgIndex::get(&index.users_by_workspace, w).to_vec(),
+        (None, Some(t)) => OrgIndex::get(&index.users_by_team, t).to_vec(),
+        (None, None) => (0..org.users.len()).collect(),
+    };
+    let items: Vec<&User> = chosen.into_iter().map(|i| &org.users[i]).collect();
+    let workspaces_of = |u: &User| index.workspaces_by_user.get(u.gid.as_str()).map(|ws| ws.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
     ctx.list(shared, items, |u| &u.gid, |u| views::user(org, u, &workspaces_of(u)), views::COMPACT)
 }
 
