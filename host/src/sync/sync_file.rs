@@ -422,6 +422,12 @@ impl SyncFile {
         self.run_where(&format!("id = {id}"))
     }
 
+    /// The connection, for the review queries (`sync::review`), which
+    /// stream rows rather than collect them.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
     fn run_where(&self, condition: &str) -> Result<Option<RunInfo>> {
         let sql = format!(
             "SELECT id, status, started_at, ended_at, connector_name, connector_version, connector_digest, error, http_requests
