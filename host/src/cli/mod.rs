@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{describe, inspect, module, sync, write};
+use commands::{describe, diff, export, inspect, module, sync, write};
 
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Runs identity-governance connectors built as WebAssembly components")]
@@ -31,6 +31,11 @@ enum Command {
     Sync(sync::SyncArgs),
     /// Shows what the last good sync in a sync file found.
     Inspect(inspect::InspectArgs),
+    /// Lists resources, entitlements and grants added, removed or changed
+    /// between two syncs; exits 0 if none, 1 if some, 2 on an error.
+    Diff(diff::DiffArgs),
+    /// Writes the grants of a sync as CSV or JSON Lines, for an access review.
+    Export(export::ExportArgs),
     /// Signs connector modules and checks signatures: keygen, sign, verify.
     Module(module::ModuleArgs),
     /// Shows what a connector declares: resource types, config keys (which
@@ -62,25 +67,38 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `diff` exits as diff(1) does: 1 says "changes", so errors are 2.
+    let is_diff = matches!(cli.command, Command::Diff(_));
+    let failure = if is_diff { ExitCode::from(2) } else { ExitCode::FAILURE };
     match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         // Stopped by a signal, with the run saved: 128 + the signal's
         // number, as a shell reports a process the signal ended.
         Err(e) if e.chain().any(|c| c.is::<crate::sync::Interrupted>()) => {
             eprintln!("error: {e:#}");
             ExitCode::from(128 + sync::STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst).clamp(1, 127) as u8)
         }
-        // A reader that stopped early (`| head`) is not an error.
-        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => ExitCode::SUCCESS,
+        // A reader that stopped early (`| head`) is not an error; but a diff
+        // cut short cannot say whether the syncs differ, hence `failure`.
+        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+            if is_diff {
+                eprintln!("error: the output was closed before the diff finished");
+                failure
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            failure
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Diff(args) => return Ok(if diff::run(args)? { ExitCode::from(1) } else { ExitCode::SUCCESS }),
+        Command::Export(args) => export::run(args),
         Command::Module(args) => module::run(args),
         Command::Describe(args) => describe::run(args).await,
         Command::Sync(args) => sync::run(args).await,
@@ -90,6 +108,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::DisableAccount(args) => write::disable_account(args).await,
         Command::Inspect(args) => inspect::run(args),
     }
+    .map(|()| ExitCode::SUCCESS)
 }
 
 #[cfg(test)]

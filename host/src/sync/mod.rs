@@ -1,10 +1,12 @@
 //! The sync: the uniform data model (`model`), the SQLite sync file that
 //! holds every run (`sync_file`), where a run goes on from (`checkpoint`),
-//! and the driver that walks a connector page by page (`driver`).
+//! the driver that walks a connector page by page (`driver`), and access
+//! reviews read from the file (`review`: export and diff).
 
 pub mod checkpoint;
 pub mod driver;
 pub mod model;
+pub mod review;
 pub mod sync_file;
 
 pub use driver::{run, run_with, Interrupted, StopRequest, SyncOptions, SyncSummary};

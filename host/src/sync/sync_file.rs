@@ -4,7 +4,8 @@
 //! Each page is written in its own transaction as it arrives, so memory does
 //! not grow with the org. Views (`resources`, `entitlements`, `grants`,
 //! `resource_types`) show the last successful run: a failed or running sync
-//! never replaces it, and only a successful one prunes older runs. A failed
+//! never replaces it, and only a successful one prunes older runs (it keeps
+//! the previous good run's records, for `tether diff`). A failed
 //! run keeps its records and checkpoint, so `sync --resume` can finish it.
 
 use std::path::Path;
@@ -126,6 +127,10 @@ DROP TABLE sync_runs;
 ALTER TABLE sync_runs_v2 RENAME TO sync_runs;
 ALTER TABLE run_resources ADD COLUMN depth INTEGER NOT NULL DEFAULT 0;
 "#;
+
+/// Good runs whose records a successful sync keeps (itself included): the
+/// views show the last one, `tether diff` compares the last two.
+pub const KEPT_GOOD_RUNS: i64 = 2;
 
 /// Who produced a run.
 #[derive(Debug, Clone)]
@@ -343,8 +348,10 @@ impl SyncFile {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Ends a run. A successful run becomes the one the views show and
-    /// older runs' records (failed ones' included) are dropped; a failed or
+    /// Ends a run. A successful run becomes the one the views show; the
+    /// records of all but the last `KEPT_GOOD_RUNS` good runs (failed ones'
+    /// included) are dropped, so `tether diff` can compare the last two
+    /// syncs in one file; a failed or
     /// interrupted run keeps its partial records for a resume, and the last
     /// good run stays what the views show. `http_requests` adds to the
     /// run's count.
@@ -362,7 +369,13 @@ impl SyncFile {
         )?;
         if end == RunEnd::Succeeded {
             for table in ["run_resource_types", "run_resources", "run_entitlements", "run_grants"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE run_id < ?1"), params![run])?;
+                tx.execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE run_id < ?1 AND run_id NOT IN
+                            (SELECT id FROM sync_runs WHERE status = 'succeeded' ORDER BY id DESC LIMIT ?2)"
+                    ),
+                    params![run, KEPT_GOOD_RUNS],
+                )?;
             }
         }
         tx.commit()?;
@@ -414,6 +427,17 @@ impl SyncFile {
 
     pub fn last_run(&self) -> Result<Option<RunInfo>> {
         self.run_where("1 = 1")
+    }
+
+    /// The run with this id.
+    pub fn run(&self, id: i64) -> Result<Option<RunInfo>> {
+        self.run_where(&format!("id = {id}"))
+    }
+
+    /// The connection, for the review queries (`sync::review`), which
+    /// stream rows rather than collect them.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     fn run_where(&self, condition: &str) -> Result<Option<RunInfo>> {
@@ -744,5 +768,41 @@ CREATE VIEW IF NOT EXISTS grants AS
         file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
         let error = format!("{:#}", file.resumable_run("d").unwrap_err());
         assert!(error.contains("cannot resume sync run") && error.contains("version 9"), "{error}");
+    }
+
+    #[test]
+    fn a_good_sync_keeps_the_previous_good_runs_records_and_the_views_show_only_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
+        let connector = ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() };
+        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let mut runs = Vec::new();
+        for (n, end) in [(1, RunEnd::Succeeded), (2, RunEnd::Failed("boom")), (3, RunEnd::Succeeded), (4, RunEnd::Succeeded), (5, RunEnd::Failed("x"))] {
+            let run = file.begin_run(&connector).unwrap();
+            let page = PageRecords {
+                resources: vec![Resource {
+                    resource_type: "user".into(),
+                    id: format!("u{n}"),
+                    display_name: format!("User {n}"),
+                    parent: None,
+                    attributes: Map::new(),
+                }],
+                ..PageRecords::default()
+            };
+            file.write_page(run, &page, 0, &next).unwrap();
+            file.finish_run(run, end, 0).unwrap();
+            runs.push(run);
+        }
+        let kept: Vec<i64> = file
+            .conn
+            .prepare("SELECT DISTINCT run_id FROM run_resources ORDER BY run_id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(kept, vec![runs[2], runs[3], runs[4]], "the last two good runs, and the failed run after them (for --resume)");
+        let view: Vec<String> = file.conn.prepare("SELECT id FROM resources").unwrap().query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(view, vec!["u4"], "the views show the last good run only");
     }
 }

@@ -1,6 +1,8 @@
 //! One module per `tether` command.
 
 pub mod describe;
+pub mod diff;
+pub mod export;
 pub mod inspect;
 pub mod module;
 pub mod sync;
