@@ -9,8 +9,8 @@ use std::process::{Command, Output};
 
 use crate::support::*;
 use asana_sim::{Org, OrgSpec, SimConfig, SimHandle};
-use tether_host::bindings::ResourceRef;
-use tether_host::connector::ConnectorInstance;
+use tether_host::runtime::bindings::ResourceRef;
+use tether_host::runtime::instance::ConnectorInstance;
 use tether_host::sync::sync_file::Table;
 use tether_host::sync::SyncFile;
 
@@ -64,7 +64,7 @@ fn grant_to_add_and_grant_to_revoke(org: &Org) -> ((String, String), String) {
 async fn connector(sim: &SimHandle) -> ConnectorInstance {
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    ConnectorInstance::start(&engine, &module, &grants_for(&sim.base_url(), sim.addr(), "sim-token")).await.expect("connector starts")
+    ConnectorInstance::start(&engine, &module, &permissions_for(&sim.base_url(), sim.addr(), "sim-token")).await.expect("connector starts")
 }
 
 /// Grants one team membership and revokes another through the connector;
