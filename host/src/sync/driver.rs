@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use indicatif::ProgressBar;
 
 use super::checkpoint::{Checkpoint, Position, Within};
@@ -150,8 +150,14 @@ pub async fn run_with(
         None => (file.begin_run(&connector)?, Checkpoint::default()),
     };
     let records = file.records(run_id)?;
-    let mut driver = Driver { instance, file, run: run_id, progress, options, started, records, tally: Tally::default() };
-    let result = driver.drive(checkpoint).await;
+    let mut driver = Driver { instance, file, run: run_id, progress, options, started, records, tally: Tally::default(), unsaved: None };
+    let mut result = driver.drive(checkpoint).await;
+    if result.is_err() {
+        // Where a failed run goes on from, as far as it got.
+        if let Err(e) = driver.save_checkpoint() {
+            result = result.context(format!("and its checkpoint could not be saved: {e:#}"));
+        }
+    }
     let requests = instance.http().requests_sent();
     match result {
         Ok(()) => {
@@ -202,6 +208,8 @@ struct Driver<'a> {
     /// Records the run holds, counted against `records-per-sync`.
     records: u64,
     tally: Tally,
+    /// The checkpoint after pages that were not worth a write of their own.
+    unsaved: Option<Checkpoint>,
 }
 
 impl Driver<'_> {
@@ -278,6 +286,7 @@ impl Driver<'_> {
                 return Err(LimitExceeded::new("pages-per-listing", format!("{}: more than {} pages", listing.describe(), limits.pages_per_listing)).into());
             }
             let instance = &mut *self.instance;
+            let requests_before = instance.http().requests_sent();
             let page = match &listing {
                 Listing::Resources(t, scope) => {
                     retry_rate_limited!(instance, list_resources(t, *scope, token.as_deref()))
@@ -305,10 +314,21 @@ impl Driver<'_> {
                 Some(next) => place.at(Some(next.clone())),
                 None => place.done(),
             };
-            self.file.write_page(self.run, &records, depth, &after)?;
+            // A page that brought nothing and cost no request is free to
+            // ask again: its checkpoint waits for the next page worth a
+            // write (most users list no entitlements of their own), or for
+            // a stop. Every page that cost a request is saved with it.
+            let cost_requests = self.instance.http().requests_sent() != requests_before;
+            if count > 0 || cost_requests {
+                self.file.write_page(self.run, &records, depth, &after)?;
+                self.unsaved = None;
+            } else {
+                self.unsaved = Some(after);
+            }
             self.show_progress(&records);
 
             if self.options.stop.is_requested() {
+                self.save_checkpoint()?;
                 return Err(Interrupted { run_id: self.run }.into());
             }
             if self.started.elapsed() > limits.duration {
@@ -319,6 +339,14 @@ impl Driver<'_> {
                 Some(next) => token = Some(next),
             }
         }
+    }
+
+    /// Writes the checkpoint of free pages not yet saved.
+    fn save_checkpoint(&mut self) -> Result<()> {
+        if let Some(checkpoint) = self.unsaved.take() {
+            self.file.save_checkpoint(self.run, &checkpoint)?;
+        }
+        Ok(())
     }
 
     fn show_progress(&mut self, records: &PageRecords) {
