@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 ./scripts/install-scim2-server.sh >/dev/null
 
 echo "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)" >&2
+for tool in rustfmt clippy; do
+  cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$tool"
+done
 cargo fmt --all -- --check
 for crate in connectors/*/ tests/fixtures/*/; do
   if [[ -f "$crate/Cargo.toml" ]]; then (cd "$crate" && cargo fmt -- --check); fi
