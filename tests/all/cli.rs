@@ -69,6 +69,7 @@ fn a_missing_connector_file_is_one_clear_line() {
     let err = stderr(&run);
     assert!(err.starts_with("error: cannot read connector /nonexistent/c.wasm"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no sync file or lock file is left behind");
 }
 
 #[test]

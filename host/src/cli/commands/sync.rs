@@ -72,8 +72,9 @@ fn stop_on_signals(stop: crate::sync::StopRequest) -> Result<()> {
 
 pub async fn run(args: SyncArgs) -> Result<()> {
     let options = crate::sync::SyncOptions { resume: args.resume, limits: args.sync_limits.to_limits()?, stop: Default::default() };
-    let mut file = SyncFile::open_for_sync(&args.out)?;
+    // The connector first: a module that cannot load leaves no sync file behind.
     let mut prepared = start::prepare(&args.connector, false).await?;
+    let mut file = SyncFile::open_for_sync(&args.out)?;
     stop_on_signals(options.stop.clone())?;
     let progress = output::progress_bar();
     let result = crate::sync::run_with(&mut prepared.instance, &mut file, &prepared.module.digest, &progress, &options).await;
