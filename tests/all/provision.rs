@@ -49,23 +49,6 @@ fn outcome(result: &guest::WriteResult) -> &'static str {
     }
 }
 
-/// A team of the organization and an active, non-guest org member not on it.
-fn team_and_outsider(org: &Org) -> (String, String) {
-    let organization = &org.workspaces[0].gid;
-    for team in org.teams.iter().filter(|t| &t.workspace_gid == organization) {
-        let outsider = org.workspace_memberships.iter().find(|m| {
-            &m.workspace_gid == organization
-                && m.is_active
-                && !m.is_guest
-                && !org.team_memberships.iter().any(|tm| tm.team_gid == team.gid && tm.user_gid == m.user_gid)
-        });
-        if let Some(m) = outsider {
-            return (team.gid.clone(), m.user_gid.clone());
-        }
-    }
-    panic!("no team with an outsider");
-}
-
 async fn sync_grant_ids(sim: &SimHandle, grants: &Permissions) -> Vec<String> {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");

@@ -37,22 +37,8 @@ fn org_spec() -> OrgSpec {
 /// A team membership to grant (a team and an active org member not on it)
 /// and one to revoke (a plain member, not the token's owner), as grant ids.
 fn grant_to_add_and_grant_to_revoke(org: &Org) -> ((String, String), String) {
-    let organization = &org.organization().expect("an organization").gid;
     let owner = &org.token_owner().unwrap().gid;
-    let mut to_add = None;
-    for team in org.teams.iter().filter(|t| &t.workspace_gid == organization) {
-        let outsider = org.workspace_memberships.iter().find(|m| {
-            &m.workspace_gid == organization
-                && m.is_active
-                && !m.is_guest
-                && !org.team_memberships.iter().any(|tm| tm.team_gid == team.gid && tm.user_gid == m.user_gid)
-        });
-        if let Some(m) = outsider {
-            to_add = Some((team.gid.clone(), m.user_gid.clone()));
-            break;
-        }
-    }
-    let (team, user) = to_add.expect("a team with an outsider");
+    let (team, user) = team_and_outsider(org);
     let revoke = org
         .team_memberships
         .iter()

@@ -430,7 +430,9 @@ pub(crate) fn name_from_email(email: &str) -> String {
 }
 
 /// The org plus what is needed to change it: the next free gid, and the
-/// lookups of its current state (built on demand, dropped by any write).
+/// lookups of its current state (built on demand, dropped by every method
+/// here that adds or removes a user or a membership: the lookups hold
+/// positions and gids, never the fields the other writes change).
 pub(crate) struct World {
     pub org: Org,
     next_gid: u64,
@@ -458,11 +460,6 @@ impl World {
         (&self.org, index)
     }
 
-    /// Drops the lookups: the org may have changed.
-    pub fn changed(&mut self) {
-        self.index = None;
-    }
-
     fn gid(&mut self) -> String {
         let gid = self.next_gid;
         self.next_gid += 1;
@@ -471,6 +468,7 @@ impl World {
 
     /// Creates a user with no memberships; returns its index.
     pub fn create_user(&mut self, name: String, email: String, license: License) -> usize {
+        self.index = None;
         let gid = self.gid();
         self.org.users.push(User { gid, name, email, title: String::new(), department: String::new(), active: true, license });
         self.org.users.len() - 1
@@ -487,6 +485,7 @@ impl World {
         // Organizations treat anyone outside their email domains as a guest.
         let domain = user.email.rsplit('@').next().unwrap_or_default();
         let is_guest = ws.is_organization && !ws.email_domains.iter().any(|d| d.eq_ignore_ascii_case(domain));
+        self.index = None;
         let gid = self.gid();
         self.org.workspace_memberships.push(WorkspaceMembership {
             gid,
@@ -502,6 +501,7 @@ impl World {
 
     /// Removes the user from the workspace and from the workspace's teams.
     pub fn remove_workspace_member(&mut self, user_gid: &str, workspace_gid: &str) {
+        self.index = None;
         self.org.workspace_memberships.retain(|m| !(m.user_gid == user_gid && m.workspace_gid == workspace_gid));
         let teams: HashSet<String> = self.org.teams.iter().filter(|t| t.workspace_gid == workspace_gid).map(|t| t.gid.clone()).collect();
         self.org.team_memberships.retain(|m| !(m.user_gid == user_gid && teams.contains(&m.team_gid)));
@@ -512,6 +512,7 @@ impl World {
         if let Some(i) = self.org.team_memberships.iter().position(|m| m.user_gid == user_gid && m.team_gid == team_gid) {
             return i;
         }
+        self.index = None;
         let gid = self.gid();
         self.org.team_memberships.push(TeamMembership {
             gid,
@@ -525,6 +526,7 @@ impl World {
     }
 
     pub fn remove_team_member(&mut self, user_gid: &str, team_gid: &str) {
+        self.index = None;
         self.org.team_memberships.retain(|m| !(m.user_gid == user_gid && m.team_gid == team_gid));
     }
 

@@ -240,8 +240,7 @@ fn users_response(shared: &Shared, ctx: &Ctx, workspace: Option<&str>, team: Opt
         (None, None) => (0..org.users.len()).collect(),
     };
     let items: Vec<&User> = chosen.into_iter().map(|i| &org.users[i]).collect();
-    let workspaces_of = |u: &User| index.workspaces_by_user.get(u.gid.as_str()).map(|ws| ws.iter().map(String::as_str).collect::<Vec<_>>()).unwrap_or_default();
-    ctx.list(shared, items, |u| &u.gid, |u| views::user(org, u, &workspaces_of(u)), views::COMPACT)
+    ctx.list(shared, items, |u| &u.gid, |u| views::user(org, u, &workspaces_of(index, u)), views::COMPACT)
 }
 
 async fn list_users(State(shared): State<Arc<Shared>>, ctx: Ctx) -> ApiResult {
@@ -254,15 +253,20 @@ async fn list_workspace_users(State(shared): State<Arc<Shared>>, Path(gid): Path
     users_response(&shared, &ctx, Some(&gid), None)
 }
 
-fn user_object(org: &Org, ctx: &Ctx, user: &User) -> Value {
-    let workspaces = views::workspaces_by_user(org).remove(user.gid.as_str()).unwrap_or_default();
-    render(&views::user(org, user, &workspaces), ctx.fields().as_deref(), views::USER_DEFAULT)
+/// The workspaces a user is in, from the org's lookups.
+fn workspaces_of<'a>(index: &'a OrgIndex, user: &User) -> Vec<&'a str> {
+    index.workspaces_by_user.get(user.gid.as_str()).map(|ws| ws.iter().map(String::as_str).collect()).unwrap_or_default()
+}
+
+fn user_object(org: &Org, index: &OrgIndex, ctx: &Ctx, user: &User) -> Value {
+    render(&views::user(org, user, &workspaces_of(index, user)), ctx.fields().as_deref(), views::USER_DEFAULT)
 }
 
 async fn get_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx) -> ApiResult {
-    let world = lock(&shared.world);
-    let user = resolve_user(&world.org, &gid)?;
-    ctx.object(user_object(&world.org, &ctx, user))
+    let mut world = lock(&shared.world);
+    let (org, index) = world.indexed();
+    let user = resolve_user(org, &gid)?;
+    ctx.object(user_object(org, index, &ctx, user))
 }
 
 async fn team_add_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {
@@ -315,8 +319,9 @@ async fn workspace_add_user(State(shared): State<Arc<Shared>>, Path(gid): Path<S
         Err(e) => return Err(e),
     };
     world.add_workspace_member(&user_gid, &gid);
-    let user = world.org.user(&user_gid).cloned().ok_or_else(|| unknown("user", &user_gid))?;
-    ctx.object(user_object(&world.org, &ctx, &user))
+    let (org, index) = world.indexed();
+    let user = org.user(&user_gid).ok_or_else(|| unknown("user", &user_gid))?;
+    ctx.object(user_object(org, index, &ctx, user))
 }
 
 async fn workspace_remove_user(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, ctx: Ctx, headers: HeaderMap, body: Bytes) -> ApiResult {

@@ -1,8 +1,6 @@
 //! Full JSON representations of the org's objects, in Asana's field names. Endpoints cut
 //! these down with `query::render` (compact form or `opt_fields`).
 
-use std::collections::HashMap;
-
 use serde_json::{json, Value};
 
 use crate::org::{Org, Team, TeamMembership, User, Workspace, WorkspaceMembership};
@@ -28,15 +26,6 @@ fn workspace_ref(org: &Org, gid: &str) -> Value {
         Some(ws) => workspace(ws),
         None => json!({"gid": gid, "resource_type": "workspace"}),
     }
-}
-
-/// Workspaces each user belongs to, computed once per request for listings.
-pub(crate) fn workspaces_by_user(org: &Org) -> HashMap<&str, Vec<&str>> {
-    let mut map: HashMap<&str, Vec<&str>> = HashMap::new();
-    for m in &org.workspace_memberships {
-        map.entry(m.user_gid.as_str()).or_default().push(m.workspace_gid.as_str());
-    }
-    map
 }
 
 pub(crate) fn user(org: &Org, u: &User, workspaces: &[&str]) -> Value {

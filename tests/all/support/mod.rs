@@ -94,3 +94,20 @@ pub fn pages_asked_twice(sim: &SimHandle, except: &[&str]) -> Vec<String> {
 pub fn workspace_rereads(sim: &SimHandle) -> u64 {
     (sim.requests().iter().filter(|r| r.path == "/workspaces" && r.status == 200).count() as u64).saturating_sub(1)
 }
+
+/// A team of the organization and an active, non-guest org member not on it.
+pub fn team_and_outsider(org: &Org) -> (String, String) {
+    let organization = &org.workspaces[0].gid;
+    for team in org.teams.iter().filter(|t| &t.workspace_gid == organization) {
+        let outsider = org.workspace_memberships.iter().find(|m| {
+            &m.workspace_gid == organization
+                && m.is_active
+                && !m.is_guest
+                && !org.team_memberships.iter().any(|tm| tm.team_gid == team.gid && tm.user_gid == m.user_gid)
+        });
+        if let Some(m) = outsider {
+            return (team.gid.clone(), m.user_gid.clone());
+        }
+    }
+    panic!("no team with an outsider");
+}

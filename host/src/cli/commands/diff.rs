@@ -112,8 +112,8 @@ fn write_table_row(out: &mut dyn Write, d: &Difference) -> Result<()> {
         "{:<8} {:<12} {:<30} {:<30} {}",
         d.change.as_str(),
         d.kind.as_str(),
-        truncate(&escape(&d.name), 30),
-        truncate(&escape(&d.on), 30),
+        crate::cli::output::truncate(&escape(&d.name), 30),
+        crate::cli::output::truncate(&escape(&d.on), 30),
         escape(&d.id)
     )?;
     for c in &d.changes {
@@ -132,14 +132,4 @@ fn write_counts(out: &mut dyn Write, counts: &DiffCounts) -> Result<()> {
         writeln!(out, "no differences")?;
     }
     Ok(())
-}
-
-fn truncate(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_string()
-    } else {
-        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        cut.push('…');
-        cut
-    }
 }

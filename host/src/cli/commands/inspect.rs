@@ -76,7 +76,9 @@ pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, fo
     let cells: Vec<Vec<String>> = rows.iter().map(|row| columns.iter().map(|c| cell(&row[*c])).collect()).collect();
     let widths: Vec<usize> =
         columns.iter().enumerate().map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()).min(60)).collect();
-    let line = |values: Vec<String>| values.iter().zip(&widths).map(|(v, w)| format!("{:<w$}", truncate(v, *w), w = *w)).collect::<Vec<_>>().join("  ");
+    let line = |values: Vec<String>| {
+        values.iter().zip(&widths).map(|(v, w)| format!("{:<w$}", crate::cli::output::truncate(v, *w), w = *w)).collect::<Vec<_>>().join("  ")
+    };
     writeln!(out, "{}", line(columns.iter().map(|c| c.to_string()).collect()).trim_end())?;
     for row in cells {
         writeln!(out, "{}", line(row).trim_end())?;
@@ -97,16 +99,6 @@ fn cell(value: &serde_json::Value) -> String {
         other => other.to_string(),
     };
     crate::terminal::escape(&text).into_owned()
-}
-
-fn truncate(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
-        text.to_string()
-    } else {
-        let mut cut: String = text.chars().take(width.saturating_sub(1)).collect();
-        cut.push('…');
-        cut
-    }
 }
 
 /// Writes every record of a run as JSON Lines (`{"kind": …, …}`) to a path
