@@ -58,7 +58,7 @@ pub struct InstanceArgs {
     pub instance_name: Option<String>,
 }
 
-fn parse_instance_name(text: &str) -> Result<String, String> {
+pub fn parse_instance_name(text: &str) -> Result<String, String> {
     let valid = !text.is_empty() && text.len() <= 64 && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if valid {
         Ok(text.to_string())

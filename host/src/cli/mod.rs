@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{describe, diff, export, inspect, module, sync, write};
+use commands::{describe, diff, export, inspect, module, serve, sync, write};
 
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Runs identity-governance connectors built as WebAssembly components")]
@@ -49,17 +49,22 @@ enum Command {
     CreateAccount(write::CreateAccountArgs),
     /// Disables an account (needs --yes where the upstream cannot undo it).
     DisableAccount(write::DisableAccountArgs),
+    /// Runs many connector instances on their schedules behind an HTTP API,
+    /// as a config file says (`tether sync --instance NAME --config-file
+    /// FILE` runs one of them once).
+    Serve(serve::ServeArgs),
 }
 
 pub fn main() -> ExitCode {
+    if let Some(code) = serve::main_if_config_sync() {
+        return code;
+    }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        // Colour codes only for a terminal: a log file or pipe gets plain
-        // text, in which any escape sequence would be a connector's.
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    if let Command::Serve(args) = &cli.command {
+        crate::serve::logging::init(args.log_format);
+    } else {
+        init_logs();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
@@ -95,6 +100,16 @@ pub fn main() -> ExitCode {
     }
 }
 
+fn init_logs() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("TETHER_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")))
+        .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: a log file or pipe gets plain
+        // text, in which any escape sequence would be a connector's.
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
 async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Diff(args) => return Ok(if diff::run(args)? { ExitCode::from(1) } else { ExitCode::SUCCESS }),
@@ -107,6 +122,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::CreateAccount(args) => write::create_account(args).await,
         Command::DisableAccount(args) => write::disable_account(args).await,
         Command::Inspect(args) => inspect::run(args),
+        Command::Serve(args) => serve::run(args).await,
     }
     .map(|()| ExitCode::SUCCESS)
 }

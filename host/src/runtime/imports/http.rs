@@ -193,6 +193,22 @@ pub struct HttpCounters {
     pub rate_limited: AtomicU64,
     /// Attempts sent again by the host after a transient failure.
     pub retries: AtomicU64,
+    /// Attempts by (host, status), "error" when no answer came: what
+    /// `tether serve` exports as metrics.
+    pub by_host_status: Mutex<std::collections::BTreeMap<(String, String), u64>>,
+}
+
+impl HttpCounters {
+    fn count_answer(&self, host: &str, status: &str) {
+        if let Ok(mut counts) = self.by_host_status.lock() {
+            *counts.entry((host.to_string(), status.to_string())).or_default() += 1;
+        }
+    }
+
+    /// Attempts so far by (host, status).
+    pub fn answers(&self) -> Vec<((String, String), u64)> {
+        self.by_host_status.lock().map(|c| c.iter().map(|(k, v)| (k.clone(), *v)).collect()).unwrap_or_default()
+    }
 }
 
 /// How an attempt failed, as far as trying it again is concerned.
@@ -450,8 +466,12 @@ impl HttpGateway {
         // wall-clock limit still bounds the wait).
         self.per_host.until_key_ready(host).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
-        let mut response = self.client.execute(request).await.map_err(|e| failed(self.failure_of(&e), self.transport_error(e)))?;
+        let mut response = self.client.execute(request).await.map_err(|e| {
+            self.counters.count_answer(host, "error");
+            failed(self.failure_of(&e), self.transport_error(e))
+        })?;
         let status = response.status().as_u16();
+        self.counters.count_answer(host, &status.to_string());
         if status == 429 {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
         }

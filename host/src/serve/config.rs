@@ -1,0 +1,520 @@
+//! The `tether serve` config file (TOML): the server's settings and one
+//! table per connector instance. Parsing never stops at the first problem:
+//! every problem is collected with its file, instance and key, so that an
+//! operator fixes a bad file in one go. Secrets (the connectors' and the
+//! API token) are only ever references, `env:VAR` or `file:PATH`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ed25519_dalek::VerifyingKey;
+use serde::de::DeserializeOwned;
+use toml::{Table, Value};
+
+use crate::cli::args::{LimitArgs, SyncLimitArgs};
+use crate::runtime::imports::config::{SecretFrom, SecretSource, Secrets};
+use crate::runtime::imports::http::AllowedHost;
+use crate::runtime::limits::{Limits, SyncLimits};
+
+/// Where `tether serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// One problem in the config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub file: PathBuf,
+    pub instance: Option<String>,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = match &self.instance {
+            Some(name) => format!("[instances.{name}]"),
+            None => "[server]".to_string(),
+        };
+        let key = if self.key.is_empty() { String::new() } else { format!(" {}", self.key) };
+        write!(f, "{}: {place}{key}: {}", self.file.display(), crate::terminal::escape(&self.message))
+    }
+}
+
+/// Every problem found in a config file.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<Problem>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "the config file has {} problem(s):", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub path: PathBuf,
+    pub server: ServerSettings,
+    pub instances: BTreeMap<String, Arc<InstanceConfig>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: Option<SocketAddr>,
+    /// One folder per instance (its sync file), the storage root, the audit log.
+    pub data_dir: PathBuf,
+    /// The bearer token every API call but health checks must carry.
+    pub api_token: Option<String>,
+    pub cache_dir: Option<PathBuf>,
+    /// How long SIGTERM waits for running syncs to checkpoint.
+    pub grace_period: Duration,
+    /// How often module files are checked for a new version.
+    pub watch_interval: Duration,
+}
+
+#[derive(Clone)]
+pub struct InstanceConfig {
+    pub name: String,
+    pub module: PathBuf,
+    pub digest: Option<String>,
+    /// A new module must carry a good signature by one of these.
+    pub public_keys: Vec<VerifyingKey>,
+    pub signature: Option<PathBuf>,
+    pub config: Vec<(String, String)>,
+    pub secrets: Vec<SecretSource>,
+    pub resolved_secrets: Arc<Secrets>,
+    /// Exactly the hosts the instance may reach: in serve, hosts a module
+    /// declares are a request, never a grant.
+    pub allowed_hosts: Vec<AllowedHost>,
+    pub schedule: Schedule,
+    pub limits: Limits,
+    pub sync_limits: SyncLimits,
+    /// The raw table, to tell whether a reload changed the instance.
+    pub raw: String,
+}
+
+impl fmt::Debug for InstanceConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceConfig").field("name", &self.name).field("module", &self.module).finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Schedule {
+    pub interval: Option<Duration>,
+    pub cron: Option<(String, croner::Cron)>,
+    /// First wait after a failed sync; doubles each failure up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Schedule {
+    /// How the schedule reads in the API.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![];
+        if let Some(interval) = self.interval {
+            parts.push(format!("every {}", humantime::format_duration(interval)));
+        }
+        if let Some((text, _)) = &self.cron {
+            parts.push(format!("cron {text}"));
+        }
+        parts.join(" and ")
+    }
+}
+
+/// Reads and checks the config file; Err lists every problem.
+pub fn load(path: &Path) -> Result<ServeConfig, ConfigErrors> {
+    let problem = |key: &str, message: String| ConfigErrors(vec![Problem { file: path.to_path_buf(), instance: None, key: key.into(), message }]);
+    let text = std::fs::read_to_string(path).map_err(|e| problem("", format!("cannot read the config file: {e}")))?;
+    let table: Table = text.parse().map_err(|e: toml::de::Error| problem("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let mut walker = Walker { file: path.to_path_buf(), base, instance: None, problems: vec![] };
+    let config = walker.config(table);
+    if walker.problems.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(walker.problems))
+    }
+}
+
+struct Walker {
+    file: PathBuf,
+    /// Relative paths are relative to the config file's folder.
+    base: PathBuf,
+    instance: Option<String>,
+    problems: Vec<Problem>,
+}
+
+impl Walker {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem { file: self.file.clone(), instance: self.instance.clone(), key: key.to_string(), message: message.into() });
+    }
+
+    /// Takes `key` out of `table` as a `T`; a wrong type is a problem.
+    fn take<T: DeserializeOwned>(&mut self, table: &mut Table, key: &str, expected: &str) -> Option<T> {
+        let value = table.remove(key)?;
+        match value.clone().try_into::<T>() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.problem(key, format!("expected {expected}, found {}", describe_value(&value)));
+                None
+            }
+        }
+    }
+
+    fn unknown_keys(&mut self, table: Table, prefix: &str, known: &[&str]) {
+        for key in table.keys() {
+            self.problem(&format!("{prefix}{key}"), format!("unknown key (known keys: {})", known.join(", ")));
+        }
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let path = PathBuf::from(text);
+        if path.is_absolute() {
+            path
+        } else {
+            self.base.join(path)
+        }
+    }
+
+    fn duration(&mut self, table: &mut Table, key: &str) -> Option<Duration> {
+        self.duration_at(table, key, key)
+    }
+
+    /// `key` of `table`, reported as `at` (its path from the instance).
+    fn duration_at(&mut self, table: &mut Table, key: &str, at: &str) -> Option<Duration> {
+        let value = table.remove(key)?;
+        let Value::String(text) = value else {
+            self.problem(at, format!("expected a duration such as \"90s\", \"15m\" or \"1h\", found {}", describe_value(&value)));
+            return None;
+        };
+        let key = at;
+        match humantime::parse_duration(&text) {
+            Ok(d) if d >= Duration::from_millis(100) && d <= Duration::from_secs(366 * 86_400) => Some(d),
+            Ok(_) => {
+                self.problem(key, "must be between 100ms and a year");
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("{text:?} is not a duration ({e}); write e.g. \"90s\", \"15m\" or \"1h\""));
+                None
+            }
+        }
+    }
+
+    /// An `env:VAR` or `file:PATH` reference, resolved now so that a
+    /// missing variable or file is a problem at start, not at 3 a.m.
+    fn secret_ref(&mut self, key: &str, name: &str, text: &str) -> Option<SecretSource> {
+        let text = match text.strip_prefix("file:") {
+            Some(path) if !path.is_empty() => format!("file:{}", self.path(path).display()),
+            _ => text.to_string(),
+        };
+        let source: SecretSource = match format!("{name}={text}").parse() {
+            Ok(source) => source,
+            Err(_) => {
+                self.problem(key, "a secret is a reference: \"env:VAR\" or \"file:PATH\"");
+                return None;
+            }
+        };
+        if matches!(source.from, SecretFrom::Literal(_)) {
+            self.problem(key, "secrets are never written in the config file: give \"env:VAR\" or \"file:PATH\"");
+            return None;
+        }
+        match Secrets::resolve(std::slice::from_ref(&source)) {
+            Ok(_) => Some(source),
+            Err(e) => {
+                self.problem(key, format!("{e:#}"));
+                None
+            }
+        }
+    }
+
+    fn config(&mut self, mut table: Table) -> ServeConfig {
+        let server = match table.remove("server") {
+            Some(Value::Table(server)) => self.server(server),
+            Some(other) => {
+                self.problem("server", format!("expected a table, found {}", describe_value(&other)));
+                self.server(Table::new())
+            }
+            None => self.server(Table::new()),
+        };
+        let mut instances = BTreeMap::new();
+        match table.remove("instances") {
+            Some(Value::Table(list)) => {
+                for (name, value) in list {
+                    self.instance = Some(name.clone());
+                    if let Err(e) = crate::cli::args::parse_instance_name(&name) {
+                        self.problem("", e);
+                    }
+                    match value {
+                        Value::Table(t) => {
+                            if let Some(instance) = self.instance_config(&name, t) {
+                                instances.insert(name.clone(), Arc::new(instance));
+                            }
+                        }
+                        other => self.problem("", format!("expected a table, found {}", describe_value(&other))),
+                    }
+                    self.instance = None;
+                }
+            }
+            Some(other) => self.problem("instances", format!("expected tables [instances.NAME], found {}", describe_value(&other))),
+            None => {}
+        }
+        if instances.is_empty() && !self.problems.iter().any(|p| p.instance.is_some()) {
+            self.problem("instances", "no connector instances: add at least one [instances.NAME] table");
+        }
+        self.unknown_keys(table, "", &["server", "instances"]);
+        ServeConfig { path: self.file.clone(), server, instances }
+    }
+
+    fn server(&mut self, mut t: Table) -> ServerSettings {
+        let listen = self.take::<String>(&mut t, "listen", "an address such as \"127.0.0.1:8787\"").and_then(|text| match text.parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.problem("listen", format!("{text:?} is not an IP:PORT address"));
+                None
+            }
+        });
+        let data_dir = match self.take::<String>(&mut t, "data_dir", "a folder path") {
+            Some(dir) => self.path(&dir),
+            None => {
+                self.problem("data_dir", "missing: the folder for the sync files, storage and audit log");
+                PathBuf::new()
+            }
+        };
+        let api_token = self.take::<String>(&mut t, "api_token", "\"env:VAR\" or \"file:PATH\"").and_then(|text| {
+            let source = self.secret_ref("api_token", "api_token", &text)?;
+            let secrets = Secrets::resolve(&[source]).ok()?;
+            secrets.get("api_token").map(|v| v.expose().to_string())
+        });
+        if api_token.is_none() && !self.problems.iter().any(|p| p.key == "api_token") {
+            self.problem("api_token", "missing: the API's bearer token, as \"env:VAR\" or \"file:PATH\"");
+        }
+        let cache_dir = self.take::<String>(&mut t, "cache_dir", "a folder path").map(|d| self.path(&d));
+        let grace_period = self.duration(&mut t, "grace_period").unwrap_or(Duration::from_secs(30));
+        let watch_interval = self.duration(&mut t, "watch_interval").unwrap_or(Duration::from_secs(2));
+        self.unknown_keys(t, "", &["listen", "data_dir", "api_token", "cache_dir", "grace_period", "watch_interval"]);
+        ServerSettings { listen, data_dir, api_token, cache_dir, grace_period, watch_interval }
+    }
+
+    fn instance_config(&mut self, name: &str, mut t: Table) -> Option<InstanceConfig> {
+        let raw = t.to_string();
+        let before = self.problems.len();
+        let module = match self.take::<String>(&mut t, "module", "the path of a .wasm component") {
+            Some(module) => {
+                let path = self.path(&module);
+                if !path.is_file() {
+                    self.problem("module", format!("no file at {}", path.display()));
+                }
+                path
+            }
+            None => {
+                self.problem("module", "missing: the connector component (.wasm)");
+                PathBuf::new()
+            }
+        };
+        let digest = self.take::<String>(&mut t, "digest", "a sha256 in hex");
+        if let Some(d) = &digest {
+            let hex = d.trim_start_matches("sha256:");
+            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.problem("digest", "expected a sha256: 64 hex digits, optionally after \"sha256:\"");
+            }
+        }
+        let mut public_keys = vec![];
+        for (i, spec) in
+            self.take::<Vec<String>>(&mut t, "public_keys", "a list of keys (NAME.pub paths or 64 hex digits)").unwrap_or_default().iter().enumerate()
+        {
+            let spec = if spec.len() == 64 && spec.bytes().all(|b| b.is_ascii_hexdigit()) { spec.clone() } else { self.path(spec).display().to_string() };
+            match crate::runtime::trust::parse_verifying_key(&spec) {
+                Ok(key) => public_keys.push(key),
+                Err(e) => self.problem(&format!("public_keys[{i}]"), format!("{e:#}")),
+            }
+        }
+        let signature = self.take::<String>(&mut t, "signature", "a path").map(|s| self.path(&s));
+        let config = match t.remove("config") {
+            Some(Value::Table(values)) => values
+                .into_iter()
+                .filter_map(|(key, value)| match value {
+                    Value::String(s) => Some((key, s)),
+                    Value::Integer(_) | Value::Float(_) | Value::Boolean(_) => Some((key, value.to_string())),
+                    other => {
+                        self.problem(&format!("config.{key}"), format!("expected a string, number or boolean, found {}", describe_value(&other)));
+                        None
+                    }
+                })
+                .collect(),
+            Some(other) => {
+                self.problem("config", format!("expected a table of values, found {}", describe_value(&other)));
+                vec![]
+            }
+            None => vec![],
+        };
+        let mut secrets = vec![];
+        match t.remove("secrets") {
+            Some(Value::Table(values)) => {
+                for (key, value) in values {
+                    let at = format!("secrets.{key}");
+                    match value {
+                        Value::String(text) => {
+                            if let Some(source) = self.secret_ref(&at, &key, &text) {
+                                secrets.push(source);
+                            }
+                        }
+                        other => self.problem(&at, format!("expected \"env:VAR\" or \"file:PATH\", found {}", describe_value(&other))),
+                    }
+                }
+            }
+            Some(other) => self.problem("secrets", format!("expected a table of references, found {}", describe_value(&other))),
+            None => {}
+        }
+        for (key, _) in &config {
+            if secrets.iter().any(|s| &s.name == key) {
+                self.problem(&format!("config.{key}"), "given both as config and as a secret");
+            }
+        }
+        let mut allowed_hosts = vec![];
+        for (i, spec) in self.take::<Vec<String>>(&mut t, "allowed_hosts", "a list of HOST[:PORT]").unwrap_or_default().iter().enumerate() {
+            match AllowedHost::parse(spec) {
+                Ok(host) => allowed_hosts.push(host),
+                Err(e) => self.problem(&format!("allowed_hosts[{i}]"), format!("{e:#}")),
+            }
+        }
+        let schedule = match t.remove("schedule") {
+            Some(Value::Table(s)) => self.schedule(s),
+            Some(other) => {
+                self.problem("schedule", format!("expected a table, found {}", describe_value(&other)));
+                None
+            }
+            None => {
+                self.problem("schedule", "missing: give [instances.NAME.schedule] with interval = \"1h\" and/or cron = \"…\"");
+                None
+            }
+        };
+        let (limits, sync_limits) = match t.remove("limits") {
+            Some(Value::Table(l)) => self.limits(l),
+            Some(other) => {
+                self.problem("limits", format!("expected a table, found {}", describe_value(&other)));
+                (Limits::default(), SyncLimits::default())
+            }
+            None => self.limits(Table::new()),
+        };
+        self.unknown_keys(t, "", &["module", "digest", "public_keys", "signature", "config", "secrets", "allowed_hosts", "schedule", "limits"]);
+        if self.problems.len() > before {
+            return None;
+        }
+        let resolved_secrets = Arc::new(Secrets::resolve(&secrets).ok()?);
+        Some(InstanceConfig {
+            name: name.to_string(),
+            module,
+            digest,
+            public_keys,
+            signature,
+            config,
+            secrets,
+            resolved_secrets,
+            allowed_hosts,
+            schedule: schedule?,
+            limits,
+            sync_limits,
+            raw,
+        })
+    }
+
+    fn schedule(&mut self, mut t: Table) -> Option<Schedule> {
+        let before = self.problems.len();
+        let interval = self.duration_at(&mut t, "interval", "schedule.interval");
+        let cron = t.remove("cron").and_then(|value| match value {
+            Value::String(text) => match text.parse::<croner::Cron>() {
+                Ok(cron) => Some((text, cron)),
+                Err(e) => {
+                    self.problem("schedule.cron", format!("{text:?} is not a cron expression: {e}"));
+                    None
+                }
+            },
+            other => {
+                self.problem("schedule.cron", format!("expected a cron expression such as \"0 */6 * * *\", found {}", describe_value(&other)));
+                None
+            }
+        });
+        let backoff = self.duration_at(&mut t, "backoff", "schedule.backoff").unwrap_or(Duration::from_secs(30));
+        let max_backoff = self.duration_at(&mut t, "max_backoff", "schedule.max_backoff").unwrap_or(Duration::from_secs(3600));
+        self.unknown_keys(t, "schedule.", &["interval", "cron", "backoff", "max_backoff"]);
+        if interval.is_none() && cron.is_none() && self.problems.len() == before {
+            self.problem("schedule", "give interval = \"1h\" and/or cron = \"…\"");
+        }
+        (self.problems.len() == before).then_some(Schedule { interval, cron, backoff, max_backoff: max_backoff.max(backoff) })
+    }
+
+    /// Limits take the names of `tether sync`'s flags (`max-memory-mb = 32`)
+    /// and are checked by the same parser, so both agree on names, defaults
+    /// and ranges.
+    fn limits(&mut self, t: Table) -> (Limits, SyncLimits) {
+        #[derive(Parser)]
+        #[command(no_binary_name = true)]
+        struct FromConfig {
+            #[command(flatten)]
+            limits: LimitArgs,
+            #[command(flatten)]
+            sync: SyncLimitArgs,
+        }
+        let mut all = vec![];
+        for (key, value) in t {
+            let at = format!("limits.{key}");
+            let text = match value {
+                Value::Integer(n) => n.to_string(),
+                Value::Float(x) => x.to_string(),
+                other => {
+                    self.problem(&at, format!("expected a number, found {}", describe_value(&other)));
+                    continue;
+                }
+            };
+            let args = [format!("--{key}"), text];
+            match FromConfig::try_parse_from(&args) {
+                Ok(_) => all.extend(args),
+                Err(e) => {
+                    let message = e.kind().to_string();
+                    let detail = e.to_string();
+                    let first = detail.lines().next().unwrap_or(&message).trim_start_matches("error: ").to_string();
+                    let first = if e.kind() == clap::error::ErrorKind::UnknownArgument {
+                        "unknown limit (the names are those of `tether sync --help`, without the dashes)".into()
+                    } else {
+                        first
+                    };
+                    self.problem(&at, first);
+                }
+            }
+        }
+        let parsed = FromConfig::try_parse_from(&all).ok();
+        let Some(parsed) = parsed else {
+            return (Limits::default(), SyncLimits::default());
+        };
+        let limits = parsed.limits.to_limits().unwrap_or_else(|e| {
+            self.problem("limits", format!("{e:#}"));
+            Limits::default()
+        });
+        let sync = parsed.sync.to_limits().unwrap_or_else(|e| {
+            self.problem("limits", format!("{e:#}"));
+            SyncLimits::default()
+        });
+        (limits, sync)
+    }
+}
+
+fn describe_value(value: &Value) -> &'static str {
+    match value {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a number",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date",
+        Value::Array(_) => "a list",
+        Value::Table(_) => "a table",
+    }
+}

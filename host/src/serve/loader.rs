@@ -1,0 +1,139 @@
+//! Loading an instance's module the way `serve` trusts it: verified (digest
+//! pin, signature by one of the instance's keys) before anything is
+//! compiled, then compiled, started with exactly what the config grants,
+//! checked against what it declares, and asked to `validate` its config.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::{anyhow, bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+use super::config::InstanceConfig;
+use crate::runtime::engine::{ConnectorEngine, LoadedModule};
+use crate::runtime::imports::config::ConnectorConfig;
+use crate::runtime::imports::http::AllowedHost;
+use crate::runtime::instance::{ConnectorInstance, Permissions};
+use crate::runtime::trust::{key_id, ModuleTrust};
+use crate::terminal::escape as esc;
+
+/// One verified, compiled and validated version of an instance's module.
+pub struct LoadedVersion {
+    pub module: LoadedModule,
+    pub name: String,
+    pub version: String,
+    pub digest: String,
+    /// The id of the key whose signature it carries, if one was required.
+    pub signer: Option<String>,
+    pub api: String,
+    /// Hosts the module asks for (granted or not).
+    pub declared_hosts: Vec<String>,
+    pub loaded_at: SystemTime,
+}
+
+/// What the instance may do, as its config grants it: its hosts are
+/// exactly the granted ones, whatever the module declares.
+pub fn permissions(config: &InstanceConfig, data_dir: &Path, dry_run: bool) -> Permissions {
+    Permissions {
+        config: ConnectorConfig::new(config.config.clone()),
+        secrets: config.resolved_secrets.clone(),
+        extra_hosts: config.allowed_hosts.clone(),
+        only_extra_hosts: true,
+        limits: config.limits.clone(),
+        storage_root: Some(data_dir.join("storage")),
+        instance_name: Some(config.name.clone()),
+        dry_run,
+    }
+}
+
+/// Verifies, compiles, starts and validates `config`'s module. With
+/// `hosts_must_be_granted` (a new version swapping in), a module that asks
+/// for a host the config does not grant is refused, naming the host; at
+/// start the request is only logged.
+pub async fn load(engine: &ConnectorEngine, config: &InstanceConfig, data_dir: &Path, hosts_must_be_granted: bool) -> Result<LoadedVersion> {
+    let path = &config.module;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // One of the instance's keys must have signed it; find which before
+    // compiling, so that the engine checks exactly that key again.
+    let signer = if config.public_keys.is_empty() {
+        None
+    } else {
+        let mut last = None;
+        let mut found = None;
+        for key in &config.public_keys {
+            let trust = ModuleTrust { digest: None, signer: Some(*key), signature: config.signature.clone() };
+            match trust.check(path, &bytes) {
+                Ok(()) => {
+                    found = Some(*key);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        match found {
+            Some(key) => Some(key),
+            None => return Err(last.unwrap_or_else(|| anyhow!("no key"))).context("signature check failed"),
+        }
+    };
+    let trust = ModuleTrust { digest: config.digest.clone(), signer, signature: config.signature.clone() };
+    let module = engine.load_trusted(path, &trust)?;
+    if hex::encode(Sha256::digest(&bytes)) != module.digest {
+        bail!("{} changed while it was being loaded; it will be checked again", path.display());
+    }
+    let mut instance = ConnectorInstance::start(engine, &module, &permissions(config, data_dir, false)).await?;
+    let metadata = instance.metadata.clone();
+    let mut ungranted = vec![];
+    for declared in &metadata.hosts {
+        let asked = AllowedHost::declared(declared).map_err(|e| anyhow!("the module declares a bad host {:?}: {e}", esc(declared)))?;
+        let granted = config.allowed_hosts.iter().any(|g| g.host == asked.host && (g.port.is_none() || g.port == asked.port));
+        if !granted {
+            ungranted.push(esc(declared).into_owned());
+        }
+    }
+    if !ungranted.is_empty() {
+        if hosts_must_be_granted {
+            bail!(
+                "{} {} asks for host(s) the config does not grant: {} (add them to allowed_hosts to accept)",
+                esc(&metadata.name),
+                esc(&metadata.version),
+                ungranted.join(", ")
+            );
+        }
+        tracing::warn!(instance = %config.name, "the module asks for host(s) the config does not grant, so it cannot reach them: {}", ungranted.join(", "));
+    }
+    for field in &metadata.config {
+        let as_config = config.config.iter().any(|(key, _)| key == &field.key);
+        let as_secret = config.secrets.iter().any(|s| s.name == field.key);
+        if field.secret && as_config {
+            bail!("{} is a secret: give it under [instances.{}.secrets] as \"env:VAR\" or \"file:PATH\", not as config", esc(&field.key), config.name);
+        }
+        if field.required && !as_config && !as_secret {
+            bail!("the connector needs {}: {}", esc(&field.key), esc(&field.description));
+        }
+    }
+    instance.validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
+    tracing::info!(
+        instance = %config.name,
+        "loaded {} {} (sha256 {}{}); it asks for hosts [{}], the config grants [{}]",
+        esc(&metadata.name),
+        esc(&metadata.version),
+        module.digest,
+        signer.map(|k| format!(", signed by key {}", key_id(&k))).unwrap_or_default(),
+        metadata.hosts.iter().map(|h| esc(h).into_owned()).collect::<Vec<_>>().join(", "),
+        instance.http().allowed_hosts().join(", ")
+    );
+    Ok(LoadedVersion {
+        name: metadata.name.clone(),
+        version: metadata.version.clone(),
+        digest: module.digest.clone(),
+        signer: signer.map(|k| key_id(&k)),
+        api: module.api.to_string(),
+        declared_hosts: metadata.hosts.clone(),
+        loaded_at: SystemTime::now(),
+        module,
+    })
+}
+
+/// A shared handle on a loaded version.
+pub type Version = Arc<LoadedVersion>;

@@ -1,0 +1,208 @@
+//! `tether serve`: the long-running host of many connector instances.
+//!
+//! - `config`: the TOML config file, every problem listed;
+//! - `loader`: an instance's module verified, compiled and validated;
+//! - `scheduler`: one task per instance, its runs and back-off;
+//! - `reload`: new module versions and SIGHUP config reloads;
+//! - `adapter`: the one call into the sync driver, the one write;
+//! - `api`, `writes`, `audit`, `metrics`: the HTTP API;
+//! - `logging`: text or JSON logs.
+
+pub mod adapter;
+pub mod api;
+pub mod audit;
+pub mod config;
+pub mod loader;
+pub mod logging;
+pub mod metrics;
+pub mod reload;
+pub mod scheduler;
+pub mod writes;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{Context, Result};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::runtime::engine::ConnectorEngine;
+use config::ServeConfig;
+use scheduler::{InstanceRuntime, Refusal};
+
+/// What every part of the server shares.
+pub struct Server {
+    pub config: RwLock<Arc<ServeConfig>>,
+    pub instances: RwLock<BTreeMap<String, Arc<InstanceRuntime>>>,
+    pub engine: ConnectorEngine,
+    pub data_dir: PathBuf,
+    pub metrics: metrics::Metrics,
+    pub audit: audit::Audit,
+    /// Every instance's module is loaded and the schedulers run.
+    pub ready: AtomicBool,
+    /// Set on shutdown: the watcher and schedulers end.
+    pub quit: watch::Sender<bool>,
+    pub token: String,
+    /// The last config reload refused, if the one after it did not succeed.
+    pub config_refusal: Mutex<Option<Refusal>>,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Server {
+    pub fn config(&self) -> Arc<ServeConfig> {
+        self.config.read().expect("config lock").clone()
+    }
+
+    pub fn instances(&self) -> BTreeMap<String, Arc<InstanceRuntime>> {
+        self.instances.read().expect("instances lock").clone()
+    }
+
+    pub fn instance(&self, name: &str) -> Option<Arc<InstanceRuntime>> {
+        self.instances.read().expect("instances lock").get(name).cloned()
+    }
+
+    /// Each instance's sync file: `DATA_DIR/instances/NAME/sync.db`.
+    pub fn sync_file(&self, name: &str) -> PathBuf {
+        sync_file_in(&self.data_dir, name)
+    }
+
+    fn spawn_instance(self: &Arc<Self>, runtime: Arc<InstanceRuntime>) {
+        let handle = tokio::spawn(scheduler::run(self.clone(), runtime));
+        self.tasks.lock().expect("tasks lock").push(handle);
+    }
+}
+
+pub fn sync_file_in(data_dir: &std::path::Path, name: &str) -> PathBuf {
+    data_dir.join("instances").join(name).join("sync.db")
+}
+
+/// How `tether serve` was started.
+pub struct ServeOptions {
+    pub config: PathBuf,
+    pub listen: Option<SocketAddr>,
+    /// Check the config and every module, then exit.
+    pub check: bool,
+}
+
+/// Runs the server until SIGTERM/SIGINT.
+pub async fn run(options: ServeOptions) -> Result<()> {
+    let config = config::load(&options.config).map_err(anyhow::Error::new)?;
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let cache_dir = config.server.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir);
+    let engine = ConnectorEngine::new(cache_dir)?;
+    let listen = options.listen.or(config.server.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("default address"));
+    let server = Arc::new(Server {
+        token: config.server.api_token.clone().unwrap_or_default(),
+        audit: audit::Audit::open(&data_dir.join("audit.db"))?,
+        config: RwLock::new(Arc::new(config)),
+        instances: RwLock::new(BTreeMap::new()),
+        engine,
+        data_dir,
+        metrics: metrics::Metrics::new()?,
+        ready: AtomicBool::new(false),
+        quit: watch::channel(false).0,
+        config_refusal: Mutex::new(None),
+        tasks: Mutex::new(vec![]),
+    });
+
+    // Listen first: health checks answer while the modules compile.
+    let listener = if options.check { None } else { Some(tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?) };
+    let http = listener.map(|listener| {
+        tracing::info!("listening on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+        let app = api::router(server.clone());
+        let mut quit = server.quit.subscribe();
+        tokio::spawn(async move {
+            let stopped = async move {
+                let _ = quit.wait_for(|q| *q).await;
+            };
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+                tracing::error!("the HTTP server failed: {e}");
+            }
+        })
+    });
+
+    // Every module loads, or the start fails with every problem listed.
+    let config = server.config();
+    let mut problems = vec![];
+    let mut loaded = vec![];
+    for (name, settings) in &config.instances {
+        let span = tracing::info_span!("instance", instance = %name);
+        match loader::load(&server.engine, settings, &server.data_dir, false).instrument(span).await {
+            Ok(version) => {
+                server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
+                loaded.push(InstanceRuntime::new(settings.clone(), Some(Arc::new(version))));
+            }
+            Err(e) => problems.push(format!("{}: [instances.{name}] module: {e:#}", config.path.display())),
+        }
+    }
+    if !problems.is_empty() {
+        let _ = server.quit.send(true);
+        anyhow::bail!("{} instance(s) cannot start:\n  {}", problems.len(), problems.join("\n  "));
+    }
+    if options.check {
+        println!("{}: {} instance(s), every module verified and validated", config.path.display(), loaded.len());
+        return Ok(());
+    }
+    for runtime in loaded {
+        server.instances.write().expect("instances lock").insert(runtime.name.clone(), runtime.clone());
+        server.spawn_instance(runtime);
+    }
+    server.ready.store(true, Ordering::SeqCst);
+    tracing::info!("ready: {} instance(s)", config.instances.len());
+    let watcher = tokio::spawn(reload::watch_modules(server.clone()));
+
+    wait_for_stop(&server).await?;
+    shutdown(&server).await;
+    watcher.abort();
+    if let Some(http) = http {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), http).await;
+    }
+    Ok(())
+}
+
+/// Waits for SIGTERM or SIGINT; reloads the config on each SIGHUP.
+async fn wait_for_stop(server: &Arc<Server>) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+        let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
+        loop {
+            tokio::select! {
+                _ = terminate.recv() => return Ok(()),
+                _ = interrupt.recv() => return Ok(()),
+                _ = hangup.recv() => reload::reload_config(server).await,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = server;
+        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")
+    }
+}
+
+/// Stops taking work, asks running syncs to checkpoint, and waits for them
+/// within the grace period. A sync still running then is marked
+/// interrupted by the next start, which resumes it.
+async fn shutdown(server: &Arc<Server>) {
+    let grace = server.config().server.grace_period;
+    tracing::info!("stopping: running syncs checkpoint (grace period {})", humantime::format_duration(grace));
+    server.ready.store(false, Ordering::SeqCst);
+    let _ = server.quit.send(true);
+    for instance in server.instances().values() {
+        instance.stop.request();
+        let _ = instance.quit.send(true);
+    }
+    let tasks: Vec<_> = std::mem::take(&mut *server.tasks.lock().expect("tasks lock"));
+    let all = futures::future::join_all(tasks);
+    match tokio::time::timeout(grace, all).await {
+        Ok(_) => tracing::info!("stopped cleanly"),
+        Err(_) => tracing::warn!("the grace period ran out with syncs still running; the next start resumes them"),
+    }
+}

@@ -1,0 +1,175 @@
+//! Hot reload. A module file that changes is verified, compiled, validated
+//! with its instance's config and checked against the hosts the config
+//! grants, then swapped in for the next sync (a running sync finishes on
+//! the version it started with). A version that fails any of it is refused:
+//! the old one keeps serving, and the refusal shows in `/v1/instances`, the
+//! logs and the metrics. The config file reloads on SIGHUP, all or nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use anyhow::Result;
+use tracing::Instrument;
+
+use super::config::{self, InstanceConfig};
+use super::loader::{self, Version};
+use super::scheduler::{rfc3339, InstanceRuntime, Refusal};
+use super::Server;
+
+/// Checks every instance's module file every `watch_interval`.
+pub async fn watch_modules(server: Arc<Server>) {
+    let mut quit = server.quit.subscribe();
+    loop {
+        let interval = server.config().server.watch_interval;
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = quit.changed() => return,
+        }
+        let instances: Vec<Arc<InstanceRuntime>> = server.instances().values().cloned().collect();
+        for instance in instances {
+            let settings = instance.settings();
+            let seen = std::fs::metadata(&settings.module).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+            let changed = {
+                let mut last = instance.module_seen.lock().expect("module_seen lock");
+                let changed = seen.is_some() && *last != seen;
+                if changed {
+                    *last = seen;
+                }
+                changed
+            };
+            if changed {
+                swap_module(&server, &instance, &settings).await;
+            }
+        }
+    }
+}
+
+/// Loads the module file anew and swaps it in, or records the refusal.
+async fn swap_module(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig) {
+    let span = tracing::info_span!("instance", instance = %instance.name);
+    swap_module_in_span(server, instance, settings).instrument(span).await
+}
+
+async fn swap_module_in_span(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig) {
+    let same = instance.version().is_some_and(|current| {
+        std::fs::read(&settings.module).map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) == current.digest).unwrap_or(false)
+    });
+    if same {
+        return;
+    }
+    match loader::load(&server.engine, settings, &server.data_dir, true).await {
+        Ok(version) => {
+            tracing::info!(
+                "new module version {} {} (sha256 {}) swapped in for the next sync",
+                crate::terminal::escape(&version.name),
+                crate::terminal::escape(&version.version),
+                version.digest
+            );
+            server.metrics.module_loads.with_label_values(&[&instance.name, "loaded"]).inc();
+            *instance.current.write().expect("current lock") = Some(Arc::new(version));
+        }
+        Err(e) => refuse(server, instance, settings, &e),
+    }
+}
+
+fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, error: &anyhow::Error) {
+    let reason = format!("{error:#}");
+    tracing::warn!("new module version refused; the running version stays: {reason}");
+    server.metrics.module_loads.with_label_values(&[&instance.name, "refused"]).inc();
+    server.metrics.reload_refusals.with_label_values(&[&instance.name]).inc();
+    let digest = std::fs::read(&settings.module).ok().map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
+    instance.status.lock().expect("status lock").last_refusal =
+        Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.display().to_string(), digest, reason });
+}
+
+/// Loads every instance of `config` whose settings are new or changed.
+/// All or nothing: the first version refused refuses the whole config.
+async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<BTreeMap<String, Version>, Vec<String>> {
+    let current = server.instances();
+    let mut loaded = BTreeMap::new();
+    let mut problems = vec![];
+    for (name, settings) in &config.instances {
+        let unchanged = current.get(name).is_some_and(|i| i.settings().raw == settings.raw && i.version().is_some());
+        if unchanged {
+            continue;
+        }
+        // A running instance's new settings may not widen its hosts either.
+        let strict = current.contains_key(name);
+        match loader::load(&server.engine, settings, &server.data_dir, strict).await {
+            Ok(version) => {
+                loaded.insert(name.clone(), Arc::new(version));
+            }
+            Err(e) => problems.push(format!("{}: [instances.{name}] module: {e:#}", config.path.display())),
+        }
+    }
+    if problems.is_empty() {
+        Ok(loaded)
+    } else {
+        Err(problems)
+    }
+}
+
+/// SIGHUP: reads the config file again; applies it only if all of it is
+/// good (every instance's module included), else keeps the running one.
+pub async fn reload_config(server: &Arc<Server>) {
+    let path = server.config().path.clone();
+    tracing::info!("reloading {}", path.display());
+    let fresh = match config::load(&path) {
+        Ok(fresh) => fresh,
+        Err(errors) => {
+            return refuse_config(server, errors.0.iter().map(ToString::to_string).collect());
+        }
+    };
+    let loaded = match load_changed(server, &fresh).await {
+        Ok(loaded) => loaded,
+        Err(problems) => return refuse_config(server, problems),
+    };
+    let old = server.config();
+    if old.server.listen != fresh.server.listen || old.server.data_dir != fresh.server.data_dir || old.server.api_token != fresh.server.api_token {
+        tracing::warn!("changes to [server] listen, data_dir and api_token take effect at the next start");
+    }
+    let mut instances = server.instances.write().expect("instances lock");
+    for (name, settings) in &fresh.instances {
+        match instances.get(name) {
+            Some(existing) => {
+                *existing.settings.write().expect("settings lock") = settings.clone();
+                if let Some(version) = loaded.get(name) {
+                    *existing.current.write().expect("current lock") = Some(version.clone());
+                    server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
+                }
+            }
+            None => {
+                let runtime = InstanceRuntime::new(settings.clone(), loaded.get(name).cloned());
+                server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
+                instances.insert(name.clone(), runtime.clone());
+                tokio::spawn(super::scheduler::run(server.clone(), runtime));
+                tracing::info!(instance = %name, "instance added");
+            }
+        }
+    }
+    instances.retain(|name, runtime| {
+        let keep = fresh.instances.contains_key(name);
+        if !keep {
+            runtime.stop.request();
+            let _ = runtime.quit.send(true);
+            tracing::info!(instance = %name, "instance removed from the config; its sync file stays");
+        }
+        keep
+    });
+    drop(instances);
+    let mut kept = fresh;
+    kept.server = old.server.clone();
+    *server.config.write().expect("config lock") = Arc::new(kept);
+    *server.config_refusal.lock().expect("refusal lock") = None;
+    tracing::info!("config reloaded");
+}
+
+fn refuse_config(server: &Server, problems: Vec<String>) {
+    for problem in &problems {
+        tracing::error!("config reload refused: {problem}");
+    }
+    server.metrics.reload_refusals.with_label_values(&["-"]).inc();
+    *server.config_refusal.lock().expect("refusal lock") =
+        Some(Refusal { at: rfc3339(SystemTime::now()), module: server.config().path.display().to_string(), digest: None, reason: problems.join("\n") });
+}

@@ -1,0 +1,265 @@
+//! One task per instance: waits for its next run (interval, cron, or a
+//! trigger from the API), syncs, and works out the next run. Runs of one
+//! instance never overlap (the task runs one at a time); ticks missed while
+//! a sync ran become one run, not many; failures back off exponentially.
+//! Each instance has its own task, sync file and connector instance, so a
+//! slow, failing or looping connector delays nobody else.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use serde::Serialize;
+use tokio::sync::{watch, Notify};
+use tracing::Instrument;
+
+use super::config::{InstanceConfig, Schedule};
+use super::loader::Version;
+use super::Server;
+use crate::runtime::instance::ConnectorInstance;
+use crate::runtime::limits::LimitExceeded;
+use crate::sync::{Interrupted, StopRequest, SyncOptions};
+
+/// One instance as the server runs it.
+pub struct InstanceRuntime {
+    pub name: String,
+    /// Its config now; a sync takes it when it starts.
+    pub settings: RwLock<Arc<InstanceConfig>>,
+    /// The module version the next sync runs; a running sync keeps its own.
+    pub current: RwLock<Option<Version>>,
+    pub status: Mutex<Status>,
+    pub trigger: Notify,
+    /// Asks the running sync to stop at its next page (shutdown, removal).
+    pub stop: StopRequest,
+    /// Ends the task (shutdown, or the instance left the config).
+    pub quit: watch::Sender<bool>,
+    /// The module file as last seen: (modified, length).
+    pub module_seen: Mutex<Option<(SystemTime, u64)>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub running: bool,
+    pub last_sync: Option<LastSync>,
+    pub next_run: Option<String>,
+    pub consecutive_failures: u32,
+    pub last_refusal: Option<Refusal>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LastSync {
+    pub outcome: String,
+    pub run_id: Option<i64>,
+    pub started_at: String,
+    pub ended_at: String,
+    pub duration_seconds: f64,
+    pub module_version: String,
+    pub module_digest: String,
+    pub records: Option<i64>,
+    pub error: Option<String>,
+}
+
+/// A module version (or config) that was refused, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Refusal {
+    pub at: String,
+    pub module: String,
+    pub digest: Option<String>,
+    pub reason: String,
+}
+
+pub fn rfc3339(at: SystemTime) -> String {
+    chrono::DateTime::<chrono::Utc>::from(at).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl InstanceRuntime {
+    pub fn new(settings: Arc<InstanceConfig>, version: Option<Version>) -> Arc<Self> {
+        let seen = std::fs::metadata(&settings.module).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        Arc::new(InstanceRuntime {
+            name: settings.name.clone(),
+            settings: RwLock::new(settings),
+            current: RwLock::new(version),
+            status: Mutex::new(Status::default()),
+            trigger: Notify::new(),
+            stop: StopRequest::default(),
+            quit: watch::channel(false).0,
+            module_seen: Mutex::new(seen),
+        })
+    }
+
+    pub fn settings(&self) -> Arc<InstanceConfig> {
+        self.settings.read().map(|s| s.clone()).expect("settings lock")
+    }
+
+    pub fn version(&self) -> Option<Version> {
+        self.current.read().ok().and_then(|v| v.clone())
+    }
+
+    /// Asks for a run now; false if one is running.
+    pub fn request_run(&self) -> bool {
+        let status = self.status.lock().expect("status lock");
+        if status.running {
+            return false;
+        }
+        self.trigger.notify_one();
+        true
+    }
+}
+
+/// When the schedule next fires after `from`: the interval counted from
+/// the last run's start, or the cron expression, whichever comes first.
+fn next_due(schedule: &Schedule, last_start: Instant) -> Instant {
+    let now = Instant::now();
+    let by_interval = schedule.interval.map(|i| last_start + i);
+    let by_cron = schedule.cron.as_ref().and_then(|(_, cron)| {
+        let next = cron.find_next_occurrence(&chrono::Utc::now(), false).ok()?;
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
+        Some(now + wait)
+    });
+    match (by_interval, by_cron) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => now + Duration::from_secs(3600),
+    }
+}
+
+fn backoff_for(schedule: &Schedule) -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default().with_min_delay(schedule.backoff).with_max_delay(schedule.max_backoff).with_factor(2.0).without_max_times().build()
+}
+
+/// The instance's task: runs until told to quit.
+pub async fn run(server: Arc<Server>, instance: Arc<InstanceRuntime>) {
+    let span = tracing::info_span!("instance", instance = %instance.name);
+    async move {
+        let mut quit = instance.quit.subscribe();
+        // The first sync runs at start.
+        let mut due = Instant::now();
+        let mut backoff = backoff_for(&instance.settings().schedule);
+        loop {
+            set_next_run(&instance, due);
+            tokio::select! {
+                _ = tokio::time::sleep_until(due.into()) => {}
+                _ = instance.trigger.notified() => tracing::info!("sync requested through the API"),
+                _ = quit.changed() => break,
+            }
+            if *quit.borrow() {
+                break;
+            }
+            let started = Instant::now();
+            let ok = sync_once(&server, &instance).await;
+            let schedule = instance.settings().schedule.clone();
+            let regular = next_due(&schedule, started);
+            due = if ok {
+                backoff = backoff_for(&schedule);
+                regular
+            } else {
+                let wait = backoff.next().unwrap_or(schedule.max_backoff);
+                tracing::info!("backing off: next try in {}", humantime::format_duration(wait));
+                regular.max(Instant::now() + wait)
+            };
+            // Ticks missed while the sync ran: `due` is in the past, so the
+            // next loop runs once at once, and counts on from there.
+            if *quit.borrow() {
+                break;
+            }
+        }
+        tracing::info!("stopped");
+    }
+    .instrument(span)
+    .await
+}
+
+fn set_next_run(instance: &InstanceRuntime, due: Instant) {
+    let at = SystemTime::now() + due.saturating_duration_since(Instant::now());
+    instance.status.lock().expect("status lock").next_run = Some(rfc3339(at));
+}
+
+/// One sync, on the version current when it starts; true if it succeeded.
+async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
+    let Some(version) = instance.version() else {
+        tracing::warn!("no module loaded; nothing to sync");
+        return false;
+    };
+    let settings = instance.settings();
+    {
+        let mut status = instance.status.lock().expect("status lock");
+        if status.running {
+            return false;
+        }
+        status.running = true;
+    }
+    let metrics = &server.metrics;
+    metrics.running.with_label_values(&[&instance.name]).set(1);
+    let started_at = SystemTime::now();
+    let started = Instant::now();
+    tracing::info!("sync started ({} {})", crate::terminal::escape(&version.name), crate::terminal::escape(&version.version));
+    let options = SyncOptions { resume: true, limits: settings.sync_limits.clone(), stop: instance.stop.clone() };
+    let path = server.sync_file(&instance.name);
+    let mut counters = None;
+    let result = async {
+        std::fs::create_dir_all(path.parent().unwrap_or(&server.data_dir))?;
+        let permissions = super::loader::permissions(&settings, &server.data_dir, false);
+        let mut connector = ConnectorInstance::start(&server.engine, &version.module, &permissions).await?;
+        let result = super::adapter::run_sync(&mut connector, &path, &version.digest, &options).await;
+        counters = Some(connector);
+        result
+    }
+    .await;
+    if let Some(connector) = &counters {
+        metrics.add_http(&instance.name, &connector.http().counters);
+    }
+    let elapsed = started.elapsed();
+    let (outcome, run_id, records, error) = match &result {
+        Ok(summary) => {
+            metrics.add_summary(&instance.name, summary);
+            let records = summary.resources.iter().map(|(_, n)| n).sum::<i64>() + summary.entitlements + summary.grants;
+            tracing::info!(records, requests = summary.http_requests, "sync succeeded in {:.2}s (run {})", elapsed.as_secs_f64(), summary.run_id);
+            ("succeeded", Some(summary.run_id), Some(records), None)
+        }
+        Err(e) => {
+            let interrupted = e.chain().find_map(|c| c.downcast_ref::<Interrupted>());
+            if let Some(limit) = e.chain().find_map(|c| c.downcast_ref::<LimitExceeded>()) {
+                metrics.limit_violations.with_label_values(&[&instance.name, limit.limit]).inc();
+            } else if let Some(limit) = limit_named_in(&format!("{e:#}")) {
+                metrics.limit_violations.with_label_values(&[&instance.name, &limit]).inc();
+            }
+            let text = format!("{e:#}");
+            match interrupted {
+                Some(i) => {
+                    tracing::warn!("sync interrupted; run {} is saved with a checkpoint and goes on at the next start", i.run_id);
+                    ("interrupted", Some(i.run_id), None, Some(text))
+                }
+                None => {
+                    tracing::warn!("sync failed: {text}");
+                    ("failed", None, None, Some(text))
+                }
+            }
+        }
+    };
+    metrics.syncs.with_label_values(&[&instance.name, outcome]).inc();
+    metrics.sync_duration.with_label_values(&[&instance.name, outcome]).observe(elapsed.as_secs_f64());
+    metrics.running.with_label_values(&[&instance.name]).set(0);
+    let mut status = instance.status.lock().expect("status lock");
+    status.running = false;
+    status.consecutive_failures = if outcome == "succeeded" { 0 } else { status.consecutive_failures + 1 };
+    status.last_sync = Some(LastSync {
+        outcome: outcome.into(),
+        run_id,
+        started_at: rfc3339(started_at),
+        ended_at: rfc3339(SystemTime::now()),
+        duration_seconds: elapsed.as_secs_f64(),
+        module_version: version.version.clone(),
+        module_digest: version.digest.clone(),
+        records,
+        error,
+    });
+    outcome == "succeeded"
+}
+
+/// Limits reported by the connector's calls reach the driver as text
+/// (`limit exceeded: NAME: …`).
+fn limit_named_in(text: &str) -> Option<String> {
+    let rest = &text[text.find("limit exceeded: ")? + "limit exceeded: ".len()..];
+    let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+    (!name.is_empty()).then_some(name)
+}

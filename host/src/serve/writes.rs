@@ -1,0 +1,190 @@
+//! Writes through the API: grant, revoke, create and disable accounts.
+//! Each asks the connector first what it would do (`check-write`); one the
+//! upstream cannot undo needs `"confirm": true`, as the CLI needs `--yes`.
+//! `"dry_run": true` holds every write back and shows it. Every request,
+//! refused or not, goes to the audit table.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::api::{find, ApiError};
+use super::audit::NewEntry;
+use super::Server;
+use crate::runtime::bindings::{guest, Pair, ResourceRef};
+use crate::runtime::instance::{ConnectorInstance, PlannedWrite};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    entitlement: String,
+    /// `TYPE:ID`
+    principal: String,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    confirm: bool,
+}
+
+#[derive(Debug, Deserialize, Default)]
+pub struct WriteFlags {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    confirm: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountBody {
+    email: String,
+    display_name: Option<String>,
+    #[serde(default)]
+    fields: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    confirm: bool,
+}
+
+fn reference(text: &str) -> Result<ResourceRef, ApiError> {
+    match text.split_once(':') {
+        Some((t, id)) if !t.is_empty() && !id.is_empty() => Ok(ResourceRef { resource_type: t.into(), id: id.into() }),
+        _ => Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{text:?}: expected TYPE:ID (e.g. user:123)"))),
+    }
+}
+
+/// Who asked: the API has one token, so the caller may name itself in
+/// `X-Tether-Actor` (recorded as given, beside the token's use).
+fn actor(headers: &HeaderMap) -> String {
+    let named = headers.get("x-tether-actor").and_then(|v| v.to_str().ok()).map(|s| s.chars().take(200).collect::<String>());
+    match named {
+        Some(name) if !name.is_empty() => format!("api-token ({name})"),
+        _ => "api-token".to_string(),
+    }
+}
+
+pub async fn grant(State(s): State<Arc<Server>>, Path(name): Path<String>, headers: HeaderMap, Json(body): Json<GrantBody>) -> Result<Json<Value>, ApiError> {
+    let principal = reference(&body.principal)?;
+    let target = json!({"entitlement": body.entitlement, "principal": body.principal});
+    let planned = PlannedWrite::Grant { entitlement_id: body.entitlement.clone(), principal };
+    write(&s, &name, &actor(&headers), "grant", target, planned, body.dry_run, body.confirm).await
+}
+
+pub async fn revoke(
+    State(s): State<Arc<Server>>,
+    Path((name, id)): Path<(String, String)>,
+    Query(flags): Query<WriteFlags>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let target = json!({"grant": id});
+    write(&s, &name, &actor(&headers), "revoke", target, PlannedWrite::Revoke { grant_id: id.clone() }, flags.dry_run, flags.confirm).await
+}
+
+pub async fn create_account(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<AccountBody>,
+) -> Result<Json<Value>, ApiError> {
+    let target = json!({"email": body.email, "display_name": body.display_name, "fields": body.fields});
+    let options = body.fields.iter().map(|(k, v)| Pair { name: k.clone(), value: v.clone() }).collect();
+    let request = guest::AccountRequest { email: body.email.clone(), display_name: body.display_name.clone(), options };
+    write(&s, &name, &actor(&headers), "create-account", target, PlannedWrite::CreateAccount(request), body.dry_run, body.confirm).await
+}
+
+pub async fn disable_account(
+    State(s): State<Arc<Server>>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Option<Json<WriteFlags>>,
+) -> Result<Json<Value>, ApiError> {
+    let flags = body.map(|Json(f)| f).unwrap_or_default();
+    let account = if id.contains(':') { reference(&id)? } else { ResourceRef { resource_type: "user".into(), id: id.clone() } };
+    let target = json!({"account": format!("{}:{}", account.resource_type, account.id)});
+    write(&s, &name, &actor(&headers), "disable-account", target, PlannedWrite::DisableAccount(account), flags.dry_run, flags.confirm).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn write(
+    server: &Server,
+    name: &str,
+    actor: &str,
+    action: &str,
+    target: Value,
+    planned: PlannedWrite,
+    dry_run: bool,
+    confirm: bool,
+) -> Result<Json<Value>, ApiError> {
+    let instance = find(server, name)?;
+    let record = |outcome: &str, upstream: &str| {
+        let entry = NewEntry { actor, instance: name, action, target: &target, dry_run, outcome, upstream };
+        if let Err(e) = server.audit.record(&entry) {
+            tracing::error!(instance = %name, "cannot record a write in the audit log: {e:#}");
+        }
+    };
+    let Some(version) = instance.version() else {
+        record("refused", "no module loaded");
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the instance has no module loaded"));
+    };
+    let settings = instance.settings();
+    let permissions = super::loader::permissions(&settings, &server.data_dir, dry_run);
+    let mut connector = ConnectorInstance::start(&server.engine, &version.module, &permissions).await.map_err(|e| {
+        record("failed", &format!("{e:#}"));
+        ApiError::new(StatusCode::BAD_GATEWAY, "connector_failed", format!("{e:#}"))
+    })?;
+    if let PlannedWrite::CreateAccount(request) = &planned {
+        for pair in &request.options {
+            if !connector.metadata.account_fields.iter().any(|f| f.key == pair.name) {
+                record("refused", "unknown account field");
+                return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{}: not an account field this connector takes", pair.name)));
+            }
+        }
+    }
+    let effect = connector.check_write(&planned).await.map_err(|e| {
+        record("failed", &e.to_string());
+        ApiError::new(StatusCode::BAD_GATEWAY, "connector_failed", format!("the connector could not say what the write would do: {e}"))
+    })?;
+    if effect.irreversible && !dry_run && !confirm {
+        record("refused", &format!("needs confirm: {}", effect.description));
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "confirmation_required",
+            format!("this write cannot be undone ({}); send it again with \"confirm\": true", effect.description),
+        ));
+    }
+    let done = super::adapter::perform_write(&mut connector, &planned).await;
+    server.metrics.add_http(name, &connector.http().counters);
+    let done = match done {
+        Ok(done) => done,
+        Err(e) => {
+            let text = e.to_string();
+            record("failed", &text);
+            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", text));
+        }
+    };
+    let held: Vec<Value> = connector.http().held_requests().into_iter().map(|r| json!({"method": r.method, "url": r.url, "body": r.body})).collect();
+    let outcome = if dry_run {
+        "dry_run"
+    } else {
+        match done.changed {
+            Some(true) => "changed",
+            Some(false) => "no_change",
+            None => "done",
+        }
+    };
+    record(outcome, &done.message);
+    tracing::info!(instance = %name, action, outcome, "write through the API");
+    Ok(Json(json!({
+        "outcome": outcome,
+        "message": done.message,
+        "id": done.id,
+        "irreversible": effect.irreversible,
+        "effect": effect.description,
+        "held_requests": held,
+    })))
+}
