@@ -10,6 +10,7 @@
 //! - `sandbox`: hostile connectors against every limit and policy
 //! - `spec`: every request validated against Asana's OpenAPI spec (Prism)
 //! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
+//! - `serve`: `tether serve` through its HTTP API, files and signals
 
 mod support;
 
@@ -18,5 +19,6 @@ mod provision;
 mod review;
 mod sandbox;
 mod scim_real_server;
+mod serve;
 mod spec;
 mod sync;

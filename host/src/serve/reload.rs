@@ -17,6 +17,17 @@ use super::loader::{self, Version};
 use super::scheduler::{rfc3339, InstanceRuntime, Refusal};
 use super::Server;
 
+/// What tells a changed module: its file's time and length, and its
+/// signature file's time (a signature may land after its module).
+pub type Fingerprint = (SystemTime, u64, Option<SystemTime>);
+
+pub fn fingerprint(settings: &InstanceConfig) -> Option<Fingerprint> {
+    let module = std::fs::metadata(&settings.module).ok()?;
+    let signature = settings.signature.clone().unwrap_or_else(|| crate::runtime::trust::signature_path_for(&settings.module));
+    let signed = std::fs::metadata(signature).ok().and_then(|m| m.modified().ok());
+    Some((module.modified().ok()?, module.len(), signed))
+}
+
 /// Checks every instance's module file every `watch_interval`.
 pub async fn watch_modules(server: Arc<Server>) {
     let mut quit = server.quit.subscribe();
@@ -29,7 +40,7 @@ pub async fn watch_modules(server: Arc<Server>) {
         let instances: Vec<Arc<InstanceRuntime>> = server.instances().values().cloned().collect();
         for instance in instances {
             let settings = instance.settings();
-            let seen = std::fs::metadata(&settings.module).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+            let seen = fingerprint(&settings);
             let changed = {
                 let mut last = instance.module_seen.lock().expect("module_seen lock");
                 let changed = seen.is_some() && *last != seen;

@@ -33,13 +33,16 @@ pub struct InstanceRuntime {
     pub stop: StopRequest,
     /// Ends the task (shutdown, or the instance left the config).
     pub quit: watch::Sender<bool>,
-    /// The module file as last seen: (modified, length).
-    pub module_seen: Mutex<Option<(SystemTime, u64)>>,
+    /// The module file (and its signature) as last seen.
+    pub module_seen: Mutex<Option<super::reload::Fingerprint>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Status {
     pub running: bool,
+    /// A run asked for through the API that has not started yet.
+    #[serde(skip)]
+    pub requested: bool,
     pub last_sync: Option<LastSync>,
     pub next_run: Option<String>,
     pub consecutive_failures: u32,
@@ -74,7 +77,7 @@ pub fn rfc3339(at: SystemTime) -> String {
 
 impl InstanceRuntime {
     pub fn new(settings: Arc<InstanceConfig>, version: Option<Version>) -> Arc<Self> {
-        let seen = std::fs::metadata(&settings.module).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        let seen = super::reload::fingerprint(&settings);
         Arc::new(InstanceRuntime {
             name: settings.name.clone(),
             settings: RwLock::new(settings),
@@ -95,12 +98,13 @@ impl InstanceRuntime {
         self.current.read().ok().and_then(|v| v.clone())
     }
 
-    /// Asks for a run now; false if one is running.
+    /// Asks for a run now; false if one is running or already asked for.
     pub fn request_run(&self) -> bool {
-        let status = self.status.lock().expect("status lock");
-        if status.running {
+        let mut status = self.status.lock().expect("status lock");
+        if status.running || status.requested {
             return false;
         }
+        status.requested = true;
         self.trigger.notify_one();
         true
     }
@@ -178,6 +182,7 @@ fn set_next_run(instance: &InstanceRuntime, due: Instant) {
 async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
     let Some(version) = instance.version() else {
         tracing::warn!("no module loaded; nothing to sync");
+        instance.status.lock().expect("status lock").requested = false;
         return false;
     };
     let settings = instance.settings();
@@ -187,6 +192,7 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
             return false;
         }
         status.running = true;
+        status.requested = false;
     }
     let metrics = &server.metrics;
     metrics.running.with_label_values(&[&instance.name]).set(1);

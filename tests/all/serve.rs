@@ -1,0 +1,681 @@
+//! `tether serve` as an operator runs it: the binary, a config file, the
+//! simulator; driven only through HTTP, files and signals. Every JSON
+//! answer is checked against docs/openapi.yaml.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use asana_sim::{Org, OrgSpec, SimConfig, SimHandle};
+use serde_json::{json, Value};
+
+use crate::support::process::free_port;
+use crate::support::{asana_wasm, repo_root, start_sim, start_sim_with, team_and_outsider, wasm};
+
+const TOKEN: &str = "test-api-token-0123456789";
+
+fn cache_dir() -> PathBuf {
+    std::env::temp_dir().join("tether-test-cache")
+}
+
+/// A running `tether serve`; killed if the test ends early.
+struct Served {
+    child: Child,
+    base: String,
+    log: PathBuf,
+    client: reqwest::Client,
+    doc: Value,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn_serve(config: &Path, port: u16, log: &Path) -> Child {
+    let log_file = std::fs::File::create(log).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--config", config.to_str().unwrap(), "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        .env("TETHER_API_TOKEN", TOKEN)
+        .env("SIM_TOKEN", "sim-token")
+        .env("XDG_CACHE_HOME", cache_dir())
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .expect("tether serve starts")
+}
+
+fn openapi() -> Value {
+    serde_yaml_ng::from_str(&std::fs::read_to_string(repo_root().join("docs/openapi.yaml")).unwrap()).expect("docs/openapi.yaml is YAML")
+}
+
+impl Served {
+    /// Starts the server and waits (polling /readyz) until it is ready.
+    async fn start(config: &Path, dir: &Path) -> Served {
+        let port = free_port();
+        let log = dir.join(format!("serve-{port}.log"));
+        let child = spawn_serve(config, port, &log);
+        let served = Served { child, base: format!("http://127.0.0.1:{port}"), log, client: reqwest::Client::new(), doc: openapi() };
+        served.wait_ready().await;
+        served
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Ok(r) = self.client.get(format!("{}/readyz", self.base)).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "not ready in time; log:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a request with the token; checks the answer against the
+    /// OpenAPI document; returns the status and the JSON body.
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.call_with(method, path, body, Some(TOKEN)).await
+    }
+
+    async fn call_with(&self, method: &str, path: &str, body: Option<Value>, token: Option<&str>) -> (u16, Value) {
+        let method_value = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self.client.request(method_value, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: not JSON: {text}"));
+        check_against_openapi(&self.doc, method, path, status, &value);
+        (status, value)
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let (status, value) = self.call("GET", path, None).await;
+        assert_eq!(status, 200, "GET {path}: {value}");
+        value
+    }
+
+    async fn metrics(&self) -> String {
+        let r = self.client.get(format!("{}/metrics", self.base)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
+
+    async fn instance(&self, name: &str) -> Value {
+        self.get(&format!("/v1/instances/{name}")).await
+    }
+
+    /// Polls `check` on the instance until it holds.
+    async fn until(&self, name: &str, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let instance = self.instance(name).await;
+            if check(&instance) {
+                return instance;
+            }
+            assert!(Instant::now() < deadline, "{what} did not happen in {within:?}: {instance:#}\nlog:\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not stop within {within:?}; log:\n{}", self.logs());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// The value of a metric line `name{labels} value` (0 when absent).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn asana_instance(name: &str, module: &Path, sim: &SimHandle, schedule: &str, extra: &str) -> String {
+    format!(
+        r#"
+[instances.{name}]
+module = "{module}"
+allowed_hosts = ["{addr}", "app.asana.com"]
+{extra}
+[instances.{name}.config]
+asana-api-url = "{url}"
+[instances.{name}.secrets]
+token = "env:SIM_TOKEN"
+[instances.{name}.schedule]
+{schedule}
+"#,
+        module = module.display(),
+        addr = sim.addr(),
+        url = sim.base_url()
+    )
+}
+
+fn server_section(dir: &Path) -> String {
+    format!("[server]\ndata_dir = \"{}\"\napi_token = \"env:TETHER_API_TOKEN\"\nwatch_interval = \"200ms\"\ngrace_period = \"20s\"\n", dir.join("data").display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_config_is_refused_with_every_problem_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(
+        &config,
+        r#"
+[server]
+api_token = "literal:oops-a-token-inline"
+colour = "blue"
+
+[instances.a]
+module = "missing.wasm"
+colour = "red"
+[instances.a.secrets]
+token = "hunter2-the-token"
+[instances.a.schedule]
+interval = "soon"
+[instances.a.limits]
+max-memory-mb = "lots"
+no-such-limit = 3
+
+[instances.b]
+module = "also-missing.wasm"
+allowed_hosts = ["ftp://example.com"]
+[instances.b.schedule]
+cron = "every tuesday"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether")).args(["serve", "--config", config.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let file = config.display().to_string();
+    for expected in [
+        "[server] data_dir: missing",
+        "[server] api_token: secrets are never written in the config file",
+        "[server] colour: unknown key",
+        "[instances.a] module: no file at",
+        "[instances.a] colour: unknown key",
+        "[instances.a] secrets.token: a secret is a reference",
+        "[instances.a] schedule.interval: \"soon\" is not a duration",
+        "[instances.a] limits.max-memory-mb: expected a number",
+        "[instances.a] limits.no-such-limit: unknown limit",
+        "[instances.b] module: no file at",
+        "[instances.b] allowed_hosts[0]:",
+        "[instances.b] schedule.cron: \"every tuesday\" is not a cron expression",
+    ] {
+        assert!(err.contains(&format!("{file}: {expected}")), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!err.contains("oops-a-token-inline"), "an inline secret is never echoed: {err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_syncs_on_schedule_beside_a_looping_connector_and_serves_the_api() {
+    let sim = start_sim(OrgSpec { users: 30, teams: 3, workspaces: 1, seed: 7 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    let mut text = server_section(dir.path());
+    text += &asana_instance("asana", &asana_wasm(), &sim, "interval = \"2s\"", "");
+    // Loops in every listing until its CPU limit ends the call.
+    text += &format!(
+        r#"
+[instances.looping]
+module = "{}"
+[instances.looping.config]
+mode = "infinite-loop"
+[instances.looping.schedule]
+interval = "1s"
+backoff = "1s"
+max_backoff = "2s"
+[instances.looping.limits]
+cpu-seconds = 0.3
+"#,
+        wasm("hostile").display()
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut served = Served::start(&config, dir.path()).await;
+    let started = Instant::now();
+
+    // Health checks need no token; everything else does.
+    for path in ["/healthz", "/readyz"] {
+        let (status, _) = served.call_with("GET", path, None, None).await;
+        assert_eq!(status, 200, "{path}");
+    }
+    let (status, body) = served.call_with("GET", "/v1/instances", None, None).await;
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")));
+    let (status, _) = served.call_with("GET", "/v1/instances", None, Some("wrong-token-wrong-token")).await;
+    assert_eq!(status, 401);
+
+    // Three scheduled Asana syncs (at 0, 2 and 4 s) while the other
+    // instance loops and fails beside it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let m = served.metrics().await;
+        if metric(&m, "tether_syncs_total", &[("instance", "asana"), ("outcome", "succeeded")]) >= 3.0 {
+            assert!(metric(&m, "tether_syncs_total", &[("instance", "looping"), ("outcome", "failed")]) >= 1.0, "{m}");
+            assert!(metric(&m, "tether_limit_violations_total", &[("instance", "looping"), ("limit", "cpu")]) >= 1.0, "{m}");
+            assert!(metric(&m, "tether_upstream_requests_total", &[("instance", "asana"), ("host", "127.0.0.1"), ("status", "200")]) > 10.0, "{m}");
+            assert!(metric(&m, "tether_records_written_total", &[("instance", "asana"), ("kind", "grants")]) > 0.0, "{m}");
+            assert!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]) == 1.0, "{m}");
+            assert!(m.contains("tether_sync_duration_seconds_bucket"), "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the Asana syncs did not run on schedule:\n{m}\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // On schedule: the third sync started about 4 s after the first,
+    // however long the looping instance spins.
+    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+
+    let list = served.get("/v1/instances").await;
+    let names: Vec<&str> = list["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["asana", "looping"]);
+    let asana = served.instance("asana").await;
+    assert_eq!(asana["module"]["name"], "asana");
+    assert_eq!(asana["module"]["declared_hosts"], json!(["app.asana.com"]));
+    assert_eq!(asana["last_sync"]["outcome"], "succeeded");
+    assert_eq!(asana["schedule"], "every 2s");
+    assert!(asana["next_run"].is_string());
+    let looping = served.instance("looping").await;
+    assert!(looping["consecutive_failures"].as_u64().unwrap() >= 1, "{looping}");
+    assert!(looping["last_sync"]["error"].as_str().unwrap().contains("limit exceeded: cpu"), "{looping}");
+    // Its own sync file, per instance.
+    assert!(dir.path().join("data/instances/asana/sync.db").is_file());
+    assert!(dir.path().join("data/instances/looping/sync.db").is_file());
+
+    // Records, filtered and paged with a cursor.
+    let org = sim.org();
+    let first = served.get("/v1/instances/asana/resources?type=user&limit=7").await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 7);
+    assert!(first["items"].as_array().unwrap().iter().all(|r| r["resource_type"] == "user"));
+    let total = first["total"].as_u64().unwrap();
+    let mut seen = 7;
+    let mut cursor = first["next_cursor"].as_str().unwrap().to_string();
+    loop {
+        let page = served.get(&format!("/v1/instances/asana/resources?type=user&limit=7&cursor={cursor}")).await;
+        seen += page["items"].as_array().unwrap().len() as u64;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen, total);
+    assert_eq!(total as usize, org.users.len());
+    let user = &org.team_memberships[0].user_gid;
+    let grants = served.get(&format!("/v1/instances/asana/grants?principal=user:{user}")).await;
+    assert!(!grants["items"].as_array().unwrap().is_empty());
+    assert!(grants["items"].as_array().unwrap().iter().all(|g| g["principal"]["id"] == user.as_str()));
+    let team = &org.teams[0].gid;
+    let ents = served.get(&format!("/v1/instances/asana/entitlements?resource=team:{team}")).await;
+    assert!(ents["items"].as_array().unwrap().iter().all(|e| e["resource"]["id"] == team.as_str()));
+    let (status, body) = served.call("GET", "/v1/instances/asana/grants?cursor=nonsense", None).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("bad_cursor")));
+    let (status, body) = served.call("GET", "/v1/instances/nobody/grants", None).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("unknown_instance")));
+
+    // A trigger runs a sync now; a second one while it is asked for is 409.
+    let before = metric(&served.metrics().await, "tether_syncs_total", &[("instance", "asana")]);
+    let (status, _) = served.call("POST", "/v1/instances/asana/sync", None).await;
+    if status == 409 {
+        // The schedule got there first; the next trigger is ours.
+        served.until("asana", "the scheduled sync to end", Duration::from_secs(30), |i| i["running"] == false).await;
+    } else {
+        assert_eq!(status, 202);
+        let (status, body) = served.call("POST", "/v1/instances/asana/sync", None).await;
+        assert_eq!((status, body["code"].as_str()), (409, Some("sync_running")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&served.metrics().await, "tether_syncs_total", &[("instance", "asana")]) <= before {
+        assert!(Instant::now() < deadline, "the triggered sync did not run");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A write: dry run first (nothing sent), then for real; both audited.
+    let (team, outsider) = team_and_outsider(&sim.org());
+    let grant = json!({"entitlement": format!("team:{team}:member"), "principal": format!("user:{outsider}"), "dry_run": true});
+    let (status, dry) = served.call("POST", "/v1/instances/asana/grants", Some(grant.clone())).await;
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["outcome"], "dry_run");
+    let held = dry["held_requests"].as_array().unwrap();
+    assert!(held.iter().any(|r| r["method"] == "POST" && r["url"].as_str().unwrap().ends_with(&format!("/teams/{team}/addUser"))), "{dry}");
+    assert!(sim.requests().iter().all(|r| r.method == "GET"), "a dry run sends no write");
+    let mut real = grant.clone();
+    real["dry_run"] = json!(false);
+    let (status, done) = served.call("POST", "/v1/instances/asana/grants", Some(real)).await;
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["outcome"], "changed");
+    assert!(sim.requests().iter().any(|r| r.method == "POST" && r.path == format!("/teams/{team}/addUser") && r.status == 200));
+    let audit = served.get("/v1/audit?instance=asana").await;
+    let items = audit["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{audit}");
+    assert_eq!((items[0]["action"].as_str(), items[0]["outcome"].as_str(), items[0]["dry_run"].as_bool()), (Some("grant"), Some("changed"), Some(false)));
+    assert_eq!(items[1]["outcome"], "dry_run");
+    assert_eq!(items[0]["target"]["principal"], format!("user:{outsider}"));
+    assert!(!items[0]["upstream"].as_str().unwrap().is_empty(), "{audit}");
+
+    // Structured logs: every line an instance wrote names it.
+    let logs = served.logs();
+    let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(lines.iter().any(|l| l["span"]["instance"] == "asana" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("sync succeeded"))), "{logs}");
+    assert!(lines.iter().any(|l| l["span"]["instance"] == "looping" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("sync failed"))), "{logs}");
+
+    // SIGTERM: a clean stop, well within the grace period.
+    let status = served.terminate(Duration::from_secs(25));
+    assert!(status.success(), "{status:?}\n{}", served.logs());
+}
+
+/// The module with a custom section appended: the same code, new bytes.
+fn variant(module: &Path, tag: &str) -> Vec<u8> {
+    let mut bytes = std::fs::read(module).unwrap();
+    let name = b"tether-test";
+    let mut payload = vec![name.len() as u8];
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(tag.as_bytes());
+    bytes.push(0);
+    bytes.push(payload.len() as u8);
+    bytes.extend_from_slice(&payload);
+    bytes
+}
+
+fn sign(key: &ed25519_dalek::SigningKey, bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    hex::encode(tether_host::runtime::trust::sign_digest(key, &digest).to_bytes())
+}
+
+/// Puts a new module in place as a deploy would: signature first, then
+/// the module renamed over the old one.
+fn install(module: &Path, bytes: &[u8], signature: Option<String>) {
+    if let Some(signature) = signature {
+        std::fs::write(tether_host::runtime::trust::signature_path_for(module), signature).unwrap();
+    }
+    let staged = module.with_extension("staged");
+    std::fs::write(&staged, bytes).unwrap();
+    std::fs::rename(&staged, module).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
+    let sim = start_sim(OrgSpec { users: 12, teams: 2, workspaces: 1, seed: 3 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = tether_host::runtime::trust::generate_signing_key().unwrap();
+    let public = dir.path().join("release.pub");
+    std::fs::write(&public, hex::encode(key.verifying_key().as_bytes())).unwrap();
+    let module = dir.path().join("asana.wasm");
+    let v1 = variant(&asana_wasm(), "v1");
+    install(&module, &v1, Some(sign(&key, &v1)));
+    let config = dir.path().join("serve.toml");
+    // The hostile module reads `declare-host`; the Asana one ignores it.
+    let extra = "public_keys = [\"release.pub\"]";
+    let mut text = server_section(dir.path());
+    text += &asana_instance("asana", &module, &sim, "interval = \"1h\"", extra);
+    std::fs::write(&config, text.replace("[instances.asana.config]\n", "[instances.asana.config]\ndeclare-host = \"evil.example.com\"\n")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+
+    let first = served.until("asana", "the first sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+    let d1 = first["module"]["digest"].as_str().unwrap().to_string();
+    assert_eq!(first["last_sync"]["module_digest"], d1.as_str());
+    assert!(first["module"]["signer"].is_string());
+
+    // A signed new version: swapped in, no restart; the next sync runs it.
+    let v2 = variant(&asana_wasm(), "v2");
+    install(&module, &v2, Some(sign(&key, &v2)));
+    let swapped = served.until("asana", "the swap", Duration::from_secs(60), |i| i["module"]["digest"] != d1.as_str()).await;
+    let d2 = swapped["module"]["digest"].as_str().unwrap().to_string();
+    let (status, _) = served.call("POST", "/v1/instances/asana/sync", None).await;
+    assert_eq!(status, 202);
+    served.until("asana", "a sync on the new version", Duration::from_secs(60), |i| i["last_sync"]["module_digest"] == d2.as_str()).await;
+
+    // Unsigned: refused, the running version stays and keeps syncing.
+    let v3 = variant(&asana_wasm(), "v3");
+    install(&module, &v3, None);
+    let refused = served.until("asana", "the refusal", Duration::from_secs(60), |i| i["last_refusal"].is_object()).await;
+    assert!(refused["last_refusal"]["reason"].as_str().unwrap().contains("not a good signature"), "{refused}");
+    assert_eq!(refused["module"]["digest"], d2.as_str());
+
+    // Signed, but asking for a host the config does not grant: refused,
+    // naming the host.
+    let hostile = std::fs::read(wasm("hostile")).unwrap();
+    install(&module, &hostile, Some(sign(&key, &hostile)));
+    let refused = served
+        .until("asana", "the host refusal", Duration::from_secs(60), |i| i["last_refusal"]["reason"].as_str().is_some_and(|r| r.contains("evil.example.com")))
+        .await;
+    assert!(refused["last_refusal"]["reason"].as_str().unwrap().contains("does not grant"), "{refused}");
+    assert_eq!(refused["module"]["digest"], d2.as_str());
+    let runs_before = refused["last_sync"]["run_id"].as_i64().unwrap();
+    let (status, _) = served.call("POST", "/v1/instances/asana/sync", None).await;
+    assert_eq!(status, 202);
+    let after = served.until("asana", "a sync after the refusals", Duration::from_secs(60), |i| i["last_sync"]["run_id"].as_i64() > Some(runs_before)).await;
+    assert_eq!(after["last_sync"]["outcome"], "succeeded");
+    assert_eq!(after["last_sync"]["module_digest"], d2.as_str());
+
+    let m = served.metrics().await;
+    assert_eq!(metric(&m, "tether_reload_refusals_total", &[("instance", "asana")]), 2.0, "{m}");
+    assert_eq!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]), 2.0, "{m}");
+    assert!(served.logs().contains("new module version refused"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_checkpoints_a_running_sync_and_the_next_start_resumes_it() {
+    let mut sim_config = SimConfig::new(Org::generate(&OrgSpec { users: 40, teams: 4, workspaces: 1, seed: 5 }));
+    sim_config.latency = Duration::from_millis(60);
+    let sim = start_sim_with(sim_config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    let mut served = Served::start(&config, dir.path()).await;
+    served.until("asana", "the sync to start", Duration::from_secs(30), |i| i["running"] == true).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sim.request_count() < 5 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = served.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    assert!(served.logs().contains("sync interrupted"), "{}", served.logs());
+    drop(served);
+    let requests_at_stop = sim.request_count();
+
+    let served = Served::start(&config, dir.path()).await;
+    let done = served.until("asana", "the resumed sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+    // The same run went on (a fresh one would be run 2).
+    assert_eq!(done["last_sync"]["run_id"], 1, "{done}");
+    assert!(sim.request_count() > requests_at_stop);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tether_sync_runs_one_instance_of_the_config_file() {
+    let sim = start_sim(OrgSpec { users: 10, teams: 2, workspaces: 1, seed: 2 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    let config_path = config.clone();
+    let run = move |instance: &str| {
+        let config = config_path;
+        Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(["sync", "--instance", instance, "--config-file", config.to_str().unwrap()])
+            .env("SIM_TOKEN", "sim-token")
+            .env("XDG_CACHE_HOME", cache_dir())
+            .output()
+            .unwrap()
+    };
+    let sim_requests = sim.request_count();
+    let out = tokio::task::spawn_blocking(move || run("asana")).await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(sim.request_count() > sim_requests);
+    let file = dir.path().join("data/instances/asana/sync.db");
+    let synced = tether_host::sync::SyncFile::open_existing(&file).unwrap();
+    assert!(synced.last_good_run().unwrap().is_some());
+
+    let config2 = config.clone();
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["sync", "--instance", "nobody", "--config-file", config2.to_str().unwrap()])
+        .env("SIM_TOKEN", "sim-token")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no instance \"nobody\" (it has: asana)"));
+}
+
+/// The Dockerfile and Kubernetes manifests agree with what `tether serve`
+/// does: its port, probe paths, config path and data folder.
+#[test]
+fn the_container_and_manifests_match_what_serve_does() {
+    let root = repo_root();
+    let port: u16 = tether_host::serve::config::DEFAULT_LISTEN.rsplit(':').next().unwrap().parse().unwrap();
+    let docs: Vec<Value> = std::fs::read_dir(root.join("deploy"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .flat_map(|p| {
+            let text = std::fs::read_to_string(&p).unwrap();
+            serde_yaml_ng::Deserializer::from_str(&text).map(|d| <Value as serde::Deserialize>::deserialize(d).unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k} in deploy/"));
+    let deployment = kind("Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    assert_eq!(container["ports"][0]["containerPort"], port);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    let openapi = openapi();
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        assert_eq!(container[probe]["httpGet"]["path"], path, "{probe}");
+        assert_eq!(container[probe]["httpGet"]["port"], port, "{probe}");
+        assert_eq!(openapi["paths"][path]["get"]["security"], json!([]), "{path} needs no token");
+    }
+    // The config file: where the container reads it is where the ConfigMap is mounted.
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    let config_path = args.iter().position(|a| *a == "--config").map(|i| args[i + 1]).expect("--config in args");
+    assert!(args.windows(2).any(|w| w == ["--listen", &format!("0.0.0.0:{port}")]), "{args:?}");
+    let mount = |volume_kind: &str| {
+        let volume = pod["volumes"].as_array().unwrap().iter().find(|v| !v[volume_kind].is_null()).unwrap_or_else(|| panic!("no {volume_kind} volume"));
+        let name = volume["name"].as_str().unwrap();
+        let mount = container["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == name).unwrap();
+        (volume.clone(), mount["mountPath"].as_str().unwrap().to_string())
+    };
+    let (config_volume, config_dir) = mount("configMap");
+    let config_map = kind("ConfigMap");
+    assert_eq!(config_volume["configMap"]["name"], config_map["metadata"]["name"]);
+    let file_name = Path::new(config_path).file_name().unwrap().to_str().unwrap();
+    assert_eq!(Path::new(config_path).parent().unwrap(), Path::new(&config_dir));
+    let serve_toml: toml::Table = config_map["data"][file_name].as_str().expect("the config file in the ConfigMap").parse().unwrap();
+    let (_, data_dir) = mount("persistentVolumeClaim");
+    assert_eq!(serve_toml["server"]["data_dir"].as_str(), Some(data_dir.as_str()));
+    // The API token comes from the Secret, by the env var the config names.
+    let token_var = serve_toml["server"]["api_token"].as_str().unwrap().strip_prefix("env:").unwrap();
+    let env = container["env"].as_array().unwrap().iter().find(|e| e["name"] == token_var).expect("the token's env var");
+    assert_eq!(env["valueFrom"]["secretKeyRef"]["name"], kind("Secret")["metadata"]["name"]);
+    // The image: the same port and config path, no root, no shell.
+    let dockerfile = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    assert!(dockerfile.contains(&format!("EXPOSE {port}")));
+    assert!(dockerfile.contains("USER nonroot"));
+    assert!(dockerfile.contains(&format!("TETHER_CONFIG={config_path}")), "the image's default config path is the manifests'");
+    let last_from = dockerfile.lines().filter(|l| l.starts_with("FROM ")).last().unwrap();
+    assert!(last_from.contains("distroless"), "{last_from}");
+}
+
+/// Checks `value` (the answer to `method path` with `status`) against the
+/// OpenAPI document: the path and status are documented, and the body
+/// matches the schema (types, required and documented properties, enums).
+fn check_against_openapi(doc: &Value, method: &str, path: &str, status: u16, value: &Value) {
+    let path_only = path.split('?').next().unwrap();
+    let (template, item) = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(template, _)| {
+            let a: Vec<&str> = template.split('/').collect();
+            let b: Vec<&str> = path_only.split('/').collect();
+            a.len() == b.len() && a.iter().zip(&b).all(|(t, p)| t.starts_with('{') || t == p)
+        })
+        .unwrap_or_else(|| panic!("{path_only} is not in docs/openapi.yaml"));
+    let operation = &item[method.to_ascii_lowercase()];
+    assert!(operation.is_object(), "{method} {template} is not in docs/openapi.yaml");
+    let mut response = &operation["responses"][status.to_string()];
+    assert!(!response.is_null(), "{method} {template} answered {status}, which docs/openapi.yaml does not list");
+    if let Some(reference) = response["$ref"].as_str() {
+        response = resolve(doc, reference);
+    }
+    let schema = &response["content"]["application/json"]["schema"];
+    if let Err(e) = validate(doc, value, schema, "$") {
+        panic!("{method} {path} ({status}) does not match docs/openapi.yaml: {e}\n{value:#}");
+    }
+}
+
+fn resolve<'a>(doc: &'a Value, reference: &str) -> &'a Value {
+    reference.trim_start_matches("#/").split('/').fold(doc, |v, key| &v[key])
+}
+
+fn validate(doc: &Value, value: &Value, schema: &Value, at: &str) -> Result<(), String> {
+    if let Some(reference) = schema["$ref"].as_str() {
+        return validate(doc, value, resolve(doc, reference), at);
+    }
+    if let Some(options) = schema["oneOf"].as_array() {
+        return if options.iter().any(|s| validate(doc, value, s, at).is_ok()) { Ok(()) } else { Err(format!("{at}: matches none of oneOf")) };
+    }
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(list) => list.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
+    };
+    let type_ok = types.is_empty()
+        || types.iter().any(|t| match *t {
+            "null" => value.is_null(),
+            "string" => value.is_string(),
+            "boolean" => value.is_boolean(),
+            "integer" => value.is_i64() || value.is_u64(),
+            "number" => value.is_number(),
+            "array" => value.is_array(),
+            "object" => value.is_object(),
+            _ => false,
+        });
+    if !type_ok {
+        return Err(format!("{at}: expected {types:?}, found {value}"));
+    }
+    if let Some(options) = schema["enum"].as_array() {
+        if !options.contains(value) {
+            return Err(format!("{at}: {value} is not one of {options:?}"));
+        }
+    }
+    if let (Some(object), Some(properties)) = (value.as_object(), schema["properties"].as_object()) {
+        for required in schema["required"].as_array().into_iter().flatten() {
+            let key = required.as_str().unwrap();
+            if !object.contains_key(key) {
+                return Err(format!("{at}: missing required {key}"));
+            }
+        }
+        for (key, field) in object {
+            let property = properties.get(key).ok_or_else(|| format!("{at}: {key} is not documented"))?;
+            validate(doc, field, property, &format!("{at}.{key}"))?;
+        }
+    }
+    if let (Some(items), Some(schema)) = (value.as_array(), schema.get("items")) {
+        for (i, item) in items.iter().enumerate() {
+            validate(doc, item, schema, &format!("{at}[{i}]"))?;
+        }
+    }
+    Ok(())
+}
