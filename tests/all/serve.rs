@@ -175,7 +175,10 @@ token = "env:SIM_TOKEN"
 }
 
 fn server_section(dir: &Path) -> String {
-    format!("[server]\ndata_dir = \"{}\"\napi_token = \"env:TETHER_API_TOKEN\"\nwatch_interval = \"200ms\"\ngrace_period = \"20s\"\n", dir.join("data").display())
+    format!(
+        "[server]\ndata_dir = \"{}\"\napi_token = \"env:TETHER_API_TOKEN\"\nwatch_interval = \"200ms\"\ngrace_period = \"20s\"\n",
+        dir.join("data").display()
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -378,8 +381,14 @@ cpu-seconds = 0.3
     // Structured logs: every line an instance wrote names it.
     let logs = served.logs();
     let lines: Vec<Value> = logs.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    assert!(lines.iter().any(|l| l["span"]["instance"] == "asana" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("sync succeeded"))), "{logs}");
-    assert!(lines.iter().any(|l| l["span"]["instance"] == "looping" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("sync failed"))), "{logs}");
+    assert!(
+        lines.iter().any(|l| l["span"]["instance"] == "asana" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("sync succeeded"))),
+        "{logs}"
+    );
+    assert!(
+        lines.iter().any(|l| l["span"]["instance"] == "looping" && l["fields"]["message"].as_str().is_some_and(|m| m.starts_with("sync failed"))),
+        "{logs}"
+    );
 
     // SIGTERM: a clean stop, well within the grace period.
     let status = served.terminate(Duration::from_secs(25));
@@ -593,7 +602,7 @@ fn the_container_and_manifests_match_what_serve_does() {
     assert!(dockerfile.contains(&format!("EXPOSE {port}")));
     assert!(dockerfile.contains("USER nonroot"));
     assert!(dockerfile.contains(&format!("TETHER_CONFIG={config_path}")), "the image's default config path is the manifests'");
-    let last_from = dockerfile.lines().filter(|l| l.starts_with("FROM ")).last().unwrap();
+    let last_from = dockerfile.lines().rfind(|l| l.starts_with("FROM ")).unwrap();
     assert!(last_from.contains("distroless"), "{last_from}");
 }
 

@@ -131,11 +131,21 @@ impl Schedule {
 
 /// Reads and checks the config file; Err lists every problem.
 pub fn load(path: &Path) -> Result<ServeConfig, ConfigErrors> {
+    load_as(path, true)
+}
+
+/// For `tether sync --config-file`: one instance, run once, needs no API
+/// token.
+pub fn load_for_sync(path: &Path) -> Result<ServeConfig, ConfigErrors> {
+    load_as(path, false)
+}
+
+fn load_as(path: &Path, serving: bool) -> Result<ServeConfig, ConfigErrors> {
     let problem = |key: &str, message: String| ConfigErrors(vec![Problem { file: path.to_path_buf(), instance: None, key: key.into(), message }]);
     let text = std::fs::read_to_string(path).map_err(|e| problem("", format!("cannot read the config file: {e}")))?;
     let table: Table = text.parse().map_err(|e: toml::de::Error| problem("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut walker = Walker { file: path.to_path_buf(), base, instance: None, problems: vec![] };
+    let mut walker = Walker { file: path.to_path_buf(), base, instance: None, problems: vec![], serving };
     let config = walker.config(table);
     if walker.problems.is_empty() {
         Ok(config)
@@ -150,6 +160,8 @@ struct Walker {
     base: PathBuf,
     instance: Option<String>,
     problems: Vec<Problem>,
+    /// For `serve` (which needs the API token), not a one-off sync.
+    serving: bool,
 }
 
 impl Walker {
@@ -289,12 +301,12 @@ impl Walker {
                 PathBuf::new()
             }
         };
-        let api_token = self.take::<String>(&mut t, "api_token", "\"env:VAR\" or \"file:PATH\"").and_then(|text| {
+        let api_token = self.take::<String>(&mut t, "api_token", "\"env:VAR\" or \"file:PATH\"").filter(|_| self.serving).and_then(|text| {
             let source = self.secret_ref("api_token", "api_token", &text)?;
             let secrets = Secrets::resolve(&[source]).ok()?;
             secrets.get("api_token").map(|v| v.expose().to_string())
         });
-        if api_token.is_none() && !self.problems.iter().any(|p| p.key == "api_token") {
+        if self.serving && api_token.is_none() && !self.problems.iter().any(|p| p.key == "api_token") {
             self.problem("api_token", "missing: the API's bearer token, as \"env:VAR\" or \"file:PATH\"");
         }
         let cache_dir = self.take::<String>(&mut t, "cache_dir", "a folder path").map(|d| self.path(&d));

@@ -89,7 +89,7 @@ pub fn main_if_config_sync() -> Option<ExitCode> {
 }
 
 async fn config_sync(args: ConfigSyncArgs) -> Result<()> {
-    let config = crate::serve::config::load(&args.config_file).map_err(anyhow::Error::new)?;
+    let config = crate::serve::config::load_for_sync(&args.config_file).map_err(anyhow::Error::new)?;
     let settings = config.instances.get(&args.instance).with_context(|| {
         format!(
             "{} has no instance {:?} (it has: {})",
