@@ -688,3 +688,51 @@ fn validate(doc: &Value, value: &Value, schema: &Value, at: &str) -> Result<(), 
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_reload_applies_all_of_a_good_file_and_none_of_a_bad_one() {
+    let sim = start_sim(OrgSpec { users: 10, teams: 2, workspaces: 1, seed: 9 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    let first = server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "");
+    std::fs::write(&config, &first).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    served.until("asana", "the first sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+    let names = |list: &Value| list["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap().to_string()).collect::<Vec<_>>();
+    let hangup = || unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+
+    // A new instance beside one whose connector refuses its new config:
+    // neither is applied, and the refusal is shown.
+    let bad = first.replace("[instances.asana.config]\n", "[instances.asana.config]\ndefault-workspace-id = \"not-digits\"\n")
+        + &asana_instance("second", &asana_wasm(), &sim, "interval = \"1h\"", "");
+    std::fs::write(&config, bad).unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        let list = served.get("/v1/instances").await;
+        if list["config_reload_refusal"].is_object() {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "no refusal: {list}\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let reason = refused["config_reload_refusal"]["reason"].as_str().unwrap();
+    assert!(reason.contains("[instances.asana]") && reason.contains("default-workspace-id"), "{reason}");
+    assert_eq!(names(&refused), ["asana"]);
+    assert!(metric(&served.metrics().await, "tether_reload_refusals_total", &[("instance", "-")]) >= 1.0);
+
+    // A good file: the new instance starts and syncs; the refusal clears.
+    std::fs::write(&config, first + &asana_instance("second", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list = served.get("/v1/instances").await;
+        if names(&list) == ["asana", "second"] && list["config_reload_refusal"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not applied: {list}\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served.until("second", "the new instance's sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+    assert!(dir.path().join("data/instances/second/sync.db").is_file());
+}

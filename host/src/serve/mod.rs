@@ -48,6 +48,8 @@ pub struct Server {
     pub token: String,
     /// The last config reload refused, if the one after it did not succeed.
     pub config_refusal: Mutex<Option<Refusal>>,
+    /// One config reload at a time (SIGHUP and the file watcher).
+    reloading: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -69,7 +71,7 @@ impl Server {
         sync_file_in(&self.data_dir, name)
     }
 
-    fn spawn_instance(self: &Arc<Self>, runtime: Arc<InstanceRuntime>) {
+    pub(crate) fn spawn_instance(self: &Arc<Self>, runtime: Arc<InstanceRuntime>) {
         let handle = tokio::spawn(scheduler::run(self.clone(), runtime));
         self.tasks.lock().expect("tasks lock").push(handle);
     }
@@ -106,6 +108,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         ready: AtomicBool::new(false),
         quit: watch::channel(false).0,
         config_refusal: Mutex::new(None),
+        reloading: tokio::sync::Mutex::new(()),
         tasks: Mutex::new(vec![]),
     });
 

@@ -28,14 +28,22 @@ pub fn fingerprint(settings: &InstanceConfig) -> Option<Fingerprint> {
     Some((module.modified().ok()?, module.len(), signed))
 }
 
-/// Checks every instance's module file every `watch_interval`.
+/// Checks every instance's module file, and the config file, every
+/// `watch_interval`: a changed config file reloads as on SIGHUP.
 pub async fn watch_modules(server: Arc<Server>) {
     let mut quit = server.quit.subscribe();
+    let config_seen = |server: &Server| std::fs::metadata(&server.config().path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+    let mut config_last = config_seen(&server);
     loop {
         let interval = server.config().server.watch_interval;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = quit.changed() => return,
+        }
+        let config_now = config_seen(&server);
+        if config_now.is_some() && config_now != config_last {
+            config_last = config_now;
+            reload_config(&server).await;
         }
         let instances: Vec<Arc<InstanceRuntime>> = server.instances().values().cloned().collect();
         for instance in instances {
@@ -124,6 +132,7 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
 /// SIGHUP: reads the config file again; applies it only if all of it is
 /// good (every instance's module included), else keeps the running one.
 pub async fn reload_config(server: &Arc<Server>) {
+    let _one_at_a_time = server.reloading.lock().await;
     let path = server.config().path.clone();
     tracing::info!("reloading {}", path.display());
     let fresh = match config::load(&path) {
@@ -154,7 +163,7 @@ pub async fn reload_config(server: &Arc<Server>) {
                 let runtime = InstanceRuntime::new(settings.clone(), loaded.get(name).cloned());
                 server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
                 instances.insert(name.clone(), runtime.clone());
-                tokio::spawn(super::scheduler::run(server.clone(), runtime));
+                server.spawn_instance(runtime);
                 tracing::info!(instance = %name, "instance added");
             }
         }
