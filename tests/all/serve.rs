@@ -370,13 +370,28 @@ cpu-seconds = 0.3
     assert_eq!(status, 200, "{done}");
     assert_eq!(done["outcome"], "changed");
     assert!(sim.requests().iter().any(|r| r.method == "POST" && r.path == format!("/teams/{team}/addUser") && r.status == 200));
+    // The grant it made, revoked by its id.
+    let grant_id = done["id"].as_str().expect("the grant made").to_string();
+    let (status, revoked) = served.call("DELETE", &format!("/v1/instances/asana/grants/{grant_id}"), None).await;
+    assert_eq!((status, revoked["outcome"].as_str()), (200, Some("changed")), "{revoked}");
+    assert!(sim.requests().iter().any(|r| r.method == "POST" && r.path == format!("/teams/{team}/removeUser") && r.status == 200));
+    // A write the upstream cannot undo needs confirm, as the CLI needs --yes.
+    let writes_before = sim.requests().iter().filter(|r| r.method != "GET").count();
+    let (status, refused) = served.call("POST", &format!("/v1/instances/asana/accounts/{outsider}/disable"), Some(json!({}))).await;
+    assert_eq!((status, refused["code"].as_str()), (409, Some("confirmation_required")), "{refused}");
+    assert_eq!(sim.requests().iter().filter(|r| r.method != "GET").count(), writes_before);
+
     let audit = served.get("/v1/audit?instance=asana").await;
     let items = audit["items"].as_array().unwrap();
-    assert_eq!(items.len(), 2, "{audit}");
-    assert_eq!((items[0]["action"].as_str(), items[0]["outcome"].as_str(), items[0]["dry_run"].as_bool()), (Some("grant"), Some("changed"), Some(false)));
-    assert_eq!(items[1]["outcome"], "dry_run");
-    assert_eq!(items[0]["target"]["principal"], format!("user:{outsider}"));
-    assert!(!items[0]["upstream"].as_str().unwrap().is_empty(), "{audit}");
+    let summary: Vec<(&str, &str)> = items.iter().map(|i| (i["action"].as_str().unwrap(), i["outcome"].as_str().unwrap())).collect();
+    assert_eq!(summary, [("disable-account", "refused"), ("revoke", "changed"), ("grant", "changed"), ("grant", "dry_run")], "{audit}");
+    assert_eq!(items[2]["target"]["principal"], format!("user:{outsider}"));
+    assert_eq!(items[2]["dry_run"], false);
+    assert!(items[2]["upstream"].as_str().unwrap().contains(&format!("added user {outsider} to team {team}")), "{audit}");
+    // Paged, newest first.
+    let page = served.get("/v1/audit?instance=asana&limit=3").await;
+    let rest = served.get(&format!("/v1/audit?instance=asana&limit=3&cursor={}", page["next_cursor"].as_str().unwrap())).await;
+    assert_eq!(rest["items"][0]["outcome"], "dry_run");
 
     // Structured logs: every line an instance wrote names it.
     let logs = served.logs();
@@ -735,4 +750,28 @@ async fn a_config_reload_applies_all_of_a_good_file_and_none_of_a_bad_one() {
     }
     served.until("second", "the new instance's sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
     assert!(dir.path().join("data/instances/second/sync.db").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_sync_finishes_on_the_version_it_started_with() {
+    let mut sim_config = SimConfig::new(Org::generate(&OrgSpec { users: 30, teams: 3, workspaces: 1, seed: 11 }));
+    sim_config.latency = Duration::from_millis(150);
+    let sim = start_sim_with(sim_config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("asana.wasm");
+    install(&module, &variant(&asana_wasm(), "first"), None);
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &module, &sim, "interval = \"1h\"", "")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    let running = served.until("asana", "the first sync to start", Duration::from_secs(30), |i| i["running"] == true).await;
+    let d1 = running["module"]["digest"].as_str().unwrap().to_string();
+
+    install(&module, &variant(&asana_wasm(), "second"), None);
+    let swapped = served.until("asana", "the swap", Duration::from_secs(60), |i| i["module"]["digest"] != d1.as_str()).await;
+    assert_eq!(swapped["running"], true, "the sync should still run when the new version lands (make the simulator slower)");
+    let d2 = swapped["module"]["digest"].as_str().unwrap().to_string();
+    let done = served.until("asana", "the first sync to end", Duration::from_secs(60), |i| i["last_sync"].is_object()).await;
+    assert_eq!(done["last_sync"]["outcome"], "succeeded");
+    assert_eq!(done["last_sync"]["module_digest"], d1.as_str(), "the running sync kept its version");
+    assert_eq!(done["module"]["digest"], d2.as_str());
 }
