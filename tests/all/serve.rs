@@ -232,6 +232,22 @@ cron = "every tuesday"
         assert!(err.contains(&format!("{file}: {expected}")), "missing {expected:?} in:\n{err}");
     }
     assert!(!err.contains("oops-a-token-inline"), "an inline secret is never echoed: {err}");
+
+    // The example in docs/ is well-formed: with its env vars set, only the
+    // files it points at outside this repository are missing.
+    let example = repo_root().join("docs/serve.example.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--check", "--config", example.to_str().unwrap()])
+        .env("TETHER_API_TOKEN", TOKEN)
+        .env("ASANA_TOKEN", "an-asana-token")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let problems: Vec<&str> = err.lines().filter(|l| l.starts_with("  ")).collect();
+    assert_eq!(problems.len(), 2, "{err}");
+    assert!(problems[0].contains("[instances.asana] module: no file at /opt/tether/modules/tether-asana.wasm"), "{err}");
+    assert!(problems[1].contains("[instances.asana] public_keys[0]: cannot read public key /etc/tether/keys/release.pub"), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -549,6 +565,14 @@ async fn tether_sync_runs_one_instance_of_the_config_file() {
     let out = tokio::task::spawn_blocking(move || run("asana")).await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(sim.request_count() > sim_requests);
+    let check = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--check", "--config", config.to_str().unwrap()])
+        .env("SIM_TOKEN", "sim-token")
+        .env("TETHER_API_TOKEN", TOKEN)
+        .env("XDG_CACHE_HOME", cache_dir())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&check.stdout).contains("1 instance(s), every module verified and validated"), "{check:?}");
     let file = dir.path().join("data/instances/asana/sync.db");
     let synced = tether_host::sync::SyncFile::open_existing(&file).unwrap();
     assert!(synced.last_good_run().unwrap().is_some());
