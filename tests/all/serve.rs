@@ -273,6 +273,22 @@ cpu-seconds = 0.3
 "#,
         wasm("hostile").display()
     );
+    // Grabs memory until its limit stops it.
+    text += &format!(
+        r#"
+[instances.hungry]
+module = "{}"
+[instances.hungry.config]
+mode = "memory-bomb"
+[instances.hungry.schedule]
+interval = "1s"
+backoff = "1s"
+max_backoff = "2s"
+[instances.hungry.limits]
+max-memory-mb = 16
+"#,
+        wasm("hostile").display()
+    );
     std::fs::write(&config, text).unwrap();
     let mut served = Served::start(&config, dir.path()).await;
     let started = Instant::now();
@@ -295,6 +311,7 @@ cpu-seconds = 0.3
         if metric(&m, "tether_syncs_total", &[("instance", "asana"), ("outcome", "succeeded")]) >= 3.0 {
             assert!(metric(&m, "tether_syncs_total", &[("instance", "looping"), ("outcome", "failed")]) >= 1.0, "{m}");
             assert!(metric(&m, "tether_limit_violations_total", &[("instance", "looping"), ("limit", "cpu")]) >= 1.0, "{m}");
+            assert!(metric(&m, "tether_limit_violations_total", &[("instance", "hungry"), ("limit", "memory")]) >= 1.0, "{m}");
             assert!(metric(&m, "tether_upstream_requests_total", &[("instance", "asana"), ("host", "127.0.0.1"), ("status", "200")]) > 10.0, "{m}");
             assert!(metric(&m, "tether_records_written_total", &[("instance", "asana"), ("kind", "grants")]) > 0.0, "{m}");
             assert!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]) == 1.0, "{m}");
@@ -310,7 +327,7 @@ cpu-seconds = 0.3
 
     let list = served.get("/v1/instances").await;
     let names: Vec<&str> = list["instances"].as_array().unwrap().iter().map(|i| i["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["asana", "looping"]);
+    assert_eq!(names, ["asana", "hungry", "looping"]);
     let asana = served.instance("asana").await;
     assert_eq!(asana["module"]["name"], "asana");
     assert_eq!(asana["module"]["declared_hosts"], json!(["app.asana.com"]));

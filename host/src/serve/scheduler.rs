@@ -269,3 +269,44 @@ fn limit_named_in(text: &str) -> Option<String> {
     let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
     (!name.is_empty()).then_some(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(interval: Option<u64>, cron: Option<&str>) -> Schedule {
+        Schedule {
+            interval: interval.map(Duration::from_secs),
+            cron: cron.map(|c| (c.to_string(), c.parse().unwrap())),
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(4),
+        }
+    }
+
+    #[test]
+    fn the_next_run_counts_from_the_last_start_and_takes_the_earlier_of_interval_and_cron() {
+        let start = Instant::now();
+        assert_eq!(next_due(&schedule(Some(60), None), start), start + Duration::from_secs(60));
+        // A run that overran its interval is due at once, once.
+        let long_ago = start - Duration::from_secs(600);
+        assert!(next_due(&schedule(Some(60), None), long_ago) <= Instant::now());
+        // Every minute on the minute: within the next 60 s, before an hour's interval.
+        let by_cron = next_due(&schedule(Some(3600), Some("* * * * *")), start);
+        assert!(by_cron <= Instant::now() + Duration::from_secs(61) && by_cron < start + Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_up_to_the_cap() {
+        let waits: Vec<Duration> = backoff_for(&schedule(Some(1), None)).take(5).collect();
+        assert!(waits[0] >= Duration::from_secs(1) && waits[0] < Duration::from_secs(2), "{waits:?}");
+        assert!(waits[1] >= Duration::from_secs(2), "{waits:?}");
+        assert!(waits.iter().all(|w| *w <= Duration::from_secs(4)), "{waits:?}");
+        assert_eq!(waits[4], Duration::from_secs(4), "{waits:?}");
+    }
+
+    #[test]
+    fn limit_names_are_read_from_errors() {
+        assert_eq!(limit_named_in("listing probe failed: limit exceeded: cpu: the call ran").as_deref(), Some("cpu"));
+        assert_eq!(limit_named_in("upstream error"), None);
+    }
+}
