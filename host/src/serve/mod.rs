@@ -116,6 +116,9 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let listener = if options.check { None } else { Some(tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?) };
     let http = listener.map(|listener| {
         tracing::info!("listening on http://{}", listener.local_addr().map(|a| a.to_string()).unwrap_or_default());
+        if !listen.ip().is_loopback() {
+            tracing::warn!("listening beyond loopback ({listen}): the bearer token is the only guard; put TLS and a network policy in front");
+        }
         let app = api::router(server.clone());
         let mut quit = server.quit.subscribe();
         tokio::spawn(async move {

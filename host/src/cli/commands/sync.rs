@@ -11,7 +11,7 @@ use crate::cli::{output, start};
 use crate::sync::SyncFile;
 
 /// Where a connector's own keys are listed (the host knows no connector).
-const CONNECTOR_HELP: &str = "Connector config keys, secrets and account fields: `tether describe --connector FILE.wasm` lists what a connector takes.";
+const CONNECTOR_HELP: &str = "Connector config keys, secrets and account fields: `tether describe --connector FILE.wasm` lists what a connector takes.\n\nAn instance of a `tether serve` config file syncs once with `tether sync --instance NAME --config-file FILE [--out FILE] [--resume]`.";
 
 #[derive(Args)]
 #[command(after_help = CONNECTOR_HELP)]
