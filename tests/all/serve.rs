@@ -266,8 +266,8 @@ module = "{}"
 mode = "infinite-loop"
 [instances.looping.schedule]
 interval = "1s"
-backoff = "1s"
-max_backoff = "2s"
+backoff = "3s"
+max_backoff = "6s"
 [instances.looping.limits]
 cpu-seconds = 0.3
 "#,
@@ -337,6 +337,15 @@ max-memory-mb = 16
     let looping = served.instance("looping").await;
     assert!(looping["consecutive_failures"].as_u64().unwrap() >= 1, "{looping}");
     assert!(looping["last_sync"]["error"].as_str().unwrap().contains("limit exceeded: cpu"), "{looping}");
+    // Failures back off (3 s, then 6 s) instead of retrying every 1 s tick.
+    let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let gap = (time(&looping["next_run"]) - time(&looping["last_sync"]["ended_at"])).to_std().unwrap();
+    let failures = looping["consecutive_failures"].as_u64().unwrap();
+    let expected = Duration::from_secs(if failures >= 2 { 6 } else { 3 });
+    assert!(
+        gap + Duration::from_millis(500) >= expected && gap <= expected + Duration::from_millis(500),
+        "{failures} failures, next try after {gap:?}: {looping}"
+    );
     // Its own sync file, per instance.
     assert!(dir.path().join("data/instances/asana/sync.db").is_file());
     assert!(dir.path().join("data/instances/looping/sync.db").is_file());
