@@ -280,6 +280,7 @@ cpu-seconds = 0.3
 module = "{}"
 [instances.hungry.config]
 mode = "memory-bomb"
+declare-host = "api.example.com"
 [instances.hungry.schedule]
 interval = "1s"
 backoff = "1s"
@@ -346,6 +347,14 @@ max-memory-mb = 16
         gap + Duration::from_millis(500) >= expected && gap <= expected + Duration::from_millis(500),
         "{failures} failures, next try after {gap:?}: {looping}"
     );
+    // A host a module declares is a request, shown, never a grant.
+    let hungry = served.instance("hungry").await;
+    assert_eq!(hungry["module"]["declared_hosts"], json!(["api.example.com"]));
+    assert_eq!(hungry["allowed_hosts"], json!([]));
+    let logs = served.logs();
+    let load_line = logs.lines().find(|l| l.contains("\"instance\":\"hungry\"") && l.contains("loaded hostile")).unwrap_or_else(|| panic!("{logs}"));
+    assert!(load_line.contains("it asks for hosts [api.example.com], the config grants []"), "{load_line}");
+    assert!(logs.lines().any(|l| l.contains("\"instance\":\"hungry\"") && l.contains("does not grant, so it cannot reach them: api.example.com")), "{logs}");
     // Its own sync file, per instance.
     assert!(dir.path().join("data/instances/asana/sync.db").is_file());
     assert!(dir.path().join("data/instances/looping/sync.db").is_file());
