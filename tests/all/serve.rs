@@ -825,7 +825,7 @@ async fn a_config_reload_applies_all_of_a_good_file_and_none_of_a_bad_one() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_running_sync_finishes_on_the_version_it_started_with() {
+async fn a_running_sync_finishes_on_its_version_and_a_version_failing_validation_is_refused() {
     let mut sim_config = SimConfig::new(Org::generate(&OrgSpec { users: 30, teams: 3, workspaces: 1, seed: 11 }));
     sim_config.latency = Duration::from_millis(150);
     let sim = start_sim_with(sim_config).await;
@@ -833,7 +833,9 @@ async fn a_running_sync_finishes_on_the_version_it_started_with() {
     let module = dir.path().join("asana.wasm");
     install(&module, &variant(&asana_wasm(), "first"), None);
     let config = dir.path().join("serve.toml");
-    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &module, &sim, "interval = \"1h\"", "")).unwrap();
+    // The hostile module refuses this config in `validate`; Asana ignores the key.
+    let text = server_section(dir.path()) + &asana_instance("asana", &module, &sim, "interval = \"1h\"", "");
+    std::fs::write(&config, text.replace("[instances.asana.config]\n", "[instances.asana.config]\nfail-validate = \"no such tenant\"\n")).unwrap();
     let served = Served::start(&config, dir.path()).await;
     let running = served.until("asana", "the first sync to start", Duration::from_secs(30), |i| i["running"] == true).await;
     let d1 = running["module"]["digest"].as_str().unwrap().to_string();
@@ -846,4 +848,12 @@ async fn a_running_sync_finishes_on_the_version_it_started_with() {
     assert_eq!(done["last_sync"]["outcome"], "succeeded");
     assert_eq!(done["last_sync"]["module_digest"], d1.as_str(), "the running sync kept its version");
     assert_eq!(done["module"]["digest"], d2.as_str());
+
+    // A new version that refuses the instance's config in `validate` is
+    // refused; the running version stays.
+    install(&module, &std::fs::read(wasm("hostile")).unwrap(), None);
+    let refused = served.until("asana", "the refusal", Duration::from_secs(60), |i| i["last_refusal"].is_object()).await;
+    let reason = refused["last_refusal"]["reason"].as_str().unwrap();
+    assert!(reason.contains("the connector refused its configuration") && reason.contains("no such tenant"), "{reason}");
+    assert_eq!(refused["module"]["digest"], d2.as_str());
 }
