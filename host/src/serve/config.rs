@@ -421,7 +421,13 @@ impl Walker {
         if self.problems.len() > before {
             return None;
         }
-        let resolved_secrets = Arc::new(Secrets::resolve(&secrets).ok()?);
+        let resolved_secrets = match Secrets::resolve(&secrets) {
+            Ok(resolved) => Arc::new(resolved),
+            Err(e) => {
+                self.problem("secrets", format!("{e:#}"));
+                return None;
+            }
+        };
         Some(InstanceConfig {
             name: name.to_string(),
             module,
