@@ -5,9 +5,11 @@
 //!   versions, limits, the sandboxed instance, the imports it is given);
 //! - `sync/`: the data model, the sync file, checkpoints and the driver;
 //! - `cli/`: the `tether` command line, one module per command;
+//! - `report`: the HTML page of `tether report`, for access reviews;
 //! - `terminal`: connector text made safe to print.
 
 pub mod cli;
+pub mod report;
 pub mod runtime;
 pub mod sync;
 pub mod terminal;
