@@ -90,6 +90,8 @@
       list.appendChild(tr);
     });
     if (data.changes.length) $("diff-details").hidden = false;
+    // A handful of changes is what a reviewer came for: shown open.
+    if (data.changes.length && data.changes.length <= 50) $("diff-details").open = true;
     if (data.changes.length > MAX_CHANGES) {
       $("diff-truncated").textContent = "The first " + num(MAX_CHANGES) + " of " + num(data.changes.length) + " changes; `tether diff` lists them all.";
       $("diff-truncated").hidden = false;
