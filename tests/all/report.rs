@@ -136,6 +136,9 @@ async fn report_page_shows_the_sync_in_a_real_browser_with_counts_changes_search
     assert!(on_teams > 0 && (on_teams as i64) < grants);
     browser.wait_for(&format!("return document.getElementById('shown-count').dataset.matching === '{on_teams}'"), Duration::from_secs(10)).await;
     assert_eq!(browser.eval(VISIBLE_GRANTS).await, serde_json::json!(on_teams));
+    let per_team = browser.eval("return Array.from(document.querySelectorAll('#grants tr.group .n')).map(n => n.textContent.replace(/\\D/g, ''))").await;
+    let per_team: usize = per_team.as_array().unwrap().iter().map(|n| n.as_str().unwrap().parse::<usize>().unwrap()).sum();
+    assert_eq!(per_team, on_teams, "each resource's header counts its grants");
     // and an entitlement of that type: exactly its grants.
     let entitlement = rows.iter().find(|r| r.resource_type.as_deref() == Some("team")).unwrap().entitlement_id.clone();
     let on_entitlement = rows.iter().filter(|r| r.entitlement_id == entitlement).count();

@@ -128,7 +128,7 @@
   var body = $("grants").tBodies[0];
   function render() {
     var type = typeSelect.value, ent = entSelect.value, terms = search.value.toLowerCase().split(/\s+/).filter(Boolean), changes = onlyChanges.checked;
-    var matching = [];
+    var matching = [], perResource = new Map();
     for (var i = 0; i < grants.length; i++) {
       var g = grants[i];
       if (type && g[RT] !== type) continue;
@@ -136,27 +136,28 @@
       if (changes && !isChanged(g)) continue;
       var hay = haystacks[i], all = true;
       for (var t = 0; t < terms.length && all; t++) all = hay.indexOf(terms[t]) !== -1;
-      if (all) matching.push(i);
+      if (!all) continue;
+      matching.push(i);
+      var rk = resourceKey(g);
+      perResource.set(rk, (perResource.get(rk) || 0) + 1);
     }
-    var rows = document.createDocumentFragment(), shown = Math.min(matching.length, MAX_ROWS), group = null, header = null, inGroup = 0;
+    var rows = document.createDocumentFragment(), shown = Math.min(matching.length, MAX_ROWS), group = null;
     for (var j = 0; j < shown; j++) {
       var g = grants[matching[j]], key = resourceKey(g);
       if (key !== group) {
         group = key;
-        header = el("tr", null, "group");
+        var header = el("tr", null, "group");
         var td = el("td");
         td.colSpan = 4;
         td.appendChild(el("span", typeNames[g[RT]] || g[RT], "type"));
         td.appendChild(document.createTextNode(g[RNAME] || g[RID] || "(unknown resource)"));
         var change = changedResources.get(key);
         if (change) td.appendChild(el("span", change === "added" ? "new" : change, "badge " + change));
-        td.appendChild(el("span", "", "n"));
+        var inGroup = perResource.get(key);
+        td.appendChild(el("span", num(inGroup) + (inGroup === 1 ? " grant" : " grants"), "n"));
         header.appendChild(td);
         rows.appendChild(header);
-        inGroup = 0;
       }
-      inGroup++;
-      header.querySelector(".n").textContent = inGroup + (inGroup === 1 ? " grant" : " grants");
       var added = addedGrants.has(grantKey(g));
       var tr = el("tr", null, added ? "grant added" : "grant");
       var entCell = el("td", g[ENAME] || g[EID]);
