@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test: builds the connector and the test fixtures as wasm
 # components, installs Stoplight Prism (spec validation) and scim2-server (a
-# real SCIM server), checks formatting and lints, then cargo test.
+# real SCIM server) and Debian's Chromium with chromedriver (the review
+# page's browser tests), checks formatting and lints, then cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh --fixtures
 ./scripts/install-prism.sh >/dev/null
 ./scripts/install-scim2-server.sh >/dev/null
+./scripts/install-chromium.sh >/dev/null
 
 echo "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)" >&2
 for tool in rustfmt clippy; do

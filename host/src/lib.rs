@@ -5,10 +5,12 @@
 //!   versions, limits, the sandboxed instance, the imports it is given);
 //! - `sync/`: the data model, the sync file, checkpoints and the driver;
 //! - `cli/`: the `tether` command line, one module per command;
+//! - `report`: the HTML page of `tether report`, for access reviews;
 //! - `serve`: `tether serve`, the long-running multi-connector host;
 //! - `terminal`: connector text made safe to print.
 
 pub mod cli;
+pub mod report;
 pub mod runtime;
 pub mod serve;
 pub mod sync;

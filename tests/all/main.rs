@@ -7,6 +7,7 @@
 //! - `provision`: each write, its repeat and its errors, then a sync
 //! - `cli`: the `tether` binary as an operator runs it, signals included
 //! - `review`: access reviews from the sync file, `tether diff` and `tether export`
+//! - `report`: `tether report`'s page, in a real headless Chromium
 //! - `sandbox`: hostile connectors against every limit and policy
 //! - `spec`: every request validated against Asana's OpenAPI spec (Prism)
 //! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
@@ -16,6 +17,7 @@ mod support;
 
 mod cli;
 mod provision;
+mod report;
 mod review;
 mod sandbox;
 mod scim_real_server;

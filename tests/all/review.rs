@@ -14,11 +14,11 @@ use tether_host::runtime::instance::ConnectorInstance;
 use tether_host::sync::sync_file::Table;
 use tether_host::sync::SyncFile;
 
-fn tether(args: &[&str]) -> Output {
+pub(super) fn tether(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tether")).args(args).env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache")).output().expect("tether runs")
 }
 
-fn path(p: &Path) -> &str {
+pub(super) fn path(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
@@ -26,11 +26,11 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn stderr(output: &Output) -> String {
+pub(super) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-fn org_spec() -> OrgSpec {
+pub(super) fn org_spec() -> OrgSpec {
     OrgSpec { users: 40, teams: 3, workspaces: 1, seed: 12 }
 }
 
@@ -55,7 +55,7 @@ async fn connector(sim: &SimHandle) -> ConnectorInstance {
 
 /// Grants one team membership and revokes another through the connector;
 /// returns the ids of the grant added and the grant removed.
-async fn change_the_org(sim: &SimHandle) -> (String, String) {
+pub(super) async fn change_the_org(sim: &SimHandle) -> (String, String) {
     let ((team, user), revoke) = grant_to_add_and_grant_to_revoke(&sim.org());
     let mut connector = connector(sim).await;
     let granted = connector.grant_entitlement(&format!("team:{team}:member"), &ResourceRef { resource_type: "user".into(), id: user.clone() }).await.unwrap();

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use commands::{describe, diff, export, inspect, module, serve, sync, write};
+use commands::{describe, diff, export, inspect, module, report, serve, sync, write};
 
 #[derive(Parser)]
 #[command(name = "tether", version, about = "Runs identity-governance connectors built as WebAssembly components")]
@@ -36,6 +36,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Writes the grants of a sync as CSV or JSON Lines, for an access review.
     Export(export::ExportArgs),
+    /// Writes one self-contained HTML page for an access review of a sync.
+    Report(report::ReportArgs),
     /// Signs connector modules and checks signatures: keygen, sign, verify.
     Module(module::ModuleArgs),
     /// Shows what a connector declares: resource types, config keys (which
@@ -114,6 +116,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Diff(args) => return Ok(if diff::run(args)? { ExitCode::from(1) } else { ExitCode::SUCCESS }),
         Command::Export(args) => export::run(args),
+        Command::Report(args) => report::run(args),
         Command::Module(args) => module::run(args),
         Command::Describe(args) => describe::run(args).await,
         Command::Sync(args) => sync::run(args).await,

@@ -112,11 +112,31 @@ impl GrantRow {
     }
 }
 
+/// The order grants are read in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrantOrder {
+    /// By grant id: the primary key's order, no sort.
+    Id,
+    /// By the entitled resource (type, name), then entitlement and
+    /// principal name, as a review page groups them. SQLite sorts, spilling
+    /// to temporary files rather than memory past its cache.
+    Resource,
+}
+
 /// Calls `each` with every grant of `run`, in grant id order, joined with
 /// its principal, entitlement and resource; returns how many there were.
-pub fn for_each_grant(file: &SyncFile, run: &RunInfo, mut each: impl FnMut(&GrantRow) -> Result<()>) -> Result<u64> {
+pub fn for_each_grant(file: &SyncFile, run: &RunInfo, each: impl FnMut(&GrantRow) -> Result<()>) -> Result<u64> {
+    for_each_grant_in(file, run, GrantOrder::Id, each)
+}
+
+/// `for_each_grant` in a given order.
+pub fn for_each_grant_in(file: &SyncFile, run: &RunInfo, order: GrantOrder, mut each: impl FnMut(&GrantRow) -> Result<()>) -> Result<u64> {
     let synced_at = run.ended_at.clone().unwrap_or_else(|| run.started_at.clone());
-    let mut stmt = file.connection().prepare(
+    let order_by = match order {
+        GrantOrder::Id => "g.id",
+        GrantOrder::Resource => "e.resource_type, r.display_name, e.resource_id, e.display_name, g.entitlement_id, p.display_name, g.id",
+    };
+    let mut stmt = file.connection().prepare(&format!(
         "SELECT g.id, g.principal_type, g.principal_id, p.display_name,
                 CASE WHEN json_valid(p.attributes) THEN CAST(json_extract(p.attributes, '$.email') AS TEXT) END,
                 g.entitlement_id, e.display_name, e.resource_type, e.resource_id, r.display_name,
@@ -125,8 +145,8 @@ pub fn for_each_grant(file: &SyncFile, run: &RunInfo, mut each: impl FnMut(&Gran
          LEFT JOIN run_resources p ON p.run_id = g.run_id AND p.resource_type = g.principal_type AND p.id = g.principal_id
          LEFT JOIN run_entitlements e ON e.run_id = g.run_id AND e.id = g.entitlement_id
          LEFT JOIN run_resources r ON r.run_id = g.run_id AND r.resource_type = e.resource_type AND r.id = e.resource_id
-         WHERE g.run_id = ?1 ORDER BY g.id",
-    )?;
+         WHERE g.run_id = ?1 ORDER BY {order_by}"
+    ))?;
     let mut rows = stmt.query([run.id])?;
     let mut count = 0;
     while let Some(row) = rows.next()? {
@@ -152,6 +172,24 @@ pub fn for_each_grant(file: &SyncFile, run: &RunInfo, mut each: impl FnMut(&Gran
         count += 1;
     }
     Ok(count)
+}
+
+/// A resource type of a run and how many resources of it the run found.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TypeCount {
+    pub id: String,
+    pub display_name: String,
+    pub resources: i64,
+}
+
+/// The resource types of `run`, in the order the connector declared them.
+pub fn resource_types(file: &SyncFile, run: &RunInfo) -> Result<Vec<TypeCount>> {
+    let mut stmt = file.connection().prepare(
+        "SELECT t.id, t.display_name, (SELECT count(*) FROM run_resources r WHERE r.run_id = t.run_id AND r.resource_type = t.id)
+         FROM run_resource_types t WHERE t.run_id = ?1 ORDER BY t.rowid",
+    )?;
+    let rows = stmt.query_map([run.id], |row| Ok(TypeCount { id: row.get(0)?, display_name: row.get(1)?, resources: row.get(2)? }))?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// What a diff compares.
