@@ -348,6 +348,19 @@ impl SyncFile {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The resource at `row` of a run, if any (a resumed listing's owner).
+    pub fn resource_at(&self, run: i64, row: i64) -> Result<Option<QueuedResource>> {
+        Ok(self.resources_after(run, row - 1, 1)?.into_iter().find(|r| r.row == row))
+    }
+
+    /// Resources of a run after `after_row`, per type: the queue still to
+    /// walk, for the progress line's estimate.
+    pub fn resources_left_by_type(&self, run: i64, after_row: i64) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare_cached("SELECT resource_type, count(*) FROM run_resources WHERE run_id = ?1 AND rowid > ?2 GROUP BY resource_type")?;
+        let rows = stmt.query_map(params![run, after_row], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Ends a run. A successful run becomes the one the views show; the
     /// records of all but the last `KEPT_GOOD_RUNS` good runs (failed ones'
     /// included) are dropped, so `tether diff` can compare the last two
