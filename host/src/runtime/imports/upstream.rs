@@ -122,7 +122,7 @@ mod tests {
         let third = tokio::time::timeout(Duration::from_millis(50), throttle.acquire("a.example")).await;
         assert!(third.is_err(), "a third request waits for a slot");
         drop(first);
-        tokio::time::timeout(Duration::from_secs(5), throttle.acquire("a.example")).await.expect("a freed slot is taken");
+        let _fourth = tokio::time::timeout(Duration::from_secs(5), throttle.acquire("a.example")).await.expect("a freed slot is taken");
     }
 
     #[test]
