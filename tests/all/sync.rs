@@ -428,7 +428,6 @@ async fn backoff_waits_count_toward_the_call_wall_clock() {
 
 /// Syncs `sim` on a pool of `size` instances of the Asana component.
 async fn sync_pool(
-    sim: &asana_sim::SimHandle,
     grants: &tether_host::runtime::instance::Permissions,
     out: &std::path::Path,
     size: usize,
@@ -469,10 +468,10 @@ async fn the_same_org_gives_the_same_rows_at_any_concurrency() {
     let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
     let dir = tempfile::tempdir().unwrap();
 
-    let one = sync_pool(&sim, &grants, &dir.path().join("one.db"), 1, false).await.expect("sequential sync");
+    let one = sync_pool(&grants, &dir.path().join("one.db"), 1, false).await.expect("sequential sync");
     assert_eq!(one.http_requests, minimum);
     let workspaces_before = workspace_rereads(&sim);
-    let many = sync_pool(&sim, &grants, &dir.path().join("many.db"), 16, false).await.expect("concurrent sync");
+    let many = sync_pool(&grants, &dir.path().join("many.db"), 16, false).await.expect("concurrent sync");
     // A fresh instance asks /workspaces again (once) before a workspace's
     // users or memberships: at most once per such listing.
     let rereads = workspace_rereads(&sim) - workspaces_before - 1;
@@ -502,7 +501,7 @@ async fn concurrent_listings_outlast_5xx_429s_and_resets_with_the_rows_of_a_clea
     config.retry_after_secs = 0;
     let sim = start_sim_with(config).await;
     let out = dir.path().join("faulty.db");
-    let summary = sync_pool(&sim, &quick_retry_grants(&sim), &out, 8, false).await.expect("the sync outlasts the faults");
+    let summary = sync_pool(&quick_retry_grants(&sim), &out, 8, false).await.expect("the sync outlasts the faults");
     assert!(summary.rate_limited > 0 && summary.retries > 0);
     assert_eq!(all_rows(&out), all_rows(&clean_out), "the same rows as a clean sequential run");
     assert_eq!(sim.request_count(), summary.http_requests, "the pool counts every attempt once");
@@ -526,14 +525,14 @@ async fn a_concurrent_sync_that_failed_resumes_asking_no_page_twice() {
     let out = dir.path().join("s.db");
     let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
 
-    let error = sync_pool(&sim, &grants, &out, 8, false).await.expect_err("the outage fails the sync");
+    let error = sync_pool(&grants, &out, 8, false).await.expect_err("the outage fails the sync");
     assert!(format!("{error:#}").contains("rate limited"), "{error:#}");
     let failed = SyncFile::open_existing(&out).unwrap().last_run().unwrap().unwrap();
     assert_eq!(failed.status, "failed");
     let answered_before = sim.requests().iter().filter(|r| r.status == 200).count() as u64;
     assert!(answered_before < minimum, "it failed part way: {answered_before} of {minimum}");
 
-    let summary = sync_pool(&sim, &grants, &out, 8, true).await.expect("the resume finishes");
+    let summary = sync_pool(&grants, &out, 8, true).await.expect("the resume finishes");
     assert_eq!(summary.run_id, failed.id, "the failed run is the one finished");
     assert_eq!(pages_asked_twice(&sim, &["/workspaces"]), Vec::<String>::new(), "every page answered once over both runs");
     let answered = sim.requests().iter().filter(|r| r.status == 200 && r.path != "/workspaces").count() as u64;

@@ -441,7 +441,7 @@ impl HttpGateway {
     /// Sends one attempt of `prepared`. Ok is an answer to hand over as it
     /// is; a 500/502/503/504 or a transport failure comes back as a
     /// failed attempt, which may be tried again.
-    async fn attempt(&self, prepared: &reqwest::Request, host: &String) -> Result<Response, FailedAttempt> {
+    async fn attempt(&self, prepared: &reqwest::Request, host: &str) -> Result<Response, FailedAttempt> {
         let failed = |failure, error| FailedAttempt { failure, outcome: Err(error) };
         let request = prepared.try_clone().ok_or_else(|| failed(Failure::Final, HttpError::InvalidRequest("the request body cannot be sent again".into())))?;
         // Past the per-host budget, the cap on requests in flight or a 429's
