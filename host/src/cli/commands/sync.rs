@@ -67,7 +67,7 @@ fn stop_on_signals(stop: crate::sync::StopRequest) -> Result<()> {
                 }
                 STOP_SIGNAL.store(number, Ordering::SeqCst);
                 stop.request();
-                eprintln!("\nstopping after the page in flight (signal again to stop at once)…");
+                eprintln!("\nstopping once the pages in flight are in and written (signal again to stop at once)…");
             }
         });
     }
