@@ -10,7 +10,7 @@
 //! the whole org) nor its CPU is counted. These print figures; they are not
 //! timed tests.
 //!
-//! Run: scripts/bench.sh [--big] [--concurrency N] [--rate PER_MINUTE] [--latencies 0,100,300]
+//! Run: scripts/bench.sh [--release] [--big] [--concurrency N] [--rate PER_MINUTE] [--latencies 0,100,300]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -46,8 +46,10 @@ fn main() {
     let options = options();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
     let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
-    let tether = root.join("target").join(profile).join("tether");
-    let simulator = root.join("target").join(profile).join("asana-sim");
+    // TETHER_BIN_DIR: binaries built elsewhere (another target folder).
+    let bin_dir = std::env::var_os("TETHER_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target").join(profile));
+    let tether = bin_dir.join("tether");
+    let simulator = bin_dir.join("asana-sim");
     let connector = root.join("target/wasm/tether-asana.wasm");
     assert!(tether.is_file() && simulator.is_file() && connector.is_file(), "build first: scripts/bench.sh builds what it needs");
     // Compile the connector once, so every row measures a sync from the

@@ -64,6 +64,11 @@ fn a_bad_flag_is_a_usage_error() {
     assert!(stderr(&run).contains("--bogus"));
     let run = tether(&["sync", "--max-depth", "many"]);
     assert_eq!(run.status.code(), Some(2));
+    for concurrency in ["0", "257", "many"] {
+        let run = tether(&["sync", "--out", "x.db", "--connector", "c.wasm", "--concurrency", concurrency]);
+        assert_eq!(run.status.code(), Some(2), "--concurrency {concurrency}");
+        assert!(stderr(&run).contains("--concurrency"), "{}", stderr(&run));
+    }
 }
 
 #[test]
