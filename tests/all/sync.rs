@@ -541,3 +541,32 @@ async fn a_concurrent_sync_that_failed_resumes_asking_no_page_twice() {
     assert_eq!(answered + 1, minimum, "each page but the one of /workspaces, once");
     assert_eq!(summary.grants, expected_grants(&org), "nothing lost, nothing doubled");
 }
+
+/// Issue 9, item 1: a 429's Retry-After holds back every worker of the
+/// pool, not only the one refused: while it lasts the simulator hears from
+/// none of them, beyond the pages already in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_pauses_every_worker_until_its_retry_after_passes() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(1500, 60, 2, 41)));
+    config.retry_after_secs = 2;
+    let sim = start_sim_with(config).await;
+    let minimum = sim.org().minimum_requests(100);
+    // Refuse one request once the sync is well under way.
+    sim.force_429_from(minimum / 3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    let summary = sync_pool(&grants, &dir.path().join("s.db"), 8, false).await.expect("the sync waits the 429 out");
+    assert_eq!(summary.rate_limited, 1);
+    assert!(summary.elapsed >= std::time::Duration::from_secs(2));
+    let requests = sim.requests();
+    let refused = requests.iter().position(|r| r.status == 429).expect("one 429");
+    let retried = requests[refused + 1..]
+        .iter()
+        .position(|r| r.path == requests[refused].path && r.query == requests[refused].query)
+        .expect("the refused page is asked again");
+    // Without the shared pause the other 7 workers would go on for the
+    // whole 2 s; with it only the pages already in flight (at most 7), and
+    // the few sent as the pause ends with the retry, come in between.
+    assert!(retried <= 7 + 8, "{retried} requests between the 429 and its retry");
+    assert_eq!(summary.grants, expected_grants(&sim.org()));
+}
