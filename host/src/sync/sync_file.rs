@@ -689,9 +689,13 @@ impl SyncFile {
     /// Grants of one run; `resource_type` filters on the entitled resource's type.
     pub fn grants(&self, run: i64, resource_type: Option<&str>) -> Result<Vec<Grant>> {
         let mut stmt = self.conn.prepare(
-            "SELECT g.id, g.entitlement_id, g.principal_type, g.principal_id, g.immutable, g.attributes
-             FROM run_grants g LEFT JOIN run_entitlements e ON e.run_id = g.run_id AND e.id = g.entitlement_id
-             WHERE g.run_id = ?1 AND (?2 IS NULL OR e.resource_type = ?2) ORDER BY g.id",
+            "SELECT coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id), ek.id, pk.resource_type, pk.id, g.immutable, g.attributes
+             FROM grant_rows g
+             JOIN entitlement_keys ek ON ek.eid = g.entitlement
+             JOIN resource_keys pk ON pk.kid = g.principal
+             LEFT JOIN entitlement_rows e ON e.run_id = g.run_id AND e.entitlement = g.entitlement
+             LEFT JOIN resource_keys rk ON rk.kid = e.resource
+             WHERE g.run_id = ?1 AND (?2 IS NULL OR rk.resource_type = ?2) ORDER BY 1",
         )?;
         let rows = stmt.query_map(params![run, resource_type], |row| {
             Ok(Grant {
