@@ -570,3 +570,42 @@ async fn a_429_pauses_every_worker_until_its_retry_after_passes() {
     assert!(retried <= 7 + 8, "{retried} requests between the 429 and its retry");
     assert_eq!(summary.grants, expected_grants(&sim.org()));
 }
+
+/// A run interrupted by an older tether (a version-2 checkpoint: one
+/// resource part way through its listings) resumes on a pool: that
+/// resource's listings from the step named, then the rest of the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_2_checkpoint_resumes_on_a_pool() {
+    let sim = start_sim(spec(300, 12, 2, 43)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.db");
+    let out = dir.path().join("s.db");
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    sync_pool(&grants, &clean, 4, false).await.expect("a clean sync");
+    let good = sync_pool(&grants, &out, 4, false).await.expect("a sync to take apart");
+    // As an older tether would have left it: the run failed inside the
+    // grants (step 1) of a team, whose memberships and everything queued
+    // after it are not in the file yet.
+    {
+        let conn = rusqlite::Connection::open(&out).unwrap();
+        let team_row: i64 = conn
+            .query_row(
+                "SELECT r.rid FROM resource_rows r JOIN resource_keys k ON k.kid = r.key WHERE r.run_id = ?1 AND k.resource_type = 'team' ORDER BY r.rid LIMIT 1",
+                [good.run_id],
+                |row| row.get(0),
+            )
+            .unwrap();
+        conn.execute_batch(&format!(
+            "DELETE FROM grant_rows WHERE run_id = {run} AND entitlement IN
+                 (SELECT entitlement FROM entitlement_rows WHERE run_id = {run} AND resource IN (SELECT key FROM resource_rows WHERE run_id = {run} AND rid >= {team_row}));
+             DELETE FROM entitlement_rows WHERE run_id = {run} AND resource IN (SELECT key FROM resource_rows WHERE run_id = {run} AND rid > {team_row});
+             UPDATE sync_runs SET status = 'failed', checkpoint = '{{\"version\":2,\"position\":{{\"phase\":\"queue\",\"cursor\":{cursor},\"within\":{{\"row\":{team_row},\"step\":1,\"token\":null}}}}}}' WHERE id = {run};",
+            run = good.run_id,
+            cursor = team_row - 1,
+        ))
+        .unwrap();
+    }
+    let resumed = sync_pool(&grants, &out, 4, true).await.expect("the version-2 checkpoint resumes");
+    assert_eq!(resumed.run_id, good.run_id);
+    assert_eq!(all_rows(&out), all_rows(&clean), "every record is back, none doubled");
+}
