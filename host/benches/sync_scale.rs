@@ -1,58 +1,166 @@
-//! Sync cost as the org grows: requests, wall time, the syncing process's
-//! CPU time and peak memory, for orgs of 1k, 10k and 50k users. The
-//! simulator runs in its own process so its memory (it holds the whole org)
-//! and its CPU (it filters the whole org for every page) are not counted.
+//! Sync figures beside their bounds (issue 9), for orgs of 1k and 10k users
+//! (100k with `--big`) at 0, 100 and 300 ms of upstream latency:
 //!
-//! Run: cargo bench -p tether-host --bench sync_scale
+//! - wall time beside `max(requests ÷ rate, requests × latency ÷ concurrency)`;
+//! - requests beside the minimum the org needs (the simulator says it);
+//! - the sync process's own CPU seconds and peak memory;
+//! - sync-file bytes per grant.
+//!
+//! The simulator runs in its own process, so neither its memory (it holds
+//! the whole org) nor its CPU is counted. These print figures; they are not
+//! timed tests.
+//!
+//! Run: scripts/bench.sh [--release] [--big] [--concurrency N] [--rate PER_MINUTE] [--latencies 0,100,300]
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Options {
+    big: bool,
+    concurrency: u32,
+    /// Requests per minute, for both the simulator and the host.
+    rate: u32,
+    latencies: Vec<u64>,
+}
+
+fn options() -> Options {
+    let mut options = Options { big: false, concurrency: 16, rate: 1_000_000, latencies: vec![0, 100, 300] };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--big" => options.big = true,
+            "--concurrency" => options.concurrency = args.next().and_then(|v| v.parse().ok()).expect("--concurrency N"),
+            "--rate" => options.rate = args.next().and_then(|v| v.parse().ok()).expect("--rate PER_MINUTE"),
+            "--latencies" => {
+                options.latencies = args.next().expect("--latencies 0,100").split(',').map(|v| v.parse().expect("a number of ms")).collect();
+            }
+            // cargo bench adds --bench.
+            _ => {}
+        }
+    }
+    options
+}
 
 fn main() {
+    let options = options();
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
-    let tether = root.join("target/debug/tether");
-    let simulator = root.join("target/debug/asana-sim");
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    // TETHER_BIN_DIR: binaries built elsewhere (another target folder).
+    let bin_dir = std::env::var_os("TETHER_BIN_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target").join(profile));
+    let tether = bin_dir.join("tether");
+    let simulator = bin_dir.join("asana-sim");
     let connector = root.join("target/wasm/tether-asana.wasm");
-    assert!(tether.is_file() && simulator.is_file() && connector.is_file(), "build first: scripts/build-guests.sh && cargo build -p tether-host -p asana-sim");
+    assert!(tether.is_file() && simulator.is_file() && connector.is_file(), "build first: scripts/bench.sh builds what it needs");
     // Compile the connector once, so every row measures a sync from the
     // compiled-code cache.
     let warm = Command::new(&tether).args(["describe", "--connector", connector.to_str().unwrap()]).output().expect("describe runs");
     assert!(warm.status.success());
-    println!("{:>8} {:>6} {:>9} {:>9} {:>9} {:>10}", "users", "teams", "requests", "seconds", "cpu s", "peak MiB");
-    for (users, teams) in [(1_000, 50), (10_000, 300), (50_000, 1_000)] {
-        let mut sim = Command::new(&simulator)
-            // Asana's 1500 requests a minute would make this a measure of
-            // waiting: lift the budget to measure Tether.
-            .args(["--users", &users.to_string(), "--teams", &teams.to_string(), "--per-minute", "1000000"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("simulator starts");
-        // Keep the pipe open while the simulator runs.
-        let mut sim_output = BufReader::new(sim.stdout.take().unwrap());
-        let mut first = String::new();
-        sim_output.read_line(&mut first).unwrap();
-        let base_url = first.trim().rsplit(' ').next().unwrap().to_string();
-        let addr = base_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
-        let dir = tempfile::tempdir().unwrap();
-        let cpu_before = children_cpu_seconds();
-        let out = Command::new(&tether)
-            .args(["sync", "--connector", connector.to_str().unwrap(), "--out", dir.path().join("s.db").to_str().unwrap()])
-            .args(["--config", &format!("asana-api-url={base_url}"), "--secret", "token=literal:sim-token", "--allow-host", &addr])
-            .args(["--max-requests-per-minute", "1000000"])
-            .output()
-            .expect("sync runs");
-        // The sync is the only child waited for in between.
-        let cpu = children_cpu_seconds() - cpu_before;
-        let _ = sim.kill();
-        let _ = sim.wait();
-        drop(sim_output);
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        let figure = |label: &str| {
-            text.lines().find(|l| l.trim_start().starts_with(label)).and_then(|l| l.split_whitespace().nth(label.split(' ').count())).unwrap_or("?").to_string()
-        };
-        println!("{users:>8} {teams:>6} {:>9} {:>9} {cpu:>9.2} {:>10}", figure("HTTP requests"), figure("elapsed"), figure("peak memory"));
+
+    let mut orgs = vec![(1_000, 50), (10_000, 300)];
+    if options.big {
+        orgs.push((100_000, 2_000));
+    }
+    println!("{} build; concurrency {}; {} requests/minute (simulator and host)", profile, options.concurrency, options.rate);
+    println!(
+        "{:>7} {:>5} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>6} | {:>6} {:>8} | {:>8} {:>8}",
+        "users", "teams", "latency", "requests", "minimum", "wall s", "bound s", "ratio", "cpu s", "peak MiB", "grants", "B/grant"
+    );
+    for (users, teams) in orgs {
+        for &latency in &options.latencies {
+            let row = sync_once(&tether, &simulator, &connector, users, teams, latency, &options);
+            let bound =
+                (row.requests as f64 / (f64::from(options.rate) / 60.0)).max(row.requests as f64 * latency as f64 / 1000.0 / f64::from(options.concurrency));
+            println!(
+                "{users:>7} {teams:>5} {:>5}ms | {:>8} {:>8} | {:>8.2} {:>8.2} {:>6} | {:>6.2} {:>8} | {:>8} {:>8.0}",
+                latency,
+                row.requests,
+                row.minimum,
+                row.wall.as_secs_f64(),
+                bound,
+                if bound > 0.05 { format!("{:.2}", row.wall.as_secs_f64() / bound) } else { "-".into() },
+                row.cpu,
+                row.peak_mib,
+                row.grants,
+                row.file_bytes as f64 / row.grants.max(1) as f64,
+            );
+        }
+    }
+}
+
+struct Row {
+    requests: u64,
+    minimum: u64,
+    wall: Duration,
+    cpu: f64,
+    peak_mib: String,
+    grants: u64,
+    file_bytes: u64,
+}
+
+fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, teams: u32, latency: u64, options: &Options) -> Row {
+    let dir = tempfile::tempdir().unwrap();
+    let url_file = dir.path().join("url");
+    let mut sim = Command::new(simulator)
+        .args(["--users", &users.to_string(), "--teams", &teams.to_string(), "--per-minute", &options.rate.to_string()])
+        .args(["--latency-ms", &latency.to_string(), "--url-file", url_file.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("simulator starts");
+    let (base_url, minimum) = wait_for_url(&url_file, &mut sim);
+    let addr = base_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
+    let out_file = dir.path().join("s.db");
+    let cpu_before = children_cpu_seconds();
+    let started = Instant::now();
+    let out = Command::new(tether)
+        .args(["sync", "--connector", connector.to_str().unwrap(), "--out", out_file.to_str().unwrap()])
+        .args(["--config", &format!("asana-api-url={base_url}"), "--secret", "token=literal:sim-token", "--allow-host", &addr])
+        .args(["--max-requests-per-minute", &options.rate.to_string(), "--concurrency", &options.concurrency.to_string()])
+        .output()
+        .expect("sync runs");
+    let wall = started.elapsed();
+    // The sync is the only child waited for in between.
+    let cpu = children_cpu_seconds() - cpu_before;
+    let _ = sim.kill();
+    let _ = sim.wait();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let figure = |label: &str| {
+        text.lines().find(|l| l.trim_start().starts_with(label)).and_then(|l| l.split_whitespace().nth(label.split(' ').count())).unwrap_or("?").to_string()
+    };
+    let file_bytes = ["s.db", "s.db-wal"].iter().filter_map(|f| std::fs::metadata(dir.path().join(f)).ok()).map(|m| m.len()).sum();
+    Row {
+        requests: figure("HTTP requests").parse().unwrap_or(0),
+        minimum,
+        wall,
+        cpu,
+        peak_mib: figure("peak memory"),
+        grants: figure("grants").parse().unwrap_or(0),
+        file_bytes,
+    }
+}
+
+/// A debug-built simulator takes minutes to generate 100k users.
+const START_TIMEOUT: Duration = Duration::from_secs(1800);
+
+/// The simulator writes its base URL and the org's minimum requests once
+/// it listens.
+fn wait_for_url(path: &Path, sim: &mut Child) -> (String, u64) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let lines: Vec<&str> = text.lines().collect();
+            if lines.len() >= 2 {
+                return (lines[0].trim().to_string(), lines[1].trim().parse().expect("the minimum is a number"));
+            }
+        }
+        assert!(sim.try_wait().unwrap().is_none(), "the simulator exited");
+        if Instant::now() > deadline {
+            let _ = sim.kill();
+            let _ = sim.wait();
+            panic!("the simulator did not start within {:?}", START_TIMEOUT);
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

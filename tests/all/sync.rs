@@ -425,3 +425,187 @@ async fn backoff_waits_count_toward_the_call_wall_clock() {
     assert!(format!("{error:#}").contains("limit exceeded: wall-clock"), "{error:#}");
     assert!(sim.request_count() < 12, "backoff waited between attempts: {}", sim.request_count());
 }
+
+/// Syncs `sim` on a pool of `size` instances of the Asana component.
+async fn sync_pool(
+    grants: &tether_host::runtime::instance::Permissions,
+    out: &std::path::Path,
+    size: usize,
+    resume: bool,
+) -> anyhow::Result<tether_host::sync::SyncSummary> {
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let mut grants = grants.clone();
+    grants.limits.http_concurrent_per_host = size;
+    let mut pool = tether_host::runtime::instance::ConnectorInstance::start_pool(&engine, &module, &grants, size).await?;
+    let mut file = SyncFile::open(out)?;
+    let options = tether_host::sync::SyncOptions { resume, ..Default::default() };
+    tether_host::sync::run_pool(&mut pool, &mut file, &module.digest, &indicatif::ProgressBar::hidden(), &options).await
+}
+
+/// Every row of the last good run, as text, sorted: resources (with parent,
+/// name and attributes), entitlements and grants.
+fn all_rows(out: &std::path::Path) -> Vec<String> {
+    let file = SyncFile::open_existing(out).unwrap();
+    let run = file.last_good_run().unwrap().unwrap().id;
+    let mut rows: Vec<String> = file.resources(run, None).unwrap().iter().map(|r| format!("{r:?}")).collect();
+    rows.extend(file.entitlements(run, None).unwrap().iter().map(|e| format!("{e:?}")));
+    rows.extend(file.grants(run, None).unwrap().iter().map(|g| format!("{g:?}")));
+    rows.sort();
+    rows
+}
+
+/// Issue 9, item 1: the rows do not depend on how many listings run at
+/// once, and neither do the requests (beyond a fresh instance reading the
+/// workspaces again), while the wall time does.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_same_org_gives_the_same_rows_at_any_concurrency() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(900, 40, 3, 29)));
+    config.latency = std::time::Duration::from_millis(40);
+    let sim = start_sim_with(config).await;
+    let org = sim.org();
+    let minimum = org.minimum_requests(100);
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    let dir = tempfile::tempdir().unwrap();
+
+    let one = sync_pool(&grants, &dir.path().join("one.db"), 1, false).await.expect("sequential sync");
+    assert_eq!(one.http_requests, minimum);
+    let workspaces_before = workspace_rereads(&sim);
+    let many = sync_pool(&grants, &dir.path().join("many.db"), 16, false).await.expect("concurrent sync");
+    // A fresh instance asks /workspaces again (once) before a workspace's
+    // users or memberships: at most once per such listing.
+    let rereads = workspace_rereads(&sim) - workspaces_before - 1;
+    assert!(rereads <= 2 * org.workspaces.len() as u64, "{rereads}");
+    assert_eq!(many.http_requests, minimum + rereads);
+    assert_eq!(sim.request_count(), one.http_requests + many.http_requests);
+
+    assert_eq!(many.grants, expected_grants(&org));
+    assert_eq!((many.resources.clone(), many.entitlements, many.grants), (one.resources.clone(), one.entitlements, one.grants));
+    assert_eq!(all_rows(&dir.path().join("many.db")), all_rows(&dir.path().join("one.db")), "the same rows, attributes included");
+    // One at a time waits out every request's 40 ms; 16 at once overlap
+    // them. (Loose: tests run side by side on a busy machine.)
+    assert!(one.elapsed >= std::time::Duration::from_millis(40) * minimum as u32);
+    assert!(many.elapsed < one.elapsed, "{:?} with 16 vs {:?} with 1", many.elapsed, one.elapsed);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_listings_outlast_5xx_429s_and_resets_with_the_rows_of_a_clean_run() {
+    let org_spec = spec(600, 30, 3, 21);
+    let clean_sim = start_sim(org_spec.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean_out = dir.path().join("clean.db");
+    sync_sim(&clean_sim, "sim-token", &clean_out).await.expect("the clean sync succeeds");
+
+    let mut config = SimConfig::new(asana_sim::Org::generate(&org_spec));
+    config.inject_5xx_rate = 0.03;
+    config.inject_429_rate = 0.10;
+    config.inject_reset_rate = 0.02;
+    config.retry_after_secs = 0;
+    let sim = start_sim_with(config).await;
+    let out = dir.path().join("faulty.db");
+    let summary = sync_pool(&quick_retry_grants(&sim), &out, 8, false).await.expect("the sync outlasts the faults");
+    assert!(summary.rate_limited > 0 && summary.retries > 0);
+    assert_eq!(all_rows(&out), all_rows(&clean_out), "the same rows as a clean sequential run");
+    assert_eq!(sim.request_count(), summary.http_requests, "the pool counts every attempt once");
+}
+
+/// Issue 9, item 2: a concurrent sync that fails with listings in flight
+/// resumes (concurrently) asking every page not yet written once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_sync_that_failed_resumes_asking_no_page_twice() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(1200, 30, 2, 37)));
+    config.retry_after_secs = 0;
+    config.latency = std::time::Duration::from_millis(3);
+    let sim = start_sim_with(config).await;
+    let org = sim.org();
+    let minimum = org.minimum_requests(100);
+    let retries = tether_host::runtime::instance::RATE_LIMIT_RETRIES;
+    // An outage halfway through that outlasts the retries of every
+    // listing in flight.
+    sim.force_429_from(minimum / 2, 8 * (retries + 1));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+
+    let error = sync_pool(&grants, &out, 8, false).await.expect_err("the outage fails the sync");
+    assert!(format!("{error:#}").contains("rate limited"), "{error:#}");
+    let failed = SyncFile::open_existing(&out).unwrap().last_run().unwrap().unwrap();
+    assert_eq!(failed.status, "failed");
+    let answered_before = sim.requests().iter().filter(|r| r.status == 200).count() as u64;
+    assert!(answered_before < minimum, "it failed part way: {answered_before} of {minimum}");
+
+    let summary = sync_pool(&grants, &out, 8, true).await.expect("the resume finishes");
+    assert_eq!(summary.run_id, failed.id, "the failed run is the one finished");
+    assert_eq!(pages_asked_twice(&sim, &["/workspaces"]), Vec::<String>::new(), "every page answered once over both runs");
+    let answered = sim.requests().iter().filter(|r| r.status == 200 && r.path != "/workspaces").count() as u64;
+    assert_eq!(answered + 1, minimum, "each page but the one of /workspaces, once");
+    assert_eq!(summary.grants, expected_grants(&org), "nothing lost, nothing doubled");
+}
+
+/// Issue 9, item 1: a 429's Retry-After holds back every worker of the
+/// pool, not only the one refused: while it lasts the simulator hears from
+/// none of them, beyond the pages already in flight.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_429_pauses_every_worker_until_its_retry_after_passes() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(1500, 60, 2, 41)));
+    config.retry_after_secs = 2;
+    let sim = start_sim_with(config).await;
+    let minimum = sim.org().minimum_requests(100);
+    // Refuse one request once the sync is well under way.
+    sim.force_429_from(minimum / 3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    let summary = sync_pool(&grants, &dir.path().join("s.db"), 8, false).await.expect("the sync waits the 429 out");
+    assert_eq!(summary.rate_limited, 1);
+    assert!(summary.elapsed >= std::time::Duration::from_secs(2));
+    let requests = sim.requests();
+    let refused = requests.iter().position(|r| r.status == 429).expect("one 429");
+    let retried = requests[refused + 1..]
+        .iter()
+        .position(|r| r.path == requests[refused].path && r.query == requests[refused].query)
+        .expect("the refused page is asked again");
+    // Without the shared pause the other 7 workers would go on for the
+    // whole 2 s; with it only the pages already in flight (at most 7), and
+    // the few sent as the pause ends with the retry, come in between.
+    assert!(retried <= 7 + 8, "{retried} requests between the 429 and its retry");
+    assert_eq!(summary.grants, expected_grants(&sim.org()));
+}
+
+/// A run interrupted by an older tether (a version-2 checkpoint: one
+/// resource part way through its listings) resumes on a pool: that
+/// resource's listings from the step named, then the rest of the queue.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_2_checkpoint_resumes_on_a_pool() {
+    let sim = start_sim(spec(300, 12, 2, 43)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let clean = dir.path().join("clean.db");
+    let out = dir.path().join("s.db");
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    sync_pool(&grants, &clean, 4, false).await.expect("a clean sync");
+    let good = sync_pool(&grants, &out, 4, false).await.expect("a sync to take apart");
+    // As an older tether would have left it: the run failed inside the
+    // grants (step 1) of a team, whose memberships and everything queued
+    // after it are not in the file yet.
+    {
+        let conn = rusqlite::Connection::open(&out).unwrap();
+        let team_row: i64 = conn
+            .query_row(
+                "SELECT r.rid FROM resource_rows r JOIN resource_keys k ON k.kid = r.key WHERE r.run_id = ?1 AND k.resource_type = 'team' ORDER BY r.rid LIMIT 1",
+                [good.run_id],
+                |row| row.get(0),
+            )
+            .unwrap();
+        conn.execute_batch(&format!(
+            "DELETE FROM grant_rows WHERE run_id = {run} AND entitlement IN
+                 (SELECT entitlement FROM entitlement_rows WHERE run_id = {run} AND resource IN (SELECT key FROM resource_rows WHERE run_id = {run} AND rid >= {team_row}));
+             DELETE FROM entitlement_rows WHERE run_id = {run} AND resource IN (SELECT key FROM resource_rows WHERE run_id = {run} AND rid > {team_row});
+             UPDATE sync_runs SET status = 'failed', checkpoint = '{{\"version\":2,\"position\":{{\"phase\":\"queue\",\"cursor\":{cursor},\"within\":{{\"row\":{team_row},\"step\":1,\"token\":null}}}}}}' WHERE id = {run};",
+            run = good.run_id,
+            cursor = team_row - 1,
+        ))
+        .unwrap();
+    }
+    let resumed = sync_pool(&grants, &out, 4, true).await.expect("the version-2 checkpoint resumes");
+    assert_eq!(resumed.run_id, good.run_id);
+    assert_eq!(all_rows(&out), all_rows(&clean), "every record is back, none doubled");
+}

@@ -170,6 +170,7 @@ impl LimitArgs {
             http_timeout: seconds("http-timeout", self.http_timeout)?,
             http_requests_per_call: self.max_requests_per_call,
             http_requests_per_minute: self.max_requests_per_minute,
+            http_concurrent_per_host: Limits::default().http_concurrent_per_host,
             http_retries: self.http_retries,
             http_retry_base: seconds("http-retry-base", self.http_retry_base)?,
             http_retry_max_delay: seconds("http-retry-max", self.http_retry_max)?,

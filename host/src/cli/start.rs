@@ -16,6 +16,8 @@ pub struct Prepared {
     pub engine: ConnectorEngine,
     pub module: LoadedModule,
     pub instance: ConnectorInstance,
+    /// What the instance was started with, for more of the same (a pool).
+    pub permissions: Permissions,
 }
 
 pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
@@ -47,7 +49,7 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
     check_config_against_metadata(&instance, args)?;
     // Secrets are attached for these hosts: the operator should see them.
     eprintln!("{} {} may reach: {}", esc(&instance.metadata.name), esc(&instance.metadata.version), instance.http().allowed_hosts().join(", "));
-    Ok(Prepared { engine, module, instance })
+    Ok(Prepared { engine, module, instance, permissions })
 }
 
 /// Secrets must not travel as config, and required keys must be given.

@@ -145,8 +145,39 @@ enum Exports {
 
 impl ConnectorInstance {
     pub async fn start(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
+        let http = Arc::new(HttpGateway::new(
+            EgressPolicy::new(permissions.extra_hosts.clone()),
+            permissions.secrets.clone(),
+            &permissions.limits,
+            permissions.dry_run,
+        )?);
+        Self::start_on(engine, module, permissions, http).await
+    }
+
+    /// `size` instances of the module (one `InstancePre`, each its own
+    /// store) sharing one HTTP gateway: one rate budget, one cap on requests
+    /// in flight and one 429 pause per upstream host, one retry budget and
+    /// one set of counters for the lot. Each instance runs one call at a
+    /// time; a pool runs as many calls at once as it has instances.
+    pub async fn start_pool(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions, size: usize) -> Result<Vec<Self>> {
+        let first = Self::start(engine, module, permissions).await?;
+        first.http.throttle.set_concurrency(permissions.limits.http_concurrent_per_host);
+        let mut pool = Vec::with_capacity(size.max(1));
+        pool.push(first);
+        for _ in 1..size {
+            let sibling = pool[0].sibling(engine, module, permissions).await?;
+            pool.push(sibling);
+        }
+        Ok(pool)
+    }
+
+    /// Another instance of the same module on this one's HTTP gateway.
+    pub async fn sibling(&self, engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
+        Self::start_on(engine, module, permissions, self.http.clone()).await
+    }
+
+    async fn start_on(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions, http: Arc<HttpGateway>) -> Result<Self> {
         let limits = permissions.limits.clone();
-        let http = Arc::new(HttpGateway::new(EgressPolicy::new(permissions.extra_hosts.clone()), permissions.secrets.clone(), &limits, permissions.dry_run)?);
         let label = permissions.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path));
         // The namespace is the operator's choice (the instance name), never
         // the name a module gives itself: a module calling itself "asana"
@@ -197,6 +228,17 @@ impl ConnectorInstance {
 
     pub fn http(&self) -> &HttpGateway {
         &self.http
+    }
+
+    /// The gateway, shared with the instances of the same pool.
+    pub fn http_shared(&self) -> Arc<HttpGateway> {
+        self.http.clone()
+    }
+
+    /// HTTP requests the last call sent (retries not counted): the pool
+    /// shares its counters, so a call's own cost is read here.
+    pub fn requests_in_last_call(&self) -> usize {
+        self.store.data().http.requests.used()
     }
 
     /// The version of `tether:connector` the module was built against.

@@ -33,6 +33,9 @@ pub struct Limits {
     /// (Asana allows 1500 a minute): a connector cannot hammer an upstream
     /// with the operator's token. Requests past it wait.
     pub http_requests_per_minute: u32,
+    /// Requests in flight to one upstream host, across the instances of a
+    /// pool (`sync --concurrency` sets it).
+    pub http_concurrent_per_host: usize,
     /// Times one idempotent request (a GET, or one carrying an
     /// `Idempotency-Key` header) is tried again after a 500, 502, 503 or
     /// 504, a timeout or a broken connection. Other writes are tried again
@@ -73,6 +76,7 @@ impl Default for Limits {
             http_timeout: Duration::from_secs(30),
             http_requests_per_call: 100,
             http_requests_per_minute: 1_500,
+            http_concurrent_per_host: 16,
             http_retries: 4,
             http_retry_base: Duration::from_millis(250),
             http_retry_max_delay: Duration::from_secs(8),
@@ -154,6 +158,11 @@ impl CallBudget {
 
     pub fn reset(&mut self) {
         self.used = 0;
+    }
+
+    /// Uses counted since the last reset.
+    pub fn used(&self) -> usize {
+        self.used
     }
 }
 

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use serde_json::Value;
 
 /// The version of the checkpoint format this host writes.
-pub const CHECKPOINT_VERSION: u32 = 2;
+pub const CHECKPOINT_VERSION: u32 = 3;
 
 /// How far a run got, saved with every page it writes (in the same
 /// transaction), so that a resume asks for no page already written.
@@ -38,6 +38,27 @@ pub enum Position {
     /// Walking the queue: every resource up to row `cursor` is done;
     /// `within` says how far the driver got inside the next one.
     Queue { cursor: i64, within: Option<Within> },
+    /// Version 3, listings run concurrently: every resource up to row
+    /// `cursor` has had its listings handed out, and `pending` holds those
+    /// not finished (top-level ones included), each with the page to go on
+    /// from. Everything else is done.
+    Listings { cursor: i64, pending: Vec<Pending> },
+}
+
+/// One listing handed out and not finished, and the page it goes on from.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Pending {
+    pub listing: ListingKey,
+    pub token: Option<String>,
+}
+
+/// Which listing: the `index`-th top-level type, or step `step` (a type
+/// listed under it, then entitlements, then grants) of the resource at `row`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "of", rename_all = "kebab-case")]
+pub enum ListingKey {
+    TopLevel { index: usize },
+    Resource { row: i64, step: usize },
 }
 
 /// A place inside one resource's listings: its row, the step (which
@@ -50,8 +71,10 @@ pub struct Within {
 }
 
 impl Checkpoint {
-    /// Reads a saved checkpoint: this version's, or version 1 (no version
-    /// field; top-level listings were checkpointed only once all done).
+    /// Reads a saved checkpoint: this version's, version 2 (one listing at a
+    /// time: `TopLevel` or `Queue`, which the driver turns into pending
+    /// listings), or version 1 (no version field; top-level listings were
+    /// checkpointed only once all done).
     /// Anything else is an error, never silently a fresh start.
     pub fn parse(text: &str) -> Result<Self> {
         #[derive(serde::Deserialize)]
@@ -62,9 +85,9 @@ impl Checkpoint {
         }
         let value: Value = serde_json::from_str(text).context("the checkpoint is not JSON")?;
         match value.get("version").map(Value::as_u64) {
-            Some(Some(v)) if v == u64::from(CHECKPOINT_VERSION) => serde_json::from_value(value).context("the checkpoint does not match its version's format"),
+            Some(Some(2 | 3)) => serde_json::from_value(value).context("the checkpoint does not match its version's format"),
             Some(other) => anyhow::bail!(
-                "the checkpoint has version {}, which this tether does not read (it reads 1 and {CHECKPOINT_VERSION})",
+                "the checkpoint has version {}, which this tether does not read (it reads 1 to {CHECKPOINT_VERSION})",
                 other.map_or_else(|| "(not a number)".to_string(), |v| v.to_string())
             ),
             None => {

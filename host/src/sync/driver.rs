@@ -5,22 +5,35 @@
 //! types, then reads resources back in the order they were written and, for
 //! each, lists the types listed under it, its entitlements and its grants.
 //! Memory stays flat whatever the size of the org.
+//!
+//! Listings are independent of each other, so a pool of instances runs as
+//! many at once as it has instances (each instance one call at a time),
+//! page by page; this driver is the one writer of the sync file. What the
+//! file holds does not depend on the pool's size.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
+use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::ProgressBar;
 
-use super::checkpoint::{Checkpoint, Position, Within};
+use super::checkpoint::{Checkpoint, ListingKey, Position};
 use super::model::{PageRecords, ResourceType};
 use super::sync_file::{ConnectorIdentity, RunEnd, SyncFile, Table};
-use crate::runtime::bindings::ResourceRef;
-use crate::runtime::instance::{retry_rate_limited, ConnectorInstance};
+use super::work::{self, Job, Listing, Work};
+use crate::runtime::bindings::{guest, ResourceRef};
+use crate::runtime::instance::{retry_rate_limited, CallError, ConnectorInstance};
 use crate::runtime::limits::{LimitExceeded, SyncLimits};
 
-const QUEUE_BATCH: usize = 256;
+/// Resources read from the queue at a time.
+const QUEUE_BATCH: usize = 64;
+/// Listings kept waiting per worker: enough to keep every worker busy,
+/// few enough that the checkpoint saved with each page stays small.
+const WAITING_PER_WORKER: usize = 4;
+/// How often the progress line's estimate reads the queue's length.
+const ESTIMATE_EVERY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone)]
 pub struct SyncSummary {
@@ -70,56 +83,6 @@ pub struct SyncOptions {
     pub stop: StopRequest,
 }
 
-enum Listing<'a> {
-    Resources(&'a str, Option<&'a ResourceRef>),
-    Entitlements(&'a ResourceRef),
-    Grants(&'a ResourceRef),
-}
-
-impl Listing<'_> {
-    /// Escaped: the ids are the connector's.
-    fn describe(&self) -> String {
-        let text = match self {
-            Listing::Resources(t, None) => format!("listing {t} resources"),
-            Listing::Resources(t, Some(scope)) => format!("listing {t} resources of {} {}", scope.resource_type, scope.id),
-            Listing::Entitlements(r) => {
-                format!("listing entitlements of {} {}", r.resource_type, r.id)
-            }
-            Listing::Grants(r) => format!("listing grants of {} {}", r.resource_type, r.id),
-        };
-        crate::terminal::escape(&text).into_owned()
-    }
-}
-
-/// Where a listing sits in the run, to say where to go on from after each
-/// of its pages.
-#[derive(Clone, Copy)]
-enum Place {
-    TopLevel { index: usize },
-    Queue { cursor: i64, row: i64, step: usize, last_step: bool },
-}
-
-impl Place {
-    /// Inside the listing, before the page `token`.
-    fn at(self, token: Option<String>) -> Checkpoint {
-        match self {
-            Place::TopLevel { index } => Position::TopLevel { index, token }.into(),
-            Place::Queue { cursor, row, step, .. } => Position::Queue { cursor, within: Some(Within { row, step, token }) }.into(),
-        }
-    }
-
-    /// After the listing's last page.
-    fn done(self) -> Checkpoint {
-        match self {
-            Place::TopLevel { index } => Position::TopLevel { index: index + 1, token: None }.into(),
-            Place::Queue { row, last_step: true, .. } => Position::Queue { cursor: row, within: None }.into(),
-            Place::Queue { cursor, row, step, last_step: false } => {
-                Position::Queue { cursor, within: Some(Within { row, step: step + 1, token: None }) }.into()
-            }
-        }
-    }
-}
-
 /// Runs one sync into `file` with the default limits. On failure the run
 /// is marked failed with the error and the last good run stays what the
 /// file shows.
@@ -127,10 +90,8 @@ pub async fn run(instance: &mut ConnectorInstance, file: &mut SyncFile, digest: 
     run_with(instance, file, digest, progress, &SyncOptions::default()).await
 }
 
-/// Runs one sync as `options` say. A run that fails keeps its records and
-/// checkpoint (for a resume) and is marked failed; one asked to stop ends
-/// at the next page boundary, is marked interrupted, and returns
-/// [`Interrupted`].
+/// Runs one sync on one instance, one listing at a time, as `options` say.
+/// See [`run_pool`].
 pub async fn run_with(
     instance: &mut ConnectorInstance,
     file: &mut SyncFile,
@@ -138,8 +99,20 @@ pub async fn run_with(
     progress: &ProgressBar,
     options: &SyncOptions,
 ) -> Result<SyncSummary> {
+    run_pool(std::slice::from_mut(instance), file, digest, progress, options).await
+}
+
+/// Runs one sync on a pool of instances of one module (see
+/// [`ConnectorInstance::start_pool`]), as many listings at once as it has
+/// instances. A run that fails keeps its records and checkpoint (for a
+/// resume) and is marked failed; one asked to stop lets the pages in
+/// flight come in, writes them, is marked interrupted and returns
+/// [`Interrupted`].
+pub async fn run_pool(pool: &mut [ConnectorInstance], file: &mut SyncFile, digest: &str, progress: &ProgressBar, options: &SyncOptions) -> Result<SyncSummary> {
     let started = Instant::now();
-    let connector = ConnectorIdentity { name: instance.metadata.name.clone(), version: instance.metadata.version.clone(), digest: digest.to_string() };
+    let Some(first) = pool.first_mut() else { anyhow::bail!("a sync needs at least one connector instance") };
+    let connector = ConnectorIdentity { name: first.metadata.name.clone(), version: first.metadata.version.clone(), digest: digest.to_string() };
+    let types: Vec<ResourceType> = first.metadata.resource_types.iter().cloned().map(Into::into).collect();
     let resumable = if options.resume { file.resumable_run(digest)? } else { None };
     let (run_id, checkpoint) = match resumable {
         Some((run_id, checkpoint)) => {
@@ -150,15 +123,31 @@ pub async fn run_with(
         None => (file.begin_run(&connector)?, Checkpoint::default()),
     };
     let records = file.records(run_id)?;
-    let mut driver = Driver { instance, file, run: run_id, progress, options, started, records, tally: Tally::default(), unsaved: None };
-    let mut result = driver.drive(checkpoint).await;
+    let http = pool[0].http_shared();
+    let workers = pool.len();
+    let mut driver = Driver {
+        file,
+        run: run_id,
+        progress,
+        options,
+        started,
+        records,
+        tally: Tally::default(),
+        types,
+        work: Work::default(),
+        unsaved: false,
+        workers,
+        http: http.clone(),
+        estimate: Estimate::default(),
+    };
+    let mut result = driver.drive(pool, checkpoint).await;
     if result.is_err() {
         // Where a failed run goes on from, as far as it got.
         if let Err(e) = driver.save_checkpoint() {
             result = result.context(format!("and its checkpoint could not be saved: {e:#}"));
         }
     }
-    let requests = instance.http().requests_sent();
+    let requests = http.requests_sent();
     match result {
         Ok(()) => {
             file.finish_run(run_id, RunEnd::Succeeded, requests)?;
@@ -169,13 +158,13 @@ pub async fn run_with(
                 entitlements: file.count(run_id, Table::Entitlements)?,
                 grants: file.count(run_id, Table::Grants)?,
                 http_requests: requests,
-                rate_limited: instance.http().counters.rate_limited.load(Ordering::Relaxed),
-                retries: instance.http().retries(),
+                rate_limited: http.counters.rate_limited.load(Ordering::Relaxed),
+                retries: http.retries(),
                 elapsed: started.elapsed(),
             })
         }
         Err(error) => {
-            let error = match instance.http().retry_budget_note() {
+            let error = match http.retry_budget_note() {
                 Some(note) => error.context(note),
                 None => error,
             };
@@ -197,9 +186,16 @@ struct Tally {
     grants: usize,
 }
 
+/// Listings the queue still holds beyond those handed out, read now and
+/// then for the progress line's estimate.
+#[derive(Default)]
+struct Estimate {
+    read_at: Option<Instant>,
+    listings_left: u64,
+}
+
 /// One sync in progress.
 struct Driver<'a> {
-    instance: &'a mut ConnectorInstance,
     file: &'a mut SyncFile,
     run: i64,
     progress: &'a ProgressBar,
@@ -208,35 +204,150 @@ struct Driver<'a> {
     /// Records the run holds, counted against `records-per-sync`.
     records: u64,
     tally: Tally,
-    /// The checkpoint after pages that were not worth a write of their own.
-    unsaved: Option<Checkpoint>,
+    types: Vec<ResourceType>,
+    work: Work,
+    /// Pages came in that were not worth a write of their own: the state
+    /// saved last is behind.
+    unsaved: bool,
+    workers: usize,
+    http: Arc<crate::runtime::imports::http::HttpGateway>,
+    estimate: Estimate,
+}
+
+/// What one worker brought back: its instance, the listing, the page asked
+/// for, and the page or why not.
+type Fetched<'i> = (&'i mut ConnectorInstance, ListingKey, Option<String>, Result<(guest::Page, bool), anyhow::Error>);
+
+/// Asks `instance` for one page of `job`, waiting out rate limits the
+/// connector reports. The flag says whether it cost a request.
+async fn fetch(instance: &mut ConnectorInstance, key: ListingKey, job: Job) -> Fetched<'_> {
+    let token = job.token.clone();
+    let page: Result<guest::Page, CallError> = match &job.listing {
+        Listing::Resources(t, scope) => retry_rate_limited!(instance, list_resources(t, scope.as_ref(), token.as_deref())),
+        Listing::Entitlements(r) => retry_rate_limited!(instance, list_entitlements(r, token.as_deref())),
+        Listing::Grants(r) => retry_rate_limited!(instance, list_grants(r, token.as_deref())),
+    };
+    let cost = instance.requests_in_last_call() > 0;
+    let result = page.map(|page| (page, cost)).map_err(|e| anyhow!("{} failed: {e}", job.listing.describe()));
+    (instance, key, token, result)
 }
 
 impl Driver<'_> {
-    async fn drive(&mut self, from: Checkpoint) -> Result<()> {
-        self.instance.validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
-        let types: Vec<ResourceType> = self.instance.metadata.resource_types.iter().cloned().map(Into::into).collect();
-        self.file.write_resource_types(self.run, &types)?;
+    async fn drive(&mut self, pool: &mut [ConnectorInstance], from: Checkpoint) -> Result<()> {
+        // Validation is the connector's check of its configuration, the
+        // same for every instance: once is enough.
+        pool[0].validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
+        self.file.write_resource_types(self.run, &self.types)?;
+        self.work = self.plan(from)?;
 
-        let (mut cursor, mut resume_within) = match from.position {
+        // Most recently used first: an instance that has listed before may
+        // know what a fresh one would have to ask again.
+        let mut idle: Vec<&mut ConnectorInstance> = pool.iter_mut().rev().collect();
+        let mut in_flight = FuturesUnordered::new();
+        let mut failure: Option<anyhow::Error> = None;
+        let mut queue_empty = false;
+        loop {
+            if failure.is_none() {
+                if let Err(e) = self.refill(&mut queue_empty) {
+                    failure = Some(e);
+                }
+            }
+            while failure.is_none() && !idle.is_empty() {
+                let Some((key, job)) = self.work.take() else { break };
+                let instance = idle.pop().expect("an idle instance");
+                in_flight.push(fetch(instance, key, job));
+            }
+            let Some((instance, key, token, result)) = in_flight.next().await else {
+                // Nothing in flight: every listing is done, or a failure
+                // let the pages in flight come in.
+                return match failure {
+                    Some(error) => Err(error),
+                    None if self.work.pending() == 0 && queue_empty => {
+                        self.save_checkpoint()?;
+                        Ok(())
+                    }
+                    None => Err(anyhow!("the sync stopped with {} listings pending (a bug in the driver)", self.work.pending())),
+                };
+            };
+            idle.push(instance);
+            match result.and_then(|(page, cost)| self.take_page(key, token, page, cost)) {
+                Ok(()) => queue_empty = false,
+                Err(error) => {
+                    if failure.is_none() {
+                        failure = Some(error);
+                    }
+                }
+            }
+            if failure.is_none() {
+                if self.options.stop.is_requested() {
+                    failure = Some(Interrupted { run_id: self.run }.into());
+                } else if self.started.elapsed() > self.options.limits.duration {
+                    failure = Some(LimitExceeded::new("sync-duration", format!("the sync ran longer than {:?}", self.options.limits.duration)).into());
+                }
+            }
+        }
+    }
+
+    /// The work a run starts from, or goes on from after `from`.
+    fn plan(&self, from: Checkpoint) -> Result<Work> {
+        let top = work::top_level(&self.types);
+        let mut work = Work::new(0);
+        match from.position {
             Position::TopLevel { index: first, token } => {
                 let mut first_token = token;
-                for (index, top) in types.iter().filter(|t| t.listed_under.is_none()).enumerate().skip(first) {
+                for (index, t) in top.iter().enumerate().skip(first) {
                     let start = if index == first { first_token.take() } else { None };
-                    self.list_all(Listing::Resources(&top.id, None), start, 0, Place::TopLevel { index }).await?;
+                    work.add(ListingKey::TopLevel { index }, Listing::Resources(t.id.clone(), None), 0, start);
                 }
-                (0, None)
             }
-            Position::Queue { cursor, within } => (cursor, within),
-        };
-        // Each queued resource takes steps: one listing per type listed
-        // under it, then its entitlements, then its grants. Records written
-        // again on a resume merge (upserts).
-        loop {
-            let batch = self.file.resources_after(self.run, cursor, QUEUE_BATCH)?;
-            if batch.is_empty() {
-                return Ok(());
+            Position::Queue { cursor, within: None } => work.cursor = cursor,
+            Position::Queue { within: Some(within), .. } => {
+                // Version 2: one resource part way through its steps.
+                let queued = self
+                    .file
+                    .resource_at(self.run, within.row)?
+                    .ok_or_else(|| anyhow!("the checkpoint names resource row {}, which the run does not hold", within.row))?;
+                let resource: ResourceRef = (&queued.key).into();
+                let mut first_token = within.token;
+                for (step, listing) in work::steps(&self.types, &resource).into_iter().enumerate().skip(within.step) {
+                    let start = if step == within.step { first_token.take() } else { None };
+                    work.add(ListingKey::Resource { row: within.row, step }, listing, queued.depth + 1, start);
+                }
+                work.cursor = within.row;
             }
+            Position::Listings { cursor, pending } => {
+                work.cursor = cursor;
+                for p in pending {
+                    match p.listing {
+                        ListingKey::TopLevel { index } => {
+                            let t = top.get(index).ok_or_else(|| anyhow!("the checkpoint names top-level type {index}, which the connector does not have"))?;
+                            work.add(p.listing, Listing::Resources(t.id.clone(), None), 0, p.token);
+                        }
+                        ListingKey::Resource { row, step } => {
+                            let queued = self
+                                .file
+                                .resource_at(self.run, row)?
+                                .ok_or_else(|| anyhow!("the checkpoint names resource row {row}, which the run does not hold"))?;
+                            let resource: ResourceRef = (&queued.key).into();
+                            let listing = work::steps(&self.types, &resource)
+                                .into_iter()
+                                .nth(step)
+                                .ok_or_else(|| anyhow!("the checkpoint names step {step} of resource row {row}, which has fewer"))?;
+                            work.add(p.listing, listing, queued.depth + 1, p.token);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(work)
+    }
+
+    /// Hands out the listings of the next queued resources while workers
+    /// would otherwise wait. `queue_empty`: the queue held nothing more.
+    fn refill(&mut self, queue_empty: &mut bool) -> Result<()> {
+        while self.work.waiting() < self.workers * WAITING_PER_WORKER && !*queue_empty {
+            let batch = self.file.resources_after(self.run, self.work.cursor, QUEUE_BATCH)?;
+            *queue_empty = batch.len() < QUEUE_BATCH;
             for queued in batch {
                 let max_depth = self.options.limits.depth;
                 if queued.depth >= max_depth {
@@ -252,99 +363,62 @@ impl Driver<'_> {
                     .into());
                 }
                 let resource: ResourceRef = (&queued.key).into();
-                let mut steps: Vec<Listing> = types
-                    .iter()
-                    .filter(|t| t.listed_under.as_deref() == Some(queued.key.resource_type.as_str()))
-                    .map(|child| Listing::Resources(&child.id, Some(&resource)))
-                    .collect();
-                steps.push(Listing::Entitlements(&resource));
-                steps.push(Listing::Grants(&resource));
-                let (first_step, mut first_token) = match resume_within.take() {
-                    Some(within) if within.row == queued.row => (within.step, within.token),
-                    _ => (0, None),
-                };
-                let count = steps.len();
-                for (step, listing) in steps.into_iter().enumerate().skip(first_step) {
-                    let place = Place::Queue { cursor, row: queued.row, step, last_step: step + 1 == count };
-                    let start = if step == first_step { first_token.take() } else { None };
-                    self.list_all(listing, start, queued.depth + 1, place).await?;
+                for (step, listing) in work::steps(&self.types, &resource).into_iter().enumerate() {
+                    self.work.add(ListingKey::Resource { row: queued.row, step }, listing, queued.depth + 1, None);
                 }
-                cursor = queued.row;
+                // Handed out: the checkpoint saved with the next page
+                // holds them as pending.
+                self.work.cursor = queued.row;
+                self.unsaved = true;
             }
         }
+        Ok(())
     }
 
-    /// Lists every page from `start` on, writing each with where to go on
-    /// from after it. Stops (with the page written) when asked to or when a
-    /// sync limit is reached.
-    async fn list_all(&mut self, listing: Listing<'_>, start: Option<String>, depth: u32, place: Place) -> Result<()> {
+    /// Writes one page that came in, with the checkpoint of the work after
+    /// it, in one transaction.
+    fn take_page(&mut self, key: ListingKey, token: Option<String>, page: guest::Page, cost: bool) -> Result<()> {
         let limits = &self.options.limits;
-        let mut token: Option<String> = start;
-        let mut pages: u64 = 0;
-        loop {
-            if pages >= limits.pages_per_listing {
-                return Err(LimitExceeded::new("pages-per-listing", format!("{}: more than {} pages", listing.describe(), limits.pages_per_listing)).into());
-            }
-            let instance = &mut *self.instance;
-            let requests_before = instance.http().requests_sent();
-            let page = match &listing {
-                Listing::Resources(t, scope) => {
-                    retry_rate_limited!(instance, list_resources(t, *scope, token.as_deref()))
-                }
-                Listing::Entitlements(r) => {
-                    retry_rate_limited!(instance, list_entitlements(r, token.as_deref()))
-                }
-                Listing::Grants(r) => {
-                    retry_rate_limited!(instance, list_grants(r, token.as_deref()))
-                }
-            }
-            .map_err(|e| anyhow!("{} failed: {e}", listing.describe()))?;
-            pages += 1;
-            let next = page.next_token.clone();
-            if next.is_some() && next == token {
-                bail!("{}: the connector returned the same page token twice", listing.describe());
-            }
-            let records = PageRecords::from(page);
-            let count = (records.resources.len() + records.entitlements.len() + records.grants.len()) as u64;
-            self.records += count;
-            if self.records > limits.records {
-                return Err(LimitExceeded::new("records-per-sync", format!("the connector reported more than {} records", limits.records)).into());
-            }
-            let after = match &next {
-                Some(next) => place.at(Some(next.clone())),
-                None => place.done(),
-            };
-            // A page that brought nothing and cost no request is free to
-            // ask again: its checkpoint waits for the next page worth a
-            // write (most users list no entitlements of their own), or for
-            // a stop. Every page that cost a request is saved with it.
-            let cost_requests = self.instance.http().requests_sent() != requests_before;
-            if count > 0 || cost_requests {
-                self.file.write_page(self.run, &records, depth, &after)?;
-                self.unsaved = None;
-            } else {
-                self.unsaved = Some(after);
-            }
-            self.show_progress(&records);
-
-            if self.options.stop.is_requested() {
-                self.save_checkpoint()?;
-                return Err(Interrupted { run_id: self.run }.into());
-            }
-            if self.started.elapsed() > limits.duration {
-                return Err(LimitExceeded::new("sync-duration", format!("the sync ran longer than {:?}", limits.duration)).into());
-            }
-            match next {
-                None => return Ok(()),
-                Some(next) => token = Some(next),
-            }
+        let next = page.next_token.clone();
+        let Some(depth) = self.work.depth_of(key) else { return Ok(()) };
+        let describe = || self.work.describe(key);
+        if next.is_some() && next == token {
+            return Err(anyhow!("{}: the connector returned the same page token twice", describe()));
         }
+        let records = PageRecords::from(page);
+        let count = (records.resources.len() + records.entitlements.len() + records.grants.len()) as u64;
+        self.records += count;
+        if self.records > limits.records {
+            return Err(LimitExceeded::new("records-per-sync", format!("the connector reported more than {} records", limits.records)).into());
+        }
+        let what = describe();
+        let pages = self.work.page_done(key, next.clone());
+        // A page that brought nothing and cost no request is free to ask
+        // again: its checkpoint waits for the next page worth a write (most
+        // users list no entitlements of their own), or for a stop. Every
+        // page that cost a request is saved with it.
+        if count > 0 || cost {
+            self.file.write_page(self.run, &records, depth, &self.work.checkpoint())?;
+            self.unsaved = false;
+        } else {
+            self.unsaved = true;
+        }
+        self.show_progress(&records);
+        if next.is_some() {
+            // Written first: the page is kept, the next one not asked.
+            if pages >= self.options.limits.pages_per_listing {
+                return Err(LimitExceeded::new("pages-per-listing", format!("{what}: more than {} pages", self.options.limits.pages_per_listing)).into());
+            }
+            self.work.requeue(key);
+        }
+        Ok(())
     }
 
-    /// Writes the checkpoint of free pages not yet saved.
+    /// Writes the checkpoint if pages came in since the last one saved.
     fn save_checkpoint(&mut self) -> Result<()> {
-        if let Some(checkpoint) = self.unsaved.take() {
-            self.file.save_checkpoint(self.run, &checkpoint)?;
+        if self.unsaved {
+            self.file.save_checkpoint(self.run, &self.work.checkpoint())?;
+            self.unsaved = false;
         }
         Ok(())
     }
@@ -353,13 +427,83 @@ impl Driver<'_> {
         self.tally.resources += records.resources.len();
         self.tally.entitlements += records.entitlements.len();
         self.tally.grants += records.grants.len();
-        self.progress.set_message(format!(
-            "{} resources, {} entitlements, {} grants, {} requests",
-            self.tally.resources,
-            self.tally.entitlements,
-            self.tally.grants,
-            self.instance.http().requests_sent()
-        ));
+        if self.progress.is_hidden() {
+            return;
+        }
+        if self.estimate.read_at.is_none_or(|at| at.elapsed() >= ESTIMATE_EVERY) {
+            self.estimate.read_at = Some(Instant::now());
+            if let Ok(left) = self.file.resources_left_by_type(self.run, self.work.cursor) {
+                self.estimate.listings_left =
+                    left.iter().map(|(t, n)| n * (2 + self.types.iter().filter(|c| c.listed_under.as_deref() == Some(t.as_str())).count() as u64)).sum();
+            }
+        }
+        let line = progress_line(&Progress {
+            done: self.work.done,
+            queued: self.work.pending() as u64 + self.estimate.listings_left,
+            requests: self.http.requests_sent(),
+            rate_limited: self.http.counters.rate_limited.load(Ordering::Relaxed),
+            retries: self.http.retries(),
+            elapsed: self.started.elapsed(),
+        });
+        self.progress
+            .set_message(format!("{line} · {} resources, {} entitlements, {} grants", self.tally.resources, self.tally.entitlements, self.tally.grants));
         self.progress.tick();
+    }
+}
+
+/// What the progress line says.
+struct Progress {
+    done: u64,
+    queued: u64,
+    requests: u64,
+    rate_limited: u64,
+    retries: u64,
+    elapsed: Duration,
+}
+
+/// `listings 40 done / 12 queued · 96 requests · 0 429s · 1 retries · 3s,
+/// about 1s left`. The estimate assumes the listings left cost what the
+/// ones done did on average; it grows as the queue does.
+fn progress_line(p: &Progress) -> String {
+    let left = if p.done > 0 && p.queued > 0 {
+        let secs = p.elapsed.as_secs_f64() * p.queued as f64 / p.done as f64;
+        format!(", about {} left", human_secs(secs))
+    } else {
+        String::new()
+    };
+    format!(
+        "listings {} done / {} queued · {} requests · {} 429s · {} retries · {}{left}",
+        p.done,
+        p.queued,
+        p.requests,
+        p.rate_limited,
+        p.retries,
+        human_secs(p.elapsed.as_secs_f64())
+    )
+}
+
+fn human_secs(secs: f64) -> String {
+    let secs = secs.round() as u64;
+    if secs >= 3600 {
+        format!("{}h{:02}m", secs / 3600, secs % 3600 / 60)
+    } else if secs >= 60 {
+        format!("{}m{:02}s", secs / 60, secs % 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_says_listings_requests_and_time_left() {
+        let line = progress_line(&Progress { done: 40, queued: 20, requests: 96, rate_limited: 2, retries: 1, elapsed: Duration::from_secs(30) });
+        assert_eq!(line, "listings 40 done / 20 queued · 96 requests · 2 429s · 1 retries · 30s, about 15s left");
+        let start = progress_line(&Progress { done: 0, queued: 3, requests: 0, rate_limited: 0, retries: 0, elapsed: Duration::from_secs(0) });
+        assert!(!start.contains("left"), "no estimate before a listing is done: {start}");
+        assert_eq!(human_secs(3725.0), "1h02m");
+        assert_eq!(human_secs(75.0), "1m15s");
     }
 }

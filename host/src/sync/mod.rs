@@ -8,6 +8,7 @@ pub mod driver;
 pub mod model;
 pub mod review;
 pub mod sync_file;
+pub mod work;
 
-pub use driver::{run, run_with, Interrupted, StopRequest, SyncOptions, SyncSummary};
+pub use driver::{run, run_pool, run_with, Interrupted, StopRequest, SyncOptions, SyncSummary};
 pub use sync_file::SyncFile;

@@ -27,7 +27,7 @@ pub fn reviewable_run(file: &SyncFile, run: Option<i64>) -> Result<RunInfo> {
         bail!("sync run {id} did not succeed (it {}{why})", info.status);
     }
     let has_records: bool = file.connection().query_row(
-        "SELECT EXISTS (SELECT 1 FROM run_resource_types WHERE run_id = ?1) OR EXISTS (SELECT 1 FROM run_resources WHERE run_id = ?1)",
+        "SELECT EXISTS (SELECT 1 FROM run_resource_types WHERE run_id = ?1) OR EXISTS (SELECT 1 FROM resource_rows WHERE run_id = ?1)",
         [id],
         |row| row.get(0),
     )?;
@@ -133,18 +133,22 @@ pub fn for_each_grant(file: &SyncFile, run: &RunInfo, each: impl FnMut(&GrantRow
 pub fn for_each_grant_in(file: &SyncFile, run: &RunInfo, order: GrantOrder, mut each: impl FnMut(&GrantRow) -> Result<()>) -> Result<u64> {
     let synced_at = run.ended_at.clone().unwrap_or_else(|| run.started_at.clone());
     let order_by = match order {
-        GrantOrder::Id => "g.id",
-        GrantOrder::Resource => "e.resource_type, r.display_name, e.resource_id, e.display_name, g.entitlement_id, p.display_name, g.id",
+        GrantOrder::Id => "1",
+        GrantOrder::Resource => "rk.resource_type, r.display_name, rk.id, e.display_name, ek.id, p.display_name, 1",
     };
     let mut stmt = file.connection().prepare(&format!(
-        "SELECT g.id, g.principal_type, g.principal_id, p.display_name,
+        // The compact tables (schema 3), joined on their integer keys.
+        "SELECT coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id), pk.resource_type, pk.id, p.display_name,
                 CASE WHEN json_valid(p.attributes) THEN CAST(json_extract(p.attributes, '$.email') AS TEXT) END,
-                g.entitlement_id, e.display_name, e.resource_type, e.resource_id, r.display_name,
+                ek.id, e.display_name, rk.resource_type, rk.id, r.display_name,
                 g.immutable, coalesce(e.grantable, 0)
-         FROM run_grants g
-         LEFT JOIN run_resources p ON p.run_id = g.run_id AND p.resource_type = g.principal_type AND p.id = g.principal_id
-         LEFT JOIN run_entitlements e ON e.run_id = g.run_id AND e.id = g.entitlement_id
-         LEFT JOIN run_resources r ON r.run_id = g.run_id AND r.resource_type = e.resource_type AND r.id = e.resource_id
+         FROM grant_rows g
+         JOIN entitlement_keys ek ON ek.eid = g.entitlement
+         JOIN resource_keys pk ON pk.kid = g.principal
+         LEFT JOIN resource_rows p ON p.run_id = g.run_id AND p.key = g.principal
+         LEFT JOIN entitlement_rows e ON e.run_id = g.run_id AND e.entitlement = g.entitlement
+         LEFT JOIN resource_keys rk ON rk.kid = e.resource
+         LEFT JOIN resource_rows r ON r.run_id = g.run_id AND r.key = e.resource
          WHERE g.run_id = ?1 ORDER BY {order_by}"
     ))?;
     let mut rows = stmt.query([run.id])?;
@@ -185,7 +189,7 @@ pub struct TypeCount {
 /// The resource types of `run`, in the order the connector declared them.
 pub fn resource_types(file: &SyncFile, run: &RunInfo) -> Result<Vec<TypeCount>> {
     let mut stmt = file.connection().prepare(
-        "SELECT t.id, t.display_name, (SELECT count(*) FROM run_resources r WHERE r.run_id = t.run_id AND r.resource_type = t.id)
+        "SELECT t.id, t.display_name, (SELECT count(*) FROM resource_rows r JOIN resource_keys k ON k.kid = r.key WHERE r.run_id = t.run_id AND k.resource_type = t.id)
          FROM run_resource_types t WHERE t.run_id = ?1 ORDER BY t.rowid",
     )?;
     let rows = stmt.query_map([run.id], |row| Ok(TypeCount { id: row.get(0)?, display_name: row.get(1)?, resources: row.get(2)? }))?;
@@ -223,19 +227,24 @@ impl Kind {
                  FROM run_resources WHERE run_id = ?1 ORDER BY resource_type, id"
             }
             Kind::Entitlement => {
-                "SELECT '', e.id, e.display_name, coalesce(r.display_name, e.resource_type || ':' || e.resource_id),
-                        e.display_name, e.description, e.grantable, e.resource_type || ':' || e.resource_id, e.slug
-                 FROM run_entitlements e
-                 LEFT JOIN run_resources r ON r.run_id = e.run_id AND r.resource_type = e.resource_type AND r.id = e.resource_id
-                 WHERE e.run_id = ?1 ORDER BY e.id"
+                "SELECT '', ek.id, e.display_name, coalesce(r.display_name, k.resource_type || ':' || k.id),
+                        e.display_name, e.description, e.grantable, k.resource_type || ':' || k.id, e.slug
+                 FROM entitlement_rows e
+                 JOIN entitlement_keys ek ON ek.eid = e.entitlement
+                 JOIN resource_keys k ON k.kid = e.resource
+                 LEFT JOIN resource_rows r ON r.run_id = e.run_id AND r.key = e.resource
+                 WHERE e.run_id = ?1 ORDER BY ek.id"
             }
             Kind::Grant => {
-                "SELECT '', g.id, coalesce(p.display_name, g.principal_type || ':' || g.principal_id), coalesce(e.display_name, g.entitlement_id),
-                        g.entitlement_id, g.principal_type || ':' || g.principal_id, g.immutable, g.attributes
-                 FROM run_grants g
-                 LEFT JOIN run_resources p ON p.run_id = g.run_id AND p.resource_type = g.principal_type AND p.id = g.principal_id
-                 LEFT JOIN run_entitlements e ON e.run_id = g.run_id AND e.id = g.entitlement_id
-                 WHERE g.run_id = ?1 ORDER BY g.id"
+                "SELECT '', coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id),
+                        coalesce(p.display_name, pk.resource_type || ':' || pk.id), coalesce(e.display_name, ek.id),
+                        ek.id, pk.resource_type || ':' || pk.id, g.immutable, g.attributes
+                 FROM grant_rows g
+                 JOIN entitlement_keys ek ON ek.eid = g.entitlement
+                 JOIN resource_keys pk ON pk.kid = g.principal
+                 LEFT JOIN resource_rows p ON p.run_id = g.run_id AND p.key = g.principal
+                 LEFT JOIN entitlement_rows e ON e.run_id = g.run_id AND e.entitlement = g.entitlement
+                 WHERE g.run_id = ?1 ORDER BY 2"
             }
         }
     }

@@ -20,11 +20,167 @@ use super::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, Resou
 /// The schema this host writes, kept in `PRAGMA user_version`. Files of an
 /// older version are migrated when opened (see `migrate`); a newer one is
 /// refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The schema at `SCHEMA_VERSION`. Statements are idempotent, so it also
 /// (re)creates the views after a migration.
+///
+/// Compact: resource keys (type and id) and entitlement ids are stored
+/// once each, in `resource_keys` and `entitlement_keys`, and the records
+/// refer to them by integer; a grant's id is stored only when it is not
+/// `ENTITLEMENT_ID:PRINCIPAL_TYPE:PRINCIPAL_ID`. The views `run_resources`,
+/// `run_entitlements` and `run_grants` show the records with the column
+/// names of schema 2 (`resources`, `entitlements` and `grants` those of
+/// the last good run), for readers and for queries by hand.
 const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS sync_runs (
+    id INTEGER PRIMARY KEY,
+    started_at TEXT NOT NULL,
+    ended_at TEXT,
+    status TEXT NOT NULL CHECK (status IN ('running', 'succeeded', 'failed', 'interrupted')),
+    connector_name TEXT NOT NULL,
+    connector_version TEXT NOT NULL,
+    connector_digest TEXT NOT NULL,
+    error TEXT,
+    http_requests INTEGER NOT NULL DEFAULT 0,
+    -- Where the driver is (JSON of sync::checkpoint::Checkpoint), for sync --resume.
+    checkpoint TEXT
+);
+CREATE TABLE IF NOT EXISTS run_resource_types (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    id TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    listed_under TEXT,
+    PRIMARY KEY (run_id, id)
+);
+-- Every resource key any run mentions (a resource, a parent, an
+-- entitlement's resource, a grant's principal), once.
+CREATE TABLE IF NOT EXISTS resource_keys (
+    kid INTEGER PRIMARY KEY,
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    UNIQUE (resource_type, id)
+);
+CREATE TABLE IF NOT EXISTS entitlement_keys (
+    eid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE
+);
+-- rid is the order resources were first written in: the driver's queue.
+CREATE TABLE IF NOT EXISTS resource_rows (
+    rid INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    key INTEGER NOT NULL REFERENCES resource_keys(kid),
+    display_name TEXT NOT NULL,
+    parent INTEGER REFERENCES resource_keys(kid),
+    attributes TEXT NOT NULL DEFAULT '{}',
+    -- Listings between a top-level listing and this resource (0: top level).
+    depth INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (run_id, key)
+);
+CREATE TABLE IF NOT EXISTS entitlement_rows (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    entitlement INTEGER NOT NULL REFERENCES entitlement_keys(eid),
+    resource INTEGER NOT NULL REFERENCES resource_keys(kid),
+    slug TEXT NOT NULL,
+    display_name TEXT NOT NULL,
+    description TEXT NOT NULL,
+    grantable INTEGER NOT NULL,
+    PRIMARY KEY (run_id, entitlement)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS grant_rows (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    entitlement INTEGER NOT NULL REFERENCES entitlement_keys(eid),
+    principal INTEGER NOT NULL REFERENCES resource_keys(kid),
+    -- NULL: the id is ENTITLEMENT_ID:PRINCIPAL_TYPE:PRINCIPAL_ID.
+    id TEXT,
+    immutable INTEGER NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (run_id, entitlement, principal)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS grant_rows_by_principal ON grant_rows (run_id, principal);
+
+CREATE VIEW IF NOT EXISTS run_resources AS
+    SELECT r.run_id, k.resource_type, k.id, r.display_name, pk.resource_type AS parent_type, pk.id AS parent_id, r.attributes, r.depth
+    FROM resource_rows r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent;
+CREATE VIEW IF NOT EXISTS run_entitlements AS
+    SELECT e.run_id, ek.id, k.resource_type, k.id AS resource_id, e.slug, e.display_name, e.description, e.grantable
+    FROM entitlement_rows e JOIN entitlement_keys ek ON ek.eid = e.entitlement JOIN resource_keys k ON k.kid = e.resource;
+CREATE VIEW IF NOT EXISTS run_grants AS
+    SELECT g.run_id, coalesce(g.id, ek.id || ':' || k.resource_type || ':' || k.id) AS id, ek.id AS entitlement_id,
+        k.resource_type AS principal_type, k.id AS principal_id, g.immutable, g.attributes
+    FROM grant_rows g JOIN entitlement_keys ek ON ek.eid = g.entitlement JOIN resource_keys k ON k.kid = g.principal;
+
+CREATE VIEW IF NOT EXISTS last_good_run AS
+    SELECT * FROM sync_runs WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1;
+CREATE VIEW IF NOT EXISTS resource_types AS
+    SELECT id, display_name, description, listed_under FROM run_resource_types
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS resources AS
+    SELECT resource_type, id, display_name, parent_type, parent_id, attributes FROM run_resources
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS entitlements AS
+    SELECT id, resource_type, resource_id, slug, display_name, description, grantable FROM run_entitlements
+    WHERE run_id = (SELECT id FROM last_good_run);
+CREATE VIEW IF NOT EXISTS grants AS
+    SELECT id, entitlement_id, principal_type, principal_id, immutable, attributes FROM run_grants
+    WHERE run_id = (SELECT id FROM last_good_run);
+"#;
+
+/// Schema 2 to 3: the records move into the compact tables, keeping each
+/// resource's row number (a checkpoint names rows), and the tables of
+/// schema 2 give way to views of the same names.
+const MIGRATE_2_TO_3: &str = r#"
+DROP VIEW IF EXISTS resource_types;
+DROP VIEW IF EXISTS resources;
+DROP VIEW IF EXISTS entitlements;
+DROP VIEW IF EXISTS grants;
+DROP VIEW IF EXISTS last_good_run;
+DROP INDEX IF EXISTS run_grants_by_entitlement;
+DROP INDEX IF EXISTS run_grants_by_principal;
+ALTER TABLE run_resources RENAME TO v2_resources;
+ALTER TABLE run_entitlements RENAME TO v2_entitlements;
+ALTER TABLE run_grants RENAME TO v2_grants;
+CREATE TABLE resource_keys (
+    kid INTEGER PRIMARY KEY,
+    resource_type TEXT NOT NULL,
+    id TEXT NOT NULL,
+    UNIQUE (resource_type, id)
+);
+CREATE TABLE entitlement_keys (
+    eid INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE
+);
+INSERT OR IGNORE INTO resource_keys (resource_type, id)
+    SELECT resource_type, id FROM v2_resources
+    UNION SELECT parent_type, parent_id FROM v2_resources WHERE parent_type IS NOT NULL AND parent_id IS NOT NULL
+    UNION SELECT resource_type, resource_id FROM v2_entitlements
+    UNION SELECT principal_type, principal_id FROM v2_grants;
+INSERT OR IGNORE INTO entitlement_keys (id) SELECT id FROM v2_entitlements UNION SELECT entitlement_id FROM v2_grants;
+"#;
+
+/// The rest of 2 to 3, once `SCHEMA` made the new tables.
+const MIGRATE_2_TO_3_RECORDS: &str = r#"
+INSERT INTO resource_rows (rid, run_id, key, display_name, parent, attributes, depth)
+    SELECT v.rowid, v.run_id, k.kid, v.display_name, pk.kid, v.attributes, v.depth
+    FROM v2_resources v JOIN resource_keys k ON k.resource_type = v.resource_type AND k.id = v.id
+    LEFT JOIN resource_keys pk ON pk.resource_type = v.parent_type AND pk.id = v.parent_id
+    ORDER BY v.rowid;
+INSERT OR IGNORE INTO entitlement_rows (run_id, entitlement, resource, slug, display_name, description, grantable)
+    SELECT v.run_id, ek.eid, k.kid, v.slug, v.display_name, v.description, v.grantable
+    FROM v2_entitlements v JOIN entitlement_keys ek ON ek.id = v.id JOIN resource_keys k ON k.resource_type = v.resource_type AND k.id = v.resource_id;
+INSERT OR IGNORE INTO grant_rows (run_id, entitlement, principal, id, immutable, attributes)
+    SELECT v.run_id, ek.eid, k.kid, CASE WHEN v.id = v.entitlement_id || ':' || v.principal_type || ':' || v.principal_id THEN NULL ELSE v.id END,
+        v.immutable, v.attributes
+    FROM v2_grants v JOIN entitlement_keys ek ON ek.id = v.entitlement_id JOIN resource_keys k ON k.resource_type = v.principal_type AND k.id = v.principal_id;
+DROP TABLE v2_resources;
+DROP TABLE v2_entitlements;
+DROP TABLE v2_grants;
+"#;
+
+/// Schema 2, in full: a file of schema 1 is brought to it before it
+/// becomes schema 3.
+const SCHEMA_V2: &str = r#"
 CREATE TABLE IF NOT EXISTS sync_runs (
     id INTEGER PRIMARY KEY,
     started_at TEXT NOT NULL,
@@ -284,52 +440,50 @@ impl SyncFile {
     pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
         let tx = self.conn.transaction()?;
         {
+            let mut key_of = Keys::new(&tx)?;
             let mut resource = tx.prepare_cached(
-                "INSERT INTO run_resources (run_id, resource_type, id, display_name, parent_type, parent_id, attributes, depth)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT (run_id, resource_type, id) DO UPDATE SET
+                "INSERT INTO resource_rows (run_id, key, display_name, parent, attributes, depth)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (run_id, key) DO UPDATE SET
                     display_name = excluded.display_name,
-                    parent_type = coalesce(excluded.parent_type, parent_type),
-                    parent_id = coalesce(excluded.parent_id, parent_id),
+                    parent = coalesce(excluded.parent, parent),
                     attributes = json_patch(attributes, excluded.attributes),
                     depth = min(depth, excluded.depth)",
             )?;
             for r in &page.resources {
-                resource.execute(params![
-                    run,
-                    r.resource_type,
-                    r.id,
-                    r.display_name,
-                    r.parent.as_ref().map(|p| &p.resource_type),
-                    r.parent.as_ref().map(|p| &p.id),
-                    Value::Object(r.attributes.clone()).to_string(),
-                    depth,
-                ])?;
+                let key = key_of.resource(&r.resource_type, &r.id)?;
+                let parent = match &r.parent {
+                    Some(p) => Some(key_of.resource(&p.resource_type, &p.id)?),
+                    None => None,
+                };
+                resource.execute(params![run, key, r.display_name, parent, Value::Object(r.attributes.clone()).to_string(), depth])?;
             }
             let mut entitlement = tx.prepare_cached(
-                "INSERT OR REPLACE INTO run_entitlements (run_id, id, resource_type, resource_id, slug, display_name, description, grantable)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT OR REPLACE INTO entitlement_rows (run_id, entitlement, resource, slug, display_name, description, grantable)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for e in &page.entitlements {
-                entitlement.execute(params![run, e.id, e.resource.resource_type, e.resource.id, e.slug, e.display_name, e.description, e.grantable])?;
+                let id = key_of.entitlement(&e.id)?;
+                let resource = key_of.resource(&e.resource.resource_type, &e.resource.id)?;
+                entitlement.execute(params![run, id, resource, e.slug, e.display_name, e.description, e.grantable])?;
             }
             let mut grant = tx.prepare_cached(
-                "INSERT INTO run_grants (run_id, id, entitlement_id, principal_type, principal_id, immutable, attributes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (run_id, id) DO UPDATE SET
+                "INSERT INTO grant_rows (run_id, entitlement, principal, id, immutable, attributes)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (run_id, entitlement, principal) DO UPDATE SET
+                    id = excluded.id,
                     immutable = excluded.immutable,
                     attributes = json_patch(attributes, excluded.attributes)",
             )?;
             for g in &page.grants {
-                grant.execute(params![
-                    run,
-                    g.id,
-                    g.entitlement_id,
-                    g.principal.resource_type,
-                    g.principal.id,
-                    g.immutable,
-                    Value::Object(g.attributes.clone()).to_string(),
-                ])?;
+                let entitlement = key_of.entitlement(&g.entitlement_id)?;
+                let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
+                // Most connectors name a grant after its entitlement and
+                // principal: then the id need not be stored.
+                let derived = g.id.len() == g.entitlement_id.len() + g.principal.resource_type.len() + g.principal.id.len() + 2
+                    && g.id == format!("{}:{}:{}", g.entitlement_id, g.principal.resource_type, g.principal.id);
+                let id = (!derived).then_some(g.id.as_str());
+                grant.execute(params![run, entitlement, principal, id, g.immutable, Value::Object(g.attributes.clone()).to_string()])?;
             }
             tx.execute("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1", params![run, serde_json::to_string(next)?])?;
         }
@@ -340,11 +494,28 @@ impl SyncFile {
     /// The next resources of a run after `after_row`, in the order they were
     /// first written: the driver's work queue, read in batches.
     pub fn resources_after(&self, run: i64, after_row: i64, batch: usize) -> Result<Vec<QueuedResource>> {
-        let mut stmt =
-            self.conn.prepare_cached("SELECT rowid, resource_type, id, depth FROM run_resources WHERE run_id = ?1 AND rowid > ?2 ORDER BY rowid LIMIT ?3")?;
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT r.rid, k.resource_type, k.id, r.depth FROM resource_rows r JOIN resource_keys k ON k.kid = r.key
+             WHERE r.run_id = ?1 AND r.rid > ?2 ORDER BY r.rid LIMIT ?3",
+        )?;
         let rows = stmt.query_map(params![run, after_row, batch as i64], |row| {
             Ok(QueuedResource { row: row.get(0)?, key: ResourceKey { resource_type: row.get(1)?, id: row.get(2)? }, depth: row.get(3)? })
         })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The resource at `row` of a run, if any (a resumed listing's owner).
+    pub fn resource_at(&self, run: i64, row: i64) -> Result<Option<QueuedResource>> {
+        Ok(self.resources_after(run, row - 1, 1)?.into_iter().find(|r| r.row == row))
+    }
+
+    /// Resources of a run after `after_row`, per type: the queue still to
+    /// walk, for the progress line's estimate.
+    pub fn resources_left_by_type(&self, run: i64, after_row: i64) -> Result<Vec<(String, u64)>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT k.resource_type, count(*) FROM resource_rows r JOIN resource_keys k ON k.kid = r.key WHERE r.run_id = ?1 AND r.rid > ?2 GROUP BY 1",
+        )?;
+        let rows = stmt.query_map(params![run, after_row], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -368,7 +539,7 @@ impl SyncFile {
             params![run, status, error, http_requests as i64],
         )?;
         if end == RunEnd::Succeeded {
-            for table in ["run_resource_types", "run_resources", "run_entitlements", "run_grants"] {
+            for table in ["run_resource_types", "resource_rows", "entitlement_rows", "grant_rows"] {
                 tx.execute(
                     &format!(
                         "DELETE FROM {table} WHERE run_id < ?1 AND run_id NOT IN
@@ -518,9 +689,13 @@ impl SyncFile {
     /// Grants of one run; `resource_type` filters on the entitled resource's type.
     pub fn grants(&self, run: i64, resource_type: Option<&str>) -> Result<Vec<Grant>> {
         let mut stmt = self.conn.prepare(
-            "SELECT g.id, g.entitlement_id, g.principal_type, g.principal_id, g.immutable, g.attributes
-             FROM run_grants g LEFT JOIN run_entitlements e ON e.run_id = g.run_id AND e.id = g.entitlement_id
-             WHERE g.run_id = ?1 AND (?2 IS NULL OR e.resource_type = ?2) ORDER BY g.id",
+            "SELECT coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id), ek.id, pk.resource_type, pk.id, g.immutable, g.attributes
+             FROM grant_rows g
+             JOIN entitlement_keys ek ON ek.eid = g.entitlement
+             JOIN resource_keys pk ON pk.kid = g.principal
+             LEFT JOIN entitlement_rows e ON e.run_id = g.run_id AND e.entitlement = g.entitlement
+             LEFT JOIN resource_keys rk ON rk.kid = e.resource
+             WHERE g.run_id = ?1 AND (?2 IS NULL OR rk.resource_type = ?2) ORDER BY 1",
         )?;
         let rows = stmt.query_map(params![run, resource_type], |row| {
             Ok(Grant {
@@ -545,10 +720,37 @@ pub enum Table {
 impl Table {
     fn name(self) -> &'static str {
         match self {
-            Table::Resources => "run_resources",
-            Table::Entitlements => "run_entitlements",
-            Table::Grants => "run_grants",
+            Table::Resources => "resource_rows",
+            Table::Entitlements => "entitlement_rows",
+            Table::Grants => "grant_rows",
         }
+    }
+}
+
+/// Integer keys for resource keys and entitlement ids, made on first use.
+struct Keys<'t> {
+    resource: rusqlite::CachedStatement<'t>,
+    entitlement: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t> Keys<'t> {
+    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self> {
+        // The no-op update makes RETURNING answer for a key already there.
+        Ok(Keys {
+            resource: tx.prepare_cached(
+                "INSERT INTO resource_keys (resource_type, id) VALUES (?1, ?2)
+                 ON CONFLICT (resource_type, id) DO UPDATE SET id = excluded.id RETURNING kid",
+            )?,
+            entitlement: tx.prepare_cached("INSERT INTO entitlement_keys (id) VALUES (?1) ON CONFLICT (id) DO UPDATE SET id = excluded.id RETURNING eid")?,
+        })
+    }
+
+    fn resource(&mut self, resource_type: &str, id: &str) -> Result<i64> {
+        Ok(self.resource.query_row(params![resource_type, id], |row| row.get(0))?)
+    }
+
+    fn entitlement(&mut self, id: &str) -> Result<i64> {
+        Ok(self.entitlement.query_row(params![id], |row| row.get(0))?)
     }
 }
 
@@ -586,7 +788,15 @@ fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -
         }
         tx.execute_batch(MIGRATE_1_TO_2).context("cannot migrate the sync file from schema 1 to 2")?;
     }
+    let to_3 = version < 3 && has_runs;
+    if to_3 {
+        tx.execute_batch(SCHEMA_V2)?;
+        tx.execute_batch(MIGRATE_2_TO_3).context("cannot migrate the sync file from schema 2 to 3")?;
+    }
     tx.execute_batch(SCHEMA)?;
+    if to_3 {
+        tx.execute_batch(MIGRATE_2_TO_3_RECORDS).context("cannot migrate the sync file from schema 2 to 3")?;
+    }
     let broken: i64 = tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0))?;
     if broken > 0 {
         anyhow::bail!("{broken} records point at runs that do not exist");
@@ -711,6 +921,52 @@ CREATE VIEW IF NOT EXISTS grants AS
             .unwrap();
         }
         path
+    }
+
+    #[test]
+    fn a_schema_2_file_becomes_compact_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA_V2).unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO sync_runs (id, started_at, status, connector_name, connector_version, connector_digest, http_requests, checkpoint)
+                   VALUES (1, 't', 'succeeded', 'c', '1', 'abc', 3, NULL),
+                          (2, 't', 'failed', 'c', '1', 'abc', 1, '{"version":2,"position":{"phase":"queue","cursor":5,"within":null}}');
+                   INSERT INTO run_resources (rowid, run_id, resource_type, id, display_name, parent_type, parent_id, attributes, depth) VALUES
+                       (4, 1, 'team', 't1', 'Team', 'workspace', 'w1', '{}', 1),
+                       (5, 1, 'user', 'u1', 'Ada', NULL, NULL, '{"email":"a@x"}', 0),
+                       (9, 2, 'user', 'u1', 'Ada', NULL, NULL, '{}', 0);
+                   INSERT INTO run_entitlements VALUES (1, 'team:t1:member', 'team', 't1', 'member', 'Member', '', 1);
+                   INSERT INTO run_grants VALUES (1, 'team:t1:member:user:u1', 'team:t1:member', 'user', 'u1', 0, '{"a":"b"}'),
+                                                 (1, 'odd-id', 'team:t1:member', 'user', 'u2', 1, '{}');
+                   PRAGMA user_version = 2;"#,
+            )
+            .unwrap();
+        }
+        let file = SyncFile::open(&path).unwrap();
+        assert_eq!(file.schema_version().unwrap(), 3);
+        let resources = file.resources(1, None).unwrap();
+        assert_eq!(resources.len(), 2);
+        let team = resources.iter().find(|r| r.id == "t1").unwrap();
+        assert_eq!(team.parent, Some(ResourceKey { resource_type: "workspace".into(), id: "w1".into() }));
+        assert_eq!(resources.iter().find(|r| r.id == "u1").unwrap().attributes["email"], "a@x");
+        let grants = file.grants(1, None).unwrap();
+        let ids: Vec<&str> = grants.iter().map(|g| g.id.as_str()).collect();
+        assert_eq!(ids, ["odd-id", "team:t1:member:user:u1"], "a derived id reads back, an odd one is kept");
+        assert_eq!(grants[1].attributes["a"], "b");
+        assert!(grants[0].immutable);
+        assert_eq!(file.entitlements(1, None).unwrap()[0].resource.id, "t1");
+        // Row numbers are kept: a checkpoint names them.
+        let queue = file.resources_after(1, 4, 10).unwrap();
+        assert_eq!((queue[0].row, queue[0].key.id.as_str()), (5, "u1"));
+        assert_eq!(file.resource_at(2, 9).unwrap().unwrap().key.id, "u1");
+        let stored_ids: i64 = file.conn.query_row("SELECT count(*) FROM grant_rows WHERE id IS NOT NULL", [], |row| row.get(0)).unwrap();
+        assert_eq!(stored_ids, 1, "only the id that is not derived is stored");
+        let by_hand: String = file.conn.query_row("SELECT principal_id FROM grants WHERE id = 'odd-id'", [], |row| row.get(0)).unwrap();
+        assert_eq!(by_hand, "u2", "the views answer queries by hand with the old column names");
+        assert!(file.resumable_run("abc").unwrap().is_some(), "the version-2 checkpoint still resumes");
     }
 
     #[test]

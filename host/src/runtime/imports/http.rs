@@ -16,20 +16,19 @@
 //! Retry-After; the sync driver waits that out.
 
 use std::net::{IpAddr, SocketAddr};
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 use backon::{ExponentialBuilder, Retryable};
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use url::Url;
 use wasmtime::component::HasData;
 
 use crate::runtime::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
 use crate::runtime::bindings::Pair;
 use crate::runtime::imports::config::Secrets;
+use crate::runtime::imports::upstream::{self, HostThrottle};
 use crate::runtime::limits::{CallBudget, Limits};
 
 /// One destination a connector may reach.
@@ -314,8 +313,9 @@ pub struct HttpGateway {
     policy: Arc<RwLock<EgressPolicy>>,
     secrets: Arc<Secrets>,
     max_response_bytes: usize,
-    /// Requests per minute per host (governor's GCRA, bursts allowed).
-    per_host: DefaultKeyedRateLimiter<String>,
+    /// Rate budget, requests in flight and 429 pauses per host, shared by
+    /// every instance that holds this gateway.
+    pub throttle: HostThrottle,
     retry: RetryPolicy,
     pub counters: HttpCounters,
     /// With dry-run, writes are held here instead of being sent.
@@ -325,8 +325,6 @@ pub struct HttpGateway {
 impl HttpGateway {
     pub fn new(policy: EgressPolicy, secrets: Arc<Secrets>, limits: &Limits, dry_run: bool) -> Result<Self> {
         let timeout = limits.http_timeout;
-        let per_minute = NonZeroU32::new(limits.http_requests_per_minute).unwrap_or(NonZeroU32::MIN);
-        let per_host = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(per_minute));
         let policy = Arc::new(RwLock::new(policy));
         let redirect_policy = policy.clone();
         let client = reqwest::Client::builder()
@@ -352,7 +350,7 @@ impl HttpGateway {
             policy,
             secrets,
             max_response_bytes: limits.http_response_bytes,
-            per_host,
+            throttle: HostThrottle::new(limits.http_requests_per_minute, limits.http_concurrent_per_host),
             retry: RetryPolicy::new(limits),
             counters: HttpCounters::default(),
             dry_run: dry_run.then(|| Mutex::new(vec![])),
@@ -459,12 +457,13 @@ impl HttpGateway {
     /// Sends one attempt of `prepared`. Ok is an answer to hand over as it
     /// is; a 500/502/503/504 or a transport failure comes back as a
     /// failed attempt, which may be tried again.
-    async fn attempt(&self, prepared: &reqwest::Request, host: &String) -> Result<Response, FailedAttempt> {
+    async fn attempt(&self, prepared: &reqwest::Request, host: &str) -> Result<Response, FailedAttempt> {
         let failed = |failure, error| FailedAttempt { failure, outcome: Err(error) };
         let request = prepared.try_clone().ok_or_else(|| failed(Failure::Final, HttpError::InvalidRequest("the request body cannot be sent again".into())))?;
-        // Past the per-host budget a request waits its turn (the call's
-        // wall-clock limit still bounds the wait).
-        self.per_host.until_key_ready(host).await;
+        // Past the per-host budget, the cap on requests in flight or a 429's
+        // pause a request waits its turn (the call's wall-clock limit still
+        // bounds the wait); the slot is held until the answer is read.
+        let _slot = self.throttle.acquire(host).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut response = self.client.execute(request).await.map_err(|e| {
             self.counters.count_answer(host, "error");
@@ -474,6 +473,10 @@ impl HttpGateway {
         self.counters.count_answer(host, &status.to_string());
         if status == 429 {
             self.counters.rate_limited.fetch_add(1, Ordering::Relaxed);
+            // Every worker of the pool waits, not only the one refused.
+            if let Some(wait) = upstream::retry_after(response.headers()) {
+                self.throttle.pause(host, wait);
+            }
         }
         // An upstream that echoes the request (an echo endpoint, an error
         // quoting the token) must not hand the connector a secret.

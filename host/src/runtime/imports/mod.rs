@@ -15,6 +15,7 @@ pub mod config;
 pub mod http;
 pub mod log;
 pub mod storage;
+pub mod upstream;
 pub mod wasi;
 
 use wasmtime::component::HasData;

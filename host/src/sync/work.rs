@@ -1,0 +1,174 @@
+//! The work of one sync: which listings are handed out and not finished
+//! (each with the page it goes on from), which wait for a worker, and how
+//! far the queue of resources has been walked. Saved as a version-3
+//! checkpoint with every page written, so a resume asks every page not yet
+//! written once, whatever was in flight.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::checkpoint::{Checkpoint, ListingKey, Pending, Position};
+use super::model::ResourceType;
+use crate::runtime::bindings::ResourceRef;
+
+/// What a listing lists.
+#[derive(Debug, Clone)]
+pub enum Listing {
+    Resources(String, Option<ResourceRef>),
+    Entitlements(ResourceRef),
+    Grants(ResourceRef),
+}
+
+impl Listing {
+    /// Escaped: the ids are the connector's.
+    pub fn describe(&self) -> String {
+        let text = match self {
+            Listing::Resources(t, None) => format!("listing {t} resources"),
+            Listing::Resources(t, Some(scope)) => format!("listing {t} resources of {} {}", scope.resource_type, scope.id),
+            Listing::Entitlements(r) => format!("listing entitlements of {} {}", r.resource_type, r.id),
+            Listing::Grants(r) => format!("listing grants of {} {}", r.resource_type, r.id),
+        };
+        crate::terminal::escape(&text).into_owned()
+    }
+}
+
+/// A listing handed out and not finished.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub listing: Listing,
+    /// The depth of the resources it lists.
+    pub depth: u32,
+    /// The page to ask next.
+    pub token: Option<String>,
+    /// Pages it brought in this process (against `pages-per-listing`).
+    pub pages: u64,
+}
+
+/// The listings of one resource, in order: one per type listed under its
+/// type, then its entitlements, then its grants.
+pub fn steps(types: &[ResourceType], resource: &ResourceRef) -> Vec<Listing> {
+    let mut steps: Vec<Listing> = types
+        .iter()
+        .filter(|t| t.listed_under.as_deref() == Some(resource.resource_type.as_str()))
+        .map(|child| Listing::Resources(child.id.clone(), Some(resource.clone())))
+        .collect();
+    steps.push(Listing::Entitlements(resource.clone()));
+    steps.push(Listing::Grants(resource.clone()));
+    steps
+}
+
+/// The top-level types, in the connector's order.
+pub fn top_level(types: &[ResourceType]) -> Vec<&ResourceType> {
+    types.iter().filter(|t| t.listed_under.is_none()).collect()
+}
+
+#[derive(Debug, Default)]
+pub struct Work {
+    /// Every resource up to this row has had its listings handed out.
+    pub cursor: i64,
+    pending: BTreeMap<ListingKey, Job>,
+    /// Pending listings waiting for a worker, oldest first.
+    ready: VecDeque<ListingKey>,
+    /// Listings finished in this process.
+    pub done: u64,
+}
+
+impl Work {
+    pub fn new(cursor: i64) -> Self {
+        Work { cursor, ..Work::default() }
+    }
+
+    /// Hands out a listing (from `token`), to wait for a worker.
+    pub fn add(&mut self, key: ListingKey, listing: Listing, depth: u32, token: Option<String>) {
+        self.pending.insert(key, Job { listing, depth, token, pages: 0 });
+        self.ready.push_back(key);
+    }
+
+    /// The next listing to run, for a worker; it stays pending until its
+    /// last page is in.
+    pub fn take(&mut self) -> Option<(ListingKey, Job)> {
+        let key = self.ready.pop_front()?;
+        self.pending.get(&key).map(|job| (key, job.clone()))
+    }
+
+    /// The depth of the resources a pending listing lists.
+    pub fn depth_of(&self, key: ListingKey) -> Option<u32> {
+        self.pending.get(&key).map(|job| job.depth)
+    }
+
+    /// A pending listing, in words (escaped).
+    pub fn describe(&self, key: ListingKey) -> String {
+        self.pending.get(&key).map_or_else(|| format!("{key:?}"), |job| job.listing.describe())
+    }
+
+    /// Listings waiting for a worker.
+    pub fn waiting(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Listings handed out and not finished (waiting or in flight).
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// A page of `key` came in: it goes on from `next`, or is done. Returns
+    /// the listing's pages so far.
+    pub fn page_done(&mut self, key: ListingKey, next: Option<String>) -> u64 {
+        let Some(job) = self.pending.get_mut(&key) else { return 0 };
+        job.pages += 1;
+        let pages = job.pages;
+        match next {
+            Some(next) => job.token = Some(next),
+            None => {
+                self.pending.remove(&key);
+                self.done += 1;
+            }
+        }
+        pages
+    }
+
+    /// A listing whose page came in with more to come goes back to wait
+    /// for a worker (first in line: it was started already).
+    pub fn requeue(&mut self, key: ListingKey) {
+        if self.pending.contains_key(&key) {
+            self.ready.push_front(key);
+        }
+    }
+
+    /// The version-3 checkpoint of this state.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let pending = self.pending.iter().map(|(key, job)| Pending { listing: *key, token: job.token.clone() }).collect();
+        Position::Listings { cursor: self.cursor, pending }.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(id: &str) -> ResourceRef {
+        ResourceRef { resource_type: "team".into(), id: id.into() }
+    }
+
+    #[test]
+    fn the_checkpoint_holds_what_is_pending_with_its_next_page() {
+        let mut work = Work::new(0);
+        let a = ListingKey::Resource { row: 1, step: 0 };
+        let b = ListingKey::Resource { row: 1, step: 1 };
+        work.add(a, Listing::Entitlements(r("1")), 1, None);
+        work.add(b, Listing::Grants(r("1")), 1, None);
+        work.cursor = 1;
+        let (first, _) = work.take().unwrap();
+        let (second, _) = work.take().unwrap();
+        assert_eq!((first, second), (a, b));
+        assert!(work.take().is_none());
+        assert_eq!(work.page_done(b, Some("p2".into())), 1);
+        work.requeue(b);
+        assert_eq!(work.page_done(a, None), 1);
+        assert_eq!((work.pending(), work.waiting(), work.done), (1, 1, 1));
+        let checkpoint = work.checkpoint();
+        assert_eq!(checkpoint.position, Position::Listings { cursor: 1, pending: vec![Pending { listing: b, token: Some("p2".into()) }] });
+        let text = serde_json::to_string(&checkpoint).unwrap();
+        assert_eq!(Checkpoint::parse(&text).unwrap(), checkpoint);
+        assert_eq!(work.take().unwrap().1.token.as_deref(), Some("p2"));
+    }
+}
