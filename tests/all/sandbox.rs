@@ -637,7 +637,8 @@ async fn a_sync_without_end_is_stopped_by_the_sync_limits() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");
     let good = hostile_sync(&[("mode", "benign")], SyncLimits::default(), &out).await.expect("a benign sync");
-    let unbounded = SyncLimits { records: u64::MAX, depth: u32::MAX, pages_per_listing: u64::MAX, duration: Duration::from_secs(3600) };
+    let unbounded =
+        SyncLimits { records: u64::MAX, depth: u32::MAX, pages_per_listing: u64::MAX, duration: Duration::from_secs(3600), ..SyncLimits::default() };
     let cases = [
         ("nest-forever", SyncLimits::default(), "limit exceeded: nesting-depth"),
         ("nest-forever", SyncLimits { records: 300, ..unbounded.clone() }, "limit exceeded: records-per-sync"),

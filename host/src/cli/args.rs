@@ -211,6 +211,12 @@ pub struct SyncLimitArgs {
     /// Longest a whole sync may run, in minutes.
     #[arg(long, value_name = "MINUTES", default_value_t = 720.0)]
     pub max_sync_minutes: f64,
+    /// Listings run at once, each on its own instance of the connector;
+    /// also the cap on requests in flight to one upstream host. The rows
+    /// synced do not depend on it. (Contract 0.3.0 carries no per-connector
+    /// default; --max-requests-per-minute still caps the rate.)
+    #[arg(long, value_name = "N", default_value_t = crate::runtime::limits::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: u16,
 }
 
 impl SyncLimitArgs {
@@ -224,6 +230,7 @@ impl SyncLimitArgs {
             depth: self.max_depth,
             pages_per_listing: self.max_pages_per_listing,
             duration: Duration::from_secs_f64(minutes * 60.0),
+            concurrency: usize::from(self.concurrency),
         })
     }
 }

@@ -161,12 +161,15 @@ impl ConnectorInstance {
     /// time; a pool runs as many calls at once as it has instances.
     pub async fn start_pool(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions, size: usize) -> Result<Vec<Self>> {
         let first = Self::start(engine, module, permissions).await?;
-        first.http.throttle.set_concurrency(permissions.limits.http_concurrent_per_host);
+        // As many requests in flight to one host as the pool runs calls.
+        first.http.throttle.set_concurrency(size.max(1));
+        // The gateway is cloned out first: holding `&first` (not Sync) across
+        // an await would make the future unfit for a spawned task.
+        let http = first.http.clone();
         let mut pool = Vec::with_capacity(size.max(1));
         pool.push(first);
         for _ in 1..size {
-            let sibling = pool[0].sibling(engine, module, permissions).await?;
-            pool.push(sibling);
+            pool.push(Self::start_on(engine, module, permissions, http.clone()).await?);
         }
         Ok(pool)
     }

@@ -88,6 +88,11 @@ impl Default for Limits {
     }
 }
 
+/// Listings at once unless --concurrency says otherwise: well under
+/// Asana's 50 concurrent reads per token, enough to reach 1,500 requests a
+/// minute at 300 ms a request.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
 /// Bounds on one whole sync, whatever the connector reports: a connector
 /// whose types nest without end, or that pages forever, fails the sync with
 /// the limit named instead of filling the disk.
@@ -101,6 +106,9 @@ pub struct SyncLimits {
     pub pages_per_listing: u64,
     /// Wall-clock time of the whole sync.
     pub duration: Duration,
+    /// Listings at once, each on its own instance of the connector; also
+    /// the cap on requests in flight to one upstream host.
+    pub concurrency: usize,
 }
 
 impl Default for SyncLimits {
@@ -111,6 +119,7 @@ impl Default for SyncLimits {
             depth: 32,
             pages_per_listing: 100_000,
             duration: Duration::from_secs(12 * 3600),
+            concurrency: usize::from(DEFAULT_CONCURRENCY),
         }
     }
 }

@@ -10,10 +10,11 @@ use crate::runtime::bindings::guest;
 use crate::runtime::instance::{retry_rate_limited, CallError, ConnectorInstance, PlannedWrite};
 use crate::sync::{SyncFile, SyncOptions, SyncSummary};
 
-/// Runs one sync of `instance` into the sync file at `path`.
-pub async fn run_sync(instance: &mut ConnectorInstance, path: &Path, digest: &str, options: &SyncOptions) -> Result<SyncSummary> {
+/// Runs one sync on `pool` (instances of one module sharing one HTTP
+/// gateway) into the sync file at `path`.
+pub async fn run_sync(pool: &mut [ConnectorInstance], path: &Path, digest: &str, options: &SyncOptions) -> Result<SyncSummary> {
     let mut file = SyncFile::open_for_sync(path)?;
-    crate::sync::run_with(instance, &mut file, digest, &indicatif::ProgressBar::hidden(), options).await
+    crate::sync::run_pool(pool, &mut file, digest, &indicatif::ProgressBar::hidden(), options).await
 }
 
 /// What a write did, as the connector says.

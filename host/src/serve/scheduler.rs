@@ -205,9 +205,10 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
     let result = async {
         std::fs::create_dir_all(path.parent().unwrap_or(&server.data_dir))?;
         let permissions = super::loader::permissions(&settings, &server.data_dir, false);
-        let mut connector = ConnectorInstance::start(&server.engine, &version.module, &permissions).await?;
-        let result = super::adapter::run_sync(&mut connector, &path, &version.digest, &options).await;
-        counters = Some(connector);
+        // Listings run concurrently on a pool, as with `tether sync`.
+        let mut pool = ConnectorInstance::start_pool(&server.engine, &version.module, &permissions, settings.sync_limits.concurrency).await?;
+        let result = super::adapter::run_sync(&mut pool, &path, &version.digest, &options).await;
+        counters = pool.into_iter().next();
         result
     }
     .await;

@@ -28,20 +28,9 @@ pub struct SyncArgs {
     /// on from where it stopped instead of starting over.
     #[arg(long)]
     resume: bool,
-    /// Listings run at once, each on its own instance of the connector;
-    /// also the cap on requests in flight to one upstream host. The rows
-    /// synced do not depend on it. (Contract 0.3.0 carries no per-connector
-    /// default; --max-requests-per-minute still caps the rate.)
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
-    concurrency: u16,
     #[command(flatten)]
     sync_limits: SyncLimitArgs,
 }
-
-/// Listings at once unless --concurrency says otherwise: well under
-/// Asana's 50 concurrent reads per token, enough to reach 1,500 requests a
-/// minute at 300 ms a request.
-pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// The signal that asked the running sync to stop (2: SIGINT, 15: SIGTERM).
 pub static STOP_SIGNAL: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
@@ -85,7 +74,7 @@ pub async fn run(args: SyncArgs) -> Result<()> {
     let options = crate::sync::SyncOptions { resume: args.resume, limits: args.sync_limits.to_limits()?, stop: Default::default() };
     // The connector first: a module that cannot load leaves no sync file behind.
     let start::Prepared { engine, module, instance, permissions } = start::prepare(&args.connector, false).await?;
-    let concurrency = usize::from(args.concurrency);
+    let concurrency = options.limits.concurrency;
     instance.http().throttle.set_concurrency(concurrency);
     let mut pool = vec![instance];
     for _ in 1..concurrency {
