@@ -43,5 +43,6 @@ pub const CONTRACT_VERSION: &str = "0.3.0";
 pub use bindings::exports::tether::connector0_3_0::connector as contract;
 /// The host's imports: configuration, HTTP, storage and logging.
 pub use bindings::tether::connector0_1_0::{config, log, storage, types};
+pub use bindings::export;
 pub use contract::Guest;
 pub use types::{ConnectorError, Pair, RateLimit, ResourceRef};
