@@ -3,7 +3,8 @@
 //! not relied on: servers answer 200 with the resource or 204 with nothing.
 
 use serde_json::{json, Value};
-use tether_guest::contract::{AccountRequest, AccountResult, Outcome, WriteResult};
+use tether_guest::contract::{AccountRequest, AccountResult, Outcome, Resource, WriteResult};
+use tether_guest::page::pair;
 use tether_guest::scim::{filter_eq, member_path, op_add, op_remove, op_replace, ListQuery, USER_SCHEMA};
 use tether_guest::{json as read, ConnectorError, ResourceRef};
 
@@ -72,7 +73,12 @@ pub fn create_user(server: &Server, request: &AccountRequest) -> Result<AccountR
             return Ok(AccountResult { outcome: Outcome::NoChange, account, message });
         }
     }
-    let created = server.scim.create("/Users", new_user(user_name, email, request.display_name.as_deref(), option("external-id")))?;
+    let Some(created) = server.scim.create("/Users", new_user(user_name, email, request.display_name.as_deref(), option("external-id")))? else {
+        // A dry run answers writes without a body: nothing was created.
+        let account =
+            Resource { resource_type: "user".into(), id: String::new(), display_name: user_name.into(), parent: None, attributes: vec![pair("email", email)] };
+        return Ok(AccountResult { outcome: Outcome::Changed, account, message: format!("would create user {user_name}") });
+    };
     let account = records::user(&created)?;
     let message = format!("created user {user_name} (id {})", account.id);
     Ok(AccountResult { outcome: Outcome::Changed, account, message })

@@ -191,13 +191,11 @@ impl ScimClient {
         Ok(body)
     }
 
-    /// POSTs a new resource; the server's copy (with its `id`).
-    pub fn create(&self, endpoint: &str, resource: Value) -> Result<Value, ConnectorError> {
+    /// POSTs a new resource: the server's copy (with its `id`), or none
+    /// when the answer has no body (a dry run's writes are answered 204).
+    pub fn create(&self, endpoint: &str, resource: Value) -> Result<Option<Value>, ConnectorError> {
         let body = self.http.post(endpoint, &[], resource)?;
-        if resource_id(&body).is_none() {
-            return Err(self.malformed(endpoint, "the created resource has no id"));
-        }
-        Ok(body)
+        Ok(body.is_object().then_some(body))
     }
 
     /// PATCHes one resource: the resource when the server answers 200 with
