@@ -10,6 +10,7 @@
 //! - `sandbox`: hostile connectors against every limit and policy
 //! - `spec`: every request validated against Asana's OpenAPI spec (Prism)
 //! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
+//! - `scim_connector`: the generic SCIM connector against real SCIM servers, and beside Asana's
 
 mod support;
 
@@ -17,6 +18,7 @@ mod cli;
 mod provision;
 mod review;
 mod sandbox;
+mod scim_connector;
 mod scim_real_server;
 mod spec;
 mod sync;
