@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every test: builds the connector and the test fixtures as wasm
+# Runs every test: builds the connectors and the test fixtures as wasm
 # components, installs Stoplight Prism (spec validation) and scim2-server (a
 # real SCIM server), checks formatting and lints, then cargo test.
 set -euo pipefail
@@ -13,9 +13,14 @@ for tool in rustfmt clippy; do
   cargo "${tool/rustfmt/fmt}" --version >/dev/null 2>&1 || rustup component add "$tool"
 done
 cargo fmt --all -- --check
-for crate in connectors/*/ tests/fixtures/*/; do
+for crate in connectors/*/ sdk/*/ tests/fixtures/*/; do
   if [[ -f "$crate/Cargo.toml" ]]; then (cd "$crate" && cargo fmt -- --check); fi
 done
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# The guest SDK is its own workspace: its pure functions are tested natively.
+for sdk in sdk/*/; do
+  (cd "$sdk" && cargo clippy --all-targets --locked -- -D warnings && cargo test --locked)
+done
 
 cargo test --workspace --locked "$@"
