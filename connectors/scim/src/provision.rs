@@ -56,7 +56,7 @@ fn is_member(server: &Server, group: &str, member: &str) -> Result<bool, Connect
 
 pub fn create_user(server: &Server, request: &AccountRequest) -> Result<AccountResult, ConnectorError> {
     let option = |key: &str| request.options.iter().find(|p| p.name == key).map(|p| p.value.trim()).filter(|v| !v.is_empty());
-    for unknown in request.options.iter().filter(|p| p.name != "user-name" && p.name != "external-id") {
+    if let Some(unknown) = request.options.iter().find(|p| p.name != "user-name" && p.name != "external-id") {
         return Err(ConnectorError::InvalidArgument(format!("unknown account field {:?} (the SCIM connector takes user-name and external-id)", unknown.name)));
     }
     let email = request.email.trim();
