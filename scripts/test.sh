@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test: builds the connectors and the test fixtures as wasm
 # components, installs Stoplight Prism (spec validation) and scim2-server (a
-# real SCIM server), checks formatting and lints, then cargo test.
+# real SCIM server) and django-scim2 (a second one), checks formatting and lints, then cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh --fixtures
 ./scripts/install-prism.sh >/dev/null
 ./scripts/install-scim2-server.sh >/dev/null
+./scripts/install-django-scim2.sh >/dev/null
 
 echo "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)" >&2
 for tool in rustfmt clippy; do

@@ -24,6 +24,7 @@ use tether_host::runtime::imports::config::{ConnectorConfig, Secrets};
 use tether_host::runtime::imports::http::AllowedHost;
 use tether_host::runtime::instance::Permissions;
 
+use crate::support::django_scim2::DjangoScim2;
 use crate::support::scim2::Scim2Server;
 use crate::support::*;
 
@@ -44,7 +45,11 @@ struct Api {
 
 impl Api {
     fn new(server: &Scim2Server) -> Api {
-        Api { base: server.base_url(), http: reqwest::Client::new() }
+        Api::at(server.base_url())
+    }
+
+    fn at(base: String) -> Api {
+        Api { base, http: reqwest::Client::new() }
     }
 
     async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -103,20 +108,31 @@ async fn seed(api: &Api) -> Seeded {
     let members = json!([{"value": users[0]}, {"value": users[1]}]);
     let eng = api.post("/Groups", json!({"schemas": [GROUP], "displayName": "eng", "members": members})).await;
     let ops = api.post("/Groups", json!({"schemas": [GROUP], "displayName": "ops"})).await;
+    // django-scim2 ignores members on POST: they are added by PATCH there.
+    if member_ids(&api.get(&format!("/Groups/{eng}")).await).is_empty() {
+        let add = json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"],
+                         "Operations": [{"op": "add", "path": "members", "value": members}]});
+        let (status, answer) = api.send(reqwest::Method::PATCH, &format!("/Groups/{eng}"), Some(add)).await;
+        assert!(status == 200 || status == 204, "{status} {answer}");
+    }
     let [ann, bob, cat]: [String; 3] = users.try_into().unwrap();
     Seeded { ann, bob, cat, eng, ops }
 }
 
 fn flags(server: &Scim2Server, cache: &Path) -> Vec<String> {
+    flags_for(&server.base_url(), server.addr(), cache)
+}
+
+fn flags_for(base_url: &str, addr: std::net::SocketAddr, cache: &Path) -> Vec<String> {
     [
         "--connector",
         scim_wasm().to_str().unwrap(),
         "--config",
-        &format!("base-url={}", server.base_url()),
+        &format!("base-url={base_url}"),
         "--secret",
         "token=env:SCIM_TOKEN",
         "--allow-host",
-        &server.addr().to_string(),
+        &addr.to_string(),
         "--cache-dir",
         cache.to_str().unwrap(),
     ]
@@ -165,8 +181,10 @@ fn set(pairs: &[(&String, &String)]) -> BTreeSet<(String, String)> {
     pairs.iter().map(|(g, u)| (g.to_string(), u.to_string())).collect()
 }
 
-async fn resource(db: &Path, id: &str) -> Value {
-    inspect(db, "resources").await.into_iter().find(|r| r["id"] == id).unwrap_or_else(|| panic!("{id} not synced"))
+/// A synced user (ids are unique per type only: django-scim2's users and
+/// groups are both numbered from 1).
+async fn user(db: &Path, id: &str) -> Value {
+    inspect(db, "resources").await.into_iter().find(|r| r["resource_type"] == "user" && r["id"] == id).unwrap_or_else(|| panic!("user {id} not synced"))
 }
 
 fn member_ids(group: &Value) -> BTreeSet<String> {
@@ -180,7 +198,7 @@ async fn membership_writes(flags: &[String], api: &Api, s: &Seeded) {
     let cat = format!("user:{}", s.cat);
     let dry = run(&["grant", "--entitlement", &ops_member, "--principal", &cat, "--dry-run"], flags).await;
     assert!(dry.contains("would send PATCH") && dry.contains("\"op\":\"add\""), "{dry}");
-    assert!(api.get(&format!("/Groups/{}?attributes=members", s.ops)).await.get("members").is_none(), "the dry run wrote");
+    assert!(member_ids(&api.get(&format!("/Groups/{}?attributes=members", s.ops)).await).is_empty(), "the dry run wrote");
 
     let first = run(&["grant", "--entitlement", &ops_member, "--principal", &cat], flags).await;
     assert!(first.starts_with("changed:"), "{first}");
@@ -207,7 +225,7 @@ async fn the_scim_connector_syncs_writes_and_syncs_again_against_scim2_server() 
     let resources = inspect(&db, "resources").await;
     let count = |t: &str| resources.iter().filter(|r| r["resource_type"] == t).count();
     assert_eq!((count("user"), count("group")), (3, 2));
-    let ann = resource(&db, &s.ann).await;
+    let ann = user(&db, &s.ann).await;
     assert_eq!(ann["display_name"], "Ann A");
     assert_eq!(ann["attributes"]["department"], "R&D");
     assert_eq!(ann["attributes"]["employee_number"], "7");
@@ -241,15 +259,57 @@ async fn the_scim_connector_syncs_writes_and_syncs_again_against_scim2_server() 
     // The server answered every PATCH with 204 and no body.
     let log = server.log();
     let patches: Vec<&str> = log.lines().filter(|l| l.contains("\"PATCH ")).collect();
-    assert_eq!(patches.len(), 3, "{log}");
+    assert_eq!(patches.len(), 3, "{log}"); // a grant, a revoke, a deactivation
     assert!(patches.iter().all(|l| l.contains("\" 204 ")), "{log}");
 
     // The server and a new sync agree.
     assert_eq!(member_ids(&api.get(&format!("/Groups/{}", s.eng)).await), BTreeSet::from([s.ann.clone()]));
     sync(&flags, &db).await;
     assert_eq!(memberships(&db).await, set(&[(&s.eng, &s.ann), (&s.ops, &s.cat)]));
-    assert_eq!(resource(&db, &s.ann).await["attributes"]["active"], "false");
-    assert_eq!(resource(&db, dan["id"].as_str().unwrap()).await["display_name"], "Dan D");
+    assert_eq!(user(&db, &s.ann).await["attributes"]["active"], "false");
+    assert_eq!(user(&db, dan["id"].as_str().unwrap()).await["display_name"], "Dan D");
+}
+
+/// The same sync, writes and sync again against an independent
+/// implementation with other quirks (see support/django_scim2.rs): PATCH
+/// answered 200 with a body, member removal by path filter answered 501,
+/// filter support not announced.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_scim_connector_syncs_writes_and_syncs_again_against_django_scim2() {
+    let server = tokio::task::spawn_blocking(|| DjangoScim2::start(TOKEN)).await.unwrap();
+    let api = Api::at(server.base_url());
+    let s = seed(&api).await;
+    let dir = tempfile::tempdir().unwrap();
+    let flags = flags_for(&server.base_url(), server.addr(), dir.path());
+    let db = dir.path().join("scim.db");
+
+    sync(&flags, &db).await;
+    let resources = inspect(&db, "resources").await;
+    let count = |t: &str| resources.iter().filter(|r| r["resource_type"] == t).count();
+    assert_eq!((count("user"), count("group")), (3, 2));
+    assert_eq!(user(&db, &s.ann).await["attributes"]["email"], "ann@example.com");
+    assert_eq!(memberships(&db).await, set(&[(&s.eng, &s.ann), (&s.eng, &s.bob)]));
+
+    membership_writes(&flags, &api, &s).await;
+    // The removal by path filter was refused (501), then made by value.
+    let log = server.log();
+    assert!(log.lines().any(|l| l.contains("\"PATCH ") && l.contains("\" 501 ")), "{log}");
+    assert_eq!(member_ids(&api.get(&format!("/Groups/{}", s.eng)).await), BTreeSet::from([s.ann.clone()]));
+
+    let first = run(&["create-account", "--email", "dan@example.com"], &flags).await;
+    assert!(first.starts_with("changed:"), "{first}");
+    let again = run(&["create-account", "--email", "dan@example.com"], &flags).await;
+    assert!(again.starts_with("no change:"), "{again}");
+    let first = run(&["disable-account", "--user", &s.ann], &flags).await;
+    assert!(first.starts_with("changed:"), "{first}");
+    let again = run(&["disable-account", "--user", &s.ann], &flags).await;
+    assert!(again.starts_with("no change:"), "{again}");
+
+    sync(&flags, &db).await;
+    assert_eq!(memberships(&db).await, set(&[(&s.eng, &s.ann), (&s.ops, &s.cat)]));
+    assert_eq!(user(&db, &s.ann).await["attributes"]["active"], "false");
+    let users = inspect(&db, "resources").await.into_iter().filter(|r| r["resource_type"] == "user").count();
+    assert_eq!(users, 4);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -335,7 +395,6 @@ async fn the_asana_and_scim_connectors_sync_side_by_side_in_one_host() {
     let server = tokio::task::spawn_blocking(|| Scim2Server::start_with_token(TOKEN)).await.unwrap();
     let api = Api::new(&server);
     let s = seed(&api).await;
-    let seeded_requests = server.log().lines().count();
 
     let engine = engine();
     let asana = load(&engine, &asana_wasm());
@@ -363,7 +422,10 @@ async fn the_asana_and_scim_connectors_sync_side_by_side_in_one_host() {
     // Each upstream saw only its own connector: the simulator has no SCIM
     // paths, and the SCIM server's requests are the SCIM sync's.
     assert!(sim.requests().iter().all(|r| !r.path.contains("Users") && !r.path.contains("Groups")));
+    // Besides the seed's five POSTs, only the SCIM sync's reads.
     let scim_log = server.log();
-    let sync_requests: Vec<&str> = scim_log.lines().skip(seeded_requests).collect();
-    assert!(!sync_requests.is_empty() && sync_requests.iter().all(|l| l.contains("\"GET /v2/")), "{scim_log}");
+    let requests: Vec<&str> = scim_log.lines().filter(|l| l.contains(" HTTP/1.1\" ")).collect();
+    assert_eq!(requests.iter().filter(|l| l.contains("\"POST /v2/")).count(), 5, "{scim_log}");
+    assert!(requests.iter().filter(|l| !l.contains("\"POST ")).all(|l| l.contains("\"GET /v2/")), "{scim_log}");
+    assert!(requests.iter().any(|l| l.contains("\"GET /v2/Users?")), "{scim_log}");
 }

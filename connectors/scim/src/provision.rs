@@ -5,7 +5,7 @@
 use serde_json::{json, Value};
 use tether_guest::contract::{AccountRequest, AccountResult, Outcome, Resource, WriteResult};
 use tether_guest::page::pair;
-use tether_guest::scim::{filter_eq, member_path, op_add, op_remove, op_replace, ListQuery, USER_SCHEMA};
+use tether_guest::scim::{filter_eq, op_add, op_replace, ListQuery, USER_SCHEMA};
 use tether_guest::{json as read, ConnectorError, ResourceRef};
 
 use crate::records::{self, check_principal, member_grant, parse_member_entitlement, parse_member_grant};
@@ -33,7 +33,7 @@ pub fn remove_member(server: &Server, grant_id: &str) -> Result<WriteResult, Con
         let message = format!("{} {} is not a member of group {group}", principal.resource_type, principal.id);
         return Ok(WriteResult { outcome: Outcome::NoChange, grant: None, message });
     }
-    server.scim.patch("/Groups", &group, vec![op_remove(&member_path(&principal.id))])?;
+    server.scim.remove_member(&group, &principal.id)?;
     let message = format!("removed {} {} from group {group}", principal.resource_type, principal.id);
     Ok(WriteResult { outcome: Outcome::Changed, grant: None, message })
 }
@@ -64,14 +64,21 @@ pub fn create_user(server: &Server, request: &AccountRequest) -> Result<AccountR
         return Err(ConnectorError::InvalidArgument(format!("not an email address: {email:?}")));
     }
     let user_name = option("user-name").unwrap_or(email);
-    // Without filter support there is no cheap read: the POST's 409
-    // (userName is unique) is then what stops a duplicate.
-    if server.features()?.config.filter {
-        if let Some(existing) = server.scim.find("/Users", &filter_eq("userName", user_name))? {
-            let account = records::user(&existing)?;
-            let message = format!("user {user_name} already exists (id {})", account.id);
-            return Ok(AccountResult { outcome: Outcome::NoChange, account, message });
+    // Servers that announce no filter support often take `userName eq`
+    // all the same (django-scim2 does): try it, and where it is refused,
+    // the POST's 409 (userName is unique) is what stops a duplicate.
+    let announced = server.features()?.config.filter;
+    let existing = match server.scim.find("/Users", &filter_eq("userName", user_name)) {
+        Err(ConnectorError::InvalidArgument(_) | ConnectorError::Upstream(_) | ConnectorError::Unsupported(_) | ConnectorError::Forbidden(_)) if !announced => {
+            None
         }
+        other => other?,
+    };
+    // A server that ignores the filter answers with other users.
+    if let Some(existing) = existing.filter(|u| read::text(u, "userName").is_some_and(|n| n.eq_ignore_ascii_case(user_name))) {
+        let account = records::user(&existing)?;
+        let message = format!("user {user_name} already exists (id {})", account.id);
+        return Ok(AccountResult { outcome: Outcome::NoChange, account, message });
     }
     let Some(created) = server.scim.create("/Users", new_user(user_name, email, request.display_name.as_deref(), option("external-id")))? else {
         // A dry run answers writes without a body: nothing was created.

@@ -84,9 +84,15 @@ impl JsonClient {
     /// Sends one request; the answer's JSON, or null for an empty body (a
     /// 204). A non-2xx answer is a typed error.
     pub fn send(&self, method: Method, path: &str, query: &[(&str, &str)], body: Option<Value>) -> Result<Value, ConnectorError> {
-        let request = self.request(method, path, query, body.as_ref());
-        let response = http::send(&request).map_err(|e| transport_error(&self.service, path, e))?;
+        let response = self.exchange(method, path, query, body)?;
         self.answer(path, &response)
+    }
+
+    /// Sends one request and returns the answer whatever its status (only
+    /// a transport failure is an error): for callers that act on a status.
+    pub fn exchange(&self, method: Method, path: &str, query: &[(&str, &str)], body: Option<Value>) -> Result<Response, ConnectorError> {
+        let request = self.request(method, path, query, body.as_ref());
+        http::send(&request).map_err(|e| transport_error(&self.service, path, e))
     }
 
     /// A response read as JSON or mapped to an error (pure).

@@ -39,10 +39,11 @@ pub mod bindings {
 /// The contract version this SDK targets.
 pub const CONTRACT_VERSION: &str = "0.3.0";
 
+/// `tether_guest::export!(MyConnector);` exports a connector.
+pub use bindings::export;
 /// The exported interface's records and the trait a connector implements.
 pub use bindings::exports::tether::connector0_3_0::connector as contract;
 /// The host's imports: configuration, HTTP, storage and logging.
 pub use bindings::tether::connector0_1_0::{config, log, storage, types};
-pub use bindings::export;
 pub use contract::Guest;
 pub use types::{ConnectorError, Pair, RateLimit, ResourceRef};

@@ -6,7 +6,7 @@
 
 use serde_json::{json, Value};
 
-use crate::http::{segment, JsonClient};
+use crate::http::{segment, JsonClient, Method};
 use crate::json;
 use crate::paging;
 use crate::types::ConnectorError;
@@ -16,6 +16,8 @@ pub const USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 pub const GROUP_SCHEMA: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 pub const ENTERPRISE_USER_SCHEMA: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 pub const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+/// What a server answers a PATCH form it does not implement.
+const NOT_IMPLEMENTED: u16 = 501;
 
 /// What a server says it supports (RFC 7643 §5). A server that does not
 /// say is taken at the RFC's word: filter and patch are optional features,
@@ -204,6 +206,22 @@ impl ScimClient {
         let path = self.resource_path(endpoint, id)?;
         let body = self.http.patch(&path, &[], patch_body(operations))?;
         Ok(body.is_object().then_some(body))
+    }
+
+    /// Removes one member from a group with RFC 7644's
+    /// `members[value eq "ID"]` path. A server that answers that with 501
+    /// Not Implemented (django-scim2 does) gets the form many servers take
+    /// instead: `path: members` with the member in `value`. Only then: on
+    /// a server that implements the RFC, that form would remove every member.
+    pub fn remove_member(&self, group_id: &str, member_id: &str) -> Result<(), ConnectorError> {
+        let path = self.resource_path("/Groups", group_id)?;
+        let by_filter = patch_body(vec![op_remove(&member_path(member_id))]);
+        let response = self.http.exchange(Method::Patch, &path, &[], Some(by_filter))?;
+        if response.status != NOT_IMPLEMENTED {
+            return self.http.answer(&path, &response).map(|_| ());
+        }
+        let by_value = patch_body(vec![json!({ "op": "remove", "path": "members", "value": [{ "value": member_id }] })]);
+        self.http.patch(&path, &[], by_value).map(|_| ())
     }
 
     /// `endpoint/ID`, the ID as one path segment.

@@ -2,6 +2,7 @@
 //! simulator, and a sync of one through the other.
 #![allow(dead_code)]
 
+pub mod django_scim2;
 pub mod prism;
 pub mod process;
 pub mod scim2;
