@@ -12,7 +12,7 @@ ROOT_URLCONF = "scimapp.urls"
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "django_scim", "scimapp"]
 MIDDLEWARE = ["scimapp.auth.BearerToken", "django_scim.middleware.SCIMAuthCheckMiddleware"]
-DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("TETHER_SCIM_DB", "scim.sqlite3")}}
+DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": os.environ.get("TETHER_SCIM_DB", ":memory:")}}
 AUTH_USER_MODEL = "scimapp.User"
 SCIM_SERVICE_PROVIDER = {
     "NETLOC": os.environ.get("TETHER_SCIM_NETLOC", "127.0.0.1:8000"),
