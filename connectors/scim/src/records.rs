@@ -171,3 +171,58 @@ pub fn check_principal(principal: &ResourceRef) -> Result<(), ConnectorError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn attribute<'a>(resource: &'a Resource, name: &str) -> Option<&'a str> {
+        resource.attributes.iter().find(|p| p.name == name).map(|p| p.value.as_str())
+    }
+
+    #[test]
+    fn users_carry_core_and_enterprise_attributes() {
+        let raw = json!({
+            "id": "u1", "userName": "bjensen", "displayName": "Babs Jensen", "active": false,
+            "emails": [{"value": "other@example.com"}, {"value": "bjensen@example.com", "primary": true}],
+            ENTERPRISE_USER_SCHEMA: {"department": "Tour Operations", "employeeNumber": "701984", "manager": {"value": "u9"}}
+        });
+        let user = user(&raw).unwrap();
+        assert_eq!((user.id.as_str(), user.display_name.as_str()), ("u1", "Babs Jensen"));
+        assert_eq!(attribute(&user, "email"), Some("bjensen@example.com"));
+        assert_eq!(attribute(&user, "active"), Some("false"));
+        assert_eq!(attribute(&user, "department"), Some("Tour Operations"));
+        assert_eq!(attribute(&user, "employee_number"), Some("701984"));
+        assert_eq!(attribute(&user, "manager_id"), Some("u9"));
+        // Sparse users: active by default, named by email or userName.
+        let sparse = super::user(&json!({"id": "u2", "userName": "x"})).unwrap();
+        assert_eq!((sparse.display_name.as_str(), attribute(&sparse, "active")), ("x", Some("true")));
+        assert!(super::user(&json!({"userName": "no id"})).is_err());
+        assert!(group(&json!({"id": ""})).is_err());
+    }
+
+    #[test]
+    fn members_are_users_unless_they_say_group() {
+        assert_eq!(member_principal(&json!({"value": "a"})).unwrap().resource_type, "user");
+        assert_eq!(member_principal(&json!({"value": "b", "type": "Group"})).unwrap().resource_type, "group");
+        assert_eq!(member_principal(&json!({"value": "c", "$ref": "https://h/scim/v2/Groups/c"})).unwrap().resource_type, "group");
+        assert!(member_principal(&json!({"display": "no value"})).is_none());
+    }
+
+    #[test]
+    fn ids_round_trip_even_with_colons_in_scim_ids() {
+        let principal = resource_ref("user", "urn:x:42");
+        let grant = member_grant("g:1", &principal);
+        assert_eq!(grant.entitlement_id, "group:g%3A1:member");
+        assert_eq!(grant.id, "group:g%3A1:member:user:urn%3Ax%3A42");
+        let (group, member) = parse_member_grant(&grant.id).unwrap();
+        assert_eq!((group.as_str(), member), ("g:1", principal));
+        assert_eq!(parse_member_entitlement("group:g%3A1:member").unwrap(), "g:1");
+        for bad in ["team:1:member", "group:1:admin", "group::member", "group:%zz:member"] {
+            assert!(parse_member_entitlement(bad).is_err(), "{bad}");
+        }
+        assert!(parse_member_grant("group:1:member:robot:2").is_err());
+        assert!(check_principal(&resource_ref("robot", "1")).is_err());
+    }
+}

@@ -109,3 +109,18 @@ pub fn members_never_returned(schema: &Value) -> bool {
         .and_then(|a| json::text(a, "returned"))
         .is_some_and(|r| r.eq_ignore_ascii_case("never"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_group_schema_says_whether_members_are_returned() {
+        let schema = |returned: &str| json!({"attributes": [{"name": "displayName"}, {"name": "members", "returned": returned}]});
+        assert!(members_never_returned(&schema("never")));
+        assert!(!members_never_returned(&schema("default")));
+        assert!(!members_never_returned(&schema("request")));
+        assert!(!members_never_returned(&json!({})));
+    }
+}
