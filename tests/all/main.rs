@@ -11,6 +11,7 @@
 //! - `sandbox`: hostile connectors against every limit and policy
 //! - `spec`: every request validated against Asana's OpenAPI spec (Prism)
 //! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
+//! - `scim_connector`: the generic SCIM connector against real SCIM servers, and beside Asana's
 //! - `serve`: `tether serve` through its HTTP API, files and signals
 
 mod support;
@@ -20,6 +21,7 @@ mod provision;
 mod report;
 mod review;
 mod sandbox;
+mod scim_connector;
 mod scim_real_server;
 mod serve;
 mod spec;

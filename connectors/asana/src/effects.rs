@@ -5,9 +5,9 @@
 //! can be undone by the opposite write. Decided from the IDs alone, so the
 //! check costs no request.
 
-use crate::exports::tether::connector0_3_0::connector::{WriteEffect, WriteRequest};
 use crate::ids;
-use crate::tether::connector0_1_0::types::ConnectorError;
+use tether_guest::contract::{WriteEffect, WriteRequest};
+use tether_guest::types::ConnectorError;
 
 /// Why Asana deactivations are flagged, in the operator's words.
 const CANNOT_REACTIVATE: &str = "Asana cannot reactivate a deactivated user";

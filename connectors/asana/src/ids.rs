@@ -7,14 +7,12 @@
 //! `1201:view only`), its entitlement `license:1201:enterprise:assigned`.
 
 use crate::records::LICENSES;
-use crate::tether::connector0_1_0::types::{ConnectorError, ResourceRef};
+use tether_guest::types::{ConnectorError, ResourceRef};
 
-pub fn entitlement_id(resource_type: &str, id: &str, slug: &str) -> String {
-    format!("{resource_type}:{id}:{slug}")
-}
+pub use tether_guest::ids::{entitlement_id, EntitlementId};
 
 pub fn grant_id(entitlement_id: &str, user_gid: &str) -> String {
-    format!("{entitlement_id}:user:{user_gid}")
+    tether_guest::ids::grant_id(entitlement_id, "user", user_gid)
 }
 
 /// The resource ID of `license` in organization `org`.
@@ -35,36 +33,22 @@ pub fn parse_license(id: &str) -> Result<(&str, &'static str), ConnectorError> {
     Ok((org, license))
 }
 
-/// An entitlement ID taken apart.
-pub struct EntitlementId {
-    pub resource: ResourceRef,
-    pub slug: String,
-}
-
 /// `TYPE:ID:SLUG`: the type runs to the first colon, the slug from the
 /// last; the ID between them may hold colons (licenses' does).
 pub fn parse_entitlement(id: &str) -> Result<EntitlementId, ConnectorError> {
     let bad = || ConnectorError::InvalidArgument(format!("not an Asana entitlement ID (TYPE:ID:ROLE): {id:?}"));
-    let (resource_type, rest) = id.split_once(':').ok_or_else(bad)?;
-    let (resource_id, slug) = rest.rsplit_once(':').ok_or_else(bad)?;
-    if resource_type.is_empty() || resource_id.is_empty() || slug.is_empty() {
+    let parsed = tether_guest::ids::split_entitlement(id).ok_or_else(bad)?;
+    if parsed.resource.resource_type == "license" {
+        parse_license(&parsed.resource.id)?;
+    } else if parsed.resource.id.contains(':') {
         return Err(bad());
     }
-    if resource_type == "license" {
-        parse_license(resource_id)?;
-    } else if resource_id.contains(':') {
-        return Err(bad());
-    }
-    Ok(EntitlementId { resource: ResourceRef { resource_type: resource_type.to_string(), id: resource_id.to_string() }, slug: slug.to_string() })
+    Ok(parsed)
 }
 
 /// A grant ID taken apart into its entitlement and the user it is granted to.
 pub fn parse_grant(id: &str) -> Result<(EntitlementId, ResourceRef), ConnectorError> {
     let bad = || ConnectorError::InvalidArgument(format!("not an Asana grant ID (TYPE:ID:ROLE:user:GID): {id:?}"));
-    let (entitlement, user_gid) = id.rsplit_once(":user:").ok_or_else(bad)?;
-    if user_gid.is_empty() || user_gid.contains(':') {
-        return Err(bad());
-    }
-    let entitlement = parse_entitlement(entitlement)?;
-    Ok((entitlement, ResourceRef { resource_type: "user".into(), id: user_gid.to_string() }))
+    let (entitlement, user) = tether_guest::ids::split_grant(id, &["user"]).ok_or_else(bad)?;
+    Ok((parse_entitlement(entitlement)?, user))
 }

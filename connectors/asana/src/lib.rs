@@ -3,7 +3,8 @@
 //! It reaches Asana only through the host's `http` import (which attaches the
 //! token), and answers the host's paged list calls one upstream request at a
 //! time: every list call is at most one Asana request. It targets
-//! `tether:connector@0.3.0`: it says before each write what the write would
+//! `tether:connector@0.3.0` through the `tether-guest` SDK (bindings, HTTP
+//! client, SCIM client, IDs): it says before each write what the write would
 //! do and whether Asana could undo it (`effects`).
 
 mod client;
@@ -15,16 +16,9 @@ mod records;
 mod scim;
 mod settings;
 
-wit_bindgen::generate!({
-    path: "../../wit/v0.3.0",
-    world: "connector-world",
-    // The 0.1.0 interfaces the world imports come from wit/v0.3.0/deps/.
-    generate_all,
-});
-
 use client::Client;
-use exports::tether::connector0_3_0::connector::{AccountRequest, AccountResult, ConnectorMetadata, Guest, Page, WriteEffect, WriteRequest, WriteResult};
-use tether::connector0_1_0::types::{ConnectorError, ResourceRef};
+use tether_guest::contract::{AccountRequest, AccountResult, ConnectorMetadata, Page, WriteEffect, WriteRequest, WriteResult};
+use tether_guest::{ConnectorError, Guest, ResourceRef};
 
 struct AsanaConnector;
 
@@ -80,4 +74,4 @@ impl Guest for AsanaConnector {
     }
 }
 
-export!(AsanaConnector);
+tether_guest::export!(AsanaConnector);

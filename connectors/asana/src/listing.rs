@@ -18,12 +18,12 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use crate::client::Client;
-use crate::exports::tether::connector0_3_0::connector::Page;
 use crate::ids;
 use crate::records::*;
 use crate::scim;
-use crate::tether::connector0_1_0::log;
-use crate::tether::connector0_1_0::types::{ConnectorError, ResourceRef};
+use tether_guest::contract::Page;
+use tether_guest::log;
+use tether_guest::types::{ConnectorError, ResourceRef};
 
 pub const WORKSPACE_FIELDS: &str = "name,is_organization,email_domains";
 const TEAM_FIELDS: &str = "name,description";
@@ -181,7 +181,7 @@ pub fn list_entitlements(client: &Client, resource: &ResourceRef) -> Result<Page
     Ok(Page { entitlements, ..empty_page() })
 }
 
-fn roles(resource: &ResourceRef, roles: &[(&str, &str, &str, bool)]) -> Vec<crate::exports::tether::connector0_3_0::connector::Entitlement> {
+fn roles(resource: &ResourceRef, roles: &[(&str, &str, &str, bool)]) -> Vec<tether_guest::contract::Entitlement> {
     roles.iter().map(|(slug, name, description, grantable)| entitlement(resource, slug, name, description, *grantable)).collect()
 }
 

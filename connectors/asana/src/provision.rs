@@ -6,12 +6,12 @@
 use serde_json::json;
 
 use crate::client::Client;
-use crate::exports::tether::connector0_3_0::connector::{AccountRequest, AccountResult, Outcome, Resource, WriteResult};
 use crate::ids::{self, EntitlementId};
 use crate::listing::{team_role, workspace_role, TEAM_MEMBERSHIP_FIELDS, WORKSPACE_FIELDS, WORKSPACE_MEMBERSHIP_FIELDS};
 use crate::records::*;
 use crate::scim;
-use crate::tether::connector0_1_0::types::{ConnectorError, ResourceRef};
+use tether_guest::contract::{AccountRequest, AccountResult, Outcome, Resource, WriteResult};
+use tether_guest::types::{ConnectorError, ResourceRef};
 
 pub fn grant_entitlement(client: &Client, entitlement_id: &str, principal: &ResourceRef) -> Result<WriteResult, ConnectorError> {
     let entitlement = ids::parse_entitlement(entitlement_id)?;
@@ -283,7 +283,7 @@ fn pending_account(email: &str) -> AccountResult {
     }
 }
 
-fn changed(message: String, grant: Option<crate::exports::tether::connector0_3_0::connector::Grant>) -> WriteResult {
+fn changed(message: String, grant: Option<tether_guest::contract::Grant>) -> WriteResult {
     WriteResult { outcome: Outcome::Changed, grant, message }
 }
 

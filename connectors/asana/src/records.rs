@@ -2,9 +2,9 @@
 
 use serde_json::Value;
 
-use crate::exports::tether::connector0_3_0::connector::{ConfigField, ConnectorMetadata, Entitlement, Grant, Page, Resource, ResourceType};
 use crate::ids;
-use crate::tether::connector0_1_0::types::{ConnectorError, Pair, ResourceRef};
+use tether_guest::contract::{ConfigField, ConnectorMetadata, Entitlement, Grant, Resource, ResourceType};
+use tether_guest::types::{ConnectorError, Pair, ResourceRef};
 
 /// The two Asana licenses, as (name, display name). A license resource is
 /// one of them in one organization: ID `ORG_GID:NAME` (see `ids`).
@@ -154,9 +154,7 @@ pub fn gid(item: &Value) -> Result<String, ConnectorError> {
         .ok_or_else(|| ConnectorError::Upstream(format!("Asana object without a gid: {}", truncate(&item.to_string()))))
 }
 
-pub fn text<'a>(item: &'a Value, key: &str) -> Option<&'a str> {
-    item.get(key).and_then(Value::as_str)
-}
+pub use tether_guest::json::text;
 
 pub fn flag(item: &Value, key: &str) -> bool {
     flag_or(item, key, false)
@@ -170,9 +168,7 @@ pub fn pair(name: &str, value: String) -> Pair {
     Pair { name: name.into(), value }
 }
 
-pub fn empty_page() -> Page {
-    Page { resources: vec![], entitlements: vec![], grants: vec![], next_token: None }
-}
+pub use tether_guest::page::empty as empty_page;
 
 fn truncate(text: &str) -> &str {
     match text.char_indices().nth(120) {

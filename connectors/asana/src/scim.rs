@@ -3,13 +3,16 @@
 
 use serde_json::{json, Value};
 
-use crate::client::{malformed, Client, PAGE_SIZE};
-use crate::exports::tether::connector0_3_0::connector::{Grant, Resource};
-use crate::records::{license_grant, pair, text, LICENSES};
-use crate::tether::connector0_1_0::types::ConnectorError;
+use tether_guest::paging;
+use tether_guest::scim::{self, ListQuery, ENTERPRISE_USER_SCHEMA as ENTERPRISE_EXTENSION};
 
-const ENTERPRISE_EXTENSION: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
-const PATCH_SCHEMA: &str = "urn:ietf:params:scim:api:messages:2.0:PatchOp";
+use crate::client::{malformed, Client};
+use crate::records::{license_grant, pair, text, LICENSES};
+use tether_guest::contract::{Grant, Resource};
+use tether_guest::types::ConnectorError;
+
+/// Users per SCIM page.
+const PAGE_SIZE: u64 = 100;
 
 /// A SCIM user as Tether needs it.
 pub struct ScimUser {
@@ -71,22 +74,11 @@ impl ScimUser {
 
 /// One page of `/Users`; the token is the next `startIndex`.
 pub fn list_users(client: &Client, token: Option<&str>) -> Result<(Vec<ScimUser>, Option<String>), ConnectorError> {
-    let start: u64 = match token {
-        Some(token) => token.parse().map_err(|_| ConnectorError::InvalidArgument(format!("bad SCIM page token {token:?}")))?,
-        None => 1,
-    };
-    let start_text = start.to_string();
-    let page = client.scim_get("/Users", &[("startIndex", start_text.as_str()), ("count", PAGE_SIZE)])?;
-    let resources = page.get("Resources").and_then(Value::as_array).cloned().unwrap_or_default();
-    let users = resources.into_iter().map(ScimUser::parse).collect::<Result<Vec<_>, _>>()?;
-    let next = start + users.len() as u64;
-    // totalResults is required by RFC 7644, but a server that leaves it out
-    // still pages: a full page means there may be more.
-    let more = match page.get("totalResults").and_then(Value::as_u64) {
-        Some(total) => !users.is_empty() && next <= total,
-        None => users.len().to_string() == PAGE_SIZE,
-    };
-    Ok((users, more.then(|| next.to_string())))
+    let start = paging::number_token(token, 1, "SCIM")?;
+    let page = client.scim.list("/Users", &ListQuery { start_index: Some(start), count: Some(PAGE_SIZE), ..ListQuery::default() })?;
+    let next = page.next_start(start, PAGE_SIZE);
+    let users = page.resources.into_iter().map(ScimUser::parse).collect::<Result<Vec<_>, _>>()?;
+    Ok((users, next.map(|n| n.to_string())))
 }
 
 /// One user. Asana hides deactivated users from SCIM GET: they answer 404
@@ -95,44 +87,44 @@ pub fn get_user(client: &Client, id: &str) -> Result<ScimUser, ConnectorError> {
     if id.is_empty() || id.contains('/') {
         return Err(ConnectorError::InvalidArgument(format!("bad user id {id:?}")));
     }
-    ScimUser::parse(client.scim_get(&format!("/Users/{id}"), &[])?)
+    ScimUser::parse(client.scim.get("/Users", id, None)?)
 }
 
 pub fn find_by_user_name(client: &Client, user_name: &str) -> Result<Option<ScimUser>, ConnectorError> {
-    let filter = format!("userName eq \"{}\"", user_name.replace('\\', "\\\\").replace('"', "\\\""));
-    let page = client.scim_get("/Users", &[("filter", filter.as_str())])?;
-    let first = page.get("Resources").and_then(Value::as_array).and_then(|r| r.first()).cloned();
-    first.map(ScimUser::parse).transpose()
+    client.scim.find("/Users", &scim::filter_eq("userName", user_name))?.map(ScimUser::parse).transpose()
 }
 
+/// The created user, or null when the answer has no body (a dry run).
 pub fn create_user(client: &Client, email: &str, name: Option<&str>, user_type: &str) -> Result<Value, ConnectorError> {
     let formatted = name.unwrap_or(email);
     let (given, family) = match formatted.rsplit_once(' ') {
         Some((given, family)) => (given, family),
         None => (formatted, ""),
     };
-    client.scim_post(
+    let created = client.scim.create(
         "/Users",
         json!({
-            "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+            "schemas": [scim::USER_SCHEMA],
             "userName": email,
             "emails": [{ "value": email, "primary": true, "type": "work" }],
             "name": { "formatted": formatted, "givenName": given, "familyName": family },
             "userType": user_type,
             "active": true,
         }),
-    )
+    )?;
+    Ok(created.unwrap_or(Value::Null))
 }
 
 pub fn set_user_type(client: &Client, id: &str, user_type: &str) -> Result<(), ConnectorError> {
-    patch(client, id, json!({ "op": "replace", "path": "userType", "value": user_type }))
+    patch(client, id, scim::op_replace("userType", json!(user_type)))
 }
 
 pub fn deactivate(client: &Client, id: &str) -> Result<(), ConnectorError> {
-    patch(client, id, json!({ "op": "replace", "path": "active", "value": false }))
+    patch(client, id, scim::op_replace("active", json!(false)))
 }
 
+/// SCIM PATCH; Asana answers 204 No Content, other servers the updated user.
 fn patch(client: &Client, id: &str, operation: Value) -> Result<(), ConnectorError> {
-    client.scim_patch(&format!("/Users/{id}"), json!({ "schemas": [PATCH_SCHEMA], "Operations": [operation] }))?;
+    client.scim.patch("/Users", id, vec![operation])?;
     Ok(())
 }

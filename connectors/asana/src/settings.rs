@@ -1,8 +1,8 @@
 //! The connector's configuration, read through the host's `config` import
 //! (the token is a secret: the host attaches it, we never read it).
 
-use crate::tether::connector0_1_0::config;
-use crate::tether::connector0_1_0::types::ConnectorError;
+use tether_guest::config;
+use tether_guest::types::ConnectorError;
 
 pub const DEFAULT_API_URL: &str = "https://app.asana.com/api/1.0";
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod django_scim2;
 pub mod prism;
 pub mod process;
 pub mod scim2;

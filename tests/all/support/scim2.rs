@@ -63,6 +63,12 @@ impl Scim2Server {
         Self::spawn(&["--bearer-token", token])
     }
 
+    /// Starts an empty server with more of its own command-line options
+    /// (`--schema FILE`, `--service-provider-config FILE`, ...).
+    pub fn start_with(extra: &[&str]) -> Scim2Server {
+        Self::spawn(extra)
+    }
+
     fn spawn(extra: &[&str]) -> Scim2Server {
         let python = python();
         let port = free_port();

@@ -1,0 +1,122 @@
+//! Writes. Each reads first and answers "no change" when the server is
+//! already as asked, so a repeated write sends nothing. PATCH answers are
+//! not relied on: servers answer 200 with the resource or 204 with nothing.
+
+use serde_json::{json, Value};
+use tether_guest::contract::{AccountRequest, AccountResult, Outcome, Resource, WriteResult};
+use tether_guest::page::pair;
+use tether_guest::scim::{filter_eq, op_add, op_replace, ListQuery, USER_SCHEMA};
+use tether_guest::{json as read, ConnectorError, ResourceRef};
+
+use crate::records::{self, check_principal, member_grant, parse_member_entitlement, parse_member_grant};
+use crate::server::Server;
+use crate::settings::MembersFrom;
+
+pub fn add_member(server: &Server, entitlement_id: &str, principal: &ResourceRef) -> Result<WriteResult, ConnectorError> {
+    let group = parse_member_entitlement(entitlement_id)?;
+    check_principal(principal)?;
+    server.require_patch("adding a group member")?;
+    let grant = member_grant(&group, principal);
+    if is_member(server, &group, &principal.id)? {
+        let message = format!("{} {} is already a member of group {group}", principal.resource_type, principal.id);
+        return Ok(WriteResult { outcome: Outcome::NoChange, grant: Some(grant), message });
+    }
+    server.scim.patch("/Groups", &group, vec![op_add("members", json!([{ "value": principal.id }]))])?;
+    let message = format!("added {} {} to group {group}", principal.resource_type, principal.id);
+    Ok(WriteResult { outcome: Outcome::Changed, grant: Some(grant), message })
+}
+
+pub fn remove_member(server: &Server, grant_id: &str) -> Result<WriteResult, ConnectorError> {
+    let (group, principal) = parse_member_grant(grant_id)?;
+    server.require_patch("removing a group member")?;
+    if !is_member(server, &group, &principal.id)? {
+        let message = format!("{} {} is not a member of group {group}", principal.resource_type, principal.id);
+        return Ok(WriteResult { outcome: Outcome::NoChange, grant: None, message });
+    }
+    server.scim.remove_member(&group, &principal.id)?;
+    let message = format!("removed {} {} from group {group}", principal.resource_type, principal.id);
+    Ok(WriteResult { outcome: Outcome::Changed, grant: None, message })
+}
+
+/// Whether `member` is in `group`, read the way memberships are synced.
+fn is_member(server: &Server, group: &str, member: &str) -> Result<bool, ConnectorError> {
+    if server.members_from()? == MembersFrom::Filter {
+        // RFC 7644 §3.4.2.2's own example of a membership test.
+        let filter = format!("{} and {}", filter_eq("id", group), filter_eq("members.value", member));
+        let found = server.scim.list("/Groups", &ListQuery { filter: Some(&filter), attributes: Some("id"), ..ListQuery::default() })?;
+        // A group that does not exist is an error, not "not a member".
+        if found.resources.is_empty() {
+            server.scim.get("/Groups", group, Some("id"))?;
+        }
+        return Ok(!found.resources.is_empty());
+    }
+    let raw = server.scim.get("/Groups", group, Some("members"))?;
+    Ok(read::list(&raw, "members").iter().any(|m| read::text(m, "value") == Some(member)))
+}
+
+pub fn create_user(server: &Server, request: &AccountRequest) -> Result<AccountResult, ConnectorError> {
+    let option = |key: &str| request.options.iter().find(|p| p.name == key).map(|p| p.value.trim()).filter(|v| !v.is_empty());
+    if let Some(unknown) = request.options.iter().find(|p| p.name != "user-name" && p.name != "external-id") {
+        return Err(ConnectorError::InvalidArgument(format!("unknown account field {:?} (the SCIM connector takes user-name and external-id)", unknown.name)));
+    }
+    let email = request.email.trim();
+    if email.is_empty() || !email.contains('@') {
+        return Err(ConnectorError::InvalidArgument(format!("not an email address: {email:?}")));
+    }
+    let user_name = option("user-name").unwrap_or(email);
+    // Servers that announce no filter support often take `userName eq`
+    // all the same (django-scim2 does): try it, and where it is refused,
+    // the POST's 409 (userName is unique) is what stops a duplicate.
+    let announced = server.features()?.config.filter;
+    let existing = match server.scim.find("/Users", &filter_eq("userName", user_name)) {
+        Err(ConnectorError::InvalidArgument(_) | ConnectorError::Upstream(_) | ConnectorError::Unsupported(_) | ConnectorError::Forbidden(_)) if !announced => {
+            None
+        }
+        other => other?,
+    };
+    // A server that ignores the filter answers with other users.
+    if let Some(existing) = existing.filter(|u| read::text(u, "userName").is_some_and(|n| n.eq_ignore_ascii_case(user_name))) {
+        let account = records::user(&existing)?;
+        let message = format!("user {user_name} already exists (id {})", account.id);
+        return Ok(AccountResult { outcome: Outcome::NoChange, account, message });
+    }
+    let Some(created) = server.scim.create("/Users", new_user(user_name, email, request.display_name.as_deref(), option("external-id")))? else {
+        // A dry run answers writes without a body: nothing was created.
+        let account =
+            Resource { resource_type: "user".into(), id: String::new(), display_name: user_name.into(), parent: None, attributes: vec![pair("email", email)] };
+        return Ok(AccountResult { outcome: Outcome::Changed, account, message: format!("would create user {user_name}") });
+    };
+    let account = records::user(&created)?;
+    let message = format!("created user {user_name} (id {})", account.id);
+    Ok(AccountResult { outcome: Outcome::Changed, account, message })
+}
+
+fn new_user(user_name: &str, email: &str, display_name: Option<&str>, external_id: Option<&str>) -> Value {
+    let mut user = json!({
+        "schemas": [USER_SCHEMA],
+        "userName": user_name,
+        "emails": [{ "value": email, "primary": true, "type": "work" }],
+        "active": true,
+    });
+    if let Some(name) = display_name.map(str::trim).filter(|n| !n.is_empty()) {
+        user["displayName"] = json!(name);
+        user["name"] = json!({ "formatted": name });
+    }
+    if let Some(external_id) = external_id {
+        user["externalId"] = json!(external_id);
+    }
+    user
+}
+
+pub fn deactivate(server: &Server, account: &ResourceRef) -> Result<WriteResult, ConnectorError> {
+    if account.resource_type != "user" {
+        return Err(ConnectorError::InvalidArgument(format!("only users can be deactivated, not a {:?}", account.resource_type)));
+    }
+    server.require_patch("deactivating a user")?;
+    let raw = server.scim.get("/Users", &account.id, None)?;
+    if read::flag(&raw, "active") == Some(false) {
+        return Ok(WriteResult { outcome: Outcome::NoChange, grant: None, message: format!("user {} is already inactive", account.id) });
+    }
+    server.scim.patch("/Users", &account.id, vec![op_replace("active", json!(false))])?;
+    Ok(WriteResult { outcome: Outcome::Changed, grant: None, message: format!("deactivated user {} (active=false)", account.id) })
+}
