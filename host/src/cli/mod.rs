@@ -8,6 +8,7 @@
 pub mod args;
 pub mod commands;
 pub mod output;
+pub mod registry;
 pub mod start;
 
 use std::io::IsTerminal;
@@ -36,7 +37,8 @@ enum Command {
     Diff(diff::DiffArgs),
     /// Writes the grants of a sync as CSV or JSON Lines, for an access review.
     Export(export::ExportArgs),
-    /// Signs connector modules and checks signatures: keygen, sign, verify.
+    /// Signs connector modules, checks signatures, publishes and fetches them
+    /// through OCI registries: keygen, sign, verify, push, pull.
     Module(module::ModuleArgs),
     /// Shows what a connector declares: resource types, config keys (which
     /// are secrets), hosts, account fields, and its storage namespace.
@@ -99,7 +101,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Diff(args) => return Ok(if diff::run(args)? { ExitCode::from(1) } else { ExitCode::SUCCESS }),
         Command::Export(args) => export::run(args),
-        Command::Module(args) => module::run(args),
+        Command::Module(args) => module::run(args).await,
         Command::Describe(args) => describe::run(args).await,
         Command::Sync(args) => sync::run(args).await,
         Command::Grant(args) => write::grant(args).await,

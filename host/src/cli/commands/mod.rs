@@ -5,5 +5,6 @@ pub mod diff;
 pub mod export;
 pub mod inspect;
 pub mod module;
+pub mod module_oci;
 pub mod sync;
 pub mod write;
