@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 ./scripts/build-guests.sh --fixtures
 ./scripts/install-prism.sh >/dev/null
 ./scripts/install-scim2-server.sh >/dev/null
+./scripts/install-registry.sh >/dev/null
 
 echo "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)" >&2
 for tool in rustfmt clippy; do

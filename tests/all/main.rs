@@ -9,11 +9,13 @@
 //! - `review`: access reviews from the sync file, `tether diff` and `tether export`
 //! - `sandbox`: hostile connectors against every limit and policy
 //! - `spec`: every request validated against Asana's OpenAPI spec (Prism)
+//! - `oci`: connectors pushed to and pulled from a real OCI registry
 //! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
 
 mod support;
 
 mod cli;
+mod oci;
 mod provision;
 mod review;
 mod sandbox;

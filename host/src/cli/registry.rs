@@ -43,7 +43,13 @@ pub struct LocalModule {
 /// Resolves `--connector`: a path as it is, an OCI reference pulled (its
 /// signature checked against `--require-signature` before anything is
 /// written) into the module cache, or into a scratch folder with `no_cache`.
-pub async fn local_module(source: &ModuleSource, registry: &RegistryArgs, trust: &ModuleTrust, cache_dir: Option<&Path>, no_cache: bool) -> Result<LocalModule> {
+pub async fn local_module(
+    source: &ModuleSource,
+    registry: &RegistryArgs,
+    trust: &ModuleTrust,
+    cache_dir: Option<&Path>,
+    no_cache: bool,
+) -> Result<LocalModule> {
     let (cache, scratch) = match (source, no_cache, module_cache_dir(cache_dir)) {
         (ModuleSource::Path(_), ..) => (PathBuf::new(), None),
         (_, false, Some(dir)) => (dir, None),

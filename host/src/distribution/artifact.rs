@@ -92,10 +92,10 @@ impl VerifiedModule {
                 write_atomic(&sig, text.as_bytes())?;
             }
             // A signature left from another version would only mislead.
-            None => match std::fs::remove_file(&sig) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e).with_context(|| format!("cannot remove {}", sig.display())),
-                _ => {}
-            },
+            None => {
+                let removed = std::fs::remove_file(&sig).or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) });
+                removed.with_context(|| format!("cannot remove {}", sig.display()))?;
+            }
         }
         write_atomic(&module, &self.module)?;
         Ok(module)
@@ -114,6 +114,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?;
     std::io::Write::write_all(&mut tmp, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    // A module is no secret (temp files start 0600): readable like any file.
+    #[cfg(unix)]
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o644)).with_context(|| format!("cannot write {}", path.display()))?;
     tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }

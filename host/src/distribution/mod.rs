@@ -165,3 +165,30 @@ fn from_cache(cache: &Path, reference: &Reference, digest: &str, name: &str) -> 
 fn cached_module(cache: &Path, manifest_digest: &str, name: &str) -> Option<Vec<u8>> {
     std::fs::read(entry_dir(cache, manifest_digest).join(format!("{name}.wasm"))).ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_source_is_a_path_unless_it_says_oci() {
+        assert!(matches!("c.wasm".parse::<ModuleSource>().unwrap(), ModuleSource::Path(p) if p == Path::new("c.wasm")));
+        // A file whose name merely looks like a reference stays a file.
+        assert!(matches!("127.0.0.1:5000/c:1".parse::<ModuleSource>().unwrap(), ModuleSource::Path(_)));
+        let tag: ModuleSource = "oci://127.0.0.1:5000/conn/asana:1.0".parse().unwrap();
+        assert!(tag.is_moving_tag());
+        assert_eq!(tag.to_string(), "oci://127.0.0.1:5000/conn/asana:1.0");
+        let pin: ModuleSource = format!("oci://registry.example.com/conn/asana@sha256:{}", "a".repeat(64)).parse().unwrap();
+        assert!(!pin.is_moving_tag());
+        // The registry must be named: no silent Docker Hub.
+        assert!("oci://conn/asana:1.0".parse::<ModuleSource>().is_err());
+        assert!("oci://asana".parse::<ModuleSource>().is_err());
+        assert!("oci://127.0.0.1:5000/Bad Name".parse::<ModuleSource>().is_err());
+    }
+
+    #[test]
+    fn cached_files_are_named_after_the_repository() {
+        assert_eq!(file_name_for(&parse_reference("r.example/team/asana:1").unwrap()), "asana");
+        assert_eq!(file_name_for(&parse_reference("localhost:5000/x").unwrap()), "x");
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod prism;
 pub mod process;
+pub mod registry;
 pub mod scim2;
 
 use std::net::{Ipv4Addr, SocketAddr};
