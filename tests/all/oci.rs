@@ -226,6 +226,38 @@ fn a_registry_that_is_down_is_a_clear_error() {
     assert!(err.contains("names its registry"), "{err}");
 }
 
+/// Basic auth: refused without credentials, accepted with a password given
+/// by reference or from the Docker config file's `auths`.
+#[test]
+fn registry_credentials_come_from_flags_or_the_docker_config() {
+    // bcrypt of "registry-pass-1" (cost 5), as `htpasswd -B` writes it.
+    let registry = Registry::start_with_htpasswd("alice:$2b$05$hHnbNUEiO2egLnZ9CLcuH.29IzI4.rzcKj5Gpd0v2oUReFPay9d8W");
+    let home = tempfile::tempdir().unwrap();
+    let reference = format!("{}/connectors/asana:1.0", registry.host());
+    let module = asana_wasm();
+    let err = failed(tether(home.path(), &["module", "push", module.to_str().unwrap(), &reference]));
+    assert!(err.contains("401") || err.contains("UNAUTHORIZED"), "{err}");
+    let push = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["module", "push", module.to_str().unwrap(), &reference, "--registry-user", "alice", "--registry-password", "env:REG_PASSWORD"])
+        .env("HOME", home.path())
+        .env("XDG_CACHE_HOME", home.path().join("cache"))
+        .env("REG_PASSWORD", "registry-pass-1")
+        .output()
+        .unwrap();
+    ok(push);
+    // A password on the command line itself is refused.
+    let usage = tether(home.path(), &["module", "pull", &reference, "--out", "x", "--registry-user", "alice", "--registry-password", "registry-pass-1"]);
+    assert_eq!(usage.status.code(), Some(2));
+
+    let out = home.path().join("out");
+    failed(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap()]));
+    std::fs::create_dir_all(home.path().join(".docker")).unwrap();
+    std::fs::write(home.path().join(".docker/config.json"), format!(r#"{{"auths": {{"{}": {{"auth": "YWxpY2U6cmVnaXN0cnktcGFzcy0x"}}}}}}"#, registry.host()))
+        .unwrap();
+    ok(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap()]));
+    assert_eq!(sha256_file(&out.join("asana.wasm")), sha256_file(&module));
+}
+
 /// What `tether serve` relies on: a tag is looked up again on each resolve
 /// and follows a push; a digest pin keeps its module, even with the
 /// registry gone.

@@ -2,7 +2,7 @@
 //! (the CNCF distribution registry, v2.8), installed by
 //! scripts/install-registry.sh, started on a free loopback port with its
 //! own config.yml and filesystem storage in a temp dir, and ready once
-//! `GET /v2/` answers 200.
+//! `GET /v2/` answers (200, or 401 where it wants credentials).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -22,17 +22,29 @@ pub struct Registry {
 
 impl Registry {
     pub fn start() -> Registry {
+        Self::spawn(None)
+    }
+
+    /// A registry that wants HTTP basic auth: `htpasswd` is one
+    /// `user:bcrypt-hash` line.
+    pub fn start_with_htpasswd(htpasswd: &str) -> Registry {
+        Self::spawn(Some(htpasswd))
+    }
+
+    fn spawn(htpasswd: Option<&str>) -> Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("storage").display()
-            ),
-        )
-        .unwrap();
+        let mut text = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.path().join("storage").display()
+        );
+        if let Some(line) = htpasswd {
+            let path = dir.path().join("htpasswd");
+            std::fs::write(&path, format!("{line}\n")).unwrap();
+            text.push_str(&format!("auth:\n  htpasswd:\n    realm: tether-test\n    path: {}\n", path.display()));
+        }
+        std::fs::write(&config, text).unwrap();
         let log = std::fs::File::create(dir.path().join("registry.log")).unwrap();
         let child = Command::new(binary())
             .arg("serve")
@@ -68,7 +80,8 @@ impl Registry {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("docker-registry exited early: {status}\n{}", self.log());
             }
-            if v2_status(self.port).as_deref() == Some("200") {
+            // 401: up, and asking for credentials.
+            if matches!(v2_status(self.port).as_deref(), Some("200" | "401")) {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
