@@ -7,6 +7,19 @@
 //!   each scheduled sync: a tag is looked up again every time, a digest pin
 //!   is served from the cache once pulled.
 //!
+//! In `tether serve`, per instance and scheduled sync:
+//!
+//! ```text
+//! match resolve(&source, &options, &cache, trust.signer.as_ref()).await {
+//!     Err(e) => log e, keep the running module (registry down, tag gone, bad signature),
+//!     Ok(r) if r.digest == running.digest => nothing changed,
+//!     Ok(r) => engine.load_trusted(&r.path, &trust) → validate → swap (or keep the old on error),
+//! }
+//! ```
+//!
+//! A digest pin resolves from the cache without the network once pulled;
+//! `ModuleSource::is_moving_tag` says whether re-resolving can change anything.
+//!
 //! Pulled modules are cached by manifest digest:
 //! `<cache>/sha256-<hex>/{manifest.json, NAME.wasm, NAME.wasm.sig}`. A
 //! cached entry is trusted no more than a download: its manifest must hash
