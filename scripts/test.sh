@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 ./scripts/install-scim2-server.sh >/dev/null
 ./scripts/install-chromium.sh >/dev/null
 ./scripts/install-django-scim2.sh >/dev/null
+./scripts/install-registry.sh >/dev/null
 
 echo "checking formatting (cargo fmt --check) and lints (cargo clippy -D warnings)" >&2
 for tool in rustfmt clippy; do

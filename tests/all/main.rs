@@ -10,6 +10,7 @@
 //! - `report`: `tether report`'s page, in a real headless Chromium
 //! - `sandbox`: hostile connectors against every limit and policy
 //! - `spec`: every request validated against Asana's OpenAPI spec (Prism)
+//! - `oci`: connectors pushed to and pulled from a real OCI registry
 //! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
 //! - `scim_connector`: the generic SCIM connector against real SCIM servers, and beside Asana's
 //! - `serve`: `tether serve` through its HTTP API, files and signals
@@ -17,6 +18,7 @@
 mod support;
 
 mod cli;
+mod oci;
 mod provision;
 mod report;
 mod review;

@@ -7,6 +7,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+use super::registry::RegistryArgs;
+use crate::distribution::ModuleSource;
 use crate::runtime::imports::config::SecretSource;
 use crate::runtime::limits::{Limits, SyncLimits};
 use crate::runtime::trust::ModuleTrust;
@@ -14,9 +16,12 @@ use crate::runtime::trust::ModuleTrust;
 /// How to load and sandbox a connector: shared by every command that runs one.
 #[derive(Args, Debug, Clone)]
 pub struct ConnectorArgs {
-    /// The connector component (.wasm).
-    #[arg(long, value_name = "FILE.wasm")]
-    pub connector: PathBuf,
+    /// The connector component: a .wasm file, or an OCI reference
+    /// oci://REGISTRY/REPOSITORY:TAG or oci://REGISTRY/REPOSITORY@sha256:DIGEST.
+    #[arg(long, value_name = "FILE.wasm|oci://REF")]
+    pub connector: ModuleSource,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// A config value for the connector (repeatable), e.g. asana-api-url=https://…
     #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
     pub config: Vec<(String, String)>,

@@ -8,6 +8,7 @@
 pub mod args;
 pub mod commands;
 pub mod output;
+pub mod registry;
 pub mod start;
 
 use std::io::IsTerminal;
@@ -38,7 +39,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Writes one self-contained HTML page for an access review of a sync.
     Report(report::ReportArgs),
-    /// Signs connector modules and checks signatures: keygen, sign, verify.
+    /// Signs connector modules, checks signatures, publishes and fetches them
+    /// through OCI registries: keygen, sign, verify, push, pull.
     Module(module::ModuleArgs),
     /// Shows what a connector declares: resource types, config keys (which
     /// are secrets), hosts, account fields, and its storage namespace.
@@ -117,7 +119,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Diff(args) => return Ok(if diff::run(args)? { ExitCode::from(1) } else { ExitCode::SUCCESS }),
         Command::Export(args) => export::run(args),
         Command::Report(args) => report::run(args),
-        Command::Module(args) => module::run(args),
+        Command::Module(args) => module::run(args).await,
         Command::Describe(args) => describe::run(args).await,
         Command::Sync(args) => sync::run(args).await,
         Command::Grant(args) => write::grant(args).await,

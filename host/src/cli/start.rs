@@ -24,7 +24,8 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir) };
     let engine = ConnectorEngine::new(cache_dir)?;
     let trust = args.trust.to_trust()?;
-    let module = engine.load_trusted(&args.connector, &trust)?;
+    let local = super::registry::local_module(&args.connector, &args.registry, &trust, args.cache_dir.as_deref(), args.no_cache).await?;
+    let module = engine.load_trusted(&local.resolved.path, &trust)?;
     eprintln!(
         "loaded {} (sha256 {}{}, tether:connector@{}) in {:.0} ms{}",
         module.path.display(),

@@ -6,6 +6,7 @@ pub mod browser;
 pub mod django_scim2;
 pub mod prism;
 pub mod process;
+pub mod registry;
 pub mod scim2;
 
 use std::net::{Ipv4Addr, SocketAddr};

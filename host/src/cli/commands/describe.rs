@@ -7,15 +7,19 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::cli::args::{InstanceArgs, TrustArgs};
+use crate::cli::registry::{local_module, RegistryArgs};
+use crate::distribution::ModuleSource;
 use crate::runtime::engine::ConnectorEngine;
 use crate::runtime::instance::{ConnectorInstance, Permissions};
 use crate::terminal::escape as esc;
 
 #[derive(Args)]
 pub struct DescribeArgs {
-    /// The connector component (.wasm).
-    #[arg(long, value_name = "FILE.wasm")]
-    connector: PathBuf,
+    /// The connector component: a .wasm file or an oci:// reference.
+    #[arg(long, value_name = "FILE.wasm|oci://REF")]
+    connector: ModuleSource,
+    #[command(flatten)]
+    registry: RegistryArgs,
     /// Where compiled code is cached (default: ~/.cache/tether/compiled).
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
@@ -27,7 +31,9 @@ pub struct DescribeArgs {
 
 pub async fn run(args: DescribeArgs) -> Result<()> {
     let engine = ConnectorEngine::new(args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir))?;
-    let module = engine.load_trusted(&args.connector, &args.trust.to_trust()?)?;
+    let trust = args.trust.to_trust()?;
+    let local = local_module(&args.connector, &args.registry, &trust, args.cache_dir.as_deref(), false).await?;
+    let module = engine.load_trusted(&local.resolved.path, &trust)?;
     let permissions = Permissions::default();
     let instance = ConnectorInstance::start(&engine, &module, &permissions).await?;
     let m = &instance.metadata;
@@ -57,7 +63,7 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
     };
     fields("config", &m.config);
     fields("create-account fields", &m.account_fields);
-    let instance_name = args.instance.instance_name.clone().unwrap_or_else(|| crate::runtime::instance::default_instance_name(&args.connector));
+    let instance_name = args.instance.instance_name.clone().unwrap_or_else(|| crate::runtime::instance::default_instance_name(&local.resolved.path));
     println!(
         "\ninstance {instance_name}: storage namespace {} (under --storage-dir; set by --instance, never by the module)",
         crate::runtime::instance::storage_namespace(&instance_name)

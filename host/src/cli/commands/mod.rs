@@ -5,6 +5,7 @@ pub mod diff;
 pub mod export;
 pub mod inspect;
 pub mod module;
+pub mod module_oci;
 pub mod report;
 pub mod serve;
 pub mod sync;

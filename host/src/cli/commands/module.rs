@@ -1,5 +1,6 @@
 //! `tether module keygen | sign | verify`: the operator's side of module
-//! signatures (checking them on load is `trust`).
+//! signatures (checking them on load is `trust`); `push | pull` publish
+//! and fetch modules through OCI registries (`module_oci`).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,15 +61,23 @@ enum ModuleCommand {
         #[arg(long, value_name = "FILE")]
         signature: Option<PathBuf>,
     },
+    /// Publishes a module to an OCI registry (CNCF Wasm layout), its
+    /// signature and metadata as manifest annotations.
+    Push(super::module_oci::PushArgs),
+    /// Fetches a module from an OCI registry by tag or digest into a folder,
+    /// checking digests (and the signature) before writing anything.
+    Pull(super::module_oci::PullArgs),
 }
 
 /// `tether module …`.
-pub fn run(args: ModuleArgs) -> Result<()> {
+pub async fn run(args: ModuleArgs) -> Result<()> {
     let read_module = |module: &Path| -> Result<[u8; 32]> {
         let bytes = std::fs::read(module).with_context(|| format!("cannot read module {}", module.display()))?;
         Ok(Sha256::digest(&bytes).into())
     };
     match args.command {
+        ModuleCommand::Push(args) => return super::module_oci::push(args).await,
+        ModuleCommand::Pull(args) => return super::module_oci::pull(args).await,
         ModuleCommand::Keygen { out } => {
             let key = generate_signing_key()?;
             let public = key.verifying_key();

@@ -1,0 +1,191 @@
+//! Talking to an OCI registry: which scheme (https unless the registry is
+//! loopback or the operator named it insecure), which credentials (the
+//! Docker config file, or a user and a password given by reference), and
+//! the `oci-client` built from both. The protocol itself is `oci-client`'s.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine as _;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+/// Where a registry password comes from: never the command line itself,
+/// which other users can read in the process list.
+#[derive(Clone, Debug)]
+pub enum PasswordSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl std::str::FromStr for PasswordSource {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.split_once(':') {
+            Some(("env", var)) if !var.is_empty() => Ok(PasswordSource::Env(var.to_string())),
+            Some(("file", path)) if !path.is_empty() => Ok(PasswordSource::File(PathBuf::from(path))),
+            _ => Err("expected env:VAR or file:PATH (a password is never given on the command line)".into()),
+        }
+    }
+}
+
+impl PasswordSource {
+    fn read(&self) -> Result<String> {
+        match self {
+            PasswordSource::Env(var) => std::env::var(var).with_context(|| format!("registry password: environment variable {var} is not set")),
+            PasswordSource::File(path) => Ok(std::fs::read_to_string(path)
+                .with_context(|| format!("registry password: cannot read {}", path.display()))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()),
+        }
+    }
+}
+
+/// How to reach registries: shared by the CLI and `tether serve`.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// Registries (`HOST[:PORT]`) that may be spoken to over plain http.
+    /// Loopback registries always may: nothing leaves the machine.
+    pub insecure: Vec<String>,
+    /// A user and password for every registry, instead of the Docker config.
+    pub credentials: Option<(String, PasswordSource)>,
+    /// The Docker config file (default: `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json`).
+    pub docker_config: Option<PathBuf>,
+    /// Seconds to wait for a connection to the registry.
+    pub connect_timeout: Option<Duration>,
+}
+
+/// A registry client and the credentials for one reference's registry.
+pub struct Registry {
+    pub client: Client,
+    pub auth: RegistryAuth,
+}
+
+impl RegistryOptions {
+    /// A client that reaches `reference`'s registry under these options.
+    pub fn connect(&self, reference: &Reference) -> Result<Registry> {
+        let registry = reference.resolve_registry().to_string();
+        let plain_http = is_loopback(&registry) || self.insecure.iter().any(|r| r == &registry || r == reference.registry());
+        // reqwest 0.13 is built without a bundled crypto provider (that would
+        // build aws-lc); it takes the process default, ring, as ours does.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = ClientConfig {
+            protocol: if plain_http { ClientProtocol::HttpsExcept(vec![registry.clone()]) } else { ClientProtocol::Https },
+            connect_timeout: Some(self.connect_timeout.unwrap_or(Duration::from_secs(10))),
+            read_timeout: Some(Duration::from_secs(60)),
+            // A connector is one component: an image index (several
+            // platforms) is not something Tether publishes or pulls.
+            platform_resolver: None,
+            user_agent: concat!("tether/", env!("CARGO_PKG_VERSION")),
+            ..ClientConfig::default()
+        };
+        let client = Client::try_from(config).context("cannot set up the registry client")?;
+        Ok(Registry { client, auth: self.auth_for(&registry)? })
+    }
+
+    fn auth_for(&self, registry: &str) -> Result<RegistryAuth> {
+        if let Some((user, password)) = &self.credentials {
+            return Ok(RegistryAuth::Basic(user.clone(), password.read()?));
+        }
+        let path = match &self.docker_config {
+            Some(path) => Some(path.clone()),
+            None => default_docker_config(),
+        };
+        match path {
+            Some(path) if path.is_file() => docker_config_auth(&path, registry),
+            _ => Ok(RegistryAuth::Anonymous),
+        }
+    }
+}
+
+fn default_docker_config() -> Option<PathBuf> {
+    std::env::var_os("DOCKER_CONFIG")
+        .map(|dir| PathBuf::from(dir).join("config.json"))
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".docker").join("config.json")))
+}
+
+/// Plain http is safe only where nothing leaves the machine.
+pub fn is_loopback(registry: &str) -> bool {
+    let host = match registry.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or(""),
+        None => registry.rsplit_once(':').map(|(host, _)| host).unwrap_or(registry),
+    };
+    host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The `auths` entry for `registry` in a Docker config file: `auth` is
+/// base64 of `user:password` (or `username` and `password` fields).
+/// Credential helpers (`credsStore`, `credHelpers`) are not run.
+fn docker_config_auth(path: &Path, registry: &str) -> Result<RegistryAuth> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the Docker config {}", path.display()))?;
+    let config: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not a Docker config file (JSON)", path.display()))?;
+    let Some(auths) = config.get("auths").and_then(|a| a.as_object()) else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    // Keys may carry a scheme and a path: https://index.docker.io/v1/.
+    let bare = |key: &str| key.trim_start_matches("https://").trim_start_matches("http://").split('/').next().unwrap_or("").to_string();
+    let docker_hub = registry == "index.docker.io" || registry == "registry-1.docker.io" || registry == "docker.io";
+    let entry = auths.iter().find(|(key, _)| {
+        let key = bare(key);
+        key == registry || (docker_hub && (key == "index.docker.io" || key == "docker.io"))
+    });
+    let Some((key, entry)) = entry else {
+        return Ok(RegistryAuth::Anonymous);
+    };
+    if let Some(auth) = entry.get("auth").and_then(|a| a.as_str()).filter(|a| !a.is_empty()) {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth.trim())
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+            .with_context(|| format!("{}: the auth of {key} is not base64 of user:password", path.display()))?;
+        let Some((user, password)) = decoded.split_once(':') else {
+            bail!("{}: the auth of {key} is not base64 of user:password", path.display());
+        };
+        return Ok(RegistryAuth::Basic(user.to_string(), password.to_string()));
+    }
+    match (entry.get("username").and_then(|u| u.as_str()), entry.get("password").and_then(|p| p.as_str())) {
+        (Some(user), Some(password)) => Ok(RegistryAuth::Basic(user.to_string(), password.to_string())),
+        _ => match entry.get("identitytoken").and_then(|t| t.as_str()) {
+            Some(token) => Ok(RegistryAuth::Bearer(token.to_string())),
+            None => Ok(RegistryAuth::Anonymous),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_registries_are_plain_http_by_default() {
+        for registry in ["127.0.0.1:5000", "localhost:5000", "localhost", "[::1]:5000", "127.5.0.1"] {
+            assert!(is_loopback(registry), "{registry}");
+        }
+        for registry in ["registry.example.com", "10.0.0.1:5000", "ghcr.io", "localhost.evil.com:80", "[::2]:5000"] {
+            assert!(!is_loopback(registry), "{registry}");
+        }
+    }
+
+    #[test]
+    fn docker_config_credentials_are_found_by_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        let auth = base64::engine::general_purpose::STANDARD.encode("alice:s3cret:with-colon");
+        std::fs::write(
+            &path,
+            format!(r#"{{"auths": {{"127.0.0.1:5000": {{"auth": "{auth}"}}, "https://index.docker.io/v1/": {{"username": "bob", "password": "pw"}}}}}}"#),
+        )
+        .unwrap();
+        assert!(matches!(docker_config_auth(&path, "127.0.0.1:5000").unwrap(), RegistryAuth::Basic(u, p) if u == "alice" && p == "s3cret:with-colon"));
+        assert!(matches!(docker_config_auth(&path, "index.docker.io").unwrap(), RegistryAuth::Basic(u, _) if u == "bob"));
+        assert!(matches!(docker_config_auth(&path, "127.0.0.1:5001").unwrap(), RegistryAuth::Anonymous));
+        std::fs::write(&path, r#"{"auths": {"r.example": {"auth": "!!!"}}}"#).unwrap();
+        assert!(docker_config_auth(&path, "r.example").is_err());
+        std::fs::write(&path, "not json").unwrap();
+        assert!(docker_config_auth(&path, "r.example").is_err());
+    }
+}

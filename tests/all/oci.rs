@@ -1,0 +1,303 @@
+//! Connectors through a real OCI registry (Debian's docker-registry on
+//! 127.0.0.1): `tether module push | pull`, `--connector oci://…`, and the
+//! resolver `tether serve` calls on each scheduled sync.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use asana_sim::OrgSpec;
+use sha2::{Digest, Sha256};
+use tether_host::distribution::{resolve, ModuleSource, RegistryOptions};
+
+use crate::support::registry::Registry;
+use crate::support::{asana_wasm, start_sim, wasm};
+
+/// The tether binary with its own cache and home (no Docker config of the
+/// machine's user leaks in).
+fn tether(home: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(args)
+        .env("HOME", home)
+        .env("XDG_CACHE_HOME", home.join("cache"))
+        .env_remove("DOCKER_CONFIG")
+        .env("SIM_TOKEN", "sim-token")
+        .output()
+        .expect("tether runs")
+}
+
+fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn failed(output: Output) -> String {
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "expected exit 1\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A key pair NAME.key / NAME.pub in `dir`.
+fn keygen(home: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let base = home.join(name);
+    ok(tether(home, &["module", "keygen", "--out", base.to_str().unwrap()]));
+    (base.with_extension("key"), base.with_extension("pub"))
+}
+
+/// Pushes and returns the manifest digest the push printed.
+fn push(home: &Path, module: &Path, reference: &str, key: Option<&Path>) -> String {
+    let mut args = vec!["module", "push", module.to_str().unwrap(), reference];
+    if let Some(key) = key {
+        args.extend(["--key", key.to_str().unwrap()]);
+    }
+    let out = ok(tether(home, &args));
+    let digest = out.split("manifest ").nth(1).and_then(|rest| rest.split(',').next()).unwrap_or_else(|| panic!("no manifest digest in {out}"));
+    assert!(digest.starts_with("sha256:") && digest.len() == 71, "{out}");
+    digest.to_string()
+}
+
+fn files_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir).map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn push_then_pull_round_trips_bytes_digest_signature_and_metadata() {
+    let registry = Registry::start();
+    let home = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(home.path(), "author");
+    let reference = format!("{}/connectors/asana:1.0", registry.host());
+    let digest = push(home.path(), &asana_wasm(), &reference, Some(&key));
+
+    let out = home.path().join("by-tag");
+    let text = ok(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap(), "--require-signature", public.to_str().unwrap()]));
+    let pulled = out.join("asana.wasm");
+    assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(asana_wasm()).unwrap(), "the same bytes");
+    assert!(text.contains(&digest) && text.contains(&sha256_file(&asana_wasm())) && text.contains("good signature"), "{text}");
+    assert!(text.contains("tether:connector@0.3.0"), "the contract version travels as an annotation: {text}");
+    // The signature travels too, in the format `module verify` reads.
+    ok(tether(home.path(), &["module", "verify", "--key", public.to_str().unwrap(), pulled.to_str().unwrap()]));
+
+    // By digest (oci:// prefix allowed): the same module.
+    let by_digest = home.path().join("by-digest");
+    let pin = format!("oci://{}/connectors/asana@{digest}", registry.host());
+    let text = ok(tether(home.path(), &["module", "pull", &pin, "--out", by_digest.to_str().unwrap()]));
+    assert!(text.contains(&digest), "{text}");
+    assert_eq!(sha256_file(&by_digest.join("asana.wasm")), sha256_file(&asana_wasm()));
+
+    // A digest the registry does not have is refused, and nothing is written.
+    let missing = format!("{}/connectors/asana@sha256:{}", registry.host(), "0".repeat(64));
+    let nowhere = home.path().join("missing");
+    failed(tether(home.path(), &["module", "pull", &missing, "--out", nowhere.to_str().unwrap()]));
+    assert!(!nowhere.exists());
+
+    // `describe` takes the reference too.
+    let text = ok(tether(home.path(), &["describe", "--connector", &format!("oci://{reference}"), "--require-signature", public.to_str().unwrap()]));
+    assert!(text.contains(&sha256_file(&asana_wasm())) && text.contains("instance asana"), "{text}");
+}
+
+#[test]
+fn pull_refuses_unsigned_and_foreign_signed_modules_and_writes_nothing() {
+    let registry = Registry::start();
+    let home = tempfile::tempdir().unwrap();
+    let (_, public) = keygen(home.path(), "operator-trusts");
+    let (other_key, _) = keygen(home.path(), "someone-else");
+    let unsigned = format!("{}/connectors/asana:unsigned", registry.host());
+    let foreign = format!("{}/connectors/asana:foreign", registry.host());
+    push(home.path(), &asana_wasm(), &unsigned, None);
+    push(home.path(), &asana_wasm(), &foreign, Some(&other_key));
+
+    let out = home.path().join("out");
+    let err = failed(tether(home.path(), &["module", "pull", &unsigned, "--out", out.to_str().unwrap(), "--require-signature", public.to_str().unwrap()]));
+    assert!(err.contains("is not signed") && err.contains("nothing was written"), "{err}");
+    let err = failed(tether(home.path(), &["module", "pull", &foreign, "--out", out.to_str().unwrap(), "--require-signature", public.to_str().unwrap()]));
+    assert!(err.contains("not a good signature"), "{err}");
+    assert!(files_in(&out).is_empty(), "nothing written: {:?}", files_in(&out));
+
+    // The same refusal where the module would run, and nothing cached.
+    let sim_dir = tempfile::tempdir().unwrap();
+    let err = failed(tether(
+        home.path(),
+        &[
+            "describe",
+            "--connector",
+            &format!("oci://{foreign}"),
+            "--require-signature",
+            public.to_str().unwrap(),
+            "--cache-dir",
+            sim_dir.path().to_str().unwrap(),
+        ],
+    ));
+    assert!(err.contains("not a good signature"), "{err}");
+    assert!(files_in(&sim_dir.path().join("modules")).is_empty());
+}
+
+#[test]
+fn a_blob_tampered_with_in_the_registry_is_refused() {
+    let registry = Registry::start();
+    let home = tempfile::tempdir().unwrap();
+    let reference = format!("{}/connectors/asana:1.0", registry.host());
+    push(home.path(), &asana_wasm(), &reference, None);
+    let module_hex = sha256_file(&asana_wasm());
+    let blob = registry.storage().join("docker/registry/v2/blobs/sha256").join(&module_hex[..2]).join(&module_hex).join("data");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&blob, bytes).unwrap();
+
+    let out = home.path().join("out");
+    let err = failed(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap()]));
+    // oci-client checks the stream against the layer digest (and, were it
+    // not to, `artifact::fetch` hashes the bytes again).
+    assert!(err.contains(&module_hex) && err.to_lowercase().contains("digest"), "{err}");
+    assert!(files_in(&out).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sync_runs_straight_from_an_oci_reference() {
+    let registry = Registry::start();
+    let sim = start_sim(OrgSpec { users: 20, teams: 2, workspaces: 1, seed: 11 }).await;
+    let home = tempfile::tempdir().unwrap();
+    let (key, public) = keygen(home.path(), "author");
+    let reference = format!("oci://{}/connectors/asana:1.0", registry.host());
+    push(home.path(), &asana_wasm(), reference.trim_start_matches("oci://"), Some(&key));
+    let db = home.path().join("s.db");
+    let args: Vec<String> = [
+        "sync",
+        "--out",
+        db.to_str().unwrap(),
+        "--connector",
+        &reference,
+        "--require-signature",
+        public.to_str().unwrap(),
+        "--config",
+        &format!("asana-api-url={}", sim.base_url()),
+        "--secret",
+        "token=env:SIM_TOKEN",
+        "--allow-host",
+        &sim.addr().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let home_path = home.path().to_path_buf();
+    let run = tokio::task::spawn_blocking(move || tether(&home_path, &args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    ok(run);
+    assert!(stderr.contains("resolved oci://") && stderr.contains(&sha256_file(&asana_wasm())), "{stderr}");
+    // Cached by manifest digest, named after the repository.
+    let cache = home.path().join("cache/tether/modules");
+    let entries = files_in(&cache);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].starts_with("sha256-"));
+    assert_eq!(sha256_file(&cache.join(&entries[0]).join("asana.wasm")), sha256_file(&asana_wasm()));
+    let file = tether_host::sync::SyncFile::open(&db).unwrap();
+    assert!(file.last_good_run().unwrap().is_some(), "the sync from the registry was good");
+}
+
+#[test]
+fn a_registry_that_is_down_is_a_clear_error() {
+    let home = tempfile::tempdir().unwrap();
+    let port = crate::support::process::free_port();
+    let reference = format!("127.0.0.1:{port}/connectors/asana:1.0");
+    let out = home.path().join("out");
+    let err = failed(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap()]));
+    assert!(err.contains(&format!("registry 127.0.0.1:{port}")) && err.contains("cannot fetch the manifest"), "{err}");
+    assert!(!out.exists());
+    let err = failed(tether(home.path(), &["describe", "--connector", &format!("oci://{reference}")]));
+    assert!(err.contains(&format!("registry 127.0.0.1:{port}")), "{err}");
+    let err = failed(tether(home.path(), &["module", "push", asana_wasm().to_str().unwrap(), &reference]));
+    assert!(err.contains(&format!("registry 127.0.0.1:{port}")), "{err}");
+    // A registry that is not loopback is https unless named insecure.
+    let err = failed(tether(home.path(), &["module", "pull", "conn/asana:1.0", "--out", out.to_str().unwrap()]));
+    assert!(err.contains("names its registry"), "{err}");
+}
+
+/// Basic auth: refused without credentials, accepted with a password given
+/// by reference or from the Docker config file's `auths`.
+#[test]
+fn registry_credentials_come_from_flags_or_the_docker_config() {
+    // bcrypt of "registry-pass-1" (cost 5), as `htpasswd -B` writes it.
+    let registry = Registry::start_with_htpasswd("alice:$2b$05$hHnbNUEiO2egLnZ9CLcuH.29IzI4.rzcKj5Gpd0v2oUReFPay9d8W");
+    let home = tempfile::tempdir().unwrap();
+    let reference = format!("{}/connectors/asana:1.0", registry.host());
+    let module = asana_wasm();
+    let err = failed(tether(home.path(), &["module", "push", module.to_str().unwrap(), &reference]));
+    assert!(err.contains("401") || err.contains("UNAUTHORIZED"), "{err}");
+    let push = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["module", "push", module.to_str().unwrap(), &reference, "--registry-user", "alice", "--registry-password", "env:REG_PASSWORD"])
+        .env("HOME", home.path())
+        .env("XDG_CACHE_HOME", home.path().join("cache"))
+        .env("REG_PASSWORD", "registry-pass-1")
+        .output()
+        .unwrap();
+    ok(push);
+    // A password on the command line itself is refused.
+    let usage = tether(home.path(), &["module", "pull", &reference, "--out", "x", "--registry-user", "alice", "--registry-password", "registry-pass-1"]);
+    assert_eq!(usage.status.code(), Some(2));
+
+    let out = home.path().join("out");
+    failed(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap()]));
+    std::fs::create_dir_all(home.path().join(".docker")).unwrap();
+    std::fs::write(home.path().join(".docker/config.json"), format!(r#"{{"auths": {{"{}": {{"auth": "YWxpY2U6cmVnaXN0cnktcGFzcy0x"}}}}}}"#, registry.host()))
+        .unwrap();
+    ok(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap()]));
+    assert_eq!(sha256_file(&out.join("asana.wasm")), sha256_file(&module));
+}
+
+/// What `tether serve` relies on: a tag is looked up again on each resolve
+/// and follows a push; a digest pin keeps its module, even with the
+/// registry gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_moved_tag_resolves_to_the_new_digest_while_a_digest_pin_stays() {
+    let registry = Registry::start();
+    let home = tempfile::tempdir().unwrap();
+    let reference = format!("{}/connectors/asana:stable", registry.host());
+    let first = push(home.path(), &asana_wasm(), &reference, None);
+    let cache = home.path().join("modules");
+    let options = RegistryOptions::default();
+    let tag: ModuleSource = format!("oci://{reference}").parse().unwrap();
+    let pin: ModuleSource = format!("oci://{}/connectors/asana@{first}", registry.host()).parse().unwrap();
+    assert!(tag.is_moving_tag() && !pin.is_moving_tag());
+
+    let before = resolve(&tag, &options, &cache, None).await.unwrap();
+    assert_eq!(before.manifest_digest.as_deref(), Some(first.as_str()));
+    assert_eq!(before.digest, sha256_file(&asana_wasm()));
+    let pinned = resolve(&pin, &options, &cache, None).await.unwrap();
+    assert_eq!(pinned.digest, before.digest);
+
+    // A new version is pushed to the same tag.
+    let second_module = wasm("connector-v0-2");
+    let second = push(home.path(), &second_module, &reference, None);
+    assert_ne!(first, second);
+    let after = resolve(&tag, &options, &cache, None).await.unwrap();
+    assert_eq!(after.manifest_digest.as_deref(), Some(second.as_str()));
+    assert_eq!(after.digest, sha256_file(&second_module));
+    assert_eq!(std::fs::read(&after.path).unwrap(), std::fs::read(&second_module).unwrap());
+    let still = resolve(&pin, &options, &cache, None).await.unwrap();
+    assert_eq!(still.digest, sha256_file(&asana_wasm()), "the pin does not follow the tag");
+    assert_eq!(std::fs::read(&still.path).unwrap(), std::fs::read(asana_wasm()).unwrap());
+
+    // The registry goes away: the pin resolves from the cache, the tag is a clear error.
+    drop(registry);
+    let offline = resolve(&pin, &options, &cache, None).await.unwrap();
+    assert_eq!(offline.digest, sha256_file(&asana_wasm()));
+    let err = format!("{:#}", resolve(&tag, &options, &cache, None).await.unwrap_err());
+    assert!(err.contains("cannot fetch the manifest"), "{err}");
+    // A cached module altered on disk is not served for the pin.
+    std::fs::write(&offline.path, b"tampered").unwrap();
+    assert!(resolve(&pin, &options, &cache, None).await.is_err(), "a bad cache entry is refetched (and here the registry is gone)");
+}
