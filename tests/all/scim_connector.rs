@@ -11,8 +11,8 @@
 //!
 //! `the_asana_and_scim_connectors_sync_side_by_side_in_one_host` loads both
 //! connectors into one engine in this process and syncs them at once.
-//! (`tether serve` is being built in parallel: its variant of that test is
-//! left for the merge.)
+//! Its `tether serve` variant, the binary with two instances, is
+//! `serve::the_asana_and_scim_connectors_sync_side_by_side_in_tether_serve`.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -28,23 +28,23 @@ use crate::support::django_scim2::DjangoScim2;
 use crate::support::scim2::Scim2Server;
 use crate::support::*;
 
-const TOKEN: &str = "scim-test-token";
+pub(crate) const TOKEN: &str = "scim-test-token";
 const USER: &str = "urn:ietf:params:scim:schemas:core:2.0:User";
 const GROUP: &str = "urn:ietf:params:scim:schemas:core:2.0:Group";
 const ENTERPRISE: &str = "urn:ietf:params:scim:schemas:extension:enterprise:2.0:User";
 
-fn scim_wasm() -> PathBuf {
+pub(crate) fn scim_wasm() -> PathBuf {
     wasm("tether-scim")
 }
 
 /// The server's own API, to seed it and to check what the connector did.
-struct Api {
+pub(crate) struct Api {
     base: String,
     http: reqwest::Client,
 }
 
 impl Api {
-    fn new(server: &Scim2Server) -> Api {
+    pub(crate) fn new(server: &Scim2Server) -> Api {
         Api::at(server.base_url())
     }
 
@@ -84,15 +84,15 @@ impl Api {
 
 /// ann (with enterprise attributes), bob and cat; group eng with ann and
 /// bob, group ops with nobody.
-struct Seeded {
-    ann: String,
-    bob: String,
-    cat: String,
-    eng: String,
-    ops: String,
+pub(crate) struct Seeded {
+    pub(crate) ann: String,
+    pub(crate) bob: String,
+    pub(crate) cat: String,
+    pub(crate) eng: String,
+    pub(crate) ops: String,
 }
 
-async fn seed(api: &Api) -> Seeded {
+pub(crate) async fn seed(api: &Api) -> Seeded {
     let ann = api
         .post(
             "/Users",

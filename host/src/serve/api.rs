@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::scheduler::InstanceRuntime;
 use super::Server;
+use crate::sync::query::{self, Cursor, Filter};
 use crate::sync::SyncFile;
 
 /// The OpenAPI document of this API, as kept in the repository.
@@ -200,12 +201,6 @@ pub struct ListQuery {
 
 const MAX_PAGE: usize = 1000;
 
-/// The cursor: which run, and how far into the (filtered) listing.
-fn parse_cursor(text: &str) -> Option<(i64, usize)> {
-    let (run, offset) = text.strip_prefix('r')?.split_once('o')?;
-    Some((run.parse().ok()?, offset.parse().ok()?))
-}
-
 #[derive(Clone, Copy)]
 enum Listing {
     Resources,
@@ -213,6 +208,18 @@ enum Listing {
     Grants,
 }
 
+impl Listing {
+    /// Integers in the key a cursor of this listing carries.
+    fn key_parts(self) -> usize {
+        match self {
+            Listing::Grants => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A page of records, read by a keyset query (sync::query): no total, as
+/// counting would scan the whole run.
 async fn list(server: Arc<Server>, name: String, what: Listing, query: ListQuery) -> Result<Json<Value>, ApiError> {
     find(&server, &name)?;
     let path = server.sync_file(&name);
@@ -220,67 +227,67 @@ async fn list(server: Arc<Server>, name: String, what: Listing, query: ListQuery
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("limit must be 1 to {MAX_PAGE}")));
     }
+    let cursor = match &query.cursor {
+        Some(text) => Some(
+            Cursor::decode(text, what.key_parts())
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_cursor", "the cursor is not one this API gave"))?,
+        ),
+        None => None,
+    };
+    let pair = |text: &Option<String>| -> Result<Option<(String, String)>, ApiError> {
+        match text {
+            None => Ok(None),
+            Some(t) => t
+                .split_once(':')
+                .map(|(a, b)| Some((a.to_string(), b.to_string())))
+                .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{t:?}: expected TYPE:ID"))),
+        }
+    };
+    let principal = pair(&query.principal)?;
+    let resource = pair(&query.resource)?;
     tokio::task::spawn_blocking(move || {
         let file = SyncFile::open_existing(&path).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no_sync", format!("{name} has not synced yet")))?;
-        let (run, offset) = match &query.cursor {
+        let run = match &cursor {
             Some(cursor) => {
-                let (run, offset) =
-                    parse_cursor(cursor).ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_cursor", "the cursor is not one this API gave"))?;
-                let info = file.run(run).map_err(ApiError::internal)?;
-                if info.is_none_or(|r| r.status != "succeeded") {
+                // A good run whose records a later sync pruned reads as
+                // expired too, not as an empty page.
+                if crate::sync::review::reviewable_run(&file, Some(cursor.run)).is_err() {
                     return Err(ApiError::new(
                         StatusCode::GONE,
                         "cursor_expired",
                         "the sync this cursor reads is no longer kept; start again without a cursor",
                     ));
                 }
-                (run, offset)
+                cursor.run
             }
             None => {
-                let run = file
-                    .last_good_run()
+                file.last_good_run()
                     .map_err(ApiError::internal)?
-                    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_sync", format!("{name} has no successful sync yet")))?;
-                (run.id, 0)
+                    .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, "no_sync", format!("{name} has no successful sync yet")))?
+                    .id
             }
         };
-        let pair = |text: &Option<String>| -> Result<Option<(String, String)>, ApiError> {
-            match text {
-                None => Ok(None),
-                Some(t) => t
-                    .split_once(':')
-                    .map(|(a, b)| Some((a.to_string(), b.to_string())))
-                    .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", format!("{t:?}: expected TYPE:ID"))),
-            }
+        let filter = Filter {
+            resource_type: query.resource_type.as_deref(),
+            resource: resource.as_ref().map(|(t, id)| (t.as_str(), id.as_str())),
+            principal: principal.as_ref().map(|(t, id)| (t.as_str(), id.as_str())),
+            entitlement: query.entitlement.as_deref(),
         };
-        let principal = pair(&query.principal)?;
-        let resource = pair(&query.resource)?;
-        let rows: Vec<Value> = match what {
-            Listing::Resources => file.resources(run, query.resource_type.as_deref()).map_err(ApiError::internal)?.into_iter().map(|r| json!(r)).collect(),
-            Listing::Entitlements => file
-                .entitlements(run, query.resource_type.as_deref())
-                .map_err(ApiError::internal)?
-                .into_iter()
-                .filter(|e| resource.as_ref().is_none_or(|(t, id)| &e.resource.resource_type == t && &e.resource.id == id))
-                .map(|e| json!(e))
-                .collect(),
-            Listing::Grants => file
-                .grants(run, query.resource_type.as_deref())
-                .map_err(ApiError::internal)?
-                .into_iter()
-                .filter(|g| principal.as_ref().is_none_or(|(t, id)| &g.principal.resource_type == t && &g.principal.id == id))
-                .filter(|g| query.entitlement.as_ref().is_none_or(|e| &g.entitlement_id == e))
-                .map(|g| json!(g))
-                .collect(),
+        let after = cursor.as_ref();
+        let (items, next) = match what {
+            Listing::Resources => paged(query::resources(&file, run, &filter, after, limit))?,
+            Listing::Entitlements => paged(query::entitlements(&file, run, &filter, after, limit))?,
+            Listing::Grants => paged(query::grants(&file, run, &filter, after, limit))?,
         };
-        let total = rows.len();
-        let items: Vec<Value> = rows.into_iter().skip(offset).take(limit).collect();
-        let next = offset + items.len();
-        let next_cursor = (next < total).then(|| format!("r{run}o{next}"));
-        Ok(Json(json!({"run_id": run, "total": total, "items": items, "next_cursor": next_cursor})))
+        Ok(Json(json!({"run_id": run, "items": items, "next_cursor": next.map(|c| c.encode())})))
     })
     .await
     .map_err(ApiError::internal)?
+}
+
+fn paged<T: serde::Serialize>(page: anyhow::Result<query::Page<T>>) -> Result<(Vec<Value>, Option<Cursor>), ApiError> {
+    let page = page.map_err(ApiError::internal)?;
+    Ok((page.items.iter().map(|item| json!(item)).collect(), page.next))
 }
 
 async fn resources(State(s): State<Arc<Server>>, Path(name): Path<String>, Query(q): Query<ListQuery>) -> Result<Json<Value>, ApiError> {

@@ -1,11 +1,13 @@
 //! The sync: the uniform data model (`model`), the SQLite sync file that
 //! holds every run (`sync_file`), where a run goes on from (`checkpoint`),
 //! the driver that walks a connector page by page (`driver`), and access
-//! reviews read from the file (`review`: export and diff).
+//! reviews read from the file (`review`: export and diff; `query`: the
+//! API's paged listings).
 
 pub mod checkpoint;
 pub mod driver;
 pub mod model;
+pub mod query;
 pub mod review;
 pub mod sync_file;
 pub mod work;

@@ -806,7 +806,7 @@ fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -
     Ok(())
 }
 
-fn json_object(text: String) -> Map<String, Value> {
+pub(crate) fn json_object(text: String) -> Map<String, Value> {
     match serde_json::from_str(&text) {
         Ok(Value::Object(map)) => map,
         _ => Map::new(),
