@@ -116,9 +116,15 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
     if instance.version().is_some_and(|current| current.digest == resolved.digest) {
         return;
     }
-    let refused_before = instance.status.lock().expect("status lock").last_refusal.as_ref().is_some_and(|r| {
-        r.digest.as_deref() == Some(resolved.digest.as_str()) && r.module == settings.module.to_string() && matches!(settings.module, ModuleSource::Oci(_))
-    });
+    let shown = settings.module.to_string();
+    let refused_before = matches!(settings.module, ModuleSource::Oci(_))
+        && instance
+            .status
+            .lock()
+            .expect("status lock")
+            .last_refusal
+            .as_ref()
+            .is_some_and(|r| r.digest.as_deref() == Some(resolved.digest.as_str()) && r.module == shown);
     if refused_before {
         return;
     }
