@@ -216,7 +216,7 @@ interval = "1h"
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tether"))
         .args(["serve", "--check", "--config", config.to_str().unwrap()])
-        .env("TETHER_API_TOKEN", "a-token")
+        .env("TETHER_API_TOKEN", "a-long-enough-token")
         .env_remove("TETHER_TEST_UNSET_REGISTRY_PASSWORD")
         .output()
         .unwrap();
