@@ -14,6 +14,7 @@
 //! - `scim_real_server`: the SCIM client against a real SCIM 2.0 server
 //! - `scim_connector`: the generic SCIM connector against real SCIM servers, and beside Asana's
 //! - `serve`: `tether serve` through its HTTP API, files and signals
+//! - `serve_oci`: `tether serve` following OCI tags and pins in a real registry
 
 mod support;
 
@@ -26,5 +27,6 @@ mod sandbox;
 mod scim_connector;
 mod scim_real_server;
 mod serve;
+mod serve_oci;
 mod spec;
 mod sync;

@@ -20,7 +20,7 @@ fn cache_dir() -> PathBuf {
 }
 
 /// A running `tether serve`; killed if the test ends early.
-struct Served {
+pub(crate) struct Served {
     child: Child,
     base: String,
     log: PathBuf,
@@ -54,7 +54,7 @@ fn openapi() -> Value {
 
 impl Served {
     /// Starts the server and waits (polling /readyz) until it is ready.
-    async fn start(config: &Path, dir: &Path) -> Served {
+    pub(crate) async fn start(config: &Path, dir: &Path) -> Served {
         let port = free_port();
         let log = dir.join(format!("serve-{port}.log"));
         let child = spawn_serve(config, port, &log);
@@ -76,7 +76,7 @@ impl Served {
         }
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -109,18 +109,18 @@ impl Served {
         value
     }
 
-    async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         let r = self.client.get(format!("{}/metrics", self.base)).bearer_auth(TOKEN).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.text().await.unwrap()
     }
 
-    async fn instance(&self, name: &str) -> Value {
+    pub(crate) async fn instance(&self, name: &str) -> Value {
         self.get(&format!("/v1/instances/{name}")).await
     }
 
     /// Polls `check` on the instance until it holds.
-    async fn until(&self, name: &str, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(&self, name: &str, what: &str, within: Duration, check: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let instance = self.instance(name).await;
@@ -147,7 +147,7 @@ impl Served {
 }
 
 /// The value of a metric line `name{labels} value` (0 when absent).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+pub(crate) fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
         .filter(|l| labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
@@ -155,7 +155,7 @@ fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-fn asana_instance(name: &str, module: &Path, sim: &SimHandle, schedule: &str, extra: &str) -> String {
+pub(crate) fn asana_instance(name: &str, module: &Path, sim: &SimHandle, schedule: &str, extra: &str) -> String {
     format!(
         r#"
 [instances.{name}]
@@ -175,7 +175,7 @@ token = "env:SIM_TOKEN"
     )
 }
 
-fn server_section(dir: &Path) -> String {
+pub(crate) fn server_section(dir: &Path) -> String {
     format!(
         "[server]\ndata_dir = \"{}\"\napi_token = \"env:TETHER_API_TOKEN\"\nwatch_interval = \"200ms\"\ngrace_period = \"20s\"\n",
         dir.join("data").display()
@@ -467,7 +467,7 @@ max-memory-mb = 16
 }
 
 /// The module with a custom section appended: the same code, new bytes.
-fn variant(module: &Path, tag: &str) -> Vec<u8> {
+pub(crate) fn variant(module: &Path, tag: &str) -> Vec<u8> {
     let mut bytes = std::fs::read(module).unwrap();
     let name = b"tether-test";
     let mut payload = vec![name.len() as u8];
@@ -479,7 +479,7 @@ fn variant(module: &Path, tag: &str) -> Vec<u8> {
     bytes
 }
 
-fn sign(key: &ed25519_dalek::SigningKey, bytes: &[u8]) -> String {
+pub(crate) fn sign(key: &ed25519_dalek::SigningKey, bytes: &[u8]) -> String {
     use sha2::Digest;
     let digest: [u8; 32] = sha2::Sha256::digest(bytes).into();
     hex::encode(tether_host::runtime::trust::sign_digest(key, &digest).to_bytes())

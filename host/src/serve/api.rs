@@ -133,7 +133,9 @@ fn describe(instance: &InstanceRuntime) -> Value {
     let status = instance.status.lock().expect("status lock").clone();
     let module = instance.version().map(|v| {
         json!({
-            "path": settings.module.display().to_string(),
+            "source": v.source,
+            "path": v.path.display().to_string(),
+            "manifest_digest": v.manifest_digest,
             "name": v.name,
             "version": v.version,
             "digest": v.digest,
@@ -158,6 +160,7 @@ fn describe(instance: &InstanceRuntime) -> Value {
         "next_run": status.next_run,
         "consecutive_failures": status.consecutive_failures,
         "last_refusal": status.last_refusal,
+        "module_source_error": status.module_source_error,
     })
 }
 

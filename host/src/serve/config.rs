@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use toml::{Table, Value};
 
 use crate::cli::args::{LimitArgs, SyncLimitArgs};
+use crate::distribution::{ModuleSource, PasswordSource, RegistryOptions};
 use crate::runtime::imports::config::{SecretFrom, SecretSource, Secrets};
 use crate::runtime::imports::http::AllowedHost;
 use crate::runtime::limits::{Limits, SyncLimits};
@@ -82,7 +83,11 @@ pub struct ServerSettings {
 #[derive(Clone)]
 pub struct InstanceConfig {
     pub name: String,
-    pub module: PathBuf,
+    /// A file, or an OCI reference (a tag re-resolved before each sync, or
+    /// a digest pin).
+    pub module: ModuleSource,
+    /// How to reach the registry of an `oci://` module.
+    pub registry: RegistryOptions,
     pub digest: Option<String>,
     /// A new module must carry a good signature by one of these.
     pub public_keys: Vec<VerifyingKey>,
@@ -319,19 +324,27 @@ impl Walker {
     fn instance_config(&mut self, name: &str, mut t: Table) -> Option<InstanceConfig> {
         let raw = t.to_string();
         let before = self.problems.len();
-        let module = match self.take::<String>(&mut t, "module", "the path of a .wasm component") {
+        let module = match self.take::<String>(&mut t, "module", "the path of a .wasm component, or oci://REGISTRY/REPOSITORY:TAG") {
+            Some(module) if module.starts_with("oci://") => match module.parse::<ModuleSource>() {
+                Ok(source) => source,
+                Err(e) => {
+                    self.problem("module", e);
+                    ModuleSource::Path(PathBuf::new())
+                }
+            },
             Some(module) => {
                 let path = self.path(&module);
                 if !path.is_file() {
                     self.problem("module", format!("no file at {}", path.display()));
                 }
-                path
+                ModuleSource::Path(path)
             }
             None => {
                 self.problem("module", "missing: the connector component (.wasm)");
-                PathBuf::new()
+                ModuleSource::Path(PathBuf::new())
             }
         };
+        let registry = self.registry_options(&mut t, &module);
         let digest = self.take::<String>(&mut t, "digest", "a sha256 in hex");
         if let Some(d) = &digest {
             let hex = d.trim_start_matches("sha256:");
@@ -350,6 +363,9 @@ impl Walker {
             }
         }
         let signature = self.take::<String>(&mut t, "signature", "a path").map(|s| self.path(&s));
+        if signature.is_some() && matches!(module, ModuleSource::Oci(_)) {
+            self.problem("signature", "an oci:// module carries its signature in the registry; remove this key");
+        }
         let config = match t.remove("config") {
             Some(Value::Table(values)) => values
                 .into_iter()
@@ -417,7 +433,25 @@ impl Walker {
             }
             None => self.limits(Table::new()),
         };
-        self.unknown_keys(t, "", &["module", "digest", "public_keys", "signature", "config", "secrets", "allowed_hosts", "schedule", "limits"]);
+        self.unknown_keys(
+            t,
+            "",
+            &[
+                "module",
+                "digest",
+                "public_keys",
+                "signature",
+                "config",
+                "secrets",
+                "allowed_hosts",
+                "schedule",
+                "limits",
+                "insecure_registry",
+                "registry_user",
+                "registry_password",
+                "docker_config",
+            ],
+        );
         if self.problems.len() > before {
             return None;
         }
@@ -431,6 +465,7 @@ impl Walker {
         Some(InstanceConfig {
             name: name.to_string(),
             module,
+            registry,
             digest,
             public_keys,
             signature,
@@ -443,6 +478,64 @@ impl Walker {
             sync_limits,
             raw,
         })
+    }
+
+    /// The registry keys of an `oci://` module: plain http to its registry
+    /// (`insecure_registry = true`; loopback registries always may), a user
+    /// and a password by reference, or a Docker config file. The password
+    /// is read now, so that a missing one is a problem at start.
+    fn registry_options(&mut self, t: &mut Table, module: &ModuleSource) -> RegistryOptions {
+        let insecure = self.take::<bool>(t, "insecure_registry", "true or false").unwrap_or(false);
+        let user = self.take::<String>(t, "registry_user", "a user name");
+        let password = self.take::<String>(t, "registry_password", "\"env:VAR\" or \"file:PATH\"").and_then(|text| {
+            let text = match text.strip_prefix("file:") {
+                Some(path) if !path.is_empty() => format!("file:{}", self.path(path).display()),
+                _ => text,
+            };
+            match text.parse::<PasswordSource>() {
+                Ok(source) => {
+                    let readable = match &source {
+                        PasswordSource::Env(var) => std::env::var(var).map(|_| ()).map_err(|_| format!("environment variable {var} is not set")),
+                        PasswordSource::File(path) => std::fs::read(path).map(|_| ()).map_err(|e| format!("cannot read {}: {e}", path.display())),
+                    };
+                    match readable {
+                        Ok(()) => Some(source),
+                        Err(e) => {
+                            self.problem("registry_password", e);
+                            None
+                        }
+                    }
+                }
+                Err(e) => {
+                    self.problem("registry_password", e);
+                    None
+                }
+            }
+        });
+        let docker_config = self.take::<String>(t, "docker_config", "a path").map(|p| self.path(&p));
+        match (&user, &password) {
+            (Some(_), None) if !self.problems.iter().any(|p| p.key == "registry_password" && p.instance == self.instance) => {
+                self.problem("registry_password", "missing: registry_user needs registry_password (\"env:VAR\" or \"file:PATH\")")
+            }
+            (None, Some(_)) => self.problem("registry_user", "missing: registry_password needs registry_user"),
+            _ => {}
+        }
+        let given = insecure || user.is_some() || password.is_some() || docker_config.is_some();
+        let reference = match module {
+            ModuleSource::Oci(reference) => Some(reference),
+            ModuleSource::Path(_) => {
+                if given {
+                    self.problem("module", "insecure_registry, registry_user, registry_password and docker_config are for an oci:// module");
+                }
+                None
+            }
+        };
+        RegistryOptions {
+            insecure: reference.filter(|_| insecure).map(|r| vec![r.registry().to_string()]).unwrap_or_default(),
+            credentials: user.zip(password),
+            docker_config,
+            connect_timeout: None,
+        }
     }
 
     fn schedule(&mut self, mut t: Table) -> Option<Schedule> {

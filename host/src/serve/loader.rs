@@ -3,7 +3,7 @@
 //! compiled, then compiled, started with exactly what the config grants,
 //! checked against what it declares, and asked to `validate` its config.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,6 +11,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use sha2::{Digest, Sha256};
 
 use super::config::InstanceConfig;
+use crate::distribution::ResolvedModule;
 use crate::runtime::engine::{ConnectorEngine, LoadedModule};
 use crate::runtime::imports::config::ConnectorConfig;
 use crate::runtime::imports::http::AllowedHost;
@@ -21,6 +22,12 @@ use crate::terminal::escape as esc;
 /// One verified, compiled and validated version of an instance's module.
 pub struct LoadedVersion {
     pub module: LoadedModule,
+    /// The module as the config names it: a path or an `oci://` reference.
+    pub source: String,
+    /// The local file loaded (for an OCI module, its pull in the cache).
+    pub path: PathBuf,
+    /// The OCI manifest the reference resolved to.
+    pub manifest_digest: Option<String>,
     pub name: String,
     pub version: String,
     pub digest: String,
@@ -47,12 +54,33 @@ pub fn permissions(config: &InstanceConfig, data_dir: &Path, dry_run: bool) -> P
     }
 }
 
-/// Verifies, compiles, starts and validates `config`'s module. With
+/// Turns the instance's module into a local file: a path as it is; an OCI
+/// reference looked up (a tag: in the registry each time; a digest pin:
+/// from `cache` once pulled) and pulled into `cache`. The signature is
+/// checked by `load`, against every key the instance trusts, before
+/// anything is compiled.
+pub async fn resolve(config: &InstanceConfig, cache: &Path) -> Result<ResolvedModule> {
+    crate::distribution::resolve(&config.module, &config.registry, cache, None).await
+}
+
+/// `resolve`, then `load`.
+pub async fn resolve_and_load(engine: &ConnectorEngine, config: &InstanceConfig, cache: &Path, data_dir: &Path, strict: bool) -> Result<LoadedVersion> {
+    let resolved = resolve(config, cache).await?;
+    load(engine, config, &resolved, data_dir, strict).await
+}
+
+/// Verifies, compiles, starts and validates `config`'s module, as resolved. With
 /// `hosts_must_be_granted` (a new version swapping in), a module that asks
 /// for a host the config does not grant is refused, naming the host; at
 /// start the request is only logged.
-pub async fn load(engine: &ConnectorEngine, config: &InstanceConfig, data_dir: &Path, hosts_must_be_granted: bool) -> Result<LoadedVersion> {
-    let path = &config.module;
+pub async fn load(
+    engine: &ConnectorEngine,
+    config: &InstanceConfig,
+    resolved: &ResolvedModule,
+    data_dir: &Path,
+    hosts_must_be_granted: bool,
+) -> Result<LoadedVersion> {
+    let path = &resolved.path;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     // One of the instance's keys must have signed it; find which before
     // compiling, so that the engine checks exactly that key again.
@@ -124,6 +152,9 @@ pub async fn load(engine: &ConnectorEngine, config: &InstanceConfig, data_dir: &
         instance.http().allowed_hosts().join(", ")
     );
     Ok(LoadedVersion {
+        source: config.module.to_string(),
+        path: path.clone(),
+        manifest_digest: resolved.manifest_digest.clone(),
         name: metadata.name.clone(),
         version: metadata.version.clone(),
         digest: module.digest.clone(),

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub limit_violations: IntCounterVec,
     pub module_loads: IntCounterVec,
     pub reload_refusals: IntCounterVec,
+    pub module_resolve_failures: IntCounterVec,
     pub running: IntGaugeVec,
 }
 
@@ -48,6 +49,11 @@ impl Metrics {
         let module_loads = counter("tether_module_loads_total", "Module versions loaded or refused, by instance and outcome.", &["instance", "outcome"])?;
         let reload_refusals =
             counter("tether_reload_refusals_total", "New module versions or config reloads refused, by instance (\"-\": the config).", &["instance"])?;
+        let module_resolve_failures = counter(
+            "tether_module_resolve_failures_total",
+            "Lookups of an instance's OCI tag that failed (registry unreachable, tag gone); the running version stayed.",
+            &["instance"],
+        )?;
         let sync_duration = HistogramVec::new(
             HistogramOpts::new("tether_sync_duration_seconds", "How long syncs took, by instance and outcome.")
                 .buckets(prometheus::exponential_buckets(0.05, 2.0, 18)?),
@@ -67,6 +73,7 @@ impl Metrics {
             limit_violations,
             module_loads,
             reload_refusals,
+            module_resolve_failures,
             running,
         })
     }

@@ -71,6 +71,11 @@ impl Server {
         sync_file_in(&self.data_dir, name)
     }
 
+    /// Where `oci://` modules are pulled to.
+    pub fn module_cache(&self) -> PathBuf {
+        module_cache_in(&self.config().server)
+    }
+
     pub(crate) fn spawn_instance(self: &Arc<Self>, runtime: Arc<InstanceRuntime>) {
         let handle = tokio::spawn(scheduler::run(self.clone(), runtime));
         self.tasks.lock().expect("tasks lock").push(handle);
@@ -79,6 +84,12 @@ impl Server {
 
 pub fn sync_file_in(data_dir: &std::path::Path, name: &str) -> PathBuf {
     data_dir.join("instances").join(name).join("sync.db")
+}
+
+/// Pulled modules, cached by manifest digest: `cache_dir/modules`, else
+/// `data_dir/modules` (writable wherever serve runs, unlike a home folder).
+pub fn module_cache_in(settings: &config::ServerSettings) -> PathBuf {
+    settings.cache_dir.as_ref().unwrap_or(&settings.data_dir).join("modules")
 }
 
 /// How `tether serve` was started.
@@ -137,7 +148,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let mut loaded = vec![];
     for (name, settings) in &config.instances {
         let span = tracing::info_span!("instance", instance = %name);
-        match loader::load(&server.engine, settings, &server.data_dir, false).instrument(span).await {
+        match loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false).instrument(span).await {
             Ok(version) => {
                 server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
                 loaded.push(InstanceRuntime::new(settings.clone(), Some(Arc::new(version))));

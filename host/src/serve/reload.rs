@@ -14,16 +14,21 @@ use tracing::Instrument;
 
 use super::config::{self, InstanceConfig};
 use super::loader::{self, Version};
-use super::scheduler::{rfc3339, InstanceRuntime, Refusal};
+use super::scheduler::{rfc3339, InstanceRuntime, Refusal, SourceError};
 use super::Server;
+use crate::distribution::{ModuleSource, ResolvedModule};
 
 /// What tells a changed module: its file's time and length, and its
 /// signature file's time (a signature may land after its module).
 pub type Fingerprint = (SystemTime, u64, Option<SystemTime>);
 
 pub fn fingerprint(settings: &InstanceConfig) -> Option<Fingerprint> {
-    let module = std::fs::metadata(&settings.module).ok()?;
-    let signature = settings.signature.clone().unwrap_or_else(|| crate::runtime::trust::signature_path_for(&settings.module));
+    // An OCI module has no file to watch: its tag is looked up before each sync.
+    let ModuleSource::Path(path) = &settings.module else {
+        return None;
+    };
+    let module = std::fs::metadata(path).ok()?;
+    let signature = settings.signature.clone().unwrap_or_else(|| crate::runtime::trust::signature_path_for(path));
     let signed = std::fs::metadata(signature).ok().and_then(|m| m.modified().ok());
     Some((module.modified().ok()?, module.len(), signed))
 }
@@ -67,39 +72,85 @@ pub async fn watch_modules(server: Arc<Server>) {
 /// Loads the module file anew and swaps it in, or records the refusal.
 async fn swap_module(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig) {
     let span = tracing::info_span!("instance", instance = %instance.name);
-    swap_module_in_span(server, instance, settings).instrument(span).await
+    async {
+        match loader::resolve(settings, &server.module_cache()).await {
+            Ok(resolved) => swap_in(server, instance, settings, &resolved).await,
+            // The file went away or cannot be read: the running version stays.
+            Err(e) => tracing::warn!("cannot read the new module; the running version stays: {e:#}"),
+        }
+    }
+    .instrument(span)
+    .await
 }
 
-async fn swap_module_in_span(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig) {
-    let same = instance.version().is_some_and(|current| {
-        std::fs::read(&settings.module).map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)) == current.digest).unwrap_or(false)
-    });
-    if same {
+/// Before a sync of an instance that follows a tag: looks the tag up
+/// again. A new digest goes through the same verify-compile-validate-swap
+/// as a changed file; a registry that cannot be reached (or a tag gone)
+/// leaves the running version in place, the error shown in the API and the
+/// logs until a lookup succeeds. Called from the instance's own task, so
+/// it never delays another instance.
+pub async fn follow_tag(server: &Server, instance: &InstanceRuntime) {
+    let settings = instance.settings();
+    if !settings.module.is_moving_tag() {
         return;
     }
-    match loader::load(&server.engine, settings, &server.data_dir, true).await {
+    match loader::resolve(&settings, &server.module_cache()).await {
+        Ok(resolved) => {
+            instance.status.lock().expect("status lock").module_source_error = None;
+            swap_in(server, instance, &settings, &resolved).await;
+        }
+        Err(e) => {
+            let error = format!("{e:#}");
+            tracing::warn!("cannot look up {}; the running version stays: {}", settings.module, crate::terminal::escape(&error));
+            server.metrics.module_resolve_failures.with_label_values(&[&instance.name]).inc();
+            instance.status.lock().expect("status lock").module_source_error =
+                Some(SourceError { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), error });
+        }
+    }
+}
+
+/// Verifies, compiles and validates `resolved` and swaps it in, unless it
+/// is the running version (or the one last refused: refused once, it is not
+/// compiled again at every sync).
+async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, resolved: &ResolvedModule) {
+    if instance.version().is_some_and(|current| current.digest == resolved.digest) {
+        return;
+    }
+    let shown = settings.module.to_string();
+    let refused_before = matches!(settings.module, ModuleSource::Oci(_))
+        && instance
+            .status
+            .lock()
+            .expect("status lock")
+            .last_refusal
+            .as_ref()
+            .is_some_and(|r| r.digest.as_deref() == Some(resolved.digest.as_str()) && r.module == shown);
+    if refused_before {
+        return;
+    }
+    match loader::load(&server.engine, settings, resolved, &server.data_dir, true).await {
         Ok(version) => {
             tracing::info!(
-                "new module version {} {} (sha256 {}) swapped in for the next sync",
+                "new module version {} {} (sha256 {}{}) swapped in for the next sync",
                 crate::terminal::escape(&version.name),
                 crate::terminal::escape(&version.version),
-                version.digest
+                version.digest,
+                version.manifest_digest.as_ref().map(|m| format!(", manifest {m}")).unwrap_or_default()
             );
             server.metrics.module_loads.with_label_values(&[&instance.name, "loaded"]).inc();
             *instance.current.write().expect("current lock") = Some(Arc::new(version));
         }
-        Err(e) => refuse(server, instance, settings, &e),
+        Err(e) => refuse(server, instance, settings, resolved, &e),
     }
 }
 
-fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, error: &anyhow::Error) {
+fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, resolved: &ResolvedModule, error: &anyhow::Error) {
     let reason = format!("{error:#}");
     tracing::warn!("new module version refused; the running version stays: {reason}");
     server.metrics.module_loads.with_label_values(&[&instance.name, "refused"]).inc();
     server.metrics.reload_refusals.with_label_values(&[&instance.name]).inc();
-    let digest = std::fs::read(&settings.module).ok().map(|bytes| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)));
     instance.status.lock().expect("status lock").last_refusal =
-        Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.display().to_string(), digest, reason });
+        Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), digest: Some(resolved.digest.clone()), reason });
 }
 
 /// Loads every instance of `config` whose settings are new or changed.
@@ -115,7 +166,7 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
         }
         // A running instance's new settings may not widen its hosts either.
         let strict = current.contains_key(name);
-        match loader::load(&server.engine, settings, &server.data_dir, strict).await {
+        match loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, strict).await {
             Ok(version) => {
                 loaded.insert(name.clone(), Arc::new(version));
             }

@@ -47,6 +47,9 @@ pub struct Status {
     pub next_run: Option<String>,
     pub consecutive_failures: u32,
     pub last_refusal: Option<Refusal>,
+    /// The last lookup of the instance's OCI tag, if it failed (registry
+    /// down, tag gone); cleared by the next good lookup.
+    pub module_source_error: Option<SourceError>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -60,6 +63,14 @@ pub struct LastSync {
     pub module_digest: String,
     pub records: Option<i64>,
     pub error: Option<String>,
+}
+
+/// A module source (an OCI tag) that could not be looked up.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceError {
+    pub at: String,
+    pub module: String,
+    pub error: String,
 }
 
 /// A module version (or config) that was refused, and why.
@@ -149,6 +160,8 @@ pub async fn run(server: Arc<Server>, instance: Arc<InstanceRuntime>) {
             if *quit.borrow() {
                 break;
             }
+            // A tag may have moved: a new version swaps in for this sync.
+            super::reload::follow_tag(&server, &instance).await;
             let started = Instant::now();
             let ok = sync_once(&server, &instance).await;
             let schedule = instance.settings().schedule.clone();

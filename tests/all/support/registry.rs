@@ -69,6 +69,12 @@ impl Registry {
         self.dir.path().join("storage")
     }
 
+    /// Stops the registry (as an outage would); `Drop` copes with a stopped one.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
     }
