@@ -17,7 +17,8 @@ for arg in "$@"; do
   esac
 done
 [[ -f target/wasm/tether-asana.wasm ]] || ./scripts/build-guests.sh --fixtures
-cargo build --locked --profile "$profile" -p tether-host -p asana-sim
+# --tests: the same features as the test build (see demo.sh), so one build serves both.
+cargo build --locked --profile "$profile" -p tether-host -p asana-sim --bins --tests
 echo "== module load (first compile, cached load, one more instance)"
 cargo bench --locked --profile "$profile" -p tether-host --bench module_load
 echo "== sync"

@@ -18,7 +18,10 @@ while (($#)); do
 done
 
 ./scripts/build-guests.sh
-cargo build --locked -p tether-host -p asana-sim
+# With the test targets: the dev-dependencies then add the same features
+# (reqwest json, syn fold) as in `cargo test`, so the demo and the tests
+# share one build of wasmtime and the rest instead of two.
+cargo build --locked -p tether-host -p asana-sim --bins --tests
 
 state="$(mktemp -d)"
 sim_pid=
