@@ -1,7 +1,7 @@
 //! The simulated org: data model, deterministic generation, and the state changes the
 //! write endpoints make.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
@@ -139,6 +139,10 @@ impl Gids {
 }
 
 /// Rounded percentage of `n`.
+/// The largest team the generator makes: no org of 30k users or fewer
+/// reaches it, so their orgs are unchanged.
+const MAX_TEAM_SIZE: usize = 1_600;
+
 fn pct(n: usize, p: usize) -> usize {
     (n * p + 50) / 100
 }
@@ -270,7 +274,9 @@ impl Org {
             if pool.is_empty() {
                 continue;
             }
-            let hi = (12 + n / 20).min(pool.len());
+            // Teams grow with the org up to MAX_TEAM_SIZE (100k users and
+            // 2,000 teams make about 2M grants, as issue 9 measures).
+            let hi = (12 + n / 20).min(MAX_TEAM_SIZE).min(pool.len());
             let size = rng.random_range(hi.min(3)..=hi);
             let picked = rand::seq::index::sample(&mut rng, pool.len(), size).into_vec();
             // The first pick leads the team; sorting afterwards keeps listings in user order.
@@ -331,19 +337,33 @@ impl Org {
     /// still takes one request to learn it is empty).
     pub fn minimum_requests(&self, page_size: usize) -> u64 {
         let listing = |items: usize| ceil_div(items, page_size).max(1);
+        // Counted in one pass each: at 100k users and millions of team
+        // memberships, a filter per team took minutes.
+        let teams_of = count_by(self.teams.iter().map(|t| t.workspace_gid.as_str()));
+        let members_of = count_by(self.workspace_memberships.iter().map(|m| m.workspace_gid.as_str()));
+        let team_members = count_by(self.team_memberships.iter().map(|m| m.team_gid.as_str()));
+        let count = |counts: &HashMap<&str, usize>, gid: &str| counts.get(gid).copied().unwrap_or(0);
         let mut total = listing(self.workspaces.len());
         for ws in &self.workspaces {
-            total += listing(self.teams.iter().filter(|t| t.workspace_gid == ws.gid).count());
-            let members = self.workspace_memberships.iter().filter(|m| m.workspace_gid == ws.gid).count();
+            total += listing(count(&teams_of, &ws.gid));
             // Its users (`/users?workspace=`, the only spec-valid source of
             // emails) and its memberships (roles and license state).
-            total += listing(members) * 2;
+            total += listing(count(&members_of, &ws.gid)) * 2;
         }
         for team in &self.teams {
-            total += listing(self.team_memberships.iter().filter(|m| m.team_gid == team.gid).count());
+            total += listing(count(&team_members, &team.gid));
         }
         total
     }
+}
+
+/// How many times each gid occurs.
+fn count_by<'a>(gids: impl Iterator<Item = &'a str>) -> HashMap<&'a str, usize> {
+    let mut counts = HashMap::new();
+    for gid in gids {
+        *counts.entry(gid).or_default() += 1;
+    }
+    counts
 }
 
 /// Finds by gid in a list kept in gid order (generation and creation both
