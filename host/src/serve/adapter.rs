@@ -12,7 +12,7 @@ use crate::sync::{SyncFile, SyncOptions, SyncSummary};
 
 /// Runs one sync on `pool` (instances of one module sharing one HTTP
 /// gateway) into the sync file at `path`.
-pub async fn run_sync(pool: &mut [ConnectorInstance], path: &Path, digest: &str, options: &SyncOptions) -> Result<SyncSummary> {
+pub async fn run_sync(pool: &mut Vec<ConnectorInstance>, path: &Path, digest: &str, options: &SyncOptions) -> Result<SyncSummary> {
     let mut file = SyncFile::open_for_sync(path)?;
     crate::sync::run_pool(pool, &mut file, digest, &indicatif::ProgressBar::hidden(), options).await
 }

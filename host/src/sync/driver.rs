@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::ProgressBar;
 
@@ -99,18 +100,69 @@ pub async fn run_with(
     progress: &ProgressBar,
     options: &SyncOptions,
 ) -> Result<SyncSummary> {
-    run_pool(std::slice::from_mut(instance), file, digest, progress, options).await
+    run_workers(vec![Worker::Borrowed(instance)], file, digest, progress, options).await.1
 }
 
 /// Runs one sync on a pool of instances of one module (see
 /// [`ConnectorInstance::start_pool`]), as many listings at once as it has
-/// instances. A run that fails keeps its records and checkpoint (for a
+/// instances, each on a task of its own (so guest code runs on every
+/// core). A run that fails keeps its records and checkpoint (for a
 /// resume) and is marked failed; one asked to stop lets the pages in
 /// flight come in, writes them, is marked interrupted and returns
-/// [`Interrupted`].
-pub async fn run_pool(pool: &mut [ConnectorInstance], file: &mut SyncFile, digest: &str, progress: &ProgressBar, options: &SyncOptions) -> Result<SyncSummary> {
+/// [`Interrupted`]. The instances come back to `pool` when it ends (all
+/// but one whose task panicked).
+pub async fn run_pool(
+    pool: &mut Vec<ConnectorInstance>,
+    file: &mut SyncFile,
+    digest: &str,
+    progress: &ProgressBar,
+    options: &SyncOptions,
+) -> Result<SyncSummary> {
+    let workers = std::mem::take(pool).into_iter().map(|instance| Worker::Owned(Box::new(instance))).collect();
+    let (workers, result) = run_workers(workers, file, digest, progress, options).await;
+    pool.extend(workers.into_iter().filter_map(Worker::into_owned));
+    result
+}
+
+/// One worker of a sync: an instance the driver owns runs each call on a
+/// task of its own; a borrowed one ([`run_with`]) on the driver's task.
+enum Worker<'p> {
+    Borrowed(&'p mut ConnectorInstance),
+    /// Boxed: it moves into a task and back with every call.
+    Owned(Box<ConnectorInstance>),
+}
+
+impl Worker<'_> {
+    fn instance(&mut self) -> &mut ConnectorInstance {
+        match self {
+            Worker::Borrowed(instance) => instance,
+            Worker::Owned(instance) => instance,
+        }
+    }
+
+    fn into_owned(self) -> Option<ConnectorInstance> {
+        match self {
+            Worker::Owned(instance) => Some(*instance),
+            Worker::Borrowed(_) => None,
+        }
+    }
+}
+
+/// The sync itself; hands back the workers that came home.
+async fn run_workers<'p>(
+    mut workers: Vec<Worker<'p>>,
+    file: &mut SyncFile,
+    digest: &str,
+    progress: &ProgressBar,
+    options: &SyncOptions,
+) -> (Vec<Worker<'p>>, Result<SyncSummary>) {
+    let result = sync_on(&mut workers, file, digest, progress, options).await;
+    (workers, result)
+}
+
+async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest: &str, progress: &ProgressBar, options: &SyncOptions) -> Result<SyncSummary> {
     let started = Instant::now();
-    let Some(first) = pool.first_mut() else { anyhow::bail!("a sync needs at least one connector instance") };
+    let Some(first) = workers.first_mut().map(Worker::instance) else { anyhow::bail!("a sync needs at least one connector instance") };
     let connector = ConnectorIdentity { name: first.metadata.name.clone(), version: first.metadata.version.clone(), digest: digest.to_string() };
     let types: Vec<ResourceType> = first.metadata.resource_types.iter().cloned().map(Into::into).collect();
     let resumable = if options.resume { file.resumable_run(digest)? } else { None };
@@ -123,8 +175,8 @@ pub async fn run_pool(pool: &mut [ConnectorInstance], file: &mut SyncFile, diges
         None => (file.begin_run(&connector)?, Checkpoint::default()),
     };
     let records = file.records(run_id)?;
-    let http = pool[0].http_shared();
-    let workers = pool.len();
+    let http = first.http_shared();
+    let worker_count = workers.len();
     let mut driver = Driver {
         file,
         run: run_id,
@@ -136,11 +188,11 @@ pub async fn run_pool(pool: &mut [ConnectorInstance], file: &mut SyncFile, diges
         types,
         work: Work::default(),
         unsaved: false,
-        workers,
+        workers: worker_count,
         http: http.clone(),
         estimate: Estimate::default(),
     };
-    let mut result = driver.drive(pool, checkpoint).await;
+    let mut result = driver.drive(workers, checkpoint).await;
     if result.is_err() {
         // Where a failed run goes on from, as far as it got.
         if let Err(e) = driver.save_checkpoint() {
@@ -214,35 +266,62 @@ struct Driver<'a> {
     estimate: Estimate,
 }
 
-/// What one worker brought back: its instance, the listing, the page asked
-/// for, and the page or why not.
-type Fetched<'i> = (&'i mut ConnectorInstance, ListingKey, Option<String>, Result<(guest::Page, bool), anyhow::Error>);
+/// What one worker brought back: itself (none if its task panicked), the
+/// listing, the page asked for, and the page (and whether it cost a
+/// request) or why not.
+type Fetched<'p> = (Option<Worker<'p>>, ListingKey, Option<String>, Result<(guest::Page, bool)>);
+
+/// Sets `worker` to fetch one page of `job`.
+fn dispatch<'p>(worker: Worker<'p>, key: ListingKey, job: Job) -> BoxFuture<'p, Fetched<'p>> {
+    let token = job.token.clone();
+    match worker {
+        Worker::Borrowed(instance) => Box::pin(async move {
+            let result = fetch(instance, &job).await;
+            (Some(Worker::Borrowed(instance)), key, token, result)
+        }),
+        Worker::Owned(mut instance) => {
+            // Its own task: another core can run this guest call while the
+            // driver writes pages or other instances run theirs.
+            let task = tokio::spawn(async move {
+                let result = fetch(&mut instance, &job).await;
+                (instance, result)
+            });
+            Box::pin(async move {
+                match task.await {
+                    Ok((instance, result)) => (Some(Worker::Owned(instance)), key, token, result),
+                    Err(e) => (None, key, token, Err(anyhow!("a connector instance's task ended abnormally: {e}"))),
+                }
+            })
+        }
+    }
+}
 
 /// Asks `instance` for one page of `job`, waiting out rate limits the
 /// connector reports. The flag says whether it cost a request.
-async fn fetch(instance: &mut ConnectorInstance, key: ListingKey, job: Job) -> Fetched<'_> {
-    let token = job.token.clone();
+async fn fetch(instance: &mut ConnectorInstance, job: &Job) -> Result<(guest::Page, bool)> {
+    let token = job.token.as_deref();
     let page: Result<guest::Page, CallError> = match &job.listing {
-        Listing::Resources(t, scope) => retry_rate_limited!(instance, list_resources(t, scope.as_ref(), token.as_deref())),
-        Listing::Entitlements(r) => retry_rate_limited!(instance, list_entitlements(r, token.as_deref())),
-        Listing::Grants(r) => retry_rate_limited!(instance, list_grants(r, token.as_deref())),
+        Listing::Resources(t, scope) => retry_rate_limited!(instance, list_resources(t, scope.as_ref(), token)),
+        Listing::Entitlements(r) => retry_rate_limited!(instance, list_entitlements(r, token)),
+        Listing::Grants(r) => retry_rate_limited!(instance, list_grants(r, token)),
     };
     let cost = instance.requests_in_last_call() > 0;
-    let result = page.map(|page| (page, cost)).map_err(|e| anyhow!("{} failed: {e}", job.listing.describe()));
-    (instance, key, token, result)
+    page.map(|page| (page, cost)).map_err(|e| anyhow!("{} failed: {e}", job.listing.describe()))
 }
 
 impl Driver<'_> {
-    async fn drive(&mut self, pool: &mut [ConnectorInstance], from: Checkpoint) -> Result<()> {
+    /// Runs the listings on `idle` workers; every worker that comes home
+    /// is back in `idle` when it returns.
+    async fn drive<'p>(&mut self, idle: &mut Vec<Worker<'p>>, from: Checkpoint) -> Result<()> {
         // Validation is the connector's check of its configuration, the
         // same for every instance: once is enough.
-        pool[0].validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
+        idle[0].instance().validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
         self.file.write_resource_types(self.run, &self.types)?;
         self.work = self.plan(from)?;
 
         // Most recently used first: an instance that has listed before may
         // know what a fresh one would have to ask again.
-        let mut idle: Vec<&mut ConnectorInstance> = pool.iter_mut().rev().collect();
+        idle.reverse();
         let mut in_flight = FuturesUnordered::new();
         let mut failure: Option<anyhow::Error> = None;
         let mut queue_empty = false;
@@ -254,10 +333,10 @@ impl Driver<'_> {
             }
             while failure.is_none() && !idle.is_empty() {
                 let Some((key, job)) = self.work.take() else { break };
-                let instance = idle.pop().expect("an idle instance");
-                in_flight.push(fetch(instance, key, job));
+                let worker = idle.pop().expect("an idle worker");
+                in_flight.push(dispatch(worker, key, job));
             }
-            let Some((instance, key, token, result)) = in_flight.next().await else {
+            let Some((worker, key, token, result)) = in_flight.next().await else {
                 // Nothing in flight: every listing is done, or a failure
                 // let the pages in flight come in.
                 return match failure {
@@ -269,7 +348,7 @@ impl Driver<'_> {
                     None => Err(anyhow!("the sync stopped with {} listings pending (a bug in the driver)", self.work.pending())),
                 };
             };
-            idle.push(instance);
+            idle.extend(worker);
             match result.and_then(|(page, cost)| self.take_page(key, token, page, cost)) {
                 Ok(()) => queue_empty = false,
                 Err(error) => {

@@ -314,6 +314,8 @@ pub struct SyncFile {
     /// Held while this process syncs into the file (see `open_for_sync`);
     /// the OS lets go of it when the process dies, however it dies.
     _writer_lock: Option<std::fs::File>,
+    /// Keys of ids written before (see [`KeyCache`]).
+    keys: KeyCache,
 }
 
 /// A resource as the sync driver walks them: its position in the run, key
@@ -399,8 +401,12 @@ impl SyncFile {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
+        // 16 MiB of pages (SQLite's default is 2 MiB): a sync touches the
+        // same index pages with every page it writes; bounded, so memory
+        // stays flat.
+        conn.pragma_update(None, "cache_size", -16384)?;
         migrate(&mut conn)?;
-        Ok(SyncFile { conn, _writer_lock: None })
+        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default() })
     }
 
     /// The schema version the file is at.
@@ -438,9 +444,18 @@ impl SyncFile {
     /// several workspaces) keeps its place, its smallest depth, and merges
     /// attributes. `depth`: the depth of the resources this page lists.
     pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let written = Self::write_page_with(&mut self.conn, &mut self.keys, run, page, depth, next);
+        if written.is_err() {
+            // Rolled back: keys it added to the cache may not be in the file.
+            self.keys = KeyCache::default();
+        }
+        written
+    }
+
+    fn write_page_with(conn: &mut Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
+        let tx = conn.transaction()?;
         {
-            let mut key_of = Keys::new(&tx)?;
+            let mut key_of = Keys::new(&tx, keys)?;
             let mut resource = tx.prepare_cached(
                 "INSERT INTO resource_rows (run_id, key, display_name, parent, attributes, depth)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -728,29 +743,73 @@ impl Table {
 }
 
 /// Integer keys for resource keys and entitlement ids, made on first use.
-struct Keys<'t> {
-    resource: rusqlite::CachedStatement<'t>,
-    entitlement: rusqlite::CachedStatement<'t>,
+/// Integer keys of ids the file holds, remembered so that a grant's
+/// principal and entitlement usually cost a hash lookup instead of a
+/// query. Keys are never deleted, so a remembered key stays right (a page
+/// that fails clears the cache: its new keys were rolled back). Bounded:
+/// it starts over when full, so memory stays flat whatever the org's size.
+#[derive(Default)]
+struct KeyCache {
+    /// Type -> id -> key.
+    resources: std::collections::HashMap<String, std::collections::HashMap<String, i64>>,
+    resource_count: usize,
+    entitlements: std::collections::HashMap<String, i64>,
 }
 
-impl<'t> Keys<'t> {
-    fn new(tx: &'t rusqlite::Transaction<'_>) -> Result<Self> {
-        // The no-op update makes RETURNING answer for a key already there.
+/// About 10 MB of ids at most.
+const KEY_CACHE_ENTRIES: usize = 1 << 17;
+
+struct Keys<'t, 'c> {
+    cache: &'c mut KeyCache,
+    find_resource: rusqlite::CachedStatement<'t>,
+    add_resource: rusqlite::CachedStatement<'t>,
+    find_entitlement: rusqlite::CachedStatement<'t>,
+    add_entitlement: rusqlite::CachedStatement<'t>,
+}
+
+impl<'t, 'c> Keys<'t, 'c> {
+    fn new(tx: &'t rusqlite::Transaction<'_>, cache: &'c mut KeyCache) -> Result<Self> {
+        // Looked up before inserted: an upsert would rewrite the row (and
+        // its page) for every key already there.
         Ok(Keys {
-            resource: tx.prepare_cached(
-                "INSERT INTO resource_keys (resource_type, id) VALUES (?1, ?2)
-                 ON CONFLICT (resource_type, id) DO UPDATE SET id = excluded.id RETURNING kid",
-            )?,
-            entitlement: tx.prepare_cached("INSERT INTO entitlement_keys (id) VALUES (?1) ON CONFLICT (id) DO UPDATE SET id = excluded.id RETURNING eid")?,
+            cache,
+            find_resource: tx.prepare_cached("SELECT kid FROM resource_keys WHERE resource_type = ?1 AND id = ?2")?,
+            add_resource: tx.prepare_cached("INSERT INTO resource_keys (resource_type, id) VALUES (?1, ?2) RETURNING kid")?,
+            find_entitlement: tx.prepare_cached("SELECT eid FROM entitlement_keys WHERE id = ?1")?,
+            add_entitlement: tx.prepare_cached("INSERT INTO entitlement_keys (id) VALUES (?1) RETURNING eid")?,
         })
     }
 
     fn resource(&mut self, resource_type: &str, id: &str) -> Result<i64> {
-        Ok(self.resource.query_row(params![resource_type, id], |row| row.get(0))?)
+        if let Some(&key) = self.cache.resources.get(resource_type).and_then(|ids| ids.get(id)) {
+            return Ok(key);
+        }
+        let key = match self.find_resource.query_row(params![resource_type, id], |row| row.get(0)).optional()? {
+            Some(key) => key,
+            None => self.add_resource.query_row(params![resource_type, id], |row| row.get(0))?,
+        };
+        if self.cache.resource_count >= KEY_CACHE_ENTRIES {
+            self.cache.resources.clear();
+            self.cache.resource_count = 0;
+        }
+        self.cache.resources.entry(resource_type.to_string()).or_default().insert(id.to_string(), key);
+        self.cache.resource_count += 1;
+        Ok(key)
     }
 
     fn entitlement(&mut self, id: &str) -> Result<i64> {
-        Ok(self.entitlement.query_row(params![id], |row| row.get(0))?)
+        if let Some(&key) = self.cache.entitlements.get(id) {
+            return Ok(key);
+        }
+        let key = match self.find_entitlement.query_row(params![id], |row| row.get(0)).optional()? {
+            Some(key) => key,
+            None => self.add_entitlement.query_row(params![id], |row| row.get(0))?,
+        };
+        if self.cache.entitlements.len() >= KEY_CACHE_ENTRIES {
+            self.cache.entitlements.clear();
+        }
+        self.cache.entitlements.insert(id.to_string(), key);
+        Ok(key)
     }
 }
 
