@@ -569,7 +569,7 @@ async fn a_request_flood_is_cut_off_per_call_and_paced_per_host() {
     // A per-host budget of 3 a minute: the fourth request waits, and the
     // call's wall-clock limit ends the wait.
     let mut grants = with_server(hostile_permissions(&flood), sim.addr());
-    grants.limits.http_requests_per_minute = 3;
+    grants.limits.upstream.requests_per_minute = Some(3);
     grants.limits.wall_per_call = Duration::from_secs(2);
     let (limit, detail) = limit_hit(attack(&grants).await);
     assert_eq!(limit, "wall-clock", "{detail}");

@@ -435,9 +435,7 @@ async fn sync_pool(
 ) -> anyhow::Result<tether_host::sync::SyncSummary> {
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    let mut grants = grants.clone();
-    grants.limits.http_concurrent_per_host = size;
-    let mut pool = tether_host::runtime::instance::ConnectorInstance::start_pool(&engine, &module, &grants, size).await?;
+    let mut pool = tether_host::runtime::instance::ConnectorInstance::start_pool(&engine, &module, grants, Some(size)).await?;
     let mut file = SyncFile::open(out)?;
     let options = tether_host::sync::SyncOptions { resume, ..Default::default() };
     tether_host::sync::run_pool(&mut pool, &mut file, &module.digest, &indicatif::ProgressBar::hidden(), &options).await
