@@ -429,8 +429,8 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     let effect = instance.check_write(&PlannedWrite::Revoke { grant_id: "probe:p1:member:user:1".into() }).await.unwrap();
     assert!(!effect.irreversible);
 
-    // 0.3.0: the Asana connector, with test-connection and check-write.
-    assert_eq!(asana().api, ApiVersion::V0_3);
+    // 0.4.0: the Asana connector, with test-connection and check-write.
+    assert_eq!(asana().api, ApiVersion::V0_4);
     let sim = start_sim(OrgSpec { users: 10, teams: 1, workspaces: 1, seed: 3 }).await;
     let mut instance = ConnectorInstance::start(shared_engine(), asana(), &permissions_for(&sim.base_url(), sim.addr(), TOKEN)).await.unwrap();
     let owner = sim.org().token_owner().unwrap().clone();
@@ -456,7 +456,10 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
         format!("{:#}", shared_engine().load(&path, None).err().unwrap_or_else(|| panic!("{name} loaded")))
     };
     let error = refused("v9.wasm", r#"(component (instance $none) (export "tether:connector/connector@9.0.0" (instance $none)))"#);
-    assert!(error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0 and @0.3.0"), "{error}");
+    assert!(
+        error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0 and @0.3.0 and @0.4.0"),
+        "{error}"
+    );
     let error = refused("http3.wasm", r#"(component (import "tether:connector/http@0.3.0" (instance)))"#);
     assert!(error.contains("it imports tether:connector/http@0.3.0, but this host offers tether:connector/http@0.1.0"), "{error}");
     let error = refused("nothing.wasm", "(component)");
