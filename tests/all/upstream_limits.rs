@@ -147,3 +147,34 @@ async fn a_v0_2_module_still_syncs_beside_v0_4() {
     // Both listings for every widget, as before 0.4.0.
     assert_eq!((summary.resources.clone(), summary.entitlements), (vec![("widget".to_string(), 2)], 2));
 }
+
+/// `limits.*` of a serve config are the same overrides as the flags; what
+/// it leaves out stays the connector's to declare.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_serve_configs_limits_override_the_declared_ones_and_only_those_given() {
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 4 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.toml");
+    let instance = |name: &str, limits: &str| crate::serve::asana_instance(name, &asana_wasm(), &sim, "interval = \"1h\"", "") + limits;
+    let text = crate::serve::server_section(dir.path())
+        + &instance("given", "[instances.given.limits]\nmax-concurrent-writes = 3\nconcurrency = 7\n")
+        + &instance("left", "");
+    // The token from a file: no environment variable to set.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "sim-token").unwrap();
+    std::fs::write(&path, text.replace("env:SIM_TOKEN", &format!("file:{}", token.display()))).unwrap();
+    let config = tether_host::serve::config::load_for_sync(&path).unwrap_or_else(|e| panic!("{e:?}"));
+    let given = &config.instances["given"];
+    assert_eq!((given.limits.upstream.concurrent_writes, given.limits.upstream.requests_per_minute, given.sync_limits.concurrency), (Some(3), None, Some(7)));
+    let left = &config.instances["left"];
+    assert_eq!((left.limits.upstream, left.sync_limits.concurrency), (Default::default(), None));
+
+    // The pool the scheduler starts for each.
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let permissions = tether_host::serve::loader::permissions(given, dir.path(), false);
+    let pool = ConnectorInstance::start_pool(&engine, &module, &permissions, given.sync_limits.concurrency).await.unwrap();
+    let used = pool[0].upstream_settings();
+    assert_eq!((pool.len(), used.requests_per_minute.value, used.concurrent_writes.value), (7, 1500, 3));
+    assert_eq!(used.requests_per_minute.source, Source::Connector);
+}
