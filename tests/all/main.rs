@@ -15,6 +15,7 @@
 //! - `scim_connector`: the generic SCIM connector against real SCIM servers, and beside Asana's
 //! - `serve`: `tether serve` through its HTTP API, files and signals
 //! - `serve_oci`: `tether serve` following OCI tags and pins in a real registry
+//! - `upstream_limits`: the limits a connector declares (contract 0.4.0), clamped and overridden
 
 mod support;
 
@@ -30,3 +31,4 @@ mod serve;
 mod serve_oci;
 mod spec;
 mod sync;
+mod upstream_limits;

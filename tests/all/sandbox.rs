@@ -429,8 +429,8 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     let effect = instance.check_write(&PlannedWrite::Revoke { grant_id: "probe:p1:member:user:1".into() }).await.unwrap();
     assert!(!effect.irreversible);
 
-    // 0.3.0: the Asana connector, with test-connection and check-write.
-    assert_eq!(asana().api, ApiVersion::V0_3);
+    // 0.4.0: the Asana connector, with test-connection and check-write.
+    assert_eq!(asana().api, ApiVersion::V0_4);
     let sim = start_sim(OrgSpec { users: 10, teams: 1, workspaces: 1, seed: 3 }).await;
     let mut instance = ConnectorInstance::start(shared_engine(), asana(), &permissions_for(&sim.base_url(), sim.addr(), TOKEN)).await.unwrap();
     let owner = sim.org().token_owner().unwrap().clone();
@@ -456,7 +456,10 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
         format!("{:#}", shared_engine().load(&path, None).err().unwrap_or_else(|| panic!("{name} loaded")))
     };
     let error = refused("v9.wasm", r#"(component (instance $none) (export "tether:connector/connector@9.0.0" (instance $none)))"#);
-    assert!(error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0 and @0.3.0"), "{error}");
+    assert!(
+        error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0 and @0.3.0 and @0.4.0"),
+        "{error}"
+    );
     let error = refused("http3.wasm", r#"(component (import "tether:connector/http@0.3.0" (instance)))"#);
     assert!(error.contains("it imports tether:connector/http@0.3.0, but this host offers tether:connector/http@0.1.0"), "{error}");
     let error = refused("nothing.wasm", "(component)");
@@ -569,7 +572,7 @@ async fn a_request_flood_is_cut_off_per_call_and_paced_per_host() {
     // A per-host budget of 3 a minute: the fourth request waits, and the
     // call's wall-clock limit ends the wait.
     let mut grants = with_server(hostile_permissions(&flood), sim.addr());
-    grants.limits.http_requests_per_minute = 3;
+    grants.limits.upstream.requests_per_minute = Some(3);
     grants.limits.wall_per_call = Duration::from_secs(2);
     let (limit, detail) = limit_hit(attack(&grants).await);
     assert_eq!(limit, "wall-clock", "{detail}");

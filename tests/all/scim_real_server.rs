@@ -55,7 +55,13 @@ async fn the_scim_client_works_against_a_real_scim_server() {
     assert!(!changed(&connector.grant_entitlement(&enterprise, &user).await.unwrap()), "read back as enterprise");
 
     // The listing pass: every user with the license their userType gives.
-    let license = ResourceRef { resource_type: "license".into(), id: format!("{ORG}:enterprise") };
+    let license = guest::Resource {
+        resource_type: "license".into(),
+        id: format!("{ORG}:enterprise"),
+        display_name: "Enterprise".into(),
+        parent: Some(ResourceRef { resource_type: "workspace".into(), id: ORG.into() }),
+        attributes: vec![],
+    };
     let page = connector.list_grants(&license, None).await.expect("SCIM list");
     assert_eq!(page.resources.len(), 3);
     let holders: Vec<_> = page.grants.iter().filter(|g| g.entitlement_id == enterprise).map(|g| g.principal.id.clone()).collect();

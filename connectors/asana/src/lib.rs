@@ -3,9 +3,13 @@
 //! It reaches Asana only through the host's `http` import (which attaches the
 //! token), and answers the host's paged list calls one upstream request at a
 //! time: every list call is at most one Asana request. It targets
-//! `tether:connector@0.3.0` through the `tether-guest` SDK (bindings, HTTP
-//! client, SCIM client, IDs): it says before each write what the write would
-//! do and whether Asana could undo it (`effects`).
+//! `tether:connector@0.4.0` through the `tether-guest` SDK (bindings, HTTP
+//! client, SCIM client, IDs): it declares Asana's limits (1,500 requests a
+//! minute, 50 concurrent reads, 15 concurrent writes) and that users list
+//! neither entitlements nor grants, reads what it needs of a listing's
+//! resource from the attributes it reported (a workspace's
+//! `is_organization`), and says before each write what the write would do
+//! and whether Asana could undo it (`effects`).
 
 mod client;
 mod effects;
@@ -17,7 +21,8 @@ mod scim;
 mod settings;
 
 use client::Client;
-use tether_guest::contract::{AccountRequest, AccountResult, ConnectorMetadata, Page, WriteEffect, WriteRequest, WriteResult};
+use tether_guest::contract::{AccountRequest, AccountResult, ConnectorMetadata, Page, Resource, WriteEffect, WriteRequest, WriteResult};
+use tether_guest::page::reference;
 use tether_guest::{ConnectorError, Guest, ResourceRef};
 
 struct AsanaConnector;
@@ -33,15 +38,16 @@ impl Guest for AsanaConnector {
         settings::Settings::load().map(|_| ())
     }
 
-    fn list_resources(resource_type: String, scope: Option<ResourceRef>, page_token: Option<String>) -> Result<Page, ConnectorError> {
+    fn list_resources(resource_type: String, scope: Option<Resource>, page_token: Option<String>) -> Result<Page, ConnectorError> {
+        let scope = scope.as_ref().map(reference);
         listing::list_resources(&Client::from_config()?, &resource_type, scope.as_ref(), page_token.as_deref())
     }
 
-    fn list_entitlements(resource: ResourceRef, _page_token: Option<String>) -> Result<Page, ConnectorError> {
-        listing::list_entitlements(&Client::from_config()?, &resource)
+    fn list_entitlements(resource: Resource, _page_token: Option<String>) -> Result<Page, ConnectorError> {
+        listing::list_entitlements(&Client::from_config()?, &reference(&resource))
     }
 
-    fn list_grants(resource: ResourceRef, page_token: Option<String>) -> Result<Page, ConnectorError> {
+    fn list_grants(resource: Resource, page_token: Option<String>) -> Result<Page, ConnectorError> {
         listing::list_grants(&Client::from_config()?, &resource, page_token.as_deref())
     }
 

@@ -1,6 +1,9 @@
-//! The paged listings the host drives: every call is at most one request
-//! (a workspace's memberships in an instance that has not seen the
-//! `/workspaces` listing, as in a resumed sync, first ask it once more).
+//! The paged listings the host drives: every call is at most one request.
+//! A workspace's memberships need to know whether it is an organization:
+//! the host gives the listing the workspace as reported, `is_organization`
+//! attribute included, so no instance asks `/workspaces` again (only a
+//! workspace without the attribute, from a host that does not pass it, is
+//! looked up there).
 //!
 //! Per workspace: its teams, its users (`/users?workspace=`) and its
 //! memberships; per team, its memberships.
@@ -21,8 +24,9 @@ use crate::client::Client;
 use crate::ids;
 use crate::records::*;
 use crate::scim;
-use tether_guest::contract::Page;
+use tether_guest::contract::{Page, Resource};
 use tether_guest::log;
+use tether_guest::page::{attribute, reference};
 use tether_guest::types::{ConnectorError, ResourceRef};
 
 pub const WORKSPACE_FIELDS: &str = "name,is_organization,email_domains";
@@ -73,10 +77,9 @@ pub fn team_role(membership: &serde_json::Value) -> &'static str {
 }
 
 thread_local! {
-    /// Workspace gid -> is it an organization, as `/workspaces` said. The
-    /// host keeps one instance for a whole sync, so the workspace listing
-    /// fills this before any workspace's memberships are listed; a fresh
-    /// instance (a resumed sync) asks `/workspaces` again, once.
+    /// Workspace gid -> is it an organization, as the `/workspaces` pages
+    /// this instance read said: counts organizations for the SCIM check,
+    /// and answers for a workspace given without its attribute.
     static ORGANIZATIONS: RefCell<BTreeMap<String, bool>> = const { RefCell::new(BTreeMap::new()) };
 }
 
@@ -93,8 +96,16 @@ fn known_organizations() -> usize {
     ORGANIZATIONS.with(|known| known.borrow().values().filter(|is_org| **is_org).count())
 }
 
-/// Whether a workspace is an organization (has licenses).
-fn is_organization(client: &Client, workspace: &str) -> Result<bool, ConnectorError> {
+/// Whether a workspace is an organization (has licenses): as its resource
+/// says (the `is_organization` attribute the workspace listing reported),
+/// else as `/workspaces` says (read once per instance).
+fn is_organization(client: &Client, workspace: &Resource) -> Result<bool, ConnectorError> {
+    match attribute(workspace, "is_organization") {
+        Some("true") => return Ok(true),
+        Some("false") => return Ok(false),
+        _ => {}
+    }
+    let workspace = workspace.id.as_str();
     if let Some(known) = ORGANIZATIONS.with(|known| known.borrow().get(workspace).copied()) {
         return Ok(known);
     }
@@ -185,9 +196,10 @@ fn roles(resource: &ResourceRef, roles: &[(&str, &str, &str, bool)]) -> Vec<teth
     roles.iter().map(|(slug, name, description, grantable)| entitlement(resource, slug, name, description, *grantable)).collect()
 }
 
-pub fn list_grants(client: &Client, resource: &ResourceRef, token: Option<&str>) -> Result<Page, ConnectorError> {
+pub fn list_grants(client: &Client, whole: &Resource, token: Option<&str>) -> Result<Page, ConnectorError> {
+    let resource = &reference(whole);
     match resource.resource_type.as_str() {
-        "workspace" => workspace_grants(client, resource, token),
+        "workspace" => workspace_grants(client, whole, token),
         "team" => {
             let path = format!("/teams/{}/team_memberships", resource.id);
             let page = client.list(&path, &[], TEAM_MEMBERSHIP_FIELDS, token)?;
@@ -220,10 +232,11 @@ pub fn list_grants(client: &Client, resource: &ResourceRef, token: Option<&str>)
     }
 }
 
-fn workspace_grants(client: &Client, workspace: &ResourceRef, token: Option<&str>) -> Result<Page, ConnectorError> {
+fn workspace_grants(client: &Client, whole: &Resource, token: Option<&str>) -> Result<Page, ConnectorError> {
     // Without SCIM, the license is what REST says, read only; only an
     // organization has licenses.
-    let rest_licenses = !client.settings.use_scim && is_organization(client, &workspace.id)?;
+    let rest_licenses = !client.settings.use_scim && is_organization(client, whole)?;
+    let workspace = &reference(whole);
     let path = format!("/workspaces/{}/workspace_memberships", workspace.id);
     let page = client.list(&path, &[], WORKSPACE_MEMBERSHIP_FIELDS, token)?;
     let mut out = Page { next_token: page.next_offset, ..empty_page() };

@@ -3,7 +3,8 @@
 use serde_json::Value;
 
 use crate::ids;
-use tether_guest::contract::{ConfigField, ConnectorMetadata, Entitlement, Grant, Resource, ResourceType};
+use tether_guest::contract::{ConfigField, ConnectorMetadata, Entitlement, Grant, Resource};
+use tether_guest::metadata::{limits, resource_type, TypeBuilder};
 use tether_guest::types::{ConnectorError, Pair, ResourceRef};
 
 /// The two Asana licenses, as (name, display name). A license resource is
@@ -18,26 +19,25 @@ pub fn metadata() -> ConnectorMetadata {
         required,
         default_value: default.map(str::to_string),
     };
-    let resource_type = |id: &str, name: &str, description: &str, listed_under: Option<&str>| ResourceType {
-        id: id.into(),
-        display_name: name.into(),
-        description: description.into(),
-        listed_under: listed_under.map(str::to_string),
-    };
     ConnectorMetadata {
         name: "asana".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         description: "Asana workspaces, teams, users, licenses and their memberships".into(),
+        // Workspaces, teams and licenses have roles and members; a user is
+        // only ever granted things (its grants come with the memberships).
         resource_types: vec![
-            resource_type("workspace", "Workspace", "An Asana workspace or organization", None),
-            resource_type("team", "Team", "A team inside a workspace", Some("workspace")),
-            resource_type("user", "User", "An Asana user, one resource however many workspaces they are in", Some("workspace")),
+            resource_type("workspace", "Workspace", "An Asana workspace or organization"),
+            resource_type("team", "Team", "A team inside a workspace").listed_under("workspace"),
+            resource_type("user", "User", "An Asana user, one resource however many workspaces they are in")
+                .listed_under("workspace")
+                .without_entitlements()
+                .without_grants(),
             resource_type(
                 "license",
                 "License",
                 "An Asana license of one organization (ID ORG_GID:enterprise or ORG_GID:view only); plain workspaces have none",
-                Some("workspace"),
-            ),
+            )
+            .listed_under("workspace"),
         ],
         config: vec![
             field("token", "Asana personal access token or service account token", true, true, None),
@@ -54,6 +54,9 @@ pub fn metadata() -> ConnectorMetadata {
             field("scim-url", "Base URL of Asana's SCIM API (default: asana-api-url + /scim)", false, false, None),
         ],
         hosts: vec!["app.asana.com".into()],
+        // Asana's limits per token: 1,500 requests a minute (paid plans),
+        // 50 concurrent GETs and 15 concurrent writes.
+        limits: limits(1_500, 50, 15),
         account_fields: vec![
             field("workspace", "Workspace gid to add the user to (REST; default: default-workspace-id)", false, false, None),
             field("license", "\"enterprise\" or \"view only\" (SCIM only; default \"view only\")", false, false, Some("view only")),

@@ -14,7 +14,8 @@ mod records;
 mod server;
 mod settings;
 
-use tether_guest::contract::{AccountRequest, AccountResult, ConnectorMetadata, Page, WriteEffect, WriteRequest, WriteResult};
+use tether_guest::contract::{AccountRequest, AccountResult, ConnectorMetadata, Page, Resource, WriteEffect, WriteRequest, WriteResult};
+use tether_guest::page::reference;
 use tether_guest::{ConnectorError, Guest, ResourceRef};
 
 struct ScimConnector;
@@ -28,16 +29,16 @@ impl Guest for ScimConnector {
         settings::Settings::load().map(|_| ())
     }
 
-    fn list_resources(resource_type: String, _scope: Option<ResourceRef>, page_token: Option<String>) -> Result<Page, ConnectorError> {
+    fn list_resources(resource_type: String, _scope: Option<Resource>, page_token: Option<String>) -> Result<Page, ConnectorError> {
         listing::list_resources(&server::Server::connect()?, &resource_type, page_token.as_deref())
     }
 
-    fn list_entitlements(resource: ResourceRef, _page_token: Option<String>) -> Result<Page, ConnectorError> {
-        listing::list_entitlements(&server::Server::connect()?, &resource)
+    fn list_entitlements(resource: Resource, _page_token: Option<String>) -> Result<Page, ConnectorError> {
+        listing::list_entitlements(&server::Server::connect()?, &reference(&resource))
     }
 
-    fn list_grants(resource: ResourceRef, page_token: Option<String>) -> Result<Page, ConnectorError> {
-        listing::list_grants(&server::Server::connect()?, &resource, page_token.as_deref())
+    fn list_grants(resource: Resource, page_token: Option<String>) -> Result<Page, ConnectorError> {
+        listing::list_grants(&server::Server::connect()?, &reference(&resource), page_token.as_deref())
     }
 
     fn grant_entitlement(entitlement_id: String, principal: ResourceRef) -> Result<WriteResult, ConnectorError> {

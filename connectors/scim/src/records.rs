@@ -6,7 +6,8 @@
 //! `group:GID:member:user:UID` (or `:group:GID2` for a nested group).
 
 use serde_json::Value;
-use tether_guest::contract::{ConfigField, ConnectorMetadata, Entitlement, Grant, Resource, ResourceType};
+use tether_guest::contract::{ConfigField, ConnectorMetadata, Entitlement, Grant, Resource};
+use tether_guest::metadata::{no_limits, resource_type, TypeBuilder};
 use tether_guest::page::{pair, resource_ref};
 use tether_guest::scim::{resource_id, ENTERPRISE_USER_SCHEMA};
 use tether_guest::{http, ids, json, ConnectorError, ResourceRef};
@@ -23,18 +24,15 @@ pub fn metadata() -> ConnectorMetadata {
         required,
         default_value: default.map(str::to_string),
     };
-    let resource_type = |id: &str, name: &str, description: &str| ResourceType {
-        id: id.into(),
-        display_name: name.into(),
-        description: description.into(),
-        listed_under: None,
-    };
     ConnectorMetadata {
         name: "scim".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         description: "Any SCIM 2.0 service provider (RFC 7643/7644): users, groups and group memberships".into(),
+        // A user has no entitlements of its own; its grants are listed only
+        // where memberships are read per member (group-members = filter,
+        // known after /Schemas), so the type keeps that listing.
         resource_types: vec![
-            resource_type("user", "User", "A SCIM User (userName, emails, active, enterprise extension attributes)"),
+            resource_type("user", "User", "A SCIM User (userName, emails, active, enterprise extension attributes)").without_entitlements(),
             resource_type("group", "Group", "A SCIM Group; its `member` entitlement is granted to its members"),
         ],
         config: vec![
@@ -51,6 +49,9 @@ pub fn metadata() -> ConnectorMetadata {
         ],
         // The server is wherever base-url says: the operator allows it.
         hosts: vec![],
+        // SCIM says nothing of rate limits, and servers differ: the host's
+        // defaults (or the operator's) apply.
+        limits: no_limits(),
         account_fields: vec![
             field("user-name", "The new user's userName (default: the email)", false, false, None),
             field("external-id", "The new user's externalId", false, false, None),

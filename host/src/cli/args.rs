@@ -12,6 +12,7 @@ use crate::distribution::ModuleSource;
 use crate::runtime::imports::config::SecretSource;
 use crate::runtime::limits::{Limits, SyncLimits};
 use crate::runtime::trust::ModuleTrust;
+use crate::runtime::upstream_limits::UpstreamOverrides;
 
 /// How to load and sandbox a connector: shared by every command that runs one.
 #[derive(Args, Debug, Clone)]
@@ -114,9 +115,14 @@ pub struct LimitArgs {
     /// HTTP requests one connector call may make.
     #[arg(long, value_name = "N", default_value_t = 100)]
     pub max_requests_per_call: usize,
-    /// HTTP requests per minute to any one host (Asana allows 1500); past it requests wait.
-    #[arg(long, value_name = "N", default_value_t = 1_500, value_parser = clap::value_parser!(u32).range(1..))]
-    pub max_requests_per_minute: u32,
+    /// HTTP requests per minute to any one host; past it requests wait.
+    /// Default: what the connector declares (contract 0.4.0; Asana: 1500), else 1500.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_requests_per_minute: Option<u32>,
+    /// Writes (POST, PUT, PATCH, DELETE) in flight to any one host at once.
+    /// Default: what the connector declares (Asana: 15), else as many as reads.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub max_concurrent_writes: Option<u16>,
     /// Times an idempotent request (GET, or one with an Idempotency-Key header) is tried again after a
     /// 500/502/503/504, a timeout or a broken connection; other writes only when nothing was sent.
     #[arg(long, value_name = "N", default_value_t = 4)]
@@ -174,8 +180,12 @@ impl LimitArgs {
             wall_per_call: seconds("call-timeout", self.call_timeout)?,
             http_timeout: seconds("http-timeout", self.http_timeout)?,
             http_requests_per_call: self.max_requests_per_call,
-            http_requests_per_minute: self.max_requests_per_minute,
-            http_concurrent_per_host: Limits::default().http_concurrent_per_host,
+            upstream: UpstreamOverrides {
+                requests_per_minute: self.max_requests_per_minute,
+                // Set by `sync --concurrency`: it is a sync's pool size too.
+                concurrent_reads: None,
+                concurrent_writes: self.max_concurrent_writes.map(usize::from),
+            },
             http_retries: self.http_retries,
             http_retry_base: seconds("http-retry-base", self.http_retry_base)?,
             http_retry_max_delay: seconds("http-retry-max", self.http_retry_max)?,
@@ -217,11 +227,11 @@ pub struct SyncLimitArgs {
     #[arg(long, value_name = "MINUTES", default_value_t = 720.0)]
     pub max_sync_minutes: f64,
     /// Listings run at once, each on its own instance of the connector;
-    /// also the cap on requests in flight to one upstream host. The rows
-    /// synced do not depend on it. (Contract 0.3.0 carries no per-connector
-    /// default; --max-requests-per-minute still caps the rate.)
-    #[arg(long, value_name = "N", default_value_t = crate::runtime::limits::DEFAULT_CONCURRENCY, value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub concurrency: u16,
+    /// also the cap on reads in flight to one upstream host. The rows
+    /// synced do not depend on it. Default: the concurrent reads the
+    /// connector declares (contract 0.4.0; Asana: 50; at most 64), else 16.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
 }
 
 impl SyncLimitArgs {
@@ -235,7 +245,7 @@ impl SyncLimitArgs {
             depth: self.max_depth,
             pages_per_listing: self.max_pages_per_listing,
             duration: Duration::from_secs_f64(minutes * 60.0),
-            concurrency: usize::from(self.concurrency),
+            concurrency: self.concurrency.map(usize::from),
         })
     }
 }

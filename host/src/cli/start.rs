@@ -21,6 +21,12 @@ pub struct Prepared {
 }
 
 pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
+    prepare_with_reads(args, dry_run, None).await
+}
+
+/// As [`prepare`], with the operator's cap on reads in flight per upstream
+/// host (`sync --concurrency`, which also sizes the pool).
+pub async fn prepare_with_reads(args: &ConnectorArgs, dry_run: bool, concurrent_reads: Option<usize>) -> Result<Prepared> {
     let cache_dir = if args.no_cache { None } else { args.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir) };
     let engine = ConnectorEngine::new(cache_dir)?;
     let trust = args.trust.to_trust()?;
@@ -36,7 +42,7 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
         if module.from_cache { ", compiled code from cache" } else { "" }
     );
     let hosts = args.allow_host.iter().map(|h| AllowedHost::parse(h)).collect::<Result<Vec<_>>>()?;
-    let permissions = Permissions {
+    let mut permissions = Permissions {
         config: ConnectorConfig::new(args.config.clone()),
         secrets: Arc::new(Secrets::resolve(&args.secret)?),
         extra_hosts: hosts,
@@ -46,10 +52,13 @@ pub async fn prepare(args: &ConnectorArgs, dry_run: bool) -> Result<Prepared> {
         instance_name: args.instance.instance_name.clone(),
         dry_run,
     };
+    permissions.limits.upstream.concurrent_reads = concurrent_reads;
     let instance = ConnectorInstance::start(&engine, &module, &permissions).await?;
     check_config_against_metadata(&instance, args)?;
     // Secrets are attached for these hosts: the operator should see them.
     eprintln!("{} {} may reach: {}", esc(&instance.metadata.name), esc(&instance.metadata.version), instance.http().allowed_hosts().join(", "));
+    // What the connector asked for and what it gets, per upstream host.
+    eprintln!("upstream limits declared: {}; per host using {}", instance.declared.limits, instance.upstream_settings());
     Ok(Prepared { engine, module, instance, permissions })
 }
 

@@ -14,6 +14,7 @@ use wasmtime::Engine;
 
 use crate::runtime::bindings::v0_2::guest as v0_2_guest;
 use crate::runtime::bindings::v0_3::guest as v0_3_guest;
+use crate::runtime::bindings::v0_4::guest as v0_4_guest;
 use crate::runtime::bindings::{guest, ConnectorError, Pair, ResourceRef};
 
 const PACKAGE: &str = "tether:connector";
@@ -29,16 +30,20 @@ pub enum ApiVersion {
     V0_2,
     /// Adds `check-write` (irreversible writes need confirmation).
     V0_3,
+    /// Adds the upstream's limits and the per-type listing flags to the
+    /// metadata; the listings take the resource as reported.
+    V0_4,
 }
 
 impl ApiVersion {
-    pub const SUPPORTED: [ApiVersion; 3] = [ApiVersion::V0_1, ApiVersion::V0_2, ApiVersion::V0_3];
+    pub const SUPPORTED: [ApiVersion; 4] = [ApiVersion::V0_1, ApiVersion::V0_2, ApiVersion::V0_3, ApiVersion::V0_4];
 
     pub fn version(self) -> Version {
         match self {
             ApiVersion::V0_1 => Version::new(0, 1, 0),
             ApiVersion::V0_2 => Version::new(0, 2, 0),
             ApiVersion::V0_3 => Version::new(0, 3, 0),
+            ApiVersion::V0_4 => Version::new(0, 4, 0),
         }
     }
 
@@ -154,9 +159,7 @@ macro_rules! same_records {
 macro_rules! records_shared_with_v0_1 {
     ($($version:ident),*) => {$(
         same_records!($version => guest:
-            ResourceType { id, display_name, description, listed_under }
             ConfigField { key, description, secret, required, default_value }
-            ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
             Resource { resource_type, id, display_name, parent, attributes }
             Entitlement { id, resource, slug, display_name, description, grantable }
             Grant { id, entitlement_id, principal, immutable, attributes }
@@ -178,7 +181,44 @@ macro_rules! records_shared_with_v0_1 {
     )*};
 }
 
-records_shared_with_v0_1!(v0_2_guest, v0_3_guest);
+records_shared_with_v0_1!(v0_2_guest, v0_3_guest, v0_4_guest);
+
+// The metadata had 0.1.0's shape until 0.4.0.
+same_records!(v0_2_guest => guest:
+    ResourceType { id, display_name, description, listed_under }
+    ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
+);
+same_records!(v0_3_guest => guest:
+    ResourceType { id, display_name, description, listed_under }
+    ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
+);
+// 0.4.0's listings take the resource as reported.
+same_records!(guest => v0_4_guest:
+    Resource { resource_type, id, display_name, parent, attributes }
+);
+
+/// 0.4.0's resource types in the host's shape; the listing flags are read
+/// apart (`ConnectorInstance::resource_types`).
+impl Convert<guest::ResourceType> for v0_4_guest::ResourceType {
+    fn convert(self) -> guest::ResourceType {
+        guest::ResourceType { id: self.id, display_name: self.display_name, description: self.description, listed_under: self.listed_under }
+    }
+}
+
+/// 0.4.0's metadata in the host's shape; the limits are read apart.
+impl Convert<guest::ConnectorMetadata> for v0_4_guest::ConnectorMetadata {
+    fn convert(self) -> guest::ConnectorMetadata {
+        guest::ConnectorMetadata {
+            name: self.name,
+            version: self.version,
+            description: self.description,
+            resource_types: self.resource_types.convert(),
+            config: self.config.convert(),
+            hosts: self.hosts,
+            account_fields: self.account_fields.convert(),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

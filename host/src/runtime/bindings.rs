@@ -47,6 +47,13 @@ pub mod v0_3 {
     later_version!("../wit/v0.3.0", connector0_3_0);
 }
 
+/// `tether:connector@0.4.0`: the metadata declares the upstream's limits
+/// and which types list entitlements and grants; the listings take the
+/// resource as reported (with its attributes), not its reference.
+pub mod v0_4 {
+    later_version!("../wit/v0.4.0", connector0_4_0);
+}
+
 pub use tether::connector::types::{ConnectorError, Pair, RateLimit, ResourceRef};
 
 /// A connector error as one readable line (the generated Display is

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::runtime::api_version::{ApiVersion, Convert};
-use crate::runtime::bindings::{guest, v0_2, v0_3, ConnectorError, ConnectorWorld, ResourceRef};
+use crate::runtime::bindings::{guest, v0_2, v0_3, v0_4, ConnectorError, ConnectorWorld, ResourceRef};
 use crate::runtime::engine::{ConnectorEngine, LoadedModule};
 use crate::runtime::imports::config::{ConnectorConfig, Secrets};
 use crate::runtime::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
@@ -21,6 +21,7 @@ use crate::runtime::imports::storage::ConnectorStorage;
 use crate::runtime::imports::wasi::GuestStderr;
 use crate::runtime::limits::{LimitExceeded, Limits};
 use crate::runtime::store_data::StoreData;
+use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 
 /// What the operator permits one connector instance: its config and secrets,
 /// the hosts it may reach, its limits, its storage and its name. (Not to be
@@ -95,6 +96,39 @@ pub struct ConnectorInstance {
     wall_per_call: Duration,
     poisoned: bool,
     pub metadata: guest::ConnectorMetadata,
+    /// What 0.4.0 added to the metadata, beside the host's (0.1.0) shape.
+    pub declared: Declared,
+}
+
+/// What a connector declares beyond 0.1.0's metadata (contract 0.4.0 on);
+/// for older modules, what they behaved as.
+#[derive(Debug, Clone, Default)]
+pub struct Declared {
+    /// What the upstream allows per host, as declared (unclamped).
+    pub limits: UpstreamLimits,
+    /// Per resource type, in `metadata.resource_types`' order.
+    pub listings: Vec<TypeListings>,
+}
+
+/// Which listings a resource type has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TypeListings {
+    pub entitlements: bool,
+    pub grants: bool,
+}
+
+impl Default for TypeListings {
+    /// Before 0.4.0 the host asked every resource for both.
+    fn default() -> Self {
+        TypeListings { entitlements: true, grants: true }
+    }
+}
+
+impl Declared {
+    /// The listing flags of the `index`th resource type.
+    pub fn listings_of(&self, index: usize) -> TypeListings {
+        self.listings.get(index).copied().unwrap_or_default()
+    }
 }
 
 /// Runs `$call` (an export call, given the instance's `$exports` and
@@ -119,18 +153,20 @@ macro_rules! guarded {
 }
 
 /// Calls one export in whichever version of the contract the module speaks;
-/// a 0.2.0 result is converted into the host's (0.1.0) types. Arguments
-/// whose types differ between versions are given again after `v0_2`.
+/// a later version's result is converted into the host's (0.1.0) types.
+/// Arguments whose types differ between versions are given again after
+/// `v0_4`.
 macro_rules! call_export {
     ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* )) => {
-        call_export!($exports, $store, $method($($arg),*) v0_2 ($($arg),*) v0_3 ($($arg),*))
+        call_export!($exports, $store, $method($($arg),*) v0_4 ($($arg),*))
     };
-    ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* ) v0_2 ( $($arg2:expr),* ) v0_3 ( $($arg3:expr),* )) => {
+    ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* ) v0_4 ( $($arg4:expr),* )) => {
         async {
             match $exports {
                 Exports::V0_1(world) => world.tether_connector_connector().$method(&mut *$store, $($arg),*).await,
-                Exports::V0_2(world) => world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg2),*).await.map(Convert::convert),
-                Exports::V0_3(world) => world.tether_connector0_3_0_connector().$method(&mut *$store, $($arg3),*).await.map(Convert::convert),
+                Exports::V0_2(world) => world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg),*).await.map(Convert::convert),
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().$method(&mut *$store, $($arg),*).await.map(Convert::convert),
+                Exports::V0_4(world) => world.tether_connector0_4_0_connector().$method(&mut *$store, $($arg4),*).await.map(Convert::convert),
             }
         }
     };
@@ -141,9 +177,13 @@ enum Exports {
     V0_1(ConnectorWorld),
     V0_2(v0_2::ConnectorWorld),
     V0_3(v0_3::ConnectorWorld),
+    V0_4(v0_4::ConnectorWorld),
 }
 
 impl ConnectorInstance {
+    /// Starts an instance on a gateway of its own, whose rate and caps per
+    /// upstream host are what the connector declares (clamped) unless the
+    /// operator's limits say otherwise.
     pub async fn start(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
         let http = Arc::new(HttpGateway::new(
             EgressPolicy::new(permissions.extra_hosts.clone()),
@@ -151,22 +191,40 @@ impl ConnectorInstance {
             &permissions.limits,
             permissions.dry_run,
         )?);
-        Self::start_on(engine, module, permissions, http).await
+        let instance = Self::start_on(engine, module, permissions, http).await?;
+        let settings = UpstreamSettings::resolve(&instance.declared.limits, &permissions.limits.upstream);
+        instance.http.throttle.configure(settings);
+        if settings.clamped() {
+            tracing::warn!("the connector declares upstream limits beyond the host's maxima ({}); using {settings}", instance.declared.limits);
+        }
+        Ok(instance)
     }
 
-    /// `size` instances of the module (one `InstancePre`, each its own
-    /// store) sharing one HTTP gateway: one rate budget, one cap on requests
-    /// in flight and one 429 pause per upstream host, one retry budget and
-    /// one set of counters for the lot. Each instance runs one call at a
-    /// time; a pool runs as many calls at once as it has instances.
-    pub async fn start_pool(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions, size: usize) -> Result<Vec<Self>> {
+    /// What the instance's gateway uses per upstream host, and why.
+    pub fn upstream_settings(&self) -> UpstreamSettings {
+        self.http.throttle.settings()
+    }
+
+    /// Instances of the module (one `InstancePre`, each its own store)
+    /// sharing one HTTP gateway: one rate budget, one cap on reads and one
+    /// on writes in flight and one 429 pause per upstream host, one retry
+    /// budget and one set of counters for the lot. Each instance runs one
+    /// call at a time; a pool runs as many calls at once as it has
+    /// instances. `size` (the operator's) also caps reads in flight; None:
+    /// as many as the connector declares concurrent reads (clamped), or
+    /// the host's default.
+    pub async fn start_pool(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions, size: Option<usize>) -> Result<Vec<Self>> {
+        let mut permissions = permissions.clone();
+        if let Some(size) = size {
+            permissions.limits.upstream.concurrent_reads = Some(size.max(1));
+        }
+        let permissions = &permissions;
         let first = Self::start(engine, module, permissions).await?;
-        // As many requests in flight to one host as the pool runs calls.
-        first.http.throttle.set_concurrency(size.max(1));
+        let size = first.upstream_settings().concurrent_reads.value.max(1);
         // The gateway is cloned out first: holding `&first` (not Sync) across
         // an await would make the future unfit for a spawned task.
         let http = first.http.clone();
-        let mut pool = Vec::with_capacity(size.max(1));
+        let mut pool = Vec::with_capacity(size);
         pool.push(first);
         for _ in 1..size {
             pool.push(Self::start_on(engine, module, permissions, http.clone()).await?);
@@ -208,12 +266,21 @@ impl ConnectorInstance {
             ApiVersion::V0_1 => ConnectorWorld::new(&mut store, &instance).map(Exports::V0_1),
             ApiVersion::V0_2 => v0_2::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_2),
             ApiVersion::V0_3 => v0_3::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_3),
+            ApiVersion::V0_4 => v0_4::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_4),
         }
         .map_err(|e| anyhow::anyhow!("connector {} lacks a function of tether:connector@{}: {e}", module.path.display(), module.api))?;
 
-        let mut instance =
-            ConnectorInstance { store, exports, api: module.api, http, wall_per_call: limits.wall_per_call, poisoned: false, metadata: empty_metadata() };
-        instance.metadata = instance.call_metadata().await.context("the connector's metadata() failed")?;
+        let mut instance = ConnectorInstance {
+            store,
+            exports,
+            api: module.api,
+            http,
+            wall_per_call: limits.wall_per_call,
+            poisoned: false,
+            metadata: empty_metadata(),
+            declared: Declared::default(),
+        };
+        (instance.metadata, instance.declared) = instance.call_metadata().await.context("the connector's metadata() failed")?;
 
         // The default allow-list is what the connector declares; the
         // operator's hosts come on top (or instead, for a test server).
@@ -254,27 +321,45 @@ impl ConnectorInstance {
         self.store.set_epoch_deadline(1);
     }
 
-    async fn call_metadata(&mut self) -> Result<guest::ConnectorMetadata, CallError> {
-        guarded!(self, |exports, store| call_export!(exports, store, call_metadata()))
+    /// The metadata in the host's shape, and what 0.4.0 declares beside it.
+    async fn call_metadata(&mut self) -> Result<(guest::ConnectorMetadata, Declared), CallError> {
+        guarded!(self, |exports, store| async {
+            match exports {
+                Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_metadata(&mut *store).await.map(|m| {
+                    let limits = UpstreamLimits::declared(m.limits.requests_per_minute, m.limits.concurrent_reads, m.limits.concurrent_writes);
+                    let listings = m.resource_types.iter().map(|t| TypeListings { entitlements: t.lists_entitlements, grants: t.lists_grants }).collect();
+                    (m.convert(), Declared { limits, listings })
+                }),
+                _ => call_export!(exports, store, call_metadata()).await.map(|m| (m, Declared::default())),
+            }
+        })
     }
 
     pub async fn validate(&mut self) -> Result<(), CallError> {
         guarded!(self, |exports, store| call_export!(exports, store, call_validate()))?.map_err(CallError::Connector)
     }
 
-    pub async fn list_resources(&mut self, resource_type: &str, scope: Option<&ResourceRef>, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let page =
-            guarded!(self, |exports, store| call_export!(exports, store, call_list_resources(resource_type, scope, token)))?.map_err(CallError::Connector)?;
+    /// The listings take the resource as the connector reported it (0.4.0
+    /// on); older modules get its reference.
+    pub async fn list_resources(&mut self, resource_type: &str, scope: Option<&guest::Resource>, token: Option<&str>) -> Result<guest::Page, CallError> {
+        let scope_ref = scope.map(reference);
+        let scope_v0_4: Option<v0_4::guest::Resource> = scope.cloned().convert();
+        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_resources(resource_type, scope_ref.as_ref(), token) v0_4 (resource_type, scope_v0_4.as_ref(), token)))?
+            .map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
-    pub async fn list_entitlements(&mut self, resource: &ResourceRef, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_entitlements(resource, token)))?.map_err(CallError::Connector)?;
+    pub async fn list_entitlements(&mut self, resource: &guest::Resource, token: Option<&str>) -> Result<guest::Page, CallError> {
+        let (as_ref, as_v0_4): (ResourceRef, v0_4::guest::Resource) = (reference(resource), resource.clone().convert());
+        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_entitlements(&as_ref, token) v0_4 (&as_v0_4, token)))?
+            .map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
-    pub async fn list_grants(&mut self, resource: &ResourceRef, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_grants(resource, token)))?.map_err(CallError::Connector)?;
+    pub async fn list_grants(&mut self, resource: &guest::Resource, token: Option<&str>) -> Result<guest::Page, CallError> {
+        let (as_ref, as_v0_4): (ResourceRef, v0_4::guest::Resource) = (reference(resource), resource.clone().convert());
+        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_grants(&as_ref, token) v0_4 (&as_v0_4, token)))?
+            .map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
@@ -291,6 +376,7 @@ impl ConnectorInstance {
     pub async fn create_account(&mut self, request: &guest::AccountRequest) -> Result<AccountCreated, CallError> {
         let for_v0_2 = request.clone().convert();
         let for_v0_3 = request.clone().convert();
+        let for_v0_4 = request.clone().convert();
         guarded!(self, |exports, store| async {
             match exports {
                 Exports::V0_1(world) => world
@@ -304,6 +390,9 @@ impl ConnectorInstance {
                     .await
                     .map(|r| r.map(|account| AccountCreated { outcome: None, account: account.convert(), message: String::new() })),
                 Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_create_account(&mut *store, &for_v0_3).await.map(|r| {
+                    r.map(|created| AccountCreated { outcome: Some(created.outcome.convert()), account: created.account.convert(), message: created.message })
+                }),
+                Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_create_account(&mut *store, &for_v0_4).await.map(|r| {
                     r.map(|created| AccountCreated { outcome: Some(created.outcome.convert()), account: created.account.convert(), message: created.message })
                 }),
             }
@@ -320,6 +409,7 @@ impl ConnectorInstance {
     pub async fn test_connection(&mut self) -> Result<String, CallError> {
         guarded!(self, |exports, store| async {
             match exports {
+                Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_2(world) => world.tether_connector0_2_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_1(_) => {
@@ -343,7 +433,15 @@ impl ConnectorInstance {
             PlannedWrite::CreateAccount(request) => v0_3::guest::WriteRequest::CreateAccount(request.clone().convert()),
             PlannedWrite::DisableAccount(account) => v0_3::guest::WriteRequest::DisableAccount(account.clone()),
         };
-        if !matches!(self.exports, Exports::V0_3(_)) {
+        let request_v0_4 = match write {
+            PlannedWrite::Grant { entitlement_id, principal } => {
+                v0_4::guest::WriteRequest::GrantEntitlement(v0_4::guest::GrantRequest { entitlement_id: entitlement_id.clone(), principal: principal.clone() })
+            }
+            PlannedWrite::Revoke { grant_id } => v0_4::guest::WriteRequest::RevokeGrant(grant_id.clone()),
+            PlannedWrite::CreateAccount(request) => v0_4::guest::WriteRequest::CreateAccount(request.clone().convert()),
+            PlannedWrite::DisableAccount(account) => v0_4::guest::WriteRequest::DisableAccount(account.clone()),
+        };
+        if !matches!(self.exports, Exports::V0_3(_) | Exports::V0_4(_)) {
             return Ok(match write {
                 PlannedWrite::DisableAccount(account) => WriteEffect {
                     description: format!(
@@ -358,6 +456,11 @@ impl ConnectorInstance {
         let effect = guarded!(self, |exports, store| async {
             match exports {
                 Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_check_write(&mut *store, &request).await,
+                Exports::V0_4(world) => world
+                    .tether_connector0_4_0_connector()
+                    .call_check_write(&mut *store, &request_v0_4)
+                    .await
+                    .map(|r| r.map(|e| v0_3::guest::WriteEffect { description: e.description, irreversible: e.irreversible })),
                 _ => Ok(Err(ConnectorError::Unsupported("check-write is new in tether:connector@0.3.0".into()))),
             }
         })?
@@ -384,6 +487,11 @@ impl ConnectorInstance {
             None => Ok(page),
         }
     }
+}
+
+/// A resource's reference, as listings took it before 0.4.0.
+fn reference(resource: &guest::Resource) -> ResourceRef {
+    ResourceRef { resource_type: resource.resource_type.clone(), id: resource.id.clone() }
 }
 
 fn page_bytes(page: &guest::Page) -> usize {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::upstream_limits::UpstreamOverrides;
+
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Linear memory per instance.
@@ -29,13 +31,12 @@ pub struct Limits {
     /// HTTP requests one call may make: a list call needs one, a write a
     /// few; a guest looping on `send` is stopped here.
     pub http_requests_per_call: usize,
-    /// Requests per minute to any one host, with that many in a burst
-    /// (Asana allows 1500 a minute): a connector cannot hammer an upstream
-    /// with the operator's token. Requests past it wait.
-    pub http_requests_per_minute: u32,
-    /// Requests in flight to one upstream host, across the instances of a
-    /// pool (`sync --concurrency` sets it).
-    pub http_concurrent_per_host: usize,
+    /// The operator's requests per minute to any one host (with that many
+    /// in a burst), reads and writes in flight to one host across the
+    /// instances of a pool. None: what the connector declares (clamped),
+    /// else the host's default (see `upstream_limits`). A connector cannot
+    /// hammer an upstream with the operator's token: requests past them wait.
+    pub upstream: UpstreamOverrides,
     /// Times one idempotent request (a GET, or one carrying an
     /// `Idempotency-Key` header) is tried again after a 500, 502, 503 or
     /// 504, a timeout or a broken connection. Other writes are tried again
@@ -75,8 +76,7 @@ impl Default for Limits {
             http_response_bytes: 16 << 20,
             http_timeout: Duration::from_secs(30),
             http_requests_per_call: 100,
-            http_requests_per_minute: 1_500,
-            http_concurrent_per_host: 16,
+            upstream: UpstreamOverrides::default(),
             http_retries: 4,
             http_retry_base: Duration::from_millis(250),
             http_retry_max_delay: Duration::from_secs(8),
@@ -87,11 +87,6 @@ impl Default for Limits {
         }
     }
 }
-
-/// Listings at once unless --concurrency says otherwise: well under
-/// Asana's 50 concurrent reads per token, enough to reach 1,500 requests a
-/// minute at 300 ms a request.
-pub const DEFAULT_CONCURRENCY: u16 = 16;
 
 /// Bounds on one whole sync, whatever the connector reports: a connector
 /// whose types nest without end, or that pages forever, fails the sync with
@@ -107,8 +102,10 @@ pub struct SyncLimits {
     /// Wall-clock time of the whole sync.
     pub duration: Duration,
     /// Listings at once, each on its own instance of the connector; also
-    /// the cap on requests in flight to one upstream host.
-    pub concurrency: usize,
+    /// the cap on reads in flight to one upstream host. None: the
+    /// connector's declared concurrent reads (clamped), else the host's
+    /// default.
+    pub concurrency: Option<usize>,
 }
 
 impl Default for SyncLimits {
@@ -119,7 +116,7 @@ impl Default for SyncLimits {
             depth: 32,
             pages_per_listing: 100_000,
             duration: Duration::from_secs(12 * 3600),
-            concurrency: usize::from(DEFAULT_CONCURRENCY),
+            concurrency: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Running a connector: the wasmtime engine (`engine`) and its
 //! compiled-code cache (`cache`), what a module must prove before it runs (`trust`), which
 //! contract versions load and how they convert (`api_version`, `bindings`),
-//! the limits (`limits`), one sandboxed instance and its guarded calls
+//! the limits (`limits`, and per upstream host `upstream_limits`), one sandboxed instance and its guarded calls
 //! (`instance`), what its wasmtime store holds (`store_data`), and the host
 //! side of each import (`imports/`, one module each, owning its state).
 
@@ -14,3 +14,4 @@ pub mod instance;
 pub mod limits;
 pub mod store_data;
 pub mod trust;
+pub mod upstream_limits;

@@ -141,6 +141,12 @@ pub async fn load(
         }
     }
     instance.validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
+    // What the connector declares and what its syncs use per upstream host
+    // (`limits.concurrency` is the reads cap and the pool size).
+    let mut operator = permissions(config, data_dir, false).limits.upstream;
+    operator.concurrent_reads = config.sync_limits.concurrency;
+    let used = crate::runtime::upstream_limits::UpstreamSettings::resolve(&instance.declared.limits, &operator);
+    tracing::info!(instance = %config.name, "upstream limits declared: {}; per host using {used}", instance.declared.limits);
     tracing::info!(
         instance = %config.name,
         "loaded {} {} (sha256 {}{}); it asks for hosts [{}], the config grants [{}]",

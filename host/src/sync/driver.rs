@@ -24,7 +24,7 @@ use super::checkpoint::{Checkpoint, ListingKey, Position};
 use super::model::{PageRecords, ResourceType};
 use super::sync_file::{ConnectorIdentity, RunEnd, SyncFile, Table};
 use super::work::{self, Job, Listing, Work};
-use crate::runtime::bindings::{guest, ResourceRef};
+use crate::runtime::bindings::guest;
 use crate::runtime::instance::{retry_rate_limited, CallError, ConnectorInstance};
 use crate::runtime::limits::{LimitExceeded, SyncLimits};
 
@@ -164,7 +164,7 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
     let started = Instant::now();
     let Some(first) = workers.first_mut().map(Worker::instance) else { anyhow::bail!("a sync needs at least one connector instance") };
     let connector = ConnectorIdentity { name: first.metadata.name.clone(), version: first.metadata.version.clone(), digest: digest.to_string() };
-    let types: Vec<ResourceType> = first.metadata.resource_types.iter().cloned().map(Into::into).collect();
+    let types: Vec<ResourceType> = super::model::resource_types(&first.metadata, &first.declared);
     let resumable = if options.resume { file.resumable_run(digest)? } else { None };
     let (run_id, checkpoint) = match resumable {
         Some((run_id, checkpoint)) => {
@@ -386,9 +386,8 @@ impl Driver<'_> {
                     .file
                     .resource_at(self.run, within.row)?
                     .ok_or_else(|| anyhow!("the checkpoint names resource row {}, which the run does not hold", within.row))?;
-                let resource: ResourceRef = (&queued.key).into();
                 let mut first_token = within.token;
-                for (step, listing) in work::steps(&self.types, &resource).into_iter().enumerate().skip(within.step) {
+                for (step, listing) in work::steps(&self.types, &queued.resource).into_iter().enumerate().skip(within.step) {
                     let start = if step == within.step { first_token.take() } else { None };
                     work.add(ListingKey::Resource { row: within.row, step }, listing, queued.depth + 1, start);
                 }
@@ -407,8 +406,7 @@ impl Driver<'_> {
                                 .file
                                 .resource_at(self.run, row)?
                                 .ok_or_else(|| anyhow!("the checkpoint names resource row {row}, which the run does not hold"))?;
-                            let resource: ResourceRef = (&queued.key).into();
-                            let listing = work::steps(&self.types, &resource)
+                            let listing = work::steps(&self.types, &queued.resource)
                                 .into_iter()
                                 .nth(step)
                                 .ok_or_else(|| anyhow!("the checkpoint names step {step} of resource row {row}, which has fewer"))?;
@@ -441,8 +439,7 @@ impl Driver<'_> {
                     )
                     .into());
                 }
-                let resource: ResourceRef = (&queued.key).into();
-                for (step, listing) in work::steps(&self.types, &resource).into_iter().enumerate() {
+                for (step, listing) in work::steps(&self.types, &queued.resource).into_iter().enumerate() {
                     self.work.add(ListingKey::Resource { row: queued.row, step }, listing, queued.depth + 1, None);
                 }
                 // Handed out: the checkpoint saved with the next page
@@ -512,8 +509,7 @@ impl Driver<'_> {
         if self.estimate.read_at.is_none_or(|at| at.elapsed() >= ESTIMATE_EVERY) {
             self.estimate.read_at = Some(Instant::now());
             if let Ok(left) = self.file.resources_left_by_type(self.run, self.work.cursor) {
-                self.estimate.listings_left =
-                    left.iter().map(|(t, n)| n * (2 + self.types.iter().filter(|c| c.listed_under.as_deref() == Some(t.as_str())).count() as u64)).sum();
+                self.estimate.listings_left = left.iter().map(|(t, n)| n * work::listings_per_resource(&self.types, t)).sum();
             }
         }
         let line = progress_line(&Progress {

@@ -6,6 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::runtime::bindings::{guest, Pair};
+use crate::runtime::instance::{Declared, TypeListings};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ResourceType {
@@ -13,6 +14,11 @@ pub struct ResourceType {
     pub display_name: String,
     pub description: String,
     pub listed_under: Option<String>,
+    /// The host lists the entitlements of resources of this type (always,
+    /// before contract 0.4.0).
+    pub lists_entitlements: bool,
+    /// The host lists the grants of resources of this type.
+    pub lists_grants: bool,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -83,9 +89,48 @@ impl From<&ResourceKey> for crate::runtime::bindings::ResourceRef {
     }
 }
 
+/// A type as 0.1.0's metadata says it: both listings, as then.
 impl From<guest::ResourceType> for ResourceType {
     fn from(t: guest::ResourceType) -> Self {
-        ResourceType { id: t.id, display_name: t.display_name, description: t.description, listed_under: t.listed_under }
+        let listings = TypeListings::default();
+        ResourceType::with_listings(t, listings)
+    }
+}
+
+impl ResourceType {
+    pub fn with_listings(t: guest::ResourceType, listings: TypeListings) -> Self {
+        ResourceType {
+            id: t.id,
+            display_name: t.display_name,
+            description: t.description,
+            listed_under: t.listed_under,
+            lists_entitlements: listings.entitlements,
+            lists_grants: listings.grants,
+        }
+    }
+}
+
+/// The connector's resource types with the listings each has.
+pub fn resource_types(metadata: &guest::ConnectorMetadata, declared: &Declared) -> Vec<ResourceType> {
+    metadata.resource_types.iter().enumerate().map(|(i, t)| ResourceType::with_listings(t.clone(), declared.listings_of(i))).collect()
+}
+
+/// A resource as the listings take it (0.4.0 on): attributes back as the
+/// pairs they were reported as (a value not stored as a string, from a
+/// file written by hand, as its JSON text).
+impl From<&Resource> for guest::Resource {
+    fn from(r: &Resource) -> Self {
+        guest::Resource {
+            resource_type: r.resource_type.clone(),
+            id: r.id.clone(),
+            display_name: r.display_name.clone(),
+            parent: r.parent.as_ref().map(Into::into),
+            attributes: r
+                .attributes
+                .iter()
+                .map(|(name, value)| Pair { name: name.clone(), value: value.as_str().map_or_else(|| value.to_string(), str::to_string) })
+                .collect(),
+        }
     }
 }
 

@@ -319,12 +319,14 @@ pub struct SyncFile {
 }
 
 /// A resource as the sync driver walks them: its position in the run, key
-/// and depth.
+/// and depth, and the resource as stored (display name, parent, attributes
+/// merged over its reports so far), which its listings are given.
 #[derive(Debug, Clone)]
 pub struct QueuedResource {
     pub row: i64,
     pub key: ResourceKey,
     pub depth: u32,
+    pub resource: Resource,
 }
 
 /// How a run ended.
@@ -510,11 +512,22 @@ impl SyncFile {
     /// first written: the driver's work queue, read in batches.
     pub fn resources_after(&self, run: i64, after_row: i64, batch: usize) -> Result<Vec<QueuedResource>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.rid, k.resource_type, k.id, r.depth FROM resource_rows r JOIN resource_keys k ON k.kid = r.key
+            "SELECT r.rid, k.resource_type, k.id, r.depth, r.display_name, pk.resource_type, pk.id, r.attributes
+             FROM resource_rows r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent
              WHERE r.run_id = ?1 AND r.rid > ?2 ORDER BY r.rid LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![run, after_row, batch as i64], |row| {
-            Ok(QueuedResource { row: row.get(0)?, key: ResourceKey { resource_type: row.get(1)?, id: row.get(2)? }, depth: row.get(3)? })
+            let key = ResourceKey { resource_type: row.get(1)?, id: row.get(2)? };
+            let parent_type: Option<String> = row.get(5)?;
+            let parent_id: Option<String> = row.get(6)?;
+            let resource = Resource {
+                resource_type: key.resource_type.clone(),
+                id: key.id.clone(),
+                display_name: row.get(4)?,
+                parent: parent_type.zip(parent_id).map(|(resource_type, id)| ResourceKey { resource_type, id }),
+                attributes: json_object(row.get::<_, String>(7)?),
+            };
+            Ok(QueuedResource { row: row.get(0)?, key, depth: row.get(3)?, resource })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }

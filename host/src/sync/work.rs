@@ -7,15 +7,16 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use super::checkpoint::{Checkpoint, ListingKey, Pending, Position};
-use super::model::ResourceType;
-use crate::runtime::bindings::ResourceRef;
+use super::model::{Resource, ResourceType};
+use crate::runtime::bindings::guest;
 
-/// What a listing lists.
+/// What a listing lists. The resource is as the connector reported it (the
+/// sync file's merged record): a 0.4.0 connector gets it whole.
 #[derive(Debug, Clone)]
 pub enum Listing {
-    Resources(String, Option<ResourceRef>),
-    Entitlements(ResourceRef),
-    Grants(ResourceRef),
+    Resources(String, Option<guest::Resource>),
+    Entitlements(guest::Resource),
+    Grants(guest::Resource),
 }
 
 impl Listing {
@@ -44,16 +45,33 @@ pub struct Job {
 }
 
 /// The listings of one resource, in order: one per type listed under its
-/// type, then its entitlements, then its grants.
-pub fn steps(types: &[ResourceType], resource: &ResourceRef) -> Vec<Listing> {
+/// type, then its entitlements and its grants where its type has them (a
+/// type the connector does not declare: both, as before 0.4.0). A
+/// checkpoint names a listing by its place here: for one module (one
+/// digest) the steps never change.
+pub fn steps(types: &[ResourceType], resource: &Resource) -> Vec<Listing> {
+    let whole = guest::Resource::from(resource);
     let mut steps: Vec<Listing> = types
         .iter()
         .filter(|t| t.listed_under.as_deref() == Some(resource.resource_type.as_str()))
-        .map(|child| Listing::Resources(child.id.clone(), Some(resource.clone())))
+        .map(|child| Listing::Resources(child.id.clone(), Some(whole.clone())))
         .collect();
-    steps.push(Listing::Entitlements(resource.clone()));
-    steps.push(Listing::Grants(resource.clone()));
+    let own = types.iter().find(|t| t.id == resource.resource_type);
+    if own.is_none_or(|t| t.lists_entitlements) {
+        steps.push(Listing::Entitlements(whole.clone()));
+    }
+    if own.is_none_or(|t| t.lists_grants) {
+        steps.push(Listing::Grants(whole));
+    }
     steps
+}
+
+/// How many listings a resource of `type_id` has (for the progress line's
+/// estimate): as many as [`steps`] hands out.
+pub fn listings_per_resource(types: &[ResourceType], type_id: &str) -> u64 {
+    let children = types.iter().filter(|t| t.listed_under.as_deref() == Some(type_id)).count() as u64;
+    let own = types.iter().find(|t| t.id == type_id);
+    children + u64::from(own.is_none_or(|t| t.lists_entitlements)) + u64::from(own.is_none_or(|t| t.lists_grants))
 }
 
 /// The top-level types, in the connector's order.
@@ -145,8 +163,66 @@ impl Work {
 mod tests {
     use super::*;
 
-    fn r(id: &str) -> ResourceRef {
-        ResourceRef { resource_type: "team".into(), id: id.into() }
+    fn r(id: &str) -> guest::Resource {
+        guest::Resource { resource_type: "team".into(), id: id.into(), display_name: id.into(), parent: None, attributes: vec![] }
+    }
+
+    fn t(id: &str, under: Option<&str>, lists_entitlements: bool, lists_grants: bool) -> ResourceType {
+        ResourceType {
+            id: id.into(),
+            display_name: id.into(),
+            description: String::new(),
+            listed_under: under.map(str::to_string),
+            lists_entitlements,
+            lists_grants,
+        }
+    }
+
+    fn resource(resource_type: &str, id: &str, attributes: &[(&str, &str)]) -> Resource {
+        Resource {
+            resource_type: resource_type.into(),
+            id: id.into(),
+            display_name: format!("{resource_type} {id}"),
+            parent: None,
+            attributes: attributes.iter().map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_string()))).collect(),
+        }
+    }
+
+    /// Issue 9: the host asks for no listing a type says it has none of;
+    /// every listing gets the resource with its attributes.
+    #[test]
+    fn steps_follow_the_types_listing_flags_and_carry_the_resource() {
+        let types = [t("workspace", None, true, true), t("team", Some("workspace"), true, true), t("user", Some("workspace"), false, false)];
+        let workspace = resource("workspace", "w1", &[("is_organization", "true")]);
+        let steps = work_names(&steps(&types, &workspace));
+        assert_eq!(steps, ["resources team", "resources user", "entitlements", "grants"]);
+        for step in super::steps(&types, &workspace) {
+            let whole = match step {
+                Listing::Resources(_, Some(r)) | Listing::Entitlements(r) | Listing::Grants(r) => r,
+                Listing::Resources(_, None) => panic!("a child listing has its scope"),
+            };
+            let attributes: Vec<(&str, &str)> = whole.attributes.iter().map(|p| (p.name.as_str(), p.value.as_str())).collect();
+            assert_eq!(attributes, [("is_organization", "true")]);
+            assert_eq!(whole.display_name, "workspace w1");
+        }
+        assert!(super::steps(&types, &resource("user", "u1", &[])).is_empty(), "a user lists nothing");
+        assert_eq!(listings_per_resource(&types, "user"), 0);
+        assert_eq!(listings_per_resource(&types, "workspace"), 4);
+        let grants_only = [t("group", None, false, true)];
+        assert_eq!(work_names(&super::steps(&grants_only, &resource("group", "g", &[]))), ["grants"]);
+        // A type the connector does not declare: both, as before 0.4.0.
+        assert_eq!(work_names(&super::steps(&grants_only, &resource("other", "o", &[]))), ["entitlements", "grants"]);
+    }
+
+    fn work_names(steps: &[Listing]) -> Vec<String> {
+        steps
+            .iter()
+            .map(|s| match s {
+                Listing::Resources(t, _) => format!("resources {t}"),
+                Listing::Entitlements(_) => "entitlements".into(),
+                Listing::Grants(_) => "grants".into(),
+            })
+            .collect()
     }
 
     #[test]

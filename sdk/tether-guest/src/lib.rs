@@ -1,11 +1,13 @@
 //! `tether-guest`: what every Tether connector written in Rust needs, so
 //! that a connector holds only what is specific to its upstream.
 //!
-//! - [`bindings`]: the contract this SDK targets (`tether:connector@0.3.0`),
+//! - [`bindings`]: the contract this SDK targets (`tether:connector@0.4.0`),
 //!   generated once here; [`contract`] and [`types`] re-export its records.
 //!   A connector implements [`Guest`] and calls [`export!`](crate::export).
+//! - [`metadata`]: resource types (with the listings each has) and the
+//!   upstream's limits, as the metadata declares them.
 //! - [`ids`]: entitlement and grant IDs (`TYPE:ID:SLUG`, `ENTITLEMENT:TYPE:ID`).
-//! - [`page`]: records and pages.
+//! - [`page`]: records and pages, and what a listing's resource says.
 //! - [`http`]: JSON over the host's `http` import, HTTP failures mapped to
 //!   the contract's error variants.
 //! - [`paging`]: page tokens for offset, cursor and `startIndex` styles.
@@ -17,6 +19,7 @@
 pub mod http;
 pub mod ids;
 pub mod json;
+pub mod metadata;
 pub mod page;
 pub mod paging;
 pub mod scim;
@@ -25,9 +28,9 @@ pub mod scim;
 /// here, so a connector calls `tether_guest::export!(MyConnector);`.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.3.0",
+        path: "../../wit/v0.4.0",
         world: "connector-world",
-        // The 0.1.0 interfaces the world imports come from wit/v0.3.0/deps/.
+        // The 0.1.0 interfaces the world imports come from wit/v0.4.0/deps/.
         generate_all,
         pub_export_macro: true,
         // Tests compare records; connectors may too.
@@ -37,12 +40,12 @@ pub mod bindings {
 }
 
 /// The contract version this SDK targets.
-pub const CONTRACT_VERSION: &str = "0.3.0";
+pub const CONTRACT_VERSION: &str = "0.4.0";
 
 /// `tether_guest::export!(MyConnector);` exports a connector.
 pub use bindings::export;
 /// The exported interface's records and the trait a connector implements.
-pub use bindings::exports::tether::connector0_3_0::connector as contract;
+pub use bindings::exports::tether::connector0_4_0::connector as contract;
 /// The host's imports: configuration, HTTP, storage and logging.
 pub use bindings::tether::connector0_1_0::{config, log, storage, types};
 pub use contract::Guest;

@@ -11,6 +11,17 @@ pub fn resource_ref(resource_type: &str, id: &str) -> ResourceRef {
     ResourceRef { resource_type: resource_type.into(), id: id.into() }
 }
 
+/// A resource's reference (what a listing's resource points at).
+pub fn reference(resource: &Resource) -> ResourceRef {
+    resource_ref(&resource.resource_type, &resource.id)
+}
+
+/// The value of one attribute of a resource as the host gives it to a
+/// listing: as reported (the last report wins where reports differ).
+pub fn attribute<'a>(resource: &'a Resource, name: &str) -> Option<&'a str> {
+    resource.attributes.iter().rev().find(|p| p.name == name).map(|p| p.value.as_str())
+}
+
 /// A page collected record by record.
 pub struct PageBuilder {
     page: Page,
@@ -60,6 +71,20 @@ pub fn empty() -> Page {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_listings_resource_says_its_attributes_and_its_reference() {
+        let workspace = Resource {
+            resource_type: "workspace".into(),
+            id: "1".into(),
+            display_name: "Acme".into(),
+            parent: None,
+            attributes: vec![pair("is_organization", "false"), pair("is_organization", "true")],
+        };
+        assert_eq!(attribute(&workspace, "is_organization"), Some("true"));
+        assert_eq!(attribute(&workspace, "email"), None);
+        assert_eq!(reference(&workspace), resource_ref("workspace", "1"));
+    }
 
     #[test]
     fn a_page_keeps_its_records_in_order() {

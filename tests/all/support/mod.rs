@@ -91,9 +91,10 @@ pub fn pages_asked_twice(sim: &SimHandle, except: &[&str]) -> Vec<String> {
     twice
 }
 
-/// GET /workspaces beyond the first: the Asana connector reads it again in
-/// a fresh instance (after a restart) to learn which workspaces are
-/// organizations, since memberships do not say.
+/// GET /workspaces beyond the first. Memberships do not say whether their
+/// workspace is an organization; since contract 0.4.0 the listing gets the
+/// workspace with the `is_organization` it was reported with, so the Asana
+/// connector should never read /workspaces again (it did per fresh instance).
 pub fn workspace_rereads(sim: &SimHandle) -> u64 {
     (sim.requests().iter().filter(|r| r.path == "/workspaces" && r.status == 200).count() as u64).saturating_sub(1)
 }

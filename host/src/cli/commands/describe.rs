@@ -40,9 +40,16 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
     println!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description));
     println!("sha256 {}", module.digest);
     println!("\nresource types:");
-    for t in &m.resource_types {
+    for (i, t) in m.resource_types.iter().enumerate() {
         let listed = t.listed_under.as_deref().map(|p| format!(" (listed per {})", esc(p))).unwrap_or_default();
-        println!("  {:<12} {}{listed}", esc(&t.id), esc(&t.description));
+        let listings = instance.declared.listings_of(i);
+        let lists = match (listings.entitlements, listings.grants) {
+            (true, true) => String::new(),
+            (true, false) => " [entitlements, no grants]".into(),
+            (false, true) => " [grants, no entitlements]".into(),
+            (false, false) => " [no entitlements, no grants]".into(),
+        };
+        println!("  {:<12} {}{listed}{lists}", esc(&t.id), esc(&t.description));
     }
     let fields = |title: &str, fields: &[crate::runtime::bindings::guest::ConfigField]| {
         println!("\n{title}:");
@@ -69,5 +76,8 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
         crate::runtime::instance::storage_namespace(&instance_name)
     );
     println!("\nhosts it asks for: {}", esc(&m.hosts.join(", ")));
+    println!("upstream limits it declares, per host: {}", instance.declared.limits);
+    println!("  used without flags: {}", instance.upstream_settings());
+    println!("  (--max-requests-per-minute, --concurrency and --max-concurrent-writes override them)");
     Ok(())
 }

@@ -73,9 +73,10 @@ fn stop_on_signals(stop: crate::sync::StopRequest) -> Result<()> {
 pub async fn run(args: SyncArgs) -> Result<()> {
     let options = crate::sync::SyncOptions { resume: args.resume, limits: args.sync_limits.to_limits()?, stop: Default::default() };
     // The connector first: a module that cannot load leaves no sync file behind.
-    let start::Prepared { engine, module, instance, permissions } = start::prepare(&args.connector, false).await?;
-    let concurrency = options.limits.concurrency;
-    instance.http().throttle.set_concurrency(concurrency);
+    let start::Prepared { engine, module, instance, permissions } = start::prepare_with_reads(&args.connector, false, options.limits.concurrency).await?;
+    // As many listings at once as reads may be in flight: --concurrency,
+    // else what the connector declares (clamped), else the host's default.
+    let concurrency = instance.upstream_settings().concurrent_reads.value.max(1);
     let mut pool = vec![instance];
     for _ in 1..concurrency {
         let sibling = pool[0].sibling(&engine, &module, &permissions).await?;

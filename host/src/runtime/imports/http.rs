@@ -28,8 +28,9 @@ use wasmtime::component::HasData;
 use crate::runtime::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
 use crate::runtime::bindings::Pair;
 use crate::runtime::imports::config::Secrets;
-use crate::runtime::imports::upstream::{self, HostThrottle};
+use crate::runtime::imports::upstream::{self, Access, HostThrottle};
 use crate::runtime::limits::{CallBudget, Limits};
+use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 
 /// One destination a connector may reach.
 #[derive(Debug, Clone, PartialEq)]
@@ -350,7 +351,7 @@ impl HttpGateway {
             policy,
             secrets,
             max_response_bytes: limits.http_response_bytes,
-            throttle: HostThrottle::new(limits.http_requests_per_minute, limits.http_concurrent_per_host),
+            throttle: HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &limits.upstream)),
             retry: RetryPolicy::new(limits),
             counters: HttpCounters::default(),
             dry_run: dry_run.then(|| Mutex::new(vec![])),
@@ -463,7 +464,8 @@ impl HttpGateway {
         // Past the per-host budget, the cap on requests in flight or a 429's
         // pause a request waits its turn (the call's wall-clock limit still
         // bounds the wait); the slot is held until the answer is read.
-        let _slot = self.throttle.acquire(host).await;
+        let access = if prepared.method() == reqwest::Method::GET || prepared.method() == reqwest::Method::HEAD { Access::Read } else { Access::Write };
+        let _slot = self.throttle.acquire(host, access).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let mut response = self.client.execute(request).await.map_err(|e| {
             self.counters.count_answer(host, "error");

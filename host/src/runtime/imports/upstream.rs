@@ -1,67 +1,102 @@
 //! What every request to one upstream host waits for, shared by all the
 //! instances of a pool (they hold one [`super::http::HttpGateway`]): the
-//! host's rate budget (governor's GCRA), a cap on requests in flight to it
-//! (a semaphore per host), and a pause after a 429 that every worker
-//! honours until its Retry-After has passed.
+//! host's rate budget (governor's GCRA), caps on reads and on writes in
+//! flight to it (a semaphore per host and kind), and a pause after a 429 that every worker
+//! honours until its Retry-After has passed. The numbers are the
+//! connector's declared limits unless the operator says otherwise
+//! ([`crate::runtime::upstream_limits`]).
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::runtime::upstream_limits::UpstreamSettings;
+
 /// The longest pause one Retry-After can impose on every worker.
 pub const MAX_PAUSE: Duration = Duration::from_secs(120);
 
+/// Reads and writes are capped apart, as upstreams count them (Asana: 50
+/// concurrent reads, 15 concurrent writes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// GET (and HEAD).
+    Read,
+    /// Every other method.
+    Write,
+}
+
 pub struct HostThrottle {
-    /// Requests per minute per host, bursts allowed.
-    rate: DefaultKeyedRateLimiter<String>,
-    /// Requests in flight per host; read when a host is first seen.
-    concurrency: AtomicUsize,
-    slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Requests per minute per host, bursts allowed; replaced (with its
+    /// counts) when the settings change, before the first request.
+    rate: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// What is in use and why; the caps are read when a host is first seen.
+    settings: RwLock<UpstreamSettings>,
+    slots: Mutex<HashMap<(String, Access), Arc<Semaphore>>>,
     paused_until: Mutex<HashMap<String, Instant>>,
 }
 
+fn limiter(per_minute: u32) -> Arc<DefaultKeyedRateLimiter<String>> {
+    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(per_minute)))
+}
+
 impl HostThrottle {
-    pub fn new(per_minute: u32, concurrency: usize) -> Self {
-        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    pub fn new(settings: UpstreamSettings) -> Self {
         HostThrottle {
-            rate: RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(per_minute)),
-            concurrency: AtomicUsize::new(concurrency.max(1)),
+            rate: RwLock::new(limiter(settings.requests_per_minute.value)),
+            settings: RwLock::new(settings),
             slots: Mutex::new(HashMap::new()),
             paused_until: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Sets the cap on requests in flight per host, for hosts not yet seen
-    /// (a pool sets it before its first request).
-    pub fn set_concurrency(&self, concurrency: usize) {
-        self.concurrency.store(concurrency.max(1), Ordering::Relaxed);
-        if let Ok(mut slots) = self.slots.lock() {
-            slots.clear();
+    /// Sets the rate and the caps per host (a connector's declared limits
+    /// once its metadata is read, before its first request).
+    pub fn configure(&self, settings: UpstreamSettings) {
+        let current = *self.settings.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current == settings {
+            return;
         }
+        if current.requests_per_minute.value != settings.requests_per_minute.value {
+            *self.rate.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = limiter(settings.requests_per_minute.value);
+        }
+        *self.settings.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
+        self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
     }
 
-    pub fn concurrency(&self) -> usize {
-        self.concurrency.load(Ordering::Relaxed)
+    /// What is in use, and why.
+    pub fn settings(&self) -> UpstreamSettings {
+        *self.settings.read().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The cap on requests of one kind in flight to one host.
+    pub fn cap(&self, access: Access) -> usize {
+        let settings = self.settings();
+        match access {
+            Access::Read => settings.concurrent_reads.value,
+            Access::Write => settings.concurrent_writes.value,
+        }
+        .max(1)
     }
 
     /// Waits until a request to `host` may go: past any pause, with a slot
-    /// (held by the returned permit while the request is in flight), within
-    /// the rate budget.
-    pub async fn acquire(&self, host: &str) -> OwnedSemaphorePermit {
+    /// of its kind (held by the returned permit while the request is in
+    /// flight), within the rate budget.
+    pub async fn acquire(&self, host: &str, access: Access) -> OwnedSemaphorePermit {
         self.wait_out_pause(host).await;
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-            slots.entry(host.to_string()).or_insert_with(|| Arc::new(Semaphore::new(self.concurrency()))).clone()
+            slots.entry((host.to_string(), access)).or_insert_with(|| Arc::new(Semaphore::new(self.cap(access)))).clone()
         };
         // The semaphore is never closed.
         let permit = slot.acquire_owned().await.expect("host slots are never closed");
-        self.rate.until_key_ready(&host.to_string()).await;
+        let rate = self.rate.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        rate.until_key_ready(&host.to_string()).await;
         // A 429 may have come in while this request waited its turn.
         self.wait_out_pause(host).await;
         permit
@@ -96,33 +131,43 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamOverrides};
+
+    fn throttle(per_minute: u32, reads: usize, writes: usize) -> Arc<HostThrottle> {
+        let operator = UpstreamOverrides { requests_per_minute: Some(per_minute), concurrent_reads: Some(reads), concurrent_writes: Some(writes) };
+        Arc::new(HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &operator)))
+    }
 
     #[tokio::test]
     async fn a_pause_holds_every_request_to_its_host_only() {
-        let throttle = Arc::new(HostThrottle::new(60_000, 4));
+        let throttle = throttle(60_000, 4, 4);
         throttle.pause("a.example", Duration::from_millis(300));
         let started = Instant::now();
-        drop(throttle.acquire("b.example").await);
+        drop(throttle.acquire("b.example", Access::Read).await);
         assert!(started.elapsed() < Duration::from_millis(250), "another host is not paused");
-        drop(throttle.acquire("a.example").await);
+        drop(throttle.acquire("a.example", Access::Read).await);
         assert!(started.elapsed() >= Duration::from_millis(300));
         // A shorter pause does not cut a longer one short.
         throttle.pause("a.example", Duration::from_millis(400));
         throttle.pause("a.example", Duration::from_millis(1));
         let again = Instant::now();
-        drop(throttle.acquire("a.example").await);
+        drop(throttle.acquire("a.example", Access::Read).await);
         assert!(again.elapsed() >= Duration::from_millis(400));
     }
 
     #[tokio::test]
     async fn requests_in_flight_per_host_are_capped() {
-        let throttle = Arc::new(HostThrottle::new(60_000, 2));
-        let first = throttle.acquire("a.example").await;
-        let _second = throttle.acquire("a.example").await;
-        let third = tokio::time::timeout(Duration::from_millis(50), throttle.acquire("a.example")).await;
+        let throttle = throttle(60_000, 2, 1);
+        let first = throttle.acquire("a.example", Access::Read).await;
+        let _second = throttle.acquire("a.example", Access::Read).await;
+        let third = tokio::time::timeout(Duration::from_millis(50), throttle.acquire("a.example", Access::Read)).await;
         assert!(third.is_err(), "a third request waits for a slot");
         drop(first);
-        let _fourth = tokio::time::timeout(Duration::from_secs(5), throttle.acquire("a.example")).await.expect("a freed slot is taken");
+        let _fourth = tokio::time::timeout(Duration::from_secs(5), throttle.acquire("a.example", Access::Read)).await.expect("a freed slot is taken");
+        // Writes have their own cap: reads in flight do not hold them back.
+        let _write = tokio::time::timeout(Duration::from_secs(5), throttle.acquire("a.example", Access::Write)).await.expect("a write slot");
+        let second_write = tokio::time::timeout(Duration::from_millis(50), throttle.acquire("a.example", Access::Write)).await;
+        assert!(second_write.is_err(), "one write in flight at most");
     }
 
     #[test]
