@@ -6,6 +6,8 @@
 #   scripts/bench.sh --release   optimised build (slow to compile the first time)
 #   scripts/bench.sh --big       adds 100k users / 2,000 teams (minutes)
 #   other flags go to the sync bench: --concurrency N, --rate PER_MINUTE, --latencies 0,100
+# By default the simulator allows Asana's 1,500 requests/minute and tether uses
+# the limits the connector declares; --rate 1000000 measures Tether unbounded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=dev

@@ -10,28 +10,38 @@
 //! the whole org) nor its CPU is counted. These print figures; they are not
 //! timed tests.
 //!
+//! By default the simulator allows Asana's published 1,500 requests a
+//! minute and the host runs with the limits the connector declares (no
+//! flags), so the bound is what Asana would allow. `--rate N` sets both
+//! sides (`--rate 1000000`: unbounded, to measure Tether itself);
+//! `--concurrency N` is passed to the host.
+//!
 //! Run: scripts/bench.sh [--release] [--big] [--concurrency N] [--rate PER_MINUTE] [--latencies 0,100,300]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Asana's published budget per token, which the simulator enforces by default.
+const ASANA_RATE: u32 = 1_500;
+
 struct Options {
     big: bool,
-    concurrency: u32,
-    /// Requests per minute, for both the simulator and the host.
-    rate: u32,
+    /// For the host; None: what the connector declares.
+    concurrency: Option<u32>,
+    /// Requests per minute for the simulator and, when given, the host.
+    rate: Option<u32>,
     latencies: Vec<u64>,
 }
 
 fn options() -> Options {
-    let mut options = Options { big: false, concurrency: 16, rate: 1_000_000, latencies: vec![0, 100, 300] };
+    let mut options = Options { big: false, concurrency: None, rate: None, latencies: vec![0, 100, 300] };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--big" => options.big = true,
-            "--concurrency" => options.concurrency = args.next().and_then(|v| v.parse().ok()).expect("--concurrency N"),
-            "--rate" => options.rate = args.next().and_then(|v| v.parse().ok()).expect("--rate PER_MINUTE"),
+            "--concurrency" => options.concurrency = Some(args.next().and_then(|v| v.parse().ok()).expect("--concurrency N")),
+            "--rate" => options.rate = Some(args.next().and_then(|v| v.parse().ok()).expect("--rate PER_MINUTE")),
             "--latencies" => {
                 options.latencies = args.next().expect("--latencies 0,100").split(',').map(|v| v.parse().expect("a number of ms")).collect();
             }
@@ -61,19 +71,29 @@ fn main() {
     if options.big {
         orgs.push((100_000, 2_000));
     }
-    println!("{} build; concurrency {}; {} requests/minute (simulator and host)", profile, options.concurrency, options.rate);
+    let describe = |value: Option<u32>| value.map_or("the connector's".to_string(), |v| v.to_string());
     println!(
-        "{:>7} {:>5} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>6} | {:>6} {:>8} | {:>8} {:>8}",
-        "users", "teams", "latency", "requests", "minimum", "wall s", "bound s", "ratio", "cpu s", "peak MiB", "grants", "B/grant"
+        "{} build; simulator {} requests/minute; host: concurrency {}, rate {} (used values below, as tether reports them)",
+        profile,
+        options.rate.unwrap_or(ASANA_RATE),
+        describe(options.concurrency),
+        describe(options.rate)
+    );
+    println!(
+        "{:>7} {:>5} {:>7} | {:>5} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>6} | {:>6} {:>8} | {:>8} {:>8}",
+        "users", "teams", "latency", "conc", "rate/m", "requests", "minimum", "wall s", "bound s", "ratio", "cpu s", "peak MiB", "grants", "B/grant"
     );
     for (users, teams) in orgs {
         for &latency in &options.latencies {
             let row = sync_once(&tether, &simulator, &connector, users, teams, latency, &options);
-            let bound =
-                (row.requests as f64 / (f64::from(options.rate) / 60.0)).max(row.requests as f64 * latency as f64 / 1000.0 / f64::from(options.concurrency));
+            // The rate is the lower of the simulator's and the host's.
+            let rate = f64::from(row.rate.min(options.rate.unwrap_or(ASANA_RATE)));
+            let bound = (row.requests as f64 / (rate / 60.0)).max(row.requests as f64 * latency as f64 / 1000.0 / f64::from(row.concurrency.max(1)));
             println!(
-                "{users:>7} {teams:>5} {:>5}ms | {:>8} {:>8} | {:>8.2} {:>8.2} {:>6} | {:>6.2} {:>8} | {:>8} {:>8.0}",
+                "{users:>7} {teams:>5} {:>5}ms | {:>5} {:>7} | {:>8} {:>8} | {:>8.2} {:>8.2} {:>6} | {:>6.2} {:>8} | {:>8} {:>8.0}",
                 latency,
+                row.concurrency,
+                rate,
                 row.requests,
                 row.minimum,
                 row.wall.as_secs_f64(),
@@ -89,6 +109,9 @@ fn main() {
 }
 
 struct Row {
+    /// Reads in flight and requests per minute the host used.
+    concurrency: u32,
+    rate: u32,
     requests: u64,
     minimum: u64,
     wall: Duration,
@@ -102,7 +125,7 @@ fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, team
     let dir = tempfile::tempdir().unwrap();
     let url_file = dir.path().join("url");
     let mut sim = Command::new(simulator)
-        .args(["--users", &users.to_string(), "--teams", &teams.to_string(), "--per-minute", &options.rate.to_string()])
+        .args(["--users", &users.to_string(), "--teams", &teams.to_string(), "--per-minute", &options.rate.unwrap_or(ASANA_RATE).to_string()])
         .args(["--latency-ms", &latency.to_string(), "--url-file", url_file.to_str().unwrap()])
         .stdout(Stdio::null())
         .spawn()
@@ -112,12 +135,22 @@ fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, team
     let out_file = dir.path().join("s.db");
     let cpu_before = children_cpu_seconds();
     let started = Instant::now();
-    let out = Command::new(tether)
-        .args(["sync", "--connector", connector.to_str().unwrap(), "--out", out_file.to_str().unwrap()])
-        .args(["--config", &format!("asana-api-url={base_url}"), "--secret", "token=literal:sim-token", "--allow-host", &addr])
-        .args(["--max-requests-per-minute", &options.rate.to_string(), "--concurrency", &options.concurrency.to_string()])
-        .output()
-        .expect("sync runs");
+    let mut sync = Command::new(tether);
+    sync.args(["sync", "--connector", connector.to_str().unwrap(), "--out", out_file.to_str().unwrap()]).args([
+        "--config",
+        &format!("asana-api-url={base_url}"),
+        "--secret",
+        "token=literal:sim-token",
+        "--allow-host",
+        &addr,
+    ]);
+    if let Some(rate) = options.rate {
+        sync.args(["--max-requests-per-minute", &rate.to_string()]);
+    }
+    if let Some(concurrency) = options.concurrency {
+        sync.args(["--concurrency", &concurrency.to_string()]);
+    }
+    let out = sync.output().expect("sync runs");
     let wall = started.elapsed();
     // The sync is the only child waited for in between.
     let cpu = children_cpu_seconds() - cpu_before;
@@ -128,8 +161,14 @@ fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, team
     let figure = |label: &str| {
         text.lines().find(|l| l.trim_start().starts_with(label)).and_then(|l| l.split_whitespace().nth(label.split(' ').count())).unwrap_or("?").to_string()
     };
+    // "… per host using 1500 requests/minute (…), 50 reads in flight (…), …"
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let used = stderr.lines().find_map(|l| l.split_once("per host using ")).map(|(_, used)| used.to_string()).unwrap_or_default();
+    let number_before = |unit: &str| used.split(unit).next().and_then(|head| head.split_whitespace().last()).and_then(|n| n.parse().ok()).unwrap_or(0);
     let file_bytes = ["s.db", "s.db-wal"].iter().filter_map(|f| std::fs::metadata(dir.path().join(f)).ok()).map(|m| m.len()).sum();
     Row {
+        concurrency: number_before(" reads in flight"),
+        rate: number_before(" requests/minute"),
         requests: figure("HTTP requests").parse().unwrap_or(0),
         minimum,
         wall,
