@@ -1,7 +1,9 @@
 //! Sync figures beside their bounds (issue 9), for orgs of 1k and 10k users
 //! (100k with `--big`) at 0, 100 and 300 ms of upstream latency:
 //!
-//! - wall time beside `max(requests ÷ rate, requests × latency ÷ concurrency)`;
+//! - wall time beside `max(requests ÷ rate, requests × latency ÷ concurrency)`
+//!   (issue 9's bound) and beside the floor no concurrency lowers: the
+//!   requests that must follow each other (a listing's pages) × latency;
 //! - requests beside the minimum the org needs (the simulator says it);
 //! - the sync process's own CPU seconds and peak memory;
 //! - sync-file bytes per grant.
@@ -80,8 +82,8 @@ fn main() {
         describe(options.rate)
     );
     println!(
-        "{:>7} {:>5} {:>7} | {:>5} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>6} | {:>6} {:>8} | {:>8} {:>8}",
-        "users", "teams", "latency", "conc", "rate/m", "requests", "minimum", "wall s", "bound s", "ratio", "cpu s", "peak MiB", "grants", "B/grant"
+        "{:>7} {:>5} {:>7} | {:>5} {:>7} | {:>8} {:>8} | {:>8} {:>8} {:>6} {:>8} | {:>6} {:>8} | {:>8} {:>8}",
+        "users", "teams", "latency", "conc", "rate/m", "requests", "minimum", "wall s", "bound s", "ratio", "chain s", "cpu s", "peak MiB", "grants", "B/grant"
     );
     for (users, teams) in orgs {
         for &latency in &options.latencies {
@@ -89,8 +91,9 @@ fn main() {
             // The rate is the lower of the simulator's and the host's.
             let rate = f64::from(row.rate.min(options.rate.unwrap_or(ASANA_RATE)));
             let bound = (row.requests as f64 / (rate / 60.0)).max(row.requests as f64 * latency as f64 / 1000.0 / f64::from(row.concurrency.max(1)));
+            let chain = row.sequential as f64 * latency as f64 / 1000.0;
             println!(
-                "{users:>7} {teams:>5} {:>5}ms | {:>5} {:>7} | {:>8} {:>8} | {:>8.2} {:>8.2} {:>6} | {:>6.2} {:>8} | {:>8} {:>8.0}",
+                "{users:>7} {teams:>5} {:>5}ms | {:>5} {:>7} | {:>8} {:>8} | {:>8.2} {:>8.2} {:>6} {:>8.2} | {:>6.2} {:>8} | {:>8} {:>8.0}",
                 latency,
                 row.concurrency,
                 rate,
@@ -99,6 +102,7 @@ fn main() {
                 row.wall.as_secs_f64(),
                 bound,
                 if bound > 0.05 { format!("{:.2}", row.wall.as_secs_f64() / bound) } else { "-".into() },
+                chain,
                 row.cpu,
                 row.peak_mib,
                 row.grants,
@@ -114,6 +118,8 @@ struct Row {
     rate: u32,
     requests: u64,
     minimum: u64,
+    /// Requests that must follow each other (the simulator says).
+    sequential: u64,
     wall: Duration,
     cpu: f64,
     peak_mib: String,
@@ -130,7 +136,7 @@ fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, team
         .stdout(Stdio::null())
         .spawn()
         .expect("simulator starts");
-    let (base_url, minimum) = wait_for_url(&url_file, &mut sim);
+    let (base_url, minimum, sequential) = wait_for_url(&url_file, &mut sim);
     let addr = base_url.trim_start_matches("http://").split('/').next().unwrap().to_string();
     let out_file = dir.path().join("s.db");
     let cpu_before = children_cpu_seconds();
@@ -171,6 +177,7 @@ fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, team
         rate: number_before(" requests/minute"),
         requests: figure("HTTP requests").parse().unwrap_or(0),
         minimum,
+        sequential,
         wall,
         cpu,
         peak_mib: figure("peak memory"),
@@ -182,15 +189,16 @@ fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, team
 /// A debug-built simulator takes minutes to generate 100k users.
 const START_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// The simulator writes its base URL and the org's minimum requests once
-/// it listens.
-fn wait_for_url(path: &Path, sim: &mut Child) -> (String, u64) {
+/// The simulator writes its base URL, the org's minimum requests and how
+/// many must follow each other once it listens.
+fn wait_for_url(path: &Path, sim: &mut Child) -> (String, u64, u64) {
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(text) = std::fs::read_to_string(path) {
             let lines: Vec<&str> = text.lines().collect();
-            if lines.len() >= 2 {
-                return (lines[0].trim().to_string(), lines[1].trim().parse().expect("the minimum is a number"));
+            if lines.len() >= 3 {
+                let number = |line: &str| line.trim().parse().expect("the simulator writes numbers");
+                return (lines[0].trim().to_string(), number(lines[1]), number(lines[2]));
             }
         }
         assert!(sim.try_wait().unwrap().is_none(), "the simulator exited");

@@ -49,9 +49,10 @@ struct Args {
     /// Added before every answer, in milliseconds (a real upstream's round trip).
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Once listening, write the base URL and the minimum number of
-    /// requests a connector needs for this org (one per line) to this file:
-    /// a script waits for it instead of sleeping.
+    /// Once listening, write the base URL, the minimum number of requests a
+    /// connector needs for this org, and how many of them must come one
+    /// after another (one per line) to this file: a script waits for it
+    /// instead of sleeping.
     #[arg(long, value_name = "PATH")]
     url_file: Option<PathBuf>,
 }
@@ -67,6 +68,7 @@ async fn main() -> Result<()> {
     let spec = OrgSpec { users: args.users as usize, teams: args.teams as usize, workspaces: args.workspaces as usize, seed: args.seed };
     let org = Org::generate(&spec);
     let minimum = org.minimum_requests(PAGE_SIZE);
+    let sequential = org.sequential_requests(PAGE_SIZE);
     let mut config = SimConfig::new(org);
     config.token = args.token;
     config.inject_429_rate = args.inject_429;
@@ -81,7 +83,7 @@ async fn main() -> Result<()> {
     if let Some(path) = &args.url_file {
         // Written whole, then renamed: a reader never sees half of it.
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, format!("{}\n{minimum}\n", sim.base_url())).with_context(|| format!("cannot write {}", tmp.display()))?;
+        std::fs::write(&tmp, format!("{}\n{minimum}\n{sequential}\n", sim.base_url())).with_context(|| format!("cannot write {}", tmp.display()))?;
         std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     }
     // A closed stdout (a parent that read the URL and went) must not stop the server.

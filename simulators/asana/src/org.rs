@@ -355,6 +355,24 @@ impl Org {
         }
         total
     }
+
+    /// Requests a sync must make one after another however many it runs
+    /// at once: each listing's pages follow each other (an offset token
+    /// comes only with the page before), and a workspace's listings wait
+    /// for `/workspaces`, a team's for its workspace's teams. At a fixed
+    /// latency, this times the latency is a floor on wall time.
+    pub fn sequential_requests(&self, page_size: usize) -> u64 {
+        let listing = |items: usize| ceil_div(items, page_size).max(1);
+        let members_of = count_by(self.workspace_memberships.iter().map(|m| m.workspace_gid.as_str()));
+        let team_members = count_by(self.team_memberships.iter().map(|m| m.team_gid.as_str()));
+        let count = |counts: &HashMap<&str, usize>, gid: &str| counts.get(gid).copied().unwrap_or(0);
+        let longest_under = |ws: &Workspace| {
+            let teams: Vec<&Team> = self.teams.iter().filter(|t| t.workspace_gid == ws.gid).collect();
+            let team_path = listing(teams.len()) + teams.iter().map(|t| listing(count(&team_members, &t.gid))).max().unwrap_or(0);
+            team_path.max(listing(count(&members_of, &ws.gid)))
+        };
+        listing(self.workspaces.len()) + self.workspaces.iter().map(longest_under).max().unwrap_or(0)
+    }
 }
 
 /// How many times each gid occurs.
@@ -658,5 +676,16 @@ mod tests {
         // 1 (workspaces) + 1 (teams) + 3 (250 users) + 3 (250 memberships)
         // + one per team.
         assert_eq!(org.minimum_requests(100), 1 + 1 + 3 + 3 + 4);
+    }
+
+    #[test]
+    fn sequential_requests_follow_the_longest_chain_of_pages() {
+        let org = Org::generate(&OrgSpec { users: 250, teams: 4, workspaces: 1, seed: 3 });
+        // /workspaces, then the longest of: 3 pages of memberships (or of
+        // users), or 1 page of teams and then one team's single page.
+        assert_eq!(org.sequential_requests(100), 1 + 3);
+        // Teams of at most 24 members (12 + 250/20) fit on one page each.
+        assert_eq!(org.sequential_requests(10), 1 + 25);
+        assert!(org.sequential_requests(100) <= org.minimum_requests(100));
     }
 }
