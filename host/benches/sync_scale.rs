@@ -165,7 +165,12 @@ fn sync_once(tether: &Path, simulator: &Path, connector: &Path, users: u32, team
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let figure = |label: &str| {
-        text.lines().find(|l| l.trim_start().starts_with(label)).and_then(|l| l.split_whitespace().nth(label.split(' ').count())).unwrap_or("?").to_string()
+        // "HTTP requests  1159, 16 answered 429 and retried": the number.
+        text.lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .and_then(|l| l.split_whitespace().nth(label.split(' ').count()))
+            .map(|n| n.trim_end_matches(',').to_string())
+            .unwrap_or_else(|| "?".into())
     };
     // "… per host using 1500 requests/minute (…), 50 reads in flight (…), …"
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesUnordered, StreamExt};
 use indicatif::ProgressBar;
 
@@ -188,6 +188,7 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
         types,
         work: Work::default(),
         unsaved: false,
+        poisoned: false,
         workers: worker_count,
         http: http.clone(),
         estimate: Estimate::default(),
@@ -261,6 +262,9 @@ struct Driver<'a> {
     /// Pages came in that were not worth a write of their own: the state
     /// saved last is behind.
     unsaved: bool,
+    /// A batch of pages failed to commit: the work is ahead of the file,
+    /// so nothing more is written.
+    poisoned: bool,
     workers: usize,
     http: Arc<crate::runtime::imports::http::HttpGateway>,
     estimate: Estimate,
@@ -336,7 +340,7 @@ impl Driver<'_> {
                 let worker = idle.pop().expect("an idle worker");
                 in_flight.push(dispatch(worker, key, job));
             }
-            let Some((worker, key, token, result)) = in_flight.next().await else {
+            let Some(first) = in_flight.next().await else {
                 // Nothing in flight: every listing is done, or a failure
                 // let the pages in flight come in.
                 return match failure {
@@ -348,13 +352,38 @@ impl Driver<'_> {
                     None => Err(anyhow!("the sync stopped with {} listings pending (a bug in the driver)", self.work.pending())),
                 };
             };
-            idle.extend(worker);
-            match result.and_then(|(page, cost)| self.take_page(key, token, page, cost)) {
-                Ok(()) => queue_empty = false,
-                Err(error) => {
-                    if failure.is_none() {
-                        failure = Some(error);
+            // Pages that came in meanwhile are written with it in one
+            // transaction: a busy driver commits once for many pages. Their
+            // workers get listings again only after the commit, so a crash
+            // still loses no more pages than were in flight.
+            let mut arrived = vec![first];
+            while let Some(Some(more)) = in_flight.next().now_or_never() {
+                arrived.push(more);
+            }
+            let batch = arrived.len() > 1 && !self.poisoned;
+            if batch {
+                if let Err(e) = self.file.begin_batch() {
+                    failure.get_or_insert(e);
+                }
+            }
+            for (worker, key, token, result) in arrived {
+                idle.extend(worker);
+                if failure.is_some() && self.poisoned {
+                    continue;
+                }
+                match result.and_then(|(page, cost)| self.take_page(key, token, page, cost)) {
+                    Ok(()) => queue_empty = false,
+                    Err(error) => {
+                        failure.get_or_insert(error);
                     }
+                }
+            }
+            if batch {
+                if let Err(e) = self.file.end_batch() {
+                    // The work now runs ahead of the file: the checkpoint
+                    // committed last is the one to resume from.
+                    self.poisoned = true;
+                    failure = Some(e);
                 }
             }
             if failure.is_none() {
@@ -492,7 +521,7 @@ impl Driver<'_> {
 
     /// Writes the checkpoint if pages came in since the last one saved.
     fn save_checkpoint(&mut self) -> Result<()> {
-        if self.unsaved {
+        if self.unsaved && !self.poisoned {
             self.file.save_checkpoint(self.run, &self.work.checkpoint())?;
             self.unsaved = false;
         }

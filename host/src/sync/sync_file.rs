@@ -455,7 +455,8 @@ impl SyncFile {
     }
 
     fn write_page_with(conn: &mut Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
-        let tx = conn.transaction()?;
+        // A savepoint: its own transaction, or part of a batch's.
+        let tx = conn.savepoint()?;
         {
             let mut key_of = Keys::new(&tx, keys)?;
             let mut resource = tx.prepare_cached(
@@ -506,6 +507,23 @@ impl SyncFile {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Starts a batch: the pages written until [`SyncFile::end_batch`] are
+    /// committed together (one commit, and one write of the index pages
+    /// they share, instead of one per page).
+    pub fn begin_batch(&mut self) -> Result<()> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").context("cannot start a batch of pages")
+    }
+
+    /// Commits the batch. On failure none of its pages are kept.
+    pub fn end_batch(&mut self) -> Result<()> {
+        let committed = self.conn.execute_batch("COMMIT").context("cannot commit a batch of pages");
+        if committed.is_err() {
+            let _ = self.conn.execute_batch("ROLLBACK");
+            self.keys = KeyCache::default();
+        }
+        committed
     }
 
     /// The next resources of a run after `after_row`, in the order they were
@@ -781,7 +799,7 @@ struct Keys<'t, 'c> {
 }
 
 impl<'t, 'c> Keys<'t, 'c> {
-    fn new(tx: &'t rusqlite::Transaction<'_>, cache: &'c mut KeyCache) -> Result<Self> {
+    fn new(tx: &'t Connection, cache: &'c mut KeyCache) -> Result<Self> {
         // Looked up before inserted: an upsert would rewrite the row (and
         // its page) for every key already there.
         Ok(Keys {
