@@ -174,6 +174,34 @@ async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
     asana_still_syncs().await;
 }
 
+/// A module may ask for up to 64 instances (contract 0.4.0's concurrent
+/// reads); filling every one must not multiply its memory by 64.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pool_of_memory_bombs_holds_no_more_than_the_pool_budget() {
+    let mut grants = hostile_permissions(&[("mode", "memory-bomb")]);
+    grants.limits.memory_bytes = 16 << 20;
+    grants.limits.pool_memory_bytes = 40 << 20;
+    let mut pool = ConnectorInstance::start_pool(shared_engine(), hostile(), &grants, Some(6)).await.expect("the pool starts");
+    let mut limits = vec![];
+    for instance in pool.iter_mut() {
+        let (limit, message) = limit_hit(instance.list_resources("probe", None, None).await);
+        assert!(instance.pool_memory_used() <= 40 << 20, "the pool holds {} bytes", instance.pool_memory_used());
+        if limit == "pool-memory" {
+            assert!(message.contains("--max-pool-memory-mb"), "{message}");
+        }
+        limits.push(limit);
+    }
+    // The first bombs stop at their own cap, the rest at the pool's.
+    assert_eq!(limits[0], "memory", "{limits:?}");
+    assert!(limits.iter().filter(|l| **l == "pool-memory").count() >= 3, "{limits:?}");
+    // Dropped instances give their memory back to the pool.
+    let first = pool.remove(0);
+    let used = first.pool_memory_used();
+    drop(pool);
+    assert!(first.pool_memory_used() <= 17 << 20, "{used} then {} bytes", first.pool_memory_used());
+    asana_still_syncs().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_and_a_stack_overflow_end_only_their_call() {
     match attack(&hostile_permissions(&[("mode", "panic")])).await {

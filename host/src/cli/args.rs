@@ -103,6 +103,10 @@ pub struct LimitArgs {
     /// Linear memory per connector instance, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 64)]
     pub max_memory_mb: usize,
+    /// Linear memory all instances of one connector (a sync's pool) may
+    /// hold together, in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub max_pool_memory_mb: usize,
     /// CPU seconds one connector call may use.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub cpu_seconds: f64,
@@ -176,6 +180,7 @@ impl LimitArgs {
         };
         Ok(Limits {
             memory_bytes: self.max_memory_mb.checked_mul(1 << 20).context("--max-memory-mb is too large")?,
+            pool_memory_bytes: self.max_pool_memory_mb.checked_mul(1 << 20).context("--max-pool-memory-mb is too large")?,
             cpu_per_call: seconds("cpu-seconds", self.cpu_seconds)?,
             wall_per_call: seconds("call-timeout", self.call_timeout)?,
             http_timeout: seconds("http-timeout", self.http_timeout)?,

@@ -20,6 +20,7 @@ use crate::runtime::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
 use crate::runtime::imports::storage::ConnectorStorage;
 use crate::runtime::imports::wasi::GuestStderr;
 use crate::runtime::limits::{LimitExceeded, Limits};
+use crate::runtime::pool_memory::PoolMemory;
 use crate::runtime::store_data::StoreData;
 use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 
@@ -93,6 +94,8 @@ pub struct ConnectorInstance {
     exports: Exports,
     api: ApiVersion,
     http: Arc<HttpGateway>,
+    /// The memory budget this instance shares with its pool.
+    pool_memory: Arc<PoolMemory>,
     wall_per_call: Duration,
     poisoned: bool,
     pub metadata: guest::ConnectorMetadata,
@@ -191,7 +194,8 @@ impl ConnectorInstance {
             &permissions.limits,
             permissions.dry_run,
         )?);
-        let instance = Self::start_on(engine, module, permissions, http).await?;
+        let pool_memory = PoolMemory::new(permissions.limits.pool_memory_bytes);
+        let instance = Self::start_on(engine, module, permissions, http, pool_memory).await?;
         let settings = UpstreamSettings::resolve(&instance.declared.limits, &permissions.limits.upstream);
         instance.http.throttle.configure(settings);
         if settings.clamped() {
@@ -223,21 +227,27 @@ impl ConnectorInstance {
         let size = first.upstream_settings().concurrent_reads.value.max(1);
         // The gateway is cloned out first: holding `&first` (not Sync) across
         // an await would make the future unfit for a spawned task.
-        let http = first.http.clone();
+        let (http, pool_memory) = (first.http.clone(), first.pool_memory.clone());
         let mut pool = Vec::with_capacity(size);
         pool.push(first);
         for _ in 1..size {
-            pool.push(Self::start_on(engine, module, permissions, http.clone()).await?);
+            pool.push(Self::start_on(engine, module, permissions, http.clone(), pool_memory.clone()).await?);
         }
         Ok(pool)
     }
 
     /// Another instance of the same module on this one's HTTP gateway.
     pub async fn sibling(&self, engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
-        Self::start_on(engine, module, permissions, self.http.clone()).await
+        Self::start_on(engine, module, permissions, self.http.clone(), self.pool_memory.clone()).await
     }
 
-    async fn start_on(engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions, http: Arc<HttpGateway>) -> Result<Self> {
+    async fn start_on(
+        engine: &ConnectorEngine,
+        module: &LoadedModule,
+        permissions: &Permissions,
+        http: Arc<HttpGateway>,
+        pool_memory: Arc<PoolMemory>,
+    ) -> Result<Self> {
         let limits = permissions.limits.clone();
         let label = permissions.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path));
         // The namespace is the operator's choice (the instance name), never
@@ -247,9 +257,9 @@ impl ConnectorInstance {
             Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
             None => None,
         };
-        let data = StoreData::new(limits.clone(), http.clone(), permissions.config.clone(), permissions.secrets.clone(), storage, label);
+        let data = StoreData::new(limits.clone(), http.clone(), permissions.config.clone(), permissions.secrets.clone(), storage, label, pool_memory.clone());
         let mut store = Store::new(engine.engine(), data);
-        store.limiter(|data| &mut data.store_limits);
+        store.limiter(|data| &mut data.limiter);
         store.set_hostcall_fuel(limits.hostcall_bytes);
         store.set_max_component_handles(limits.resource_handles);
         store.epoch_deadline_callback(|mut ctx| {
@@ -275,6 +285,7 @@ impl ConnectorInstance {
             exports,
             api: module.api,
             http,
+            pool_memory,
             wall_per_call: limits.wall_per_call,
             poisoned: false,
             metadata: empty_metadata(),
@@ -298,6 +309,11 @@ impl ConnectorInstance {
 
     pub fn http(&self) -> &HttpGateway {
         &self.http
+    }
+
+    /// Bytes of linear memory this instance's pool holds now.
+    pub fn pool_memory_used(&self) -> usize {
+        self.pool_memory.used()
     }
 
     /// The gateway, shared with the instances of the same pool.

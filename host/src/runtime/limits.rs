@@ -9,6 +9,8 @@ use super::upstream_limits::UpstreamOverrides;
 pub struct Limits {
     /// Linear memory per instance.
     pub memory_bytes: usize,
+    /// Linear memory all the instances of one pool may hold together.
+    pub pool_memory_bytes: usize,
     /// Elements per table, tables, memories and instances per store.
     pub table_elements: usize,
     pub instances: usize,
@@ -65,6 +67,8 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             memory_bytes: 64 << 20,
+            // The old worst case: 16 instances of 64 MiB.
+            pool_memory_bytes: 1 << 30,
             table_elements: 20_000,
             instances: 16,
             cpu_per_call: Duration::from_secs(10),

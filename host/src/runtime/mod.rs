@@ -12,6 +12,7 @@ pub mod engine;
 pub mod imports;
 pub mod instance;
 pub mod limits;
+pub mod pool_memory;
 pub mod store_data;
 pub mod trust;
 pub mod upstream_limits;

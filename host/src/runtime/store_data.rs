@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use wasmtime::component::Linker;
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime::StoreLimitsBuilder;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
 use crate::runtime::bindings::tether::connector as wit;
@@ -20,6 +20,7 @@ use crate::runtime::imports::storage::{ConnectorStorage, Storage, StorageCtx};
 use crate::runtime::imports::wasi::StartupWasiCtx;
 use crate::runtime::imports::Types;
 use crate::runtime::limits::{CpuBudget, Limits};
+use crate::runtime::pool_memory::{PoolLimiter, PoolMemory};
 
 pub struct StoreData {
     pub wasi: StartupWasiCtx,
@@ -29,7 +30,8 @@ pub struct StoreData {
     pub log: LogCtx,
     /// Epoch ticks the current call has run guest code for.
     pub cpu: CpuBudget,
-    pub store_limits: StoreLimits,
+    /// The store's own limits and its share of its pool's memory.
+    pub limiter: PoolLimiter,
     pub limits: Limits,
 }
 
@@ -41,6 +43,7 @@ impl StoreData {
         secrets: Arc<Secrets>,
         storage: Option<ConnectorStorage>,
         connector_label: String,
+        pool_memory: Arc<PoolMemory>,
     ) -> Self {
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
@@ -57,7 +60,7 @@ impl StoreData {
             storage: StorageCtx::new(storage),
             log: LogCtx::new(connector_label, secrets, &limits),
             cpu: CpuBudget::new(limits.cpu_per_call),
-            store_limits,
+            limiter: PoolLimiter::new(store_limits, pool_memory),
             limits,
         }
     }
