@@ -474,7 +474,7 @@ impl SyncFile {
                     Some(p) => Some(key_of.resource(&p.resource_type, &p.id)?),
                     None => None,
                 };
-                resource.execute(params![run, key, r.display_name, parent, Value::Object(r.attributes.clone()).to_string(), depth])?;
+                resource.execute(params![run, key, r.display_name, parent, serde_json::to_string(&r.attributes)?, depth])?;
             }
             let mut entitlement = tx.prepare_cached(
                 "INSERT OR REPLACE INTO entitlement_rows (run_id, entitlement, resource, slug, display_name, description, grantable)
@@ -498,10 +498,14 @@ impl SyncFile {
                 let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
                 // Most connectors name a grant after its entitlement and
                 // principal: then the id need not be stored.
-                let derived = g.id.len() == g.entitlement_id.len() + g.principal.resource_type.len() + g.principal.id.len() + 2
-                    && g.id == format!("{}:{}:{}", g.entitlement_id, g.principal.resource_type, g.principal.id);
+                let derived =
+                    g.id.strip_prefix(g.entitlement_id.as_str())
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        .and_then(|rest| rest.strip_prefix(g.principal.resource_type.as_str()))
+                        .and_then(|rest| rest.strip_prefix(':'))
+                        == Some(g.principal.id.as_str());
                 let id = (!derived).then_some(g.id.as_str());
-                grant.execute(params![run, entitlement, principal, id, g.immutable, Value::Object(g.attributes.clone()).to_string()])?;
+                grant.execute(params![run, entitlement, principal, id, g.immutable, serde_json::to_string(&g.attributes)?])?;
             }
             tx.execute("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1", params![run, serde_json::to_string(next)?])?;
         }
