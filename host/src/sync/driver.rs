@@ -368,7 +368,8 @@ impl Driver<'_> {
             }
             for (worker, key, token, result) in arrived {
                 idle.extend(worker);
-                if failure.is_some() && self.poisoned {
+                // After a failed commit, pages that still come in are not written.
+                if self.poisoned {
                     continue;
                 }
                 match result.and_then(|(page, cost)| self.take_page(key, token, page, cost)) {
@@ -461,8 +462,8 @@ impl Driver<'_> {
                         "nesting-depth",
                         format!(
                             "{} {} is {} listings deep; what it lists would be deeper than {max_depth}",
-                            crate::terminal::escape(&queued.key.resource_type),
-                            crate::terminal::escape(&queued.key.id),
+                            crate::terminal::escape(&queued.resource.resource_type),
+                            crate::terminal::escape(&queued.resource.id),
                             queued.depth
                         ),
                     )

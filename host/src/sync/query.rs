@@ -9,10 +9,10 @@
 
 use anyhow::Result;
 use rusqlite::types::Value as Sql;
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::Row;
 
 use super::model::{Entitlement, Grant, Resource, ResourceKey};
-use super::sync_file::{json_object, SyncFile};
+use super::sync_file::{json_object, resource_from_row, SyncFile};
 
 /// What a listing keeps. Empty: everything.
 #[derive(Debug, Clone, Copy, Default)]
@@ -91,17 +91,6 @@ fn page<T>(
     Ok(Page { items, next: more.then_some(Cursor { run, after: last }) })
 }
 
-fn resource_key(file: &SyncFile, (resource_type, id): (&str, &str)) -> Result<Option<i64>> {
-    Ok(file
-        .connection()
-        .query_row("SELECT kid FROM resource_keys WHERE resource_type = ?1 AND id = ?2", params![resource_type, id], |row| row.get(0))
-        .optional()?)
-}
-
-fn entitlement_key(file: &SyncFile, id: &str) -> Result<Option<i64>> {
-    Ok(file.connection().query_row("SELECT eid FROM entitlement_keys WHERE id = ?1", [id], |row| row.get(0)).optional()?)
-}
-
 fn empty<T>() -> Page<T> {
     Page { items: Vec::new(), next: None }
 }
@@ -122,17 +111,7 @@ pub fn resources(file: &SyncFile, run: i64, filter: &Filter<'_>, after: Option<&
         sql += &format!(" AND k.resource_type = ?{}", args.len());
     }
     sql += &format!(" ORDER BY r.key LIMIT ?{}", args.len() + 1);
-    page(file, run, &sql, args, 1, limit, |row| {
-        let parent_type: Option<String> = row.get(4)?;
-        let parent_id: Option<String> = row.get(5)?;
-        Ok(Resource {
-            resource_type: row.get(1)?,
-            id: row.get(2)?,
-            display_name: row.get(3)?,
-            parent: parent_type.zip(parent_id).map(|(resource_type, id)| ResourceKey { resource_type, id }),
-            attributes: json_object(row.get(6)?),
-        })
-    })
+    page(file, run, &sql, args, 1, limit, |row| resource_from_row(row, 1))
 }
 
 /// Entitlements of `run` after `after`. Filters: `resource_type`, `resource`.
@@ -149,7 +128,7 @@ pub fn entitlements(file: &SyncFile, run: i64, filter: &Filter<'_>, after: Optio
         sql += &format!(" AND k.resource_type = ?{}", args.len());
     }
     if let Some(resource) = filter.resource {
-        let Some(kid) = resource_key(file, resource)? else { return Ok(empty()) };
+        let Some(kid) = file.resource_key(resource.0, resource.1)? else { return Ok(empty()) };
         args.push(Sql::Integer(kid));
         sql += &format!(" AND e.resource = ?{}", args.len());
     }
@@ -179,7 +158,7 @@ pub fn grants(file: &SyncFile, run: i64, filter: &Filter<'_>, after: Option<&Cur
         // Spelled out, as SQLite would walk the principal index for the
         // row-value form.
         Some(entitlement) => {
-            let Some(eid) = entitlement_key(file, entitlement)? else { return Ok(empty()) };
+            let Some(eid) = file.entitlement_key(entitlement)? else { return Ok(empty()) };
             let after_principal = match start_e.cmp(&eid) {
                 std::cmp::Ordering::Less => 0,
                 std::cmp::Ordering::Equal => start_p,
@@ -199,7 +178,7 @@ pub fn grants(file: &SyncFile, run: i64, filter: &Filter<'_>, after: Option<&Cur
         sql += &format!(" AND e.run_id = g.run_id AND e.entitlement = g.entitlement AND rk.kid = e.resource AND rk.resource_type = ?{}", args.len());
     }
     if let Some(principal) = filter.principal {
-        let Some(kid) = resource_key(file, principal)? else { return Ok(empty()) };
+        let Some(kid) = file.resource_key(principal.0, principal.1)? else { return Ok(empty()) };
         args.push(Sql::Integer(kid));
         sql += &format!(" AND g.principal = ?{}", args.len());
     }

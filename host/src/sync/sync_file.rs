@@ -318,16 +318,20 @@ pub struct SyncFile {
     keys: KeyCache,
 }
 
-/// A resource as the sync driver walks them: its position in the run, key
-/// and depth, and the resource as stored (display name, parent, attributes
+/// A resource as the sync driver walks them: its position in the run, its
+/// depth, and the resource as stored (display name, parent, attributes
 /// merged over its reports so far), which its listings are given.
 #[derive(Debug, Clone)]
 pub struct QueuedResource {
     pub row: i64,
-    pub key: ResourceKey,
     pub depth: u32,
     pub resource: Resource,
 }
+
+/// The integer key of a resource id, and of an entitlement id, if the
+/// file holds it: one text for the writer's lookups and the API's.
+const FIND_RESOURCE_KEY: &str = "SELECT kid FROM resource_keys WHERE resource_type = ?1 AND id = ?2";
+const FIND_ENTITLEMENT_KEY: &str = "SELECT eid FROM entitlement_keys WHERE id = ?1";
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -530,26 +534,26 @@ impl SyncFile {
         committed
     }
 
+    /// The key of resource `id` of `resource_type`, if the file holds it.
+    pub fn resource_key(&self, resource_type: &str, id: &str) -> Result<Option<i64>> {
+        Ok(self.conn.prepare_cached(FIND_RESOURCE_KEY)?.query_row(params![resource_type, id], |row| row.get(0)).optional()?)
+    }
+
+    /// The key of entitlement `id`, if the file holds it.
+    pub fn entitlement_key(&self, id: &str) -> Result<Option<i64>> {
+        Ok(self.conn.prepare_cached(FIND_ENTITLEMENT_KEY)?.query_row([id], |row| row.get(0)).optional()?)
+    }
+
     /// The next resources of a run after `after_row`, in the order they were
     /// first written: the driver's work queue, read in batches.
     pub fn resources_after(&self, run: i64, after_row: i64, batch: usize) -> Result<Vec<QueuedResource>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT r.rid, k.resource_type, k.id, r.depth, r.display_name, pk.resource_type, pk.id, r.attributes
+            "SELECT r.rid, r.depth, k.resource_type, k.id, r.display_name, pk.resource_type, pk.id, r.attributes
              FROM resource_rows r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent
              WHERE r.run_id = ?1 AND r.rid > ?2 ORDER BY r.rid LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![run, after_row, batch as i64], |row| {
-            let key = ResourceKey { resource_type: row.get(1)?, id: row.get(2)? };
-            let parent_type: Option<String> = row.get(5)?;
-            let parent_id: Option<String> = row.get(6)?;
-            let resource = Resource {
-                resource_type: key.resource_type.clone(),
-                id: key.id.clone(),
-                display_name: row.get(4)?,
-                parent: parent_type.zip(parent_id).map(|(resource_type, id)| ResourceKey { resource_type, id }),
-                attributes: json_object(row.get::<_, String>(7)?),
-            };
-            Ok(QueuedResource { row: row.get(0)?, key, depth: row.get(3)?, resource })
+            Ok(QueuedResource { row: row.get(0)?, depth: row.get(1)?, resource: resource_from_row(row, 2)? })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -704,17 +708,7 @@ impl SyncFile {
             "SELECT resource_type, id, display_name, parent_type, parent_id, attributes FROM run_resources
              WHERE run_id = ?1 AND (?2 IS NULL OR resource_type = ?2) ORDER BY resource_type, display_name, id",
         )?;
-        let rows = stmt.query_map(params![run, resource_type], |row| {
-            let parent_type: Option<String> = row.get(3)?;
-            let parent_id: Option<String> = row.get(4)?;
-            Ok(Resource {
-                resource_type: row.get(0)?,
-                id: row.get(1)?,
-                display_name: row.get(2)?,
-                parent: parent_type.zip(parent_id).map(|(resource_type, id)| ResourceKey { resource_type, id }),
-                attributes: json_object(row.get::<_, String>(5)?),
-            })
-        })?;
+        let rows = stmt.query_map(params![run, resource_type], |row| resource_from_row(row, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -808,9 +802,9 @@ impl<'t, 'c> Keys<'t, 'c> {
         // its page) for every key already there.
         Ok(Keys {
             cache,
-            find_resource: tx.prepare_cached("SELECT kid FROM resource_keys WHERE resource_type = ?1 AND id = ?2")?,
+            find_resource: tx.prepare_cached(FIND_RESOURCE_KEY)?,
             add_resource: tx.prepare_cached("INSERT INTO resource_keys (resource_type, id) VALUES (?1, ?2) RETURNING kid")?,
-            find_entitlement: tx.prepare_cached("SELECT eid FROM entitlement_keys WHERE id = ?1")?,
+            find_entitlement: tx.prepare_cached(FIND_ENTITLEMENT_KEY)?,
             add_entitlement: tx.prepare_cached("INSERT INTO entitlement_keys (id) VALUES (?1) RETURNING eid")?,
         })
     }
@@ -898,6 +892,20 @@ fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
+}
+
+/// A resource from six columns starting at `first`: type, id, display
+/// name, parent type, parent id, attributes.
+pub(crate) fn resource_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Resource> {
+    let parent_type: Option<String> = row.get(first + 3)?;
+    let parent_id: Option<String> = row.get(first + 4)?;
+    Ok(Resource {
+        resource_type: row.get(first)?,
+        id: row.get(first + 1)?,
+        display_name: row.get(first + 2)?,
+        parent: parent_type.zip(parent_id).map(|(resource_type, id)| ResourceKey { resource_type, id }),
+        attributes: json_object(row.get::<_, String>(first + 5)?),
+    })
 }
 
 pub(crate) fn json_object(text: String) -> Map<String, Value> {
@@ -1054,8 +1062,8 @@ CREATE VIEW IF NOT EXISTS grants AS
         assert_eq!(file.entitlements(1, None).unwrap()[0].resource.id, "t1");
         // Row numbers are kept: a checkpoint names them.
         let queue = file.resources_after(1, 4, 10).unwrap();
-        assert_eq!((queue[0].row, queue[0].key.id.as_str()), (5, "u1"));
-        assert_eq!(file.resource_at(2, 9).unwrap().unwrap().key.id, "u1");
+        assert_eq!((queue[0].row, queue[0].resource.id.as_str()), (5, "u1"));
+        assert_eq!(file.resource_at(2, 9).unwrap().unwrap().resource.id, "u1");
         let stored_ids: i64 = file.conn.query_row("SELECT count(*) FROM grant_rows WHERE id IS NOT NULL", [], |row| row.get(0)).unwrap();
         assert_eq!(stored_ids, 1, "only the id that is not derived is stored");
         let by_hand: String = file.conn.query_row("SELECT principal_id FROM grants WHERE id = 'odd-id'", [], |row| row.get(0)).unwrap();
