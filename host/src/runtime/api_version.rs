@@ -183,15 +183,17 @@ macro_rules! records_shared_with_v0_1 {
 
 records_shared_with_v0_1!(v0_2_guest, v0_3_guest, v0_4_guest);
 
-// The metadata had 0.1.0's shape until 0.4.0.
-same_records!(v0_2_guest => guest:
-    ResourceType { id, display_name, description, listed_under }
-    ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
-);
-same_records!(v0_3_guest => guest:
-    ResourceType { id, display_name, description, listed_under }
-    ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
-);
+/// The metadata had 0.1.0's shape until 0.4.0.
+macro_rules! metadata_shared_with_v0_1 {
+    ($($version:ident),*) => {$(
+        same_records!($version => guest:
+            ResourceType { id, display_name, description, listed_under }
+            ConnectorMetadata { name, version, description, resource_types, config, hosts, account_fields }
+        );
+    )*};
+}
+
+metadata_shared_with_v0_1!(v0_2_guest, v0_3_guest);
 // 0.4.0's listings take the resource as reported.
 same_records!(guest => v0_4_guest:
     Resource { resource_type, id, display_name, parent, attributes }

@@ -50,17 +50,18 @@ pub struct Job {
 /// checkpoint names a listing by its place here: for one module (one
 /// digest) the steps never change.
 pub fn steps(types: &[ResourceType], resource: &Resource) -> Vec<Listing> {
+    let (entitlements, grants) = own_listings(types, &resource.resource_type);
+    let mut children = child_types(types, &resource.resource_type).peekable();
+    if children.peek().is_none() && !entitlements && !grants {
+        // Most users: nothing to list, nothing to convert.
+        return vec![];
+    }
     let whole = guest::Resource::from(resource);
-    let mut steps: Vec<Listing> = types
-        .iter()
-        .filter(|t| t.listed_under.as_deref() == Some(resource.resource_type.as_str()))
-        .map(|child| Listing::Resources(child.id.clone(), Some(whole.clone())))
-        .collect();
-    let own = types.iter().find(|t| t.id == resource.resource_type);
-    if own.is_none_or(|t| t.lists_entitlements) {
+    let mut steps: Vec<Listing> = children.map(|child| Listing::Resources(child.id.clone(), Some(whole.clone()))).collect();
+    if entitlements {
         steps.push(Listing::Entitlements(whole.clone()));
     }
-    if own.is_none_or(|t| t.lists_grants) {
+    if grants {
         steps.push(Listing::Grants(whole));
     }
     steps
@@ -69,9 +70,22 @@ pub fn steps(types: &[ResourceType], resource: &Resource) -> Vec<Listing> {
 /// How many listings a resource of `type_id` has (for the progress line's
 /// estimate): as many as [`steps`] hands out.
 pub fn listings_per_resource(types: &[ResourceType], type_id: &str) -> u64 {
-    let children = types.iter().filter(|t| t.listed_under.as_deref() == Some(type_id)).count() as u64;
-    let own = types.iter().find(|t| t.id == type_id);
-    children + u64::from(own.is_none_or(|t| t.lists_entitlements)) + u64::from(own.is_none_or(|t| t.lists_grants))
+    let (entitlements, grants) = own_listings(types, type_id);
+    child_types(types, type_id).count() as u64 + u64::from(entitlements) + u64::from(grants)
+}
+
+/// The types listed under resources of `type_id`.
+fn child_types<'t>(types: &'t [ResourceType], type_id: &'t str) -> impl Iterator<Item = &'t ResourceType> {
+    types.iter().filter(move |t| t.listed_under.as_deref() == Some(type_id))
+}
+
+/// Whether resources of `type_id` list their entitlements and their grants
+/// (a type the connector does not declare: both, as before 0.4.0).
+fn own_listings(types: &[ResourceType], type_id: &str) -> (bool, bool) {
+    match types.iter().find(|t| t.id == type_id) {
+        Some(t) => (t.lists_entitlements, t.lists_grants),
+        None => (true, true),
+    }
 }
 
 /// The top-level types, in the connector's order.
