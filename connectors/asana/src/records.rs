@@ -3,8 +3,8 @@
 use serde_json::Value;
 
 use crate::ids;
-use tether_guest::contract::{ConfigField, ConnectorMetadata, Entitlement, Grant, Resource};
-use tether_guest::metadata::{limits, resource_type, TypeBuilder};
+use tether_guest::contract::{ConnectorMetadata, Entitlement, Grant, Resource};
+use tether_guest::metadata::{config_field as field, limits, resource_type, TypeBuilder};
 use tether_guest::types::{ConnectorError, Pair, ResourceRef};
 
 /// The two Asana licenses, as (name, display name). A license resource is
@@ -12,13 +12,6 @@ use tether_guest::types::{ConnectorError, Pair, ResourceRef};
 pub const LICENSES: &[(&str, &str)] = &[("enterprise", "Enterprise"), ("view only", "View only")];
 
 pub fn metadata() -> ConnectorMetadata {
-    let field = |key: &str, description: &str, secret: bool, required: bool, default: Option<&str>| ConfigField {
-        key: key.into(),
-        description: description.into(),
-        secret,
-        required,
-        default_value: default.map(str::to_string),
-    };
     ConnectorMetadata {
         name: "asana".into(),
         version: env!("CARGO_PKG_VERSION").into(),

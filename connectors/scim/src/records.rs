@@ -6,8 +6,8 @@
 //! `group:GID:member:user:UID` (or `:group:GID2` for a nested group).
 
 use serde_json::Value;
-use tether_guest::contract::{ConfigField, ConnectorMetadata, Entitlement, Grant, Resource};
-use tether_guest::metadata::{no_limits, resource_type, TypeBuilder};
+use tether_guest::contract::{ConnectorMetadata, Entitlement, Grant, Resource};
+use tether_guest::metadata::{config_field as field, no_limits, resource_type, TypeBuilder};
 use tether_guest::page::{pair, resource_ref};
 use tether_guest::scim::{resource_id, ENTERPRISE_USER_SCHEMA};
 use tether_guest::{http, ids, json, ConnectorError, ResourceRef};
@@ -17,13 +17,6 @@ pub const MEMBER: &str = "member";
 pub const PRINCIPAL_TYPES: &[&str] = &["user", "group"];
 
 pub fn metadata() -> ConnectorMetadata {
-    let field = |key: &str, description: &str, secret: bool, required: bool, default: Option<&str>| ConfigField {
-        key: key.into(),
-        description: description.into(),
-        secret,
-        required,
-        default_value: default.map(str::to_string),
-    };
     ConnectorMetadata {
         name: "scim".into(),
         version: env!("CARGO_PKG_VERSION").into(),

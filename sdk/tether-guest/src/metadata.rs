@@ -1,7 +1,13 @@
-//! What a connector's metadata declares beyond its config: its resource
+//! What a connector's metadata declares: its config fields, its resource
 //! types, with the listings each has, and what its upstream allows.
 
-use crate::contract::{ResourceType, UpstreamLimits};
+use crate::contract::{ConfigField, ResourceType, UpstreamLimits};
+
+/// A config key (or an account field) the connector takes. Secrets are
+/// given to the host only; `config.get` never returns them.
+pub fn config_field(key: &str, description: &str, secret: bool, required: bool, default: Option<&str>) -> ConfigField {
+    ConfigField { key: key.into(), description: description.into(), secret, required, default_value: default.map(str::to_string) }
+}
 
 /// A top-level resource type whose resources have entitlements and grants
 /// (the host lists both); narrow it with the methods of [`TypeBuilder`].
@@ -67,5 +73,8 @@ mod tests {
         assert!(team.lists_entitlements && team.lists_grants && team.listed_under.is_none());
         assert_eq!(limits(1500, 50, 15).concurrent_writes, Some(15));
         assert_eq!(no_limits().requests_per_minute, None);
+        let token = config_field("token", "the API token", true, true, None);
+        assert!(token.secret && token.required && token.default_value.is_none());
+        assert_eq!(config_field("page-size", "per page", false, false, Some("100")).default_value.as_deref(), Some("100"));
     }
 }
