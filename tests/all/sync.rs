@@ -443,6 +443,15 @@ async fn sync_pool(
 /// Every row of the last good run, as text, sorted: resources (with parent,
 /// name and attributes), entitlements and grants.
 fn all_rows(out: &std::path::Path) -> Vec<String> {
+    {
+        // Every key a row refers to exists (SQLite's check is off while
+        // syncing), and the last run's grants all moved out of the stage.
+        let conn = rusqlite::Connection::open(out).unwrap();
+        let broken: i64 = conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0)).unwrap();
+        assert_eq!(broken, 0, "rows refer to keys the file does not hold");
+        let staged: i64 = conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get(0)).unwrap();
+        assert_eq!(staged, 0, "grants left in the stage after a good run");
+    }
     let file = SyncFile::open_existing(out).unwrap();
     let run = file.last_good_run().unwrap().unwrap().id;
     let mut rows: Vec<String> = file.resources(run, None).unwrap().iter().map(|r| format!("{r:?}")).collect();

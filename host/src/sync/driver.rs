@@ -109,8 +109,8 @@ pub async fn run_with(
 /// core). A run that fails keeps its records and checkpoint (for a
 /// resume) and is marked failed; one asked to stop lets the pages in
 /// flight come in, writes them, is marked interrupted and returns
-/// [`Interrupted`]. The instances come back to `pool` when it ends (all
-/// but one whose task panicked).
+/// [`Interrupted`]. One instance comes back to `pool` when it ends (none if
+/// its task panicked): the others are dropped once the listings are done.
 pub async fn run_pool(
     pool: &mut Vec<ConnectorInstance>,
     file: &mut SyncFile,
@@ -194,6 +194,9 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
         estimate: Estimate::default(),
     };
     let mut result = driver.drive(workers, checkpoint).await;
+    // The listings are done: the other instances' memories go back before
+    // the run's grants move into place, the file's biggest transaction.
+    workers.truncate(1);
     if result.is_err() {
         // Where a failed run goes on from, as far as it got.
         if let Err(e) = driver.save_checkpoint() {
@@ -384,7 +387,12 @@ impl Driver<'_> {
                     // The work now runs ahead of the file: the checkpoint
                     // committed last is the one to resume from.
                     self.poisoned = true;
-                    failure = Some(e);
+                    match &failure {
+                        // A page that failed to write failed the batch: its
+                        // own error says why.
+                        Some(first) => tracing::error!("{e:#} (after: {first:#})"),
+                        None => failure = Some(e),
+                    }
                 }
             }
             if failure.is_none() {

@@ -10,7 +10,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{anyhow, Context, Result};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::{Map, Value};
 
@@ -20,7 +20,7 @@ use super::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, Resou
 /// The schema this host writes, kept in `PRAGMA user_version`. Files of an
 /// older version are migrated when opened (see `migrate`); a newer one is
 /// refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The schema at `SCHEMA_VERSION`. Statements are idempotent, so it also
 /// (re)creates the views after a migration.
@@ -99,6 +99,18 @@ CREATE TABLE IF NOT EXISTS grant_rows (
     PRIMARY KEY (run_id, entitlement, principal)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS grant_rows_by_principal ON grant_rows (run_id, principal);
+-- Grants of a run still syncing, in the order they came: appended without
+-- an index, so a page costs about a page of writes, where grant_rows'
+-- two orders would each take a page of the file per grant. When the run
+-- succeeds they move into grant_rows in key order (see finish_run).
+CREATE TABLE IF NOT EXISTS grant_stage (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    entitlement INTEGER NOT NULL REFERENCES entitlement_keys(eid),
+    principal INTEGER NOT NULL REFERENCES resource_keys(kid),
+    id TEXT,
+    immutable INTEGER NOT NULL,
+    attributes TEXT NOT NULL DEFAULT '{}'
+);
 
 CREATE VIEW IF NOT EXISTS run_resources AS
     SELECT r.run_id, k.resource_type, k.id, r.display_name, pk.resource_type AS parent_type, pk.id AS parent_id, r.attributes, r.depth
@@ -109,7 +121,11 @@ CREATE VIEW IF NOT EXISTS run_entitlements AS
 CREATE VIEW IF NOT EXISTS run_grants AS
     SELECT g.run_id, coalesce(g.id, ek.id || ':' || k.resource_type || ':' || k.id) AS id, ek.id AS entitlement_id,
         k.resource_type AS principal_type, k.id AS principal_id, g.immutable, g.attributes
-    FROM grant_rows g JOIN entitlement_keys ek ON ek.eid = g.entitlement JOIN resource_keys k ON k.kid = g.principal;
+    FROM grant_rows g JOIN entitlement_keys ek ON ek.eid = g.entitlement JOIN resource_keys k ON k.kid = g.principal
+    UNION ALL
+    SELECT g.run_id, coalesce(g.id, ek.id || ':' || k.resource_type || ':' || k.id) AS id, ek.id AS entitlement_id,
+        k.resource_type AS principal_type, k.id AS principal_id, g.immutable, g.attributes
+    FROM grant_stage g JOIN entitlement_keys ek ON ek.eid = g.entitlement JOIN resource_keys k ON k.kid = g.principal;
 
 CREATE VIEW IF NOT EXISTS last_good_run AS
     SELECT * FROM sync_runs WHERE status = 'succeeded' ORDER BY id DESC LIMIT 1;
@@ -316,6 +332,15 @@ pub struct SyncFile {
     _writer_lock: Option<std::fs::File>,
     /// Keys of ids written before (see [`KeyCache`]).
     keys: KeyCache,
+    /// The batch of pages being written (see [`SyncFile::begin_batch`]).
+    batch: Option<Batch>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Batch {
+    Open,
+    /// A page failed to write: the batch is rolled back at its end.
+    Failed,
 }
 
 /// A resource as the sync driver walks them: its position in the run, its
@@ -411,8 +436,13 @@ impl SyncFile {
         // same index pages with every page it writes; bounded, so memory
         // stays flat.
         conn.pragma_update(None, "cache_size", -16384)?;
+        // The bundled SQLite enforces foreign keys by default. Every key the
+        // host writes it has just looked up or made (see `Keys`); checking
+        // it again took three lookups per grant, twice (staged, then moved),
+        // a third of a large sync's time. Tests run `foreign_key_check`.
+        conn.pragma_update(None, "foreign_keys", false)?;
         migrate(&mut conn)?;
-        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default() })
+        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default(), batch: None })
     }
 
     /// The schema version the file is at.
@@ -450,19 +480,30 @@ impl SyncFile {
     /// several workspaces) keeps its place, its smallest depth, and merges
     /// attributes. `depth`: the depth of the resources this page lists.
     pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
-        let written = Self::write_page_with(&mut self.conn, &mut self.keys, run, page, depth, next);
+        let written = if self.batch.is_some() {
+            // Part of the batch's transaction, without a savepoint of its
+            // own (its journal cost more than the page): a page that fails
+            // fails the batch.
+            Self::write_page_with(&self.conn, &mut self.keys, run, page, depth, next)
+        } else {
+            self.conn.transaction().map_err(anyhow::Error::from).and_then(|tx| {
+                Self::write_page_with(&tx, &mut self.keys, run, page, depth, next)?;
+                Ok(tx.commit()?)
+            })
+        };
         if written.is_err() {
             // Rolled back: keys it added to the cache may not be in the file.
             self.keys = KeyCache::default();
+            if let Some(batch) = &mut self.batch {
+                *batch = Batch::Failed;
+            }
         }
         written
     }
 
-    fn write_page_with(conn: &mut Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
-        // A savepoint: its own transaction, or part of a batch's.
-        let tx = conn.savepoint()?;
+    fn write_page_with(tx: &Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
         {
-            let mut key_of = Keys::new(&tx, keys)?;
+            let mut key_of = Keys::new(tx, keys)?;
             let mut resource = tx.prepare_cached(
                 "INSERT INTO resource_rows (run_id, key, display_name, parent, attributes, depth)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)
@@ -478,7 +519,15 @@ impl SyncFile {
                     Some(p) => Some(key_of.resource(&p.resource_type, &p.id)?),
                     None => None,
                 };
-                resource.execute(params![run, key, r.display_name, parent, serde_json::to_string(&r.attributes)?, depth])?;
+                let attributes = serde_json::to_string(&r.attributes)?;
+                // A principal reported again with each of its memberships
+                // would otherwise rewrite its row (a random page) every time.
+                let report = key_of.cache.report_of(&r.display_name, parent, &attributes);
+                if key_of.cache.already_written(run, key, report, depth) {
+                    continue;
+                }
+                resource.execute(params![run, key, r.display_name, parent, attributes, depth])?;
+                key_of.cache.remember_written(run, key, report, depth);
             }
             let mut entitlement = tx.prepare_cached(
                 "INSERT OR REPLACE INTO entitlement_rows (run_id, entitlement, resource, slug, display_name, description, grantable)
@@ -489,14 +538,8 @@ impl SyncFile {
                 let resource = key_of.resource(&e.resource.resource_type, &e.resource.id)?;
                 entitlement.execute(params![run, id, resource, e.slug, e.display_name, e.description, e.grantable])?;
             }
-            let mut grant = tx.prepare_cached(
-                "INSERT INTO grant_rows (run_id, entitlement, principal, id, immutable, attributes)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (run_id, entitlement, principal) DO UPDATE SET
-                    id = excluded.id,
-                    immutable = excluded.immutable,
-                    attributes = json_patch(attributes, excluded.attributes)",
-            )?;
+            let mut grant =
+                tx.prepare_cached("INSERT INTO grant_stage (run_id, entitlement, principal, id, immutable, attributes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
             for g in &page.grants {
                 let entitlement = key_of.entitlement(&g.entitlement_id)?;
                 let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
@@ -511,9 +554,8 @@ impl SyncFile {
                 let id = (!derived).then_some(g.id.as_str());
                 grant.execute(params![run, entitlement, principal, id, g.immutable, serde_json::to_string(&g.attributes)?])?;
             }
-            tx.execute("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1", params![run, serde_json::to_string(next)?])?;
+            tx.prepare_cached("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1")?.execute(params![run, serde_json::to_string(next)?])?;
         }
-        tx.commit()?;
         Ok(())
     }
 
@@ -521,12 +563,18 @@ impl SyncFile {
     /// committed together (one commit, and one write of the index pages
     /// they share, instead of one per page).
     pub fn begin_batch(&mut self) -> Result<()> {
-        self.conn.execute_batch("BEGIN IMMEDIATE").context("cannot start a batch of pages")
+        self.conn.execute_batch("BEGIN IMMEDIATE").context("cannot start a batch of pages")?;
+        self.batch = Some(Batch::Open);
+        Ok(())
     }
 
-    /// Commits the batch. On failure none of its pages are kept.
+    /// Commits the batch. If a page of it failed to write, or the commit
+    /// fails, none of its pages are kept.
     pub fn end_batch(&mut self) -> Result<()> {
-        let committed = self.conn.execute_batch("COMMIT").context("cannot commit a batch of pages");
+        let committed = match self.batch.take() {
+            Some(Batch::Failed) => Err(anyhow!("a page of the batch could not be written, so none of the batch was kept")),
+            _ => self.conn.execute_batch("COMMIT").context("cannot commit a batch of pages"),
+        };
         if committed.is_err() {
             let _ = self.conn.execute_batch("ROLLBACK");
             self.keys = KeyCache::default();
@@ -545,12 +593,14 @@ impl SyncFile {
     }
 
     /// The next resources of a run after `after_row`, in the order they were
-    /// first written: the driver's work queue, read in batches.
+    /// first written: the driver's work queue, read in batches. A walk of
+    /// the row numbers after `after_row` (`+` keeps SQLite off the run's
+    /// index, which would read and sort every row of the run, each time).
     pub fn resources_after(&self, run: i64, after_row: i64, batch: usize) -> Result<Vec<QueuedResource>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT r.rid, r.depth, k.resource_type, k.id, r.display_name, pk.resource_type, pk.id, r.attributes
              FROM resource_rows r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent
-             WHERE r.run_id = ?1 AND r.rid > ?2 ORDER BY r.rid LIMIT ?3",
+             WHERE +r.run_id = ?1 AND r.rid > ?2 ORDER BY r.rid LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![run, after_row, batch as i64], |row| {
             Ok(QueuedResource { row: row.get(0)?, depth: row.get(1)?, resource: resource_from_row(row, 2)? })
@@ -567,7 +617,7 @@ impl SyncFile {
     /// walk, for the progress line's estimate.
     pub fn resources_left_by_type(&self, run: i64, after_row: i64) -> Result<Vec<(String, u64)>> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT k.resource_type, count(*) FROM resource_rows r JOIN resource_keys k ON k.kid = r.key WHERE r.run_id = ?1 AND r.rid > ?2 GROUP BY 1",
+            "SELECT k.resource_type, count(*) FROM resource_rows r JOIN resource_keys k ON k.kid = r.key WHERE +r.run_id = ?1 AND r.rid > ?2 GROUP BY 1",
         )?;
         let rows = stmt.query_map(params![run, after_row], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -593,6 +643,21 @@ impl SyncFile {
             params![run, status, error, http_requests as i64],
         )?;
         if end == RunEnd::Succeeded {
+            // In the order they came (a walk of the stage's rows), so a
+            // grant reported twice merges as it would have on arrival. Each
+            // listing's grants came together, so they land together too.
+            tx.execute(
+                "INSERT INTO grant_rows (run_id, entitlement, principal, id, immutable, attributes)
+                 SELECT run_id, entitlement, principal, id, immutable, attributes FROM grant_stage WHERE run_id = ?1
+                 ON CONFLICT (run_id, entitlement, principal) DO UPDATE SET
+                    id = excluded.id,
+                    immutable = excluded.immutable,
+                    attributes = json_patch(attributes, excluded.attributes)",
+                [run],
+            )?;
+            // All of it, which SQLite frees at once: this run is the
+            // newest, so no other run's staged grants will be resumed.
+            tx.execute("DELETE FROM grant_stage", [])?;
             for table in ["run_resource_types", "resource_rows", "entitlement_rows", "grant_rows"] {
                 tx.execute(
                     &format!(
@@ -699,7 +764,11 @@ impl SyncFile {
     }
 
     pub fn count(&self, run: i64, table: Table) -> Result<i64> {
-        let sql = format!("SELECT count(*) FROM {} WHERE run_id = ?1", table.name());
+        let sql = match table {
+            // A run still syncing holds its grants in the stage.
+            Table::Grants => "SELECT (SELECT count(*) FROM grant_rows WHERE run_id = ?1) + (SELECT count(*) FROM grant_stage WHERE run_id = ?1)".to_string(),
+            _ => format!("SELECT count(*) FROM {} WHERE run_id = ?1", table.name()),
+        };
         Ok(self.conn.query_row(&sql, [run], |row| row.get(0))?)
     }
 
@@ -783,6 +852,36 @@ struct KeyCache {
     resources: std::collections::HashMap<String, std::collections::HashMap<String, i64>>,
     resource_count: usize,
     entitlements: std::collections::HashMap<String, i64>,
+    /// The run whose resource rows `written` describes.
+    written_run: i64,
+    /// Resource key -> the last report written to its row in `written_run`
+    /// (a hash of it) and the depth it was written with.
+    written: std::collections::HashMap<i64, (u64, u32)>,
+    /// Seeded per process, so a connector cannot aim reports at a collision.
+    hasher: std::hash::RandomState,
+}
+
+impl KeyCache {
+    /// A hash of what a resource report writes besides its key and depth.
+    fn report_of(&self, display_name: &str, parent: Option<i64>, attributes: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((display_name, parent, attributes))
+    }
+
+    /// Whether writing `report` to resource `key`'s row of `run` again would
+    /// change nothing: merging the same attributes twice gives the same
+    /// row, and its depth is already at most `depth`.
+    fn already_written(&self, run: i64, key: i64, report: u64, depth: u32) -> bool {
+        self.written_run == run && self.written.get(&key).is_some_and(|&(last, at)| last == report && at <= depth)
+    }
+
+    fn remember_written(&mut self, run: i64, key: i64, report: u64, depth: u32) {
+        if self.written_run != run || self.written.len() >= KEY_CACHE_ENTRIES {
+            self.written.clear();
+            self.written_run = run;
+        }
+        self.written.insert(key, (report, depth));
+    }
 }
 
 /// About 10 MB of ids at most.
@@ -880,6 +979,10 @@ fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -
     if to_3 {
         tx.execute_batch(SCHEMA_V2)?;
         tx.execute_batch(MIGRATE_2_TO_3).context("cannot migrate the sync file from schema 2 to 3")?;
+    }
+    if version < 4 && has_runs {
+        // Schema 4 adds grant_stage, which run_grants now shows as well.
+        tx.execute_batch("DROP VIEW IF EXISTS run_grants")?;
     }
     tx.execute_batch(SCHEMA)?;
     if to_3 {
@@ -1048,7 +1151,7 @@ CREATE VIEW IF NOT EXISTS grants AS
             .unwrap();
         }
         let file = SyncFile::open(&path).unwrap();
-        assert_eq!(file.schema_version().unwrap(), 3);
+        assert_eq!(file.schema_version().unwrap(), SCHEMA_VERSION);
         let resources = file.resources(1, None).unwrap();
         assert_eq!(resources.len(), 2);
         let team = resources.iter().find(|r| r.id == "t1").unwrap();
@@ -1126,6 +1229,65 @@ CREATE VIEW IF NOT EXISTS grants AS
         file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
         let error = format!("{:#}", file.resumable_run("d").unwrap_err());
         assert!(error.contains("cannot resume sync run") && error.contains("version 9"), "{error}");
+    }
+
+    fn user(attributes: &[(&str, &str)]) -> Resource {
+        let attributes = attributes.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+        Resource { resource_type: "user".into(), id: "u1".into(), display_name: "Ada".into(), parent: None, attributes }
+    }
+
+    fn member(attributes: &[(&str, &str)]) -> Grant {
+        let attributes = attributes.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
+        Grant {
+            id: "team:t1:member:user:u1".into(),
+            entitlement_id: "team:t1:member".into(),
+            principal: ResourceKey { resource_type: "user".into(), id: "u1".into() },
+            immutable: false,
+            attributes,
+        }
+    }
+
+    /// A resource reported again is written only when that changes its
+    /// row, and the row ends as every report merged in order would leave it.
+    #[test]
+    fn a_resource_reported_again_merges_as_every_report_in_order_would() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
+        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let reports = [(user(&[("a", "1")]), 2), (user(&[("a", "2")]), 2), (user(&[("a", "1")]), 3), (user(&[("a", "1")]), 1), (user(&[("b", "3")]), 4)];
+        for (resource, depth) in reports {
+            file.write_page(run, &PageRecords { resources: vec![resource], ..PageRecords::default() }, depth, &next).unwrap();
+        }
+        let (attributes, depth): (String, i64) =
+            file.conn.query_row("SELECT attributes, depth FROM run_resources WHERE run_id = ?1", [run], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
+        assert_eq!(json_object(attributes), user(&[("a", "1"), ("b", "3")]).attributes, "the third report is written though the first was");
+        assert_eq!(depth, 1, "a report at a smaller depth is written though it says the same");
+    }
+
+    /// Grants wait in the stage until their run succeeds (a failed run
+    /// keeps them for its resume), then move into grant_rows, merged.
+    #[test]
+    fn grants_wait_in_the_stage_until_their_run_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
+        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let page = |grant| PageRecords { resources: vec![user(&[])], grants: vec![grant], ..PageRecords::default() };
+        file.write_page(run, &page(member(&[("role", "member")])), 0, &next).unwrap();
+        file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
+        assert_eq!(file.count(run, Table::Grants).unwrap(), 1, "a failed run's grants are counted where they wait");
+        let by_hand: i64 = file.conn.query_row("SELECT count(*) FROM run_grants WHERE run_id = ?1", [run], |row| row.get(0)).unwrap();
+        assert_eq!(by_hand, 1, "run_grants shows a run still in the stage");
+
+        file.reopen_run(run).unwrap();
+        file.write_page(run, &page(member(&[("since", "2026")])), 0, &next).unwrap();
+        file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+        let grants = file.grants(run, None).unwrap();
+        assert_eq!(grants, vec![member(&[("role", "member"), ("since", "2026")])], "one grant, both reports merged");
+        let staged: i64 = file.conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get(0)).unwrap();
+        assert_eq!(staged, 0);
+        assert_eq!(file.count(run, Table::Grants).unwrap(), 1);
     }
 
     #[test]
