@@ -529,7 +529,10 @@ async fn a_concurrent_sync_that_failed_resumes_asking_no_page_twice() {
     sim.force_429_from(minimum / 2, 8 * (retries + 1));
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("s.db");
-    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    let mut grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    // A budget the sync never reaches, so all 8 listings are in flight
+    // (under a budget the host keeps no more in flight than it needs).
+    grants.limits.upstream.requests_per_minute = Some(60_000);
 
     let error = sync_pool(&grants, &out, 8, false).await.expect_err("the outage fails the sync");
     assert!(format!("{error:#}").contains("rate limited"), "{error:#}");

@@ -338,7 +338,7 @@ impl Driver<'_> {
                     failure = Some(e);
                 }
             }
-            while failure.is_none() && !idle.is_empty() {
+            while failure.is_none() && !idle.is_empty() && in_flight.len() < self.in_flight_target() {
                 let Some((key, job)) = self.work.take() else { break };
                 let worker = idle.pop().expect("an idle worker");
                 in_flight.push(dispatch(worker, key, job));
@@ -403,6 +403,19 @@ impl Driver<'_> {
                 }
             }
         }
+    }
+
+    /// Listings in flight that keep the upstream's rate budget busy: its
+    /// rate times how long an answer takes (Little's law), with room for
+    /// jitter and the guest's own time. More would only queue for the
+    /// budget, where a listing's next page waits behind all of them, and
+    /// the long chains of pages (a big workspace's members) set a sync's
+    /// length.
+    fn in_flight_target(&self) -> usize {
+        let per_second = f64::from(self.http.throttle.settings().requests_per_minute.value) / 60.0;
+        let answer = self.http.counters.response_time().as_secs_f64();
+        let needed = (per_second * answer * 1.5).ceil().min(usize::MAX as f64) as usize;
+        needed.saturating_add(2).clamp(1, self.workers.max(1))
     }
 
     /// The work a run starts from, or goes on from after `from`.

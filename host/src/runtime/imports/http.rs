@@ -191,6 +191,9 @@ pub struct HttpCounters {
     /// Every attempt sent, retries included.
     pub requests: AtomicU64,
     pub rate_limited: AtomicU64,
+    /// How long upstreams take to answer (a moving average, in µs; 0 until
+    /// the first answer), from sending to the last byte, waits excluded.
+    pub response_micros: AtomicU64,
     /// Attempts sent again by the host after a transient failure.
     pub retries: AtomicU64,
     /// Attempts by (host, status), "error" when no answer came: what
@@ -199,6 +202,19 @@ pub struct HttpCounters {
 }
 
 impl HttpCounters {
+    /// Folds one answer's time into the moving average (weight 1/8).
+    fn count_response_time(&self, took: std::time::Duration) {
+        let sample = took.as_micros().min(u128::from(u64::MAX / 2)) as u64;
+        let _ = self
+            .response_micros
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| Some(if mean == 0 { sample.max(1) } else { (mean * 7 + sample) / 8 }));
+    }
+
+    /// The moving average of answers' times (zero before the first).
+    pub fn response_time(&self) -> std::time::Duration {
+        std::time::Duration::from_micros(self.response_micros.load(Ordering::Relaxed))
+    }
+
     fn count_answer(&self, host: &str, status: &str) {
         if let Ok(mut counts) = self.by_host_status.lock() {
             *counts.entry((host.to_string(), status.to_string())).or_default() += 1;
@@ -467,6 +483,7 @@ impl HttpGateway {
         let access = if prepared.method() == reqwest::Method::GET || prepared.method() == reqwest::Method::HEAD { Access::Read } else { Access::Write };
         let _slot = self.throttle.acquire(host, access).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        let sent = std::time::Instant::now();
         let mut response = self.client.execute(request).await.map_err(|e| {
             self.counters.count_answer(host, "error");
             failed(self.failure_of(&e), self.transport_error(e))
@@ -497,6 +514,7 @@ impl HttpGateway {
             }
             body.extend_from_slice(&chunk);
         }
+        self.counters.count_response_time(sent.elapsed());
         let response = Response { status, headers, body: self.secrets.redact_bytes(body) };
         match status {
             500 | 502 | 503 | 504 => Err(FailedAttempt { failure: Failure::Status(status), outcome: Ok(response) }),

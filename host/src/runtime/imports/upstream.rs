@@ -1,17 +1,15 @@
 //! What every request to one upstream host waits for, shared by all the
 //! instances of a pool (they hold one [`super::http::HttpGateway`]): the
-//! host's rate budget (governor's GCRA), caps on reads and on writes in
+//! host's rate budget (a sliding minute, [`MinuteWindow`]), caps on reads and on writes in
 //! flight to it (a semaphore per host and kind), and a pause after a 429 that every worker
 //! honours until its Retry-After has passed. The numbers are the
 //! connector's declared limits unless the operator says otherwise
 //! ([`crate::runtime::upstream_limits`]).
 
-use std::collections::HashMap;
-use std::num::NonZeroU32;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -31,24 +29,69 @@ pub enum Access {
 }
 
 pub struct HostThrottle {
-    /// Requests per minute per host, bursts allowed; replaced (with its
-    /// counts) when the settings change, before the first request.
-    rate: RwLock<Arc<DefaultKeyedRateLimiter<String>>>,
+    /// Requests per minute per host; replaced (with its counts) when the
+    /// settings change, before the first request.
+    rate: RwLock<Arc<MinuteWindow>>,
     /// What is in use and why; the caps are read when a host is first seen.
     settings: RwLock<UpstreamSettings>,
     slots: Mutex<HashMap<(String, Access), Arc<Semaphore>>>,
     paused_until: Mutex<HashMap<String, Instant>>,
 }
 
-fn limiter(per_minute: u32) -> Arc<DefaultKeyedRateLimiter<String>> {
-    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-    Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(per_minute)))
+/// The budget's window: an upstream counts its limit over a sliding minute
+/// (Asana, the simulator). A second more allows for answers that take
+/// longer to arrive than the ones before them.
+const WINDOW: Duration = Duration::from_secs(61);
+
+/// At most `per_minute` requests to a host in any [`WINDOW`]: the send
+/// times of each host's requests in the last window. A quiet host gets its
+/// whole minute at once (a small sync never waits for the budget). A
+/// token bucket (governor's GCRA) cannot promise this: with a minute's
+/// burst it sends twice the budget in the first minute, and every worker
+/// then waits out the 429s; without one, a small sync is paced for
+/// nothing.
+struct MinuteWindow {
+    per_minute: usize,
+    window: Duration,
+    sent: Mutex<HashMap<String, VecDeque<Instant>>>,
+}
+
+impl MinuteWindow {
+    fn new(per_minute: u32) -> Arc<Self> {
+        Arc::new(Self::over(per_minute, WINDOW))
+    }
+
+    fn over(per_minute: u32, window: Duration) -> Self {
+        MinuteWindow { per_minute: (per_minute as usize).max(1), window, sent: Mutex::new(HashMap::new()) }
+    }
+
+    /// Waits until a request to `host` fits in the window, and counts it.
+    async fn until_ready(&self, host: &str) {
+        loop {
+            let frees_at = {
+                let mut sent = self.sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let window = sent.entry(host.to_string()).or_default();
+                let now = Instant::now();
+                while window.front().is_some_and(|&at| now.duration_since(at) >= self.window) {
+                    window.pop_front();
+                }
+                match window.front() {
+                    Some(&oldest) if window.len() >= self.per_minute => oldest + self.window,
+                    _ => {
+                        window.push_back(now);
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(frees_at).await;
+        }
+    }
 }
 
 impl HostThrottle {
     pub fn new(settings: UpstreamSettings) -> Self {
         HostThrottle {
-            rate: RwLock::new(limiter(settings.requests_per_minute.value)),
+            rate: RwLock::new(MinuteWindow::new(settings.requests_per_minute.value)),
             settings: RwLock::new(settings),
             slots: Mutex::new(HashMap::new()),
             paused_until: Mutex::new(HashMap::new()),
@@ -63,7 +106,7 @@ impl HostThrottle {
             return;
         }
         if current.requests_per_minute.value != settings.requests_per_minute.value {
-            *self.rate.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = limiter(settings.requests_per_minute.value);
+            *self.rate.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = MinuteWindow::new(settings.requests_per_minute.value);
         }
         *self.settings.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = settings;
         self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clear();
@@ -96,7 +139,7 @@ impl HostThrottle {
         // The semaphore is never closed.
         let permit = slot.acquire_owned().await.expect("host slots are never closed");
         let rate = self.rate.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        rate.until_key_ready(&host.to_string()).await;
+        rate.until_ready(host).await;
         // A 429 may have come in while this request waited its turn.
         self.wait_out_pause(host).await;
         permit
@@ -168,6 +211,21 @@ mod tests {
         let _write = tokio::time::timeout(Duration::from_secs(5), throttle.acquire("a.example", Access::Write)).await.expect("a write slot");
         let second_write = tokio::time::timeout(Duration::from_millis(50), throttle.acquire("a.example", Access::Write)).await;
         assert!(second_write.is_err(), "one write in flight at most");
+    }
+
+    #[tokio::test]
+    async fn a_quiet_host_gets_its_whole_budget_at_once_and_no_window_holds_more() {
+        // A "minute" of 300 ms, to keep the test short.
+        let window = MinuteWindow::over(20, Duration::from_millis(300));
+        let started = Instant::now();
+        for _ in 0..20 {
+            window.until_ready("a.example").await;
+        }
+        assert!(started.elapsed() < Duration::from_millis(150), "the budget at once: {:?}", started.elapsed());
+        window.until_ready("b.example").await;
+        assert!(started.elapsed() < Duration::from_millis(150), "each host has its own");
+        window.until_ready("a.example").await;
+        assert!(started.elapsed() >= Duration::from_millis(300), "the 21st waits until the first leaves the window: {:?}", started.elapsed());
     }
 
     #[test]
