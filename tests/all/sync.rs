@@ -549,6 +549,27 @@ async fn a_concurrent_sync_that_failed_resumes_asking_no_page_twice() {
     assert_eq!(summary.grants, expected_grants(&org), "nothing lost, nothing doubled");
 }
 
+/// Under a rate budget the driver keeps only the listings in flight that
+/// the rate needs (rate × answer time × 1.5 + 2), not the whole pool: here
+/// 5 a second at about 50 ms is 3, so an upstream that takes 4 reads at
+/// once never refuses one, though the pool has 16 instances.
+#[tokio::test(flavor = "multi_thread")]
+async fn under_a_budget_only_the_listings_the_rate_needs_are_in_flight() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(400, 24, 1, 43)));
+    config.latency = std::time::Duration::from_millis(50);
+    config.max_concurrent_reads = 4;
+    config.retry_after_secs = 0;
+    let sim = start_sim_with(config).await;
+    let minimum = sim.org().minimum_requests(100);
+    assert!(minimum < 300, "within one minute's budget: {minimum}");
+    let mut grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    grants.limits.upstream.requests_per_minute = Some(300);
+    let dir = tempfile::tempdir().unwrap();
+    let summary = sync_pool(&grants, &dir.path().join("s.db"), 16, false).await.expect("the sync");
+    assert_eq!(summary.rate_limited, 0, "more than 4 reads were in flight at once");
+    assert_eq!(summary.http_requests, minimum);
+}
+
 /// Issue 9, item 1: a 429's Retry-After holds back every worker of the
 /// pool, not only the one refused: while it lasts the simulator hears from
 /// none of them, beyond the pages already in flight.

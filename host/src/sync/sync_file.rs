@@ -430,6 +430,12 @@ impl SyncFile {
 
     fn init(mut conn: Connection) -> Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // A new file can give pages back (see finish_run); SQLite allows
+        // this only before the first table.
+        let new_file: bool = conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |row| row.get(0))?;
+        if new_file {
+            conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         // 16 MiB of pages (SQLite's default is 2 MiB): a sync touches the
@@ -669,6 +675,22 @@ impl SyncFile {
             }
         }
         tx.commit()?;
+        if end == RunEnd::Succeeded {
+            // The stage's pages, and those of the runs dropped, go back to
+            // the file system (files made since schema 4; older ones keep
+            // them for the next run).
+            if let Err(e) = self.give_pages_back() {
+                tracing::warn!("cannot free the sync file's unused pages: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Frees the file's unused pages: SQLite frees one per step.
+    fn give_pages_back(&self) -> rusqlite::Result<()> {
+        let mut vacuum = self.conn.prepare("PRAGMA incremental_vacuum")?;
+        let mut steps = vacuum.query([])?;
+        while steps.next()?.is_some() {}
         Ok(())
     }
 
@@ -1288,6 +1310,53 @@ CREATE VIEW IF NOT EXISTS grants AS
         let staged: i64 = file.conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get(0)).unwrap();
         assert_eq!(staged, 0);
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_good_run_gives_the_pages_of_its_stage_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
+        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let grants = (0..3000)
+            .map(|n| Grant {
+                principal: ResourceKey { resource_type: "user".into(), id: format!("u{n}") },
+                id: format!("team:t1:member:user:u{n}"),
+                ..member(&[])
+            })
+            .collect();
+        file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, &next).unwrap();
+        let free = |file: &SyncFile| file.conn.query_row("PRAGMA freelist_count", [], |row| row.get::<_, i64>(0)).unwrap();
+        assert_eq!(free(&file), 0);
+        file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+        assert_eq!(file.count(run, Table::Grants).unwrap(), 3000);
+        assert_eq!(free(&file), 0, "the stage's pages went back to the file system");
+    }
+
+    /// Pages of a batch share its transaction, without a savepoint each: a
+    /// page that fails to write fails the batch, and none of it is kept.
+    #[test]
+    fn a_page_that_fails_to_write_fails_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
+        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let page = |grant| PageRecords { resources: vec![user(&[])], grants: vec![grant], ..PageRecords::default() };
+        file.begin_batch().unwrap();
+        file.write_page(run, &page(member(&[])), 0, &next).unwrap();
+        // The next page's grants have nowhere to go.
+        file.conn.execute_batch("ALTER TABLE grant_stage RENAME TO elsewhere").unwrap();
+        assert!(file.write_page(run, &page(member(&[("a", "b")])), 0, &next).is_err());
+        let error = file.end_batch().expect_err("the batch fails with its page");
+        assert!(format!("{error:#}").contains("none of the batch was kept"), "{error:#}");
+        let resources: i64 = file.conn.query_row("SELECT count(*) FROM resource_rows", [], |row| row.get(0)).unwrap();
+        assert_eq!(resources, 0, "the first page was rolled back too");
+        assert!(file.conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get::<_, i64>(0)).is_ok(), "the rename was rolled back");
+        // The file takes pages again, keys included (the key cache was cleared).
+        file.write_page(run, &page(member(&[])), 0, &next).unwrap();
+        assert_eq!(file.count(run, Table::Grants).unwrap(), 1);
+        let broken: i64 = file.conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0)).unwrap();
+        assert_eq!(broken, 0);
     }
 
     #[test]
