@@ -414,7 +414,8 @@ impl Driver<'_> {
     fn in_flight_target(&self) -> usize {
         let per_second = f64::from(self.http.throttle.settings().requests_per_minute.value) / 60.0;
         let answer = self.http.counters.response_time().as_secs_f64();
-        let needed = (per_second * answer * 1.5).ceil().min(usize::MAX as f64) as usize;
+        // `as` saturates: an unbounded rate asks for every worker.
+        let needed = (per_second * answer * 1.5).ceil() as usize;
         needed.saturating_add(2).clamp(1, self.workers.max(1))
     }
 

@@ -102,7 +102,7 @@ CREATE INDEX IF NOT EXISTS grant_rows_by_principal ON grant_rows (run_id, princi
 -- Grants of a run still syncing, in the order they came: appended without
 -- an index, so a page costs about a page of writes, where grant_rows'
 -- two orders would each take a page of the file per grant. When the run
--- succeeds they move into grant_rows in key order (see finish_run).
+-- succeeds they move into grant_rows in one statement (see finish_run).
 CREATE TABLE IF NOT EXISTS grant_stage (
     run_id INTEGER NOT NULL REFERENCES sync_runs(id),
     entitlement INTEGER NOT NULL REFERENCES entitlement_keys(eid),
@@ -650,8 +650,7 @@ impl SyncFile {
         )?;
         if end == RunEnd::Succeeded {
             // In the order they came (a walk of the stage's rows), so a
-            // grant reported twice merges as it would have on arrival. Each
-            // listing's grants came together, so they land together too.
+            // grant reported twice merges as it would have on arrival.
             tx.execute(
                 "INSERT INTO grant_rows (run_id, entitlement, principal, id, immutable, attributes)
                  SELECT run_id, entitlement, principal, id, immutable, attributes FROM grant_stage WHERE run_id = ?1
@@ -862,12 +861,13 @@ impl Table {
     }
 }
 
-/// Integer keys for resource keys and entitlement ids, made on first use.
 /// Integer keys of ids the file holds, remembered so that a grant's
 /// principal and entitlement usually cost a hash lookup instead of a
-/// query. Keys are never deleted, so a remembered key stays right (a page
-/// that fails clears the cache: its new keys were rolled back). Bounded:
-/// it starts over when full, so memory stays flat whatever the org's size.
+/// query, and the last report written to each resource row of the run.
+/// Keys are never deleted, so a remembered key stays right (a page that
+/// fails clears the cache: its new keys and rows were rolled back).
+/// Bounded: it starts over when full, so memory stays flat whatever the
+/// org's size.
 #[derive(Default)]
 struct KeyCache {
     /// Type -> id -> key.
@@ -1269,14 +1269,24 @@ CREATE VIEW IF NOT EXISTS grants AS
         }
     }
 
+    /// A new file with one run begun, and a checkpoint to write pages with.
+    fn fresh_run() -> (tempfile::TempDir, SyncFile, i64, Checkpoint) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
+        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        (dir, file, run, Checkpoint::from(Position::TopLevel { index: 0, token: None }))
+    }
+
+    /// A page with user u1 and one grant to it.
+    fn member_page(grant: Grant) -> PageRecords {
+        PageRecords { resources: vec![user(&[])], grants: vec![grant], ..PageRecords::default() }
+    }
+
     /// A resource reported again is written only when that changes its
     /// row, and the row ends as every report merged in order would leave it.
     #[test]
     fn a_resource_reported_again_merges_as_every_report_in_order_would() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
-        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
-        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let (_dir, mut file, run, next) = fresh_run();
         let reports = [(user(&[("a", "1")]), 2), (user(&[("a", "2")]), 2), (user(&[("a", "1")]), 3), (user(&[("a", "1")]), 1), (user(&[("b", "3")]), 4)];
         for (resource, depth) in reports {
             file.write_page(run, &PageRecords { resources: vec![resource], ..PageRecords::default() }, depth, &next).unwrap();
@@ -1291,19 +1301,15 @@ CREATE VIEW IF NOT EXISTS grants AS
     /// keeps them for its resume), then move into grant_rows, merged.
     #[test]
     fn grants_wait_in_the_stage_until_their_run_succeeds() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
-        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
-        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
-        let page = |grant| PageRecords { resources: vec![user(&[])], grants: vec![grant], ..PageRecords::default() };
-        file.write_page(run, &page(member(&[("role", "member")])), 0, &next).unwrap();
+        let (_dir, mut file, run, next) = fresh_run();
+        file.write_page(run, &member_page(member(&[("role", "member")])), 0, &next).unwrap();
         file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1, "a failed run's grants are counted where they wait");
         let by_hand: i64 = file.conn.query_row("SELECT count(*) FROM run_grants WHERE run_id = ?1", [run], |row| row.get(0)).unwrap();
         assert_eq!(by_hand, 1, "run_grants shows a run still in the stage");
 
         file.reopen_run(run).unwrap();
-        file.write_page(run, &page(member(&[("since", "2026")])), 0, &next).unwrap();
+        file.write_page(run, &member_page(member(&[("since", "2026")])), 0, &next).unwrap();
         file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
         let grants = file.grants(run, None).unwrap();
         assert_eq!(grants, vec![member(&[("role", "member"), ("since", "2026")])], "one grant, both reports merged");
@@ -1314,10 +1320,7 @@ CREATE VIEW IF NOT EXISTS grants AS
 
     #[test]
     fn a_good_run_gives_the_pages_of_its_stage_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
-        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
-        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let (_dir, mut file, run, next) = fresh_run();
         let grants = (0..3000)
             .map(|n| Grant {
                 principal: ResourceKey { resource_type: "user".into(), id: format!("u{n}") },
@@ -1337,23 +1340,19 @@ CREATE VIEW IF NOT EXISTS grants AS
     /// page that fails to write fails the batch, and none of it is kept.
     #[test]
     fn a_page_that_fails_to_write_fails_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
-        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
-        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
-        let page = |grant| PageRecords { resources: vec![user(&[])], grants: vec![grant], ..PageRecords::default() };
+        let (_dir, mut file, run, next) = fresh_run();
         file.begin_batch().unwrap();
-        file.write_page(run, &page(member(&[])), 0, &next).unwrap();
+        file.write_page(run, &member_page(member(&[])), 0, &next).unwrap();
         // The next page's grants have nowhere to go.
         file.conn.execute_batch("ALTER TABLE grant_stage RENAME TO elsewhere").unwrap();
-        assert!(file.write_page(run, &page(member(&[("a", "b")])), 0, &next).is_err());
+        assert!(file.write_page(run, &member_page(member(&[("a", "b")])), 0, &next).is_err());
         let error = file.end_batch().expect_err("the batch fails with its page");
         assert!(format!("{error:#}").contains("none of the batch was kept"), "{error:#}");
         let resources: i64 = file.conn.query_row("SELECT count(*) FROM resource_rows", [], |row| row.get(0)).unwrap();
         assert_eq!(resources, 0, "the first page was rolled back too");
         assert!(file.conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get::<_, i64>(0)).is_ok(), "the rename was rolled back");
         // The file takes pages again, keys included (the key cache was cleared).
-        file.write_page(run, &page(member(&[])), 0, &next).unwrap();
+        file.write_page(run, &member_page(member(&[])), 0, &next).unwrap();
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1);
         let broken: i64 = file.conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0)).unwrap();
         assert_eq!(broken, 0);

@@ -1,10 +1,10 @@
 //! What every request to one upstream host waits for, shared by all the
 //! instances of a pool (they hold one [`super::http::HttpGateway`]): the
-//! host's rate budget (a sliding minute, [`MinuteWindow`]), caps on reads and on writes in
-//! flight to it (a semaphore per host and kind), and a pause after a 429 that every worker
-//! honours until its Retry-After has passed. The numbers are the
-//! connector's declared limits unless the operator says otherwise
-//! ([`crate::runtime::upstream_limits`]).
+//! host's rate budget (a sliding minute, [`MinuteWindow`]), caps on reads
+//! and on writes in flight to it (a semaphore per host and kind), and a
+//! pause after a 429 that every worker honours until its Retry-After has
+//! passed. The numbers are the connector's declared limits unless the
+//! operator says otherwise ([`crate::runtime::upstream_limits`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
@@ -70,15 +70,15 @@ impl MinuteWindow {
         loop {
             let frees_at = {
                 let mut sent = self.sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let window = sent.entry(host.to_string()).or_default();
+                let times = sent.entry(host.to_string()).or_default();
                 let now = Instant::now();
-                while window.front().is_some_and(|&at| now.duration_since(at) >= self.window) {
-                    window.pop_front();
+                while times.front().is_some_and(|&at| now.duration_since(at) >= self.window) {
+                    times.pop_front();
                 }
-                match window.front() {
-                    Some(&oldest) if window.len() >= self.per_minute => oldest + self.window,
+                match times.front() {
+                    Some(&oldest) if times.len() >= self.per_minute => oldest + self.window,
                     _ => {
-                        window.push_back(now);
+                        times.push_back(now);
                         return;
                     }
                 }
