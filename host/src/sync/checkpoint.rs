@@ -1,6 +1,7 @@
-//! Where a sync goes on from: saved with every page it writes, read back by
-//! `sync --resume`. Versioned: a checkpoint of an older version is read, an
-//! unknown one is an error, never silently a fresh start.
+//! Where a sync goes on from: saved with every page (or batch of pages) it
+//! writes, read back by `sync --resume`. Versioned: a checkpoint of an
+//! older version is read, an unknown one is an error, never silently a
+//! fresh start.
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -8,8 +9,9 @@ use serde_json::Value;
 /// The version of the checkpoint format this host writes.
 pub const CHECKPOINT_VERSION: u32 = 3;
 
-/// How far a run got, saved with every page it writes (in the same
-/// transaction), so that a resume asks for no page already written.
+/// How far a run got, saved with every page or batch of pages it writes
+/// (in the same transaction), so that a resume asks for no page already
+/// written.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub version: u32,

@@ -31,7 +31,7 @@ use crate::runtime::limits::{LimitExceeded, SyncLimits};
 /// Resources read from the queue at a time.
 const QUEUE_BATCH: usize = 64;
 /// Listings kept waiting per worker: enough to keep every worker busy,
-/// few enough that the checkpoint saved with each page stays small.
+/// few enough that the checkpoint saved with each batch stays small.
 const WAITING_PER_WORKER: usize = 4;
 /// How often the progress line's estimate reads the queue's length.
 const ESTIMATE_EVERY: Duration = Duration::from_secs(1);
@@ -189,6 +189,7 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
         work: Work::default(),
         unsaved: false,
         poisoned: false,
+        in_batch: false,
         workers: worker_count,
         http: http.clone(),
         estimate: Estimate::default(),
@@ -268,6 +269,9 @@ struct Driver<'a> {
     /// A batch of pages failed to commit: the work is ahead of the file,
     /// so nothing more is written.
     poisoned: bool,
+    /// Pages are being written in a batch, which saves one checkpoint at
+    /// its end for all of them.
+    in_batch: bool,
     workers: usize,
     http: Arc<crate::runtime::imports::http::HttpGateway>,
     estimate: Estimate,
@@ -365,8 +369,11 @@ impl Driver<'_> {
             }
             let batch = arrived.len() > 1 && !self.poisoned;
             if batch {
-                if let Err(e) = self.file.begin_batch() {
-                    failure.get_or_insert(e);
+                match self.file.begin_batch() {
+                    Ok(()) => self.in_batch = true,
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
                 }
             }
             for (worker, key, token, result) in arrived {
@@ -383,6 +390,12 @@ impl Driver<'_> {
                 }
             }
             if batch {
+                // The batch's pages were written without their checkpoints:
+                // one, of the work after all of them, is saved with them.
+                if let Err(e) = self.save_checkpoint() {
+                    failure.get_or_insert(e);
+                }
+                self.in_batch = false;
                 if let Err(e) = self.file.end_batch() {
                     // The work now runs ahead of the file: the checkpoint
                     // committed last is the one to resume from.
@@ -526,8 +539,14 @@ impl Driver<'_> {
         // users list no entitlements of their own), or for a stop. Every
         // page that cost a request is saved with it.
         if count > 0 || cost {
-            self.file.write_page(self.run, &records, depth, &self.work.checkpoint())?;
-            self.unsaved = false;
+            if self.in_batch {
+                // The batch's end saves where the work is after all its pages.
+                self.file.write_page(self.run, &records, depth, None)?;
+                self.unsaved = true;
+            } else {
+                self.file.write_page(self.run, &records, depth, Some(&self.work.checkpoint()))?;
+                self.unsaved = false;
+            }
         } else {
             self.unsaved = true;
         }

@@ -357,6 +357,7 @@ pub struct QueuedResource {
 /// file holds it: one text for the writer's lookups and the API's.
 const FIND_RESOURCE_KEY: &str = "SELECT kid FROM resource_keys WHERE resource_type = ?1 AND id = ?2";
 const FIND_ENTITLEMENT_KEY: &str = "SELECT eid FROM entitlement_keys WHERE id = ?1";
+const SAVE_CHECKPOINT: &str = "UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1";
 
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -485,7 +486,9 @@ impl SyncFile {
     /// written, never before it. A resource reported again (a user seen in
     /// several workspaces) keeps its place, its smallest depth, and merges
     /// attributes. `depth`: the depth of the resources this page lists.
-    pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
+    /// `next` may be left out only inside a batch, whose end saves it (see
+    /// [`SyncFile::save_checkpoint`]): the batch commits as one.
+    pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: Option<&Checkpoint>) -> Result<()> {
         let written = if self.batch.is_some() {
             // Part of the batch's transaction, without a savepoint of its
             // own (its journal cost more than the page): a page that fails
@@ -507,7 +510,7 @@ impl SyncFile {
         written
     }
 
-    fn write_page_with(tx: &Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: &Checkpoint) -> Result<()> {
+    fn write_page_with(tx: &Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: Option<&Checkpoint>) -> Result<()> {
         {
             let mut key_of = Keys::new(tx, keys)?;
             let mut resource = tx.prepare_cached(
@@ -560,7 +563,9 @@ impl SyncFile {
                 let id = (!derived).then_some(g.id.as_str());
                 grant.execute(params![run, entitlement, principal, id, g.immutable, serde_json::to_string(&g.attributes)?])?;
             }
-            tx.prepare_cached("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1")?.execute(params![run, serde_json::to_string(next)?])?;
+            if let Some(next) = next {
+                tx.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, serde_json::to_string(next)?])?;
+            }
         }
         Ok(())
     }
@@ -693,9 +698,18 @@ impl SyncFile {
         Ok(())
     }
 
-    pub fn save_checkpoint(&self, run: i64, checkpoint: &Checkpoint) -> Result<()> {
-        self.conn.execute("UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1", params![run, serde_json::to_string(checkpoint)?])?;
-        Ok(())
+    /// Saves where the run goes on from. Inside a batch it is part of the
+    /// batch: if it fails, so does the batch.
+    pub fn save_checkpoint(&mut self, run: i64, checkpoint: &Checkpoint) -> Result<()> {
+        let saved = serde_json::to_string(checkpoint)
+            .map_err(anyhow::Error::from)
+            .and_then(|text| Ok(self.conn.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, text])?));
+        if saved.is_err() {
+            if let Some(batch) = &mut self.batch {
+                *batch = Batch::Failed;
+            }
+        }
+        saved.map(|_| ())
     }
 
     /// Records (resources, entitlements, grants) a run holds so far.
@@ -1289,7 +1303,7 @@ CREATE VIEW IF NOT EXISTS grants AS
         let (_dir, mut file, run, next) = fresh_run();
         let reports = [(user(&[("a", "1")]), 2), (user(&[("a", "2")]), 2), (user(&[("a", "1")]), 3), (user(&[("a", "1")]), 1), (user(&[("b", "3")]), 4)];
         for (resource, depth) in reports {
-            file.write_page(run, &PageRecords { resources: vec![resource], ..PageRecords::default() }, depth, &next).unwrap();
+            file.write_page(run, &PageRecords { resources: vec![resource], ..PageRecords::default() }, depth, Some(&next)).unwrap();
         }
         let (attributes, depth): (String, i64) =
             file.conn.query_row("SELECT attributes, depth FROM run_resources WHERE run_id = ?1", [run], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
@@ -1302,14 +1316,14 @@ CREATE VIEW IF NOT EXISTS grants AS
     #[test]
     fn grants_wait_in_the_stage_until_their_run_succeeds() {
         let (_dir, mut file, run, next) = fresh_run();
-        file.write_page(run, &member_page(member(&[("role", "member")])), 0, &next).unwrap();
+        file.write_page(run, &member_page(member(&[("role", "member")])), 0, Some(&next)).unwrap();
         file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1, "a failed run's grants are counted where they wait");
         let by_hand: i64 = file.conn.query_row("SELECT count(*) FROM run_grants WHERE run_id = ?1", [run], |row| row.get(0)).unwrap();
         assert_eq!(by_hand, 1, "run_grants shows a run still in the stage");
 
         file.reopen_run(run).unwrap();
-        file.write_page(run, &member_page(member(&[("since", "2026")])), 0, &next).unwrap();
+        file.write_page(run, &member_page(member(&[("since", "2026")])), 0, Some(&next)).unwrap();
         file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
         let grants = file.grants(run, None).unwrap();
         assert_eq!(grants, vec![member(&[("role", "member"), ("since", "2026")])], "one grant, both reports merged");
@@ -1328,7 +1342,7 @@ CREATE VIEW IF NOT EXISTS grants AS
                 ..member(&[])
             })
             .collect();
-        file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, &next).unwrap();
+        file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, Some(&next)).unwrap();
         let free = |file: &SyncFile| file.conn.query_row("PRAGMA freelist_count", [], |row| row.get::<_, i64>(0)).unwrap();
         assert_eq!(free(&file), 0);
         file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
@@ -1342,17 +1356,17 @@ CREATE VIEW IF NOT EXISTS grants AS
     fn a_page_that_fails_to_write_fails_its_batch() {
         let (_dir, mut file, run, next) = fresh_run();
         file.begin_batch().unwrap();
-        file.write_page(run, &member_page(member(&[])), 0, &next).unwrap();
+        file.write_page(run, &member_page(member(&[])), 0, Some(&next)).unwrap();
         // The next page's grants have nowhere to go.
         file.conn.execute_batch("ALTER TABLE grant_stage RENAME TO elsewhere").unwrap();
-        assert!(file.write_page(run, &member_page(member(&[("a", "b")])), 0, &next).is_err());
+        assert!(file.write_page(run, &member_page(member(&[("a", "b")])), 0, Some(&next)).is_err());
         let error = file.end_batch().expect_err("the batch fails with its page");
         assert!(format!("{error:#}").contains("none of the batch was kept"), "{error:#}");
         let resources: i64 = file.conn.query_row("SELECT count(*) FROM resource_rows", [], |row| row.get(0)).unwrap();
         assert_eq!(resources, 0, "the first page was rolled back too");
         assert!(file.conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get::<_, i64>(0)).is_ok(), "the rename was rolled back");
         // The file takes pages again, keys included (the key cache was cleared).
-        file.write_page(run, &member_page(member(&[])), 0, &next).unwrap();
+        file.write_page(run, &member_page(member(&[])), 0, Some(&next)).unwrap();
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1);
         let broken: i64 = file.conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0)).unwrap();
         assert_eq!(broken, 0);
@@ -1377,7 +1391,7 @@ CREATE VIEW IF NOT EXISTS grants AS
                 }],
                 ..PageRecords::default()
             };
-            file.write_page(run, &page, 0, &next).unwrap();
+            file.write_page(run, &page, 0, Some(&next)).unwrap();
             file.finish_run(run, end, 0).unwrap();
             runs.push(run);
         }

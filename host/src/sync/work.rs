@@ -1,7 +1,7 @@
 //! The work of one sync: which listings are handed out and not finished
 //! (each with the page it goes on from), which wait for a worker, and how
 //! far the queue of resources has been walked. Saved as a version-3
-//! checkpoint with every page written, so a resume asks every page not yet
+//! checkpoint with every page (or batch of pages) written, so a resume asks every page not yet
 //! written once, whatever was in flight.
 
 use std::collections::{BTreeMap, VecDeque};
