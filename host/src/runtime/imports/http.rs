@@ -479,9 +479,10 @@ impl HttpGateway {
         let request = prepared.try_clone().ok_or_else(|| failed(Failure::Final, HttpError::InvalidRequest("the request body cannot be sent again".into())))?;
         // Past the per-host budget, the cap on requests in flight or a 429's
         // pause a request waits its turn (the call's wall-clock limit still
-        // bounds the wait); the slot is held until the answer is read.
+        // bounds the wait); its slot and its place in the budget are held
+        // until the answer is read.
         let access = if prepared.method() == reqwest::Method::GET || prepared.method() == reqwest::Method::HEAD { Access::Read } else { Access::Write };
-        let _slot = self.throttle.acquire(host, access).await;
+        let _admission = self.throttle.acquire(host, access).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let sent = std::time::Instant::now();
         let mut response = self.client.execute(request).await.map_err(|e| {

@@ -39,21 +39,53 @@ pub struct HostThrottle {
 }
 
 /// The budget's window: an upstream counts its limit over a sliding minute
-/// (Asana, the simulator). A second more allows for answers that take
-/// longer to arrive than the ones before them.
-const WINDOW: Duration = Duration::from_secs(61);
+/// (Asana, the simulator), with a tenth of a second for timers that fire
+/// late.
+const WINDOW: Duration = Duration::from_millis(60_100);
 
-/// At most `per_minute` requests to a host in any [`WINDOW`]: the send
-/// times of each host's requests in the last window. A quiet host gets its
-/// whole minute at once (a small sync never waits for the budget). A
-/// token bucket (governor's GCRA) cannot promise this: with a minute's
-/// burst it sends twice the budget in the first minute, and every worker
-/// then waits out the 429s; without one, a small sync is paced for
+/// At most `per_minute` requests to a host in any [`WINDOW`]. A quiet host
+/// gets its whole minute at once (a small sync never waits for the
+/// budget). A token bucket (governor's GCRA) cannot promise this: with a
+/// minute's burst it sends twice the budget in the first minute, and every
+/// worker then waits out the 429s; without one, a small sync is paced for
 /// nothing.
+///
+/// An upstream counts a request when it admits it, at some moment between
+/// the send and the answer: a request that waited there (latency, a busy
+/// server) is counted later than it was sent, and a window of send times
+/// lets a new request in while the upstream still counts the old one. So a
+/// request holds its place from its send until its answer is in
+/// ([`Counted`]), and for a window after that: no upstream's window can
+/// hold more than the budget, however late it counts.
 struct MinuteWindow {
     per_minute: usize,
     window: Duration,
-    sent: Mutex<HashMap<String, VecDeque<Instant>>>,
+    hosts: Mutex<HashMap<String, HostWindow>>,
+}
+
+#[derive(Default)]
+struct HostWindow {
+    /// Requests sent and not yet answered.
+    in_flight: usize,
+    /// When the answers of the last window came in, oldest first.
+    answered: VecDeque<Instant>,
+}
+
+/// A request counted against its host's budget while it is in flight; its
+/// answer's time is recorded when it is dropped.
+pub struct Counted {
+    window: Arc<MinuteWindow>,
+    host: String,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut hosts = self.window.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(host) = hosts.get_mut(&self.host) {
+            host.in_flight = host.in_flight.saturating_sub(1);
+            host.answered.push_back(Instant::now());
+        }
+    }
 }
 
 impl MinuteWindow {
@@ -62,30 +94,39 @@ impl MinuteWindow {
     }
 
     fn over(per_minute: u32, window: Duration) -> Self {
-        MinuteWindow { per_minute: (per_minute as usize).max(1), window, sent: Mutex::new(HashMap::new()) }
+        MinuteWindow { per_minute: (per_minute as usize).max(1), window, hosts: Mutex::new(HashMap::new()) }
     }
 
-    /// Waits until a request to `host` fits in the window, and counts it.
-    async fn until_ready(&self, host: &str) {
+    /// Waits until a request to `host` fits in the window, and counts it
+    /// until the returned [`Counted`] is dropped.
+    async fn until_ready(self: &Arc<Self>, host: &str) -> Counted {
         loop {
             let frees_at = {
-                let mut sent = self.sent.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-                let times = sent.entry(host.to_string()).or_default();
+                let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let counts = hosts.entry(host.to_string()).or_default();
                 let now = Instant::now();
-                while times.front().is_some_and(|&at| now.duration_since(at) >= self.window) {
-                    times.pop_front();
+                while counts.answered.front().is_some_and(|&at| now.duration_since(at) >= self.window) {
+                    counts.answered.pop_front();
                 }
-                match times.front() {
-                    Some(&oldest) if times.len() >= self.per_minute => oldest + self.window,
-                    _ => {
-                        times.push_back(now);
-                        return;
-                    }
+                if counts.in_flight + counts.answered.len() < self.per_minute {
+                    counts.in_flight += 1;
+                    return Counted { window: Arc::clone(self), host: host.to_string() };
                 }
+                // Every place is taken: the oldest answer frees one a window
+                // after it came; with all of them in flight, none frees
+                // sooner than a window from now.
+                counts.answered.front().map_or(now + self.window, |&oldest| oldest + self.window)
             };
             tokio::time::sleep_until(frees_at).await;
         }
     }
+}
+
+/// What a request holds while it is in flight: a slot of its kind and its
+/// place in the rate budget.
+pub struct Admission {
+    _slot: OwnedSemaphorePermit,
+    _counted: Counted,
 }
 
 impl HostThrottle {
@@ -128,9 +169,9 @@ impl HostThrottle {
     }
 
     /// Waits until a request to `host` may go: past any pause, with a slot
-    /// of its kind (held by the returned permit while the request is in
-    /// flight), within the rate budget.
-    pub async fn acquire(&self, host: &str, access: Access) -> OwnedSemaphorePermit {
+    /// of its kind, within the rate budget. Both are held by the returned
+    /// admission until the answer is read.
+    pub async fn acquire(&self, host: &str, access: Access) -> Admission {
         self.wait_out_pause(host).await;
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -139,10 +180,10 @@ impl HostThrottle {
         // The semaphore is never closed.
         let permit = slot.acquire_owned().await.expect("host slots are never closed");
         let rate = self.rate.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        rate.until_ready(host).await;
+        let counted = rate.until_ready(host).await;
         // A 429 may have come in while this request waited its turn.
         self.wait_out_pause(host).await;
-        permit
+        Admission { _slot: permit, _counted: counted }
     }
 
     /// Holds every request to `host` back for `wait` (at most [`MAX_PAUSE`]),
@@ -216,16 +257,35 @@ mod tests {
     #[tokio::test]
     async fn a_quiet_host_gets_its_whole_budget_at_once_and_no_window_holds_more() {
         // A "minute" of 300 ms, to keep the test short.
-        let window = MinuteWindow::over(20, Duration::from_millis(300));
+        let window = Arc::new(MinuteWindow::over(20, Duration::from_millis(300)));
         let started = Instant::now();
         for _ in 0..20 {
-            window.until_ready("a.example").await;
+            drop(window.until_ready("a.example").await);
         }
         assert!(started.elapsed() < Duration::from_millis(150), "the budget at once: {:?}", started.elapsed());
-        window.until_ready("b.example").await;
+        drop(window.until_ready("b.example").await);
         assert!(started.elapsed() < Duration::from_millis(150), "each host has its own");
-        window.until_ready("a.example").await;
+        drop(window.until_ready("a.example").await);
         assert!(started.elapsed() >= Duration::from_millis(300), "the 21st waits until the first leaves the window: {:?}", started.elapsed());
+    }
+
+    /// An upstream may count a request as late as its answer: the place it
+    /// holds frees a window after the answer, not after the send.
+    #[tokio::test]
+    async fn a_request_holds_its_place_until_a_window_after_its_answer() {
+        let window = Arc::new(MinuteWindow::over(1, Duration::from_millis(300)));
+        let started = Instant::now();
+        let slow = window.until_ready("a.example").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        drop(slow);
+        let answered = Instant::now();
+        drop(window.until_ready("a.example").await);
+        assert!(
+            answered.elapsed() >= Duration::from_millis(300),
+            "the next waits a window from the answer, {:?} after it (sent {:?} after the first)",
+            answered.elapsed(),
+            started.elapsed()
+        );
     }
 
     #[test]
