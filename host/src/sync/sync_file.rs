@@ -528,7 +528,7 @@ impl SyncFile {
                     Some(p) => Some(key_of.resource(&p.resource_type, &p.id)?),
                     None => None,
                 };
-                let attributes = serde_json::to_string(&r.attributes)?;
+                let attributes = attributes_text(&r.attributes)?;
                 // A principal reported again with each of its memberships
                 // would otherwise rewrite its row (a random page) every time.
                 let report = key_of.cache.report_of(&r.display_name, parent, &attributes);
@@ -561,7 +561,7 @@ impl SyncFile {
                         .and_then(|rest| rest.strip_prefix(':'))
                         == Some(g.principal.id.as_str());
                 let id = (!derived).then_some(g.id.as_str());
-                grant.execute(params![run, entitlement, principal, id, g.immutable, serde_json::to_string(&g.attributes)?])?;
+                grant.execute(params![run, entitlement, principal, id, g.immutable, attributes_text(&g.attributes)?])?;
             }
             if let Some(next) = next {
                 tx.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, serde_json::to_string(next)?])?;
@@ -897,6 +897,15 @@ struct KeyCache {
     hasher: std::hash::RandomState,
 }
 
+/// Attributes as stored: most records have none.
+fn attributes_text(attributes: &Map<String, Value>) -> serde_json::Result<std::borrow::Cow<'static, str>> {
+    if attributes.is_empty() {
+        Ok("{}".into())
+    } else {
+        serde_json::to_string(attributes).map(Into::into)
+    }
+}
+
 impl KeyCache {
     /// A hash of what a resource report writes besides its key and depth.
     fn report_of(&self, display_name: &str, parent: Option<i64>, attributes: &str) -> u64 {
@@ -938,9 +947,9 @@ impl<'t, 'c> Keys<'t, 'c> {
         Ok(Keys {
             cache,
             find_resource: tx.prepare_cached(FIND_RESOURCE_KEY)?,
-            add_resource: tx.prepare_cached("INSERT INTO resource_keys (resource_type, id) VALUES (?1, ?2) RETURNING kid")?,
+            add_resource: tx.prepare_cached("INSERT INTO resource_keys (resource_type, id) VALUES (?1, ?2)")?,
             find_entitlement: tx.prepare_cached(FIND_ENTITLEMENT_KEY)?,
-            add_entitlement: tx.prepare_cached("INSERT INTO entitlement_keys (id) VALUES (?1) RETURNING eid")?,
+            add_entitlement: tx.prepare_cached("INSERT INTO entitlement_keys (id) VALUES (?1)")?,
         })
     }
 
@@ -950,7 +959,9 @@ impl<'t, 'c> Keys<'t, 'c> {
         }
         let key = match self.find_resource.query_row(params![resource_type, id], |row| row.get(0)).optional()? {
             Some(key) => key,
-            None => self.add_resource.query_row(params![resource_type, id], |row| row.get(0))?,
+            // The new row's rowid is its key (RETURNING would build a
+            // result table per key).
+            None => self.add_resource.insert(params![resource_type, id])?,
         };
         if self.cache.resource_count >= KEY_CACHE_ENTRIES {
             self.cache.resources.clear();
@@ -967,7 +978,7 @@ impl<'t, 'c> Keys<'t, 'c> {
         }
         let key = match self.find_entitlement.query_row(params![id], |row| row.get(0)).optional()? {
             Some(key) => key,
-            None => self.add_entitlement.query_row(params![id], |row| row.get(0))?,
+            None => self.add_entitlement.insert(params![id])?,
         };
         if self.cache.entitlements.len() >= KEY_CACHE_ENTRIES {
             self.cache.entitlements.clear();
