@@ -12,7 +12,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::Row;
 
 use super::model::{Entitlement, Grant, Resource, ResourceKey};
-use super::sync_file::{json_object, resource_from_row, SyncFile};
+use super::sync_file::{json_object, resource_from_row, SyncFile, GRANT_ATTRIBUTES};
 
 /// What a listing keeps. Empty: everything.
 #[derive(Debug, Clone, Copy, Default)]
@@ -183,7 +183,7 @@ pub fn grants(file: &SyncFile, run: i64, filter: &Filter<'_>, after: Option<&Cur
         sql += &format!(" AND g.principal = ?{}", args.len());
     }
     let sql = format!(
-        "SELECT g.entitlement, g.principal, coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id), ek.id, pk.resource_type, pk.id, g.immutable, g.attributes
+        "SELECT g.entitlement, g.principal, coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id), ek.id, pk.resource_type, pk.id, g.immutable, {GRANT_ATTRIBUTES}
          FROM {from} WHERE {sql} ORDER BY g.entitlement, g.principal LIMIT ?{}",
         args.len() + 1
     );

@@ -13,7 +13,7 @@ use rusqlite::{params, Row, Rows};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use super::sync_file::{RunInfo, SyncFile, KEPT_GOOD_RUNS};
+use super::sync_file::{RunInfo, SyncFile, GRANT_ATTRIBUTES, KEPT_GOOD_RUNS};
 
 /// A run to review: the last good one, or `run`, which must have
 /// succeeded and still have its records.
@@ -219,33 +219,31 @@ impl Kind {
     /// Rows of one run in key order (the primary key's, so SQLite walks
     /// the index rather than sorting). Columns: two key parts, the name
     /// and what it is on (labels, not compared), then the compared fields.
-    fn query(self) -> &'static str {
+    fn query(self) -> String {
         match self {
-            Kind::Resource => {
-                "SELECT resource_type, id, display_name, resource_type,
+            Kind::Resource => "SELECT resource_type, id, display_name, resource_type,
                         display_name, CASE WHEN parent_id IS NULL THEN NULL ELSE parent_type || ':' || parent_id END, attributes
                  FROM run_resources WHERE run_id = ?1 ORDER BY resource_type, id"
-            }
-            Kind::Entitlement => {
-                "SELECT '', ek.id, e.display_name, coalesce(r.display_name, k.resource_type || ':' || k.id),
+                .to_string(),
+            Kind::Entitlement => "SELECT '', ek.id, e.display_name, coalesce(r.display_name, k.resource_type || ':' || k.id),
                         e.display_name, e.description, e.grantable, k.resource_type || ':' || k.id, e.slug
                  FROM entitlement_rows e
                  JOIN entitlement_keys ek ON ek.eid = e.entitlement
                  JOIN resource_keys k ON k.kid = e.resource
                  LEFT JOIN resource_rows r ON r.run_id = e.run_id AND r.key = e.resource
                  WHERE e.run_id = ?1 ORDER BY ek.id"
-            }
-            Kind::Grant => {
+                .to_string(),
+            Kind::Grant => format!(
                 "SELECT '', coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id),
                         coalesce(p.display_name, pk.resource_type || ':' || pk.id), coalesce(e.display_name, ek.id),
-                        ek.id, pk.resource_type || ':' || pk.id, g.immutable, g.attributes
+                        ek.id, pk.resource_type || ':' || pk.id, g.immutable, {GRANT_ATTRIBUTES}
                  FROM grant_rows g
                  JOIN entitlement_keys ek ON ek.eid = g.entitlement
                  JOIN resource_keys pk ON pk.kid = g.principal
                  LEFT JOIN resource_rows p ON p.run_id = g.run_id AND p.key = g.principal
                  LEFT JOIN entitlement_rows e ON e.run_id = g.run_id AND e.entitlement = g.entitlement
                  WHERE g.run_id = ?1 ORDER BY 2"
-            }
+            ),
         }
     }
 
@@ -391,8 +389,8 @@ fn record_id(kind: Kind, key: &(String, String)) -> String {
 pub fn diff(a: &SyncFile, from: i64, b: &SyncFile, to: i64, mut each: impl FnMut(&Difference) -> Result<()>) -> Result<DiffCounts> {
     let mut counts = DiffCounts::default();
     for kind in Kind::ALL {
-        let mut before_stmt = a.connection().prepare(kind.query())?;
-        let mut after_stmt = b.connection().prepare(kind.query())?;
+        let mut before_stmt = a.connection().prepare(&kind.query())?;
+        let mut after_stmt = b.connection().prepare(&kind.query())?;
         let mut before_rows = before_stmt.query(params![from])?;
         let mut after_rows = after_stmt.query(params![to])?;
         let mut before = next_record(kind, &mut before_rows)?;

@@ -20,7 +20,7 @@ use super::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, Resou
 /// The schema this host writes, kept in `PRAGMA user_version`. Files of an
 /// older version are migrated when opened (see `migrate`); a newer one is
 /// refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The schema at `SCHEMA_VERSION`. Statements are idempotent, so it also
 /// (re)creates the views after a migration.
@@ -28,7 +28,8 @@ pub const SCHEMA_VERSION: i64 = 4;
 /// Compact: resource keys (type and id) and entitlement ids are stored
 /// once each, in `resource_keys` and `entitlement_keys`, and the records
 /// refer to them by integer; a grant's id is stored only when it is not
-/// `ENTITLEMENT_ID:PRINCIPAL_TYPE:PRINCIPAL_ID`. The views `run_resources`,
+/// `ENTITLEMENT_ID:PRINCIPAL_TYPE:PRINCIPAL_ID`, and attributes that many
+/// grants share (a role's flags) are stored once, in `attribute_sets`. The views `run_resources`,
 /// `run_entitlements` and `run_grants` show the records with the column
 /// names of schema 2 (`resources`, `entitlements` and `grants` those of
 /// the last good run), for readers and for queries by hand.
@@ -95,7 +96,9 @@ CREATE TABLE IF NOT EXISTS grant_rows (
     -- NULL: the id is ENTITLEMENT_ID:PRINCIPAL_TYPE:PRINCIPAL_ID.
     id TEXT,
     immutable INTEGER NOT NULL,
+    -- The attributes as JSON, or '' when they are attrs' (none if NULL).
     attributes TEXT NOT NULL DEFAULT '{}',
+    attrs INTEGER REFERENCES attribute_sets(aid),
     PRIMARY KEY (run_id, entitlement, principal)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS grant_rows_by_principal ON grant_rows (run_id, principal);
@@ -109,7 +112,13 @@ CREATE TABLE IF NOT EXISTS grant_stage (
     principal INTEGER NOT NULL REFERENCES resource_keys(kid),
     id TEXT,
     immutable INTEGER NOT NULL,
-    attributes TEXT NOT NULL DEFAULT '{}'
+    attributes TEXT NOT NULL DEFAULT '{}',
+    attrs INTEGER REFERENCES attribute_sets(aid)
+);
+-- Grant attributes seen more than once, once each (schema 5).
+CREATE TABLE IF NOT EXISTS attribute_sets (
+    aid INTEGER PRIMARY KEY,
+    json TEXT NOT NULL UNIQUE
 );
 
 CREATE VIEW IF NOT EXISTS run_resources AS
@@ -120,11 +129,13 @@ CREATE VIEW IF NOT EXISTS run_entitlements AS
     FROM entitlement_rows e JOIN entitlement_keys ek ON ek.eid = e.entitlement JOIN resource_keys k ON k.kid = e.resource;
 CREATE VIEW IF NOT EXISTS run_grants AS
     SELECT g.run_id, coalesce(g.id, ek.id || ':' || k.resource_type || ':' || k.id) AS id, ek.id AS entitlement_id,
-        k.resource_type AS principal_type, k.id AS principal_id, g.immutable, g.attributes
+        k.resource_type AS principal_type, k.id AS principal_id, g.immutable,
+        CASE WHEN g.attributes = '' THEN coalesce((SELECT a.json FROM attribute_sets a WHERE a.aid = g.attrs), '{}') ELSE g.attributes END AS attributes
     FROM grant_rows g JOIN entitlement_keys ek ON ek.eid = g.entitlement JOIN resource_keys k ON k.kid = g.principal
     UNION ALL
     SELECT g.run_id, coalesce(g.id, ek.id || ':' || k.resource_type || ':' || k.id) AS id, ek.id AS entitlement_id,
-        k.resource_type AS principal_type, k.id AS principal_id, g.immutable, g.attributes
+        k.resource_type AS principal_type, k.id AS principal_id, g.immutable,
+        CASE WHEN g.attributes = '' THEN coalesce((SELECT a.json FROM attribute_sets a WHERE a.aid = g.attrs), '{}') ELSE g.attributes END AS attributes
     FROM grant_stage g JOIN entitlement_keys ek ON ek.eid = g.entitlement JOIN resource_keys k ON k.kid = g.principal;
 
 CREATE VIEW IF NOT EXISTS last_good_run AS
@@ -359,6 +370,11 @@ const FIND_RESOURCE_KEY: &str = "SELECT kid FROM resource_keys WHERE resource_ty
 const FIND_ENTITLEMENT_KEY: &str = "SELECT eid FROM entitlement_keys WHERE id = ?1";
 const SAVE_CHECKPOINT: &str = "UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1";
 
+/// The attributes of grant row `g` as JSON, for queries of `grant_rows`
+/// (see `attribute_sets`).
+pub(crate) const GRANT_ATTRIBUTES: &str =
+    "CASE WHEN g.attributes = '' THEN coalesce((SELECT a.json FROM attribute_sets a WHERE a.aid = g.attrs), '{}') ELSE g.attributes END";
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RunEnd<'a> {
@@ -547,8 +563,9 @@ impl SyncFile {
                 let resource = key_of.resource(&e.resource.resource_type, &e.resource.id)?;
                 entitlement.execute(params![run, id, resource, e.slug, e.display_name, e.description, e.grantable])?;
             }
-            let mut grant =
-                tx.prepare_cached("INSERT INTO grant_stage (run_id, entitlement, principal, id, immutable, attributes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
+            let mut grant = tx.prepare_cached(
+                "INSERT INTO grant_stage (run_id, entitlement, principal, id, immutable, attributes, attrs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
             for g in &page.grants {
                 let entitlement = key_of.entitlement(&g.entitlement_id)?;
                 let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
@@ -561,7 +578,8 @@ impl SyncFile {
                         .and_then(|rest| rest.strip_prefix(':'))
                         == Some(g.principal.id.as_str());
                 let id = (!derived).then_some(g.id.as_str());
-                grant.execute(params![run, entitlement, principal, id, g.immutable, attributes_text(&g.attributes)?])?;
+                let (attributes, attrs) = key_of.attributes(&g.attributes)?;
+                grant.execute(params![run, entitlement, principal, id, g.immutable, attributes, attrs])?;
             }
             if let Some(next) = next {
                 tx.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, serde_json::to_string(next)?])?;
@@ -657,12 +675,17 @@ impl SyncFile {
             // In the order they came (a walk of the stage's rows), so a
             // grant reported twice merges as it would have on arrival.
             tx.execute(
-                "INSERT INTO grant_rows (run_id, entitlement, principal, id, immutable, attributes)
-                 SELECT run_id, entitlement, principal, id, immutable, attributes FROM grant_stage WHERE run_id = ?1
-                 ON CONFLICT (run_id, entitlement, principal) DO UPDATE SET
-                    id = excluded.id,
-                    immutable = excluded.immutable,
-                    attributes = json_patch(attributes, excluded.attributes)",
+                &format!(
+                    "INSERT INTO grant_rows (run_id, entitlement, principal, id, immutable, attributes, attrs)
+                     SELECT run_id, entitlement, principal, id, immutable, attributes, attrs FROM grant_stage WHERE run_id = ?1
+                     ON CONFLICT (run_id, entitlement, principal) DO UPDATE SET
+                        id = excluded.id,
+                        immutable = excluded.immutable,
+                        attributes = json_patch({}, {}),
+                        attrs = NULL",
+                    GRANT_ATTRIBUTES.replace("g.", "grant_rows."),
+                    GRANT_ATTRIBUTES.replace("g.", "excluded."),
+                ),
                 [run],
             )?;
             // All of it, which SQLite frees at once: this run is the
@@ -836,15 +859,15 @@ impl SyncFile {
 
     /// Grants of one run; `resource_type` filters on the entitled resource's type.
     pub fn grants(&self, run: i64, resource_type: Option<&str>) -> Result<Vec<Grant>> {
-        let mut stmt = self.conn.prepare(
-            "SELECT coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id), ek.id, pk.resource_type, pk.id, g.immutable, g.attributes
-             FROM grant_rows g
-             JOIN entitlement_keys ek ON ek.eid = g.entitlement
-             JOIN resource_keys pk ON pk.kid = g.principal
-             LEFT JOIN entitlement_rows e ON e.run_id = g.run_id AND e.entitlement = g.entitlement
-             LEFT JOIN resource_keys rk ON rk.kid = e.resource
-             WHERE g.run_id = ?1 AND (?2 IS NULL OR rk.resource_type = ?2) ORDER BY 1",
-        )?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT coalesce(g.id, ek.id || ':' || pk.resource_type || ':' || pk.id), ek.id, pk.resource_type, pk.id, g.immutable, {GRANT_ATTRIBUTES}
+                 FROM grant_rows g
+                 JOIN entitlement_keys ek ON ek.eid = g.entitlement
+                 JOIN resource_keys pk ON pk.kid = g.principal
+                 LEFT JOIN entitlement_rows e ON e.run_id = g.run_id AND e.entitlement = g.entitlement
+                 LEFT JOIN resource_keys rk ON rk.kid = e.resource
+                 WHERE g.run_id = ?1 AND (?2 IS NULL OR rk.resource_type = ?2) ORDER BY 1"
+        ))?;
         let rows = stmt.query_map(params![run, resource_type], |row| {
             Ok(Grant {
                 id: row.get(0)?,
@@ -895,6 +918,9 @@ struct KeyCache {
     written: std::collections::HashMap<i64, (u64, u32)>,
     /// Seeded per process, so a connector cannot aim reports at a collision.
     hasher: std::hash::RandomState,
+    /// Grant attributes (JSON) seen before -> their set's key, once a second
+    /// grant has them (see `Keys::attributes`).
+    attribute_sets: std::collections::HashMap<String, Option<i64>>,
 }
 
 /// Attributes as stored: most records have none.
@@ -934,6 +960,8 @@ const KEY_CACHE_ENTRIES: usize = 1 << 17;
 
 struct Keys<'t, 'c> {
     cache: &'c mut KeyCache,
+    find_attributes: rusqlite::CachedStatement<'t>,
+    add_attributes: rusqlite::CachedStatement<'t>,
     find_resource: rusqlite::CachedStatement<'t>,
     add_resource: rusqlite::CachedStatement<'t>,
     find_entitlement: rusqlite::CachedStatement<'t>,
@@ -946,6 +974,8 @@ impl<'t, 'c> Keys<'t, 'c> {
         // its page) for every key already there.
         Ok(Keys {
             cache,
+            find_attributes: tx.prepare_cached("SELECT aid FROM attribute_sets WHERE json = ?1")?,
+            add_attributes: tx.prepare_cached("INSERT INTO attribute_sets (json) VALUES (?1)")?,
             find_resource: tx.prepare_cached(FIND_RESOURCE_KEY)?,
             add_resource: tx.prepare_cached("INSERT INTO resource_keys (resource_type, id) VALUES (?1, ?2)")?,
             find_entitlement: tx.prepare_cached(FIND_ENTITLEMENT_KEY)?,
@@ -970,6 +1000,35 @@ impl<'t, 'c> Keys<'t, 'c> {
         self.cache.resources.entry(resource_type.to_string()).or_default().insert(id.to_string(), key);
         self.cache.resource_count += 1;
         Ok(key)
+    }
+
+    /// How a grant's attributes are stored: none as `''`; a set seen for
+    /// the first time as its JSON; a set seen before as `''` and its key in
+    /// `attribute_sets`, so the flags of a role that thousands of grants
+    /// share are stored once, while attributes of one grant alone (a date)
+    /// do not fill the table.
+    fn attributes(&mut self, attributes: &Map<String, Value>) -> Result<(String, Option<i64>)> {
+        if attributes.is_empty() {
+            return Ok((String::new(), None));
+        }
+        let json = serde_json::to_string(attributes)?;
+        match self.cache.attribute_sets.get(&json) {
+            Some(Some(aid)) => return Ok((String::new(), Some(*aid))),
+            Some(None) => {}
+            None => {
+                if self.cache.attribute_sets.len() >= KEY_CACHE_ENTRIES {
+                    self.cache.attribute_sets.clear();
+                }
+                self.cache.attribute_sets.insert(json.clone(), None);
+                return Ok((json, None));
+            }
+        }
+        let aid = match self.find_attributes.query_row([&json], |row| row.get(0)).optional()? {
+            Some(aid) => aid,
+            None => self.add_attributes.insert([&json])?,
+        };
+        self.cache.attribute_sets.insert(json, Some(aid));
+        Ok((String::new(), Some(aid)))
     }
 
     fn entitlement(&mut self, id: &str) -> Result<i64> {
@@ -1027,9 +1086,19 @@ fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -
         tx.execute_batch(SCHEMA_V2)?;
         tx.execute_batch(MIGRATE_2_TO_3).context("cannot migrate the sync file from schema 2 to 3")?;
     }
-    if version < 4 && has_runs {
-        // Schema 4 adds grant_stage, which run_grants now shows as well.
+    if version < 5 && has_runs {
+        // Schema 4 adds grant_stage, which run_grants shows as well; schema
+        // 5 the attribute sets, which it reads.
         tx.execute_batch("DROP VIEW IF EXISTS run_grants")?;
+        for table in ["grant_rows", "grant_stage"] {
+            let (exists, has_attrs): (bool, bool) =
+                tx.query_row(&format!("SELECT count(*) > 0, coalesce(sum(name = 'attrs'), 0) > 0 FROM pragma_table_info('{table}')"), [], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })?;
+            if exists && !has_attrs {
+                tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN attrs INTEGER REFERENCES attribute_sets(aid)"))?;
+            }
+        }
     }
     tx.execute_batch(SCHEMA)?;
     if to_3 {
@@ -1294,6 +1363,28 @@ CREATE VIEW IF NOT EXISTS grants AS
         }
     }
 
+    impl SyncFile {
+        /// Grants of `run` through the `run_grants` view, as a query by hand sees them.
+        fn grants_by_hand(&self, run: i64) -> Vec<Grant> {
+            let mut stmt = self
+                .conn
+                .prepare("SELECT id, entitlement_id, principal_type, principal_id, immutable, attributes FROM run_grants WHERE run_id = ?1 ORDER BY id")
+                .unwrap();
+            stmt.query_map([run], |row| {
+                Ok(Grant {
+                    id: row.get(0)?,
+                    entitlement_id: row.get(1)?,
+                    principal: ResourceKey { resource_type: row.get(2)?, id: row.get(3)? },
+                    immutable: row.get(4)?,
+                    attributes: json_object(row.get::<_, String>(5)?),
+                })
+            })
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+        }
+    }
+
     /// A new file with one run begun, and a checkpoint to write pages with.
     fn fresh_run() -> (tempfile::TempDir, SyncFile, i64, Checkpoint) {
         let dir = tempfile::tempdir().unwrap();
@@ -1320,6 +1411,96 @@ CREATE VIEW IF NOT EXISTS grants AS
             file.conn.query_row("SELECT attributes, depth FROM run_resources WHERE run_id = ?1", [run], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
         assert_eq!(json_object(attributes), user(&[("a", "1"), ("b", "3")]).attributes, "the third report is written though the first was");
         assert_eq!(depth, 1, "a report at a smaller depth is written though it says the same");
+    }
+
+    /// A grant with `attributes` to user `u`.
+    fn member_of(team: &str, u: &str, attributes: &[(&str, &str)]) -> Grant {
+        let entitlement_id = format!("team:{team}:member");
+        Grant {
+            id: format!("{entitlement_id}:user:{u}"),
+            principal: ResourceKey { resource_type: "user".into(), id: u.into() },
+            entitlement_id,
+            ..member(attributes)
+        }
+    }
+
+    /// Attributes that many grants share are stored once; attributes of one
+    /// grant alone stay in its row; every reader sees each grant's own, and
+    /// a grant reported twice merges whichever form each report took.
+    #[test]
+    fn shared_grant_attributes_are_stored_once_and_read_back_per_grant() {
+        let (_dir, mut file, run, next) = fresh_run();
+        let flags = [("is_active", "true"), ("is_view_only", "false")];
+        let mut grants: Vec<Grant> = (0..50).map(|i| member_of("t1", &format!("u{i}"), &flags)).collect();
+        grants.push(member_of("t1", "u50", &[("since", "2026-01-01")]));
+        grants.push(member_of("t1", "u51", &[]));
+        // u0 again, with a flag of its own: merged over the shared set.
+        grants.push(member_of("t1", "u0", &[("note", "x")]));
+        file.write_page(run, &PageRecords { grants: grants.clone(), ..PageRecords::default() }, 0, Some(&next)).unwrap();
+        let staged = file.grants_by_hand(run);
+        file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+
+        let sets: Vec<String> =
+            file.conn.prepare("SELECT json FROM attribute_sets").unwrap().query_map([], |row| row.get(0)).unwrap().map(Result::unwrap).collect();
+        assert_eq!(sets, [r#"{"is_active":"true","is_view_only":"false"}"#], "only the set seen twice is shared");
+        let inline: i64 = file.conn.query_row("SELECT count(*) FROM grant_rows WHERE attributes NOT IN ('', '{}')", [], |row| row.get(0)).unwrap();
+        assert_eq!(inline, 2, "the one-off date and u0's two reports merged stay in their rows");
+
+        let mut expected: Vec<Grant> = grants[1..52].to_vec();
+        expected.push(member_of("t1", "u0", &[("is_active", "true"), ("is_view_only", "false"), ("note", "x")]));
+        expected.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(file.grants(run, None).unwrap(), expected, "grants() reads each grant's own attributes");
+        assert_eq!(file.grants_by_hand(run), expected, "so does the grants view");
+        assert_eq!(staged.len(), 53, "and run_grants while they wait in the stage, both reports of u0");
+        let filter = super::super::query::Filter::default();
+        let page = super::super::query::grants(&file, run, &filter, None, 100).unwrap();
+        let mut api: Vec<Grant> = page.items;
+        api.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(api, expected, "so does the API's query");
+    }
+
+    /// Schema 4 stored every grant's attributes in its row: such a file
+    /// gains the attribute sets and reads as before.
+    #[test]
+    fn a_schema_4_file_gains_attribute_sets_and_reads_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        let flags = [("is_active", "true")];
+        {
+            // Schema 4: no attrs columns, no attribute_sets, views of the rows' own attributes.
+            let mut v4 = SCHEMA.to_string();
+            for (from, to) in [
+                (",\n    attrs INTEGER REFERENCES attribute_sets(aid)", ""),
+                ("CREATE TABLE IF NOT EXISTS attribute_sets (\n    aid INTEGER PRIMARY KEY,\n    json TEXT NOT NULL UNIQUE\n);", ""),
+                (GRANT_ATTRIBUTES, "g.attributes"),
+            ] {
+                assert!(v4.contains(from), "{from}");
+                v4 = v4.replace(from, to);
+            }
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&v4).unwrap();
+            conn.execute_batch(
+                r#"INSERT INTO sync_runs (id, started_at, status, connector_name, connector_version, connector_digest) VALUES (1, 't', 'succeeded', 'c', '1', 'd');
+                   INSERT INTO resource_keys VALUES (1, 'user', 'u1');
+                   INSERT INTO entitlement_keys VALUES (1, 'team:t1:member');
+                   INSERT INTO grant_rows VALUES (1, 1, 1, NULL, 0, '{"is_active":"true"}');
+                   PRAGMA user_version = 4;"#,
+            )
+            .unwrap();
+        }
+        let mut file = SyncFile::open(&path).unwrap();
+        assert_eq!(file.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(file.grants_by_hand(1), vec![member_of("t1", "u1", &flags)]);
+        // The next run shares sets as a new file would.
+        let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let page = PageRecords { grants: vec![member_of("t1", "u1", &flags), member_of("t2", "u1", &flags)], ..PageRecords::default() };
+        file.write_page(run, &page, 0, Some(&next)).unwrap();
+        file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+        assert_eq!(file.grants(run, None).unwrap(), vec![member_of("t1", "u1", &flags), member_of("t2", "u1", &flags)]);
+        assert_eq!(file.grants(1, None).unwrap(), vec![member_of("t1", "u1", &flags)], "the schema-4 run is kept as it was");
+        let broken: i64 = file.conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0)).unwrap();
+        assert_eq!(broken, 0);
     }
 
     /// Grants wait in the stage until their run succeeds (a failed run
