@@ -101,7 +101,6 @@ CREATE TABLE IF NOT EXISTS grant_rows (
     attrs INTEGER REFERENCES attribute_sets(aid),
     PRIMARY KEY (run_id, entitlement, principal)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS grant_rows_by_principal ON grant_rows (run_id, principal);
 -- Grants of a run still syncing, in the order they came: appended without
 -- an index, so a page costs about a page of writes, where grant_rows'
 -- two orders would each take a page of the file per grant. When the run
@@ -368,6 +367,10 @@ pub struct QueuedResource {
 /// file holds it: one text for the writer's lookups and the API's.
 const FIND_RESOURCE_KEY: &str = "SELECT kid FROM resource_keys WHERE resource_type = ?1 AND id = ?2";
 const FIND_ENTITLEMENT_KEY: &str = "SELECT eid FROM entitlement_keys WHERE id = ?1";
+/// Grants by principal ("what does this user hold"), for the API and the
+/// review page. Made with the schema, and again by each good run (see
+/// `finish_run`).
+const GRANTS_BY_PRINCIPAL: &str = "CREATE INDEX IF NOT EXISTS grant_rows_by_principal ON grant_rows (run_id, principal)";
 const SAVE_CHECKPOINT: &str = "UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1";
 
 /// The attributes of grant row `g` as JSON, for queries of `grant_rows`
@@ -672,6 +675,10 @@ impl SyncFile {
             params![run, status, error, http_requests as i64],
         )?;
         if end == RunEnd::Succeeded {
+            // The principal index is built again below, from sorted keys:
+            // kept, it took a random page of itself per grant moved and per
+            // grant of a dropped run deleted.
+            tx.execute_batch("DROP INDEX IF EXISTS grant_rows_by_principal")?;
             // In the order they came (a walk of the stage's rows), so a
             // grant reported twice merges as it would have on arrival.
             tx.execute(
@@ -700,6 +707,7 @@ impl SyncFile {
                     params![run, KEPT_GOOD_RUNS],
                 )?;
             }
+            tx.execute_batch(GRANTS_BY_PRINCIPAL)?;
         }
         tx.commit()?;
         if end == RunEnd::Succeeded {
@@ -1101,6 +1109,7 @@ fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -
         }
     }
     tx.execute_batch(SCHEMA)?;
+    tx.execute_batch(GRANTS_BY_PRINCIPAL)?;
     if to_3 {
         tx.execute_batch(MIGRATE_2_TO_3_RECORDS).context("cannot migrate the sync file from schema 2 to 3")?;
     }
@@ -1522,6 +1531,10 @@ CREATE VIEW IF NOT EXISTS grants AS
         let staged: i64 = file.conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get(0)).unwrap();
         assert_eq!(staged, 0);
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1);
+        // The principal index, built again by the good run, is there and used.
+        let plan: String =
+            file.conn.query_row("EXPLAIN QUERY PLAN SELECT entitlement FROM grant_rows WHERE run_id = ?1 AND principal = 1", [run], |row| row.get(3)).unwrap();
+        assert!(plan.contains("grant_rows_by_principal"), "{plan}");
     }
 
     #[test]
