@@ -29,10 +29,11 @@ pub const SCHEMA_VERSION: i64 = 5;
 /// once each, in `resource_keys` and `entitlement_keys`, and the records
 /// refer to them by integer; a grant's id is stored only when it is not
 /// `ENTITLEMENT_ID:PRINCIPAL_TYPE:PRINCIPAL_ID`, and attributes that many
-/// grants share (a role's flags) are stored once, in `attribute_sets`. The views `run_resources`,
-/// `run_entitlements` and `run_grants` show the records with the column
-/// names of schema 2 (`resources`, `entitlements` and `grants` those of
-/// the last good run), for readers and for queries by hand.
+/// grants share (a role's flags) are stored once, in `attribute_sets`. The
+/// views `run_resources`, `run_entitlements` and `run_grants` show the
+/// records with the column names of schema 2 (`resources`, `entitlements`
+/// and `grants` those of the last good run), for readers and for queries
+/// by hand.
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS sync_runs (
     id INTEGER PRIMARY KEY,
