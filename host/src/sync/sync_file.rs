@@ -708,7 +708,9 @@ impl SyncFile {
                     params![run, KEPT_GOOD_RUNS],
                 )?;
             }
-            tx.execute_batch(GRANTS_BY_PRINCIPAL)?;
+            tx.execute_batch(GRANTS_BY_PRINCIPAL).context(
+                "cannot build the grants-by-principal index (SQLite sorts it through temporary files: is SQLITE_TMPDIR, TMPDIR, /var/tmp or /tmp writable?)",
+            )?;
         }
         tx.commit()?;
         if end == RunEnd::Succeeded {
