@@ -189,7 +189,6 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
         work: Work::default(),
         unsaved: false,
         poisoned: false,
-        in_batch: false,
         workers: worker_count,
         http: http.clone(),
         estimate: Estimate::default(),
@@ -269,9 +268,6 @@ struct Driver<'a> {
     /// A batch of pages failed to commit: the work is ahead of the file,
     /// so nothing more is written.
     poisoned: bool,
-    /// Pages are being written in a batch, which saves one checkpoint at
-    /// its end for all of them.
-    in_batch: bool,
     workers: usize,
     http: Arc<crate::runtime::imports::http::HttpGateway>,
     estimate: Estimate,
@@ -369,11 +365,8 @@ impl Driver<'_> {
             }
             let batch = arrived.len() > 1 && !self.poisoned;
             if batch {
-                match self.file.begin_batch() {
-                    Ok(()) => self.in_batch = true,
-                    Err(e) => {
-                        failure.get_or_insert(e);
-                    }
+                if let Err(e) = self.file.begin_batch() {
+                    failure.get_or_insert(e);
                 }
             }
             for (worker, key, token, result) in arrived {
@@ -395,7 +388,6 @@ impl Driver<'_> {
                 if let Err(e) = self.save_checkpoint() {
                     failure.get_or_insert(e);
                 }
-                self.in_batch = false;
                 if let Err(e) = self.file.end_batch() {
                     // The work now runs ahead of the file: the checkpoint
                     // committed last is the one to resume from.
@@ -539,7 +531,7 @@ impl Driver<'_> {
         // users list no entitlements of their own), or for a stop. Every
         // page that cost a request is saved with it.
         if count > 0 || cost {
-            if self.in_batch {
+            if self.file.in_batch() {
                 // The batch's end saves where the work is after all its pages.
                 self.file.write_page(self.run, &records, depth, None)?;
                 self.unsaved = true;

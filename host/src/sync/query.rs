@@ -12,7 +12,7 @@ use rusqlite::types::Value as Sql;
 use rusqlite::Row;
 
 use super::model::{Entitlement, Grant, Resource, ResourceKey};
-use super::sync_file::{json_object, resource_from_row, SyncFile, GRANT_ATTRIBUTES};
+use super::sync_file::{grant_from_row, resource_from_row, SyncFile, GRANT_ATTRIBUTES};
 
 /// What a listing keeps. Empty: everything.
 #[derive(Debug, Clone, Copy, Default)]
@@ -187,15 +187,7 @@ pub fn grants(file: &SyncFile, run: i64, filter: &Filter<'_>, after: Option<&Cur
          FROM {from} WHERE {sql} ORDER BY g.entitlement, g.principal LIMIT ?{}",
         args.len() + 1
     );
-    page(file, run, &sql, args, 2, limit, |row| {
-        Ok(Grant {
-            id: row.get(2)?,
-            entitlement_id: row.get(3)?,
-            principal: ResourceKey { resource_type: row.get(4)?, id: row.get(5)? },
-            immutable: row.get(6)?,
-            attributes: json_object(row.get(7)?),
-        })
-    })
+    page(file, run, &sql, args, 2, limit, |row| grant_from_row(row, 2))
 }
 
 #[cfg(test)]

@@ -615,6 +615,11 @@ impl SyncFile {
         committed
     }
 
+    /// Whether pages are being written in a batch (see [`SyncFile::begin_batch`]).
+    pub fn in_batch(&self) -> bool {
+        self.batch.is_some()
+    }
+
     /// The key of resource `id` of `resource_type`, if the file holds it.
     pub fn resource_key(&self, resource_type: &str, id: &str) -> Result<Option<i64>> {
         Ok(self.conn.prepare_cached(FIND_RESOURCE_KEY)?.query_row(params![resource_type, id], |row| row.get(0)).optional()?)
@@ -879,15 +884,7 @@ impl SyncFile {
                  LEFT JOIN resource_keys rk ON rk.kid = e.resource
                  WHERE g.run_id = ?1 AND (?2 IS NULL OR rk.resource_type = ?2) ORDER BY 1"
         ))?;
-        let rows = stmt.query_map(params![run, resource_type], |row| {
-            Ok(Grant {
-                id: row.get(0)?,
-                entitlement_id: row.get(1)?,
-                principal: ResourceKey { resource_type: row.get(2)?, id: row.get(3)? },
-                immutable: row.get(4)?,
-                attributes: json_object(row.get::<_, String>(5)?),
-            })
-        })?;
+        let rows = stmt.query_map(params![run, resource_type], |row| grant_from_row(row, 0))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 }
@@ -1139,6 +1136,18 @@ pub(crate) fn resource_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqli
     })
 }
 
+/// A grant from six columns starting at `first`: id, entitlement id,
+/// principal type and id, immutable, attributes (JSON).
+pub(crate) fn grant_from_row(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Grant> {
+    Ok(Grant {
+        id: row.get(first)?,
+        entitlement_id: row.get(first + 1)?,
+        principal: ResourceKey { resource_type: row.get(first + 2)?, id: row.get(first + 3)? },
+        immutable: row.get(first + 4)?,
+        attributes: json_object(row.get::<_, String>(first + 5)?),
+    })
+}
+
 pub(crate) fn json_object(text: String) -> Map<String, Value> {
     match serde_json::from_str(&text) {
         Ok(Value::Object(map)) => map,
@@ -1382,18 +1391,7 @@ CREATE VIEW IF NOT EXISTS grants AS
                 .conn
                 .prepare("SELECT id, entitlement_id, principal_type, principal_id, immutable, attributes FROM run_grants WHERE run_id = ?1 ORDER BY id")
                 .unwrap();
-            stmt.query_map([run], |row| {
-                Ok(Grant {
-                    id: row.get(0)?,
-                    entitlement_id: row.get(1)?,
-                    principal: ResourceKey { resource_type: row.get(2)?, id: row.get(3)? },
-                    immutable: row.get(4)?,
-                    attributes: json_object(row.get::<_, String>(5)?),
-                })
-            })
-            .unwrap()
-            .map(Result::unwrap)
-            .collect()
+            stmt.query_map([run], |row| grant_from_row(row, 0)).unwrap().map(Result::unwrap).collect()
         }
     }
 
