@@ -637,3 +637,78 @@ async fn a_version_2_checkpoint_resumes_on_a_pool() {
     assert_eq!(resumed.run_id, good.run_id);
     assert_eq!(all_rows(&out), all_rows(&clean), "every record is back, none doubled");
 }
+
+/// An Asana that answers in shapes its spec does not promise: flags as
+/// strings or numbers, users without names or with an email that is not a
+/// string, fields nobody asked for. The connector reads pages straight into
+/// its own records, leniently: each oddity reads as absent, and the sync
+/// keeps every grant. Then a team membership without a user: the sync fails
+/// with an error that says so, and the good sync before it stays the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_shapes_read_leniently_and_a_membership_without_a_user_fails_clearly() {
+    use axum::routing::get;
+    use serde_json::json;
+    let team_members = std::sync::Arc::new(std::sync::Mutex::new(json!([
+        {"gid": "m1", "is_admin": "true", "user": {"gid": "301", "name": "Ann", "extra": {"deep": [1, 2]}}},
+        {"gid": "m2", "is_admin": 1, "is_guest": null, "is_limited_access": true, "user": {"gid": "302"}},
+    ])));
+    let members = team_members.clone();
+    let app = axum::Router::new()
+        .route("/workspaces", get(|| async { axum::Json(json!({"data": [{"gid": "101", "name": "Org", "is_organization": true}], "next_page": null})) }))
+        .route("/workspaces/101/teams", get(|| async { axum::Json(json!({"data": [{"gid": "201", "name": 5}], "unexpected": true})) }))
+        .route("/users", get(|| async { axum::Json(json!({"data": [{"gid": "301", "name": "Ann", "email": 42}, {"gid": "302", "email": "bo@example.com"}]})) }))
+        .route(
+            "/workspaces/101/workspace_memberships",
+            get(|| async {
+                axum::Json(json!({"data": [
+                    {"user": {"gid": "301", "name": "Ann"}, "is_admin": false, "is_guest": "false", "is_active": "yes", "is_view_only": 0},
+                    {"user": {"gid": "302", "name": null}, "is_guest": true, "is_active": false},
+                ], "next_page": {"offset": null}}))
+            }),
+        )
+        .route(
+            "/teams/201/team_memberships",
+            get(move || {
+                let members = members.lock().unwrap().clone();
+                async move { axum::Json(json!({"data": members})) }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let grants = permissions_for(&format!("http://{addr}"), addr, "odd-shapes-token");
+    let good = sync_with(&engine, &module, &grants, &out).await.expect("odd shapes read leniently");
+
+    let file = SyncFile::open_existing(&out).unwrap();
+    let run = file.last_good_run().unwrap().unwrap().id;
+    let mut ids: Vec<String> = file.grants(run, None).unwrap().into_iter().map(|g| g.id).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            // "true" is true; 1 is no flag; "yes" is not a flag, so the default (active).
+            "license:101:enterprise:assigned:user:301",
+            "team:201:admin:user:301",
+            "team:201:limited-access:user:302",
+            "workspace:101:guest:user:302",
+            "workspace:101:member:user:301",
+        ]
+    );
+    let users = file.resources(run, Some("user")).unwrap();
+    let email = |id: &str| users.iter().find(|u| u.id == id).and_then(|u| u.attributes.get("email").cloned());
+    assert_eq!(email("301"), None, "an email that is not a string is no email");
+    assert_eq!(email("302"), Some(json!("bo@example.com")));
+    assert_eq!(users.iter().find(|u| u.id == "301").unwrap().display_name, "Ann");
+    drop(file);
+
+    team_members.lock().unwrap().as_array_mut().unwrap().push(json!({"gid": "m3", "is_admin": false}));
+    let error = sync_with(&engine, &module, &grants, &out).await.expect_err("a membership without a user fails the sync");
+    assert!(format!("{error:#}").contains("membership without a user"), "{error:#}");
+    let file = SyncFile::open_existing(&out).unwrap();
+    assert_eq!(file.last_good_run().unwrap().unwrap().id, good.run_id, "the good sync stays the last good one");
+}

@@ -3,6 +3,8 @@
 //! URLs, JSON bodies and the mapping of HTTP failures to typed connector
 //! errors are the SDK's.
 
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde_json::Value;
 use tether_guest::http::JsonClient;
 use tether_guest::scim::ScimClient;
@@ -22,10 +24,19 @@ pub struct Client {
     pub scim: ScimClient,
 }
 
-/// One page of a REST list endpoint.
-pub struct ListPage {
-    pub items: Vec<Value>,
+/// One page of a REST list endpoint, its items read as `T` (a `Value`, or
+/// a typed record such as `records::Membership` for the big listings).
+pub struct ListPage<T> {
+    pub items: Vec<T>,
     pub next_offset: Option<String>,
+}
+
+/// A REST list answer: `{"data": [...], "next_page": {"offset": ...}}`.
+#[derive(Deserialize)]
+struct ListBody<T> {
+    data: Option<Vec<T>>,
+    #[serde(default)]
+    next_page: Value,
 }
 
 impl Client {
@@ -37,20 +48,22 @@ impl Client {
     }
 
     /// GETs one page of a REST list endpoint with `limit=100` and `opt_fields`.
-    pub fn list(&self, path: &str, params: &[(&str, &str)], opt_fields: &str, offset: Option<&str>) -> Result<ListPage, ConnectorError> {
+    pub fn list<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        opt_fields: &str,
+        offset: Option<&str>,
+    ) -> Result<ListPage<T>, ConnectorError> {
         let mut query: Vec<(&str, &str)> = params.to_vec();
         query.push(("limit", PAGE_SIZE));
         query.push(("opt_fields", opt_fields));
         if let Some(offset) = offset {
             query.push(("offset", offset));
         }
-        let mut body = self.rest.get(path, &query)?;
-        // Taken out, not cloned: a page of 100 members is thousands of values.
-        let items = match body.get_mut("data").map(Value::take) {
-            Some(Value::Array(items)) => items,
-            _ => return Err(malformed(path, "no `data` list")),
-        };
-        let next_offset = body.get("next_page").and_then(|next| next.get("offset")).and_then(Value::as_str).map(str::to_string);
+        let body: ListBody<T> = self.rest.get_as(path, &query)?;
+        let items = body.data.ok_or_else(|| malformed(path, "no `data` list"))?;
+        let next_offset = body.next_page.get("offset").and_then(Value::as_str).map(str::to_string);
         Ok(ListPage { items, next_offset })
     }
 

@@ -54,22 +54,22 @@ const TEAM_ROLES: &[(&str, &str, &str, bool)] = &[
 
 /// The role a workspace membership gives: an active admin is an admin, not
 /// also a member.
-pub fn workspace_role(membership: &serde_json::Value) -> &'static str {
-    if flag(membership, "is_admin") {
+pub fn workspace_role(membership: &Membership) -> &'static str {
+    if membership.is_admin.is_true() {
         "admin"
-    } else if flag(membership, "is_guest") {
+    } else if membership.is_guest.is_true() {
         "guest"
     } else {
         "member"
     }
 }
 
-pub fn team_role(membership: &serde_json::Value) -> &'static str {
-    if flag(membership, "is_admin") {
+pub fn team_role(membership: &Membership) -> &'static str {
+    if membership.is_admin.is_true() {
         "admin"
-    } else if flag(membership, "is_limited_access") {
+    } else if membership.is_limited_access.is_true() {
         "limited-access"
-    } else if flag(membership, "is_guest") {
+    } else if membership.is_guest.is_true() {
         "guest"
     } else {
         "member"
@@ -111,7 +111,7 @@ fn is_organization(client: &Client, workspace: &Resource) -> Result<bool, Connec
     }
     let mut token: Option<String> = None;
     loop {
-        let page = client.list("/workspaces", &[], WORKSPACE_FIELDS, token.as_deref())?;
+        let page = client.list::<serde_json::Value>("/workspaces", &[], WORKSPACE_FIELDS, token.as_deref())?;
         remember_workspaces(&page.items)?;
         match page.next_offset {
             Some(next) if Some(&next) != token.as_ref() => token = Some(next),
@@ -124,7 +124,7 @@ fn is_organization(client: &Client, workspace: &Resource) -> Result<bool, Connec
 pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&ResourceRef>, token: Option<&str>) -> Result<Page, ConnectorError> {
     match (resource_type, scope) {
         ("workspace", None) => {
-            let page = client.list("/workspaces", &[], WORKSPACE_FIELDS, token)?;
+            let page = client.list::<serde_json::Value>("/workspaces", &[], WORKSPACE_FIELDS, token)?;
             remember_workspaces(&page.items)?;
             if client.settings.use_scim && known_organizations() > 1 {
                 // SCIM answers for the service account's one organization;
@@ -150,7 +150,7 @@ pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&Resou
         ("license", Some(workspace)) if workspace.resource_type == "workspace" => Ok(empty_page()),
         ("team", Some(workspace)) if workspace.resource_type == "workspace" => {
             let path = format!("/workspaces/{}/teams", workspace.id);
-            let page = match client.list(&path, &[], TEAM_FIELDS, token) {
+            let page = match client.list::<serde_json::Value>(&path, &[], TEAM_FIELDS, token) {
                 // Only organizations have teams; a plain workspace may answer
                 // 400 rather than an empty list. Say so, and go on.
                 Err(ConnectorError::InvalidArgument(why)) if token.is_none() => {
@@ -163,8 +163,8 @@ pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&Resou
             Ok(Page { resources, next_token: page.next_offset, ..empty_page() })
         }
         ("user", Some(workspace)) if workspace.resource_type == "workspace" => {
-            let page = client.list("/users", &[("workspace", &workspace.id)], USER_FIELDS, token)?;
-            let resources = page.items.iter().map(user_resource).collect::<Result<_, _>>()?;
+            let page = client.list::<User>("/users", &[("workspace", &workspace.id)], USER_FIELDS, token)?;
+            let resources = page.items.into_iter().map(user_resource).collect::<Result<_, _>>()?;
             Ok(Page { resources, next_token: page.next_offset, ..empty_page() })
         }
         _ => Err(ConnectorError::InvalidArgument(format!(
@@ -202,13 +202,14 @@ pub fn list_grants(client: &Client, whole: &Resource, token: Option<&str>) -> Re
         "workspace" => workspace_grants(client, whole, token),
         "team" => {
             let path = format!("/teams/{}/team_memberships", resource.id);
-            let page = client.list(&path, &[], TEAM_MEMBERSHIP_FIELDS, token)?;
+            let page = client.list::<Membership>(&path, &[], TEAM_MEMBERSHIP_FIELDS, token)?;
             let mut out = Page { next_token: page.next_offset, ..empty_page() };
+            // Grants only: a team's members are members of its organization,
+            // whose memberships listing reports each user once, with the same
+            // name. Reported here too, a user came back once per team.
             for membership in &page.items {
-                let user = user_resource(membership_user(membership)?)?;
                 let role = team_role(membership);
-                out.grants.push(grant(resource, role, &user.id, role != "member", vec![]));
-                out.resources.push(user);
+                out.grants.push(grant(resource, role, membership.user()?.gid()?, role != "member", vec![]));
             }
             Ok(out)
         }
@@ -238,13 +239,13 @@ fn workspace_grants(client: &Client, whole: &Resource, token: Option<&str>) -> R
     let rest_licenses = !client.settings.use_scim && is_organization(client, whole)?;
     let workspace = &reference(whole);
     let path = format!("/workspaces/{}/workspace_memberships", workspace.id);
-    let page = client.list(&path, &[], WORKSPACE_MEMBERSHIP_FIELDS, token)?;
+    let page = client.list::<Membership>(&path, &[], WORKSPACE_MEMBERSHIP_FIELDS, token)?;
     let mut out = Page { next_token: page.next_offset, ..empty_page() };
-    for membership in &page.items {
-        let user = user_resource(membership_user(membership)?)?;
-        let role = workspace_role(membership);
-        let active = flag_or(membership, "is_active", true);
-        let view_only = flag(membership, "is_view_only");
+    for membership in page.items {
+        let role = workspace_role(&membership);
+        let active = membership.is_active();
+        let view_only = membership.is_view_only.is_true();
+        let user = user_resource(membership.into_user()?)?;
         let attributes = vec![pair("is_active", active.to_string()), pair("is_view_only", view_only.to_string())];
         out.grants.push(grant(workspace, role, &user.id, role != "member", attributes));
         if rest_licenses && active && role != "guest" {

@@ -5,7 +5,7 @@
 
 use serde_json::json;
 
-use crate::client::Client;
+use crate::client::{malformed, Client};
 use crate::ids::{self, EntitlementId};
 use crate::listing::{team_role, workspace_role, TEAM_MEMBERSHIP_FIELDS, WORKSPACE_FIELDS, WORKSPACE_MEMBERSHIP_FIELDS};
 use crate::records::*;
@@ -132,9 +132,9 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
         other => other?,
     };
     if let Some(role) = existing_role {
-        let existing = client.list(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", email)], "user.name", None)?;
-        let user = existing.items.first().map(membership_user).transpose()?.ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
-        let mut resource = user_resource(user)?;
+        let existing = client.list::<Membership>(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", email)], "user.name", None)?;
+        let membership = existing.items.into_iter().next().ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
+        let mut resource = user_resource(membership.into_user()?)?;
         resource.attributes.extend([pair("email", email.to_string()), pair("role", role.into())]);
         return Ok(account_exists(resource, email));
     }
@@ -142,7 +142,8 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
     if user.is_null() {
         return Ok(pending_account(email));
     }
-    let mut resource = user_resource(&user)?;
+    let user: User = serde_json::from_value(user).map_err(|e| malformed(&format!("/workspaces/{workspace}/addUser"), &format!("unexpected JSON: {e}")))?;
+    let mut resource = user_resource(user)?;
     resource.attributes.push(pair("email", email.to_string()));
     Ok(account_created(resource, email))
 }
@@ -200,7 +201,7 @@ fn scim_user(client: &Client, user: &str, org: Option<&str>) -> Result<ScimLooku
     };
     for org in organizations {
         let Some(membership) = organization_membership(client, &org, user)? else { continue };
-        if !flag_or(&membership, "is_active", true) {
+        if !membership.is_active() {
             return Ok(ScimLookup::Deactivated { org });
         }
         if workspace_role(&membership) == "guest" {
@@ -217,7 +218,7 @@ fn organizations(client: &Client) -> Result<Vec<String>, ConnectorError> {
     let mut found = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let page = client.list("/workspaces", &[], WORKSPACE_FIELDS, token.as_deref())?;
+        let page = client.list::<serde_json::Value>("/workspaces", &[], WORKSPACE_FIELDS, token.as_deref())?;
         for workspace in page.items.iter().filter(|w| flag(w, "is_organization")) {
             found.push(gid(workspace)?);
         }
@@ -231,15 +232,16 @@ fn organizations(client: &Client) -> Result<Vec<String>, ConnectorError> {
 /// The user's membership in an organization, active or not (an active one
 /// first, should there be several); None when Asana does not know the user
 /// there.
-fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Option<serde_json::Value>, ConnectorError> {
+fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Option<Membership>, ConnectorError> {
     let path = format!("/workspaces/{org}/workspace_memberships");
     let page = match client.list(&path, &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None) {
         // Asana answers 404 (or 400) for a user it does not know.
         Err(ConnectorError::NotFound(_) | ConnectorError::InvalidArgument(_)) => return Ok(None),
         other => other?,
     };
-    let active = page.items.iter().find(|m| flag_or(m, "is_active", true));
-    Ok(active.or(page.items.first()).cloned())
+    let mut items = page.items;
+    let active = items.iter().position(Membership::is_active).unwrap_or(0);
+    Ok((active < items.len()).then(|| items.swap_remove(active)))
 }
 
 /// The user's role on a team, if they are on it.
@@ -248,14 +250,14 @@ fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Optio
     let team_object = client.get(&format!("/teams/{team}"), "organization")?;
     let workspace =
         team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
-    let page = client.list("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
+    let page = client.list::<Membership>("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
     Ok(page.items.first().map(team_role))
 }
 
 /// The user's role in a workspace, if they are an active member.
 fn workspace_membership_role(client: &Client, workspace: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
-    let page = client.list(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None)?;
-    Ok(page.items.iter().find(|m| flag_or(m, "is_active", true)).map(workspace_role))
+    let page = client.list::<Membership>(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None)?;
+    Ok(page.items.iter().find(|m| m.is_active()).map(workspace_role))
 }
 
 fn not_writable(entitlement: &EntitlementId) -> ConnectorError {

@@ -1,6 +1,8 @@
 //! Building Tether records from Asana's JSON, and the connector's metadata.
 
+use serde::Deserialize;
 use serde_json::Value;
+use tether_guest::json::{Flag, Text};
 
 use crate::ids;
 use tether_guest::contract::{ConnectorMetadata, Entitlement, Grant, Resource};
@@ -126,21 +128,66 @@ pub fn team_resource(item: &Value, workspace: &ResourceRef) -> Result<Resource, 
     })
 }
 
-/// The user a membership names.
-pub fn membership_user(membership: &Value) -> Result<&Value, ConnectorError> {
-    membership.get("user").filter(|u| u.is_object()).ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
+/// A workspace or team membership, as the listings and writes read it:
+/// only these fields are parsed (the big listings are pages of these), and
+/// a flag of another type reads as unset, as `flag` reads one.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct Membership {
+    pub user: Option<User>,
+    pub is_admin: Flag,
+    pub is_guest: Flag,
+    pub is_limited_access: Flag,
+    pub is_active: Flag,
+    pub is_view_only: Flag,
 }
 
-/// A REST user object as a resource (memberships name users without email;
-/// the host merges the attributes of every report of the same user).
-pub fn user_resource(user: &Value) -> Result<Resource, ConnectorError> {
-    let gid = gid(user)?;
-    let email = text(user, "email");
-    let mut attributes = vec![];
-    if let Some(email) = email {
-        attributes.push(pair("email", email.to_string()));
+impl Membership {
+    /// The user it names.
+    pub fn user(&self) -> Result<&User, ConnectorError> {
+        self.user.as_ref().ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
     }
-    Ok(Resource { resource_type: "user".into(), display_name: text(user, "name").or(email).unwrap_or(&gid).to_string(), id: gid, parent: None, attributes })
+
+    pub fn into_user(self) -> Result<User, ConnectorError> {
+        self.user.ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
+    }
+
+    /// Whether the membership is active (Asana omits the flag on teams).
+    pub fn is_active(&self) -> bool {
+        self.is_active.or(true)
+    }
+}
+
+/// A REST user object: a membership's `user` or an item of `/users`.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct User {
+    pub gid: Text,
+    pub name: Text,
+    pub email: Text,
+}
+
+impl User {
+    pub fn gid(&self) -> Result<&str, ConnectorError> {
+        self.gid.as_deref().filter(|g| !g.is_empty()).ok_or_else(|| ConnectorError::Upstream("an Asana user without a gid".into()))
+    }
+}
+
+/// A REST user as a resource (memberships name users without email; the
+/// host merges the attributes of every report of the same user).
+pub fn user_resource(user: User) -> Result<Resource, ConnectorError> {
+    let id = user.gid.non_empty().ok_or_else(|| ConnectorError::Upstream("an Asana user without a gid".into()))?;
+    let mut attributes = vec![];
+    let email = user.email.0;
+    let display_name = match (user.name.0, &email) {
+        (Some(name), _) => name,
+        (None, Some(email)) => email.clone(),
+        (None, None) => id.clone(),
+    };
+    if let Some(email) = email {
+        attributes.push(pair("email", email));
+    }
+    Ok(Resource { resource_type: "user".into(), display_name, id, parent: None, attributes })
 }
 
 pub fn gid(item: &Value) -> Result<String, ConnectorError> {
@@ -153,11 +200,7 @@ pub fn gid(item: &Value) -> Result<String, ConnectorError> {
 pub use tether_guest::json::text;
 
 pub fn flag(item: &Value, key: &str) -> bool {
-    flag_or(item, key, false)
-}
-
-pub fn flag_or(item: &Value, key: &str, default: bool) -> bool {
-    item.get(key).and_then(Value::as_bool).unwrap_or(default)
+    item.get(key).and_then(Value::as_bool).unwrap_or(false)
 }
 
 pub fn pair(name: &str, value: String) -> Pair {

@@ -4,6 +4,7 @@
 //! failures to the contract's typed errors so the host can retry a 429 and
 //! report a 401 as what it is.
 
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::bindings::tether::connector0_1_0::http::{self, HttpError, Request};
@@ -93,6 +94,24 @@ impl JsonClient {
     pub fn exchange(&self, method: Method, path: &str, query: &[(&str, &str)], body: Option<Value>) -> Result<Response, ConnectorError> {
         let request = self.request(method, path, query, body.as_ref());
         http::send(&request).map_err(|e| transport_error(&self.service, path, e))
+    }
+
+    /// GETs `path` and reads a 2xx answer straight into `T`, skipping the
+    /// fields `T` does not name: a big listing's pages cost what the
+    /// connector reads of them, not a `Value` of every field.
+    pub fn get_as<T: DeserializeOwned>(&self, path: &str, query: &[(&str, &str)]) -> Result<T, ConnectorError> {
+        let response = self.exchange(Method::Get, path, query, None)?;
+        self.answer_as(path, &response)
+    }
+
+    /// A response read into `T`, or mapped to an error as [`Self::answer`]
+    /// maps it (pure). A 2xx body that is not `T` is malformed.
+    pub fn answer_as<T: DeserializeOwned>(&self, path: &str, response: &Response) -> Result<T, ConnectorError> {
+        if !(200..300).contains(&response.status) {
+            let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+            return Err(status_error(&self.service, path, response.status, &response.headers, &body));
+        }
+        serde_json::from_slice(&response.body).map_err(|e| malformed(&self.service, path, &format!("unexpected JSON: {e}")))
     }
 
     /// A response read as JSON or mapped to an error (pure).
@@ -222,6 +241,23 @@ mod tests {
         );
         assert!(matches!(client.answer("/a", &response(503, "")), Err(ConnectorError::Upstream(_))));
         assert!(matches!(client.answer("/a", &response(403, "")), Err(ConnectorError::Forbidden(_))));
+    }
+
+    #[test]
+    fn typed_answers_read_what_they_name_and_map_errors_alike() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Body {
+            data: Vec<u32>,
+        }
+        let client = JsonClient::new("Asana", "http://h");
+        let body: Body = client.answer_as("/x", &response(200, r#"{"data":[1,2],"next_page":{"offset":"a"}}"#)).unwrap();
+        assert_eq!(body, Body { data: vec![1, 2] });
+        assert!(matches!(client.answer_as::<Body>("/x", &response(200, r#"{"data":"no"}"#)),
+            Err(ConnectorError::Upstream(m)) if m.starts_with("malformed response from Asana /x: unexpected JSON")));
+        assert!(matches!(client.answer_as::<Body>("/x", &response(401, "nope")), Err(ConnectorError::Unauthorized(m)) if m == "Asana /x: HTTP 401"));
+        assert!(
+            matches!(client.answer_as::<Body>("/x", &response(404, r#"{"errors":[{"message":"gone"}]}"#)), Err(ConnectorError::NotFound(m)) if m.contains("gone"))
+        );
     }
 
     #[test]

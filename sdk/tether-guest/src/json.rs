@@ -1,5 +1,8 @@
-//! Reading upstream JSON without panicking on its shape.
+//! Reading upstream JSON without panicking on its shape: field by field
+//! from a `Value`, or straight into a connector's own structs through the
+//! lenient field types [`Flag`] and [`Text`].
 
+use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// `value[key]` as a string, if it is one.
@@ -36,6 +39,63 @@ pub fn number(value: &Value, key: &str) -> Option<u64> {
     }
 }
 
+/// A bool field of a typed upstream record, read as leniently as [`flag`]
+/// reads one: a bool, or `"true"`/`"false"`; anything else reads as
+/// absent instead of failing the whole page. A listing that reads a page
+/// into structs of these (with `#[serde(default)]`) skips the fields it
+/// does not name and builds no `Value` per object: a page of a hundred
+/// memberships is then a few strings, not thousands of map entries.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Flag(pub Option<bool>);
+
+impl Flag {
+    /// The flag, or `default` when absent or not a bool.
+    pub fn or(self, default: bool) -> bool {
+        self.0.unwrap_or(default)
+    }
+
+    /// True only when the upstream said true.
+    pub fn is_true(self) -> bool {
+        self.0 == Some(true)
+    }
+}
+
+impl<'de> Deserialize<'de> for Flag {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Flag(match Value::deserialize(deserializer)? {
+            Value::Bool(b) => Some(b),
+            Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            _ => None,
+        }))
+    }
+}
+
+/// A string field of a typed upstream record: the string if it is one,
+/// else absent (as [`text`] reads one).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Text(pub Option<String>);
+
+impl Text {
+    pub fn as_deref(&self) -> Option<&str> {
+        self.0.as_deref()
+    }
+
+    /// The string, if it is one and not empty.
+    pub fn non_empty(self) -> Option<String> {
+        self.0.filter(|s| !s.is_empty())
+    }
+}
+
+impl<'de> Deserialize<'de> for Text {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(Text(match Value::deserialize(deserializer)? {
+            Value::String(s) => Some(s),
+            _ => None,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +115,27 @@ mod tests {
         assert_eq!(number(&v, "f"), Some(3));
         assert_eq!(number(&v, "g"), Some(4));
         assert_eq!(number(&v, "a"), None);
+    }
+
+    #[test]
+    fn typed_fields_tolerate_wrong_shapes() {
+        #[derive(Deserialize, Default)]
+        #[serde(default)]
+        struct Member {
+            name: Text,
+            admin: Flag,
+            guest: Flag,
+            active: Flag,
+        }
+        let m: Member = serde_json::from_str(r#"{"name": 7, "admin": "TRUE", "guest": {"x": [1]}, "other": [true]}"#).unwrap();
+        assert_eq!(m.name, Text(None));
+        assert!(m.admin.is_true());
+        assert_eq!(m.guest, Flag(None));
+        assert!(!m.guest.is_true());
+        assert!(m.active.or(true));
+        let m: Member = serde_json::from_str(r#"{"name": "Ann", "active": false}"#).unwrap();
+        assert_eq!(m.name.as_deref(), Some("Ann"));
+        assert!(!m.active.or(true));
+        assert_eq!(Text(Some(String::new())).non_empty(), None);
     }
 }
