@@ -916,20 +916,26 @@ impl Table {
 #[derive(Default)]
 struct KeyCache {
     /// Type -> id -> key.
-    resources: std::collections::HashMap<String, std::collections::HashMap<String, i64>>,
+    resources: FastMap<String, FastMap<String, i64>>,
     resource_count: usize,
-    entitlements: std::collections::HashMap<String, i64>,
+    entitlements: FastMap<String, i64>,
     /// The run whose resource rows `written` describes.
     written_run: i64,
     /// Resource key -> the last report written to its row in `written_run`
     /// (a hash of it) and the depth it was written with.
-    written: std::collections::HashMap<i64, (u64, u32)>,
+    written: FastMap<i64, (u64, u32)>,
     /// Seeded per process, so a connector cannot aim reports at a collision.
     hasher: std::hash::RandomState,
     /// Grant attributes (JSON) seen before -> their set's key, once a second
     /// grant has them (see `Keys::attributes`).
-    attribute_sets: std::collections::HashMap<String, Option<i64>>,
+    attribute_sets: FastMap<String, Option<i64>>,
 }
+
+/// The key cache's maps: looked up several times per grant, where SipHash
+/// took a twentieth of a big sync's writer. foldhash is seeded per process
+/// too (from addresses the connector cannot see), so a connector still
+/// cannot aim its ids at one bucket.
+type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Attributes as stored: most records have none.
 fn attributes_text(attributes: &Map<String, Value>) -> serde_json::Result<std::borrow::Cow<'static, str>> {

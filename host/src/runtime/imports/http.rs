@@ -508,7 +508,12 @@ impl HttpGateway {
         if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(failed(Failure::Final, self.too_large()));
         }
-        let mut body = Vec::new();
+        // Sized from the length the upstream announces, not grown chunk by
+        // chunk: a page is copied once, not log(n) times. At most 1 MiB up
+        // front, so an upstream that announces more than it sends cannot
+        // make every worker reserve the whole response limit.
+        let announced = response.content_length().unwrap_or(0).min(self.max_response_bytes.min(1 << 20) as u64);
+        let mut body = Vec::with_capacity(announced as usize);
         while let Some(chunk) = response.chunk().await.map_err(|e| failed(self.failure_of(&e), self.transport_error(e)))? {
             if body.len() + chunk.len() > self.max_response_bytes {
                 return Err(failed(Failure::Final, self.too_large()));
