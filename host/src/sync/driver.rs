@@ -524,7 +524,6 @@ impl Driver<'_> {
         if self.records > limits.records {
             return Err(LimitExceeded::new("records-per-sync", format!("the connector reported more than {} records", limits.records)).into());
         }
-        let what = describe();
         let pages = self.work.page_done(key, next.clone());
         // A page that brought nothing and cost no request is free to ask
         // again: its checkpoint waits for the next page worth a write (most
@@ -536,7 +535,7 @@ impl Driver<'_> {
                 self.file.write_page(self.run, &records, depth, None)?;
                 self.unsaved = true;
             } else {
-                self.file.write_page(self.run, &records, depth, Some(&self.work.checkpoint()))?;
+                self.file.write_page(self.run, &records, depth, Some(&self.work.checkpoint_json()))?;
                 self.unsaved = false;
             }
         } else {
@@ -546,6 +545,9 @@ impl Driver<'_> {
         if next.is_some() {
             // Written first: the page is kept, the next one not asked.
             if pages >= self.options.limits.pages_per_listing {
+                // Still pending (it has a next page): described only now, as
+                // describing every page cost a string per page.
+                let what = self.work.describe(key);
                 return Err(LimitExceeded::new("pages-per-listing", format!("{what}: more than {} pages", self.options.limits.pages_per_listing)).into());
             }
             self.work.requeue(key);
@@ -556,7 +558,7 @@ impl Driver<'_> {
     /// Writes the checkpoint if pages came in since the last one saved.
     fn save_checkpoint(&mut self) -> Result<()> {
         if self.unsaved && !self.poisoned {
-            self.file.save_checkpoint(self.run, &self.work.checkpoint())?;
+            self.file.save_checkpoint(self.run, &self.work.checkpoint_json())?;
             self.unsaved = false;
         }
         Ok(())

@@ -506,9 +506,11 @@ impl SyncFile {
     /// written, never before it. A resource reported again (a user seen in
     /// several workspaces) keeps its place, its smallest depth, and merges
     /// attributes. `depth`: the depth of the resources this page lists.
-    /// `next` may be left out only inside a batch, whose end saves it (see
-    /// [`SyncFile::save_checkpoint`]): the batch commits as one.
-    pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: Option<&Checkpoint>) -> Result<()> {
+    /// `next` is the checkpoint as saved (its JSON, see
+    /// `Work::checkpoint_json`); it may be left out only inside a batch,
+    /// whose end saves it (see [`SyncFile::save_checkpoint`]): the batch
+    /// commits as one.
+    pub fn write_page(&mut self, run: i64, page: &PageRecords, depth: u32, next: Option<&str>) -> Result<()> {
         let written = if self.batch.is_some() {
             // Part of the batch's transaction, without a savepoint of its
             // own (its journal cost more than the page): a page that fails
@@ -530,7 +532,7 @@ impl SyncFile {
         written
     }
 
-    fn write_page_with(tx: &Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: Option<&Checkpoint>) -> Result<()> {
+    fn write_page_with(tx: &Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: Option<&str>) -> Result<()> {
         {
             let mut key_of = Keys::new(tx, keys)?;
             let mut resource = tx.prepare_cached(
@@ -586,7 +588,7 @@ impl SyncFile {
                 grant.execute(params![run, entitlement, principal, id, g.immutable, attributes, attrs])?;
             }
             if let Some(next) = next {
-                tx.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, serde_json::to_string(next)?])?;
+                tx.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, next])?;
             }
         }
         Ok(())
@@ -739,16 +741,14 @@ impl SyncFile {
 
     /// Saves where the run goes on from. Inside a batch it is part of the
     /// batch: if it fails, so does the batch.
-    pub fn save_checkpoint(&mut self, run: i64, checkpoint: &Checkpoint) -> Result<()> {
-        let saved = serde_json::to_string(checkpoint)
-            .map_err(anyhow::Error::from)
-            .and_then(|text| Ok(self.conn.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, text])?));
+    pub fn save_checkpoint(&mut self, run: i64, checkpoint: &str) -> Result<()> {
+        let saved = self.conn.prepare_cached(SAVE_CHECKPOINT).and_then(|mut save| save.execute(params![run, checkpoint]));
         if saved.is_err() {
             if let Some(batch) = &mut self.batch {
                 *batch = Batch::Failed;
             }
         }
-        saved.map(|_| ())
+        saved.map(|_| ()).map_err(Into::into)
     }
 
     /// Records (resources, entitlements, grants) a run holds so far.
@@ -1402,11 +1402,11 @@ CREATE VIEW IF NOT EXISTS grants AS
     }
 
     /// A new file with one run begun, and a checkpoint to write pages with.
-    fn fresh_run() -> (tempfile::TempDir, SyncFile, i64, Checkpoint) {
+    fn fresh_run() -> (tempfile::TempDir, SyncFile, i64, String) {
         let dir = tempfile::tempdir().unwrap();
         let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
         let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
-        (dir, file, run, Checkpoint::from(Position::TopLevel { index: 0, token: None }))
+        (dir, file, run, serde_json::to_string(&Checkpoint::from(Position::TopLevel { index: 0, token: None })).unwrap())
     }
 
     /// A page with user u1 and one grant to it.
@@ -1421,7 +1421,7 @@ CREATE VIEW IF NOT EXISTS grants AS
         let (_dir, mut file, run, next) = fresh_run();
         let reports = [(user(&[("a", "1")]), 2), (user(&[("a", "2")]), 2), (user(&[("a", "1")]), 3), (user(&[("a", "1")]), 1), (user(&[("b", "3")]), 4)];
         for (resource, depth) in reports {
-            file.write_page(run, &PageRecords { resources: vec![resource], ..PageRecords::default() }, depth, Some(&next)).unwrap();
+            file.write_page(run, &PageRecords { resources: vec![resource], ..PageRecords::default() }, depth, Some(next.as_str())).unwrap();
         }
         let (attributes, depth): (String, i64) =
             file.conn.query_row("SELECT attributes, depth FROM run_resources WHERE run_id = ?1", [run], |row| Ok((row.get(0)?, row.get(1)?))).unwrap();
@@ -1452,7 +1452,7 @@ CREATE VIEW IF NOT EXISTS grants AS
         grants.push(member_of("t1", "u51", &[]));
         // u0 again, with a flag of its own: merged over the shared set.
         grants.push(member_of("t1", "u0", &[("note", "x")]));
-        file.write_page(run, &PageRecords { grants: grants.clone(), ..PageRecords::default() }, 0, Some(&next)).unwrap();
+        file.write_page(run, &PageRecords { grants: grants.clone(), ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
         let staged = file.grants_by_hand(run);
         file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
 
@@ -1509,9 +1509,9 @@ CREATE VIEW IF NOT EXISTS grants AS
         assert_eq!(file.grants_by_hand(1), vec![member_of("t1", "u1", &flags)]);
         // The next run shares sets as a new file would.
         let run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
-        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let next = serde_json::to_string(&Checkpoint::from(Position::TopLevel { index: 0, token: None })).unwrap();
         let page = PageRecords { grants: vec![member_of("t1", "u1", &flags), member_of("t2", "u1", &flags)], ..PageRecords::default() };
-        file.write_page(run, &page, 0, Some(&next)).unwrap();
+        file.write_page(run, &page, 0, Some(next.as_str())).unwrap();
         file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
         assert_eq!(file.grants(run, None).unwrap(), vec![member_of("t1", "u1", &flags), member_of("t2", "u1", &flags)]);
         assert_eq!(file.grants(1, None).unwrap(), vec![member_of("t1", "u1", &flags)], "the schema-4 run is kept as it was");
@@ -1524,14 +1524,14 @@ CREATE VIEW IF NOT EXISTS grants AS
     #[test]
     fn grants_wait_in_the_stage_until_their_run_succeeds() {
         let (_dir, mut file, run, next) = fresh_run();
-        file.write_page(run, &member_page(member(&[("role", "member")])), 0, Some(&next)).unwrap();
+        file.write_page(run, &member_page(member(&[("role", "member")])), 0, Some(next.as_str())).unwrap();
         file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1, "a failed run's grants are counted where they wait");
         let by_hand: i64 = file.conn.query_row("SELECT count(*) FROM run_grants WHERE run_id = ?1", [run], |row| row.get(0)).unwrap();
         assert_eq!(by_hand, 1, "run_grants shows a run still in the stage");
 
         file.reopen_run(run).unwrap();
-        file.write_page(run, &member_page(member(&[("since", "2026")])), 0, Some(&next)).unwrap();
+        file.write_page(run, &member_page(member(&[("since", "2026")])), 0, Some(next.as_str())).unwrap();
         file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
         let grants = file.grants(run, None).unwrap();
         assert_eq!(grants, vec![member(&[("role", "member"), ("since", "2026")])], "one grant, both reports merged");
@@ -1554,7 +1554,7 @@ CREATE VIEW IF NOT EXISTS grants AS
                 ..member(&[])
             })
             .collect();
-        file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, Some(&next)).unwrap();
+        file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
         let free = |file: &SyncFile| file.conn.query_row("PRAGMA freelist_count", [], |row| row.get::<_, i64>(0)).unwrap();
         assert_eq!(free(&file), 0);
         file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
@@ -1568,17 +1568,17 @@ CREATE VIEW IF NOT EXISTS grants AS
     fn a_page_that_fails_to_write_fails_its_batch() {
         let (_dir, mut file, run, next) = fresh_run();
         file.begin_batch().unwrap();
-        file.write_page(run, &member_page(member(&[])), 0, Some(&next)).unwrap();
+        file.write_page(run, &member_page(member(&[])), 0, Some(next.as_str())).unwrap();
         // The next page's grants have nowhere to go.
         file.conn.execute_batch("ALTER TABLE grant_stage RENAME TO elsewhere").unwrap();
-        assert!(file.write_page(run, &member_page(member(&[("a", "b")])), 0, Some(&next)).is_err());
+        assert!(file.write_page(run, &member_page(member(&[("a", "b")])), 0, Some(next.as_str())).is_err());
         let error = file.end_batch().expect_err("the batch fails with its page");
         assert!(format!("{error:#}").contains("none of the batch was kept"), "{error:#}");
         let resources: i64 = file.conn.query_row("SELECT count(*) FROM resource_rows", [], |row| row.get(0)).unwrap();
         assert_eq!(resources, 0, "the first page was rolled back too");
         assert!(file.conn.query_row("SELECT count(*) FROM grant_stage", [], |row| row.get::<_, i64>(0)).is_ok(), "the rename was rolled back");
         // The file takes pages again, keys included (the key cache was cleared).
-        file.write_page(run, &member_page(member(&[])), 0, Some(&next)).unwrap();
+        file.write_page(run, &member_page(member(&[])), 0, Some(next.as_str())).unwrap();
         assert_eq!(file.count(run, Table::Grants).unwrap(), 1);
         let broken: i64 = file.conn.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| row.get(0)).unwrap();
         assert_eq!(broken, 0);
@@ -1589,7 +1589,7 @@ CREATE VIEW IF NOT EXISTS grants AS
         let dir = tempfile::tempdir().unwrap();
         let mut file = SyncFile::open(&dir.path().join("s.db")).unwrap();
         let connector = ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() };
-        let next = Checkpoint::from(Position::TopLevel { index: 0, token: None });
+        let next = serde_json::to_string(&Checkpoint::from(Position::TopLevel { index: 0, token: None })).unwrap();
         let mut runs = Vec::new();
         for (n, end) in [(1, RunEnd::Succeeded), (2, RunEnd::Failed("boom")), (3, RunEnd::Succeeded), (4, RunEnd::Succeeded), (5, RunEnd::Failed("x"))] {
             let run = file.begin_run(&connector).unwrap();
@@ -1603,7 +1603,7 @@ CREATE VIEW IF NOT EXISTS grants AS
                 }],
                 ..PageRecords::default()
             };
-            file.write_page(run, &page, 0, Some(&next)).unwrap();
+            file.write_page(run, &page, 0, Some(next.as_str())).unwrap();
             file.finish_run(run, end, 0).unwrap();
             runs.push(run);
         }

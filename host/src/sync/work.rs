@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::checkpoint::{Checkpoint, ListingKey, Pending, Position};
+use super::checkpoint::{Checkpoint, ListingKey, Pending, Position, CHECKPOINT_VERSION};
 use super::model::{Resource, ResourceType};
 use crate::runtime::bindings::guest;
 
@@ -42,6 +42,27 @@ pub struct Job {
     pub token: Option<String>,
     /// Pages it brought in this process (against `pages-per-listing`).
     pub pages: u64,
+}
+
+/// A pending listing as its checkpoint entry saves it, kept in step with
+/// its token: a checkpoint is saved with every commit, and serialising all
+/// fifty pending listings each time cost more than the rest of the
+/// checkpoint's write (see [`Work::checkpoint_json`]).
+#[derive(Debug)]
+struct Entry {
+    job: Job,
+    saved: String,
+}
+
+impl Entry {
+    fn new(key: ListingKey, job: Job) -> Self {
+        let saved = Entry::saved(key, &job);
+        Entry { job, saved }
+    }
+
+    fn saved(key: ListingKey, job: &Job) -> String {
+        serde_json::to_string(&Pending { listing: key, token: job.token.clone() }).expect("a pending listing serialises")
+    }
 }
 
 /// The listings of one resource, in order: one per type listed under its
@@ -97,7 +118,7 @@ pub fn top_level(types: &[ResourceType]) -> Vec<&ResourceType> {
 pub struct Work {
     /// Every resource up to this row has had its listings handed out.
     pub cursor: i64,
-    pending: BTreeMap<ListingKey, Job>,
+    pending: BTreeMap<ListingKey, Entry>,
     /// Pending listings waiting for a worker, oldest first.
     ready: VecDeque<ListingKey>,
     /// Listings finished in this process.
@@ -111,7 +132,7 @@ impl Work {
 
     /// Hands out a listing (from `token`), to wait for a worker.
     pub fn add(&mut self, key: ListingKey, listing: Listing, depth: u32, token: Option<String>) {
-        self.pending.insert(key, Job { listing, depth, token, pages: 0 });
+        self.pending.insert(key, Entry::new(key, Job { listing, depth, token, pages: 0 }));
         self.ready.push_back(key);
     }
 
@@ -119,17 +140,17 @@ impl Work {
     /// last page is in.
     pub fn take(&mut self) -> Option<(ListingKey, Job)> {
         let key = self.ready.pop_front()?;
-        self.pending.get(&key).map(|job| (key, job.clone()))
+        self.pending.get(&key).map(|entry| (key, entry.job.clone()))
     }
 
     /// The depth of the resources a pending listing lists.
     pub fn depth_of(&self, key: ListingKey) -> Option<u32> {
-        self.pending.get(&key).map(|job| job.depth)
+        self.pending.get(&key).map(|entry| entry.job.depth)
     }
 
     /// A pending listing, in words (escaped).
     pub fn describe(&self, key: ListingKey) -> String {
-        self.pending.get(&key).map_or_else(|| format!("{key:?}"), |job| job.listing.describe())
+        self.pending.get(&key).map_or_else(|| format!("{key:?}"), |entry| entry.job.listing.describe())
     }
 
     /// Listings waiting for a worker.
@@ -145,11 +166,14 @@ impl Work {
     /// A page of `key` came in: it goes on from `next`, or is done. Returns
     /// the listing's pages so far.
     pub fn page_done(&mut self, key: ListingKey, next: Option<String>) -> u64 {
-        let Some(job) = self.pending.get_mut(&key) else { return 0 };
-        job.pages += 1;
-        let pages = job.pages;
+        let Some(entry) = self.pending.get_mut(&key) else { return 0 };
+        entry.job.pages += 1;
+        let pages = entry.job.pages;
         match next {
-            Some(next) => job.token = Some(next),
+            Some(next) => {
+                entry.job.token = Some(next);
+                entry.saved = Entry::saved(key, &entry.job);
+            }
             None => {
                 self.pending.remove(&key);
                 self.done += 1;
@@ -168,8 +192,15 @@ impl Work {
 
     /// The version-3 checkpoint of this state.
     pub fn checkpoint(&self) -> Checkpoint {
-        let pending = self.pending.iter().map(|(key, job)| Pending { listing: *key, token: job.token.clone() }).collect();
+        let pending = self.pending.iter().map(|(key, entry)| Pending { listing: *key, token: entry.job.token.clone() }).collect();
         Position::Listings { cursor: self.cursor, pending }.into()
+    }
+
+    /// [`Work::checkpoint`] as saved, the JSON `serde_json` writes for it,
+    /// put together from each pending listing's entry as last serialised.
+    pub fn checkpoint_json(&self) -> String {
+        let entries: Vec<&str> = self.pending.values().map(|entry| entry.saved.as_str()).collect();
+        format!(r#"{{"version":{CHECKPOINT_VERSION},"position":{{"phase":"listings","cursor":{},"pending":[{}]}}}}"#, self.cursor, entries.join(","))
     }
 }
 
@@ -259,6 +290,29 @@ mod tests {
         assert_eq!(checkpoint.position, Position::Listings { cursor: 1, pending: vec![Pending { listing: b, token: Some("p2".into()) }] });
         let text = serde_json::to_string(&checkpoint).unwrap();
         assert_eq!(Checkpoint::parse(&text).unwrap(), checkpoint);
+        assert_eq!(work.checkpoint_json(), text);
         assert_eq!(work.take().unwrap().1.token.as_deref(), Some("p2"));
+    }
+
+    /// The checkpoint saved is put together from entries kept in step with
+    /// each listing's token: it must be exactly what serialising the whole
+    /// checkpoint gives, whatever the tokens hold and however they change.
+    #[test]
+    fn the_saved_checkpoint_is_the_checkpoint_serialised() {
+        let mut work = Work::new(7);
+        assert_eq!(work.checkpoint_json(), serde_json::to_string(&work.checkpoint()).unwrap());
+        let top = ListingKey::TopLevel { index: 2 };
+        let a = ListingKey::Resource { row: 9, step: 3 };
+        let b = ListingKey::Resource { row: 4, step: 0 };
+        work.add(top, Listing::Resources("workspace".into(), None), 0, Some("quote \" and \\ and é and \u{1}".into()));
+        work.add(a, Listing::Grants(r("9")), 1, None);
+        work.add(b, Listing::Entitlements(r("4")), 1, Some("x".into()));
+        for (key, next) in [(a, Some("eyJvZmZzZXQiOjEwMH0=")), (b, Some("y")), (top, None), (a, Some("z\n"))] {
+            work.page_done(key, next.map(str::to_string));
+            let whole = serde_json::to_string(&work.checkpoint()).unwrap();
+            assert_eq!(work.checkpoint_json(), whole);
+            assert_eq!(Checkpoint::parse(&work.checkpoint_json()).unwrap(), work.checkpoint());
+        }
+        assert_eq!(work.pending(), 2);
     }
 }
