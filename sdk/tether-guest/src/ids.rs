@@ -10,12 +10,14 @@
 
 use crate::types::ResourceRef;
 
+// Built with one allocation of the right size (`concat`), not through
+// `format!`: a big sync builds two of these for every grant.
 pub fn entitlement_id(resource_type: &str, id: &str, slug: &str) -> String {
-    format!("{resource_type}:{id}:{slug}")
+    [resource_type, ":", id, ":", slug].concat()
 }
 
 pub fn grant_id(entitlement_id: &str, principal_type: &str, principal_id: &str) -> String {
-    format!("{entitlement_id}:{principal_type}:{principal_id}")
+    [entitlement_id, ":", principal_type, ":", principal_id].concat()
 }
 
 /// An entitlement ID taken apart.
