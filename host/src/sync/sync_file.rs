@@ -569,9 +569,7 @@ impl SyncFile {
                 let resource = key_of.resource(&e.resource.resource_type, &e.resource.id)?;
                 entitlement.execute(params![run, id, resource, e.slug, e.display_name, e.description, e.grantable])?;
             }
-            let mut grant = tx.prepare_cached(
-                "INSERT INTO grant_stage (run_id, entitlement, principal, id, immutable, attributes, attrs) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
+            let mut rows = Vec::with_capacity(page.grants.len());
             for g in &page.grants {
                 let entitlement = key_of.entitlement(&g.entitlement_id)?;
                 let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
@@ -585,8 +583,9 @@ impl SyncFile {
                         == Some(g.principal.id.as_str());
                 let id = (!derived).then_some(g.id.as_str());
                 let (attributes, attrs) = key_of.attributes(&g.attributes)?;
-                grant.execute(params![run, entitlement, principal, id, g.immutable, attributes, attrs])?;
+                rows.push((entitlement, principal, id, g.immutable, attributes, attrs));
             }
+            stage_grants(tx, run, &rows)?;
             if let Some(next) = next {
                 tx.prepare_cached(SAVE_CHECKPOINT)?.execute(params![run, next])?;
             }
@@ -1059,6 +1058,60 @@ impl<'t, 'c> Keys<'t, 'c> {
         self.cache.entitlements.insert(id.to_string(), key);
         Ok(key)
     }
+}
+
+/// A grant as staged: entitlement and principal keys, id (none when
+/// derived), immutable, attributes as stored and their set's key.
+type StagedGrant<'a> = (i64, i64, Option<&'a str>, bool, String, Option<i64>);
+
+/// Grants staged per INSERT statement: a statement's own cost (step, halt,
+/// reset, binding the run) was about as much as a row's.
+const GRANTS_PER_INSERT: usize = 32;
+
+/// `INSERT INTO grant_stage … VALUES (…), (…), …` for `rows` rows.
+fn stage_insert(rows: usize) -> String {
+    let values: Vec<String> =
+        (0..rows).map(|r| format!("(?1, ?{}, ?{}, ?{}, ?{}, ?{}, ?{})", 2 + r * 6, 3 + r * 6, 4 + r * 6, 5 + r * 6, 6 + r * 6, 7 + r * 6)).collect();
+    format!("INSERT INTO grant_stage (run_id, entitlement, principal, id, immutable, attributes, attrs) VALUES {}", values.join(", "))
+}
+
+/// The two statements that stage grants, built once.
+static STAGE_MANY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| stage_insert(GRANTS_PER_INSERT));
+static STAGE_ONE: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| stage_insert(1));
+
+/// Appends a page's grants to the stage, in order, `GRANTS_PER_INSERT`
+/// to a statement.
+fn stage_grants(tx: &Connection, run: i64, rows: &[StagedGrant<'_>]) -> Result<()> {
+    let mut chunks = rows.chunks_exact(GRANTS_PER_INSERT);
+    if chunks.len() > 0 {
+        let mut insert = tx.prepare_cached(&STAGE_MANY)?;
+        for chunk in &mut chunks {
+            bind_staged(&mut insert, run, chunk)?;
+            insert.raw_execute()?;
+        }
+    }
+    if !chunks.remainder().is_empty() {
+        let mut insert = tx.prepare_cached(&STAGE_ONE)?;
+        for row in chunks.remainder() {
+            bind_staged(&mut insert, run, std::slice::from_ref(row))?;
+            insert.raw_execute()?;
+        }
+    }
+    Ok(())
+}
+
+fn bind_staged(insert: &mut rusqlite::Statement<'_>, run: i64, rows: &[StagedGrant<'_>]) -> rusqlite::Result<()> {
+    insert.raw_bind_parameter(1, run)?;
+    for (r, (entitlement, principal, id, immutable, attributes, attrs)) in rows.iter().enumerate() {
+        let at = 2 + r * 6;
+        insert.raw_bind_parameter(at, entitlement)?;
+        insert.raw_bind_parameter(at + 1, principal)?;
+        insert.raw_bind_parameter(at + 2, id)?;
+        insert.raw_bind_parameter(at + 3, immutable)?;
+        insert.raw_bind_parameter(at + 4, attributes)?;
+        insert.raw_bind_parameter(at + 5, attrs)?;
+    }
+    Ok(())
 }
 
 /// The lock file beside a sync file: `asana.db` → `asana.db.lock`.
@@ -1542,6 +1595,32 @@ CREATE VIEW IF NOT EXISTS grants AS
         let plan: String =
             file.conn.query_row("EXPLAIN QUERY PLAN SELECT entitlement FROM grant_rows WHERE run_id = ?1 AND principal = 1", [run], |row| row.get(3)).unwrap();
         assert!(plan.contains("grant_rows_by_principal"), "{plan}");
+    }
+
+    /// A page's grants are staged many to a statement and the rest one by
+    /// one: every field of every grant comes back, and a grant reported
+    /// twice (once in a full statement, once in the rest) merges in order.
+    #[test]
+    fn grants_staged_many_to_a_statement_come_back_whole_and_in_order() {
+        let (_dir, mut file, run, next) = fresh_run();
+        let count = GRANTS_PER_INSERT * 2 + 6;
+        let mut grants: Vec<Grant> = (0..count)
+            .map(|n| Grant {
+                immutable: n % 3 == 0,
+                id: if n % 5 == 0 { format!("own-id-{n}") } else { format!("team:t{}:member:user:u{n}", n % 4) },
+                ..member_of(&format!("t{}", n % 4), &format!("u{n}"), &[("n", &n.to_string()), ("shared", "yes")])
+            })
+            .collect();
+        // u7's grant again, last, in the rest: its attributes merge over the first report's.
+        grants.push(Grant { attributes: [("n".to_string(), Value::from("again"))].into_iter().collect(), ..grants[7].clone() });
+        file.write_page(run, &PageRecords { grants: grants.clone(), ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
+        file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+        let mut expected: Vec<Grant> = grants[..count].to_vec();
+        expected[7].attributes.insert("n".into(), Value::from("again"));
+        expected.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut read = file.grants(run, None).unwrap();
+        read.sort_by(|a, b| a.id.cmp(&b.id));
+        assert_eq!(read, expected);
     }
 
     #[test]
