@@ -145,17 +145,25 @@ pub struct Membership {
 impl Membership {
     /// The user it names.
     pub fn user(&self) -> Result<&User, ConnectorError> {
-        self.user.as_ref().ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
+        self.user.as_ref().ok_or_else(no_user)
     }
 
     pub fn into_user(self) -> Result<User, ConnectorError> {
-        self.user.ok_or_else(|| ConnectorError::Upstream("membership without a user".into()))
+        self.user.ok_or_else(no_user)
     }
 
     /// Whether the membership is active (Asana omits the flag on teams).
     pub fn is_active(&self) -> bool {
         self.is_active.or(true)
     }
+}
+
+fn no_user() -> ConnectorError {
+    ConnectorError::Upstream("membership without a user".into())
+}
+
+fn no_gid() -> ConnectorError {
+    ConnectorError::Upstream("an Asana user without a gid".into())
 }
 
 /// A REST user object: a membership's `user` or an item of `/users`.
@@ -169,14 +177,14 @@ pub struct User {
 
 impl User {
     pub fn gid(&self) -> Result<&str, ConnectorError> {
-        self.gid.as_deref().filter(|g| !g.is_empty()).ok_or_else(|| ConnectorError::Upstream("an Asana user without a gid".into()))
+        self.gid.as_deref().filter(|g| !g.is_empty()).ok_or_else(no_gid)
     }
 }
 
 /// A REST user as a resource (memberships name users without email; the
 /// host merges the attributes of every report of the same user).
 pub fn user_resource(user: User) -> Result<Resource, ConnectorError> {
-    let id = user.gid.non_empty().ok_or_else(|| ConnectorError::Upstream("an Asana user without a gid".into()))?;
+    let id = user.gid.non_empty().ok_or_else(no_gid)?;
     let mut attributes = vec![];
     let email = user.email.0;
     let display_name = match (user.name.0, &email) {

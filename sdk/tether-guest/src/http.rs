@@ -108,30 +108,27 @@ impl JsonClient {
     /// maps it (pure). A 2xx body that is not `T` is malformed.
     pub fn answer_as<T: DeserializeOwned>(&self, path: &str, response: &Response) -> Result<T, ConnectorError> {
         if !(200..300).contains(&response.status) {
-            let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-            return Err(status_error(&self.service, path, response.status, &response.headers, &body));
+            return Err(self.refusal(path, response));
         }
         serde_json::from_slice(&response.body).map_err(|e| malformed(&self.service, path, &format!("unexpected JSON: {e}")))
     }
 
+    /// A non-2xx answer as its typed error. An error page that is not JSON
+    /// (or none, a bare status): the status says enough.
+    fn refusal(&self, path: &str, response: &Response) -> ConnectorError {
+        let body = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
+        status_error(&self.service, path, response.status, &response.headers, &body)
+    }
+
     /// A response read as JSON or mapped to an error (pure).
     pub fn answer(&self, path: &str, response: &Response) -> Result<Value, ConnectorError> {
-        let ok = (200..300).contains(&response.status);
-        let parsed: Value = if response.body.is_empty() {
-            Value::Null
-        } else {
-            match serde_json::from_slice(&response.body) {
-                Ok(value) => value,
-                Err(e) if ok => return Err(malformed(&self.service, path, &format!("invalid JSON: {e}"))),
-                // An error page that is not JSON: the status says enough.
-                Err(_) => Value::Null,
-            }
-        };
-        if ok {
-            Ok(parsed)
-        } else {
-            Err(status_error(&self.service, path, response.status, &response.headers, &parsed))
+        if !(200..300).contains(&response.status) {
+            return Err(self.refusal(path, response));
         }
+        if response.body.is_empty() {
+            return Ok(Value::Null);
+        }
+        serde_json::from_slice(&response.body).map_err(|e| malformed(&self.service, path, &format!("invalid JSON: {e}")))
     }
 }
 
