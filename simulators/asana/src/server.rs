@@ -102,6 +102,8 @@ pub(crate) struct Shared {
     outage: Mutex<Option<(u64, u32)>>,
     recorded: Mutex<VecDeque<RecordedRequest>>,
     count: AtomicU64,
+    /// While true, every request waits before it is answered (see `SimHandle::hold`).
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Shared {
@@ -124,6 +126,7 @@ impl Shared {
             outage: Mutex::new(None),
             recorded: Mutex::new(VecDeque::new()),
             count: AtomicU64::new(0),
+            held: tokio::sync::watch::Sender::new(false),
         }
     }
 }
@@ -163,6 +166,8 @@ async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
     if !shared.latency.is_zero() {
         tokio::time::sleep(shared.latency).await;
     }
+    // The sender lives as long as `shared`, so this cannot fail.
+    let _ = shared.held.subscribe().wait_for(|held| !*held).await;
     let number = shared.count.fetch_add(1, Ordering::SeqCst) + 1;
     // A planned outage: from request number `at` on, `n` requests get 429.
     if let Some((at, n)) = *lock(&shared.outage) {
@@ -323,6 +328,17 @@ impl SimHandle {
     /// an outage in the middle of a sync, for tests of failure and resume.
     pub fn force_429_from(&self, at: u64, n: u32) {
         *lock(&self.shared.outage) = Some((at, n));
+    }
+
+    /// Requests wait, unanswered, until `release`: a test can keep a sync
+    /// running for as long as it needs, however fast the machine.
+    pub fn hold(&self) {
+        self.shared.held.send_replace(true);
+    }
+
+    /// Answers the held requests and every one after.
+    pub fn release(&self) {
+        self.shared.held.send_replace(false);
     }
 
     pub async fn shutdown(mut self) {
