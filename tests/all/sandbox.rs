@@ -164,6 +164,37 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
     asana_still_syncs().await;
 }
 
+/// The epoch ticker runs only while guest code can: not while the only
+/// call waits on its upstream, and again as soon as a guest that loops
+/// after its request is answered runs, which the CPU limit then stops.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_epoch_ticks_only_while_a_guest_can_run() {
+    // An engine of its own: no other test's calls tick it.
+    let engine = ConnectorEngine::new(None).unwrap();
+    let module = load(&engine, &wasm("hostile"));
+    let addr = start_misbehaving_server().await;
+    let mut grants = with_server(hostile_permissions(&[("mode", "fetch"), ("url", &format!("http://{addr}/hang"))]), addr);
+    grants.limits.http_timeout = Duration::from_secs(1);
+    grants.limits.http_retries = 0;
+    let mut waiting = ConnectorInstance::start(&engine, &module, &grants).await.unwrap();
+    let before = engine.activity().ticks();
+    let started = Instant::now();
+    let error = connector_error(waiting.list_resources("probe", None, None).await);
+    let waited = started.elapsed();
+    assert!(error.to_string().contains("timeout"), "{error}");
+    let ticks = engine.activity().ticks() - before;
+    // 100 a second while the ticker ran regardless.
+    assert!(ticks <= 5, "{ticks} ticks while the only call waited {waited:?} on its upstream");
+    assert_eq!(engine.activity().running(), 0);
+
+    let grants = with_server(hostile_permissions(&[("mode", "fetch-then-loop"), ("url", &format!("http://{addr}/echo"))]), addr);
+    let mut looping = ConnectorInstance::start(&engine, &module, &grants).await.unwrap();
+    let (limit, message) = limit_hit(looping.list_resources("probe", None, None).await);
+    assert_eq!(limit, "cpu", "{message}");
+    assert!(engine.activity().ticks() - before >= 100, "the loop's second of CPU was ticked");
+    assert_eq!(engine.activity().running(), 0, "every call counted itself out");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_memory_bomb_is_stopped_by_the_memory_limit() {
     let mut grants = hostile_permissions(&[("mode", "memory-bomb")]);

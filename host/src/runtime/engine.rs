@@ -4,6 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -12,12 +13,15 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
+use crate::runtime::activity::GuestActivity;
 use crate::runtime::api_version::ApiVersion;
 use crate::runtime::store_data::StoreData;
 use crate::runtime::trust::ModuleTrust;
 
 /// How often the engine's epoch advances; CPU deadlines count these ticks.
 pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+/// How often a ticker with no guest to time checks that its engine lives.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// The wasm call stack each call may use.
 pub const MAX_WASM_STACK: usize = 1 << 20;
 
@@ -32,6 +36,8 @@ pub struct ConnectorEngine {
     /// Every import the host offers, linked once for all instances.
     linker: Linker<StoreData>,
     cache_dir: Option<PathBuf>,
+    /// Whether any call on this engine can run guest code (the ticker's cue).
+    activity: Arc<GuestActivity>,
 }
 
 /// A module ready to instantiate.
@@ -60,12 +66,19 @@ impl ConnectorEngine {
         let mut linker = Linker::<StoreData>::new(&engine);
         crate::runtime::store_data::add_to_linker(&mut linker)?;
 
-        start_epoch_ticker(&engine)?;
-        Ok(ConnectorEngine { engine, linker, cache_dir })
+        let activity = GuestActivity::new();
+        start_epoch_ticker(&engine, activity.clone())?;
+        Ok(ConnectorEngine { engine, linker, cache_dir, activity })
     }
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The calls that can run guest code: every call on this engine counts
+    /// itself in (see [`GuestActivity`]).
+    pub fn activity(&self) -> &Arc<GuestActivity> {
+        &self.activity
     }
 
     /// The default cache folder: `$XDG_CACHE_HOME/tether` or `~/.cache/tether`.
@@ -134,20 +147,32 @@ impl ConnectorEngine {
     }
 }
 
-/// Advances the engine's epoch every `EPOCH_TICK` for as long as anything
-/// still holds the engine: the `ConnectorEngine`, but also every store (a
-/// running instance keeps its engine alive). Holding only a weak handle, the
-/// ticker never keeps an engine alive by itself, and it never stops while
-/// guest code can still run: a command that drops its `ConnectorEngine` and
-/// keeps the instance still has its CPU limit enforced.
-fn start_epoch_ticker(engine: &Engine) -> Result<()> {
+/// Advances the engine's epoch every `EPOCH_TICK` while a guest call can
+/// run, for as long as anything still holds the engine: the
+/// `ConnectorEngine`, but also every store (a running instance keeps its
+/// engine alive). Holding only a weak handle, the ticker never keeps an
+/// engine alive by itself, and it never stops while guest code can still
+/// run: a command that drops its `ConnectorEngine` and keeps the instance
+/// still has its CPU limit enforced. While no call can run guest code (none
+/// is in flight, or all wait on the host) it sleeps until one can: a
+/// deadline is only checked in guest code, so no tick is missed.
+fn start_epoch_ticker(engine: &Engine, activity: Arc<GuestActivity>) -> Result<()> {
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("tether-epoch".into())
         .spawn(move || loop {
+            if !activity.wait_for_guest(IDLE_CHECK) {
+                if weak.upgrade().is_none() {
+                    return;
+                }
+                continue;
+            }
             std::thread::sleep(EPOCH_TICK);
             match weak.upgrade() {
-                Some(engine) => engine.increment_epoch(),
+                Some(engine) => {
+                    engine.increment_epoch();
+                    activity.record_tick();
+                }
                 None => return,
             }
         })

@@ -21,7 +21,7 @@ use crate::runtime::imports::storage::ConnectorStorage;
 use crate::runtime::imports::wasi::GuestStderr;
 use crate::runtime::limits::{LimitExceeded, Limits};
 use crate::runtime::pool_memory::PoolMemory;
-use crate::runtime::store_data::StoreData;
+use crate::runtime::store_data::{Shared, StoreData};
 use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 
 /// What the operator permits one connector instance: its config and secrets,
@@ -142,8 +142,11 @@ macro_rules! guarded {
             return Err(CallError::Poisoned);
         }
         $self.before_call();
+        let running = $self.store.data().activity.enter();
         let ($exports, $store) = (&$self.exports, &mut $self.store);
-        let outcome = match tokio::time::timeout($self.wall_per_call, $call).await {
+        let timed = tokio::time::timeout($self.wall_per_call, $call).await;
+        drop(running);
+        let outcome = match timed {
             Err(_) => Err(CallError::Limit(LimitExceeded::new("wall-clock", format!("the call took longer than {:?}", $self.wall_per_call)))),
             Ok(Err(trap)) => Err(with_guest_stderr(classify_trap(trap, &$self.store.data().limits), &$self.store.data().wasi.stderr)),
             Ok(Ok(value)) => Ok(value),
@@ -257,7 +260,9 @@ impl ConnectorInstance {
             Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
             None => None,
         };
-        let data = StoreData::new(limits.clone(), http.clone(), permissions.config.clone(), permissions.secrets.clone(), storage, label, pool_memory.clone());
+        let activity = engine.activity().clone();
+        let shared = Shared { http: http.clone(), pool_memory: pool_memory.clone(), activity: activity.clone() };
+        let data = StoreData::new(limits.clone(), shared, permissions.config.clone(), permissions.secrets.clone(), storage, label);
         let mut store = Store::new(engine.engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.set_hostcall_fuel(limits.hostcall_bytes);
@@ -268,8 +273,11 @@ impl ConnectorInstance {
         });
         store.set_epoch_deadline(1);
 
-        let instance = tokio::time::timeout(limits.wall_per_call, module.pre.instantiate_async(&mut store))
-            .await
+        // Instantiation runs the guest's start code.
+        let running = activity.enter();
+        let instantiated = tokio::time::timeout(limits.wall_per_call, module.pre.instantiate_async(&mut store)).await;
+        drop(running);
+        let instance = instantiated
             .map_err(|_| anyhow::anyhow!("limit exceeded: wall-clock: instantiation took longer than {:?}", limits.wall_per_call))?
             .map_err(|e| anyhow::anyhow!("cannot instantiate connector {}: {}", module.path.display(), classify_trap(e, &limits)))?;
         let exports = match module.api {

@@ -1,10 +1,12 @@
-//! Running a connector: the wasmtime engine (`engine`) and its
+//! Running a connector: the wasmtime engine (`engine`, whose epoch ticker
+//! sleeps while no guest can run: `activity`) and its
 //! compiled-code cache (`cache`), what a module must prove before it runs (`trust`), which
 //! contract versions load and how they convert (`api_version`, `bindings`),
 //! the limits (`limits`, and per upstream host `upstream_limits`), one sandboxed instance and its guarded calls
 //! (`instance`), what its wasmtime store holds (`store_data`), and the host
 //! side of each import (`imports/`, one module each, owning its state).
 
+pub mod activity;
 pub mod api_version;
 pub mod bindings;
 pub mod cache;

@@ -12,6 +12,7 @@ use wasmtime::component::Linker;
 use wasmtime::StoreLimitsBuilder;
 use wasmtime_wasi::{WasiCtxView, WasiView};
 
+use crate::runtime::activity::GuestActivity;
 use crate::runtime::bindings::tether::connector as wit;
 use crate::runtime::imports::config::{Config, ConfigCtx, ConnectorConfig, Secrets};
 use crate::runtime::imports::http::{Http, HttpCtx, HttpGateway};
@@ -33,18 +34,27 @@ pub struct StoreData {
     /// The store's own limits and its share of its pool's memory.
     pub limiter: PoolLimiter,
     pub limits: Limits,
+    /// The engine's count of calls that can run guest code.
+    pub activity: Arc<GuestActivity>,
+}
+
+/// What a store shares with the other instances of its pool and engine.
+pub struct Shared {
+    pub http: Arc<HttpGateway>,
+    pub pool_memory: Arc<PoolMemory>,
+    pub activity: Arc<GuestActivity>,
 }
 
 impl StoreData {
     pub fn new(
         limits: Limits,
-        http: Arc<HttpGateway>,
+        shared: Shared,
         config: ConnectorConfig,
         secrets: Arc<Secrets>,
         storage: Option<ConnectorStorage>,
         connector_label: String,
-        pool_memory: Arc<PoolMemory>,
     ) -> Self {
+        let Shared { http, pool_memory, activity } = shared;
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .table_elements(limits.table_elements)
@@ -55,13 +65,14 @@ impl StoreData {
             .build();
         StoreData {
             wasi: StartupWasiCtx::new(&limits),
-            http: HttpCtx::new(http, &limits),
+            http: HttpCtx::new(http, &limits, activity.clone()),
             config: ConfigCtx::new(config, secrets.clone()),
             storage: StorageCtx::new(storage),
             log: LogCtx::new(connector_label, secrets, &limits),
             cpu: CpuBudget::new(limits.cpu_per_call),
             limiter: PoolLimiter::new(store_limits, pool_memory),
             limits,
+            activity,
         }
     }
 

@@ -25,6 +25,7 @@ use backon::{ExponentialBuilder, Retryable};
 use url::Url;
 use wasmtime::component::HasData;
 
+use crate::runtime::activity::GuestActivity;
 use crate::runtime::bindings::tether::connector::http::{self as wit, HttpError, Method, Request, Response};
 use crate::runtime::bindings::Pair;
 use crate::runtime::imports::config::Secrets;
@@ -586,11 +587,13 @@ pub struct HttpCtx {
     pub gateway: Arc<HttpGateway>,
     /// Requests the current call has sent, against `http-requests-per-call`.
     pub requests: CallBudget,
+    /// A call waiting on its upstream runs no guest code.
+    activity: Arc<GuestActivity>,
 }
 
 impl HttpCtx {
-    pub fn new(gateway: Arc<HttpGateway>, limits: &Limits) -> Self {
-        HttpCtx { gateway, requests: CallBudget::new(limits.http_requests_per_call, "http-requests-per-call", "HTTP requests") }
+    pub fn new(gateway: Arc<HttpGateway>, limits: &Limits, activity: Arc<GuestActivity>) -> Self {
+        HttpCtx { gateway, requests: CallBudget::new(limits.http_requests_per_call, "http-requests-per-call", "HTTP requests"), activity }
     }
 
     /// Before every call into the guest: a fresh request budget.
@@ -609,6 +612,7 @@ impl HasData for Http {
 impl wit::Host for HttpCtx {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
         self.requests.charge()?;
+        let _waiting = self.activity.wait();
         Ok(self.gateway.send(request).await)
     }
 }
