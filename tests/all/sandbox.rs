@@ -183,8 +183,9 @@ async fn the_epoch_ticks_only_while_a_guest_can_run() {
     let waited = started.elapsed();
     assert!(error.to_string().contains("timeout"), "{error}");
     let ticks = engine.activity().ticks() - before;
-    // 100 a second while the ticker ran regardless.
-    assert!(ticks <= 5, "{ticks} ticks while the only call waited {waited:?} on its upstream");
+    // About 100 while the ticker ran regardless; a few as the call starts
+    // and ends (more on a loaded machine).
+    assert!(ticks <= 25, "{ticks} ticks while the only call waited {waited:?} on its upstream");
     assert_eq!(engine.activity().running(), 0);
 
     let grants = with_server(hostile_permissions(&[("mode", "fetch-then-loop"), ("url", &format!("http://{addr}/echo"))]), addr);
