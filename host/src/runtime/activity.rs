@@ -69,11 +69,8 @@ impl GuestActivity {
 
     /// Whether a call is running, waiting up to `patience` for one to start.
     pub fn wait_for_guest(&self, patience: Duration) -> bool {
-        let running = self.count();
-        if *running > 0 {
-            return true;
-        }
-        let (running, _) = self.started.wait_timeout_while(running, patience, |running| *running == 0).unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Returns at once when one already is.
+        let (running, _) = self.started.wait_timeout_while(self.count(), patience, |running| *running == 0).unwrap_or_else(|poisoned| poisoned.into_inner());
         *running > 0
     }
 
