@@ -636,14 +636,16 @@ impl SyncFile {
     /// the row numbers after `after_row` (`+` keeps SQLite off the run's
     /// index, which would read and sort every row of the run, each time).
     pub fn resources_after(&self, run: i64, after_row: i64, batch: usize) -> Result<Vec<QueuedResource>> {
-        let mut stmt = self.conn.prepare_cached(
+        // The limit is written into the statement, not bound: SQLite reads a
+        // bound LIMIT while planning, so binding it again (even the same
+        // value) made it parse and plan the statement anew on every call.
+        let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT r.rid, r.depth, k.resource_type, k.id, r.display_name, pk.resource_type, pk.id, r.attributes
              FROM resource_rows r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent
-             WHERE +r.run_id = ?1 AND r.rid > ?2 ORDER BY r.rid LIMIT ?3",
-        )?;
-        let rows = stmt.query_map(params![run, after_row, batch as i64], |row| {
-            Ok(QueuedResource { row: row.get(0)?, depth: row.get(1)?, resource: resource_from_row(row, 2)? })
-        })?;
+             WHERE +r.run_id = ?1 AND r.rid > ?2 ORDER BY r.rid LIMIT {batch}"
+        ))?;
+        let rows =
+            stmt.query_map(params![run, after_row], |row| Ok(QueuedResource { row: row.get(0)?, depth: row.get(1)?, resource: resource_from_row(row, 2)? }))?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
