@@ -22,6 +22,23 @@ pub fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// At most `max` bytes of `text` (cut at a character boundary), saying how
+/// much was left out: a connector's message is shown and stored, never
+/// its megabytes.
+pub fn clip(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}… ({} more bytes)", &text[..end], text.len() - end))
+}
+
+/// The longest connector text (an error message) the host passes on.
+pub const MAX_CONNECTOR_TEXT: usize = 4096;
+
 /// Like [`escape`], but the text's own line breaks are kept, every
 /// continuation line marked with `  | `: a crash report stays readable, and
 /// no line of it can start the way a host line starts.

@@ -84,7 +84,7 @@ pub fn main() -> ExitCode {
         // Stopped by a signal, with the run saved: 128 + the signal's
         // number, as a shell reports a process the signal ended.
         Err(e) if e.chain().any(|c| c.is::<crate::sync::Interrupted>()) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shown(&e));
             ExitCode::from(128 + sync::STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst).clamp(1, 127) as u8)
         }
         // A reader that stopped early (`| head`) is not an error; but a diff
@@ -98,10 +98,18 @@ pub fn main() -> ExitCode {
             }
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", shown(&e));
             failure
         }
     }
+}
+
+/// An error as the operator's terminal gets it. What a connector or an
+/// upstream says is escaped and clipped where it enters an error; this is
+/// the backstop for any text that reached one without: no control
+/// character, and no screenful, gets through.
+fn shown(error: &anyhow::Error) -> String {
+    crate::terminal::escape_multiline(&crate::terminal::clip(&format!("{error:#}"), 16 * crate::terminal::MAX_CONNECTOR_TEXT))
 }
 
 fn init_logs() {

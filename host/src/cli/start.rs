@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 
 use super::args::ConnectorArgs;
 use crate::runtime::engine::{ConnectorEngine, LoadedModule};
@@ -62,18 +62,16 @@ pub async fn prepare_with_reads(args: &ConnectorArgs, dry_run: bool, concurrent_
     Ok(Prepared { engine, module, instance, permissions })
 }
 
-/// Secrets must not travel as config, and required keys must be given.
+/// The flags' config and secrets, checked against the connector's keys.
 fn check_config_against_metadata(instance: &ConnectorInstance, args: &ConnectorArgs) -> Result<()> {
-    for field in &instance.metadata.config {
-        let as_config = args.config.iter().any(|(key, _)| key == &field.key);
-        let as_secret = args.secret.iter().any(|s| s.name == field.key);
-        if field.secret && as_config {
-            bail!("{} is a secret: give it with --secret {}=env:VAR (or file:PATH), not --config", field.key, field.key);
+    struct Flags;
+    impl crate::runtime::settings::HowToGive for Flags {
+        fn config(&self, key: &str) -> String {
+            format!("--config {key}=…")
         }
-        if field.required && !as_config && !as_secret {
-            let flag = if field.secret { "--secret" } else { "--config" };
-            bail!("the connector needs {}: {} (give it with {flag} {}=…)", field.key, field.description, field.key);
+        fn secret(&self, key: &str) -> String {
+            format!("--secret {key}=env:VAR (or file:PATH)")
         }
     }
-    Ok(())
+    crate::runtime::settings::check(&instance.metadata.config, &args.config, &args.secret, &Flags)
 }

@@ -58,17 +58,19 @@ pub use tether::connector::types::{ConnectorError, Pair, RateLimit, ResourceRef}
 
 /// A connector error as one readable line (the generated Display is
 /// Debug-like).
-/// Escaped for the terminal: the text is the connector's.
+/// Escaped for the terminal and clipped: the text is the connector's.
 pub fn describe(error: &ConnectorError) -> String {
+    use crate::terminal::{clip, MAX_CONNECTOR_TEXT};
+    let clip = |m: &str| clip(m, MAX_CONNECTOR_TEXT).into_owned();
     let line = match error {
-        ConnectorError::Unauthorized(m) => format!("unauthorized: {m}"),
-        ConnectorError::Forbidden(m) => format!("forbidden: {m}"),
-        ConnectorError::NotFound(m) => format!("not found: {m}"),
-        ConnectorError::RateLimited(r) => format!("rate limited (retry after {} ms): {}", r.retry_after_ms, r.message),
-        ConnectorError::InvalidConfig(m) => format!("invalid config: {m}"),
-        ConnectorError::InvalidArgument(m) => format!("invalid argument: {m}"),
-        ConnectorError::Upstream(m) => format!("upstream error: {m}"),
-        ConnectorError::Unsupported(m) => format!("unsupported: {m}"),
+        ConnectorError::Unauthorized(m) => format!("unauthorized: {}", clip(m)),
+        ConnectorError::Forbidden(m) => format!("forbidden: {}", clip(m)),
+        ConnectorError::NotFound(m) => format!("not found: {}", clip(m)),
+        ConnectorError::RateLimited(r) => format!("rate limited (retry after {} ms): {}", r.retry_after_ms, clip(&r.message)),
+        ConnectorError::InvalidConfig(m) => format!("invalid config: {}", clip(m)),
+        ConnectorError::InvalidArgument(m) => format!("invalid argument: {}", clip(m)),
+        ConnectorError::Upstream(m) => format!("upstream error: {}", clip(m)),
+        ConnectorError::Unsupported(m) => format!("unsupported: {}", clip(m)),
     };
     crate::terminal::escape(&line).into_owned()
 }

@@ -130,16 +130,16 @@ pub async fn load(
         }
         tracing::warn!(instance = %config.name, "the module asks for host(s) the config does not grant, so it cannot reach them: {}", ungranted.join(", "));
     }
-    for field in &metadata.config {
-        let as_config = config.config.iter().any(|(key, _)| key == &field.key);
-        let as_secret = config.secrets.iter().any(|s| s.name == field.key);
-        if field.secret && as_config {
-            bail!("{} is a secret: give it under [instances.{}.secrets] as \"env:VAR\" or \"file:PATH\", not as config", esc(&field.key), config.name);
+    struct Table<'a>(&'a str);
+    impl crate::runtime::settings::HowToGive for Table<'_> {
+        fn config(&self, key: &str) -> String {
+            format!("{key} under [instances.{}.config]", self.0)
         }
-        if field.required && !as_config && !as_secret {
-            bail!("the connector needs {}: {}", esc(&field.key), esc(&field.description));
+        fn secret(&self, key: &str) -> String {
+            format!("{key} under [instances.{}.secrets] (\"env:VAR\" or \"file:PATH\")", self.0)
         }
     }
+    crate::runtime::settings::check(&metadata.config, &config.config, &config.secrets, &Table(&config.name))?;
     instance.validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
     // What the connector declares and what its syncs use per upstream host
     // (`limits.concurrency` is the reads cap and the pool size).

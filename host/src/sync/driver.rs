@@ -227,7 +227,10 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
                 Some(note) => error.context(note),
                 None => error,
             };
+            // Stored for good with the run: a connector's message is
+            // clipped where it enters the error, and the whole is too.
             let text = format!("{error:#}");
+            let text = crate::terminal::clip(&text, 16 * crate::terminal::MAX_CONNECTOR_TEXT);
             let end = if error.is::<Interrupted>() { RunEnd::Interrupted(&text) } else { RunEnd::Failed(&text) };
             if let Err(mark) = file.finish_run(run_id, end, requests) {
                 tracing::error!("cannot mark sync run {run_id} ended: {mark:#}");

@@ -170,6 +170,11 @@ impl Secrets {
         self.values.contains_key(name)
     }
 
+    /// The length of the longest secret value.
+    pub fn longest(&self) -> usize {
+        self.values.values().map(|value| value.0.len()).max().unwrap_or(0)
+    }
+
     /// `redact` for bytes (response bodies).
     pub fn redact_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
         let mut out = bytes;

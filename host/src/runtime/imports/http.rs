@@ -146,6 +146,14 @@ impl EgressPolicy {
         if matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) && !entry.from_operator {
             return Err(format!("{host} is an IP address, which only the operator can allow (--allow-host)"));
         }
+        // A name the operator listed may resolve to private addresses (see
+        // `may_resolve_privately`), which the resolver cannot tell apart by
+        // port: the operator's port is the only one the connector reaches.
+        if !entry.from_operator && self.hosts.iter().any(|h| h.from_operator && h.host == host) {
+            return Err(format!(
+                "{host}:{port} is not an allowed host: the operator allowed {host} on other ports only (--allow-host {host}:{port} to allow it)"
+            ));
+        }
         if scheme == "http" && !entry.plain_http {
             return Err(format!("plain http to {host}:{port} is not allowed (https only)"));
         }
@@ -643,6 +651,18 @@ mod tests {
         assert!(check(vec![operator("10.1.2.3")], "http://10.1.2.3/").unwrap_err().contains("https only"));
         let both = vec![AllowedHost::declared("10.1.2.3").unwrap(), operator("10.1.2.3")];
         assert!(check(both, "https://10.1.2.3/").is_ok(), "the operator's listing wins");
+    }
+
+    #[test]
+    fn a_declared_port_of_a_name_the_operator_listed_is_refused() {
+        // The operator's localhost may resolve to 127.0.0.1; the connector's
+        // own declaration of another port must not ride on that.
+        let hosts = || vec![AllowedHost::parse("localhost:18080").unwrap(), AllowedHost::declared("localhost:18081").unwrap()];
+        assert!(check(hosts(), "https://localhost:18080/").is_ok());
+        let refused = check(hosts(), "https://localhost:18081/").unwrap_err();
+        assert!(refused.contains("on other ports only"), "{refused}");
+        // A name the operator did not list is unaffected.
+        assert!(check(vec![AllowedHost::declared("app.asana.com").unwrap()], "https://app.asana.com/").is_ok());
     }
 
     #[test]

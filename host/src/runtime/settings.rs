@@ -1,0 +1,124 @@
+//! The operator's config and secrets for a connector, checked against the
+//! keys the connector declares, the same way for `tether sync` and the
+//! other commands as for `tether serve`: a misspelt key, or a value filed
+//! as a secret when it is config (or the other way round), would otherwise
+//! be ignored without a word, and the connector would run with its
+//! defaults (Asana's real API, say, instead of the one the operator named).
+
+use std::collections::HashSet;
+
+use anyhow::{bail, Result};
+
+use crate::runtime::bindings::guest::ConfigField;
+use crate::runtime::imports::config::SecretSource;
+use crate::terminal::escape as esc;
+
+/// How the caller's operator gives a key (given escaped): as config or as
+/// a secret, e.g. `--secret token=env:VAR` or `[instances.x.secrets]`.
+pub trait HowToGive {
+    fn config(&self, key: &str) -> String;
+    fn secret(&self, key: &str) -> String;
+}
+
+/// Checks `config` and `secrets` against `declared`:
+/// - every required key is given;
+/// - a secret is not given as config, nor config as a secret;
+/// - no key is given twice;
+/// - every key given is declared, unless the connector declares none (it
+///   then says nothing of what it reads, and nothing can be checked).
+pub fn check(declared: &[ConfigField], config: &[(String, String)], secrets: &[SecretSource], how: &dyn HowToGive) -> Result<()> {
+    let mut seen = HashSet::new();
+    for key in config.iter().map(|(key, _)| key).chain(secrets.iter().map(|s| &s.name)) {
+        if !seen.insert(key.as_str()) {
+            bail!("{} is given twice: give each config key and secret once", esc(key));
+        }
+    }
+    for field in declared {
+        let as_config = config.iter().any(|(key, _)| key == &field.key);
+        let as_secret = secrets.iter().any(|s| s.name == field.key);
+        if field.secret && as_config {
+            bail!("{} is a secret: give it as {}, not as config", esc(&field.key), how.secret(&esc(&field.key)));
+        }
+        if !field.secret && as_secret {
+            bail!("{} is config, not a secret: give it as {}", esc(&field.key), how.config(&esc(&field.key)));
+        }
+        if field.required && !as_config && !as_secret {
+            let give = if field.secret { how.secret(&esc(&field.key)) } else { how.config(&esc(&field.key)) };
+            bail!("the connector needs {}: {} (give it as {give})", esc(&field.key), esc(&field.description));
+        }
+    }
+    if declared.is_empty() {
+        return Ok(());
+    }
+    let known: Vec<String> = declared.iter().map(|f| esc(&f.key).into_owned()).collect();
+    for key in seen {
+        if !declared.iter().any(|f| f.key == key) {
+            bail!("the connector has no setting {} (it takes: {})", esc(key), known.join(", "));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::imports::config::SecretFrom;
+
+    struct Flags;
+    impl HowToGive for Flags {
+        fn config(&self, key: &str) -> String {
+            format!("--config {key}=…")
+        }
+        fn secret(&self, key: &str) -> String {
+            format!("--secret {key}=env:VAR")
+        }
+    }
+
+    fn field(key: &str, secret: bool, required: bool) -> ConfigField {
+        ConfigField { key: key.into(), description: format!("the {key}"), secret, required, default_value: None }
+    }
+
+    fn secret(name: &str) -> SecretSource {
+        SecretSource { name: name.into(), from: SecretFrom::Env("X".into()) }
+    }
+
+    fn config(key: &str) -> (String, String) {
+        (key.into(), "v".into())
+    }
+
+    fn error(declared: &[ConfigField], config: &[(String, String)], secrets: &[SecretSource]) -> String {
+        check(declared, config, secrets, &Flags).expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn settings_that_fit_the_declaration_pass() {
+        let declared = [field("url", false, false), field("token", true, true)];
+        check(&declared, &[config("url")], &[secret("token")], &Flags).unwrap();
+        check(&declared, &[], &[secret("token")], &Flags).unwrap();
+    }
+
+    #[test]
+    fn misfiled_missing_unknown_and_repeated_keys_are_refused() {
+        let declared = [field("url", false, false), field("token", true, true)];
+        assert!(error(&declared, &[config("token")], &[]).contains("token is a secret"));
+        assert!(error(&declared, &[], &[secret("token"), secret("url")]).contains("url is config, not a secret: give it as --config url="));
+        assert!(error(&declared, &[], &[]).contains("the connector needs token"));
+        assert!(error(&declared, &[config("urll")], &[secret("token")]).contains("no setting urll (it takes: url, token)"));
+        assert!(error(&declared, &[], &[secret("token"), secret("tokn")]).contains("no setting tokn"));
+        assert!(error(&declared, &[config("url"), config("url")], &[secret("token")]).contains("url is given twice"));
+    }
+
+    #[test]
+    fn a_connector_that_declares_nothing_takes_any_key_once() {
+        check(&[], &[config("mode")], &[secret("anything")], &Flags).unwrap();
+        assert!(error(&[], &[config("mode"), config("mode")], &[]).contains("given twice"));
+    }
+
+    #[test]
+    fn a_key_is_escaped_in_the_message() {
+        let declared = [field("k\u{1b}[2J", false, true)];
+        let message = error(&declared, &[], &[]);
+        assert!(!message.contains('\u{1b}'), "{message}");
+        assert!(message.contains("k\\x1b[2J"), "{message}");
+    }
+}
