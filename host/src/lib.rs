@@ -10,6 +10,17 @@
 //! - `serve`: `tether serve`, the long-running multi-connector host;
 //! - `terminal`: connector text made safe to print.
 
+/// `println!` that hands back the error instead of panicking: a reader
+/// that closes the pipe early (`| head`) ends the command cleanly (see
+/// `cli::main`), and a full disk is an error, not a crash.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*)
+    }};
+}
+
 pub mod cli;
 pub mod distribution;
 pub mod report;

@@ -71,6 +71,61 @@ pub fn escape_json(line: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A writer for what may reach a terminal raw (CSV or JSON Lines on
+/// stdout): each line is escaped as [`escape`] does, its line break kept.
+/// Wrap stdout in it only when stdout is a terminal: a file or a pipe gets
+/// the data as it is.
+pub struct SafeLines<W: std::io::Write> {
+    inner: W,
+    line: Vec<u8>,
+}
+
+impl<W: std::io::Write> SafeLines<W> {
+    pub fn new(inner: W) -> Self {
+        SafeLines { inner, line: Vec::new() }
+    }
+
+    fn emit(&mut self) -> std::io::Result<()> {
+        let text = String::from_utf8_lossy(&self.line);
+        self.inner.write_all(escape(text.strip_suffix('\r').unwrap_or(&text)).as_bytes())?;
+        self.line.clear();
+        Ok(())
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for SafeLines<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        for part in buf.split_inclusive(|&b| b == b'\n') {
+            match part.strip_suffix(b"\n") {
+                Some(rest) => {
+                    self.line.extend_from_slice(rest);
+                    self.emit()?;
+                    self.inner.write_all(b"\n")?;
+                }
+                None => self.line.extend_from_slice(part),
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.line.is_empty() {
+            self.emit()?;
+        }
+        self.inner.flush()
+    }
+}
+
+/// Stdout, escaped line by line when it is a terminal.
+pub fn stdout_for_data() -> Box<dyn std::io::Write> {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        Box::new(SafeLines::new(std::io::stdout()))
+    } else {
+        Box::new(std::io::stdout())
+    }
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || is_bidi_control(c)
 }
@@ -98,6 +153,18 @@ fn push_escaped(out: &mut String, c: char) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn safe_lines_escape_each_line_and_keep_the_breaks() {
+        use std::io::Write;
+        let mut out = SafeLines::new(Vec::new());
+        out.write_all(b"a,\x1b]0;t\x07,b\r\nc,\xc2").unwrap();
+        out.write_all(b"\x9b2J\n").unwrap();
+        out.write_all(b"tail").unwrap();
+        out.flush().unwrap();
+        let text = String::from_utf8(out.inner).unwrap();
+        assert_eq!(text, "a,\\x1b]0;t\\x07,b\nc,\\u{9b}2J\ntail");
+    }
+
     use super::*;
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod args;
 pub mod commands;
 pub mod output;
+pub mod output_target;
 pub mod registry;
 pub mod start;
 

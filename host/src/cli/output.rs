@@ -20,29 +20,40 @@ pub fn progress_bar() -> ProgressBar {
     bar
 }
 
-/// The readable summary of a sync.
-pub fn print_summary(summary: &SyncSummary, out: &Path) {
-    println!();
+/// The readable summary of a sync, to stdout (or to stderr when stdout
+/// carries the records, `--jsonl -`).
+pub fn print_summary(summary: &SyncSummary, out: &Path, to_stderr: bool) -> std::io::Result<()> {
+    let mut stdout;
+    let mut stderr;
+    let w: &mut dyn std::io::Write = if to_stderr {
+        stderr = std::io::stderr().lock();
+        &mut stderr
+    } else {
+        stdout = std::io::stdout().lock();
+        &mut stdout
+    };
+    writeln!(w)?;
     let esc = crate::terminal::escape;
-    println!("Synced {} {} into {} (sync run {})", esc(&summary.connector.name), esc(&summary.connector.version), out.display(), summary.run_id);
-    println!("  connector sha256  {}", summary.connector.digest);
-    println!();
-    println!("  {:<20} {:>8}", "resource type", "count");
+    writeln!(w, "Synced {} {} into {} (sync run {})", esc(&summary.connector.name), esc(&summary.connector.version), out.display(), summary.run_id)?;
+    writeln!(w, "  connector sha256  {}", summary.connector.digest)?;
+    writeln!(w)?;
+    writeln!(w, "  {:<20} {:>8}", "resource type", "count")?;
     for (resource_type, count) in &summary.resources {
-        println!("  {:<20} {count:>8}", esc(resource_type));
+        writeln!(w, "  {:<20} {count:>8}", esc(resource_type))?;
     }
-    println!("  {:<20} {:>8}", "entitlements", summary.entitlements);
-    println!("  {:<20} {:>8}", "grants", summary.grants);
-    println!();
+    writeln!(w, "  {:<20} {:>8}", "entitlements", summary.entitlements)?;
+    writeln!(w, "  {:<20} {:>8}", "grants", summary.grants)?;
+    writeln!(w)?;
     let mut rate_limited = if summary.rate_limited > 0 { format!(", {} answered 429 and retried", summary.rate_limited) } else { String::new() };
     if summary.retries > 0 {
         rate_limited.push_str(&format!(", {} sent again after a transient failure", summary.retries));
     }
-    println!("  HTTP requests       {:>8}{rate_limited}", summary.http_requests);
-    println!("  elapsed             {:>8.2} s", summary.elapsed.as_secs_f64());
+    writeln!(w, "  HTTP requests       {:>8}{rate_limited}", summary.http_requests)?;
+    writeln!(w, "  elapsed             {:>8.2} s", summary.elapsed.as_secs_f64())?;
     if let Some(peak) = peak_memory_mib() {
-        println!("  peak memory         {peak:>8} MiB");
+        writeln!(w, "  peak memory         {peak:>8} MiB")?;
     }
+    Ok(())
 }
 
 /// The process's peak resident memory (Linux), to show it stays flat as

@@ -161,7 +161,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         anyhow::bail!("{} instance(s) cannot start:\n  {}", problems.len(), problems.join("\n  "));
     }
     if options.check {
-        println!("{}: {} instance(s), every module verified and validated", config.path.display(), loaded.len());
+        outln!("{}: {} instance(s), every module verified and validated", config.path.display(), loaded.len())?;
         return Ok(());
     }
     for runtime in loaded {

@@ -37,9 +37,9 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
     let permissions = Permissions::default();
     let instance = ConnectorInstance::start(&engine, &module, &permissions).await?;
     let m = &instance.metadata;
-    println!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description));
-    println!("sha256 {}", module.digest);
-    println!("\nresource types:");
+    outln!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description))?;
+    outln!("sha256 {}", module.digest)?;
+    outln!("\nresource types:")?;
     for (i, t) in m.resource_types.iter().enumerate() {
         let listed = t.listed_under.as_deref().map(|p| format!(" (listed per {})", esc(p))).unwrap_or_default();
         let listings = instance.declared.listings_of(i);
@@ -49,10 +49,10 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
             (false, true) => " [grants, no entitlements]".into(),
             (false, false) => " [no entitlements, no grants]".into(),
         };
-        println!("  {:<12} {}{listed}{lists}", esc(&t.id), esc(&t.description));
+        outln!("  {:<12} {}{listed}{lists}", esc(&t.id), esc(&t.description))?;
     }
     let fields = |title: &str, fields: &[crate::runtime::bindings::guest::ConfigField]| {
-        println!("\n{title}:");
+        outln!("\n{title}:")?;
         for f in fields {
             let mut notes = vec![];
             if f.secret {
@@ -65,19 +65,20 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
                 notes.push(format!("default {}", esc(default)));
             }
             let notes = if notes.is_empty() { String::new() } else { format!(" [{}]", notes.join(", ")) };
-            println!("  {:<22} {}{notes}", esc(&f.key), esc(&f.description));
+            outln!("  {:<22} {}{notes}", esc(&f.key), esc(&f.description))?;
         }
+        std::io::Result::Ok(())
     };
-    fields("config", &m.config);
-    fields("create-account fields", &m.account_fields);
+    fields("config", &m.config)?;
+    fields("create-account fields", &m.account_fields)?;
     let instance_name = args.instance.instance_name.clone().unwrap_or_else(|| crate::runtime::instance::default_instance_name(&local.resolved.path));
-    println!(
+    outln!(
         "\ninstance {instance_name}: storage namespace {} (under --storage-dir; set by --instance, never by the module)",
         crate::runtime::instance::storage_namespace(&instance_name)
-    );
-    println!("\nhosts it asks for: {}", esc(&m.hosts.join(", ")));
-    println!("upstream limits it declares, per host: {}", instance.declared.limits);
-    println!("  used without flags: {}", instance.upstream_settings());
-    println!("  (--max-requests-per-minute, --concurrency and --max-concurrent-writes override them)");
+    )?;
+    outln!("\nhosts it asks for: {}", esc(&m.hosts.join(", ")))?;
+    outln!("upstream limits it declares, per host: {}", instance.declared.limits)?;
+    outln!("  used without flags: {}", instance.upstream_settings())?;
+    outln!("  (--max-requests-per-minute, --concurrency and --max-concurrent-writes override them)")?;
     Ok(())
 }

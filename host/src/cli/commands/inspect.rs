@@ -101,14 +101,20 @@ fn cell(value: &serde_json::Value) -> String {
     crate::terminal::escape(&text).into_owned()
 }
 
-/// Writes every record of a run as JSON Lines (`{"kind": …, …}`) to a path
-/// or, for `-`, to stdout.
-pub fn export_jsonl(file: &SyncFile, run: i64, target: &str) -> Result<()> {
-    let mut out: Box<dyn Write> = if target == "-" {
-        Box::new(std::io::stdout().lock())
-    } else {
-        Box::new(std::io::BufWriter::new(std::fs::File::create(target).with_context(|| format!("cannot write {target}"))?))
-    };
+/// Where `sync --jsonl` writes: a path, or `-` for stdout. Opened before
+/// the sync, so that a path that cannot be written fails it before any
+/// request; never the sync file itself, nor another SQLite database.
+pub fn open_jsonl(target: &str, sync_file: &std::path::Path) -> Result<Box<dyn Write>> {
+    if target == "-" {
+        return Ok(Box::new(std::io::BufWriter::new(crate::terminal::stdout_for_data())));
+    }
+    let path = std::path::Path::new(target);
+    crate::cli::output_target::check(path, &[sync_file], crate::cli::output_target::Writes::Through)?;
+    Ok(Box::new(std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("cannot write {target}"))?)))
+}
+
+/// Writes every record of a run as JSON Lines (`{"kind": …, …}`) to `out`.
+pub fn export_jsonl(file: &SyncFile, run: i64, out: &mut dyn Write) -> Result<()> {
     for r in file.resources(run, None)? {
         writeln!(out, "{}", crate::terminal::escape_json(&json!({ "kind": "resource", "record": r }).to_string()))?;
     }

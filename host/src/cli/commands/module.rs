@@ -87,7 +87,7 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
             // The public half first: if it cannot be written, no secret is left behind.
             write_new(&public_path, &format!("# tether module signing public key {id}\n{}\n", hex::encode(public.as_bytes())), false)?;
             write_new(&secret_path, &format!("# tether module signing SECRET key {id}: keep it private\n{}\n", hex::encode(key.to_bytes())), true)?;
-            println!("wrote {} (secret) and {} (key id {id})", secret_path.display(), public_path.display());
+            outln!("wrote {} (secret) and {} (key id {id})", secret_path.display(), public_path.display())?;
         }
         ModuleCommand::Sign { key, module, signature } => {
             let key = read_signing_key(&key)?;
@@ -96,13 +96,13 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
             let id = key_id(&key.verifying_key());
             let text = format!("# signature of sha256 {} by key {id}\n{}\n", hex::encode(digest), hex::encode(sign_digest(&key, &digest).to_bytes()));
             std::fs::write(&target, text).with_context(|| format!("cannot write {}", target.display()))?;
-            println!("signed {} (sha256 {}) with key {id}: {}", module.display(), hex::encode(digest), target.display());
+            outln!("signed {} (sha256 {}) with key {id}: {}", module.display(), hex::encode(digest), target.display())?;
         }
         ModuleCommand::Verify { key, module, signature } => {
             let signer = parse_verifying_key(&key)?;
             let bytes = std::fs::read(&module).with_context(|| format!("cannot read module {}", module.display()))?;
             ModuleTrust { digest: None, signer: Some(signer), signature }.check(&module, &bytes)?;
-            println!("{} (sha256 {}): good signature by key {}", module.display(), hex::encode(Sha256::digest(&bytes)), key_id(&signer));
+            outln!("{} (sha256 {}): good signature by key {}", module.display(), hex::encode(Sha256::digest(&bytes)), key_id(&signer))?;
         }
     }
     Ok(())

@@ -85,7 +85,7 @@ pub async fn push(args: PushArgs) -> Result<()> {
     };
     let registry = args.registry.to_options().connect(&reference)?;
     let manifest_digest = artifact::push(registry, &reference, bytes, annotations).await?;
-    println!(
+    outln!(
         "pushed {} {} ({}, tether:connector@{}) to {}: manifest {manifest_digest}, module sha256 {}, {signed_by}",
         esc(&metadata.name),
         esc(&metadata.version),
@@ -93,8 +93,8 @@ pub async fn push(args: PushArgs) -> Result<()> {
         module.api,
         reference.whole(),
         hex::encode(digest),
-    );
-    println!("pin it with --connector oci://{}/{}@{manifest_digest}", reference.registry(), reference.repository());
+    )?;
+    outln!("pin it with --connector oci://{}/{}@{manifest_digest}", reference.registry(), reference.repository())?;
     Ok(())
 }
 
@@ -110,7 +110,7 @@ pub async fn pull(args: PullArgs) -> Result<()> {
     }
     let path = module.write_to(&args.out, &file_name_for(&reference))?;
     let label = |key: &str| module.annotations.get(key).map(|v| esc(v)).unwrap_or_else(|| "?".into());
-    println!(
+    outln!(
         "pulled {} {} (tether:connector@{}) from {}: manifest {}, module sha256 {}, {} → {}",
         label(ANNOTATION_NAME),
         label(ANNOTATION_VERSION),
@@ -124,6 +124,6 @@ pub async fn pull(args: PullArgs) -> Result<()> {
             (None, None) => "unsigned".to_string(),
         },
         path.display()
-    );
+    )?;
     Ok(())
 }

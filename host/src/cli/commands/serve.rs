@@ -113,6 +113,6 @@ async fn config_sync(args: ConfigSyncArgs) -> Result<()> {
     let summary = crate::serve::adapter::run_sync(&mut pool, &out, &version.digest, &options)
         .await
         .with_context(|| format!("sync failed; {} still holds the last good sync", out.display()))?;
-    crate::cli::output::print_summary(&summary, &out);
+    crate::cli::output::print_summary(&summary, &out, false)?;
     Ok(())
 }

@@ -82,6 +82,7 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         let sibling = pool[0].sibling(&engine, &module, &permissions).await?;
         pool.push(sibling);
     }
+    let mut jsonl = args.jsonl.as_deref().map(|target| crate::cli::commands::inspect::open_jsonl(target, &args.out)).transpose()?;
     let mut file = SyncFile::open_for_sync(&args.out)?;
     stop_on_signals(options.stop.clone())?;
     let progress = output::progress_bar();
@@ -91,9 +92,10 @@ pub async fn run(args: SyncArgs) -> Result<()> {
         Err(e) if e.is::<crate::sync::Interrupted>() => return Err(e),
         other => other.with_context(|| format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display()))?,
     };
-    output::print_summary(&summary, &args.out);
-    if let Some(target) = &args.jsonl {
-        crate::cli::commands::inspect::export_jsonl(&file, summary.run_id, target)?;
+    // With the records on stdout, the summary goes to stderr.
+    output::print_summary(&summary, &args.out, args.jsonl.as_deref() == Some("-"))?;
+    if let Some(out) = &mut jsonl {
+        crate::cli::commands::inspect::export_jsonl(&file, summary.run_id, out.as_mut())?;
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ use crate::cli::args::ConnectorArgs;
 use crate::cli::start::prepare;
 use crate::runtime::bindings::{guest, Pair, ResourceRef};
 use crate::runtime::instance::{retry_rate_limited, ConnectorInstance, PlannedWrite};
-use crate::terminal::escape as esc;
+use crate::terminal::{clip, escape as esc, MAX_CONNECTOR_TEXT};
 
 #[derive(Args)]
 pub struct GrantArgs {
@@ -88,7 +88,7 @@ pub async fn grant(args: GrantArgs) -> Result<()> {
     confirm(&mut instance, &args.write, &planned).await?;
     let result = retry_rate_limited!(instance, grant_entitlement(&args.entitlement, &args.principal));
     let result = result.map_err(|e| anyhow::anyhow!("grant of {} to {}:{} failed: {e}", args.entitlement, args.principal.resource_type, args.principal.id))?;
-    report(&instance, &args.write, &result);
+    report(&instance, &args.write, &result)?;
     Ok(())
 }
 
@@ -97,7 +97,7 @@ pub async fn revoke(args: RevokeArgs) -> Result<()> {
     confirm(&mut instance, &args.write, &PlannedWrite::Revoke { grant_id: args.grant.clone() }).await?;
     let result = retry_rate_limited!(instance, revoke_grant(&args.grant));
     let result = result.map_err(|e| anyhow::anyhow!("revoke of {} failed: {e}", args.grant))?;
-    report(&instance, &args.write, &result);
+    report(&instance, &args.write, &result)?;
     Ok(())
 }
 
@@ -110,22 +110,22 @@ pub async fn create_account(args: CreateAccountArgs) -> Result<()> {
     let created = retry_rate_limited!(instance, create_account(&request));
     let created = created.map_err(|e| anyhow::anyhow!("creating an account for {} failed: {e}", args.email))?;
     if args.write.dry_run {
-        print_held(&instance);
+        print_held(&instance)?;
         return Ok(());
     }
     let account = &created.account;
     let reference = format!("{}:{}", esc(&account.resource_type), esc(&account.id));
     match created.outcome {
-        Some(guest::Outcome::Changed) => println!("changed: created account {reference} for {}", args.email),
-        Some(guest::Outcome::NoChange) => println!("no change: an account for {} already exists ({reference})", args.email),
+        Some(guest::Outcome::Changed) => outln!("changed: created account {reference} for {}", args.email)?,
+        Some(guest::Outcome::NoChange) => outln!("no change: an account for {} already exists ({reference})", args.email)?,
         // A connector built before 0.3.0 does not say which.
-        None => println!("done: account {reference} for {}", args.email),
+        None => outln!("done: account {reference} for {}", args.email)?,
     }
     if !created.message.is_empty() {
-        println!("  {}", esc(&created.message));
+        outln!("  {}", esc(&clip(&created.message, MAX_CONNECTOR_TEXT)))?;
     }
     for pair in &account.attributes {
-        println!("  {} = {}", esc(&pair.name), esc(&pair.value));
+        outln!("  {} = {}", esc(&pair.name), esc(&pair.value))?;
     }
     Ok(())
 }
@@ -158,7 +158,7 @@ pub async fn disable_account(args: DisableAccountArgs) -> Result<()> {
     confirm(&mut instance, &args.write, &PlannedWrite::DisableAccount(account.clone())).await?;
     let result = retry_rate_limited!(instance, disable_account(&account));
     let result = result.map_err(|e| anyhow::anyhow!("disabling user {} failed: {e}", account.id))?;
-    report(&instance, &args.write, &result);
+    report(&instance, &args.write, &result)?;
     Ok(())
 }
 
@@ -172,7 +172,7 @@ async fn confirm(instance: &mut ConnectorInstance, args: &WriteArgs, write: &Pla
     }
     let what = esc(&effect.description);
     if args.dry_run {
-        println!("dry run: irreversible: {what} (needs --yes)");
+        outln!("dry run: irreversible: {what} (needs --yes)")?;
         return Ok(());
     }
     if !args.yes {
@@ -187,29 +187,30 @@ async fn start(args: &WriteArgs) -> Result<ConnectorInstance> {
     Ok(prepared.instance)
 }
 
-fn report(instance: &ConnectorInstance, args: &WriteArgs, result: &guest::WriteResult) {
+fn report(instance: &ConnectorInstance, args: &WriteArgs, result: &guest::WriteResult) -> Result<()> {
     if args.dry_run {
-        print_held(instance);
-        return;
+        return print_held(instance);
     }
     match result.outcome {
-        guest::Outcome::Changed => println!("changed: {}", esc(&result.message)),
-        guest::Outcome::NoChange => println!("no change: {}", esc(&result.message)),
+        guest::Outcome::Changed => outln!("changed: {}", esc(&clip(&result.message, MAX_CONNECTOR_TEXT)))?,
+        guest::Outcome::NoChange => outln!("no change: {}", esc(&clip(&result.message, MAX_CONNECTOR_TEXT)))?,
     }
     if let Some(grant) = &result.grant {
-        println!("  grant {}", esc(&grant.id));
+        outln!("  grant {}", esc(&grant.id))?;
     }
+    Ok(())
 }
 
-fn print_held(instance: &ConnectorInstance) {
+fn print_held(instance: &ConnectorInstance) -> Result<()> {
     let held = instance.http().held_requests();
     if held.is_empty() {
-        println!("dry run: nothing would be sent (already in the requested state)");
+        outln!("dry run: nothing would be sent (already in the requested state)")?;
     }
     for request in held {
-        println!("dry run: would send {} {}", request.method, esc(&request.url));
+        outln!("dry run: would send {} {}", request.method, esc(&request.url))?;
         if let Some(body) = request.body {
-            println!("  {}", esc(&body));
+            outln!("  {}", esc(&clip(&body, MAX_CONNECTOR_TEXT)))?;
         }
     }
+    Ok(())
 }

@@ -1,0 +1,101 @@
+//! Where a command may write its output (`report --out`, `export --out`,
+//! `inspect`'s and `sync`'s `--jsonl`): never over the sync file it reads
+//! or any other SQLite database, and, for a page that replaces its target
+//! by renaming, never over what is not a plain file (a device, a FIFO).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// How the command writes its output.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Writes {
+    /// Opened and written through (a FIFO or `/dev/stdout` works too).
+    Through,
+    /// Written beside it and renamed over it.
+    ByRename,
+}
+
+/// Refuses `out` when writing it would destroy a sync file: it is one of
+/// `sync_files` (by any name: a symlink, a hard link), or any SQLite
+/// database; with [`Writes::ByRename`], also when it is not a plain file.
+pub fn check(out: &Path, sync_files: &[&Path], writes: Writes) -> Result<()> {
+    for sync_file in sync_files {
+        if same_file(out, sync_file) {
+            bail!("{} is the sync file itself: write the output elsewhere", out.display());
+        }
+    }
+    let Ok(meta) = std::fs::metadata(out) else { return Ok(()) };
+    if meta.is_file() && is_sqlite(out) {
+        bail!("{} is a SQLite database (a sync file?): refusing to write over it; remove it first or choose another path", out.display());
+    }
+    if writes == Writes::ByRename && !meta.is_file() {
+        bail!("{} is not a plain file: the page replaces its target, so give the path of a file", out.display());
+    }
+    Ok(())
+}
+
+/// Whether `a` and `b` name the same file: the same inode when both exist,
+/// otherwise the same absolute path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    absolute(a) == absolute(b)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    let name = path.file_name().map(PathBuf::from).unwrap_or_default();
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::canonicalize(parent).map(|dir| dir.join(&name)).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// SQLite's file header.
+fn is_sqlite(path: &Path) -> bool {
+    let mut header = [0u8; 16];
+    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)).is_ok() && &header == b"SQLite format 3\0"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_file_is_never_an_output() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        rusqlite::Connection::open(&db).unwrap().execute_batch("CREATE TABLE t (x)").unwrap();
+        let link = dir.path().join("link.db");
+        std::fs::hard_link(&db, &link).unwrap();
+        let other = dir.path().join("other.db");
+        std::fs::copy(&db, &other).unwrap();
+        let page = dir.path().join("page.html");
+        std::fs::write(&page, "old page").unwrap();
+
+        for writes in [Writes::Through, Writes::ByRename] {
+            assert!(check(&db, &[&db], writes).unwrap_err().to_string().contains("the sync file itself"));
+            assert!(check(&link, &[&db], writes).unwrap_err().to_string().contains("the sync file itself"));
+            assert!(check(&other, &[&db], writes).unwrap_err().to_string().contains("SQLite database"));
+            check(&page, &[&db], writes).unwrap();
+            check(&dir.path().join("new.csv"), &[&db], writes).unwrap();
+        }
+        // Not there yet, by another spelling of the same path.
+        let missing = dir.path().join("missing.db");
+        let spelt = dir.path().join(".").join("missing.db");
+        assert!(check(&spelt, &[&missing], Writes::Through).is_err());
+    }
+
+    #[test]
+    fn a_page_is_not_renamed_over_a_device() {
+        let null = Path::new("/dev/null");
+        if null.exists() {
+            assert!(check(null, &[], Writes::ByRename).unwrap_err().to_string().contains("not a plain file"));
+            check(null, &[], Writes::Through).unwrap();
+        }
+    }
+}
