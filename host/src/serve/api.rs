@@ -249,7 +249,12 @@ async fn list(server: Arc<Server>, name: String, what: Listing, query: ListQuery
     let principal = pair(&query.principal)?;
     let resource = pair(&query.resource)?;
     tokio::task::spawn_blocking(move || {
-        let file = SyncFile::open_existing(&path).map_err(|_| ApiError::new(StatusCode::NOT_FOUND, "no_sync", format!("{name} has not synced yet")))?;
+        // No file yet is "not synced"; a file that cannot be read is the
+        // server's problem, not the client's.
+        if !path.is_file() {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, "no_sync", format!("{name} has not synced yet")));
+        }
+        let file = SyncFile::open_reader(&path).map_err(|e| ApiError::internal(format!("{e:#}")))?;
         let run = match &cursor {
             Some(cursor) => {
                 // A good run whose records a later sync pruned reads as

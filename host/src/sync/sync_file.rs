@@ -379,6 +379,15 @@ const SAVE_CHECKPOINT: &str = "UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?
 pub(crate) const GRANT_ATTRIBUTES: &str =
     "CASE WHEN g.attributes = '' THEN coalesce((SELECT a.json FROM attribute_sets a WHERE a.aid = g.attrs), '{}') ELSE g.attributes END";
 
+/// How `SyncFile::open_reader` connects.
+#[derive(Clone, Copy)]
+enum Reader {
+    /// Opened as it is, never created.
+    Plain,
+    /// Read as it stands, without the WAL's shared memory.
+    Immutable,
+}
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RunEnd<'a> {
@@ -394,12 +403,67 @@ impl SyncFile {
         Self::init(conn).with_context(|| format!("{} is not a usable sync file", path.display()))
     }
 
-    /// Opens an existing sync file without creating one.
+    /// Opens an existing sync file without creating one, to write it.
     pub fn open_existing(path: &Path) -> Result<Self> {
         if !path.is_file() {
             anyhow::bail!("no sync file at {}", path.display());
         }
         Self::open(path)
+    }
+
+    /// Opens an existing sync file to read it, without creating, changing
+    /// or migrating anything: readers (`inspect`, `diff`, `export`,
+    /// `report`, the API) need no write access, leave no files of theirs
+    /// behind when they can write, and never contend with each other or a
+    /// sync for a write lock. A file of an older schema is opened to be
+    /// migrated instead (that needs write access, once).
+    pub fn open_reader(path: &Path) -> Result<Self> {
+        if !path.is_file() {
+            anyhow::bail!("no sync file at {}", path.display());
+        }
+        let not_usable = || format!("{} is not a usable sync file", path.display());
+        // Read-write where the user may write (SQLite itself falls back to
+        // read-only for a file this user cannot write): the last connection
+        // to close removes the -wal and -shm files, where a read-only one
+        // leaves them behind, owned by whoever read. Nothing is written.
+        let conn = match Self::connect_reader(path, Reader::Plain) {
+            Ok(conn) => conn,
+            // A WAL file in a folder this user cannot write, with no -shm
+            // beside it: nobody is writing it, so read it as it stands.
+            Err(_) => Self::connect_reader(path, Reader::Immutable).with_context(not_usable)?,
+        };
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).with_context(not_usable)?;
+        let has_runs: bool =
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0)).with_context(not_usable)?;
+        if !has_runs {
+            anyhow::bail!("{} is not a sync file (it has no sync runs)", path.display());
+        }
+        if version > SCHEMA_VERSION {
+            anyhow::bail!("{}: it has schema version {version}, written by a newer tether; this one reads up to {SCHEMA_VERSION}", not_usable());
+        }
+        if version < SCHEMA_VERSION {
+            drop(conn);
+            return Self::open(path);
+        }
+        conn.pragma_update(None, "foreign_keys", false)?;
+        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default(), batch: None })
+    }
+
+    fn connect_reader(path: &Path, how: Reader) -> rusqlite::Result<Connection> {
+        use rusqlite::OpenFlags;
+        let conn = match how {
+            Reader::Plain => Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?,
+            Reader::Immutable => {
+                let mut uri = url::Url::from_file_path(std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()))
+                    .map_err(|()| rusqlite::Error::InvalidPath(path.to_path_buf()))?;
+                uri.set_query(Some("immutable=1"));
+                Connection::open_with_flags(uri.as_str(), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)?
+            }
+        };
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // Reading the schema is what fails on a file that cannot be read.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| row.get::<_, i64>(0))?;
+        Ok(conn)
     }
 
     /// Opens the file to sync into: takes the writer's lock (a second sync
@@ -454,6 +518,13 @@ impl SyncFile {
         // A new file can give pages back (see finish_run); SQLite allows
         // this only before the first table.
         let new_file: bool = conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |row| row.get(0))?;
+        let has_runs: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0))?;
+        if !new_file && !has_runs {
+            // Another program's database: adding our tables to it (and views
+            // named like its own), or even making it WAL, would be taking
+            // it over.
+            anyhow::bail!("it is a SQLite database of something else (it has tables but no sync runs); give a new file or an existing sync file");
+        }
         if new_file {
             conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
         }
@@ -1410,6 +1481,39 @@ CREATE VIEW IF NOT EXISTS grants AS
         Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         let error = format!("{:#}", SyncFile::open(&path).err().unwrap());
         assert!(error.contains("written by a newer tether"), "{error}");
+    }
+
+    #[test]
+    fn a_reader_changes_nothing_and_leaves_no_files_behind() {
+        let (dir, mut file, run, next) = fresh_run();
+        file.write_page(run, &member_page(member(&[])), 0, Some(next.as_str())).unwrap();
+        file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+        drop(file);
+        let path = dir.path().join("s.db");
+        let before = std::fs::read(&path).unwrap();
+        let readers: Vec<SyncFile> = (0..3).map(|_| SyncFile::open_reader(&path).unwrap()).collect();
+        assert!(readers.iter().all(|r| r.grants(run, None).unwrap().len() == 1));
+        drop(readers);
+        assert!(std::fs::read(&path).unwrap() == before, "readers wrote nothing");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["s.db"], "no -wal or -shm left by readers");
+    }
+
+    #[test]
+    fn what_is_no_sync_file_is_refused_and_left_as_it_was() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.db");
+        std::fs::write(&empty, b"").unwrap();
+        assert!(format!("{:#}", SyncFile::open_reader(&empty).err().unwrap()).contains("not a sync file"));
+        assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0, "no schema written into it");
+
+        let app = dir.path().join("app.db");
+        Connection::open(&app).unwrap().execute_batch("CREATE TABLE resources (x); INSERT INTO resources VALUES (1)").unwrap();
+        let before = std::fs::read(&app).unwrap();
+        assert!(format!("{:#}", SyncFile::open_reader(&app).err().unwrap()).contains("not a sync file"));
+        assert!(format!("{:#}", SyncFile::open_for_sync(&app).err().unwrap()).contains("of something else"));
+        assert!(std::fs::read(&app).unwrap() == before, "another program's database is not taken over");
     }
 
     #[test]

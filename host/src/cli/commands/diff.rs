@@ -46,9 +46,9 @@ const CSV_COLUMNS: [&str; 6] = ["change", "kind", "id", "name", "on", "changes"]
 
 /// `tether diff`: whether anything changed.
 pub fn run(args: DiffArgs) -> Result<bool> {
-    let first = SyncFile::open_existing(&args.file)?;
+    let first = SyncFile::open_reader(&args.file)?;
     let second = match &args.other {
-        Some(other) => Some(SyncFile::open_existing(other)?),
+        Some(other) => Some(SyncFile::open_reader(other)?),
         None => None,
     };
     let (from, to) = match &second {

@@ -40,7 +40,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     if let Some(path) = &args.out {
         crate::cli::output_target::check(path, &[&args.file], crate::cli::output_target::Writes::Through)?;
     }
-    let file = SyncFile::open_existing(&args.file)?;
+    let file = SyncFile::open_reader(&args.file)?;
     let run = review::reviewable_run(&file, args.run).with_context(|| format!("cannot export {}", args.file.display()))?;
     let out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),

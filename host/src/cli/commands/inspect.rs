@@ -27,7 +27,7 @@ pub struct InspectArgs {
 
 /// `tether inspect FILE WHAT`.
 pub fn run(args: InspectArgs) -> Result<()> {
-    let file = SyncFile::open_existing(&args.file)?;
+    let file = SyncFile::open_reader(&args.file)?;
     print(&file, args.what, args.resource_type.as_deref(), args.format, &mut std::io::stdout().lock())
 }
 

@@ -28,7 +28,7 @@ pub struct ReportArgs {
 /// `tether report FILE --out PAGE.html`.
 pub fn run(args: ReportArgs) -> Result<()> {
     crate::cli::output_target::check(&args.out, &[&args.file], crate::cli::output_target::Writes::ByRename)?;
-    let file = SyncFile::open_existing(&args.file)?;
+    let file = SyncFile::open_reader(&args.file)?;
     let context = || format!("cannot report on {}", args.file.display());
     let run = review::reviewable_run(&file, args.run).with_context(context)?;
     let previous = report::previous_run(&file, &run);
