@@ -396,6 +396,35 @@ async fn sigterm_stops_at_a_page_boundary_and_resume_asks_no_page_twice() {
     assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
 }
 
+/// A listing that never comes back (an upstream that stopped answering, a
+/// long rate-limit wait) does not hold a stop past its grace: the run is
+/// interrupted and the resume asks that listing again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_does_not_wait_for_a_listing_that_never_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let (sim, child, minimum) = start_slow_sync(&out, 4).await;
+    wait_for_requests(&sim, minimum / 3).await;
+    sim.hold();
+    let asked = std::time::Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let took = asked.elapsed();
+    sim.release();
+    assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
+    assert!(took < tether_host::sync::STOP_GRACE + std::time::Duration::from_secs(10), "the stop took {took:?}");
+    assert!(stderr(&stopped).contains("left for --resume"), "{}", stderr(&stopped));
+    let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
+    let interrupted = file.last_run().unwrap().unwrap();
+    assert_eq!(interrupted.status, "interrupted");
+
+    let resumed = resume(&sim, &out, 4).await;
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    let run = file.last_run().unwrap().unwrap();
+    assert_eq!((run.id, run.status.as_str()), (interrupted.id, "succeeded"));
+    assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sync_killed_outright_is_recognised_and_resumed() {
     let dir = tempfile::tempdir().unwrap();

@@ -619,7 +619,12 @@ macro_rules! retry_rate_limited {
                 {
                     attempt += 1;
                     let wait = std::time::Duration::from_millis(limit.retry_after_ms).min($crate::runtime::instance::MAX_RETRY_WAIT);
-                    tracing::info!("rate limited; retrying in {wait:?} ({attempt}/{})", $crate::runtime::instance::RATE_LIMIT_RETRIES);
+                    // A long wait is the operator's business (the CLI shows warnings only).
+                    if wait >= std::time::Duration::from_secs(10) {
+                        tracing::warn!("rate limited; retrying in {wait:?} ({attempt}/{})", $crate::runtime::instance::RATE_LIMIT_RETRIES);
+                    } else {
+                        tracing::info!("rate limited; retrying in {wait:?} ({attempt}/{})", $crate::runtime::instance::RATE_LIMIT_RETRIES);
+                    }
                     tokio::time::sleep(wait).await;
                 }
                 other => break other,

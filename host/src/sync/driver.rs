@@ -284,6 +284,27 @@ struct Driver<'a> {
 /// request) or why not.
 type Fetched<'p> = (Option<Worker<'p>>, ListingKey, Option<String>, Result<(guest::Page, bool)>);
 
+/// A worker's task, ended when the driver stops waiting for it (a stop
+/// whose grace ran out): its guest call is dropped with it, and its
+/// listing stays pending in the checkpoint.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long the pages in flight when a stop is asked for may take to come
+/// in and be written. A listing still out then (waiting out a long rate
+/// limit, or a slow upstream) is left pending, to be asked again on
+/// resume: a stop must fit a supervisor's grace period (Kubernetes gives
+/// 30 s).
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// How often a driver waiting on its listings looks for a stop request.
+const STOP_CHECK: Duration = Duration::from_millis(250);
+
 /// Sets `worker` to fetch one page of `job`.
 fn dispatch<'p>(worker: Worker<'p>, key: ListingKey, job: Job) -> BoxFuture<'p, Fetched<'p>> {
     let token = job.token.clone();
@@ -295,12 +316,12 @@ fn dispatch<'p>(worker: Worker<'p>, key: ListingKey, job: Job) -> BoxFuture<'p, 
         Worker::Owned(mut instance) => {
             // Its own task: another core can run this guest call while the
             // driver writes pages or other instances run theirs.
-            let task = tokio::spawn(async move {
+            let mut task = AbortOnDrop(tokio::spawn(async move {
                 let result = fetch(&mut instance, &job).await;
                 (instance, result)
-            });
+            }));
             Box::pin(async move {
-                match task.await {
+                match (&mut task.0).await {
                     Ok((instance, result)) => (Some(Worker::Owned(instance)), key, token, result),
                     Err(e) => (None, key, token, Err(anyhow!("a connector instance's task ended abnormally: {e}"))),
                 }
@@ -338,6 +359,7 @@ impl Driver<'_> {
         let mut in_flight = FuturesUnordered::new();
         let mut failure: Option<anyhow::Error> = None;
         let mut queue_empty = false;
+        let mut stop_deadline = None;
         loop {
             if failure.is_none() {
                 if let Err(e) = self.refill(&mut queue_empty) {
@@ -349,7 +371,29 @@ impl Driver<'_> {
                 let worker = idle.pop().expect("an idle worker");
                 in_flight.push(dispatch(worker, key, job));
             }
-            let Some(first) = in_flight.next().await else {
+            let next = if self.options.stop.is_requested() {
+                let deadline = *stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+                match tokio::time::timeout_at(deadline, in_flight.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        tracing::warn!("{} listing(s) still in flight {STOP_GRACE:?} after the stop: left for --resume", in_flight.len());
+                        return Err(failure.unwrap_or_else(|| Interrupted { run_id: self.run }.into()));
+                    }
+                }
+            } else {
+                // Woken now and then to see a stop asked for while every
+                // listing in flight waits (on a rate limit, say).
+                tokio::select! {
+                    next = in_flight.next() => next,
+                    () = tokio::time::sleep(STOP_CHECK) => {
+                        if self.options.stop.is_requested() {
+                            failure.get_or_insert_with(|| Interrupted { run_id: self.run }.into());
+                        }
+                        continue;
+                    }
+                }
+            };
+            let Some(first) = next else {
                 // Nothing in flight: every listing is done, or a failure
                 // let the pages in flight come in.
                 return match failure {

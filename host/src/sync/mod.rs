@@ -12,5 +12,5 @@ pub mod review;
 pub mod sync_file;
 pub mod work;
 
-pub use driver::{run, run_pool, run_with, Interrupted, StopRequest, SyncOptions, SyncSummary};
+pub use driver::{run, run_pool, run_with, Interrupted, StopRequest, SyncOptions, SyncSummary, STOP_GRACE};
 pub use sync_file::SyncFile;
