@@ -16,6 +16,7 @@ use serde_json::{Map, Value};
 
 use super::checkpoint::Checkpoint;
 use super::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, ResourceType};
+use super::writer_lock::WriterLock;
 
 /// The schema this host writes, kept in `PRAGMA user_version`. Files of an
 /// older version are migrated when opened (see `migrate`); a newer one is
@@ -340,7 +341,7 @@ pub struct SyncFile {
     conn: Connection,
     /// Held while this process syncs into the file (see `open_for_sync`);
     /// the OS lets go of it when the process dies, however it dies.
-    _writer_lock: Option<std::fs::File>,
+    _writer_lock: Option<WriterLock>,
     /// Keys of ids written before (see [`KeyCache`]).
     keys: KeyCache,
     /// The batch of pages being written (see [`SyncFile::begin_batch`]).
@@ -473,33 +474,26 @@ impl SyncFile {
     pub fn open_for_sync(path: &Path) -> Result<Self> {
         // The lock comes first: opening may migrate, which must not race a
         // running sync.
-        let lock_path = writer_lock_path(path);
-        let lock_existed = lock_path.exists();
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .with_context(|| format!("cannot create the lock file {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                anyhow::bail!("another tether process is syncing into {} (it holds {})", path.display(), lock_path.display())
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("cannot lock {}", lock_path.display()));
-            }
+        let (mut lock, lock_existed) = WriterLock::take(path)?;
+        // A file that is there is locked before SQLite opens it: through a
+        // hard link SQLite would keep a second WAL for it, and corrupt it.
+        let existed = path.exists();
+        if existed {
+            lock.lock_database(path)?;
         }
         let mut file = match Self::open(path) {
             Ok(file) => file,
             Err(e) => {
                 // A file that is no sync file leaves no lock file behind.
                 if !lock_existed {
-                    let _ = std::fs::remove_file(&lock_path);
+                    lock.abandon(path);
                 }
                 return Err(e);
             }
         };
+        if !existed {
+            lock.lock_database(path)?;
+        }
         file._writer_lock = Some(lock);
         let orphaned = file.conn.execute(
             "UPDATE sync_runs SET status = 'interrupted', ended_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now'),
@@ -1185,13 +1179,6 @@ fn bind_staged(insert: &mut rusqlite::Statement<'_>, run: i64, rows: &[StagedGra
         insert.raw_bind_parameter(at + 5, attrs)?;
     }
     Ok(())
-}
-
-/// The lock file beside a sync file: `asana.db` → `asana.db.lock`.
-fn writer_lock_path(path: &Path) -> std::path::PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".lock");
-    name.into()
 }
 
 /// Brings the file to `SCHEMA_VERSION`, each step in one transaction.
