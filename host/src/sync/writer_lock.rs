@@ -94,10 +94,13 @@ fn lock_path(path: &Path) -> PathBuf {
     name.into()
 }
 
+/// Descriptors of database files, by (device, inode).
+type OpenByInode = HashMap<(u64, u64), Arc<File>>;
+
 /// The one descriptor of the database file at `path` this process keeps
 /// (see the module's note on why it is never closed).
 fn open_once(path: &Path) -> Result<Arc<File>> {
-    static OPEN: LazyLock<Mutex<HashMap<(u64, u64), Arc<File>>>> = LazyLock::new(Default::default);
+    static OPEN: LazyLock<Mutex<OpenByInode>> = LazyLock::new(Default::default);
     let key = inode(&std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?);
     let mut open = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(file) = open.get(&key) {
