@@ -91,6 +91,21 @@ fn a_missing_connector_file_is_one_clear_line() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no sync file or lock file is left behind");
 }
 
+/// A device or a file bigger than any module is refused before it is read:
+/// `/dev/zero` was read until the machine ran out of memory.
+#[test]
+fn a_module_that_is_no_plain_file_or_too_big_is_refused_unread() {
+    let run = tether(&["describe", "--connector", "/dev/zero"]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("/dev/zero is not a plain file"), "{}", stderr(&run));
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.wasm");
+    std::fs::File::create(&big).unwrap().set_len(300 << 20).unwrap(); // sparse: no disk used
+    let run = tether(&["describe", "--connector", big.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("a module may have at most"), "{}", stderr(&run));
+}
+
 #[test]
 fn garbage_and_truncated_modules_are_refused() {
     let dir = tempfile::tempdir().unwrap();

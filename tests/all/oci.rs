@@ -226,6 +226,29 @@ fn a_registry_that_is_down_is_a_clear_error() {
     assert!(err.contains("names its registry"), "{err}");
 }
 
+/// A registry that answers a manifest request with more than a manifest
+/// can be (here 64 MiB, endless would do the same) is cut off at 4 MiB.
+#[test]
+fn a_manifest_bigger_than_any_manifest_is_refused_unread() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new().route("/v2/", axum::routing::get(|| async { "{}" })).route(
+        "/v2/connectors/asana/manifests/{tag}",
+        axum::routing::get(|| async {
+            let chunk = axum::body::Bytes::from(vec![b' '; 1 << 20]);
+            let body = futures::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+            ([("content-type", "application/vnd.oci.image.manifest.v1+json")], axum::body::Body::from_stream(body))
+        }),
+    );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("out");
+    let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
+    assert!(err.contains("cannot fetch the manifest") && err.contains("larger than 4194304 bytes"), "{err}");
+    assert!(!out.exists());
+}
+
 /// Basic auth: refused without credentials, accepted with a password given
 /// by reference or from the Docker config file's `auths`.
 #[test]

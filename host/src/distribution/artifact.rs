@@ -31,8 +31,7 @@ pub const ANNOTATION_NAME: &str = "dev.tether.connector.name";
 pub const ANNOTATION_VERSION: &str = "dev.tether.connector.version";
 pub const ANNOTATION_CONTRACT: &str = "dev.tether.connector.contract";
 
-/// The largest module pulled: far above any connector, far below memory.
-pub const MAX_MODULE_BYTES: usize = 256 << 20;
+pub use crate::runtime::engine::MAX_MODULE_BYTES;
 
 /// `oci://registry/repository:tag` or `…@sha256:…` (the `oci://` prefix is
 /// optional where only a reference can be meant). The registry must be
@@ -132,12 +131,7 @@ fn registry_error(reference: &Reference, what: &str, e: impl Into<anyhow::Error>
 /// digest on the way. `cached` may supply the module's bytes for a manifest
 /// digest (they are checked like downloaded ones).
 pub async fn fetch(registry: &Registry, reference: &Reference, cached: impl Fn(&str) -> Option<Vec<u8>>) -> Result<VerifiedModule> {
-    let (manifest_bytes, _) = registry
-        .client
-        .pull_manifest_raw(reference, &registry.auth, &[OCI_IMAGE_MEDIA_TYPE])
-        .await
-        .map_err(|e| registry_error(reference, "fetch the manifest of", e))?;
-    let manifest_bytes = manifest_bytes.to_vec();
+    let manifest_bytes = registry.pull_manifest(reference, OCI_IMAGE_MEDIA_TYPE).await.map_err(|e| registry_error(reference, "fetch the manifest of", e))?;
     let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest_bytes)));
     if let Some(pinned) = reference.digest() {
         if pinned != manifest_digest {

@@ -31,7 +31,7 @@ pub mod registry;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ed25519_dalek::VerifyingKey;
 use oci_client::Reference;
 use sha2::{Digest, Sha256};
@@ -110,7 +110,7 @@ pub fn module_cache_dir(cache_dir: Option<&Path>) -> Option<PathBuf> {
 pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &Path, signer: Option<&VerifyingKey>) -> Result<ResolvedModule> {
     let reference = match source {
         ModuleSource::Path(path) => {
-            let bytes = std::fs::read(path).with_context(|| format!("cannot read connector {}", path.display()))?;
+            let bytes = crate::runtime::engine::read_module(path)?;
             return Ok(ResolvedModule { path: path.clone(), digest: hex::encode(Sha256::digest(&bytes)), signature: None, manifest_digest: None });
         }
         ModuleSource::Oci(reference) => reference,

@@ -63,6 +63,52 @@ pub struct RegistryOptions {
 pub struct Registry {
     pub client: Client,
     pub auth: RegistryAuth,
+    /// For the manifest only (see [`Registry::pull_manifest`]).
+    http: reqwest::Client,
+    scheme: &'static str,
+}
+
+/// The largest manifest read: the OCI distribution spec asks clients to
+/// expect manifests up to 4 MiB; a module's is under 2 KiB.
+pub const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// How long a manifest may take, all told: it is asked for before every
+/// sync of a module pinned by tag, which must not stall behind a registry
+/// that accepts connections and never answers.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(20);
+
+impl Registry {
+    /// The OCI image manifest `reference` names, as bytes, reading at most
+    /// `MAX_MANIFEST_BYTES`. oci-client reads a manifest whole, however big
+    /// (rust-oci-client issue 206: one answer took 5.6 GB); this GET uses
+    /// its authentication and reads no further than the cap.
+    pub async fn pull_manifest(&self, reference: &Reference, media_type: &str) -> Result<Vec<u8>> {
+        let token = self.client.auth(reference, &self.auth, oci_client::RegistryOperation::Pull).await.context("cannot authenticate")?;
+        let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
+        let url = format!("{}://{}/v2/{}/manifests/{tag_or_digest}", self.scheme, reference.resolve_registry(), reference.repository());
+        let mut request = self.http.get(&url).header(reqwest::header::ACCEPT, media_type).timeout(MANIFEST_TIMEOUT);
+        request = match (&token, &self.auth) {
+            (Some(token), _) => request.bearer_auth(token),
+            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
+            _ => request,
+        };
+        let mut response = request.send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            bail!("GET {url}: {status}");
+        }
+        if response.content_length().is_some_and(|length| length > MAX_MANIFEST_BYTES as u64) {
+            bail!("GET {url}: the manifest is {} bytes (at most {MAX_MANIFEST_BYTES})", response.content_length().unwrap_or_default());
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.with_context(|| format!("GET {url}"))? {
+            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                bail!("GET {url}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes");
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
 }
 
 impl RegistryOptions {
@@ -84,7 +130,13 @@ impl RegistryOptions {
             ..ClientConfig::default()
         };
         let client = Client::try_from(config).context("cannot set up the registry client")?;
-        Ok(Registry { client, auth: self.auth_for(&registry)? })
+        let http = reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(10)))
+            .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .context("cannot set up the registry client")?;
+        let scheme = if plain_http { "http" } else { "https" };
+        Ok(Registry { client, auth: self.auth_for(&registry)?, http, scheme })
     }
 
     fn auth_for(&self, registry: &str) -> Result<RegistryAuth> {

@@ -25,6 +25,32 @@ const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// The wasm call stack each call may use.
 pub const MAX_WASM_STACK: usize = 1 << 20;
 
+/// The largest module read or pulled: far above any connector, far below
+/// memory.
+pub const MAX_MODULE_BYTES: usize = 256 << 20;
+
+/// A module file's bytes, refusing what is not a plain file (`/dev/zero`
+/// would be read until memory ran out) or is bigger than
+/// `MAX_MODULE_BYTES`.
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot read connector {}", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("cannot read connector {}", path.display()))?;
+    if !meta.is_file() {
+        bail!("connector {} is not a plain file", path.display());
+    }
+    if meta.len() > MAX_MODULE_BYTES as u64 {
+        bail!("connector {} is {} bytes; a module may have at most {MAX_MODULE_BYTES}", path.display(), meta.len());
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // `take`: a file that grows while it is read stops at the cap too.
+    file.take(MAX_MODULE_BYTES as u64 + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read connector {}", path.display()))?;
+    if bytes.len() > MAX_MODULE_BYTES {
+        bail!("connector {} grew past {MAX_MODULE_BYTES} bytes while it was read", path.display());
+    }
+    Ok(bytes)
+}
+
 /// Interfaces a connector may import besides our package (checked by
 /// version in `api_version`): the WASI a Rust std guest needs to start, all
 /// linked with nothing granted. Anything else, sockets included, is refused
@@ -100,7 +126,7 @@ impl ConnectorEngine {
     /// it speaks a version of the contract this host serves.
     pub fn load_trusted(&self, path: &Path, trust: &ModuleTrust) -> Result<LoadedModule> {
         let started = Instant::now();
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read connector {}", path.display()))?;
+        let bytes = read_module(path)?;
         let digest = hex::encode(Sha256::digest(&bytes));
         trust.check(path, &bytes)?;
         // Precompiled code from outside is not trusted input: wasmtime

@@ -81,7 +81,7 @@ pub async fn load(
     hosts_must_be_granted: bool,
 ) -> Result<LoadedVersion> {
     let path = &resolved.path;
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = crate::runtime::engine::read_module(path)?;
     // One of the instance's keys must have signed it; find which before
     // compiling, so that the engine checks exactly that key again.
     let signer = if config.public_keys.is_empty() {
