@@ -53,6 +53,13 @@ pub fn escape_multiline(text: &str) -> String {
     out
 }
 
+/// Like [`escape`], but the text's own line breaks are kept as they are:
+/// for the host's own messages of several lines, in which a connector's
+/// text is already escaped.
+pub fn escape_keeping_lines(text: &str) -> String {
+    text.split('\n').map(|line| escape(line.strip_suffix('\r').unwrap_or(line))).collect::<Vec<_>>().join("\n")
+}
+
 /// A line of JSON made safe for a terminal and still the same JSON: serde
 /// already writes C0 controls as `\u00XX`; C1 and bidi controls, which it
 /// leaves raw, become `\uXXXX` too (outside strings JSON has none).

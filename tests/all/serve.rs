@@ -213,6 +213,11 @@ module = "also-missing.wasm"
 allowed_hosts = ["ftp://example.com"]
 [instances.b.schedule]
 cron = "every tuesday"
+
+[instances.c]
+module = "also-missing.wasm"
+[instances.c.schedule]
+cron = "0 0 30 2 *"
 "#,
     )
     .unwrap();
@@ -233,6 +238,7 @@ cron = "every tuesday"
         "[instances.b] module: no file at",
         "[instances.b] allowed_hosts[0]:",
         "[instances.b] schedule.cron: \"every tuesday\" is not a cron expression",
+        "[instances.c] schedule.cron: \"0 0 30 2 *\" never fires",
     ] {
         assert!(err.contains(&format!("{file}: {expected}")), "missing {expected:?} in:\n{err}");
     }

@@ -175,7 +175,7 @@ impl LimitArgs {
             if value.is_finite() && value > 0.0 && value < 86_400.0 {
                 Ok(Duration::from_secs_f64(value))
             } else {
-                bail!("--{name} must be a number of seconds between 0 and 86400")
+                bail!("--{name} must be a number of seconds above 0 and below 86400")
             }
         };
         Ok(Limits {

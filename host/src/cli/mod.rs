@@ -110,7 +110,7 @@ pub fn main() -> ExitCode {
 /// the backstop for any text that reached one without: no control
 /// character, and no screenful, gets through.
 fn shown(error: &anyhow::Error) -> String {
-    crate::terminal::escape_multiline(&crate::terminal::clip(&format!("{error:#}"), 16 * crate::terminal::MAX_CONNECTOR_TEXT))
+    crate::terminal::escape_keeping_lines(&crate::terminal::clip(&format!("{error:#}"), 16 * crate::terminal::MAX_CONNECTOR_TEXT))
 }
 
 fn init_logs() {

@@ -41,6 +41,12 @@ impl fmt::Display for Problem {
             None => "[server]".to_string(),
         };
         let key = if self.key.is_empty() { String::new() } else { format!(" {}", self.key) };
+        // A problem with the file as a whole (it is not TOML) is nobody's
+        // section; the TOML parser's message shows the line, on lines of
+        // its own.
+        if self.instance.is_none() && self.key.is_empty() {
+            return write!(f, "{}: {}", self.file.display(), crate::terminal::escape_keeping_lines(&self.message));
+        }
         write!(f, "{}: {place}{key}: {}", self.file.display(), crate::terminal::escape(&self.message))
     }
 }
@@ -543,6 +549,12 @@ impl Walker {
         let interval = self.duration_at(&mut t, "interval", "schedule.interval");
         let cron = t.remove("cron").and_then(|value| match value {
             Value::String(text) => match text.parse::<croner::Cron>() {
+                // A date that never comes (30 February) would silently
+                // fall back to the scheduler's hourly default.
+                Ok(cron) if cron.find_next_occurrence(&chrono::Utc::now(), false).is_err() => {
+                    self.problem("schedule.cron", format!("{text:?} never fires (no date matches it)"));
+                    None
+                }
                 Ok(cron) => Some((text, cron)),
                 Err(e) => {
                     self.problem("schedule.cron", format!("{text:?} is not a cron expression: {e}"));
@@ -586,7 +598,9 @@ impl Walker {
                     continue;
                 }
             };
-            let args = [format!("--{key}"), text];
+            // One argument, so that a negative number is read as the
+            // value it is, not as another flag.
+            let args = [format!("--{key}={text}")];
             match FromConfig::try_parse_from(&args) {
                 Ok(_) => all.extend(args),
                 Err(e) => {
