@@ -195,6 +195,7 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
         workers: worker_count,
         http: http.clone(),
         estimate: Estimate::default(),
+        tokens: TokensSeen::default(),
     };
     let mut result = driver.drive(workers, checkpoint).await;
     // The listings are done: the other instances' memories go back before
@@ -277,12 +278,39 @@ struct Driver<'a> {
     workers: usize,
     http: Arc<crate::runtime::imports::http::HttpGateway>,
     estimate: Estimate,
+    tokens: TokensSeen,
 }
 
 /// What one worker brought back: itself (none if its task panicked), the
 /// listing, the page asked for, and the page (and whether it cost a
 /// request) or why not.
 type Fetched<'p> = (Option<Worker<'p>>, ListingKey, Option<String>, Result<(guest::Page, bool)>);
+
+/// The page tokens each listing in progress has been given, as hashes:
+/// an upstream whose pages go A → B → A would otherwise be listed until
+/// `pages-per-listing`, spending the token's whole rate budget for an hour.
+#[derive(Default)]
+struct TokensSeen {
+    by_listing: std::collections::HashMap<ListingKey, std::collections::HashSet<u64>>,
+    hasher: std::hash::RandomState,
+}
+
+impl TokensSeen {
+    /// Whether `next`, the token a page of `key` asked with `token` gave,
+    /// was given before. A listing's tokens are forgotten when it ends.
+    fn goes_round(&mut self, key: ListingKey, token: Option<&str>, next: Option<&str>) -> bool {
+        use std::hash::BuildHasher;
+        let Some(next) = next else {
+            self.by_listing.remove(&key);
+            return false;
+        };
+        let seen = self.by_listing.entry(key).or_default();
+        if let Some(token) = token {
+            seen.insert(self.hasher.hash_one(token));
+        }
+        !seen.insert(self.hasher.hash_one(next))
+    }
+}
 
 /// A worker's task, ended when the driver stops waiting for it (a stop
 /// whose grace ran out): its guest call is dropped with it, and its
@@ -568,6 +596,9 @@ impl Driver<'_> {
         if next.is_some() && next == token {
             return Err(anyhow!("{}: the connector returned the same page token twice", describe()));
         }
+        if self.tokens.goes_round(key, token.as_deref(), next.as_deref()) {
+            return Err(anyhow!("{}: the connector returned a page token it had returned before: its pages go round in a circle", describe()));
+        }
         let records = PageRecords::from(page);
         let count = (records.resources.len() + records.entitlements.len() + records.grants.len()) as u64;
         self.records += count;
@@ -695,5 +726,18 @@ mod tests {
         assert!(!start.contains("left"), "no estimate before a listing is done: {start}");
         assert_eq!(human_secs(3725.0), "1h02m");
         assert_eq!(human_secs(75.0), "1m15s");
+    }
+
+    #[test]
+    fn page_tokens_that_go_round_are_caught_and_forgotten_when_a_listing_ends() {
+        let mut tokens = TokensSeen::default();
+        let a = ListingKey::Resource { row: 1, step: 0 };
+        let b = ListingKey::Resource { row: 2, step: 0 };
+        assert!(!tokens.goes_round(a, None, Some("o1")));
+        assert!(!tokens.goes_round(a, Some("o1"), Some("o2")));
+        assert!(!tokens.goes_round(b, None, Some("o1")), "another listing's tokens are its own");
+        assert!(tokens.goes_round(a, Some("o2"), Some("o1")), "A -> B -> A");
+        assert!(!tokens.goes_round(b, Some("o1"), None));
+        assert!(!tokens.goes_round(b, None, Some("o1")), "a listing that ended starts afresh");
     }
 }
