@@ -13,6 +13,17 @@ use crate::runtime::bindings::tether::connector::storage::{self, StorageError};
 
 const MAX_KEY_LEN: usize = 128;
 
+/// What a key costs against the quota at least: its name and its file. A
+/// quota of bytes alone let a connector make any number of empty files
+/// (a 1 KiB quota held 1,500), and every `set` lists them all; at 256
+/// bytes a key, the default 1 MiB quota holds 4,096 keys.
+const MIN_KEY_COST: u64 = 256;
+
+/// A value's cost against the quota.
+fn cost(len: u64) -> u64 {
+    len.max(MIN_KEY_COST)
+}
+
 pub struct ConnectorStorage {
     dir: Dir,
     quota_bytes: u64,
@@ -35,7 +46,7 @@ impl ConnectorStorage {
             if entry.file_name().to_str() == Some(except) {
                 continue;
             }
-            total += entry.metadata().map_err(io_error)?.len();
+            total += cost(entry.metadata().map_err(io_error)?.len());
         }
         Ok(total)
     }
@@ -52,9 +63,9 @@ impl ConnectorStorage {
     pub fn set(&self, key: &str, value: &[u8]) -> Result<(), StorageError> {
         validate_key(key)?;
         let used = self.used_bytes(key)?;
-        if used + value.len() as u64 > self.quota_bytes {
+        if used + cost(value.len() as u64) > self.quota_bytes {
             return Err(StorageError::QuotaExceeded(format!(
-                "storing {} bytes under {key:?} would exceed the {}-byte quota ({used} used)",
+                "storing {} bytes under {key:?} would exceed the {}-byte quota ({used} used; a key costs at least {MIN_KEY_COST})",
                 value.len(),
                 self.quota_bytes
             )));
@@ -142,5 +153,22 @@ impl storage::Host for StorageCtx {
 
     async fn list_keys(&mut self, prefix: String) -> wasmtime::Result<Result<Vec<String>, StorageError>> {
         Ok(self.storage.as_ref().ok_or_else(disabled).and_then(|s| s.list_keys(&prefix)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_values_still_count_against_the_quota() {
+        let dir = tempfile::tempdir().unwrap();
+        let storage = ConnectorStorage::open(dir.path(), "ns", 1024).unwrap();
+        for i in 0..4 {
+            storage.set(&format!("k{i}"), b"").unwrap();
+        }
+        assert!(matches!(storage.set("k4", b""), Err(StorageError::QuotaExceeded(_))), "a 1 KiB quota holds 4 keys");
+        storage.set("k0", b"replaced in place").unwrap();
+        assert_eq!(storage.list_keys("").unwrap().len(), 4);
     }
 }
