@@ -267,6 +267,11 @@ async fn huge_result_pages_are_refused() {
     let nine_mib = (9 << 20).to_string();
     let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-strings"), ("bytes", &nine_mib)])).await);
     assert_eq!(limit, "bytes-per-page", "{message}");
+    // One record may carry 64 KiB: a resource is held while its children
+    // are listed.
+    let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-strings"), ("bytes", "100000")])).await);
+    assert_eq!(limit, "bytes-per-record", "{message}");
+    assert!(message.contains("at most 65536"), "{message}");
 
     // Past the hostcall budget the host does not even copy the page out.
     let mut grants = hostile_permissions(&[("mode", "huge-page"), ("records", "5000")]);

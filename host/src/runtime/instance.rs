@@ -500,8 +500,13 @@ impl ConnectorInstance {
             Some(LimitExceeded::new("records-per-page", format!("{records} records in one page (at most {})", limits.records_per_page)))
         } else {
             let bytes = page_bytes(&page);
-            (bytes > limits.bytes_per_page)
-                .then(|| LimitExceeded::new("bytes-per-page", format!("{bytes} bytes in one page (at most {})", limits.bytes_per_page)))
+            if bytes > limits.bytes_per_page {
+                Some(LimitExceeded::new("bytes-per-page", format!("{bytes} bytes in one page (at most {})", limits.bytes_per_page)))
+            } else {
+                largest_record(&page)
+                    .filter(|&bytes| bytes > MAX_RECORD_BYTES)
+                    .map(|bytes| LimitExceeded::new("bytes-per-record", format!("a record of {bytes} bytes (at most {MAX_RECORD_BYTES})")))
+            }
         };
         match over {
             Some(limit) => {
@@ -518,13 +523,39 @@ fn reference(resource: &guest::Resource) -> ResourceRef {
     ResourceRef { resource_type: resource.resource_type.clone(), id: resource.id.clone() }
 }
 
+/// The most bytes of strings one record (a resource, an entitlement, a
+/// grant) may carry. A resource is held in memory while its children are
+/// listed: 7 MB attributes on resources listed under took the host past
+/// a gigabyte within every other limit. Real records are well under 1 KiB.
+pub const MAX_RECORD_BYTES: usize = 64 << 10;
+
+fn pairs_bytes(pairs: &[crate::runtime::bindings::Pair]) -> usize {
+    pairs.iter().map(|p| p.name.len() + p.value.len()).sum()
+}
+
+fn resource_bytes(r: &guest::Resource) -> usize {
+    r.resource_type.len() + r.id.len() + r.display_name.len() + pairs_bytes(&r.attributes)
+}
+
+fn entitlement_bytes(e: &guest::Entitlement) -> usize {
+    e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + e.resource.id.len()
+}
+
+fn grant_bytes(g: &guest::Grant) -> usize {
+    g.id.len() + g.entitlement_id.len() + g.principal.id.len() + pairs_bytes(&g.attributes)
+}
+
 fn page_bytes(page: &guest::Page) -> usize {
-    let pairs = |pairs: &[crate::runtime::bindings::Pair]| pairs.iter().map(|p| p.name.len() + p.value.len()).sum::<usize>();
-    let resources: usize = page.resources.iter().map(|r| r.resource_type.len() + r.id.len() + r.display_name.len() + pairs(&r.attributes)).sum();
-    let entitlements: usize =
-        page.entitlements.iter().map(|e| e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + e.resource.id.len()).sum();
-    let grants: usize = page.grants.iter().map(|g| g.id.len() + g.entitlement_id.len() + g.principal.id.len() + pairs(&g.attributes)).sum();
+    let resources: usize = page.resources.iter().map(resource_bytes).sum();
+    let entitlements: usize = page.entitlements.iter().map(entitlement_bytes).sum();
+    let grants: usize = page.grants.iter().map(grant_bytes).sum();
     resources + entitlements + grants + page.next_token.as_ref().map_or(0, String::len)
+}
+
+fn largest_record(page: &guest::Page) -> Option<usize> {
+    let resources = page.resources.iter().map(resource_bytes);
+    let entitlements = page.entitlements.iter().map(entitlement_bytes);
+    resources.chain(entitlements).chain(page.grants.iter().map(grant_bytes)).max()
 }
 
 /// Turns a wasmtime error into what the operator needs to know: which

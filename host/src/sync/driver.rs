@@ -561,6 +561,22 @@ impl Driver<'_> {
             let batch = self.file.resources_after(self.run, self.work.cursor, QUEUE_BATCH)?;
             *queue_empty = batch.len() < QUEUE_BATCH;
             for queued in batch {
+                // Each report of a resource is capped; merged over many
+                // reports its attributes could still grow without end, and
+                // a queued resource is held in memory.
+                let merged = queued.resource.attributes.iter().map(|(k, v)| k.len() + v.as_str().map_or(0, str::len)).sum::<usize>();
+                if merged > crate::runtime::instance::MAX_RECORD_BYTES {
+                    return Err(LimitExceeded::new(
+                        "bytes-per-record",
+                        format!(
+                            "{} {}: its attributes, merged over its reports, are {merged} bytes (at most {})",
+                            crate::terminal::escape(&queued.resource.resource_type),
+                            crate::terminal::escape(&queued.resource.id),
+                            crate::runtime::instance::MAX_RECORD_BYTES
+                        ),
+                    )
+                    .into());
+                }
                 let max_depth = self.options.limits.depth;
                 if queued.depth >= max_depth {
                     return Err(LimitExceeded::new(
