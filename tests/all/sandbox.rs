@@ -258,6 +258,15 @@ async fn a_million_log_lines_are_cut_off_by_the_log_limit() {
     asana_still_syncs().await;
 }
 
+/// Metadata the host would trip over later (a type declared twice, a type
+/// listed under one that is not declared) stops the connector at start.
+#[tokio::test(flavor = "multi_thread")]
+async fn metadata_the_host_cannot_rely_on_is_refused_at_start() {
+    let refused = ConnectorInstance::start(shared_engine(), hostile(), &hostile_permissions(&[("mode", "bad-metadata")])).await.err().expect("refused");
+    let message = format!("{refused:#}");
+    assert!(message.contains("metadata is not usable") && message.contains("probe is declared twice"), "{message}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn huge_result_pages_are_refused() {
     let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-page"), ("records", "20000")])).await);

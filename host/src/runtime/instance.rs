@@ -300,6 +300,7 @@ impl ConnectorInstance {
             declared: Declared::default(),
         };
         (instance.metadata, instance.declared) = instance.call_metadata().await.context("the connector's metadata() failed")?;
+        check_metadata(&instance.metadata).context("the connector's metadata is not usable")?;
 
         // The default allow-list is what the connector declares; the
         // operator's hosts come on top (or instead, for a test server).
@@ -617,6 +618,37 @@ pub fn storage_namespace(label: &str) -> String {
     } else {
         cleaned
     }
+}
+
+/// What the host relies on in a connector's metadata: type ids and keys
+/// that are there and unique, and types listed under types that exist.
+fn check_metadata(metadata: &guest::ConnectorMetadata) -> Result<()> {
+    use crate::terminal::escape as esc;
+    let mut types = std::collections::HashSet::new();
+    for t in &metadata.resource_types {
+        if t.id.is_empty() {
+            anyhow::bail!("a resource type has an empty id");
+        }
+        if !types.insert(t.id.as_str()) {
+            anyhow::bail!("resource type {} is declared twice", esc(&t.id));
+        }
+    }
+    for t in &metadata.resource_types {
+        if let Some(parent) = &t.listed_under {
+            if !types.contains(parent.as_str()) {
+                anyhow::bail!("resource type {} is listed under {}, which it does not declare", esc(&t.id), esc(parent));
+            }
+        }
+    }
+    for fields in [&metadata.config, &metadata.account_fields] {
+        let mut keys = std::collections::HashSet::new();
+        for field in fields {
+            if field.key.is_empty() || !keys.insert(field.key.as_str()) {
+                anyhow::bail!("config key {:?} is empty or declared twice", esc(&field.key));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn empty_metadata() -> guest::ConnectorMetadata {
