@@ -458,6 +458,10 @@ max-memory-mb = 16
     let page = served.get("/v1/audit?instance=asana&limit=3").await;
     let rest = served.get(&format!("/v1/audit?instance=asana&limit=3&cursor={}", page["next_cursor"].as_str().unwrap())).await;
     assert_eq!(rest["items"][0]["outcome"], "dry_run");
+    // An id the connector cannot read is the client's mistake: 400, not a
+    // 502 a client would retry.
+    let (status, refused) = served.call("DELETE", "/v1/instances/asana/grants/not-an-asana-grant?dry_run=true", None).await;
+    assert_eq!((status, refused["code"].as_str()), (400, Some("bad_request")), "{refused}");
 
     // Structured logs: every line an instance wrote names it.
     let logs = served.logs();

@@ -97,7 +97,13 @@ impl IntoResponse for ApiError {
 }
 
 async fn require_token(State(server): State<Arc<Server>>, headers: HeaderMap, request: Request, next: Next) -> Response {
-    let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer ")).unwrap_or("");
+    // The scheme's name is case-insensitive (RFC 9110, 11.1).
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map_or("", |(_, token)| token.trim_start());
     // Compared as hashes: the time taken says nothing about the token.
     let matches = !server.token.is_empty() && Sha256::digest(given.as_bytes()) == Sha256::digest(server.token.as_bytes());
     if !matches {

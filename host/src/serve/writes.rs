@@ -147,7 +147,10 @@ async fn write(
     }
     let effect = connector.check_write(&planned).await.map_err(|e| {
         record("failed", &e.to_string());
-        ApiError::new(StatusCode::BAD_GATEWAY, "connector_failed", format!("the connector could not say what the write would do: {e}"))
+        match client_mistake(&e) {
+            Some(refused) => refused,
+            None => ApiError::new(StatusCode::BAD_GATEWAY, "connector_failed", format!("the connector could not say what the write would do: {e}")),
+        }
     })?;
     if effect.irreversible && !dry_run && !confirm {
         record("refused", &format!("needs confirm: {}", effect.description));
@@ -164,7 +167,7 @@ async fn write(
         Err(e) => {
             let text = e.to_string();
             record("failed", &text);
-            return Err(ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", text));
+            return Err(client_mistake(&e).unwrap_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", text)));
         }
     };
     let held: Vec<Value> = connector.http().held_requests().into_iter().map(|r| json!({"method": r.method, "url": r.url, "body": r.body})).collect();
@@ -187,4 +190,18 @@ async fn write(
         "effect": effect.description,
         "held_requests": held,
     })))
+}
+
+/// A connector's answer that says the request itself was wrong (an id of
+/// the wrong shape, a missing field, an entitlement that is not there):
+/// the client's to fix, and not worth sending again, unlike a 502.
+fn client_mistake(error: &crate::runtime::instance::CallError) -> Option<ApiError> {
+    use crate::runtime::bindings::ConnectorError;
+    use crate::runtime::instance::CallError;
+    match error {
+        CallError::Connector(ConnectorError::InvalidArgument(_)) => Some(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", error.to_string())),
+        CallError::Connector(ConnectorError::NotFound(_)) => Some(ApiError::new(StatusCode::NOT_FOUND, "not_found", error.to_string())),
+        CallError::Connector(ConnectorError::Unsupported(_)) => Some(ApiError::new(StatusCode::NOT_IMPLEMENTED, "unsupported", error.to_string())),
+        _ => None,
+    }
 }
