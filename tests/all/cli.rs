@@ -411,6 +411,31 @@ async fn sigterm_stops_at_a_page_boundary_and_resume_asks_no_page_twice() {
     assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
 }
 
+/// A run interrupted under one config is not resumed under another (here
+/// a setting the sync does not read, so that the fresh run succeeds): two
+/// upstreams' records would mix in one run. It starts over instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_under_other_config_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let (sim, child, minimum) = start_slow_sync(&out, 1).await;
+    wait_for_requests(&sim, minimum / 3).await;
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
+    let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
+    let interrupted = file.last_run().unwrap().unwrap();
+
+    let mut args = vec!["sync".to_string(), "--resume".into(), "--out".into(), out.to_str().unwrap().into()];
+    args.extend(connector_flags(&sim, &["default-workspace-id=12345"]));
+    let resumed = tether_async(args).await;
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("was made with other config: starting over"), "{}", stderr(&resumed));
+    let run = file.last_run().unwrap().unwrap();
+    assert_eq!((run.id, run.status.as_str()), (interrupted.id + 1, "succeeded"));
+    assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
+}
+
 /// A listing that never comes back (an upstream that stopped answering, a
 /// long rate-limit wait) does not hold a stop past its grace: the run is
 /// interrupted and the resume asks that listing again.

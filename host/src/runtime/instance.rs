@@ -316,6 +316,21 @@ impl ConnectorInstance {
         Ok(instance)
     }
 
+    /// A digest (hex) of the config this instance was given, secrets
+    /// aside: what a resumed run must go on with.
+    pub fn config_fingerprint(&self) -> String {
+        let config = &self.store.data().config.config;
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for key in config.keys() {
+            hasher.update(key.as_bytes());
+            hasher.update([0]);
+            hasher.update(config.get(key).unwrap_or_default().as_bytes());
+            hasher.update([0]);
+        }
+        hex::encode(hasher.finalize())
+    }
+
     pub fn http(&self) -> &HttpGateway {
         &self.http
     }

@@ -16,17 +16,22 @@ pub const CHECKPOINT_VERSION: u32 = 3;
 pub struct Checkpoint {
     pub version: u32,
     pub position: Position,
+    /// A digest of the connector's config (secrets aside) the run was made
+    /// with: a resume under other config (another upstream URL) would mix
+    /// two sources in one run. None in checkpoints saved before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<String>,
 }
 
 impl Default for Checkpoint {
     fn default() -> Self {
-        Checkpoint { version: CHECKPOINT_VERSION, position: Position::TopLevel { index: 0, token: None } }
+        Checkpoint { version: CHECKPOINT_VERSION, position: Position::TopLevel { index: 0, token: None }, settings: None }
     }
 }
 
 impl From<Position> for Checkpoint {
     fn from(position: Position) -> Self {
-        Checkpoint { version: CHECKPOINT_VERSION, position }
+        Checkpoint { version: CHECKPOINT_VERSION, position, settings: None }
     }
 }
 

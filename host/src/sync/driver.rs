@@ -168,7 +168,15 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
     let Some(first) = workers.first_mut().map(Worker::instance) else { anyhow::bail!("a sync needs at least one connector instance") };
     let connector = ConnectorIdentity { name: first.metadata.name.clone(), version: first.metadata.version.clone(), digest: digest.to_string() };
     let types: Vec<ResourceType> = super::model::resource_types(&first.metadata, &first.declared);
+    let settings = first.config_fingerprint();
     let resumable = if options.resume { file.resumable_run(digest)? } else { None };
+    let resumable = resumable.filter(|(run_id, checkpoint)| {
+        let same = checkpoint.settings.as_ref().is_none_or(|saved| *saved == settings);
+        if !same {
+            tracing::warn!("sync run {run_id} was made with other config: starting over rather than mixing two in one run");
+        }
+        same
+    });
     let (run_id, checkpoint) = match resumable {
         Some((run_id, checkpoint)) => {
             file.reopen_run(run_id)?;
@@ -196,6 +204,7 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
         http: http.clone(),
         estimate: Estimate::default(),
         tokens: TokensSeen::default(),
+        settings,
     };
     let mut result = driver.drive(workers, checkpoint).await;
     // The listings are done: the other instances' memories go back before
@@ -279,6 +288,8 @@ struct Driver<'a> {
     http: Arc<crate::runtime::imports::http::HttpGateway>,
     estimate: Estimate,
     tokens: TokensSeen,
+    /// The config's digest, saved with every checkpoint.
+    settings: String,
 }
 
 /// What one worker brought back: itself (none if its task panicked), the
@@ -380,6 +391,7 @@ impl Driver<'_> {
         idle[0].instance().validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
         self.file.write_resource_types(self.run, &self.types)?;
         self.work = self.plan(from)?;
+        self.work.settings = Some(self.settings.clone());
 
         // Most recently used first: an instance that has listed before may
         // know what a fresh one would have to ask again.

@@ -123,6 +123,8 @@ pub struct Work {
     ready: VecDeque<ListingKey>,
     /// Listings finished in this process.
     pub done: u64,
+    /// Saved with the checkpoint (see `Checkpoint::settings`).
+    pub settings: Option<String>,
 }
 
 impl Work {
@@ -200,7 +202,8 @@ impl Work {
     /// put together from each pending listing's entry as last serialised.
     pub fn checkpoint_json(&self) -> String {
         let entries: Vec<&str> = self.pending.values().map(|entry| entry.saved.as_str()).collect();
-        format!(r#"{{"version":{CHECKPOINT_VERSION},"position":{{"phase":"listings","cursor":{},"pending":[{}]}}}}"#, self.cursor, entries.join(","))
+        let settings = self.settings.as_deref().map(|s| format!(r#","settings":"{s}""#)).unwrap_or_default();
+        format!(r#"{{"version":{CHECKPOINT_VERSION},"position":{{"phase":"listings","cursor":{},"pending":[{}]}}{settings}}}"#, self.cursor, entries.join(","))
     }
 }
 

@@ -24,7 +24,7 @@ pub struct SyncArgs {
     /// Also write the synced records as JSON Lines to PATH, or - for stdout.
     #[arg(long, value_name = "PATH|-")]
     jsonl: Option<String>,
-    /// If the last sync in FILE failed or was interrupted (same module), go
+    /// If the last sync in FILE failed or was interrupted (same module and config), go
     /// on from where it stopped instead of starting over.
     #[arg(long)]
     resume: bool,
