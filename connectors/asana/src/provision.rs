@@ -4,6 +4,7 @@
 //! nothing.
 
 use serde_json::json;
+use tether_guest::http::segment;
 
 use crate::client::{malformed, Client};
 use crate::ids::{self, EntitlementId};
@@ -25,14 +26,14 @@ pub fn grant_entitlement(client: &Client, entitlement_id: &str, principal: &Reso
             if let Some(role) = team_membership_role(client, &resource.id, user)? {
                 return Ok(no_change(format!("user {user} is already on team {} (as {role})", resource.id)));
             }
-            client.post(&format!("/teams/{}/addUser", resource.id), json!({ "user": user }))?;
+            client.post(&format!("/teams/{}/addUser", segment(&resource.id)), json!({ "user": user }))?;
             Ok(changed(format!("added user {user} to team {}", resource.id), Some(grant(resource, "member", user, false, vec![]))))
         }
         ("workspace", "member") => {
             if let Some(role) = workspace_membership_role(client, &resource.id, user)? {
                 return Ok(no_change(format!("user {user} is already in workspace {} (as {role})", resource.id)));
             }
-            client.post(&format!("/workspaces/{}/addUser", resource.id), json!({ "user": user }))?;
+            client.post(&format!("/workspaces/{}/addUser", segment(&resource.id)), json!({ "user": user }))?;
             Ok(changed(format!("added user {user} to workspace {}", resource.id), Some(grant(resource, "member", user, false, vec![]))))
         }
         ("license", "assigned") => {
@@ -59,7 +60,7 @@ pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, Conn
     match (resource.resource_type.as_str(), entitlement.slug.as_str()) {
         ("team", "member") => match team_membership_role(client, &resource.id, user)? {
             Some("member") => {
-                client.post(&format!("/teams/{}/removeUser", resource.id), json!({ "user": user }))?;
+                client.post(&format!("/teams/{}/removeUser", segment(&resource.id)), json!({ "user": user }))?;
                 Ok(changed(format!("removed user {user} from team {}", resource.id), None))
             }
             Some(role) => Ok(no_change(format!("user {user} is on team {} as {role}, not as a member", resource.id))),
@@ -67,7 +68,7 @@ pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, Conn
         },
         ("workspace", "member") => match workspace_membership_role(client, &resource.id, user)? {
             Some("member") => {
-                client.post(&format!("/workspaces/{}/removeUser", resource.id), json!({ "user": user }))?;
+                client.post(&format!("/workspaces/{}/removeUser", segment(&resource.id)), json!({ "user": user }))?;
                 Ok(changed(format!("removed user {user} from workspace {}", resource.id), None))
             }
             Some(role) => Ok(no_change(format!("user {user} is in workspace {} as {role}, not as a member", resource.id))),
@@ -132,17 +133,19 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
         other => other?,
     };
     if let Some(role) = existing_role {
-        let existing = client.list::<Membership>(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", email)], "user.name", None)?;
+        let existing =
+            client.list::<Membership>(&format!("/workspaces/{}/workspace_memberships", segment(&workspace)), &[("user", email)], "user.name", None)?;
         let membership = existing.items.into_iter().next().ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
         let mut resource = user_resource(membership.into_user()?)?;
         resource.attributes.extend([pair("email", email.to_string()), pair("role", role.into())]);
         return Ok(account_exists(resource, email));
     }
-    let user = client.post(&format!("/workspaces/{workspace}/addUser"), json!({ "user": email }))?;
+    let user = client.post(&format!("/workspaces/{}/addUser", segment(&workspace)), json!({ "user": email }))?;
     if user.is_null() {
         return Ok(pending_account(email));
     }
-    let user: User = serde_json::from_value(user).map_err(|e| malformed(&format!("/workspaces/{workspace}/addUser"), &format!("unexpected JSON: {e}")))?;
+    let user: User =
+        serde_json::from_value(user).map_err(|e| malformed(&format!("/workspaces/{}/addUser", segment(&workspace)), &format!("unexpected JSON: {e}")))?;
     let mut resource = user_resource(user)?;
     resource.attributes.push(pair("email", email.to_string()));
     Ok(account_created(resource, email))
@@ -233,7 +236,7 @@ fn organizations(client: &Client) -> Result<Vec<String>, ConnectorError> {
 /// first, should there be several); None when Asana does not know the user
 /// there.
 fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Option<Membership>, ConnectorError> {
-    let path = format!("/workspaces/{org}/workspace_memberships");
+    let path = format!("/workspaces/{}/workspace_memberships", segment(org));
     let page = match client.list(&path, &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None) {
         // Asana answers 404 (or 400) for a user it does not know.
         Err(ConnectorError::NotFound(_) | ConnectorError::InvalidArgument(_)) => return Ok(None),
@@ -247,7 +250,7 @@ fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Opt
 /// The user's role on a team, if they are on it.
 fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
     // Asana takes `user` only together with `workspace`: the team's.
-    let team_object = client.get(&format!("/teams/{team}"), "organization")?;
+    let team_object = client.get(&format!("/teams/{}", segment(team)), "organization")?;
     let workspace =
         team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
     let page = client.list::<Membership>("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
@@ -256,7 +259,12 @@ fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Optio
 
 /// The user's role in a workspace, if they are an active member.
 fn workspace_membership_role(client: &Client, workspace: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
-    let page = client.list::<Membership>(&format!("/workspaces/{workspace}/workspace_memberships"), &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None)?;
+    let page = client.list::<Membership>(
+        &format!("/workspaces/{}/workspace_memberships", segment(workspace)),
+        &[("user", user)],
+        WORKSPACE_MEMBERSHIP_FIELDS,
+        None,
+    )?;
     Ok(page.items.iter().find(|m| m.is_active()).map(workspace_role))
 }
 

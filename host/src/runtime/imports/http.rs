@@ -512,7 +512,17 @@ impl HttpGateway {
         let headers = response
             .headers()
             .iter()
-            .map(|(name, value)| Pair { name: name.as_str().to_string(), value: self.secrets.redact(&String::from_utf8_lossy(value.as_bytes())) })
+            .map(|(name, value)| {
+                let mut value = self.secrets.redact(&String::from_utf8_lossy(value.as_bytes()));
+                // The date form told as seconds: a connector has no clock
+                // it can trust to tell how long to wait.
+                if name == reqwest::header::RETRY_AFTER && value.trim().parse::<u64>().is_err() {
+                    if let Some(wait) = upstream::retry_after_value(&value) {
+                        value = wait.as_secs_f64().ceil().to_string();
+                    }
+                }
+                Pair { name: name.as_str().to_string(), value }
+            })
             .collect();
         if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(failed(Failure::Final, self.too_large()));
