@@ -114,10 +114,11 @@ fn garbage_and_truncated_modules_are_refused() {
     let real = std::fs::read(asana_wasm()).unwrap();
     let truncated = dir.path().join("truncated.wasm");
     std::fs::write(&truncated, &real[..real.len() / 2]).unwrap();
-    for module in [&garbage, &truncated] {
+    for (module, says) in [(&garbage, "is not a WebAssembly file"), (&truncated, "is not a valid WebAssembly component")] {
         let run = tether(&["sync", "--connector", module.to_str().unwrap(), "--out", dir.path().join("x.db").to_str().unwrap(), "--no-cache"]);
         assert_eq!(run.status.code(), Some(1));
-        assert!(stderr(&run).contains("is not a valid WebAssembly component"), "{}", stderr(&run));
+        assert!(stderr(&run).contains(says), "{}", stderr(&run));
+        assert_eq!(stderr(&run).lines().count(), 1, "one line: {}", stderr(&run));
     }
 }
 
@@ -446,6 +447,12 @@ async fn a_stop_does_not_wait_for_a_listing_that_never_comes_back() {
     let (sim, child, minimum) = start_slow_sync(&out, 4).await;
     wait_for_requests(&sim, minimum / 3).await;
     sim.hold();
+    // A listing is out and will not come back until released.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while sim.waiting() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no request reached the held simulator");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
     let asked = std::time::Instant::now();
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();

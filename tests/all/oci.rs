@@ -296,31 +296,31 @@ async fn a_moved_tag_resolves_to_the_new_digest_while_a_digest_pin_stays() {
     let pin: ModuleSource = format!("oci://{}/connectors/asana@{first}", registry.host()).parse().unwrap();
     assert!(tag.is_moving_tag() && !pin.is_moving_tag());
 
-    let before = resolve(&tag, &options, &cache, None).await.unwrap();
+    let before = resolve(&tag, &options, &cache, &[]).await.unwrap();
     assert_eq!(before.manifest_digest.as_deref(), Some(first.as_str()));
     assert_eq!(before.digest, sha256_file(&asana_wasm()));
-    let pinned = resolve(&pin, &options, &cache, None).await.unwrap();
+    let pinned = resolve(&pin, &options, &cache, &[]).await.unwrap();
     assert_eq!(pinned.digest, before.digest);
 
     // A new version is pushed to the same tag.
     let second_module = wasm("connector-v0-2");
     let second = push(home.path(), &second_module, &reference, None);
     assert_ne!(first, second);
-    let after = resolve(&tag, &options, &cache, None).await.unwrap();
+    let after = resolve(&tag, &options, &cache, &[]).await.unwrap();
     assert_eq!(after.manifest_digest.as_deref(), Some(second.as_str()));
     assert_eq!(after.digest, sha256_file(&second_module));
     assert_eq!(std::fs::read(&after.path).unwrap(), std::fs::read(&second_module).unwrap());
-    let still = resolve(&pin, &options, &cache, None).await.unwrap();
+    let still = resolve(&pin, &options, &cache, &[]).await.unwrap();
     assert_eq!(still.digest, sha256_file(&asana_wasm()), "the pin does not follow the tag");
     assert_eq!(std::fs::read(&still.path).unwrap(), std::fs::read(asana_wasm()).unwrap());
 
     // The registry goes away: the pin resolves from the cache, the tag is a clear error.
     drop(registry);
-    let offline = resolve(&pin, &options, &cache, None).await.unwrap();
+    let offline = resolve(&pin, &options, &cache, &[]).await.unwrap();
     assert_eq!(offline.digest, sha256_file(&asana_wasm()));
-    let err = format!("{:#}", resolve(&tag, &options, &cache, None).await.unwrap_err());
+    let err = format!("{:#}", resolve(&tag, &options, &cache, &[]).await.unwrap_err());
     assert!(err.contains("cannot fetch the manifest"), "{err}");
     // A cached module altered on disk is not served for the pin.
     std::fs::write(&offline.path, b"tampered").unwrap();
-    assert!(resolve(&pin, &options, &cache, None).await.is_err(), "a bad cache entry is refetched (and here the registry is gone)");
+    assert!(resolve(&pin, &options, &cache, &[]).await.is_err(), "a bad cache entry is refetched (and here the registry is gone)");
 }

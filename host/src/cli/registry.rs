@@ -58,7 +58,7 @@ pub async fn local_module(
             (scratch.path().to_path_buf(), Some(scratch))
         }
     };
-    let resolved = resolve(source, &registry.to_options(), &cache, trust.signer.as_ref()).await?;
+    let resolved = resolve(source, &registry.to_options(), &cache, trust.signer.as_slice()).await?;
     if let Some(manifest) = &resolved.manifest_digest {
         eprintln!("resolved {source} to {manifest}");
     }

@@ -73,5 +73,9 @@ fn check_config_against_metadata(instance: &ConnectorInstance, args: &ConnectorA
             format!("--secret {key}=env:VAR (or file:PATH)")
         }
     }
-    crate::runtime::settings::check(&instance.metadata.config, &args.config, &args.secret, &Flags)
+    let unknown = crate::runtime::settings::check(&instance.metadata.config, &args.config, &args.secret, &Flags)?;
+    if !unknown.is_empty() {
+        anyhow::bail!("{}", crate::runtime::settings::unknown_keys_message(&instance.metadata.config, &unknown));
+    }
+    Ok(())
 }

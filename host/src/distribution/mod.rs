@@ -103,11 +103,11 @@ pub fn module_cache_dir(cache_dir: Option<&Path>) -> Option<PathBuf> {
 
 /// Turns a source into a local file. For an OCI reference: looks the tag
 /// up (a digest pin already in the cache needs no registry), checks the
-/// manifest digest, the layer digest and, with `signer`, the signature,
-/// all before anything is written to `cache`. The file is named after the
+/// manifest digest, the layer digest and, with `signers`, that one of them
+/// signed it, all before anything is written to `cache`. The file is named after the
 /// repository's last segment, so the default instance name is the same
 /// as for a file of that name.
-pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &Path, signer: Option<&VerifyingKey>) -> Result<ResolvedModule> {
+pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &Path, signers: &[VerifyingKey]) -> Result<ResolvedModule> {
     let reference = match source {
         ModuleSource::Path(path) => {
             let bytes = crate::runtime::engine::read_module(path)?;
@@ -128,8 +128,14 @@ pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &P
         }
     };
     let shown = source.to_string();
-    if let Some(signer) = signer {
-        module.check_signer(&shown, signer)?;
+    if !signers.is_empty() {
+        let mut refusals = signers.iter().map(|signer| module.check_signer(&shown, signer));
+        let first = refusals.next().expect("a signer");
+        if let Err(refused) = first {
+            if !refusals.any(|other| other.is_ok()) {
+                return Err(refused);
+            }
+        }
     }
     let dir = entry_dir(cache, &module.manifest_digest);
     // Written even when read from the cache: a `.sig` removed from the

@@ -134,6 +134,11 @@ impl ConnectorEngine {
         if Engine::detect_precompiled(&bytes).is_some() {
             bail!("{} is precompiled wasmtime code; give the .wasm component instead", path.display());
         }
+        // Said plainly: the parser's own message prints both headers as
+        // eleven-line byte arrays.
+        if !bytes.starts_with(b"\0asm") {
+            bail!("{} is not a WebAssembly file (it does not start with \\0asm)", path.display());
+        }
         let (component, from_cache) = self.compile(&bytes, &digest).with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
         check_imports(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
         let api = ApiVersion::of(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;

@@ -21,18 +21,16 @@ pub trait HowToGive {
 }
 
 /// Checks `config` and `secrets` against `declared`:
-/// - every required key is given;
 /// - a secret is not given as config, nor config as a secret;
 /// - no key is given twice;
-/// - every key given is declared, unless the connector declares none (it
-///   then says nothing of what it reads, and nothing can be checked).
-pub fn check(declared: &[ConfigField], config: &[(String, String)], secrets: &[SecretSource], how: &dyn HowToGive) -> Result<()> {
-    let mut seen = HashSet::new();
-    for key in config.iter().map(|(key, _)| key).chain(secrets.iter().map(|s| &s.name)) {
-        if !seen.insert(key.as_str()) {
-            bail!("{} is given twice: give each config key and secret once", esc(key));
-        }
-    }
+/// - every required key is given.
+///
+/// Returns the keys given that the connector does not declare, for the
+/// caller to refuse (a command run now) or to warn of (a service whose
+/// config outlives one module version, where a key the next version
+/// takes may be there early). A connector that declares no keys says
+/// nothing of what it reads: then nothing is unknown.
+pub fn check(declared: &[ConfigField], config: &[(String, String)], secrets: &[SecretSource], how: &dyn HowToGive) -> Result<Vec<String>> {
     for field in declared {
         let as_config = config.iter().any(|(key, _)| key == &field.key);
         let as_secret = secrets.iter().any(|s| s.name == field.key);
@@ -42,21 +40,32 @@ pub fn check(declared: &[ConfigField], config: &[(String, String)], secrets: &[S
         if !field.secret && as_secret {
             bail!("{} is config, not a secret: give it as {}", esc(&field.key), how.config(&esc(&field.key)));
         }
-        if field.required && !as_config && !as_secret {
+    }
+    let mut seen = HashSet::new();
+    for key in config.iter().map(|(key, _)| key).chain(secrets.iter().map(|s| &s.name)) {
+        if !seen.insert(key.as_str()) {
+            bail!("{} is given twice: give each config key and secret once", esc(key));
+        }
+    }
+    for field in declared {
+        let given = config.iter().any(|(key, _)| key == &field.key) || secrets.iter().any(|s| s.name == field.key);
+        if field.required && !given {
             let give = if field.secret { how.secret(&esc(&field.key)) } else { how.config(&esc(&field.key)) };
             bail!("the connector needs {}: {} (give it as {give})", esc(&field.key), esc(&field.description));
         }
     }
     if declared.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
+    let mut unknown: Vec<String> = seen.into_iter().filter(|key| !declared.iter().any(|f| f.key == *key)).map(|key| esc(key).into_owned()).collect();
+    unknown.sort();
+    Ok(unknown)
+}
+
+/// What to say of keys [`check`] found unknown.
+pub fn unknown_keys_message(declared: &[ConfigField], unknown: &[String]) -> String {
     let known: Vec<String> = declared.iter().map(|f| esc(&f.key).into_owned()).collect();
-    for key in seen {
-        if !declared.iter().any(|f| f.key == key) {
-            bail!("the connector has no setting {} (it takes: {})", esc(key), known.join(", "));
-        }
-    }
-    Ok(())
+    format!("the connector has no setting {} (it takes: {})", unknown.join(", "), known.join(", "))
 }
 
 #[cfg(test)]
@@ -90,11 +99,15 @@ mod tests {
         check(declared, config, secrets, &Flags).expect_err("refused").to_string()
     }
 
+    fn unknown(declared: &[ConfigField], config: &[(String, String)], secrets: &[SecretSource]) -> Vec<String> {
+        check(declared, config, secrets, &Flags).expect("no error")
+    }
+
     #[test]
     fn settings_that_fit_the_declaration_pass() {
         let declared = [field("url", false, false), field("token", true, true)];
-        check(&declared, &[config("url")], &[secret("token")], &Flags).unwrap();
-        check(&declared, &[], &[secret("token")], &Flags).unwrap();
+        assert!(unknown(&declared, &[config("url")], &[secret("token")]).is_empty());
+        assert!(unknown(&declared, &[], &[secret("token")]).is_empty());
     }
 
     #[test]
@@ -103,14 +116,17 @@ mod tests {
         assert!(error(&declared, &[config("token")], &[]).contains("token is a secret"));
         assert!(error(&declared, &[], &[secret("token"), secret("url")]).contains("url is config, not a secret: give it as --config url="));
         assert!(error(&declared, &[], &[]).contains("the connector needs token"));
-        assert!(error(&declared, &[config("urll")], &[secret("token")]).contains("no setting urll (it takes: url, token)"));
-        assert!(error(&declared, &[], &[secret("token"), secret("tokn")]).contains("no setting tokn"));
+        assert_eq!(unknown(&declared, &[config("urll")], &[secret("token")]), ["urll"]);
+        assert_eq!(unknown(&declared, &[], &[secret("token"), secret("tokn")]), ["tokn"]);
+        assert_eq!(unknown_keys_message(&declared, &["urll".into()]), "the connector has no setting urll (it takes: url, token)");
         assert!(error(&declared, &[config("url"), config("url")], &[secret("token")]).contains("url is given twice"));
+        // Given both ways, the misfiling is what is said.
+        assert!(error(&declared, &[config("token")], &[secret("token")]).contains("token is a secret"));
     }
 
     #[test]
     fn a_connector_that_declares_nothing_takes_any_key_once() {
-        check(&[], &[config("mode")], &[secret("anything")], &Flags).unwrap();
+        assert!(unknown(&[], &[config("mode")], &[secret("anything")]).is_empty());
         assert!(error(&[], &[config("mode"), config("mode")], &[]).contains("given twice"));
     }
 

@@ -58,9 +58,10 @@ pub fn permissions(config: &InstanceConfig, data_dir: &Path, dry_run: bool) -> P
 /// reference looked up (a tag: in the registry each time; a digest pin:
 /// from `cache` once pulled) and pulled into `cache`. The signature is
 /// checked by `load`, against every key the instance trusts, before
-/// anything is compiled.
+/// anything is compiled (so that a refusal is the instance's
+/// `last_refusal`, naming the digest refused).
 pub async fn resolve(config: &InstanceConfig, cache: &Path) -> Result<ResolvedModule> {
-    crate::distribution::resolve(&config.module, &config.registry, cache, None).await
+    crate::distribution::resolve(&config.module, &config.registry, cache, &[]).await
 }
 
 /// `resolve`, then `load`.
@@ -139,7 +140,12 @@ pub async fn load(
             format!("{key} under [instances.{}.secrets] (\"env:VAR\" or \"file:PATH\")", self.0)
         }
     }
-    crate::runtime::settings::check(&metadata.config, &config.config, &config.secrets, &Table(&config.name))?;
+    // A key this version does not take may be one the next takes (or the
+    // last took): said, not refused.
+    let unknown = crate::runtime::settings::check(&metadata.config, &config.config, &config.secrets, &Table(&config.name))?;
+    if !unknown.is_empty() {
+        tracing::warn!(instance = %config.name, "{}", crate::runtime::settings::unknown_keys_message(&metadata.config, &unknown));
+    }
     instance.validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
     // What the connector declares and what its syncs use per upstream host
     // (`limits.concurrency` is the reads cap and the pool size).

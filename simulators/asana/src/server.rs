@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     count: AtomicU64,
     /// While true, every request waits before it is answered (see `SimHandle::hold`).
     held: tokio::sync::watch::Sender<bool>,
+    /// Requests waiting while held.
+    waiting: AtomicU64,
 }
 
 impl Shared {
@@ -127,6 +129,7 @@ impl Shared {
             recorded: Mutex::new(VecDeque::new()),
             count: AtomicU64::new(0),
             held: tokio::sync::watch::Sender::new(false),
+            waiting: AtomicU64::new(0),
         }
     }
 }
@@ -167,7 +170,9 @@ async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Re
         tokio::time::sleep(shared.latency).await;
     }
     // The sender lives as long as `shared`, so this cannot fail.
+    shared.waiting.fetch_add(1, Ordering::SeqCst);
     let _ = shared.held.subscribe().wait_for(|held| !*held).await;
+    shared.waiting.fetch_sub(1, Ordering::SeqCst);
     let number = shared.count.fetch_add(1, Ordering::SeqCst) + 1;
     // A planned outage: from request number `at` on, `n` requests get 429.
     if let Some((at, n)) = *lock(&shared.outage) {
@@ -334,6 +339,11 @@ impl SimHandle {
     /// running for as long as it needs, however fast the machine.
     pub fn hold(&self) {
         self.shared.held.send_replace(true);
+    }
+
+    /// Requests waiting to be answered (while held, the ones held).
+    pub fn waiting(&self) -> u64 {
+        self.shared.waiting.load(Ordering::SeqCst)
     }
 
     /// Answers the held requests and every one after.

@@ -90,7 +90,13 @@ pub async fn run(args: SyncArgs) -> Result<()> {
     progress.finish_and_clear();
     let summary = match result {
         Err(e) if e.is::<crate::sync::Interrupted>() => return Err(e),
-        other => other.with_context(|| format!("sync failed; {} still holds the last good sync (--resume goes on from here)", args.out.display()))?,
+        other => other.with_context(|| {
+            let holds = match file.last_good_run() {
+                Ok(Some(good)) => format!("{} still holds the last good sync (run {})", args.out.display(), good.id),
+                _ => format!("{} holds no good sync yet", args.out.display()),
+            };
+            format!("sync failed; {holds}; --resume goes on from where this one stopped")
+        })?,
     };
     // With the records on stdout, the summary goes to stderr.
     output::print_summary(&summary, &args.out, args.jsonl.as_deref() == Some("-"))?;
