@@ -450,7 +450,7 @@ async fn garbage_truncated_and_precompiled_modules_are_refused() {
     let precompiled = shared_engine().engine().precompile_component(&real).unwrap();
     let cases: [(&str, &[u8], &str); 4] = [
         ("garbage.wasm", b"\0asm but not really a module at all", "is not a valid WebAssembly component"),
-        ("empty.wasm", b"", "is not a valid WebAssembly component"),
+        ("empty.wasm", b"", "is not a WebAssembly file"),
         ("truncated.wasm", &real[..real.len() / 3], "is not a valid WebAssembly component"),
         ("precompiled.wasm", &precompiled, "is precompiled wasmtime code"),
     ];
