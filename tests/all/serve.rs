@@ -548,6 +548,11 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
     let refused = served.until("asana", "the refusal", Duration::from_secs(60), |i| i["last_refusal"].is_object()).await;
     assert!(refused["last_refusal"]["reason"].as_str().unwrap().contains("not a good signature"), "{refused}");
     assert_eq!(refused["module"]["digest"], d2.as_str());
+    // Its signature arrives: swapped in, and the refusal no longer stands.
+    install(&module, &v3, Some(sign(&key, &v3)));
+    let swapped = served.until("asana", "the late swap", Duration::from_secs(60), |i| i["module"]["digest"] != d2.as_str()).await;
+    assert!(swapped["last_refusal"].is_null(), "{swapped}");
+    let d2 = swapped["module"]["digest"].as_str().unwrap().to_string();
 
     // Signed, but asking for a host the config does not grant: refused,
     // naming the host.
@@ -567,7 +572,7 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
 
     let m = served.metrics().await;
     assert_eq!(metric(&m, "tether_reload_refusals_total", &[("instance", "asana")]), 2.0, "{m}");
-    assert_eq!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]), 2.0, "{m}");
+    assert_eq!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]), 3.0, "{m}");
     assert!(served.logs().contains("new module version refused"));
 }
 

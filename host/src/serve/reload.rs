@@ -138,6 +138,13 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
                 version.manifest_digest.as_ref().map(|m| format!(", manifest {m}")).unwrap_or_default()
             );
             server.metrics.module_loads.with_label_values(&[&instance.name, "loaded"]).inc();
+            // Refused before (its signature had not arrived yet, say), now
+            // running: the refusal no longer describes the instance.
+            let mut status = instance.status.lock().expect("status lock");
+            if status.last_refusal.as_ref().is_some_and(|r| r.digest.as_deref() == Some(version.digest.as_str())) {
+                status.last_refusal = None;
+            }
+            drop(status);
             *instance.current.write().expect("current lock") = Some(Arc::new(version));
         }
         Err(e) => refuse(server, instance, settings, resolved, &e),
