@@ -349,6 +349,7 @@ max-memory-mb = 16
     let looping = served.instance("looping").await;
     assert!(looping["consecutive_failures"].as_u64().unwrap() >= 1, "{looping}");
     assert!(looping["last_sync"]["error"].as_str().unwrap().contains("limit exceeded: cpu"), "{looping}");
+    assert!(looping["last_sync"]["run_id"].as_i64().is_some(), "a failed sync names its run: {looping}");
     // Failures back off (3 s, then 6 s) instead of retrying every 1 s tick.
     let time = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
     let gap = (time(&looping["next_run"]) - time(&looping["last_sync"]["ended_at"])).to_std().unwrap();

@@ -214,6 +214,8 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
     tracing::info!("sync started ({} {})", crate::terminal::escape(&version.name), crate::terminal::escape(&version.version));
     let options = SyncOptions { resume: true, limits: settings.sync_limits.clone(), stop: instance.stop.clone() };
     let path = server.sync_file(&instance.name);
+    let last_run_id = || crate::sync::SyncFile::open_reader(&path).ok().and_then(|file| file.last_run().ok().flatten()).map(|run| (run.id, run.status));
+    let run_before = last_run_id().map(|(id, _)| id);
     let mut counters = None;
     let result = async {
         std::fs::create_dir_all(path.parent().unwrap_or(&server.data_dir))?;
@@ -251,7 +253,10 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
                 }
                 None => {
                     tracing::warn!("sync failed: {text}");
-                    ("failed", None, None, Some(text))
+                    // The run the failure is recorded as, if it got that far
+                    // (a run resumed keeps its id).
+                    let failed_run = last_run_id().filter(|(id, status)| status == "failed" && Some(*id) >= run_before).map(|(id, _)| id);
+                    ("failed", failed_run, None, Some(text))
                 }
             }
         }
