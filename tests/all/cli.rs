@@ -291,6 +291,42 @@ fn describe_lists_config_keys_and_which_are_secret() {
     assert!(stderr(&pinned).contains("but 00 was pinned"), "{}", stderr(&pinned));
 }
 
+/// `--jsonl -`: stdout carries only the records (the summary goes to
+/// stderr), and a reader that stops early (`| head -1`) ends the command
+/// cleanly, the sync recorded; it used to panic (exit 101).
+#[tokio::test(flavor = "multi_thread")]
+async fn json_lines_on_stdout_are_only_records_and_a_closed_pipe_is_no_crash() {
+    // Records well past a pipe's 64 KiB, so that writes after the reader
+    // has gone meet a closed pipe.
+    let sim = start_sim(OrgSpec { users: 1000, teams: 20, workspaces: 1, seed: 2 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+    let mut args = vec!["sync".to_string(), "--out".into(), out.to_str().unwrap().into(), "--jsonl".into(), "-".into()];
+    args.extend(connector_flags(&sim, &[]));
+    let run = tether_async(args.clone()).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(stdout(&run).lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{}", stdout(&run));
+    assert!(stderr(&run).contains("Synced"), "the summary is on stderr: {}", stderr(&run));
+
+    let closed = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(&args)
+            .env("SIM_TOKEN", "sim-token")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Read one line, then close the pipe, as `head -1` does.
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(closed.status.code(), Some(0), "{}", stderr(&closed));
+    assert!(!stderr(&closed).contains("panicked"), "{}", stderr(&closed));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sync_writes_json_lines_and_an_unreachable_host_fails_clearly() {
     let sim = start_sim(OrgSpec { users: 15, teams: 1, workspaces: 1, seed: 2 }).await;

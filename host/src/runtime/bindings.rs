@@ -74,3 +74,15 @@ pub fn describe(error: &ConnectorError) -> String {
     };
     crate::terminal::escape(&line).into_owned()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connector_error_is_clipped_and_escaped() {
+        let described = describe(&ConnectorError::Upstream("\u{1}".repeat(1 << 20)));
+        assert!(described.len() < 5 * crate::terminal::MAX_CONNECTOR_TEXT, "{} bytes", described.len());
+        assert!(described.contains("more bytes)") && !described.contains('\u{1}'));
+    }
+}
