@@ -4,7 +4,7 @@
 //! by renaming, never over what is not a plain file (a device, a FIFO).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Result};
 
@@ -37,22 +37,15 @@ pub fn check(out: &Path, sync_files: &[&Path], writes: Writes) -> Result<()> {
 }
 
 /// Whether `a` and `b` name the same file: the same inode when both exist,
-/// otherwise the same absolute path.
+/// otherwise the same real path.
 fn same_file(a: &Path, b: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
+    use crate::sync::writer_lock::{inode, real_path};
+    if cfg!(unix) {
         if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
-            return a.dev() == b.dev() && a.ino() == b.ino();
+            return inode(&a) == inode(&b);
         }
     }
-    absolute(a) == absolute(b)
-}
-
-fn absolute(path: &Path) -> PathBuf {
-    let name = path.file_name().map(PathBuf::from).unwrap_or_default();
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::canonicalize(parent).map(|dir| dir.join(&name)).unwrap_or_else(|_| path.to_path_buf())
+    real_path(a) == real_path(b)
 }
 
 /// SQLite's file header.

@@ -81,17 +81,21 @@ impl Drop for WriterLock {
 
 /// The lock file beside a sync file's real path: `asana.db` → `asana.db.lock`.
 fn lock_path(path: &Path) -> PathBuf {
-    let real = std::fs::canonicalize(path).unwrap_or_else(|_| {
-        // Not there yet: its folder's real path.
+    let mut name = real_path(path).into_os_string();
+    name.push(".lock");
+    name.into()
+}
+
+/// `path` with every symlink resolved; for a file not there yet, its
+/// folder's real path and its name.
+pub fn real_path(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| {
         let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         match (std::fs::canonicalize(parent), path.file_name()) {
             (Ok(dir), Some(name)) => dir.join(name),
             _ => path.to_path_buf(),
         }
-    });
-    let mut name = real.into_os_string();
-    name.push(".lock");
-    name.into()
+    })
 }
 
 /// Descriptors of database files, by (device, inode).
@@ -111,14 +115,15 @@ fn open_once(path: &Path) -> Result<Arc<File>> {
     Ok(file)
 }
 
+/// A file's (device, inode): the same for every name it has.
 #[cfg(unix)]
-fn inode(meta: &std::fs::Metadata) -> (u64, u64) {
+pub fn inode(meta: &std::fs::Metadata) -> (u64, u64) {
     use std::os::unix::fs::MetadataExt;
     (meta.dev(), meta.ino())
 }
 
 #[cfg(not(unix))]
-fn inode(_meta: &std::fs::Metadata) -> (u64, u64) {
+pub fn inode(_meta: &std::fs::Metadata) -> (u64, u64) {
     (0, 0)
 }
 
