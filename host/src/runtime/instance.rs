@@ -515,13 +515,13 @@ impl ConnectorInstance {
         let over = if records > limits.records_per_page {
             Some(LimitExceeded::new("records-per-page", format!("{records} records in one page (at most {})", limits.records_per_page)))
         } else {
-            let bytes = page_bytes(&page);
-            if bytes > limits.bytes_per_page {
-                Some(LimitExceeded::new("bytes-per-page", format!("{bytes} bytes in one page (at most {})", limits.bytes_per_page)))
+            let PageBytes { total, largest_record } = page_bytes(&page);
+            if total > limits.bytes_per_page {
+                Some(LimitExceeded::new("bytes-per-page", format!("{total} bytes in one page (at most {})", limits.bytes_per_page)))
+            } else if largest_record > MAX_RECORD_BYTES {
+                Some(LimitExceeded::new("bytes-per-record", format!("a record of {largest_record} bytes (at most {MAX_RECORD_BYTES})")))
             } else {
-                largest_record(&page)
-                    .filter(|&bytes| bytes > MAX_RECORD_BYTES)
-                    .map(|bytes| LimitExceeded::new("bytes-per-record", format!("a record of {bytes} bytes (at most {MAX_RECORD_BYTES})")))
+                None
             }
         };
         match over {
@@ -561,17 +561,19 @@ fn grant_bytes(g: &guest::Grant) -> usize {
     g.id.len() + g.entitlement_id.len() + g.principal.id.len() + pairs_bytes(&g.attributes)
 }
 
-fn page_bytes(page: &guest::Page) -> usize {
-    let resources: usize = page.resources.iter().map(resource_bytes).sum();
-    let entitlements: usize = page.entitlements.iter().map(entitlement_bytes).sum();
-    let grants: usize = page.grants.iter().map(grant_bytes).sum();
-    resources + entitlements + grants + page.next_token.as_ref().map_or(0, String::len)
+/// Bytes of strings a page carries, in all and in its largest record.
+struct PageBytes {
+    total: usize,
+    largest_record: usize,
 }
 
-fn largest_record(page: &guest::Page) -> Option<usize> {
+/// One walk over the page for both of its byte counts.
+fn page_bytes(page: &guest::Page) -> PageBytes {
     let resources = page.resources.iter().map(resource_bytes);
     let entitlements = page.entitlements.iter().map(entitlement_bytes);
-    resources.chain(entitlements).chain(page.grants.iter().map(grant_bytes)).max()
+    let records = resources.chain(entitlements).chain(page.grants.iter().map(grant_bytes));
+    let (total, largest_record) = records.fold((0, 0), |(total, largest), bytes| (total + bytes, largest.max(bytes)));
+    PageBytes { total: total + page.next_token.as_ref().map_or(0, String::len), largest_record }
 }
 
 /// Turns a wasmtime error into what the operator needs to know: which
