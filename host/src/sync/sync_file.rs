@@ -433,15 +433,10 @@ impl SyncFile {
             // beside it: nobody is writing it, so read it as it stands.
             Err(_) => Self::connect_reader(path, Reader::Immutable).with_context(not_usable)?,
         };
-        let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0)).with_context(not_usable)?;
-        let has_runs: bool =
-            conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0)).with_context(not_usable)?;
-        if !has_runs {
+        if !has_sync_runs(&conn).with_context(not_usable)? {
             anyhow::bail!("{} is not a sync file (it has no sync runs)", path.display());
         }
-        if version > SCHEMA_VERSION {
-            anyhow::bail!("{}: it has schema version {version}, written by a newer tether; this one reads up to {SCHEMA_VERSION}", not_usable());
-        }
+        let version = readable_version(&conn).with_context(not_usable)?;
         if version < SCHEMA_VERSION {
             drop(conn);
             return Self::open(path);
@@ -512,8 +507,7 @@ impl SyncFile {
         // A new file can give pages back (see finish_run); SQLite allows
         // this only before the first table.
         let new_file: bool = conn.query_row("SELECT count(*) = 0 FROM sqlite_master", [], |row| row.get(0))?;
-        let has_runs: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0))?;
-        if !new_file && !has_runs {
+        if !new_file && !has_sync_runs(&conn)? {
             // Another program's database: adding our tables to it (and views
             // named like its own), or even making it WAL, would be taking
             // it over.
@@ -1181,13 +1175,24 @@ fn bind_staged(insert: &mut rusqlite::Statement<'_>, run: i64, rows: &[StagedGra
     Ok(())
 }
 
-/// Brings the file to `SCHEMA_VERSION`, each step in one transaction.
-fn migrate(conn: &mut Connection) -> Result<()> {
+/// Whether the file has the table of runs every sync file has.
+fn has_sync_runs(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0))
+}
+
+/// The schema version the file is at, refused when a newer tether wrote it.
+fn readable_version(conn: &Connection) -> Result<i64> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
     if version > SCHEMA_VERSION {
         anyhow::bail!("it has schema version {version}, written by a newer tether; this one reads up to {SCHEMA_VERSION}");
     }
-    let has_runs: bool = conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0))?;
+    Ok(version)
+}
+
+/// Brings the file to `SCHEMA_VERSION`, each step in one transaction.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version = readable_version(conn)?;
+    let has_runs = has_sync_runs(conn)?;
     // Rebuilding a table that others reference needs foreign keys off (as
     // SQLite's ALTER TABLE guide says); they cannot change inside a
     // transaction, so off here, on again below.
