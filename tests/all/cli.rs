@@ -394,6 +394,12 @@ async fn start_slow_sync(out: &std::path::Path, concurrency: u16) -> (asana_sim:
     (sim, child, minimum)
 }
 
+/// Sends the sync SIGTERM and waits for it to exit.
+async fn sigterm(child: std::process::Child) -> Output {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap()
+}
+
 /// Polls until the simulator has answered `count` requests.
 async fn wait_for_requests(sim: &asana_sim::SimHandle, count: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -426,8 +432,7 @@ async fn sigterm_stops_at_a_page_boundary_and_resume_asks_no_page_twice() {
     let out = dir.path().join("sync.db");
     let (sim, child, minimum) = start_slow_sync(&out, 1).await;
     wait_for_requests(&sim, minimum / 3).await;
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stopped = sigterm(child).await;
     assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
     assert!(stderr(&stopped).contains("interrupted") && stderr(&stopped).contains("tether sync --resume"), "{}", stderr(&stopped));
     let before = sim.request_count();
@@ -457,8 +462,7 @@ async fn a_resume_under_other_config_starts_over() {
     let out = dir.path().join("sync.db");
     let (sim, child, minimum) = start_slow_sync(&out, 1).await;
     wait_for_requests(&sim, minimum / 3).await;
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stopped = sigterm(child).await;
     assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
     let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
     let interrupted = file.last_run().unwrap().unwrap();
@@ -490,8 +494,7 @@ async fn a_stop_does_not_wait_for_a_listing_that_never_comes_back() {
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     let asked = std::time::Instant::now();
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stopped = sigterm(child).await;
     let took = asked.elapsed();
     sim.release();
     assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
@@ -554,8 +557,7 @@ async fn sigterm_with_concurrent_listings_resumes_asking_no_page_twice() {
     let out = dir.path().join("sync.db");
     let (sim, child, minimum) = start_slow_sync(&out, 8).await;
     wait_for_requests(&sim, minimum / 3).await;
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let stopped = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap()).await.unwrap();
+    let stopped = sigterm(child).await;
     assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
     let before = sim.request_count();
     assert!(before < minimum, "it stopped early: {before} of {minimum}");
