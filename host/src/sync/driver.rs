@@ -400,6 +400,9 @@ impl Driver<'_> {
         let mut failure: Option<anyhow::Error> = None;
         let mut queue_empty = false;
         let mut stop_deadline = None;
+        // One timer for the whole drive, not one per page that comes in.
+        let mut stop_check = tokio::time::interval_at(tokio::time::Instant::now() + STOP_CHECK, STOP_CHECK);
+        stop_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if failure.is_none() {
                 if let Err(e) = self.refill(&mut queue_empty) {
@@ -425,7 +428,7 @@ impl Driver<'_> {
                 // listing in flight waits (on a rate limit, say).
                 tokio::select! {
                     next = in_flight.next() => next,
-                    () = tokio::time::sleep(STOP_CHECK) => {
+                    _ = stop_check.tick() => {
                         if self.options.stop.is_requested() {
                             failure.get_or_insert_with(|| Interrupted { run_id: self.run }.into());
                         }
