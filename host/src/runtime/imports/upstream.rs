@@ -61,6 +61,8 @@ struct MinuteWindow {
     per_minute: usize,
     window: Duration,
     hosts: Mutex<HashMap<String, HostWindow>>,
+    /// Times a request went to sleep waiting for a place (for tests).
+    sleeps: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -69,6 +71,11 @@ struct HostWindow {
     in_flight: usize,
     /// When the answers of the last window came in, oldest first.
     answered: VecDeque<Instant>,
+    /// The turn to wait for a place: one request per host waits on the
+    /// window's timer, the others queue behind it in arrival order. Without
+    /// it, every waiting request woke at each freed place and all but one
+    /// went back to sleep: with 50 waiting, 50 wake-ups per request sent.
+    turn: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A request counted against its host's budget while it is in flight; its
@@ -94,12 +101,17 @@ impl MinuteWindow {
     }
 
     fn over(per_minute: u32, window: Duration) -> Self {
-        MinuteWindow { per_minute: (per_minute as usize).max(1), window, hosts: Mutex::new(HashMap::new()) }
+        MinuteWindow { per_minute: (per_minute as usize).max(1), window, hosts: Mutex::new(HashMap::new()), sleeps: Default::default() }
     }
 
     /// Waits until a request to `host` fits in the window, and counts it
     /// until the returned [`Counted`] is dropped.
     async fn until_ready(self: &Arc<Self>, host: &str) -> Counted {
+        let turn = {
+            let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            Arc::clone(&hosts.entry(host.to_string()).or_default().turn)
+        };
+        let _turn = turn.lock().await;
         loop {
             let frees_at = {
                 let mut hosts = self.hosts.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -117,6 +129,7 @@ impl MinuteWindow {
                 // sooner than a window from now.
                 counts.answered.front().map_or(now + self.window, |&oldest| oldest + self.window)
             };
+            self.sleeps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tokio::time::sleep_until(frees_at).await;
         }
     }
@@ -276,6 +289,33 @@ mod tests {
         assert!(started.elapsed() < Duration::from_millis(150), "each host has its own");
         drop(window.until_ready("a.example").await);
         assert!(started.elapsed() >= Duration::from_millis(300), "the 21st waits until the first leaves the window: {:?}", started.elapsed());
+    }
+
+    /// Requests waiting for the budget go in the order they came: one waits
+    /// on the window, the others behind it (none starves, and a freed place
+    /// wakes one request, not all of them).
+    #[tokio::test]
+    async fn requests_waiting_for_the_budget_go_in_arrival_order() {
+        let window = Arc::new(MinuteWindow::over(1, Duration::from_millis(40)));
+        drop(window.until_ready("a.example").await);
+        let order = Arc::new(Mutex::new(vec![]));
+        let mut waiting = vec![];
+        for n in 0..6 {
+            let (window, order) = (Arc::clone(&window), Arc::clone(&order));
+            waiting.push(tokio::spawn(async move {
+                drop(window.until_ready("a.example").await);
+                order.lock().unwrap().push(n);
+            }));
+            // One thread: the task runs until it waits, before the next is spawned.
+            tokio::task::yield_now().await;
+        }
+        for task in waiting {
+            task.await.unwrap();
+        }
+        assert_eq!(*order.lock().unwrap(), (0..6).collect::<Vec<_>>());
+        // Each slept once, for the place it took: not once per place freed
+        // while it waited (21 sleeps).
+        assert_eq!(window.sleeps.load(std::sync::atomic::Ordering::Relaxed), 6);
     }
 
     /// An upstream may count a request as late as its answer: the place it
