@@ -325,6 +325,26 @@ async fn json_lines_on_stdout_are_only_records_and_a_closed_pipe_is_no_crash() {
     .unwrap();
     assert_eq!(closed.status.code(), Some(0), "{}", stderr(&closed));
     assert!(!stderr(&closed).contains("panicked"), "{}", stderr(&closed));
+
+    // The same for an export of every format (the CSV writer wraps the
+    // broken pipe in an error of its own: it used to exit 1).
+    for format in ["csv", "jsonl"] {
+        let export = vec!["export".to_string(), out.to_str().unwrap().into(), "--format".into(), format.into()];
+        let closed = tokio::task::spawn_blocking(move || {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+                .args(&export)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut first = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+            child.wait_with_output().unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(closed.status.code(), Some(0), "{format}: {}", stderr(&closed));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

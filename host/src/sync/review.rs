@@ -468,6 +468,16 @@ pub fn spreadsheet_safe(cell: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A CSV error as the io::Error it wraps, so a reader that went away (`|
+/// head`) is seen as a broken pipe; `From` would make every one of them
+/// `ErrorKind::Other`.
+fn io_error(error: csv::Error) -> std::io::Error {
+    match error.into_kind() {
+        csv::ErrorKind::Io(io) => io,
+        kind => std::io::Error::other(format!("cannot write the CSV: {kind:?}")),
+    }
+}
+
 /// A CSV writer as Excel reads it: UTF-8 with a byte order mark, RFC 4180
 /// quoting (the `csv` crate's) and CRLF line ends; cells go through
 /// `spreadsheet_safe` in `write_row`.
@@ -487,8 +497,7 @@ impl<W: std::io::Write> SpreadsheetCsv<W> {
         S: AsRef<str>,
     {
         let record: Vec<String> = cells.into_iter().map(|c| spreadsheet_safe(c.as_ref()).into_owned()).collect();
-        // As an io::Error, so a reader that went away (`| head`) is seen as one.
-        self.writer.write_record(&record).map_err(std::io::Error::from)?;
+        self.writer.write_record(&record).map_err(io_error)?;
         Ok(())
     }
 
