@@ -194,6 +194,23 @@ async fn tether_async(args: Vec<String>) -> Output {
     tokio::task::spawn_blocking(move || Command::new(env!("CARGO_BIN_EXE_tether")).args(&args).env("SIM_TOKEN", "sim-token").output().unwrap()).await.unwrap()
 }
 
+/// A dry run where the connector reports a change but held no request is
+/// not shown as "already in the requested state": the operator is told what
+/// the connector claimed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dry_run_does_not_call_a_claimed_change_no_change() {
+    let hostile = wasm("hostile");
+    let args = |mode: &str| {
+        let mut args = vec!["grant".to_string(), "--entitlement".into(), "probe:p1:member".into(), "--principal".into(), "user:u1".into()];
+        args.extend(["--connector".into(), hostile.to_str().unwrap().into(), "--config".into(), format!("mode={mode}"), "--dry-run".into()]);
+        args
+    };
+    let claimed = tether_async(args("claims-change")).await;
+    assert!(claimed.status.success(), "{}", stderr(&claimed));
+    assert!(stdout(&claimed).contains("nothing would be sent, though the connector reports a change: granted, trust me"), "{}", stdout(&claimed));
+    assert!(!stdout(&claimed).contains("already in the requested state"), "{}", stdout(&claimed));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn grant_dry_run_prints_the_write_and_sends_none_then_grant_does_it() {
     let sim = start_sim(OrgSpec { users: 30, teams: 2, workspaces: 1, seed: 4 }).await;

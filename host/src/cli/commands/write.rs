@@ -110,7 +110,7 @@ pub async fn create_account(args: CreateAccountArgs) -> Result<()> {
     let created = retry_rate_limited!(instance, create_account(&request));
     let created = created.map_err(|e| anyhow::anyhow!("creating an account for {} failed: {e}", args.email))?;
     if args.write.dry_run {
-        print_held(&instance)?;
+        print_held(&instance, created.outcome, &created.message)?;
         return Ok(());
     }
     let account = &created.account;
@@ -189,7 +189,7 @@ async fn start(args: &WriteArgs) -> Result<ConnectorInstance> {
 
 fn report(instance: &ConnectorInstance, args: &WriteArgs, result: &guest::WriteResult) -> Result<()> {
     if args.dry_run {
-        return print_held(instance);
+        return print_held(instance, Some(result.outcome), &result.message);
     }
     match result.outcome {
         guest::Outcome::Changed => outln!("changed: {}", esc(&clip(&result.message, MAX_CONNECTOR_TEXT)))?,
@@ -201,10 +201,17 @@ fn report(instance: &ConnectorInstance, args: &WriteArgs, result: &guest::WriteR
     Ok(())
 }
 
-fn print_held(instance: &ConnectorInstance) -> Result<()> {
+/// The writes a dry run held back. `outcome`: what the connector says the
+/// write did (none from a connector before 0.3.0).
+fn print_held(instance: &ConnectorInstance, outcome: Option<guest::Outcome>, message: &str) -> Result<()> {
     let held = instance.http().held_requests();
-    if held.is_empty() {
-        outln!("dry run: nothing would be sent (already in the requested state)")?;
+    match (held.is_empty(), outcome) {
+        // Not "already in the requested state": the connector says otherwise.
+        (true, Some(guest::Outcome::Changed)) => {
+            outln!("dry run: nothing would be sent, though the connector reports a change: {}", esc(&clip(message, MAX_CONNECTOR_TEXT)))?
+        }
+        (true, _) => outln!("dry run: nothing would be sent (already in the requested state)")?,
+        (false, _) => {}
     }
     for request in held {
         outln!("dry run: would send {} {}", request.method, esc(&request.url))?;
