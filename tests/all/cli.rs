@@ -306,6 +306,16 @@ fn describe_lists_config_keys_and_which_are_secret() {
     let pinned = tether(&["describe", "--connector", asana_wasm().to_str().unwrap(), "--digest", "00"]);
     assert_eq!(pinned.status.code(), Some(1));
     assert!(stderr(&pinned).contains("but 00 was pinned"), "{}", stderr(&pinned));
+
+    // Metadata read under the config a sync would give: the hostile module
+    // declares the hosts its config names.
+    let hostile = wasm("hostile");
+    let shown = tether(&["describe", "--connector", hostile.to_str().unwrap(), "--config", "declare-host=api.example.com"]);
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert!(stdout(&shown).contains("hosts it asks for: api.example.com"), "{}", stdout(&shown));
+    let typo = tether(&["describe", "--connector", asana_wasm().to_str().unwrap(), "--config", "asana-api-ulr=http://x"]);
+    assert_eq!(typo.status.code(), Some(1));
+    assert!(stderr(&typo).contains("--config asana-api-ulr: not a key this connector takes"), "{}", stderr(&typo));
 }
 
 /// `--jsonl -`: stdout carries only the records (the summary goes to

@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::cli::args::{InstanceArgs, TrustArgs};
+use crate::cli::args::{parse_key_value, InstanceArgs, TrustArgs};
 use crate::cli::registry::{local_module, RegistryArgs};
 use crate::distribution::ModuleSource;
 use crate::runtime::engine::ConnectorEngine;
+use crate::runtime::imports::config::ConnectorConfig;
 use crate::runtime::instance::{ConnectorInstance, Permissions};
 use crate::terminal::escape as esc;
 
@@ -27,6 +28,10 @@ pub struct DescribeArgs {
     trust: TrustArgs,
     #[command(flatten)]
     instance: InstanceArgs,
+    /// A config value, as a sync would give it (repeatable): a connector's
+    /// metadata may depend on its config (the hosts of a base URL, say).
+    #[arg(long = "config", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    config: Vec<(String, String)>,
 }
 
 pub async fn run(args: DescribeArgs) -> Result<()> {
@@ -34,9 +39,16 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
     let trust = args.trust.to_trust()?;
     let local = local_module(&args.connector, &args.registry, &trust, args.cache_dir.as_deref(), false).await?;
     let module = engine.load_trusted(&local.resolved.path, &trust)?;
-    let permissions = Permissions::default();
+    let permissions = Permissions { config: ConnectorConfig::new(args.config.clone()), ..Permissions::default() };
     let instance = ConnectorInstance::start(&engine, &module, &permissions).await?;
     let m = &instance.metadata;
+    // As a sync refuses them: a key the connector does not take (a typo)
+    // would otherwise describe it as if unset.
+    if !m.config.is_empty() {
+        if let Some((key, _)) = args.config.iter().find(|(key, _)| !m.config.iter().any(|f| &f.key == key)) {
+            anyhow::bail!("--config {}: not a key this connector takes (its keys are listed by describe without it)", esc(key));
+        }
+    }
     outln!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description))?;
     outln!("sha256 {}", module.digest)?;
     outln!("\nresource types:")?;
