@@ -167,7 +167,8 @@ pub fn transport_error(service: &str, path: &str, error: HttpError) -> Connector
     match error {
         HttpError::Denied(why) => ConnectorError::Forbidden(format!("request to {path} refused by the host: {why}")),
         HttpError::Timeout(why) => ConnectorError::Upstream(format!("{service} {path} timed out: {why}")),
-        HttpError::Connect(why) => ConnectorError::Upstream(format!("cannot reach {service} ({path}): {why}")),
+        // Not "cannot reach": the answer may have started and broken off.
+        HttpError::Connect(why) => ConnectorError::Upstream(format!("request to {service} {path} failed: {why}")),
         HttpError::TooLarge(why) => ConnectorError::Upstream(format!("{service} {path} answer too large: {why}")),
         HttpError::InvalidRequest(why) => ConnectorError::InvalidConfig(format!("bad request to {path}: {why}")),
     }

@@ -533,7 +533,16 @@ impl HttpGateway {
         // make every worker reserve the whole response limit.
         let announced = response.content_length().unwrap_or(0).min(self.max_response_bytes.min(1 << 20) as u64);
         let mut body = Vec::with_capacity(announced as usize);
-        while let Some(chunk) = response.chunk().await.map_err(|e| failed(self.failure_of(&e), self.transport_error(e)))? {
+        // A body that breaks off is told apart from an upstream never reached.
+        let cut_off = |e: reqwest::Error| {
+            let failure = self.failure_of(&e);
+            let error = match self.transport_error(e) {
+                HttpError::Connect(why) => HttpError::Connect(format!("the answer (HTTP {status}) broke off: {why}")),
+                other => other,
+            };
+            failed(failure, error)
+        };
+        while let Some(chunk) = response.chunk().await.map_err(cut_off)? {
             if body.len() + chunk.len() > self.max_response_bytes {
                 return Err(failed(Failure::Final, self.too_large()));
             }
