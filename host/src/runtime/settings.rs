@@ -54,12 +54,18 @@ pub fn check(declared: &[ConfigField], config: &[(String, String)], secrets: &[S
             bail!("the connector needs {}: {} (give it as {give})", esc(&field.key), esc(&field.description));
         }
     }
+    Ok(unknown_keys(declared, seen))
+}
+
+/// The keys of `given` that `declared` does not name, escaped and sorted;
+/// none when the connector declares no keys (see [`check`]).
+pub fn unknown_keys<'k>(declared: &[ConfigField], given: impl IntoIterator<Item = &'k str>) -> Vec<String> {
     if declared.is_empty() {
-        return Ok(vec![]);
+        return vec![];
     }
-    let mut unknown: Vec<String> = seen.into_iter().filter(|key| !declared.iter().any(|f| f.key == *key)).map(|key| esc(key).into_owned()).collect();
+    let mut unknown: Vec<String> = given.into_iter().filter(|key| !declared.iter().any(|f| f.key == *key)).map(|key| esc(key).into_owned()).collect();
     unknown.sort();
-    Ok(unknown)
+    unknown
 }
 
 /// What to say of keys [`check`] found unknown.

@@ -44,10 +44,8 @@ pub async fn run(args: DescribeArgs) -> Result<()> {
     let m = &instance.metadata;
     // As a sync refuses them: a key the connector does not take (a typo)
     // would otherwise describe it as if unset.
-    if !m.config.is_empty() {
-        if let Some((key, _)) = args.config.iter().find(|(key, _)| !m.config.iter().any(|f| &f.key == key)) {
-            anyhow::bail!("--config {}: not a key this connector takes (its keys are listed by describe without it)", esc(key));
-        }
+    if let Some(key) = crate::runtime::settings::unknown_keys(&m.config, args.config.iter().map(|(key, _)| key.as_str())).first() {
+        anyhow::bail!("--config {key}: not a key this connector takes (its keys are listed by describe without it)");
     }
     outln!("{} {} — {}", esc(&m.name), esc(&m.version), esc(&m.description))?;
     outln!("sha256 {}", module.digest)?;
