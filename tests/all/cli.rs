@@ -335,21 +335,7 @@ async fn json_lines_on_stdout_are_only_records_and_a_closed_pipe_is_no_crash() {
     assert!(stdout(&run).lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{}", stdout(&run));
     assert!(stderr(&run).contains("Synced"), "the summary is on stderr: {}", stderr(&run));
 
-    let closed = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-            .args(&args)
-            .env("SIM_TOKEN", "sim-token")
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Read one line, then close the pipe, as `head -1` does.
-        let mut first = String::new();
-        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
+    let closed = read_one_line_then_close(args).await;
     assert_eq!(closed.status.code(), Some(0), "{}", stderr(&closed));
     assert!(!stderr(&closed).contains("panicked"), "{}", stderr(&closed));
 
@@ -357,21 +343,28 @@ async fn json_lines_on_stdout_are_only_records_and_a_closed_pipe_is_no_crash() {
     // broken pipe in an error of its own: it used to exit 1).
     for format in ["csv", "jsonl"] {
         let export = vec!["export".to_string(), out.to_str().unwrap().into(), "--format".into(), format.into()];
-        let closed = tokio::task::spawn_blocking(move || {
-            let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
-                .args(&export)
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut first = String::new();
-            std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
-            child.wait_with_output().unwrap()
-        })
-        .await
-        .unwrap();
+        let closed = read_one_line_then_close(export).await;
         assert_eq!(closed.status.code(), Some(0), "{format}: {}", stderr(&closed));
     }
+}
+
+/// Runs tether with `args`, reads one line of its stdout and closes the
+/// pipe, as `| head -1` does.
+async fn read_one_line_then_close(args: Vec<String>) -> Output {
+    tokio::task::spawn_blocking(move || {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+            .args(&args)
+            .env("SIM_TOKEN", "sim-token")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut first).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
