@@ -18,6 +18,7 @@ use crate::runtime::imports::http::AllowedHost;
 use crate::runtime::instance::{ConnectorInstance, Permissions};
 use crate::runtime::trust::{key_id, ModuleTrust};
 use crate::terminal::escape as esc;
+use ed25519_dalek::VerifyingKey;
 
 /// One verified, compiled and validated version of an instance's module.
 pub struct LoadedVersion {
@@ -64,24 +65,9 @@ pub async fn resolve(config: &InstanceConfig, cache: &Path) -> Result<ResolvedMo
     crate::distribution::resolve(&config.module, &config.registry, cache, &[]).await
 }
 
-/// `resolve`, then `load`.
-pub async fn resolve_and_load(engine: &ConnectorEngine, config: &InstanceConfig, cache: &Path, data_dir: &Path, strict: bool) -> Result<LoadedVersion> {
-    let resolved = resolve(config, cache).await?;
-    load(engine, config, &resolved, data_dir, strict).await
-}
-
-/// Verifies, compiles, starts and validates `config`'s module, as resolved. With
-/// `hosts_must_be_granted` (a new version swapping in), a module that asks
-/// for a host the config does not grant is refused, naming the host; at
-/// start the request is only logged.
-pub async fn load(
-    engine: &ConnectorEngine,
-    config: &InstanceConfig,
-    resolved: &ResolvedModule,
-    data_dir: &Path,
-    hosts_must_be_granted: bool,
-) -> Result<LoadedVersion> {
-    let path = &resolved.path;
+/// Reads, verifies and compiles the module at `path`, and the key that
+/// signed it (if the instance requires one).
+fn verify_and_compile(engine: &ConnectorEngine, config: &InstanceConfig, path: &Path) -> Result<(LoadedModule, Option<VerifyingKey>)> {
     let bytes = crate::runtime::engine::read_module(path)?;
     // One of the instance's keys must have signed it; find which before
     // compiling, so that the engine checks exactly that key again.
@@ -110,6 +96,41 @@ pub async fn load(
     if hex::encode(Sha256::digest(&bytes)) != module.digest {
         bail!("{} changed while it was being loaded; it will be checked again", path.display());
     }
+    Ok((module, signer))
+}
+
+/// Runs `work`, which holds a core for a while (a compile: 270 ms for the
+/// Asana connector, far longer for a big module), without stalling the
+/// runtime: on one of its worker threads the API's answers and the syncs
+/// queued there would wait, so the worker hands its queue on first.
+fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        // A single-threaded runtime (tests) cannot hand its queue on.
+        _ => work(),
+    }
+}
+
+/// `resolve`, then `load`.
+pub async fn resolve_and_load(engine: &ConnectorEngine, config: &InstanceConfig, cache: &Path, data_dir: &Path, strict: bool) -> Result<LoadedVersion> {
+    let resolved = resolve(config, cache).await?;
+    load(engine, config, &resolved, data_dir, strict).await
+}
+
+/// Verifies, compiles, starts and validates `config`'s module, as resolved. With
+/// `hosts_must_be_granted` (a new version swapping in), a module that asks
+/// for a host the config does not grant is refused, naming the host; at
+/// start the request is only logged.
+pub async fn load(
+    engine: &ConnectorEngine,
+    config: &InstanceConfig,
+    resolved: &ResolvedModule,
+    data_dir: &Path,
+    hosts_must_be_granted: bool,
+) -> Result<LoadedVersion> {
+    let path = &resolved.path;
+    let (module, signer) = off_the_runtime(|| verify_and_compile(engine, config, path))?;
     let mut instance = ConnectorInstance::start(engine, &module, &permissions(config, data_dir, false)).await?;
     let metadata = instance.metadata.clone();
     let mut ungranted = vec![];
