@@ -642,8 +642,9 @@ async fn a_version_2_checkpoint_resumes_on_a_pool() {
 /// strings or numbers, users without names or with an email that is not a
 /// string, fields nobody asked for. The connector reads pages straight into
 /// its own records, leniently: each oddity reads as absent, and the sync
-/// keeps every grant. Then a team membership without a user: the sync fails
-/// with an error that says so, and the good sync before it stays the last.
+/// keeps every grant. Then a team membership without a user, or whose user's
+/// gid is a number: the sync fails with an error that says so, and the good
+/// sync before it stays the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn odd_shapes_read_leniently_and_a_membership_without_a_user_fails_clearly() {
     use axum::routing::get;
@@ -711,4 +712,11 @@ async fn odd_shapes_read_leniently_and_a_membership_without_a_user_fails_clearly
     assert!(format!("{error:#}").contains("membership without a user"), "{error:#}");
     let file = SyncFile::open_existing(&out).unwrap();
     assert_eq!(file.last_good_run().unwrap().unwrap().id, good.run_id, "the good sync stays the last good one");
+    drop(file);
+
+    // A gid as a number is no gid: said so, not "missing".
+    let last = team_members.lock().unwrap().as_array_mut().unwrap().len() - 1;
+    team_members.lock().unwrap()[last] = json!({"gid": "m3", "user": {"gid": 303, "name": "Cy"}});
+    let error = sync_with(&engine, &module, &grants, &out).await.expect_err("a user whose gid is a number fails the sync");
+    assert!(format!("{error:#}").contains("whose gid is not a string"), "{error:#}");
 }

@@ -163,7 +163,7 @@ fn no_user() -> ConnectorError {
 }
 
 fn no_gid() -> ConnectorError {
-    ConnectorError::Upstream("an Asana user without a gid".into())
+    ConnectorError::Upstream("an Asana user without a gid, or whose gid is not a string".into())
 }
 
 /// A REST user object: a membership's `user` or an item of `/users`.
@@ -202,7 +202,7 @@ pub fn gid(item: &Value) -> Result<String, ConnectorError> {
     text(item, "gid")
         .filter(|g| !g.is_empty())
         .map(str::to_string)
-        .ok_or_else(|| ConnectorError::Upstream(format!("Asana object without a gid: {}", truncate(&item.to_string()))))
+        .ok_or_else(|| ConnectorError::Upstream(format!("Asana object without a gid, or whose gid is not a string: {}", truncate(&item.to_string()))))
 }
 
 pub use tether_guest::json::text;
