@@ -164,6 +164,28 @@ async fn an_infinite_loop_is_stopped_by_the_cpu_limit() {
     asana_still_syncs().await;
 }
 
+/// A guest that sleeps through WASI's clock spends no CPU: the call's wall
+/// clock ends it, the instance is not called again, and the sleep held no
+/// thread (another instance's call runs meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_guest_sleeping_on_a_wasi_clock_is_stopped_by_the_wall_clock() {
+    let grants = hostile_permissions(&[("mode", "sleep")]);
+    let sleepy = Permissions { limits: Limits { wall_per_call: Duration::from_secs(3), ..tight_limits() }, ..grants };
+    let mut sleeper = ConnectorInstance::start(shared_engine(), hostile(), &sleepy).await.unwrap();
+    let mut benign = ConnectorInstance::start(shared_engine(), hostile(), &hostile_permissions(&[("mode", "benign")])).await.unwrap();
+    let sleeping = tokio::spawn(async move {
+        let outcome = limit_hit(sleeper.list_resources("probe", None, None).await);
+        (outcome, sleeper)
+    });
+    // On the runtime's only worker thread, while the sleeper sleeps there.
+    let page = tokio::spawn(async move { benign.list_resources("probe", None, None).await }).await.unwrap();
+    assert_eq!(page.expect("another instance runs while one sleeps").resources.len(), 3);
+    assert!(!sleeping.is_finished(), "the benign call came back before the sleeper's wall clock ran out");
+    let ((limit, message), mut sleeper) = sleeping.await.unwrap();
+    assert_eq!(limit, "wall-clock", "{message}");
+    assert!(matches!(sleeper.validate().await, Err(CallError::Poisoned)), "a stopped instance is not called again");
+}
+
 /// The epoch ticker runs only while guest code can: not while the only
 /// call waits on its upstream, and again as soon as a guest that loops
 /// after its request is answered runs, which the CPU limit then stops.
