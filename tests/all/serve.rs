@@ -447,6 +447,17 @@ max-memory-mb = 16
     let (status, refused) = served.call("POST", &format!("/v1/instances/asana/accounts/{outsider}/disable"), Some(json!({}))).await;
     assert_eq!((status, refused["code"].as_str()), (409, Some("confirmation_required")), "{refused}");
     assert_eq!(sim.requests().iter().filter(|r| r.method != "GET").count(), writes_before);
+    // A misspelt flag is refused, not ignored: ignored, a "dry run" would
+    // send the write.
+    let (status, refused) = served.call("DELETE", &format!("/v1/instances/asana/grants/team:{team}:member:user:{outsider}?dry-run=true"), None).await;
+    assert_eq!((status, refused["code"].as_str()), (400, Some("bad_request")), "{refused}");
+    assert!(refused["message"].as_str().unwrap().contains("dry-run"), "{refused}");
+    let disable = format!("/v1/instances/asana/accounts/{outsider}/disable");
+    let (status, refused) = served.call("POST", &disable, Some(json!({"dryRun": true, "confirm": true}))).await;
+    assert_eq!((status, refused["code"].as_str()), (422, Some("bad_request")), "{refused}");
+    let (status, refused) = served.call("POST", "/v1/instances/asana/grants", Some(json!({"entitlement": "x", "principal": "user:1", "dry-run": true}))).await;
+    assert_eq!((status, refused["code"].as_str()), (422, Some("bad_request")), "{refused}");
+    assert_eq!(sim.requests().iter().filter(|r| r.method != "GET").count(), writes_before, "nothing was sent");
 
     let audit = served.get("/v1/audit?instance=asana").await;
     let items = audit["items"].as_array().unwrap();
