@@ -8,7 +8,8 @@
 //! - `cli/`: the `tether` command line, one module per command;
 //! - `report`: the HTML page of `tether report`, for access reviews;
 //! - `serve`: `tether serve`, the long-running multi-connector host;
-//! - `terminal`: connector text made safe to print.
+//! - `terminal`: connector text made safe to print;
+//! - `plain_file`: reading a file the operator names, bounded.
 
 /// `println!` that hands back the error instead of panicking: a reader
 /// that closes the pipe early (`| head`) ends the command cleanly (see
@@ -23,6 +24,7 @@ macro_rules! outln {
 
 pub mod cli;
 pub mod distribution;
+pub mod plain_file;
 pub mod report;
 pub mod runtime;
 pub mod serve;

@@ -91,19 +91,34 @@ fn a_missing_connector_file_is_one_clear_line() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no sync file or lock file is left behind");
 }
 
-/// A device or a file bigger than any module is refused before it is read:
-/// `/dev/zero` was read until the machine ran out of memory.
+/// A device, a FIFO or a file bigger than any module is refused before it
+/// is read: `/dev/zero` was read until the machine ran out of memory, and
+/// a FIFO was waited on for good.
 #[test]
 fn a_module_that_is_no_plain_file_or_too_big_is_refused_unread() {
     let run = tether(&["describe", "--connector", "/dev/zero"]);
     assert_eq!(run.status.code(), Some(1));
-    assert!(stderr(&run).contains("/dev/zero is not a plain file"), "{}", stderr(&run));
+    assert!(stderr(&run).contains("/dev/zero: it is not a plain file"), "{}", stderr(&run));
     let dir = tempfile::tempdir().unwrap();
     let big = dir.path().join("big.wasm");
     std::fs::File::create(&big).unwrap().set_len(300 << 20).unwrap(); // sparse: no disk used
     let run = tether(&["describe", "--connector", big.to_str().unwrap()]);
     assert_eq!(run.status.code(), Some(1));
-    assert!(stderr(&run).contains("a module may have at most"), "{}", stderr(&run));
+    assert!(stderr(&run).contains(&format!("bytes; at most {} are read", tether_host::runtime::engine::MAX_MODULE_BYTES)), "{}", stderr(&run));
+
+    // A FIFO nobody writes to is refused at once, not waited on for good:
+    // as a module, and as a secret file (as is a device).
+    let fifo = dir.path().join("fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+    let run = tether(&["describe", "--connector", fifo.to_str().unwrap()]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("fifo: it is not a plain file"), "{}", stderr(&run));
+    for secret in [fifo.to_str().unwrap(), "/dev/zero"] {
+        let out = dir.path().join("x.db");
+        let run = tether(&["sync", "--connector", asana_wasm().to_str().unwrap(), "--out", out.to_str().unwrap(), "--secret", &format!("token=file:{secret}")]);
+        assert_eq!(run.status.code(), Some(1));
+        assert!(stderr(&run).contains(&format!("cannot read {secret}: it is not a plain file")), "{}", stderr(&run));
+    }
 }
 
 #[test]

@@ -36,10 +36,9 @@ impl PasswordSource {
     fn read(&self) -> Result<String> {
         match self {
             PasswordSource::Env(var) => std::env::var(var).with_context(|| format!("registry password: environment variable {var} is not set")),
-            PasswordSource::File(path) => Ok(std::fs::read_to_string(path)
-                .with_context(|| format!("registry password: cannot read {}", path.display()))?
-                .trim_end_matches(['\n', '\r'])
-                .to_string()),
+            PasswordSource::File(path) => {
+                crate::runtime::imports::config::read_secret_file(path).with_context(|| format!("registry password: cannot read {}", path.display()))
+            }
         }
     }
 }

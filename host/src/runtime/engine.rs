@@ -33,22 +33,7 @@ pub const MAX_MODULE_BYTES: usize = 256 << 20;
 /// would be read until memory ran out) or is bigger than
 /// `MAX_MODULE_BYTES`.
 pub fn read_module(path: &Path) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).with_context(|| format!("cannot read connector {}", path.display()))?;
-    let meta = file.metadata().with_context(|| format!("cannot read connector {}", path.display()))?;
-    if !meta.is_file() {
-        bail!("connector {} is not a plain file", path.display());
-    }
-    if meta.len() > MAX_MODULE_BYTES as u64 {
-        bail!("connector {} is {} bytes; a module may have at most {MAX_MODULE_BYTES}", path.display(), meta.len());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    // `take`: a file that grows while it is read stops at the cap too.
-    file.take(MAX_MODULE_BYTES as u64 + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read connector {}", path.display()))?;
-    if bytes.len() > MAX_MODULE_BYTES {
-        bail!("connector {} grew past {MAX_MODULE_BYTES} bytes while it was read", path.display());
-    }
-    Ok(bytes)
+    crate::plain_file::read(path, MAX_MODULE_BYTES as u64).with_context(|| format!("cannot read connector {}", path.display()))
 }
 
 /// Interfaces a connector may import besides our package (checked by

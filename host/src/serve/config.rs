@@ -140,6 +140,9 @@ impl Schedule {
     }
 }
 
+/// The largest config file read: thousands of instances fit.
+const MAX_CONFIG_BYTES: u64 = 4 << 20;
+
 /// Reads and checks the config file; Err lists every problem.
 pub fn load(path: &Path) -> Result<ServeConfig, ConfigErrors> {
     load_as(path, true)
@@ -153,7 +156,7 @@ pub fn load_for_sync(path: &Path) -> Result<ServeConfig, ConfigErrors> {
 
 fn load_as(path: &Path, serving: bool) -> Result<ServeConfig, ConfigErrors> {
     let problem = |key: &str, message: String| ConfigErrors(vec![Problem { file: path.to_path_buf(), instance: None, key: key.into(), message }]);
-    let text = std::fs::read_to_string(path).map_err(|e| problem("", format!("cannot read the config file: {e}")))?;
+    let text = crate::plain_file::read_text(path, MAX_CONFIG_BYTES).map_err(|e| problem("", format!("cannot read the config file: {e}")))?;
     let table: Table = text.parse().map_err(|e: toml::de::Error| problem("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut walker = Walker { file: path.to_path_buf(), base, instance: None, problems: vec![], serving };
@@ -502,7 +505,9 @@ impl Walker {
                 Ok(source) => {
                     let readable = match &source {
                         PasswordSource::Env(var) => std::env::var(var).map(|_| ()).map_err(|_| format!("environment variable {var} is not set")),
-                        PasswordSource::File(path) => std::fs::read(path).map(|_| ()).map_err(|e| format!("cannot read {}: {e}", path.display())),
+                        PasswordSource::File(path) => {
+                            crate::runtime::imports::config::read_secret_file(path).map(|_| ()).map_err(|e| format!("cannot read {}: {e}", path.display()))
+                        }
                     };
                     match readable {
                         Ok(()) => Some(source),

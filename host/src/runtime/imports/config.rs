@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -124,6 +124,15 @@ impl FromStr for SecretSource {
     }
 }
 
+/// The most a secret file may hold: a token or a key, not a stream.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 << 10;
+
+/// Reads the one value a secret file holds (without its final line end):
+/// a plain file of at most `MAX_SECRET_FILE_BYTES`.
+pub fn read_secret_file(path: &Path) -> std::io::Result<String> {
+    Ok(crate::plain_file::read_text(path, MAX_SECRET_FILE_BYTES)?.trim_end_matches(['\n', '\r']).to_string())
+}
+
 /// The shortest secret the host accepts: every secret is redacted from
 /// responses, logs and errors, which only works for values that cannot
 /// occur by chance.
@@ -141,10 +150,7 @@ impl Secrets {
         for source in sources {
             let value = match &source.from {
                 SecretFrom::Env(var) => std::env::var(var).with_context(|| format!("secret {}: environment variable {var} is not set", source.name))?,
-                SecretFrom::File(path) => std::fs::read_to_string(path)
-                    .with_context(|| format!("secret {}: cannot read {}", source.name, path.display()))?
-                    .trim_end_matches(['\n', '\r'])
-                    .to_string(),
+                SecretFrom::File(path) => read_secret_file(path).with_context(|| format!("secret {}: cannot read {}", source.name, path.display()))?,
                 SecretFrom::Literal(value) => value.0.clone(),
             };
             if value.len() < MIN_SECRET_BYTES {
