@@ -1128,3 +1128,65 @@ interval = "2s"
     // Two syncs at least, each listing users and groups.
     assert!(reads.iter().filter(|l| l.contains("\"GET /v2/Users?")).count() >= 2, "{scim_log}");
 }
+
+/// A registry that takes connections and never answers.
+async fn silent_registry() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let held = tokio::spawn(async move {
+        let mut open = vec![];
+        while let Ok((socket, _)) = listener.accept().await {
+            open.push(socket);
+        }
+    });
+    (addr, held)
+}
+
+/// A stop is not held up by a registry that never answers, neither while
+/// the modules load at start (where SIGHUP, before its handler was
+/// installed, ended the server) nor during a SIGHUP reload (the signal
+/// loop waited for the reload: a minute for three lookups).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_is_not_held_up_by_a_start_or_a_reload_waiting_on_a_registry() {
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 3 }).await;
+    let (registry, _held) = silent_registry().await;
+    let stuck = asana_instance("stuck", Path::new(&format!("oci://{registry}/conn/asana:1.0")), &sim, "interval = \"1h\"", "");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+
+    // At start: the health check answers while the module is looked up.
+    std::fs::write(&config, server_section(dir.path()) + &stuck).unwrap();
+    let port = free_port();
+    let log = dir.path().join("start.log");
+    let mut starting =
+        Served { child: spawn_serve(&config, port, &log), base: format!("http://127.0.0.1:{port}"), log, client: reqwest::Client::new(), doc: openapi() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while starting.client.get(format!("{}/healthz", starting.base)).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "no health check; log:\n{}", starting.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe { libc::kill(starting.child.id() as i32, libc::SIGHUP) };
+    let alive = starting.client.get(format!("{}/healthz", starting.base)).send().await.map(|r| r.status().as_u16());
+    assert_eq!(alive.ok(), Some(200), "a SIGHUP while the modules load does not end the server; log:\n{}", starting.logs());
+    assert!(starting.child.try_wait().unwrap().is_none());
+    let status = starting.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}; log:\n{}", starting.logs());
+    assert!(starting.logs().contains("stopped while the modules loaded"), "{}", starting.logs());
+
+    // During a reload that adds the stuck instance.
+    let first = server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "");
+    std::fs::write(&config, &first).unwrap();
+    let mut served = Served::start(&config, dir.path()).await;
+    served.until("asana", "the first sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+    std::fs::write(&config, first + &stuck).unwrap();
+    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !served.logs().contains("reloading") {
+        assert!(Instant::now() < deadline, "no reload; log:\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The lookup gives up after 20 s; the stop does not wait for it.
+    let status = served.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}; log:\n{}", served.logs());
+    assert!(served.logs().contains("stopped cleanly"), "{}", served.logs());
+}

@@ -80,7 +80,11 @@ pub fn main() -> ExitCode {
     // `diff` exits as diff(1) does: 1 says "changes", so errors are 2.
     let is_diff = matches!(cli.command, Command::Diff(_));
     let failure = if is_diff { ExitCode::from(2) } else { ExitCode::FAILURE };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Work left behind (a config reload `serve` gave up on when it was
+    // stopped, a compile in it) is not waited on for long.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    match result {
         Ok(code) => code,
         // Stopped by a signal, with the run saved: 128 + the signal's
         // number, as a shell reports a process the signal ended.

@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tracing::Instrument;
 
@@ -102,6 +103,7 @@ pub struct ServeOptions {
 
 /// Runs the server until SIGTERM/SIGINT.
 pub async fn run(options: ServeOptions) -> Result<()> {
+    let mut signals = Signals::install()?;
     let config = config::load(&options.config).map_err(anyhow::Error::new)?;
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
@@ -146,14 +148,26 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let config = server.config();
     let mut problems = vec![];
     let mut loaded = vec![];
-    for (name, settings) in &config.instances {
-        let span = tracing::info_span!("instance", instance = %name);
-        match loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false).instrument(span).await {
-            Ok(version) => {
-                server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
-                loaded.push(InstanceRuntime::new(settings.clone(), Some(Arc::new(version))));
+    let load_all = async {
+        for (name, settings) in &config.instances {
+            let span = tracing::info_span!("instance", instance = %name);
+            match loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false).instrument(span).await {
+                Ok(version) => {
+                    server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
+                    loaded.push(InstanceRuntime::new(settings.clone(), Some(Arc::new(version))));
+                }
+                Err(e) => problems.push(format!("{}: [instances.{name}] module: {e:#}", config.path.display())),
             }
-            Err(e) => problems.push(format!("{}: [instances.{name}] module: {e:#}", config.path.display())),
+        }
+    };
+    // A stop while the modules load (a registry that does not answer can
+    // take a while) ends the start at once: nothing runs yet.
+    tokio::select! {
+        _ = load_all => {}
+        _ = signals.stop() => {
+            let _ = server.quit.send(true);
+            tracing::info!("stopped while the modules loaded");
+            return Ok(());
         }
     }
     if !problems.is_empty() {
@@ -172,7 +186,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     tracing::info!("ready: {} instance(s)", config.instances.len());
     let watcher = tokio::spawn(reload::watch_modules(server.clone()));
 
-    wait_for_stop(&server).await?;
+    signals.serve_until_stop(&server).await;
     shutdown(&server).await;
     watcher.abort();
     if let Some(http) = http {
@@ -181,26 +195,51 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     Ok(())
 }
 
-/// Waits for SIGTERM or SIGINT; reloads the config on each SIGHUP.
-async fn wait_for_stop(server: &Arc<Server>) -> Result<()> {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-        let mut hangup = signal(SignalKind::hangup()).context("cannot handle SIGHUP")?;
-        loop {
-            tokio::select! {
-                _ = terminate.recv() => return Ok(()),
-                _ = interrupt.recv() => return Ok(()),
-                _ = hangup.recv() => reload::reload_config(server).await,
-            }
+/// The signals serve answers, handled from its first moment: SIGHUP's
+/// default action would end a server still loading its modules.
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Self> {
+        Ok(Signals {
+            terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+            hangup: signal(SignalKind::hangup()).context("cannot handle SIGHUP")?,
+        })
+    }
+
+    /// Until SIGTERM or SIGINT.
+    async fn stop(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = server;
-        tokio::signal::ctrl_c().await.context("cannot wait for Ctrl-C")
+
+    /// Until SIGTERM or SIGINT, reloading the config on each SIGHUP. A
+    /// reload runs beside the wait, not in it: one stuck on a registry that
+    /// never answers must not hold up a stop.
+    async fn serve_until_stop(&mut self, server: &Arc<Server>) {
+        let mut reloads: Vec<tokio::task::JoinHandle<()>> = vec![];
+        loop {
+            tokio::select! {
+                _ = self.terminate.recv() => break,
+                _ = self.interrupt.recv() => break,
+                _ = self.hangup.recv() => {
+                    reloads.retain(|reload| !reload.is_finished());
+                    let server = server.clone();
+                    // Reloads take their turn on `server.reloading`.
+                    reloads.push(tokio::spawn(async move { reload::reload_config(&server).await }));
+                }
+            }
+        }
+        for reload in reloads {
+            reload.abort();
+        }
     }
 }
 

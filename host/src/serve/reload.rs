@@ -191,6 +191,10 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
 /// good (every instance's module included), else keeps the running one.
 pub async fn reload_config(server: &Arc<Server>) {
     let _one_at_a_time = server.reloading.lock().await;
+    if *server.quit.borrow() {
+        // Stopping: a reload that waited its turn has nothing to start.
+        return;
+    }
     let path = server.config().path.clone();
     tracing::info!("reloading {}", path.display());
     let fresh = match config::load(&path) {
