@@ -866,6 +866,22 @@ async fn a_config_reload_applies_all_of_a_good_file_and_none_of_a_bad_one() {
     }
     served.until("second", "the new instance's sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
     assert!(dir.path().join("data/instances/second/sync.db").is_file());
+
+    // [server]'s timings apply at once; what needs a restart is named.
+    let reloads = |logs: &str| logs.matches("config reloaded").count();
+    let before = reloads(&served.logs());
+    let text = std::fs::read_to_string(&config).unwrap().replace("grace_period = \"20s\"", "grace_period = \"7s\"\ncache_dir = \"elsewhere\"");
+    std::fs::write(&config, text).unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while reloads(&served.logs()) == before {
+        assert!(Instant::now() < deadline, "not reloaded; log:\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served.logs().contains("changed [server] cache_dir take effect at the next start"), "{}", served.logs());
+    let mut served = served;
+    assert!(served.terminate(Duration::from_secs(25)).success());
+    assert!(served.logs().contains("grace period 7s"), "{}", served.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

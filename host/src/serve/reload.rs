@@ -12,7 +12,7 @@ use std::time::SystemTime;
 use anyhow::Result;
 use tracing::Instrument;
 
-use super::config::{self, InstanceConfig};
+use super::config::{self, InstanceConfig, ServerSettings};
 use super::loader::{self, Version};
 use super::scheduler::{rfc3339, InstanceRuntime, Refusal, SourceError};
 use super::Server;
@@ -208,8 +208,18 @@ pub async fn reload_config(server: &Arc<Server>) {
         Err(problems) => return refuse_config(server, problems),
     };
     let old = server.config();
-    if old.server.listen != fresh.server.listen || old.server.data_dir != fresh.server.data_dir || old.server.api_token != fresh.server.api_token {
-        tracing::warn!("changes to [server] listen, data_dir and api_token take effect at the next start");
+    let (was, now) = (&old.server, &fresh.server);
+    let at_next_start: Vec<&str> = [
+        ("listen", was.listen != now.listen),
+        ("data_dir", was.data_dir != now.data_dir),
+        ("api_token", was.api_token != now.api_token),
+        ("cache_dir", was.cache_dir != now.cache_dir),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
+    if !at_next_start.is_empty() {
+        tracing::warn!("changed [server] {} take effect at the next start; grace_period and watch_interval apply now", at_next_start.join(", "));
     }
     let mut instances = server.instances.write().expect("instances lock");
     for (name, settings) in &fresh.instances {
@@ -240,8 +250,10 @@ pub async fn reload_config(server: &Arc<Server>) {
         keep
     });
     drop(instances);
+    // What the running server was started with stays (the socket, the
+    // folders, the token); the timings are read where they are used.
     let mut kept = fresh;
-    kept.server = old.server.clone();
+    kept.server = ServerSettings { grace_period: kept.server.grace_period, watch_interval: kept.server.watch_interval, ..old.server.clone() };
     *server.config.write().expect("config lock") = Arc::new(kept);
     *server.config_refusal.lock().expect("refusal lock") = None;
     tracing::info!("config reloaded");
