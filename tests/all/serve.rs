@@ -1206,3 +1206,42 @@ async fn a_stop_is_not_held_up_by_a_start_or_a_reload_waiting_on_a_registry() {
     assert!(status.success(), "{status:?}; log:\n{}", served.logs());
     assert!(served.logs().contains("stopped cleanly"), "{}", served.logs());
 }
+
+/// An instance removed while its sync runs, then added again, waits for
+/// that sync to end: both write one sync file, and the second used to fail
+/// at once with "another tether process is syncing" (it was this one).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_removed_mid_sync_and_added_again_waits_for_its_old_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    let hostile = |name: &str, mode: &str| {
+        format!(
+            "\n[instances.{name}]\nmodule = \"{}\"\n[instances.{name}.config]\nmode = \"{mode}\"\n[instances.{name}.schedule]\ninterval = \"1h\"\n",
+            wasm("hostile").display()
+        )
+    };
+    // A config needs an instance: this one stays.
+    let base = server_section(dir.path()) + &hostile("stays", "benign");
+    std::fs::write(&config, base.clone() + &hostile("h", "sleep")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    served.until("h", "its sleeping sync", Duration::from_secs(60), |i| i["running"] == true).await;
+    let hangup = || unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+
+    std::fs::write(&config, &base).unwrap();
+    hangup();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served.get("/v1/instances").await["instances"].as_array().unwrap().iter().any(|i| i["name"] == "h") {
+        assert!(Instant::now() < deadline, "not removed; log:\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    std::fs::write(&config, base + &hostile("h", "benign")).unwrap();
+    hangup();
+    while !served.get("/v1/instances").await["instances"].as_array().unwrap().iter().any(|i| i["name"] == "h") {
+        assert!(Instant::now() < deadline, "not added again; log:\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    served.until("h", "the first sync of the instance added again", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+    let logs = served.logs();
+    assert!(logs.contains("waiting for the sync of the instance removed under this name to end"), "{logs}");
+    assert!(!logs.contains("another tether process"), "{logs}");
+}

@@ -38,6 +38,9 @@ use scheduler::{InstanceRuntime, Refusal};
 pub struct Server {
     pub config: RwLock<Arc<ServeConfig>>,
     pub instances: RwLock<BTreeMap<String, Arc<InstanceRuntime>>>,
+    /// Instances that left the config, by name, until one of that name is
+    /// added again: its first sync waits for theirs to end.
+    pub retiring: Mutex<BTreeMap<String, Arc<InstanceRuntime>>>,
     pub engine: ConnectorEngine,
     pub data_dir: PathBuf,
     pub metrics: metrics::Metrics,
@@ -78,7 +81,8 @@ impl Server {
     }
 
     pub(crate) fn spawn_instance(self: &Arc<Self>, runtime: Arc<InstanceRuntime>) {
-        let handle = tokio::spawn(scheduler::run(self.clone(), runtime));
+        let previous = self.retiring.lock().expect("retiring lock").remove(&runtime.name);
+        let handle = tokio::spawn(scheduler::run(self.clone(), runtime, previous));
         self.tasks.lock().expect("tasks lock").push(handle);
     }
 }
@@ -115,6 +119,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         audit: audit::Audit::open(&data_dir.join("audit.db"))?,
         config: RwLock::new(Arc::new(config)),
         instances: RwLock::new(BTreeMap::new()),
+        retiring: Mutex::new(BTreeMap::new()),
         engine,
         data_dir,
         metrics: metrics::Metrics::new()?,

@@ -245,6 +245,9 @@ pub async fn reload_config(server: &Arc<Server>) {
         if !keep {
             runtime.stop.request();
             let _ = runtime.quit.send(true);
+            let mut retiring = server.retiring.lock().expect("retiring lock");
+            retiring.retain(|_, gone| !*gone.done.borrow());
+            retiring.insert(name.clone(), runtime.clone());
             tracing::info!(instance = %name, "instance removed from the config; its sync file stays");
         }
         keep

@@ -35,6 +35,8 @@ pub struct InstanceRuntime {
     pub quit: watch::Sender<bool>,
     /// The module file (and its signature) as last seen.
     pub module_seen: Mutex<Option<super::reload::Fingerprint>>,
+    /// True once its task has ended (its last sync with it).
+    pub done: watch::Sender<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -98,7 +100,13 @@ impl InstanceRuntime {
             stop: StopRequest::default(),
             quit: watch::channel(false).0,
             module_seen: Mutex::new(seen),
+            done: watch::channel(false).0,
         })
+    }
+
+    /// Until its task has ended.
+    pub async fn ended(&self) {
+        let _ = self.done.subscribe().wait_for(|done| *done).await;
     }
 
     pub fn settings(&self) -> Arc<InstanceConfig> {
@@ -143,10 +151,31 @@ fn backoff_for(schedule: &Schedule) -> impl Iterator<Item = Duration> {
 }
 
 /// The instance's task: runs until told to quit.
-pub async fn run(server: Arc<Server>, instance: Arc<InstanceRuntime>) {
+/// Sets `done` when the task ends, however it ends.
+struct Done(Arc<InstanceRuntime>);
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        self.0.done.send_replace(true);
+    }
+}
+
+/// Runs the instance's syncs until it quits. `previous`: an instance of
+/// the same name that left the config, whose sync may still be running
+/// (it is stopping): this one's first sync waits for it, as both write the
+/// same sync file.
+pub async fn run(server: Arc<Server>, instance: Arc<InstanceRuntime>, previous: Option<Arc<InstanceRuntime>>) {
     let span = tracing::info_span!("instance", instance = %instance.name);
+    let _done = Done(instance.clone());
     async move {
         let mut quit = instance.quit.subscribe();
+        if let Some(previous) = previous.filter(|p| !*p.done.borrow()) {
+            tracing::info!("waiting for the sync of the instance removed under this name to end");
+            tokio::select! {
+                _ = previous.ended() => {}
+                _ = quit.changed() => return,
+            }
+        }
         // The first sync runs at start.
         let mut due = Instant::now();
         let mut backoff = backoff_for(&instance.settings().schedule);
