@@ -181,20 +181,32 @@ impl Secrets {
         self.values.values().map(|value| value.0.len()).max().unwrap_or(0)
     }
 
-    /// `redact` for bytes (response bodies).
+    /// `redact` for bytes (response bodies and header values). A secret is
+    /// found written plainly and also escaped as JSON or a URL may write it
+    /// (`\/`, `\u0041`, `%41`): an upstream echoing the token in JSON
+    /// (Asana's tokens hold `/`, which some encoders write `\/`) would
+    /// otherwise hand it to the connector once it parsed the body.
     pub fn redact_bytes(&self, bytes: Vec<u8>) -> Vec<u8> {
         let mut out = bytes;
         for value in self.values.values() {
-            let needle = value.0.as_bytes();
-            if memchr::memmem::find(&out, needle).is_none() {
+            let secret = value.0.as_bytes();
+            let escapes = memchr::memchr2(b'\\', b'%', &out).is_some();
+            if !escapes && memchr::memmem::find(&out, secret).is_none() {
                 continue;
             }
             let mut replaced = Vec::with_capacity(out.len());
-            let mut copied = 0;
-            for at in memchr::memmem::find_iter(&out, needle) {
-                replaced.extend_from_slice(&out[copied..at]);
-                replaced.extend_from_slice(b"<redacted>");
-                copied = at + needle.len();
+            let (mut copied, mut at) = (0, 0);
+            while at < out.len() {
+                let end = if escapes { escaped_match(&out[at..], secret) } else { out[at..].starts_with(secret).then_some(secret.len()) };
+                match end {
+                    Some(len) => {
+                        replaced.extend_from_slice(&out[copied..at]);
+                        replaced.extend_from_slice(b"<redacted>");
+                        at += len;
+                        copied = at;
+                    }
+                    None => at += 1,
+                }
             }
             replaced.extend_from_slice(&out[copied..]);
             out = replaced;
@@ -212,5 +224,48 @@ impl Secrets {
             }
         }
         out
+    }
+}
+
+/// How many bytes at the start of `hay` spell `secret`, each of its bytes
+/// written plainly or escaped (JSON's `\/`, `\"`, `\\` and `\uXXXX` for
+/// an ASCII byte, or a URL's `%XX`); None if they do not.
+fn escaped_match(hay: &[u8], secret: &[u8]) -> Option<usize> {
+    let hex = |digits: &[u8]| std::str::from_utf8(digits).ok().and_then(|d| u32::from_str_radix(d, 16).ok());
+    let mut at = 0;
+    for &byte in secret {
+        let rest = &hay[at..];
+        at += match rest {
+            [first, ..] if *first == byte => 1,
+            [b'\\', b'u', a, b, c, d, ..] if byte.is_ascii() && hex(&[*a, *b, *c, *d]) == Some(u32::from(byte)) => 6,
+            [b'\\', escaped, ..] if *escaped == byte && matches!(byte, b'/' | b'"' | b'\\') => 2,
+            [b'%', a, b, ..] if hex(&[*a, *b]) == Some(u32::from(byte)) => 3,
+            _ => return None,
+        };
+    }
+    Some(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secrets(value: &str) -> Secrets {
+        Secrets::resolve(&[format!("token=literal:{value}").parse().unwrap()]).unwrap()
+    }
+
+    #[test]
+    fn a_secret_is_redacted_plain_or_escaped_as_json_or_a_url_writes_it() {
+        let s = secrets("2/1204567890/12098:abcSECRET");
+        let redact = |body: &str| String::from_utf8(s.redact_bytes(body.as_bytes().to_vec())).unwrap();
+        assert_eq!(redact(r#"{"a":"2/1204567890/12098:abcSECRET"}"#), r#"{"a":"<redacted>"}"#);
+        assert_eq!(redact(r#"{"a":"2\/1204567890\/12098:abcSECRET","b":"\/"}"#), r#"{"a":"<redacted>","b":"\/"}"#);
+        assert_eq!(redact(r#"{"a":"\u0032\u002F1204567890/12098\u003aabcSECRET"}"#), r#"{"a":"<redacted>"}"#);
+        assert_eq!(redact("x=2%2F1204567890%2f12098%3AabcSECRET&y"), "x=<redacted>&y");
+        assert_eq!(redact(r#"twice: 2/1204567890/12098:abcSECRET 2\/1204567890\/12098:abcSECRET"#), "twice: <redacted> <redacted>");
+        // Near misses stay as they are.
+        for body in [r#"{"a":"2\/1204567890\/12098:abcSECRE"}"#, "2%2G1204567890/12098:abcSECRET", r#"\"#, "%"] {
+            assert_eq!(redact(body), body);
+        }
     }
 }

@@ -513,7 +513,7 @@ impl HttpGateway {
             .headers()
             .iter()
             .map(|(name, value)| {
-                let mut value = self.secrets.redact(&String::from_utf8_lossy(value.as_bytes()));
+                let mut value = String::from_utf8_lossy(&self.secrets.redact_bytes(value.as_bytes().to_vec())).into_owned();
                 // The date form told as seconds: a connector has no clock
                 // it can trust to tell how long to wait.
                 if name == reqwest::header::RETRY_AFTER && value.trim().parse::<u64>().is_err() {
