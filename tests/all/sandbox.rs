@@ -908,3 +908,19 @@ fn a_connector_that_cannot_say_still_needs_yes_to_disable_an_account() {
     let run = tether(&confirmed);
     assert!(stderr(&run).contains("unsupported: no writes"), "with --yes the write is attempted: {}", stderr(&run));
 }
+
+/// A resume goes on only under the same config and the same secrets: where
+/// every customer shares one URL (Asana), the token picks the organisation,
+/// and a resume under another token mixed two orgs in one "good" run.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_config_fingerprint_a_resume_checks_covers_the_secrets() {
+    let with_token = |token: &str| Permissions {
+        secrets: Arc::new(Secrets::resolve(&[format!("token=literal:{token}").parse().unwrap()]).unwrap()),
+        ..hostile_permissions(&[("mode", "benign")])
+    };
+    let fingerprint = |grants: Permissions| async move { ConnectorInstance::start(shared_engine(), hostile(), &grants).await.unwrap().config_fingerprint() };
+    let a = fingerprint(with_token("token-of-org-a")).await;
+    assert_eq!(a, fingerprint(with_token("token-of-org-a")).await, "the same config and secrets");
+    assert_ne!(a, fingerprint(with_token("token-of-org-b")).await, "another token");
+    assert!(!a.contains("token-of-org-a"));
+}

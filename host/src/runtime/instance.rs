@@ -316,8 +316,8 @@ impl ConnectorInstance {
         Ok(instance)
     }
 
-    /// A digest (hex) of the config this instance was given, secrets
-    /// aside: what a resumed run must go on with.
+    /// A digest (hex) of the config and secrets this instance was given:
+    /// what a resumed run must go on with.
     pub fn config_fingerprint(&self) -> String {
         let config = &self.store.data().config.config;
         use sha2::{Digest, Sha256};
@@ -328,6 +328,11 @@ impl ConnectorInstance {
             hasher.update(config.get(key).unwrap_or_default().as_bytes());
             hasher.update([0]);
         }
+        // The secrets too: where every customer shares one URL (Asana), the
+        // token is what picks the organisation. Only this digest of all of
+        // them together is kept, never a value.
+        hasher.update(b"secrets\0");
+        self.store.data().config.secrets.digest_into(&mut hasher);
         hex::encode(hasher.finalize())
     }
 

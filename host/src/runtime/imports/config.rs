@@ -176,6 +176,19 @@ impl Secrets {
         self.values.contains_key(name)
     }
 
+    /// Feeds every secret, name and value, into `hasher`, in name order.
+    pub fn digest_into(&self, hasher: &mut sha2::Sha256) {
+        use sha2::Digest;
+        let mut names: Vec<&String> = self.values.keys().collect();
+        names.sort();
+        for name in names {
+            hasher.update(name.as_bytes());
+            hasher.update([0]);
+            hasher.update(self.values[name].0.as_bytes());
+            hasher.update([0]);
+        }
+    }
+
     /// The length of the longest secret value.
     pub fn longest(&self) -> usize {
         self.values.values().map(|value| value.0.len()).max().unwrap_or(0)
