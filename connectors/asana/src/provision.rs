@@ -242,7 +242,7 @@ fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Opt
         Err(ConnectorError::NotFound(_) | ConnectorError::InvalidArgument(_)) => return Ok(None),
         other => other?,
     };
-    let mut items = page.items;
+    let mut items: Vec<Membership> = page.items.into_iter().filter(|m| names_user(m, user)).collect();
     let active = items.iter().position(Membership::is_active).unwrap_or(0);
     Ok((active < items.len()).then(|| items.swap_remove(active)))
 }
@@ -254,7 +254,15 @@ fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Optio
     let workspace =
         team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
     let page = client.list::<Membership>("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
-    Ok(page.items.first().map(team_role))
+    Ok(page.items.iter().find(|m| names_user(m, user)).map(team_role))
+}
+
+/// Whether `membership` is `user`'s: an upstream that ignored the `user`
+/// filter must not answer for someone else (a grant then said "already a
+/// member" and sent nothing). A lookup by email is answered with the
+/// user's gid only, so it is taken as it comes.
+fn names_user(membership: &Membership, user: &str) -> bool {
+    user.contains('@') || membership.user.as_ref().is_some_and(|u| u.gid.as_deref() == Some(user))
 }
 
 /// The user's role in a workspace, if they are an active member.
