@@ -85,11 +85,21 @@ pub fn escape_json(line: &str) -> Cow<'_, str> {
 pub struct SafeLines<W: std::io::Write> {
     inner: W,
     line: Vec<u8>,
+    /// CSV: a line break inside a quoted cell is the cell's, shown escaped
+    /// (raw, a connector's name could start a forged line of its own).
+    csv: bool,
+    /// Within a quoted CSV cell (`""` inside one toggles twice).
+    in_quotes: bool,
 }
 
 impl<W: std::io::Write> SafeLines<W> {
     pub fn new(inner: W) -> Self {
-        SafeLines { inner, line: Vec::new() }
+        SafeLines { inner, line: Vec::new(), csv: false, in_quotes: false }
+    }
+
+    /// For CSV: line breaks inside quoted cells are escaped too.
+    pub fn csv(inner: W) -> Self {
+        SafeLines { csv: true, ..Self::new(inner) }
     }
 
     fn emit(&mut self) -> std::io::Result<()> {
@@ -103,6 +113,15 @@ impl<W: std::io::Write> SafeLines<W> {
 impl<W: std::io::Write> std::io::Write for SafeLines<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         for part in buf.split_inclusive(|&b| b == b'\n') {
+            if self.csv {
+                let quotes = part.iter().filter(|&&b| b == b'"').count();
+                self.in_quotes ^= quotes % 2 == 1;
+                if self.in_quotes {
+                    // The break is the cell's: kept in the line, escaped.
+                    self.line.extend_from_slice(part);
+                    continue;
+                }
+            }
             match part.strip_suffix(b"\n") {
                 Some(rest) => {
                     self.line.extend_from_slice(rest);
@@ -123,13 +142,14 @@ impl<W: std::io::Write> std::io::Write for SafeLines<W> {
     }
 }
 
-/// Stdout, escaped line by line when it is a terminal.
-pub fn stdout_for_data() -> Box<dyn std::io::Write> {
+/// Stdout, escaped line by line when it is a terminal (`csv`: CSV, whose
+/// quoted cells may hold line breaks).
+pub fn stdout_for_data(csv: bool) -> Box<dyn std::io::Write> {
     use std::io::IsTerminal;
-    if std::io::stdout().is_terminal() {
-        Box::new(SafeLines::new(std::io::stdout()))
-    } else {
-        Box::new(std::io::stdout())
+    match (std::io::stdout().is_terminal(), csv) {
+        (true, false) => Box::new(SafeLines::new(std::io::stdout())),
+        (true, true) => Box::new(SafeLines::csv(std::io::stdout())),
+        (false, _) => Box::new(std::io::stdout()),
     }
 }
 
@@ -170,6 +190,18 @@ mod tests {
         out.flush().unwrap();
         let text = String::from_utf8(out.inner).unwrap();
         assert_eq!(text, "a,\\x1b]0;t\\x07,b\nc,\\u{9b}2J\ntail");
+    }
+
+    #[test]
+    fn safe_csv_lines_escape_a_line_break_inside_a_quoted_cell() {
+        use std::io::Write;
+        let mut out = SafeLines::csv(Vec::new());
+        // Written in pieces, as a buffered writer may hand them over.
+        out.write_all(b"id,name\r\n1,\"Ann\nINFO forged ").unwrap();
+        out.write_all(b"line\r\n\"\"x\"\"\"\r\n2,Bo\r\n").unwrap();
+        out.flush().unwrap();
+        let text = String::from_utf8(out.inner).unwrap();
+        assert_eq!(text, "id,name\n1,\"Ann\\nINFO forged line\\r\\n\"\"x\"\"\"\n2,Bo\n");
     }
 
     use super::*;

@@ -44,7 +44,7 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let run = review::reviewable_run(&file, args.run).with_context(|| format!("cannot export {}", args.file.display()))?;
     let out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
-        None => crate::terminal::stdout_for_data(),
+        None => crate::terminal::stdout_for_data(matches!(args.format, ExportFormat::Csv)),
     };
     let mut out = std::io::BufWriter::new(out);
     let grants = match args.format {
