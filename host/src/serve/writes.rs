@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
@@ -32,7 +31,9 @@ pub struct GrantBody {
 }
 
 /// The flags of a revoke (its query) and a disable (its body). Strict, as
-/// the bodies are: a misspelt `dry_run` ignored would send the write.
+/// the bodies are: a misspelt `dry_run` ignored would send the write. (A
+/// refusal reaches the client as `{code, message}` through
+/// `api::errors_as_json`.)
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct WriteFlags {
@@ -72,19 +73,7 @@ fn actor(headers: &HeaderMap) -> String {
     }
 }
 
-/// A request the API cannot read, in the API's own error shape, with the
-/// status and reason axum gives (400 for a query, 422 for a body).
-fn unreadable(status: StatusCode, why: String) -> ApiError {
-    ApiError::new(status, "bad_request", why)
-}
-
-pub async fn grant(
-    State(s): State<Arc<Server>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Result<Json<GrantBody>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| unreadable(e.status(), e.body_text()))?;
+pub async fn grant(State(s): State<Arc<Server>>, Path(name): Path<String>, headers: HeaderMap, Json(body): Json<GrantBody>) -> Result<Json<Value>, ApiError> {
     let principal = reference(&body.principal)?;
     let target = json!({"entitlement": body.entitlement, "principal": body.principal});
     let planned = PlannedWrite::Grant { entitlement_id: body.entitlement.clone(), principal };
@@ -94,10 +83,9 @@ pub async fn grant(
 pub async fn revoke(
     State(s): State<Arc<Server>>,
     Path((name, id)): Path<(String, String)>,
-    flags: Result<Query<WriteFlags>, QueryRejection>,
+    Query(flags): Query<WriteFlags>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let Query(flags) = flags.map_err(|e| unreadable(e.status(), e.body_text()))?;
     let target = json!({"grant": id});
     write(&s, &name, &actor(&headers), "revoke", target, PlannedWrite::Revoke { grant_id: id.clone() }, flags.dry_run, flags.confirm).await
 }
@@ -106,9 +94,8 @@ pub async fn create_account(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Result<Json<AccountBody>, JsonRejection>,
+    Json(body): Json<AccountBody>,
 ) -> Result<Json<Value>, ApiError> {
-    let Json(body) = body.map_err(|e| unreadable(e.status(), e.body_text()))?;
     let target = json!({"email": body.email, "display_name": body.display_name, "fields": body.fields});
     let options = body.fields.iter().map(|(k, v)| Pair { name: k.clone(), value: v.clone() }).collect();
     let request = guest::AccountRequest { email: body.email.clone(), display_name: body.display_name.clone(), options };
@@ -119,9 +106,9 @@ pub async fn disable_account(
     State(s): State<Arc<Server>>,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Result<Option<Json<WriteFlags>>, JsonRejection>,
+    body: Option<Json<WriteFlags>>,
 ) -> Result<Json<Value>, ApiError> {
-    let flags = body.map_err(|e| unreadable(e.status(), e.body_text()))?.map(|Json(f)| f).unwrap_or_default();
+    let flags = body.map(|Json(f)| f).unwrap_or_default();
     let account = if id.contains(':') { reference(&id)? } else { ResourceRef { resource_type: "user".into(), id: id.clone() } };
     let target = json!({"account": format!("{}:{}", account.resource_type, account.id)});
     write(&s, &name, &actor(&headers), "disable-account", target, PlannedWrite::DisableAccount(account), flags.dry_run, flags.confirm).await
