@@ -203,23 +203,27 @@ impl Secrets {
         let mut out = bytes;
         for value in self.values.values() {
             let secret = value.0.as_bytes();
+            // Without a backslash or a percent sign nothing is escaped: the
+            // plain search alone, as fast as memmem goes.
             let escapes = memchr::memchr2(b'\\', b'%', &out).is_some();
-            if !escapes && memchr::memmem::find(&out, secret).is_none() {
+            let next = |out: &[u8], from: usize| -> Option<(usize, usize)> {
+                if escapes {
+                    (from..out.len()).find_map(|at| escaped_match(&out[at..], secret).map(|len| (at, len)))
+                } else {
+                    memchr::memmem::find(&out[from..], secret).map(|at| (from + at, secret.len()))
+                }
+            };
+            let mut found = next(&out, 0);
+            if found.is_none() {
                 continue;
             }
             let mut replaced = Vec::with_capacity(out.len());
-            let (mut copied, mut at) = (0, 0);
-            while at < out.len() {
-                let end = if escapes { escaped_match(&out[at..], secret) } else { out[at..].starts_with(secret).then_some(secret.len()) };
-                match end {
-                    Some(len) => {
-                        replaced.extend_from_slice(&out[copied..at]);
-                        replaced.extend_from_slice(b"<redacted>");
-                        at += len;
-                        copied = at;
-                    }
-                    None => at += 1,
-                }
+            let mut copied = 0;
+            while let Some((at, len)) = found {
+                replaced.extend_from_slice(&out[copied..at]);
+                replaced.extend_from_slice(b"<redacted>");
+                copied = at + len;
+                found = next(&out, copied);
             }
             replaced.extend_from_slice(&out[copied..]);
             out = replaced;
