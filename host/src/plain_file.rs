@@ -18,7 +18,7 @@ pub fn read(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         return Err(Error::new(ErrorKind::InvalidInput, "it is not a plain file"));
     }
     if metadata.len() > max {
-        return Err(too_big(metadata.len(), max));
+        return Err(Error::new(ErrorKind::InvalidInput, format!("it is {} bytes; at most {max} are read", metadata.len())));
     }
     let mut bytes = Vec::with_capacity(metadata.len() as usize);
     // `take`: a file that grows while it is read stops at the cap too.
@@ -32,10 +32,6 @@ pub fn read(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 /// `read`, as UTF-8 text.
 pub fn read_text(path: &Path, max: u64) -> std::io::Result<String> {
     String::from_utf8(read(path, max)?).map_err(|_| Error::new(ErrorKind::InvalidData, "it is not UTF-8 text"))
-}
-
-fn too_big(len: u64, max: u64) -> Error {
-    Error::new(ErrorKind::InvalidInput, format!("it is {len} bytes; at most {max} are read"))
 }
 
 #[cfg(test)]

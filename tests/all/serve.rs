@@ -55,12 +55,17 @@ fn openapi() -> Value {
 impl Served {
     /// Starts the server and waits (polling /readyz) until it is ready.
     pub(crate) async fn start(config: &Path, dir: &Path) -> Served {
+        let served = Served::launch(config, dir);
+        served.wait_ready().await;
+        served
+    }
+
+    /// Starts the server without waiting for it.
+    fn launch(config: &Path, dir: &Path) -> Served {
         let port = free_port();
         let log = dir.join(format!("serve-{port}.log"));
         let child = spawn_serve(config, port, &log);
-        let served = Served { child, base: format!("http://127.0.0.1:{port}"), log, client: reqwest::Client::new(), doc: openapi() };
-        served.wait_ready().await;
-        served
+        Served { child, base: format!("http://127.0.0.1:{port}"), log, client: reqwest::Client::new(), doc: openapi() }
     }
 
     async fn wait_ready(&self) {
@@ -1172,10 +1177,7 @@ async fn a_stop_is_not_held_up_by_a_start_or_a_reload_waiting_on_a_registry() {
 
     // At start: the health check answers while the module is looked up.
     std::fs::write(&config, server_section(dir.path()) + &stuck).unwrap();
-    let port = free_port();
-    let log = dir.path().join("start.log");
-    let mut starting =
-        Served { child: spawn_serve(&config, port, &log), base: format!("http://127.0.0.1:{port}"), log, client: reqwest::Client::new(), doc: openapi() };
+    let mut starting = Served::launch(&config, dir.path());
     let deadline = Instant::now() + Duration::from_secs(60);
     while starting.client.get(format!("{}/healthz", starting.base)).send().await.map(|r| r.status() != 200).unwrap_or(true) {
         assert!(Instant::now() < deadline, "no health check; log:\n{}", starting.logs());
