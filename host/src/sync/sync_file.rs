@@ -629,8 +629,14 @@ impl SyncFile {
                 entitlement.execute(params![run, id, resource, e.slug, e.display_name, e.description, e.grantable])?;
             }
             let mut rows = Vec::with_capacity(page.grants.len());
+            // A page of grants is mostly one entitlement's (its members).
+            let mut last_entitlement: Option<(&str, i64)> = None;
             for g in &page.grants {
-                let entitlement = key_of.entitlement(&g.entitlement_id)?;
+                let entitlement = match last_entitlement {
+                    Some((id, key)) if id == g.entitlement_id => key,
+                    _ => key_of.entitlement(&g.entitlement_id)?,
+                };
+                last_entitlement = Some((&g.entitlement_id, entitlement));
                 let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
                 // Most connectors name a grant after its entitlement and
                 // principal: then the id need not be stored.

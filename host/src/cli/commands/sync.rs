@@ -86,7 +86,18 @@ pub async fn run(args: SyncArgs) -> Result<()> {
     let mut file = SyncFile::open_for_sync(&args.out)?;
     stop_on_signals(options.stop.clone())?;
     let progress = output::progress_bar();
-    let result = crate::sync::run_pool(&mut pool, &mut file, &module.digest, &progress, &options).await;
+    // On a worker of the runtime, not the thread blocked on it: a page
+    // that comes in then wakes the driver without a switch of threads.
+    let digest = module.digest.clone();
+    let (file, result) = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            let result = crate::sync::run_pool(&mut pool, &mut file, &digest, &progress, &options).await;
+            (file, result)
+        }
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("the sync's task ended abnormally: {e}"))?;
     progress.finish_and_clear();
     let summary = match result {
         Err(e) if e.is::<crate::sync::Interrupted>() => return Err(e),

@@ -206,9 +206,18 @@ impl Secrets {
             // Without a backslash or a percent sign nothing is escaped: the
             // plain search alone, as fast as memmem goes.
             let escapes = memchr::memchr2(b'\\', b'%', &out).is_some();
-            let next = |out: &[u8], from: usize| -> Option<(usize, usize)> {
+            let next = |out: &[u8], mut from: usize| -> Option<(usize, usize)> {
                 if escapes {
-                    (from..out.len()).find_map(|at| escaped_match(&out[at..], secret).map(|len| (at, len)))
+                    // A match starts with the secret's first byte, plain or
+                    // escaped (so with `\` or `%`): only those are tried.
+                    let first = *secret.first()?;
+                    loop {
+                        let at = from + memchr::memchr3(first, b'\\', b'%', out.get(from..)?)?;
+                        if let Some(len) = escaped_match(&out[at..], secret) {
+                            return Some((at, len));
+                        }
+                        from = at + 1;
+                    }
                 } else {
                     memchr::memmem::find(&out[from..], secret).map(|at| (from + at, secret.len()))
                 }
