@@ -90,6 +90,47 @@ async fn team_membership_grant_and_revoke_round_trip() {
     assert_eq!(writes(&sim), before);
 }
 
+/// An upstream that ignores the `user` filter of a membership lookup
+/// answers with other people's memberships: the connector must not take
+/// one of them for the user's and call the grant done without a write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_membership_lookup_answered_for_other_users_is_not_taken_for_the_users() {
+    let mut config = asana_sim::SimConfig::new(Org::generate(&small_org()));
+    config.ignore_user_filter = true;
+    let sim = start_sim_with(config).await;
+    let org = sim.org();
+    let (team, outsider) = team_and_outsider(&org);
+    assert!(org.team_memberships.iter().any(|m| m.team_gid == team), "the team has other members for the lookup to return");
+    let small = org.workspaces[1].gid.clone();
+    let stranger = org
+        .workspace_memberships
+        .iter()
+        .find(|m| m.workspace_gid == org.workspaces[0].gid && m.is_active && !m.is_guest && org.workspace_membership(&m.user_gid, &small).is_none())
+        .unwrap()
+        .user_gid
+        .clone();
+    assert!(org.workspace_memberships.iter().any(|m| m.workspace_gid == small), "the workspace has other members");
+    let mut connector = instance(&rest(&sim)).await;
+
+    let before = writes(&sim);
+    let granted = connector.grant_entitlement(&format!("team:{team}:member"), &user(&outsider)).await.unwrap();
+    assert_eq!(outcome(&granted), "changed", "{}", granted.message);
+    assert_eq!(writes(&sim), before + 1);
+    assert!(sim.org().team_memberships.iter().any(|m| m.team_gid == team && m.user_gid == outsider));
+
+    let granted = connector.grant_entitlement(&format!("workspace:{small}:member"), &user(&stranger)).await.unwrap();
+    assert_eq!(outcome(&granted), "changed", "{}", granted.message);
+    assert!(sim.org().workspace_membership(&stranger, &small).is_some());
+
+    // Nor is someone else's membership taken for one to remove.
+    let org = sim.org();
+    let nobody = org.users.iter().find(|u| !org.team_memberships.iter().any(|m| m.team_gid == team && m.user_gid == u.gid)).unwrap().gid.clone();
+    let before = writes(&sim);
+    let revoked = connector.revoke_grant(&format!("team:{team}:member:user:{nobody}")).await.unwrap();
+    assert_eq!(outcome(&revoked), "no-change", "{}", revoked.message);
+    assert_eq!(writes(&sim), before);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_answered_503_is_not_sent_again() {
     let sim = start_sim(small_org()).await;

@@ -167,7 +167,7 @@ async fn list_workspace_memberships(State(shared): State<Arc<Shared>>, Path(gid)
     org.workspace(&gid).ok_or_else(|| unknown("workspace", &gid))?;
     // Optional `user` filter (gid, email or "me").
     let only_user = match ctx.query.get("user") {
-        Some(r) => Some(resolve_user(org, r)?.gid.clone()),
+        Some(r) => Some(resolve_user(org, r)?.gid.clone()).filter(|_| !shared.ignore_user_filter),
         None => None,
     };
     let items: Vec<_> = OrgIndex::get(&index.workspace_memberships_by_workspace, &gid)
@@ -213,7 +213,7 @@ async fn query_team_memberships(State(shared): State<Arc<Shared>>, ctx: Ctx) -> 
         .team_memberships
         .iter()
         .filter(|m| team.as_ref().is_none_or(|t| &m.team_gid == t))
-        .filter(|m| user.as_ref().is_none_or(|u| &m.user_gid == u))
+        .filter(|m| shared.ignore_user_filter || user.as_ref().is_none_or(|u| &m.user_gid == u))
         .filter(|m| workspace.as_ref().is_none_or(|w| org.team(&m.team_gid).is_some_and(|t| &t.workspace_gid == w)))
         .collect();
     ctx.list(&shared, items, |m| &m.gid, |m| views::team_membership(org, m), views::TEAM_MEMBERSHIP_COMPACT)

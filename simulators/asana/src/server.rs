@@ -52,6 +52,10 @@ pub struct SimConfig {
     /// Added before every answer, like a real upstream's round trip (and so
     /// that a test can stop a sync halfway through).
     pub latency: std::time::Duration,
+    /// Membership lookups ignore their `user` filter and answer with every
+    /// membership of the team or workspace, as a lying or broken upstream
+    /// might: a connector must not take someone else's for the user's.
+    pub ignore_user_filter: bool,
 }
 
 impl SimConfig {
@@ -69,6 +73,7 @@ impl SimConfig {
             seed: 42,
             teams_only_in_organizations: false,
             latency: std::time::Duration::ZERO,
+            ignore_user_filter: false,
         }
     }
 }
@@ -95,6 +100,7 @@ pub(crate) struct Shared {
     pub world: Mutex<World>,
     pub base_url: String,
     pub teams_only_in_organizations: bool,
+    pub ignore_user_filter: bool,
     latency: std::time::Duration,
     token: String,
     limiter: RateLimiter,
@@ -113,6 +119,7 @@ impl Shared {
         Shared {
             base_url: base_url(addr),
             teams_only_in_organizations: config.teams_only_in_organizations,
+            ignore_user_filter: config.ignore_user_filter,
             latency: config.latency,
             token: config.token,
             limiter: RateLimiter::new(
