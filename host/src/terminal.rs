@@ -85,26 +85,33 @@ pub fn escape_json(line: &str) -> Cow<'_, str> {
 pub struct SafeLines<W: std::io::Write> {
     inner: W,
     line: Vec<u8>,
-    /// CSV: a line break inside a quoted cell is the cell's, shown escaped
-    /// (raw, a connector's name could start a forged line of its own).
-    csv: bool,
+    lines: Lines,
     /// Within a quoted CSV cell (`""` inside one toggles twice).
     in_quotes: bool,
 }
 
-impl<W: std::io::Write> SafeLines<W> {
-    pub fn new(inner: W) -> Self {
-        SafeLines { inner, line: Vec::new(), csv: false, in_quotes: false }
-    }
+/// What a [`SafeLines`] writes, for how it escapes a line.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Lines {
+    /// Text for a person (tables): as [`escape`] does.
+    Text,
+    /// CSV: as text, and a line break inside a quoted cell is the cell's,
+    /// shown escaped (raw, a connector's name could start a forged line).
+    Csv,
+    /// JSON Lines: as [`escape_json`] does, so each line stays the JSON.
+    Json,
+}
 
-    /// For CSV: line breaks inside quoted cells are escaped too.
-    pub fn csv(inner: W) -> Self {
-        SafeLines { csv: true, ..Self::new(inner) }
+impl<W: std::io::Write> SafeLines<W> {
+    pub fn new(inner: W, lines: Lines) -> Self {
+        SafeLines { inner, line: Vec::new(), lines, in_quotes: false }
     }
 
     fn emit(&mut self) -> std::io::Result<()> {
         let text = String::from_utf8_lossy(&self.line);
-        self.inner.write_all(escape(text.strip_suffix('\r').unwrap_or(&text)).as_bytes())?;
+        let text = text.strip_suffix('\r').unwrap_or(&text);
+        let shown = if self.lines == Lines::Json { escape_json(text) } else { escape(text) };
+        self.inner.write_all(shown.as_bytes())?;
         self.line.clear();
         Ok(())
     }
@@ -113,7 +120,7 @@ impl<W: std::io::Write> SafeLines<W> {
 impl<W: std::io::Write> std::io::Write for SafeLines<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         for part in buf.split_inclusive(|&b| b == b'\n') {
-            if self.csv {
+            if self.lines == Lines::Csv {
                 let quotes = part.iter().filter(|&&b| b == b'"').count();
                 self.in_quotes ^= quotes % 2 == 1;
                 if self.in_quotes {
@@ -142,14 +149,13 @@ impl<W: std::io::Write> std::io::Write for SafeLines<W> {
     }
 }
 
-/// Stdout, escaped line by line when it is a terminal (`csv`: CSV, whose
-/// quoted cells may hold line breaks).
-pub fn stdout_for_data(csv: bool) -> Box<dyn std::io::Write> {
+/// Stdout, escaped line by line (as `lines` says) when it is a terminal.
+pub fn stdout_for_data(lines: Lines) -> Box<dyn std::io::Write> {
     use std::io::IsTerminal;
-    match (std::io::stdout().is_terminal(), csv) {
-        (true, false) => Box::new(SafeLines::new(std::io::stdout())),
-        (true, true) => Box::new(SafeLines::csv(std::io::stdout())),
-        (false, _) => Box::new(std::io::stdout()),
+    if std::io::stdout().is_terminal() {
+        Box::new(SafeLines::new(std::io::stdout(), lines))
+    } else {
+        Box::new(std::io::stdout())
     }
 }
 
@@ -183,7 +189,7 @@ mod tests {
     #[test]
     fn safe_lines_escape_each_line_and_keep_the_breaks() {
         use std::io::Write;
-        let mut out = SafeLines::new(Vec::new());
+        let mut out = SafeLines::new(Vec::new(), Lines::Text);
         out.write_all(b"a,\x1b]0;t\x07,b\r\nc,\xc2").unwrap();
         out.write_all(b"\x9b2J\n").unwrap();
         out.write_all(b"tail").unwrap();
@@ -195,13 +201,25 @@ mod tests {
     #[test]
     fn safe_csv_lines_escape_a_line_break_inside_a_quoted_cell() {
         use std::io::Write;
-        let mut out = SafeLines::csv(Vec::new());
+        let mut out = SafeLines::new(Vec::new(), Lines::Csv);
         // Written in pieces, as a buffered writer may hand them over.
         out.write_all(b"id,name\r\n1,\"Ann\nINFO forged ").unwrap();
         out.write_all(b"line\r\n\"\"x\"\"\"\r\n2,Bo\r\n").unwrap();
         out.flush().unwrap();
         let text = String::from_utf8(out.inner).unwrap();
         assert_eq!(text, "id,name\n1,\"Ann\\nINFO forged line\\r\\n\"\"x\"\"\"\n2,Bo\n");
+    }
+
+    #[test]
+    fn safe_json_lines_stay_json() {
+        use std::io::Write;
+        let mut out = SafeLines::new(Vec::new(), Lines::Json);
+        out.write_all("{\"name\":\"a\u{9b}2J \u{202e}b\"}\n".as_bytes()).unwrap();
+        out.flush().unwrap();
+        let text = String::from_utf8(out.inner).unwrap();
+        assert_eq!(text, "{\"name\":\"a\\u009b2J \\u202eb\"}\n");
+        let value: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+        assert_eq!(value["name"], "a\u{9b}2J \u{202e}b");
     }
 
     use super::*;

@@ -131,6 +131,14 @@ async fn start_misbehaving_server() -> SocketAddr {
                 ([("x-echo-authorization", seen(header::AUTHORIZATION))], format!("authorization: {}", seen(header::AUTHORIZATION)))
             }),
         )
+        .route(
+            "/echo-encoding",
+            get(|headers: HeaderMap| async move {
+                let seen = |name: header::HeaderName| headers.get(&name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned()).unwrap_or_default();
+                format!("accept-encoding: {}; range: {}; te: {}", seen(header::ACCEPT_ENCODING), seen(header::RANGE), seen(header::TE))
+            }),
+        )
+        .route("/gzip", get(|| async { ([(header::CONTENT_ENCODING, "gzip")], vec![0x1f, 0x8b, 8, 0]) }))
         .route("/big", get(|| async { vec![b'b'; 2 << 20] }))
         .route("/hang", get(std::future::pending::<&'static str>));
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -287,6 +295,23 @@ async fn metadata_the_host_cannot_rely_on_is_refused_at_start() {
     let refused = ConnectorInstance::start(shared_engine(), hostile(), &hostile_permissions(&[("mode", "bad-metadata")])).await.err().expect("refused");
     let message = format!("{refused:#}");
     assert!(message.contains("metadata is not usable") && message.contains("probe is declared twice"), "{message}");
+    // Thousands of types would cost the host work in every checkpoint.
+    let refused = ConnectorInstance::start(shared_engine(), hostile(), &hostile_permissions(&[("mode", "many-types")])).await.err().expect("refused");
+    let message = format!("{refused:#}");
+    assert!(message.contains("declares 301 resource types (at most 256)"), "{message}");
+}
+
+/// The hosts shown to the operator are those every instance of a pool
+/// reaches: an instance declaring others is refused, not obeyed.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_of_one_module_declaring_other_hosts_are_refused() {
+    let grants = hostile_permissions(&[("mode", "shifting-hosts")]);
+    let refused = ConnectorInstance::start_pool(shared_engine(), hostile(), &grants, Some(2)).await.err().expect("refused");
+    let message = format!("{refused:#}");
+    assert!(message.contains("declares other hosts in another instance of it"), "{message}");
+    // Declaring the same hosts in each, a pool starts.
+    let grants = hostile_permissions(&[("mode", "benign"), ("declare-host", "api.example.com")]);
+    assert_eq!(ConnectorInstance::start_pool(shared_engine(), hostile(), &grants, Some(2)).await.expect("a pool").len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -303,6 +328,11 @@ async fn huge_result_pages_are_refused() {
     let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-strings"), ("bytes", "100000")])).await);
     assert_eq!(limit, "bytes-per-record", "{message}");
     assert!(message.contains("at most 65536"), "{message}");
+    // Every string counts, a reference's type too.
+    let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-reference"), ("bytes", &nine_mib)])).await);
+    assert_eq!(limit, "bytes-per-page", "{message}");
+    let (limit, message) = limit_hit(attack(&hostile_permissions(&[("mode", "huge-reference"), ("bytes", "100000")])).await);
+    assert_eq!(limit, "bytes-per-record", "{message}");
 
     // Past the hostcall budget the host does not even copy the page out.
     let mut grants = hostile_permissions(&[("mode", "huge-page"), ("records", "5000")]);
@@ -399,6 +429,51 @@ async fn http_responses_are_capped_in_size_and_time() {
     grants.limits.wall_per_call = Duration::from_millis(500);
     assert_eq!(limit_hit(attack(&grants).await).0, "wall-clock");
     asana_still_syncs().await;
+}
+
+/// An answer compressed, or cut in pieces, would carry an echoed token
+/// past redaction: the host asks for neither and takes no encoded answer.
+/// Nor does a URL's user name send credentials of the connector's making.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_answer_the_host_cannot_check_for_secrets_reaches_the_connector() {
+    let server = start_misbehaving_server().await;
+    let fetch = |path: &str, headers: &str| {
+        with_server(hostile_permissions(&[("mode", "fetch"), ("url", &format!("http://{server}/{path}")), ("bearer", "token"), ("headers", headers)]), server)
+    };
+    let asked = fetch("echo-encoding", "Accept-Encoding: gzip, br|Range: bytes=0-3|TE: gzip|If-Range: x");
+    let (_, attributes) = single_probe(attack(&asked).await);
+    assert_eq!(attribute(&attributes, "body"), "accept-encoding: identity; range: ; te: ");
+
+    let error = connector_error(attack(&fetch("gzip", "")).await);
+    assert!(matches!(&error, ConnectorError::Upstream(m) if m.contains("is encoded (gzip), which the host refuses")), "{error:?}");
+
+    let url = format!("http://user:pw@{server}/echo");
+    let grants = with_server(hostile_permissions(&[("mode", "fetch"), ("url", &url)]), server);
+    let error = connector_error(attack(&grants).await);
+    assert!(matches!(&error, ConnectorError::Forbidden(m) if m.contains("holds a user name or password")), "{error:?}");
+}
+
+/// A proxy in the environment would resolve names itself, past the check
+/// that keeps a declared name off private addresses: the host uses none.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_in_the_environment_is_not_used() {
+    let proxy = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    proxy.set_nonblocking(true).unwrap();
+    let proxy_url = format!("http://{}", proxy.local_addr().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let declared = "localhost:9";
+    let output = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["sync", "--connector", wasm("hostile").to_str().unwrap(), "--out", dir.path().join("s.db").to_str().unwrap()])
+        .args(["--config", "mode=fetch", "--config", &format!("declare-host={declared}"), "--config", "url=https://localhost:9/"])
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache"))
+        .env("HTTPS_PROXY", &proxy_url)
+        .env("HTTP_PROXY", &proxy_url)
+        .env("ALL_PROXY", &proxy_url)
+        .output()
+        .expect("tether runs");
+    assert!(!output.status.success());
+    assert!(stderr(&output).contains("localhost resolves only to private addresses"), "{}", stderr(&output));
+    assert!(proxy.accept().is_err(), "the proxy was asked");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -198,7 +198,7 @@ impl ConnectorInstance {
             permissions.dry_run,
         )?);
         let pool_memory = PoolMemory::new(permissions.limits.pool_memory_bytes);
-        let instance = Self::start_on(engine, module, permissions, http, pool_memory).await?;
+        let instance = Self::start_on(engine, module, permissions, http, pool_memory, None).await?;
         let settings = UpstreamSettings::resolve(&instance.declared.limits, &permissions.limits.upstream);
         instance.http.throttle.configure(settings);
         if settings.clamped() {
@@ -230,26 +230,32 @@ impl ConnectorInstance {
         let size = first.upstream_settings().concurrent_reads.value.max(1);
         // The gateway is cloned out first: holding `&first` (not Sync) across
         // an await would make the future unfit for a spawned task.
-        let (http, pool_memory) = (first.http.clone(), first.pool_memory.clone());
+        let (http, pool_memory, hosts) = (first.http.clone(), first.pool_memory.clone(), first.metadata.hosts.clone());
         let mut pool = Vec::with_capacity(size);
         pool.push(first);
         for _ in 1..size {
-            pool.push(Self::start_on(engine, module, permissions, http.clone(), pool_memory.clone()).await?);
+            pool.push(Self::start_on(engine, module, permissions, http.clone(), pool_memory.clone(), Some(hosts.clone())).await?);
         }
         Ok(pool)
     }
 
     /// Another instance of the same module on this one's HTTP gateway.
     pub async fn sibling(&self, engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
-        Self::start_on(engine, module, permissions, self.http.clone(), self.pool_memory.clone()).await
+        Self::start_on(engine, module, permissions, self.http.clone(), self.pool_memory.clone(), Some(self.metadata.hosts.clone())).await
     }
 
+    /// Starts an instance on `http`. The first of a gateway's instances
+    /// (`siblings_of`: None) sets its allow-list from the hosts it declares;
+    /// a sibling must declare the same hosts (`siblings_of`) and changes
+    /// nothing: the hosts the operator was shown are the hosts every
+    /// instance reaches.
     async fn start_on(
         engine: &ConnectorEngine,
         module: &LoadedModule,
         permissions: &Permissions,
         http: Arc<HttpGateway>,
         pool_memory: Arc<PoolMemory>,
+        siblings_of: Option<Vec<String>>,
     ) -> Result<Self> {
         let limits = permissions.limits.clone();
         let label = permissions.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path));
@@ -301,6 +307,16 @@ impl ConnectorInstance {
         };
         (instance.metadata, instance.declared) = instance.call_metadata().await.context("the connector's metadata() failed")?;
         check_metadata(&instance.metadata).context("the connector's metadata is not usable")?;
+        if let Some(first) = siblings_of {
+            if instance.metadata.hosts != first {
+                anyhow::bail!(
+                    "the connector declares other hosts in another instance of it ({} then {}): refused, as its allow-list would not be the one shown",
+                    crate::terminal::escape(&first.join(", ")),
+                    crate::terminal::escape(&instance.metadata.hosts.join(", "))
+                );
+            }
+            return Ok(instance);
+        }
 
         // The default allow-list is what the connector declares; the
         // operator's hosts come on top (or instead, for a test server).
@@ -554,16 +570,22 @@ fn pairs_bytes(pairs: &[crate::runtime::bindings::Pair]) -> usize {
     pairs.iter().map(|p| p.name.len() + p.value.len()).sum()
 }
 
+// Every string of a record counts: one left out (a reference's type) was
+// a way to send pages of any size past the limits.
 fn resource_bytes(r: &guest::Resource) -> usize {
-    r.resource_type.len() + r.id.len() + r.display_name.len() + pairs_bytes(&r.attributes)
+    r.resource_type.len() + r.id.len() + r.display_name.len() + r.parent.as_ref().map_or(0, ref_bytes) + pairs_bytes(&r.attributes)
 }
 
 fn entitlement_bytes(e: &guest::Entitlement) -> usize {
-    e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + e.resource.id.len()
+    e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + ref_bytes(&e.resource)
 }
 
 fn grant_bytes(g: &guest::Grant) -> usize {
-    g.id.len() + g.entitlement_id.len() + g.principal.id.len() + pairs_bytes(&g.attributes)
+    g.id.len() + g.entitlement_id.len() + ref_bytes(&g.principal) + pairs_bytes(&g.attributes)
+}
+
+fn ref_bytes(r: &crate::runtime::bindings::ResourceRef) -> usize {
+    r.resource_type.len() + r.id.len()
 }
 
 /// Bytes of strings a page carries, in all and in its largest record.
@@ -644,8 +666,24 @@ pub fn storage_namespace(label: &str) -> String {
 
 /// What the host relies on in a connector's metadata: type ids and keys
 /// that are there and unique, and types listed under types that exist.
+/// At most this many resource types, hosts, config keys and account
+/// fields: the host's work on a sync grows with the types (each top-level
+/// one is a listing pending from the start, in every checkpoint), and no
+/// real system has nearly so many.
+pub const MAX_DECLARED: usize = 256;
+
 fn check_metadata(metadata: &guest::ConnectorMetadata) -> Result<()> {
     use crate::terminal::escape as esc;
+    for (what, count) in [
+        ("resource types", metadata.resource_types.len()),
+        ("hosts", metadata.hosts.len()),
+        ("config keys", metadata.config.len()),
+        ("account fields", metadata.account_fields.len()),
+    ] {
+        if count > MAX_DECLARED {
+            anyhow::bail!("it declares {count} {what} (at most {MAX_DECLARED})");
+        }
+    }
     let mut types = std::collections::HashSet::new();
     for t in &metadata.resource_types {
         if t.id.is_empty() {

@@ -180,7 +180,12 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
     let (run_id, checkpoint) = match resumable {
         Some((run_id, checkpoint)) => {
             file.reopen_run(run_id)?;
-            tracing::info!("resuming sync run {run_id} from {checkpoint:?}");
+            // Where, in short: page tokens are the connector's, of any length.
+            let pending = match &checkpoint.position {
+                Position::Listings { pending, .. } => pending.len(),
+                _ => 1,
+            };
+            tracing::info!("resuming sync run {run_id}: {pending} listing(s) pending");
             (run_id, checkpoint)
         }
         None => (file.begin_run(&connector)?, Checkpoint::default()),

@@ -67,7 +67,11 @@ pub fn run(args: DiffArgs) -> Result<bool> {
         }
     };
     let later = second.as_ref().unwrap_or(&first);
-    let mut out = std::io::BufWriter::new(crate::terminal::stdout_for_data(matches!(args.format, DiffFormat::Csv)));
+    let mut out = std::io::BufWriter::new(crate::terminal::stdout_for_data(match args.format {
+        DiffFormat::Table => crate::terminal::Lines::Text,
+        DiffFormat::Csv => crate::terminal::Lines::Csv,
+        DiffFormat::Jsonl => crate::terminal::Lines::Json,
+    }));
     let counts = match args.format {
         DiffFormat::Table => {
             let name = |path: &PathBuf, run: &RunInfo| format!("sync run {} of {} ({})", run.id, path.display(), run.started_at);

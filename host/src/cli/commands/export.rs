@@ -44,7 +44,10 @@ pub fn run(args: ExportArgs) -> Result<()> {
     let run = review::reviewable_run(&file, args.run).with_context(|| format!("cannot export {}", args.file.display()))?;
     let out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
-        None => crate::terminal::stdout_for_data(matches!(args.format, ExportFormat::Csv)),
+        None => crate::terminal::stdout_for_data(match args.format {
+            ExportFormat::Csv => crate::terminal::Lines::Csv,
+            ExportFormat::Jsonl => crate::terminal::Lines::Json,
+        }),
     };
     let mut out = std::io::BufWriter::new(out);
     let grants = match args.format {

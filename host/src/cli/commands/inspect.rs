@@ -106,7 +106,7 @@ fn cell(value: &serde_json::Value) -> String {
 /// request; never the sync file itself, nor another SQLite database.
 pub fn open_jsonl(target: &str, sync_file: &std::path::Path) -> Result<Box<dyn Write>> {
     if target == "-" {
-        return Ok(Box::new(std::io::BufWriter::new(crate::terminal::stdout_for_data(false))));
+        return Ok(Box::new(std::io::BufWriter::new(crate::terminal::stdout_for_data(crate::terminal::Lines::Json))));
     }
     let path = std::path::Path::new(target);
     crate::cli::output_target::check(path, &[sync_file], crate::cli::output_target::Writes::Through)?;

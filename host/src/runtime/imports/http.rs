@@ -138,6 +138,11 @@ impl EgressPolicy {
             return Err(format!("scheme {scheme:?} is not allowed (https only)"));
         }
         let host = url.host_str().ok_or("the URL has no host")?.to_ascii_lowercase();
+        // reqwest would send them as an Authorization header of the
+        // connector's making: credentials come only from the operator.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("the URL holds a user name or password (credentials come only from the operator's secrets)".into());
+        }
         let port = url.port_or_known_default().ok_or("the URL has no port")?;
         let default_port = if scheme == "https" { 443 } else { 80 };
         let matching = || self.hosts.iter().filter(|h| h.host == host && h.port.unwrap_or(default_port) == port);
@@ -348,6 +353,11 @@ pub struct HttpGateway {
     dry_run: Option<Mutex<Vec<HeldRequest>>>,
 }
 
+/// Request headers the host sets, never the connector: the credentials and
+/// the host, and those that would have the answer compressed or cut in
+/// pieces, where a secret it echoes would pass redaction unrecognised.
+const HOST_HEADERS: [&str; 6] = ["authorization", "host", "accept-encoding", "te", "range", "if-range"];
+
 impl HttpGateway {
     pub fn new(policy: EgressPolicy, secrets: Arc<Secrets>, limits: &Limits, dry_run: bool) -> Result<Self> {
         let timeout = limits.http_timeout;
@@ -358,6 +368,9 @@ impl HttpGateway {
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
+            // A proxy from the environment would resolve the names itself,
+            // past the resolver's refusal of private addresses.
+            .no_proxy()
             // Every hop of a redirect must pass the same egress check; reqwest
             // also drops the Authorization header when the host changes.
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
@@ -442,11 +455,12 @@ impl HttpGateway {
         let idempotent = is_idempotent(&request.method, &request.headers);
         let mut builder = self.client.request(method.clone(), url.clone());
         for header in &request.headers {
-            if header.name.eq_ignore_ascii_case("authorization") || header.name.eq_ignore_ascii_case("host") {
+            if HOST_HEADERS.iter().any(|name| header.name.eq_ignore_ascii_case(name)) {
                 continue;
             }
             builder = builder.header(header.name.as_str(), header.value.as_str());
         }
+        builder = builder.header(reqwest::header::ACCEPT_ENCODING, "identity");
         if let Some(name) = &request.bearer_secret {
             let secret = self.secrets.get(name).ok_or_else(|| HttpError::InvalidRequest(format!("no secret named {name:?} was given to this connector")))?;
             builder = builder.bearer_auth(secret.expose());
@@ -524,6 +538,15 @@ impl HttpGateway {
                 Pair { name: name.as_str().to_string(), value }
             })
             .collect();
+        // A compressed body is checked for secrets by nobody: the host asks
+        // for none, and takes none.
+        if let Some(coding) = response.headers().get(reqwest::header::CONTENT_ENCODING).filter(|c| !c.as_bytes().eq_ignore_ascii_case(b"identity")) {
+            let coding = crate::terminal::escape(&String::from_utf8_lossy(coding.as_bytes())).into_owned();
+            return Err(failed(
+                Failure::Final,
+                HttpError::Connect(format!("the answer (HTTP {status}) is encoded ({coding}), which the host refuses: it could not check it for secrets")),
+            ));
+        }
         if response.content_length().is_some_and(|len| len > self.max_response_bytes as u64) {
             return Err(failed(Failure::Final, self.too_large()));
         }
