@@ -938,6 +938,17 @@ async fn a_module_cannot_choose_its_storage_namespace() {
     assert!(String::from_utf8_lossy(&shown.stdout).contains("storage namespace intruder"), "{}", String::from_utf8_lossy(&shown.stdout));
     let bad = tether(&["describe", "--connector", wasm("hostile").to_str().unwrap(), "--instance", "../asana"]);
     assert_eq!(bad.status.code(), Some(2), "a bad instance name is a usage error");
+
+    // Default names come from the file name: two cleaned alike stay apart.
+    let namespace = |file: &str| {
+        let path = dir.path().join(file);
+        std::fs::copy(wasm("hostile"), &path).unwrap();
+        let shown = String::from_utf8_lossy(&tether(&["describe", "--connector", path.to_str().unwrap()]).stdout).into_owned();
+        shown.lines().find_map(|l| l.split("storage namespace ").nth(1)).map(str::to_string).unwrap_or_else(|| panic!("{shown}"))
+    };
+    let (dotted, underscored) = (namespace("some.thing.wasm"), namespace("some_thing.wasm"));
+    assert!(dotted.starts_with("some_thing-") && underscored.starts_with("some_thing"), "{dotted} {underscored}");
+    assert_ne!(dotted, underscored);
 }
 
 #[test]

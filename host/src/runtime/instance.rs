@@ -654,24 +654,32 @@ pub fn default_instance_name(module: &std::path::Path) -> String {
     module.file_stem().and_then(|s| s.to_str()).unwrap_or("connector").to_string()
 }
 
-/// Storage namespaces are file names; keep only safe characters.
+/// Storage namespaces are file names; keep only safe characters. A name
+/// that had others gets a digest of itself appended, so two names cleaned
+/// alike (`a.b`, `a_b`) never share a namespace.
 pub fn storage_namespace(label: &str) -> String {
     let cleaned: String = label.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if cleaned == label && !cleaned.is_empty() {
+        return cleaned;
+    }
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(&Sha256::digest(label.as_bytes())[..6]);
     if cleaned.is_empty() {
-        "connector".into()
+        format!("connector-{digest}")
     } else {
-        cleaned
+        format!("{cleaned}-{digest}")
     }
 }
 
-/// What the host relies on in a connector's metadata: type ids and keys
-/// that are there and unique, and types listed under types that exist.
 /// At most this many resource types, hosts, config keys and account
 /// fields: the host's work on a sync grows with the types (each top-level
 /// one is a listing pending from the start, in every checkpoint), and no
 /// real system has nearly so many.
 pub const MAX_DECLARED: usize = 256;
 
+/// What the host relies on in a connector's metadata: at most
+/// [`MAX_DECLARED`] of each list, type ids and keys that are there and
+/// unique, and types listed under types that exist.
 fn check_metadata(metadata: &guest::ConnectorMetadata) -> Result<()> {
     use crate::terminal::escape as esc;
     for (what, count) in [
