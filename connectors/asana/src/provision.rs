@@ -133,10 +133,13 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
         other => other?,
     };
     if let Some(role) = existing_role {
-        let existing =
-            client.list::<Membership>(&format!("/workspaces/{}/workspace_memberships", segment(&workspace)), &[("user", email)], "user.name,user.email", None)?;
-        let membership =
-            existing.items.into_iter().find(|m| names_user(m, email)).ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
+        let existing = client.list::<Membership>(
+            &format!("/workspaces/{}/workspace_memberships", segment(&workspace)),
+            &[("user", email)],
+            "user.name,user.email",
+            None,
+        )?;
+        let membership = existing.items.into_iter().find(|m| names_user(m, email)).ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
         let mut resource = user_resource(membership.into_user()?)?;
         resource.attributes.extend([pair("email", email.to_string()), pair("role", role.into())]);
         return Ok(account_exists(resource, email));
@@ -278,12 +281,8 @@ const TEAM_LOOKUP_FIELDS: &str = "user.name,user.email,is_admin,is_guest,is_limi
 
 /// The user's role in a workspace, if they are an active member.
 fn workspace_membership_role(client: &Client, workspace: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
-    let page = client.list::<Membership>(
-        &format!("/workspaces/{}/workspace_memberships", segment(workspace)),
-        &[("user", user)],
-        WORKSPACE_LOOKUP_FIELDS,
-        None,
-    )?;
+    let page =
+        client.list::<Membership>(&format!("/workspaces/{}/workspace_memberships", segment(workspace)), &[("user", user)], WORKSPACE_LOOKUP_FIELDS, None)?;
     Ok(page.items.iter().find(|m| m.is_active() && names_user(m, user)).map(workspace_role))
 }
 
