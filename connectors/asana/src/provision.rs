@@ -8,7 +8,7 @@ use tether_guest::http::segment;
 
 use crate::client::{malformed, Client};
 use crate::ids::{self, EntitlementId};
-use crate::listing::{team_role, workspace_role, WORKSPACE_FIELDS};
+use crate::listing::{team_role, workspace_role, TEAM_MEMBERSHIP_FIELDS, WORKSPACE_FIELDS, WORKSPACE_MEMBERSHIP_FIELDS};
 use crate::records::*;
 use crate::scim;
 use tether_guest::contract::{AccountRequest, AccountResult, Outcome, Resource, WriteResult};
@@ -133,12 +133,8 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
         other => other?,
     };
     if let Some(role) = existing_role {
-        let existing = client.list::<Membership>(
-            &format!("/workspaces/{}/workspace_memberships", segment(&workspace)),
-            &[("user", email)],
-            "user.name,user.email",
-            None,
-        )?;
+        let existing =
+            client.list::<Membership>(&format!("/workspaces/{}/workspace_memberships", segment(&workspace)), &[("user", email)], "user.name", None)?;
         let membership = existing.items.into_iter().find(|m| names_user(m, email)).ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
         let mut resource = user_resource(membership.into_user()?)?;
         resource.attributes.extend([pair("email", email.to_string()), pair("role", role.into())]);
@@ -241,7 +237,7 @@ fn organizations(client: &Client) -> Result<Vec<String>, ConnectorError> {
 /// there.
 fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Option<Membership>, ConnectorError> {
     let path = format!("/workspaces/{}/workspace_memberships", segment(org));
-    let page = match client.list(&path, &[("user", user)], WORKSPACE_LOOKUP_FIELDS, None) {
+    let page = match client.list(&path, &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None) {
         // Asana answers 404 (or 400) for a user it does not know.
         Err(ConnectorError::NotFound(_) | ConnectorError::InvalidArgument(_)) => return Ok(None),
         other => other?,
@@ -257,14 +253,15 @@ fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Optio
     let team_object = client.get(&format!("/teams/{}", segment(team)), "organization")?;
     let workspace =
         team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
-    let page = client.list::<Membership>("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_LOOKUP_FIELDS, None)?;
+    let page = client.list::<Membership>("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
     Ok(page.items.iter().find(|m| names_user(m, user)).map(team_role))
 }
 
 /// Whether `membership` is `user`'s (a gid or an email): an upstream that
 /// ignored the `user` filter must not answer for someone else (a grant
-/// then said "already a member" and sent nothing). A lookup by email asks
-/// for the email too ([`LOOKUP_FIELDS`]); an answer without one is taken.
+/// then said "already a member" and sent nothing). Asana's API gives no
+/// email in a membership (its spec allows `user.name` only), so a lookup
+/// by email is taken as it comes unless the answer names another email.
 fn names_user(membership: &Membership, user: &str) -> bool {
     let Some(named) = membership.user.as_ref() else { return false };
     if user.contains('@') {
@@ -274,15 +271,14 @@ fn names_user(membership: &Membership, user: &str) -> bool {
     }
 }
 
-/// What a lookup of one user's memberships asks for: the listing's
-/// fields, and the email, to check the answer names the user asked about.
-const WORKSPACE_LOOKUP_FIELDS: &str = "user.name,user.email,is_admin,is_guest,is_active,is_view_only";
-const TEAM_LOOKUP_FIELDS: &str = "user.name,user.email,is_admin,is_guest,is_limited_access";
-
 /// The user's role in a workspace, if they are an active member.
 fn workspace_membership_role(client: &Client, workspace: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
-    let page =
-        client.list::<Membership>(&format!("/workspaces/{}/workspace_memberships", segment(workspace)), &[("user", user)], WORKSPACE_LOOKUP_FIELDS, None)?;
+    let page = client.list::<Membership>(
+        &format!("/workspaces/{}/workspace_memberships", segment(workspace)),
+        &[("user", user)],
+        WORKSPACE_MEMBERSHIP_FIELDS,
+        None,
+    )?;
     Ok(page.items.iter().find(|m| m.is_active() && names_user(m, user)).map(workspace_role))
 }
 
