@@ -249,6 +249,49 @@ fn a_manifest_bigger_than_any_manifest_is_refused_unread() {
     assert!(!out.exists());
 }
 
+/// A registry's token endpoint is read only as far as a token can be, and
+/// only over https (or from the plain-http registry itself): an endless
+/// answer once took the process to 3.8 GB, and a realm elsewhere over
+/// plain http would get the credentials in the clear.
+#[test]
+fn a_token_endpoint_that_never_ends_or_is_plain_http_elsewhere_is_refused() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = axum::Router::new()
+        .route(
+            "/v2/",
+            axum::routing::get(move || async move {
+                let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"registry\"");
+                (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)], "{}")
+            }),
+        )
+        .route(
+            "/token",
+            axum::routing::get(|| async {
+                let chunk = axum::body::Bytes::from(vec![b' '; 1 << 16]);
+                axum::body::Body::from_stream(futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone())))
+            }),
+        );
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    let elsewhere = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let elsewhere_port = elsewhere.local_addr().unwrap().port();
+    let app = axum::Router::new().route(
+        "/v2/",
+        axum::routing::get(|| async { (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", "Bearer realm=\"http://registry.invalid/token\"")], "") }),
+    );
+    runtime.spawn(async move { axum::serve(elsewhere, app).await });
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("out");
+    let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
+    assert!(err.contains("cannot authenticate") && err.contains("the token is larger than 65536 bytes"), "{err}");
+    assert!(!out.exists());
+    let err = failed(tether(home.path(), &["module", "push", asana_wasm().to_str().unwrap(), &format!("127.0.0.1:{port}/connectors/asana:1.0")]));
+    assert!(err.contains("the token is larger than 65536 bytes"), "{err}");
+    let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{elsewhere_port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
+    assert!(err.contains("token realm http://registry.invalid/token is not https"), "{err}");
+}
+
 /// Basic auth: refused without credentials, accepted with a password given
 /// by reference or from the Docker config file's `auths`.
 #[test]

@@ -138,10 +138,10 @@ pub async fn fetch(registry: &Registry, reference: &Reference, cached: impl Fn(&
             bail!("{} served a manifest with digest {manifest_digest}, not the pinned {pinned}; nothing was written", reference.whole());
         }
     }
-    let (layer_digest, expected, annotations, signature) = check_manifest(reference, &manifest_bytes)?;
+    let (layer_digest, expected, annotations, signature, layer_size) = check_manifest(reference, &manifest_bytes)?;
     let module = match cached(&manifest_digest).filter(|bytes| Sha256::digest(bytes).as_slice() == expected) {
         Some(bytes) => bytes,
-        None => pull_layer(registry, reference, &layer_digest).await?,
+        None => pull_layer(registry, reference, &layer_digest, layer_size).await?,
     };
     let module_digest: [u8; 32] = Sha256::digest(&module).into();
     if module_digest != expected {
@@ -150,9 +150,9 @@ pub async fn fetch(registry: &Registry, reference: &Reference, cached: impl Fn(&
     Ok(VerifiedModule { manifest_digest, manifest_bytes, module, module_digest, signature, annotations })
 }
 
-type ManifestParts = (String, [u8; 32], BTreeMap<String, String>, Option<Signature>);
+type ManifestParts = (String, [u8; 32], BTreeMap<String, String>, Option<Signature>, u64);
 
-/// The layer's digest, its annotations and signature, once the manifest is
+/// The layer's digest, its annotations, signature and size, once the manifest is
 /// known to be a Wasm component artifact.
 pub(crate) fn check_manifest(reference: &Reference, bytes: &[u8]) -> Result<ManifestParts> {
     let whole = reference.whole();
@@ -190,11 +190,26 @@ pub(crate) fn check_manifest(reference: &Reference, bytes: &[u8]) -> Result<Mani
             Some(Signature::from_bytes(&bytes))
         }
     };
-    Ok((layer.digest.clone(), expected, annotations, signature))
+    Ok((layer.digest.clone(), expected, annotations, signature, layer.size as u64))
 }
 
-/// Downloads a layer, never holding more than `MAX_MODULE_BYTES`.
-async fn pull_layer(registry: &Registry, reference: &Reference, digest: &str) -> Result<Vec<u8>> {
+/// How long a module's download may take: a minute, and a second more for
+/// each 256 KiB it has. A registry that sends a byte now and then would
+/// otherwise hold a pull (and a served instance's next sync) for days.
+fn layer_deadline(size: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(60 + size / (256 << 10))
+}
+
+/// Downloads a layer of `size` bytes (as the manifest says), never holding
+/// more than `MAX_MODULE_BYTES`, within [`layer_deadline`].
+async fn pull_layer(registry: &Registry, reference: &Reference, digest: &str, size: u64) -> Result<Vec<u8>> {
+    let deadline = layer_deadline(size);
+    tokio::time::timeout(deadline, pull_layer_bytes(registry, reference, digest))
+        .await
+        .map_err(|_| anyhow::anyhow!("cannot fetch the module of {}: not downloaded within {deadline:?}", reference.whole()))?
+}
+
+async fn pull_layer_bytes(registry: &Registry, reference: &Reference, digest: &str) -> Result<Vec<u8>> {
     let mut stream = registry.client.pull_blob_stream(reference, digest).await.map_err(|e| registry_error(reference, "fetch the module of", e))?;
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -211,7 +226,7 @@ async fn pull_layer(registry: &Registry, reference: &Reference, digest: &str) ->
 /// on the manifest; returns the manifest's digest as the registry has it.
 pub async fn push(registry: Registry, reference: &Reference, module: Vec<u8>, annotations: BTreeMap<String, String>) -> Result<String> {
     let (config, layer) = oci_wasm::WasmConfig::from_raw_component(module, None).context("the module is not a WebAssembly component")?;
-    let auth = registry.auth.clone();
+    let auth = registry.authenticate(reference, oci_client::RegistryOperation::Push).await.map_err(|e| registry_error(reference, "push", e))?;
     let client = oci_wasm::WasmClient::new(registry.client);
     client.push(reference, &auth, layer, config, Some(annotations)).await.map_err(|e| registry_error(reference, "push", e))?;
     client.fetch_manifest_digest(reference, &auth).await.map_err(|e| registry_error(reference, "read back the digest of", e))

@@ -173,7 +173,7 @@ fn from_cache(cache: &Path, reference: &Reference, digest: &str, name: &str) -> 
         tracing::warn!("ignoring cached manifest {}: it does not hash to {digest}", dir.display());
         return None;
     }
-    let (_, expected, annotations, signature) = artifact::check_manifest(reference, &manifest_bytes).ok()?;
+    let (_, expected, annotations, signature, _) = artifact::check_manifest(reference, &manifest_bytes).ok()?;
     let module = cached_module(cache, digest, name)?;
     let module_digest: [u8; 32] = Sha256::digest(&module).into();
     (module_digest == expected).then_some(VerifiedModule { manifest_digest: digest.to_string(), manifest_bytes, module, module_digest, signature, annotations })

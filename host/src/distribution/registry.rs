@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::{Client, Reference, RegistryOperation};
 
 /// Where a registry password comes from: never the command line itself,
 /// which other users can read in the process list.
@@ -82,7 +82,10 @@ impl Registry {
     /// (rust-oci-client issue 206: one answer took 5.6 GB); this GET uses
     /// its authentication and reads no further than the cap.
     pub async fn pull_manifest(&self, reference: &Reference, media_type: &str) -> Result<Vec<u8>> {
-        let token = self.client.auth(reference, &self.auth, oci_client::RegistryOperation::Pull).await.context("cannot authenticate")?;
+        let auth = self.authenticate(reference, RegistryOperation::Pull).await.context("cannot authenticate")?;
+        // Given a bearer token, oci-client asks nothing more of the network
+        // to authenticate; it keeps the credentials for the layer's GET.
+        let token = self.client.auth(reference, &auth, RegistryOperation::Pull).await.context("cannot authenticate")?;
         let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
         let url = format!("{}://{}/v2/{}/manifests/{tag_or_digest}", self.scheme, reference.resolve_registry(), reference.repository());
         let mut request = self.http.get(&url).header(reqwest::header::ACCEPT, media_type).timeout(MANIFEST_TIMEOUT);
@@ -96,18 +99,81 @@ impl Registry {
         if !status.is_success() {
             bail!("GET {url}: {status}");
         }
-        if response.content_length().is_some_and(|length| length > MAX_MANIFEST_BYTES as u64) {
-            bail!("GET {url}: the manifest is {} bytes (at most {MAX_MANIFEST_BYTES})", response.content_length().unwrap_or_default());
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response.chunk().await.with_context(|| format!("GET {url}"))? {
-            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
-                bail!("GET {url}: the manifest is larger than {MAX_MANIFEST_BYTES} bytes");
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        Ok(bytes)
+        read_capped(&mut response, MAX_MANIFEST_BYTES, "the manifest").await.with_context(|| format!("GET {url}"))
     }
+
+    /// The credentials to give oci-client for `operation` on `reference`:
+    /// a bearer token fetched here when the registry asks for one (else
+    /// the configured ones). oci-client's own exchange reads the token
+    /// endpoint's answer whole with no time limit (an endless one took the
+    /// process to 3.8 GB) and sends the credentials to any realm named.
+    pub async fn authenticate(&self, reference: &Reference, operation: RegistryOperation) -> Result<RegistryAuth> {
+        let registry = reference.resolve_registry();
+        let url = format!("{}://{registry}/v2/", self.scheme);
+        let answer = self.http.get(&url).timeout(MANIFEST_TIMEOUT).send().await.with_context(|| format!("GET {url}"))?;
+        let challenge = answer.headers().get(reqwest::header::WWW_AUTHENTICATE).and_then(|value| value.to_str().ok()).and_then(bearer_challenge);
+        drop(answer);
+        let Some((realm, service)) = challenge else { return Ok(self.auth.clone()) };
+        let shown = || crate::terminal::escape(&realm).into_owned();
+        let realm_url = url::Url::parse(&realm).with_context(|| format!("the registry's token realm {} is not a URL", shown()))?;
+        let registry_host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string));
+        // The credentials go over https, or to the plain-http registry itself.
+        let plain_allowed = self.scheme == "http" && realm_url.host_str().map(str::to_string) == registry_host;
+        if realm_url.scheme() != "https" && !(realm_url.scheme() == "http" && plain_allowed) {
+            bail!("the registry's token realm {} is not https", shown());
+        }
+        let scope = match operation {
+            RegistryOperation::Pull => format!("repository:{}:pull", reference.repository()),
+            RegistryOperation::Push => format!("repository:{}:pull,push", reference.repository()),
+        };
+        let mut request = self.http.get(realm_url).query(&[("scope", scope)]).timeout(MANIFEST_TIMEOUT);
+        if let Some(service) = service {
+            request = request.query(&[("service", service)]);
+        }
+        if let RegistryAuth::Basic(user, password) = &self.auth {
+            request = request.basic_auth(user, Some(password));
+        }
+        let mut response = request.send().await.with_context(|| format!("GET {}", shown()))?;
+        if !response.status().is_success() {
+            bail!("the registry's token realm {} answered {}", shown(), response.status());
+        }
+        let body = read_capped(&mut response, MAX_TOKEN_BYTES, "the token").await.with_context(|| format!("GET {}", shown()))?;
+        #[derive(serde::Deserialize)]
+        struct TokenAnswer {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let answer: TokenAnswer = serde_json::from_slice(&body).with_context(|| format!("the token realm {}'s answer is not a token", shown()))?;
+        let token = answer.token.or(answer.access_token).filter(|t| !t.is_empty()).with_context(|| format!("the token realm {} gave no token", shown()))?;
+        Ok(RegistryAuth::Bearer(token))
+    }
+}
+
+/// A token endpoint's answer is a few KiB.
+const MAX_TOKEN_BYTES: usize = 64 << 10;
+
+/// The body of `response`, failing past `max` bytes (`what` it is).
+async fn read_capped(response: &mut reqwest::Response, max: usize, what: &str) -> Result<Vec<u8>> {
+    if response.content_length().is_some_and(|length| length > max as u64) {
+        bail!("{what} is {} bytes (at most {max})", response.content_length().unwrap_or_default());
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if bytes.len() + chunk.len() > max {
+            bail!("{what} is larger than {max} bytes");
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
+
+/// The realm and service of a `WWW-Authenticate` header's Bearer
+/// challenge, if it has one.
+fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
+    http_auth::ChallengeParser::new(header).filter_map(Result::ok).find(|c| c.scheme.eq_ignore_ascii_case("bearer")).and_then(|challenge| {
+        let param = |name: &str| challenge.params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_unescaped());
+        Some((param("realm")?, param("service")))
+    })
 }
 
 impl RegistryOptions {
