@@ -164,6 +164,27 @@ async fn diff_of_two_files_compares_their_last_good_syncs() {
     assert_eq!(refused.status.code(), Some(2), "a usage error is an error too");
 }
 
+/// An export that fails part way (a damaged sync file) leaves the file
+/// it would have replaced as it was.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_export_leaves_the_last_export_whole() {
+    let sim = start_sim_with(SimConfig::new(Org::generate(&org_spec()))).await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("asana.db");
+    sync_sim(&sim, "sim-token", &db).await.unwrap();
+    let out = dir.path().join("review.csv");
+    assert!(tether(&["export", path(&db), "--out", path(&out)]).status.success());
+    let before = std::fs::read(&out).unwrap();
+    // Readable up to its grants, which then fail to read.
+    rusqlite::Connection::open(&db).unwrap().execute_batch("ALTER TABLE entitlement_keys RENAME TO gone").unwrap();
+    let run = tether(&["export", path(&db), "--out", path(&out)]);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert_eq!(std::fs::read(&out).unwrap(), before, "the last export is untouched");
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir.path()).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("tether-export")).collect();
+    assert!(leftovers.is_empty(), "no temporary file is left behind");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn export_writes_every_grant_as_csv_excel_opens_safely_and_as_json_lines() {
     let mut org = Org::generate(&org_spec());

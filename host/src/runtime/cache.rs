@@ -24,6 +24,7 @@ impl CompiledCache {
     pub fn open(dir: &Path) -> Result<Self> {
         create_private_dir(dir)?;
         let path = dir.join(CACHE_KEY_FILE);
+        check_private(dir, &path)?;
         let key = match std::fs::read(&path) {
             Ok(key) => key,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -72,10 +73,46 @@ impl CompiledCache {
         let mut bytes = Vec::with_capacity(code.len() + MAC_LEN);
         bytes.extend_from_slice(code);
         bytes.extend_from_slice(&tag);
-        write_private_file(&tmp, &bytes, false)?;
+        // New only: a file (or symlink) planted under the temp name is
+        // not written through.
+        let _ = std::fs::remove_file(&tmp);
+        write_private_file(&tmp, &bytes, true)?;
         std::fs::rename(&tmp, target)?;
         Ok(())
     }
+}
+
+/// The key is only as secret as the folder: one someone else owns, or
+/// may write to, could hold a key of theirs (and code they compiled
+/// under it), which would then pass as this host's.
+#[cfg(unix)]
+fn check_private(dir: &Path, key: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let folder = std::fs::symlink_metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
+    if !folder.is_dir() || folder.uid() != me || folder.mode() & 0o022 != 0 {
+        anyhow::bail!(
+            "the compiled-code cache {} is not a private folder (owner uid {}, mode {:o}): use a folder only this user owns and can write (--cache-dir)",
+            dir.display(),
+            folder.uid(),
+            folder.mode() & 0o7777
+        );
+    }
+    match std::fs::symlink_metadata(key) {
+        Ok(meta) if !meta.is_file() || meta.uid() != me || meta.mode() & 0o077 != 0 => anyhow::bail!(
+            "the compiled-code cache's key {} is not a private file of this user (owner uid {}, mode {:o}): remove it to make a new one",
+            key.display(),
+            meta.uid(),
+            meta.mode() & 0o7777
+        ),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(not(unix))]
+fn check_private(_: &Path, _: &Path) -> Result<()> {
+    Ok(())
 }
 
 fn create_private_dir(dir: &Path) -> Result<()> {
@@ -101,4 +138,24 @@ fn write_private_file(path: &Path, bytes: &[u8], new_only: bool) -> Result<()> {
     let mut file = options.open(path).with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(bytes)?;
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_cache_folder_or_key_others_could_have_planted_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        CompiledCache::open(&cache).expect("a new private folder");
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = format!("{:#}", CompiledCache::open(&cache).err().expect("refused"));
+        assert!(err.contains("is not a private folder"), "{err}");
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::set_permissions(cache.join(CACHE_KEY_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = format!("{:#}", CompiledCache::open(&cache).err().expect("refused"));
+        assert!(err.contains("is not a private file of this user"), "{err}");
+    }
 }

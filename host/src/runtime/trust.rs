@@ -93,9 +93,22 @@ fn signed_message(digest: &[u8; 32]) -> Vec<u8> {
     [SIGNED_CONTEXT, digest.as_slice()].concat()
 }
 
-/// The hex payload of a key or signature file: its non-comment lines.
+/// The hex payload of a key or signature file: its non-comment lines. A
+/// file whose header says it holds the other half of a key pair is
+/// refused: signing with the public key, or publishing the secret one as
+/// a public key, only shows when nothing verifies.
 fn read_hex_file<const N: usize>(path: &Path, what: &str) -> Result<[u8; N]> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    // A plain file of at most 64 KiB: a FIFO or a device would hang or fill memory.
+    let text = crate::plain_file::read_text(path, 64 << 10).with_context(|| format!("cannot read {what} {}", path.display()))?;
+    let header = text.lines().map(str::trim).filter(|line| line.starts_with('#')).collect::<Vec<_>>().join(" ");
+    let other = match what {
+        "signing key" if header.contains("signing public key") => Some("a public key: sign with the NAME.key file"),
+        "public key" if header.contains("signing SECRET key") => Some("a secret signing key: give its NAME.pub file, and keep the .key private"),
+        _ => None,
+    };
+    if let Some(other) = other {
+        anyhow::bail!("{} is {other}", path.display());
+    }
     parse_hex(&text).with_context(|| format!("{} is not a {what} file", path.display()))
 }
 
@@ -152,6 +165,14 @@ mod tests {
         std::fs::write(&file, format!("# a comment\n{hex_key}\n")).unwrap();
         assert_eq!(parse_verifying_key(file.to_str().unwrap()).unwrap(), key);
         assert!(parse_verifying_key("not-a-key").is_err());
+        // Each half of a pair as the tether writes them, given for the other.
+        let secret = dir.path().join("k.key");
+        std::fs::write(&secret, format!("# tether module signing SECRET key x: keep it private\n{hex_key}\n")).unwrap();
+        let err = format!("{:#}", parse_verifying_key(secret.to_str().unwrap()).unwrap_err());
+        assert!(err.contains("is a secret signing key"), "{err}");
+        std::fs::write(&file, format!("# tether module signing public key x\n{hex_key}\n")).unwrap();
+        let err = format!("{:#}", read_signing_key(&file).unwrap_err());
+        assert!(err.contains("is a public key"), "{err}");
         assert_eq!(signature_path_for(Path::new("/x/c.wasm")), Path::new("/x/c.wasm.sig"));
     }
 }

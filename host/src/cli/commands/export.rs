@@ -42,9 +42,25 @@ pub fn run(args: ExportArgs) -> Result<()> {
     }
     let file = SyncFile::open_reader(&args.file)?;
     let run = review::reviewable_run(&file, args.run).with_context(|| format!("cannot export {}", args.file.display()))?;
-    let out: Box<dyn Write> = match &args.out {
-        Some(path) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
-        None => crate::terminal::stdout_for_data(match args.format {
+    // A file is written beside the target and renamed over it once whole:
+    // an export that fails (a damaged sync file) leaves the last one as it
+    // was. A FIFO or a device is written through.
+    let staged = match &args.out {
+        Some(path) if std::fs::metadata(path).map_or(true, |m| m.is_file()) => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+            let mut builder = tempfile::Builder::new();
+            builder.prefix(".tether-export-").suffix(".tmp");
+            // As `File::create` would make it (the umask applies), not tempfile's 0600.
+            #[cfg(unix)]
+            builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+            Some(builder.tempfile_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?)
+        }
+        _ => None,
+    };
+    let out: Box<dyn Write> = match (&args.out, &staged) {
+        (_, Some(temp)) => Box::new(temp.as_file().try_clone()?),
+        (Some(path), None) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
+        (None, None) => crate::terminal::stdout_for_data(match args.format {
             ExportFormat::Csv => crate::terminal::Lines::Csv,
             ExportFormat::Jsonl => crate::terminal::Lines::Json,
         }),
@@ -65,6 +81,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
         })?,
     };
     out.flush()?;
+    drop(out);
+    if let (Some(temp), Some(path)) = (staged, &args.out) {
+        temp.as_file().sync_all()?;
+        temp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     if let Some(path) = &args.out {
         eprintln!("exported {grants} grants of sync run {} ({}) to {}", run.id, run.started_at, path.display());
     }

@@ -72,7 +72,7 @@ enum ModuleCommand {
 /// `tether module …`.
 pub async fn run(args: ModuleArgs) -> Result<()> {
     let read_module = |module: &Path| -> Result<[u8; 32]> {
-        let bytes = std::fs::read(module).with_context(|| format!("cannot read module {}", module.display()))?;
+        let bytes = crate::runtime::engine::read_module(module)?;
         Ok(Sha256::digest(&bytes).into())
     };
     match args.command {
@@ -100,7 +100,7 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
         }
         ModuleCommand::Verify { key, module, signature } => {
             let signer = parse_verifying_key(&key)?;
-            let bytes = std::fs::read(&module).with_context(|| format!("cannot read module {}", module.display()))?;
+            let bytes = crate::runtime::engine::read_module(&module)?;
             ModuleTrust { digest: None, signer: Some(signer), signature }.check(&module, &bytes)?;
             outln!("{} (sha256 {}): good signature by key {}", module.display(), hex::encode(Sha256::digest(&bytes)), key_id(&signer))?;
         }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 use sha2::{Digest, Sha256};
 
@@ -50,7 +50,7 @@ pub struct PullArgs {
 /// published), reads its metadata through the contract, signs, pushes.
 pub async fn push(args: PushArgs) -> Result<()> {
     let reference = parse_reference(&args.reference)?;
-    let bytes = std::fs::read(&args.module).with_context(|| format!("cannot read module {}", args.module.display()))?;
+    let bytes = crate::runtime::engine::read_module(&args.module)?;
     let digest: [u8; 32] = Sha256::digest(&bytes).into();
     let engine = ConnectorEngine::new(None)?;
     let module = engine.load(&args.module, None)?;
