@@ -76,7 +76,7 @@ impl ScimUser {
 pub fn list_users(client: &Client, token: Option<&str>) -> Result<(Vec<ScimUser>, Option<String>), ConnectorError> {
     let start = paging::number_token(token, 1, "SCIM")?;
     let page = client.scim.list("/Users", &ListQuery { start_index: Some(start), count: Some(PAGE_SIZE), ..ListQuery::default() })?;
-    let next = page.next_start(start, PAGE_SIZE);
+    let next = page.next_start(start)?;
     let users = page.resources.into_iter().map(ScimUser::parse).collect::<Result<Vec<_>, _>>()?;
     Ok((users, next.map(|n| n.to_string())))
 }

@@ -31,7 +31,7 @@ pub fn list_resources(server: &Server, resource_type: &str, token: Option<&str>)
     for raw in &list.resources {
         page.resource(if resource_type == "user" { records::user(raw)? } else { records::group(raw)? });
     }
-    Ok(page.finish(list.next_start(start, count).map(|n| n.to_string())))
+    Ok(page.finish(list.next_start(start)?.map(|n| n.to_string())))
 }
 
 pub fn list_entitlements(server: &Server, resource: &ResourceRef) -> Result<Page, ConnectorError> {
@@ -83,7 +83,7 @@ fn groups_of(server: &Server, principal: &ResourceRef, token: Option<&str>) -> R
         let group = records::group(group)?;
         page.grant(records::member_grant(&group.id, principal));
     }
-    Ok(page.finish(list.next_start(start, count).map(|n| n.to_string())))
+    Ok(page.finish(list.next_start(start)?.map(|n| n.to_string())))
 }
 
 fn unknown_type(resource_type: &str) -> ConnectorError {

@@ -15,20 +15,34 @@ pub fn number_token(token: Option<&str>, first: u64, what: &str) -> Result<u64, 
 }
 
 /// SCIM-style paging (RFC 7644 §3.4.2.4): after `got` items from 1-based
-/// `start`, the next `startIndex`, if there may be more. `totalResults` is
-/// required by the RFC, but a server that leaves it out still pages: a full
-/// page (`got == page_size`) means there may be more. An empty page ends it
-/// whatever the total says, so a server that miscounts cannot loop us.
-pub fn next_start_index(start: u64, got: u64, page_size: u64, total: Option<u64>) -> Option<u64> {
-    if got == 0 {
-        return None;
+/// `start`, the next `startIndex`, if there may be more; an error when the
+/// answer contradicts itself, since a listing cut short would be taken
+/// for the whole (and a later diff would show the rest as removed):
+/// - `answered_start`, the `startIndex` the server says it answered, is
+///   not `start` (it ignores paging);
+/// - an empty page where `totalResults` counts more;
+/// - more items than `totalResults` counts.
+///
+/// `totalResults` is required by the RFC; without it a server may still
+/// cap a page below `page_size`, so every non-empty page may have a
+/// successor (it may have capped `count`), and an empty page ends the
+/// listing.
+pub fn next_start_index(start: u64, got: u64, total: Option<u64>, answered_start: Option<u64>) -> Result<Option<u64>, String> {
+    if let Some(answered) = answered_start.filter(|&answered| answered != start) {
+        return Err(format!("asked for startIndex {start}, the server answered startIndex {answered}: it does not page as SCIM does"));
     }
-    let next = start + got;
-    let more = match total {
-        Some(total) => next <= total,
-        None => got >= page_size,
-    };
-    more.then_some(next)
+    let last = start + got.saturating_sub(1);
+    match total {
+        Some(total) if got == 0 && start <= total => {
+            Err(format!("the server counts {total} results (totalResults) but answered none from startIndex {start}: the listing would be incomplete"))
+        }
+        Some(total) if got > 0 && last > total => {
+            Err(format!("the server answered results up to {last} but counts {total} (totalResults): its pages contradict its count"))
+        }
+        _ if got == 0 => Ok(None),
+        Some(total) => Ok((start + got <= total).then_some(start + got)),
+        None => Ok(Some(start + got)),
+    }
 }
 
 /// Offset-style paging where the upstream says nothing of the total: after
@@ -58,16 +72,20 @@ mod tests {
 
     #[test]
     fn start_index_paging() {
-        assert_eq!(next_start_index(1, 100, 100, Some(250)), Some(101));
-        assert_eq!(next_start_index(201, 50, 100, Some(250)), None);
-        assert_eq!(next_start_index(1, 100, 100, Some(100)), None);
+        let next = |start, got, total, answered| next_start_index(start, got, total, answered);
+        assert_eq!(next(1, 100, Some(250), Some(1)), Ok(Some(101)));
+        assert_eq!(next(201, 50, Some(250), None), Ok(None));
+        assert_eq!(next(1, 100, Some(100), None), Ok(None));
         // A server that caps count below what we asked for: the total decides.
-        assert_eq!(next_start_index(1, 10, 100, Some(25)), Some(11));
-        // No total: a full page may have a successor.
-        assert_eq!(next_start_index(1, 100, 100, None), Some(101));
-        assert_eq!(next_start_index(1, 99, 100, None), None);
-        // An empty page ends the listing even when the total says more.
-        assert_eq!(next_start_index(5, 0, 100, Some(1000)), None);
+        assert_eq!(next(1, 10, Some(25), None), Ok(Some(11)));
+        // No total: any page may have a successor; an empty one ends it.
+        assert_eq!(next(1, 50, None, None), Ok(Some(51)));
+        assert_eq!(next(51, 0, None, None), Ok(None));
+        assert_eq!(next(1, 0, Some(0), None), Ok(None));
+        // Answers that contradict themselves are errors, not a short listing.
+        assert!(next(101, 0, Some(250), None).unwrap_err().contains("counts 250 results"));
+        assert!(next(1, 100, Some(1), None).unwrap_err().contains("contradict its count"));
+        assert!(next(101, 100, Some(250), Some(1)).unwrap_err().contains("does not page"));
     }
 
     #[test]

@@ -90,6 +90,8 @@ impl ListQuery<'_> {
 pub struct ListResponse {
     pub resources: Vec<Value>,
     pub total_results: Option<u64>,
+    /// The `startIndex` the server says it answered.
+    pub start_index: Option<u64>,
 }
 
 impl ListResponse {
@@ -104,13 +106,14 @@ impl ListResponse {
             Some(Value::Array(items)) => items.clone(),
             Some(_) => return Err("`Resources` is not a list".into()),
         };
-        Ok(ListResponse { resources, total_results: json::number(body, "totalResults") })
+        Ok(ListResponse { resources, total_results: json::number(body, "totalResults"), start_index: json::number(body, "startIndex") })
     }
 
-    /// The next `startIndex` after this page, which started at `start` and
-    /// asked for `count`.
-    pub fn next_start(&self, start: u64, count: u64) -> Option<u64> {
-        paging::next_start_index(start, self.resources.len() as u64, count, self.total_results)
+    /// The next `startIndex` after this page, which started at `start`; an `upstream` error when the answer contradicts
+    /// itself (see [`paging::next_start_index`]).
+    pub fn next_start(&self, start: u64) -> Result<Option<u64>, ConnectorError> {
+        paging::next_start_index(start, self.resources.len() as u64, self.total_results, self.start_index)
+            .map_err(|why| ConnectorError::Upstream(format!("SCIM paging: {why}")))
     }
 }
 
@@ -266,9 +269,9 @@ mod tests {
     #[test]
     fn list_responses() {
         let page = ListResponse::parse(&json!({"totalResults": 3, "Resources": [{"id": "a"}, {"id": "b"}]})).unwrap();
-        assert_eq!(page.next_start(1, 2), Some(3));
+        assert_eq!(page.next_start(1).unwrap(), Some(3));
         let last = ListResponse::parse(&json!({"totalResults": 3, "Resources": [{"id": "c"}]})).unwrap();
-        assert_eq!(last.next_start(3, 2), None);
+        assert_eq!(last.next_start(3).unwrap(), None);
         let none = ListResponse::parse(&json!({"totalResults": 0})).unwrap();
         assert!(none.resources.is_empty());
         assert!(ListResponse::parse(&json!({"Resources": {}})).is_err());
