@@ -197,10 +197,22 @@ impl ScimClient {
     }
 
     /// POSTs a new resource: the server's copy (with its `id`), or none
-    /// when the answer has no body (a dry run's writes are answered 204).
+    /// when it answers 204 No Content (as the host answers a dry run's
+    /// writes).
     pub fn create(&self, endpoint: &str, resource: Value) -> Result<Option<Value>, ConnectorError> {
-        let body = self.http.post(endpoint, &[], resource)?;
-        Ok(body.is_object().then_some(body))
+        let response = self.http.exchange(Method::Post, endpoint, &[], Some(resource))?;
+        let body = self.http.answer(endpoint, &response)?;
+        match body {
+            Value::Object(_) => Ok(Some(body)),
+            // No content: how the host answers a write under --dry-run.
+            _ if response.status == 204 => Ok(None),
+            // RFC 7644 §3.3: a 201 carries the new resource. Without it the
+            // resource may well exist: an error, never "would create".
+            _ => Err(ConnectorError::Upstream(format!(
+                "{endpoint}: the server answered {} without the new resource; it may have been created (look it up before trying again)",
+                response.status
+            ))),
+        }
     }
 
     /// PATCHes one resource: the resource when the server answers 200 with
