@@ -593,6 +593,39 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
     assert!(served.logs().contains("new module version refused"));
 }
 
+/// A signature covers a build, not its place in time: an older signed
+/// version (here the hostile fixture, 0.1.0, after Asana's 0.2.0) is
+/// refused as a rollback unless the instance allows downgrades.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_signed_version_is_refused_as_a_rollback() {
+    let sim = start_sim(OrgSpec { users: 12, teams: 2, workspaces: 1, seed: 3 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = tether_host::runtime::trust::generate_signing_key().unwrap();
+    std::fs::write(dir.path().join("release.pub"), hex::encode(key.verifying_key().as_bytes())).unwrap();
+    let config = dir.path().join("serve.toml");
+    let mut text = server_section(dir.path());
+    for (name, extra) in [("strict", "public_keys = [\"release.pub\"]"), ("lenient", "public_keys = [\"release.pub\"]\nallow_downgrade = true")] {
+        let module = dir.path().join(format!("{name}.wasm"));
+        let v1 = variant(&asana_wasm(), name);
+        install(&module, &v1, Some(sign(&key, &v1)));
+        text += &asana_instance(name, &module, &sim, "interval = \"1h\"", extra);
+    }
+    std::fs::write(&config, text).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    let hostile = std::fs::read(wasm("hostile")).unwrap();
+    for name in ["strict", "lenient"] {
+        let first = served.until(name, "the first sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+        assert_eq!(first["module"]["version"], "0.2.0", "{first}");
+        install(&dir.path().join(format!("{name}.wasm")), &hostile, Some(sign(&key, &hostile)));
+    }
+    let refused = served.until("strict", "the rollback refusal", Duration::from_secs(60), |i| i["last_refusal"].is_object()).await;
+    let reason = refused["last_refusal"]["reason"].as_str().unwrap();
+    assert!(reason.contains("version 0.1.0 is older than the running 0.2.0: refused as a rollback"), "{refused}");
+    assert_eq!(refused["module"]["version"], "0.2.0");
+    let swapped = served.until("lenient", "the allowed downgrade", Duration::from_secs(60), |i| i["module"]["version"] == "0.1.0").await;
+    assert!(swapped["last_refusal"].is_null(), "{swapped}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_checkpoints_a_running_sync_and_the_next_start_resumes_it() {
     let mut sim_config = SimConfig::new(Org::generate(&OrgSpec { users: 40, teams: 4, workspaces: 1, seed: 5 }));

@@ -98,6 +98,10 @@ pub struct InstanceConfig {
     /// A new module must carry a good signature by one of these.
     pub public_keys: Vec<VerifyingKey>,
     pub signature: Option<PathBuf>,
+    /// A new module version older (by its semver) than the running one is
+    /// swapped in only with this: a signature covers a build, not its
+    /// place in time, so a tag moved back would roll back a fix.
+    pub allow_downgrade: bool,
     pub config: Vec<(String, String)>,
     pub secrets: Vec<SecretSource>,
     pub resolved_secrets: Arc<Secrets>,
@@ -361,6 +365,7 @@ impl Walker {
                 self.problem("digest", "expected a sha256: 64 hex digits, optionally after \"sha256:\"");
             }
         }
+        let allow_downgrade = self.take::<bool>(&mut t, "allow_downgrade", "true or false").unwrap_or(false);
         let mut public_keys = vec![];
         for (i, spec) in
             self.take::<Vec<String>>(&mut t, "public_keys", "a list of keys (NAME.pub paths or 64 hex digits)").unwrap_or_default().iter().enumerate()
@@ -450,6 +455,7 @@ impl Walker {
                 "digest",
                 "public_keys",
                 "signature",
+                "allow_downgrade",
                 "config",
                 "secrets",
                 "allowed_hosts",
@@ -478,6 +484,7 @@ impl Walker {
             digest,
             public_keys,
             signature,
+            allow_downgrade,
             config,
             secrets,
             resolved_secrets,

@@ -128,7 +128,11 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
     if refused_before {
         return;
     }
-    match loader::load(&server.engine, settings, resolved, &server.data_dir, true).await {
+    let loaded = loader::load(&server.engine, settings, resolved, &server.data_dir, true).await.and_then(|version| match instance.version() {
+        Some(running) if !settings.allow_downgrade => refuse_downgrade(&running.version, &version.version).map(|()| version),
+        _ => Ok(version),
+    });
+    match loaded {
         Ok(version) => {
             tracing::info!(
                 "new module version {} {} (sha256 {}{}) swapped in for the next sync",
@@ -148,6 +152,21 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
             *instance.current.write().expect("current lock") = Some(Arc::new(version));
         }
         Err(e) => refuse(server, instance, settings, resolved, &e),
+    }
+}
+
+/// A version older than the running one (both semver) is refused: each
+/// build is signed alone, so an old signed build served again (a tag moved
+/// back) would otherwise roll back whatever the new one fixed. Versions
+/// that are not semver cannot be ordered and pass.
+fn refuse_downgrade(running: &str, new: &str) -> anyhow::Result<()> {
+    match (semver::Version::parse(running), semver::Version::parse(new)) {
+        (Ok(running_version), Ok(new_version)) if new_version < running_version => anyhow::bail!(
+            "version {} is older than the running {}: refused as a rollback (allow_downgrade = true accepts it)",
+            crate::terminal::escape(new),
+            crate::terminal::escape(running)
+        ),
+        _ => Ok(()),
     }
 }
 
