@@ -142,6 +142,7 @@ pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &P
     // entry comes back, so the load's own signature check agrees.
     artifact::write_atomic_in(&dir, "manifest.json", &module.manifest_bytes)?;
     let path = module.write_to(&dir, &name)?;
+    prune_cache(cache, &dir);
     Ok(ResolvedModule {
         path,
         digest: module.module_digest_hex(),
@@ -158,6 +159,30 @@ pub fn file_name_for(reference: &Reference) -> String {
         "connector".into()
     } else {
         cleaned
+    }
+}
+
+/// Pulls kept in the module cache: a registry serving a new build (signed
+/// or not) at every lookup would otherwise fill the disk, up to 256 MiB a
+/// pull.
+const KEPT_PULLS: usize = 16;
+
+/// Removes all but the `KEPT_PULLS` newest entries of `cache`, never
+/// `keep` (the one just written). A module already loaded runs from
+/// memory; a pin whose entry went is pulled again.
+fn prune_cache(cache: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(cache) else { return };
+    let mut pulls: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.starts_with("sha256-")) && e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .filter(|(_, path)| path != keep)
+        .collect();
+    pulls.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in pulls.into_iter().skip(KEPT_PULLS - 1) {
+        if let Err(e) = std::fs::remove_dir_all(&old) {
+            tracing::warn!("cannot remove the old module pull {}: {e}", old.display());
+        }
     }
 }
 
@@ -188,6 +213,28 @@ fn cached_module(cache: &Path, manifest_digest: &str, name: &str) -> Option<Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_module_cache_keeps_the_newest_pulls() {
+        let dir = tempfile::tempdir().unwrap();
+        let made: Vec<PathBuf> = (0..KEPT_PULLS + 4)
+            .map(|i| {
+                let entry = entry_dir(dir.path(), &format!("sha256:{i:064x}"));
+                std::fs::create_dir_all(&entry).unwrap();
+                let at = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000 + i as u64);
+                std::fs::File::open(&entry).unwrap().set_modified(at).unwrap();
+                entry
+            })
+            .collect();
+        std::fs::write(dir.path().join("not-a-pull"), b"").unwrap();
+        // The oldest was just written again: it stays, with the newest.
+        prune_cache(dir.path(), &made[0]);
+        let left: Vec<bool> = made.iter().map(|e| e.exists()).collect();
+        assert!(left[0] && left[KEPT_PULLS + 3] && left[5], "{left:?}");
+        assert!(!left[1] && !left[4], "{left:?}");
+        assert_eq!(left.iter().filter(|&&l| l).count(), KEPT_PULLS);
+        assert!(dir.path().join("not-a-pull").exists());
+    }
 
     #[test]
     fn a_module_source_is_a_path_unless_it_says_oci() {
