@@ -178,7 +178,7 @@ fn prune_cache(cache: &Path, keep: &Path) {
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .filter(|(_, path)| path != keep)
         .collect();
-    pulls.sort_by(|a, b| b.0.cmp(&a.0));
+    pulls.sort_by_key(|pull| std::cmp::Reverse(pull.0));
     for (_, old) in pulls.into_iter().skip(KEPT_PULLS - 1) {
         if let Err(e) = std::fs::remove_dir_all(&old) {
             tracing::warn!("cannot remove the old module pull {}: {e}", old.display());
