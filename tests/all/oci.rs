@@ -160,8 +160,7 @@ fn a_blob_tampered_with_in_the_registry_is_refused() {
 
     let out = home.path().join("out");
     let err = failed(tether(home.path(), &["module", "pull", &reference, "--out", out.to_str().unwrap()]));
-    // oci-client checks the stream against the layer digest (and, were it
-    // not to, `artifact::fetch` hashes the bytes again).
+    // `artifact::fetch` hashes the bytes against the layer digest.
     assert!(err.contains(&module_hex) && err.to_lowercase().contains("digest"), "{err}");
     assert!(files_in(&out).is_empty());
 }

@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::{Signature, VerifyingKey};
-use futures::StreamExt;
 use oci_client::manifest::{OciImageManifest, OCI_IMAGE_MEDIA_TYPE};
+use oci_client::secrets::RegistryAuth;
 use oci_client::Reference;
 use sha2::{Digest, Sha256};
 
@@ -131,7 +131,12 @@ fn registry_error(reference: &Reference, what: &str, e: impl Into<anyhow::Error>
 /// digest on the way. `cached` may supply the module's bytes for a manifest
 /// digest (they are checked like downloaded ones).
 pub async fn fetch(registry: &Registry, reference: &Reference, cached: impl Fn(&str) -> Option<Vec<u8>>) -> Result<VerifiedModule> {
-    let manifest_bytes = registry.pull_manifest(reference, OCI_IMAGE_MEDIA_TYPE).await.map_err(|e| registry_error(reference, "fetch the manifest of", e))?;
+    let auth = registry
+        .authenticate(reference, oci_client::RegistryOperation::Pull)
+        .await
+        .map_err(|e| registry_error(reference, "fetch the manifest of", e.context("cannot authenticate")))?;
+    let manifest_bytes =
+        registry.pull_manifest(reference, OCI_IMAGE_MEDIA_TYPE, &auth).await.map_err(|e| registry_error(reference, "fetch the manifest of", e))?;
     let manifest_digest = format!("sha256:{}", hex::encode(Sha256::digest(&manifest_bytes)));
     if let Some(pinned) = reference.digest() {
         if pinned != manifest_digest {
@@ -141,11 +146,11 @@ pub async fn fetch(registry: &Registry, reference: &Reference, cached: impl Fn(&
     let (layer_digest, expected, annotations, signature, layer_size) = check_manifest(reference, &manifest_bytes)?;
     let module = match cached(&manifest_digest).filter(|bytes| Sha256::digest(bytes).as_slice() == expected) {
         Some(bytes) => bytes,
-        None => pull_layer(registry, reference, &layer_digest, layer_size).await?,
+        None => pull_layer(registry, reference, &auth, &layer_digest, layer_size).await?,
     };
     let module_digest: [u8; 32] = Sha256::digest(&module).into();
     if module_digest != expected {
-        bail!("{}: the module's bytes have sha256 {}, not the manifest's {layer_digest}; nothing was written", reference.whole(), hex::encode(module_digest));
+        bail!("{}: the module's bytes have sha256 {}, not the manifest's layer digest {layer_digest}; nothing was written", reference.whole(), hex::encode(module_digest));
     }
     Ok(VerifiedModule { manifest_digest, manifest_bytes, module, module_digest, signature, annotations })
 }
@@ -202,24 +207,13 @@ fn layer_deadline(size: u64) -> std::time::Duration {
 
 /// Downloads a layer of `size` bytes (as the manifest says), never holding
 /// more than `MAX_MODULE_BYTES`, within [`layer_deadline`].
-async fn pull_layer(registry: &Registry, reference: &Reference, digest: &str, size: u64) -> Result<Vec<u8>> {
+async fn pull_layer(registry: &Registry, reference: &Reference, auth: &RegistryAuth, digest: &str, size: u64) -> Result<Vec<u8>> {
     let deadline = layer_deadline(size);
-    tokio::time::timeout(deadline, pull_layer_bytes(registry, reference, digest))
+    tokio::time::timeout(deadline, registry.pull_blob(reference, digest, auth, MAX_MODULE_BYTES))
         .await
-        .map_err(|_| anyhow::anyhow!("cannot fetch the module of {}: not downloaded within {deadline:?}", reference.whole()))?
-}
-
-async fn pull_layer_bytes(registry: &Registry, reference: &Reference, digest: &str) -> Result<Vec<u8>> {
-    let mut stream = registry.client.pull_blob_stream(reference, digest).await.map_err(|e| registry_error(reference, "fetch the module of", e))?;
-    let mut bytes = Vec::new();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| registry_error(reference, "fetch the module of", e))?;
-        if bytes.len() + chunk.len() > MAX_MODULE_BYTES {
-            bail!("{}: its module is larger than {MAX_MODULE_BYTES} bytes", reference.whole());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
-    Ok(bytes)
+        .map_err(|_| anyhow::anyhow!("not downloaded within {deadline:?}"))
+        .and_then(|pulled| pulled)
+        .map_err(|e| registry_error(reference, "fetch the module of", e))
 }
 
 /// Publishes `module` at `reference` in the Wasm layout with `annotations`

@@ -62,7 +62,7 @@ pub struct RegistryOptions {
 pub struct Registry {
     pub client: Client,
     pub auth: RegistryAuth,
-    /// For the manifest only (see [`Registry::pull_manifest`]).
+    /// For pulls and the token exchange (see [`Registry::pull_manifest`]).
     http: reqwest::Client,
     scheme: &'static str,
 }
@@ -78,33 +78,44 @@ const MANIFEST_TIMEOUT: Duration = Duration::from_secs(20);
 
 impl Registry {
     /// The OCI image manifest `reference` names, as bytes, reading at most
-    /// `MAX_MANIFEST_BYTES`. oci-client reads a manifest whole, however big
-    /// (rust-oci-client issue 206: one answer took 5.6 GB); this GET uses
-    /// its authentication and reads no further than the cap.
-    pub async fn pull_manifest(&self, reference: &Reference, media_type: &str) -> Result<Vec<u8>> {
-        let auth = self.authenticate(reference, RegistryOperation::Pull).await.context("cannot authenticate")?;
-        // Given a bearer token, oci-client asks nothing more of the network
-        // to authenticate; it keeps the credentials for the layer's GET.
-        let token = self.client.auth(reference, &auth, RegistryOperation::Pull).await.context("cannot authenticate")?;
+    /// `MAX_MANIFEST_BYTES` within `MANIFEST_TIMEOUT`, with `auth` (see
+    /// [`Registry::authenticate`]). oci-client reads a manifest whole,
+    /// however big (rust-oci-client issue 206: one answer took 5.6 GB).
+    pub async fn pull_manifest(&self, reference: &Reference, media_type: &str, auth: &RegistryAuth) -> Result<Vec<u8>> {
         let tag_or_digest = reference.digest().or(reference.tag()).unwrap_or("latest");
         let url = format!("{}://{}/v2/{}/manifests/{tag_or_digest}", self.scheme, reference.resolve_registry(), reference.repository());
-        let mut request = self.http.get(&url).header(reqwest::header::ACCEPT, media_type).timeout(MANIFEST_TIMEOUT);
-        request = match (&token, &self.auth) {
-            (Some(token), _) => request.bearer_auth(token),
-            (None, RegistryAuth::Basic(user, password)) => request.basic_auth(user, Some(password)),
-            _ => request,
+        let request = self.http.get(&url).header(reqwest::header::ACCEPT, media_type).timeout(MANIFEST_TIMEOUT);
+        self.get_capped(request, auth, &url, MAX_MANIFEST_BYTES, "the manifest").await
+    }
+
+    /// The blob `digest` of `reference`'s repository, reading at most `max`
+    /// bytes, with `auth`. The pull never goes through oci-client, whose
+    /// own authentication would read a token endpoint without bounds. A
+    /// redirect elsewhere (a storage bucket) does not carry the credentials.
+    pub async fn pull_blob(&self, reference: &Reference, digest: &str, auth: &RegistryAuth, max: usize) -> Result<Vec<u8>> {
+        let url = format!("{}://{}/v2/{}/blobs/{digest}", self.scheme, reference.resolve_registry(), reference.repository());
+        self.get_capped(self.http.get(&url), auth, &url, max, "the module").await
+    }
+
+    /// Sends `request` with `auth` and reads a successful answer's body, at
+    /// most `max` bytes of it (`what` it is, for the error).
+    async fn get_capped(&self, request: reqwest::RequestBuilder, auth: &RegistryAuth, url: &str, max: usize, what: &str) -> Result<Vec<u8>> {
+        let request = match auth {
+            RegistryAuth::Bearer(token) => request.bearer_auth(token),
+            RegistryAuth::Basic(user, password) => request.basic_auth(user, Some(password)),
+            RegistryAuth::Anonymous => request,
         };
         let mut response = request.send().await.with_context(|| format!("GET {url}"))?;
         let status = response.status();
         if !status.is_success() {
             bail!("GET {url}: {status}");
         }
-        read_capped(&mut response, MAX_MANIFEST_BYTES, "the manifest").await.with_context(|| format!("GET {url}"))
+        read_capped(&mut response, max, what).await.with_context(|| format!("GET {url}"))
     }
 
-    /// The credentials to give oci-client for `operation` on `reference`:
-    /// a bearer token fetched here when the registry asks for one (else
-    /// the configured ones). oci-client's own exchange reads the token
+    /// The credentials for `operation` on `reference`: a bearer token
+    /// fetched here when the registry asks for one (else the configured
+    /// ones), for the pulls above and for oci-client's push. oci-client's own exchange reads the token
     /// endpoint's answer whole with no time limit (an endless one took the
     /// process to 3.8 GB) and sends the credentials to any realm named.
     pub async fn authenticate(&self, reference: &Reference, operation: RegistryOperation) -> Result<RegistryAuth> {
