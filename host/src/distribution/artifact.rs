@@ -150,7 +150,11 @@ pub async fn fetch(registry: &Registry, reference: &Reference, cached: impl Fn(&
     };
     let module_digest: [u8; 32] = Sha256::digest(&module).into();
     if module_digest != expected {
-        bail!("{}: the module's bytes have sha256 {}, not the manifest's layer digest {layer_digest}; nothing was written", reference.whole(), hex::encode(module_digest));
+        bail!(
+            "{}: the module's bytes have sha256 {}, not the manifest's layer digest {layer_digest}; nothing was written",
+            reference.whole(),
+            hex::encode(module_digest)
+        );
     }
     Ok(VerifiedModule { manifest_digest, manifest_bytes, module, module_digest, signature, annotations })
 }
