@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 /// How the command writes its output.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -15,6 +15,21 @@ pub enum Writes {
     Through,
     /// Written beside it and renamed over it.
     ByRename,
+}
+
+/// A new file beside `out`, to be renamed over it once written whole
+/// (`persist`), so that a write that fails leaves `out` as it was. Made as
+/// `File::create` would make it (the umask applies), not tempfile's 0600.
+pub fn staged_beside(out: &Path, prefix: &str, suffix: &str) -> Result<tempfile::NamedTempFile> {
+    let dir = match out.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).suffix(suffix);
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
+    builder.tempfile_in(dir).with_context(|| format!("cannot write in {}", dir.display()))
 }
 
 /// Refuses `out` when writing it would destroy a sync file: it is one of

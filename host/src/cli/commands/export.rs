@@ -46,19 +46,11 @@ pub fn run(args: ExportArgs) -> Result<()> {
     // an export that fails (a damaged sync file) leaves the last one as it
     // was. A FIFO or a device is written through.
     let staged = match &args.out {
-        Some(path) if std::fs::metadata(path).map_or(true, |m| m.is_file()) => {
-            let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
-            let mut builder = tempfile::Builder::new();
-            builder.prefix(".tether-export-").suffix(".tmp");
-            // As `File::create` would make it (the umask applies), not tempfile's 0600.
-            #[cfg(unix)]
-            builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-            Some(builder.tempfile_in(dir).with_context(|| format!("cannot write in {}", dir.display()))?)
-        }
+        Some(path) if std::fs::metadata(path).map_or(true, |m| m.is_file()) => Some(crate::cli::output_target::staged_beside(path, ".tether-export-", ".tmp")?),
         _ => None,
     };
-    let out: Box<dyn Write> = match (&args.out, &staged) {
-        (_, Some(temp)) => Box::new(temp.as_file().try_clone()?),
+    let out: Box<dyn Write + '_> = match (&args.out, &staged) {
+        (_, Some(temp)) => Box::new(temp.as_file()),
         (Some(path), None) => Box::new(std::fs::File::create(path).with_context(|| format!("cannot write {}", path.display()))?),
         (None, None) => crate::terminal::stdout_for_data(match args.format {
             ExportFormat::Csv => crate::terminal::Lines::Csv,

@@ -34,16 +34,7 @@ pub fn run(args: ReportArgs) -> Result<()> {
     let previous = report::previous_run(&file, &run);
     let label = args.file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| args.file.display().to_string());
 
-    let dir = match args.out.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let mut builder = tempfile::Builder::new();
-    builder.prefix(".tether-report-").suffix(".html.tmp");
-    // As `File::create` would make it (the umask applies), not tempfile's 0600.
-    #[cfg(unix)]
-    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666));
-    let page = builder.tempfile_in(&dir).with_context(|| format!("cannot write in {}", dir.display()))?;
+    let page = crate::cli::output_target::staged_beside(&args.out, ".tether-report-", ".html.tmp")?;
     let stats = report::write(&file, &label, &run, previous.as_ref().map_err(String::as_str), std::io::BufWriter::new(page.as_file()))
         .with_context(|| format!("cannot write the report {}", args.out.display()))?;
     page.as_file().sync_all()?;
