@@ -93,21 +93,23 @@ fn signed_message(digest: &[u8; 32]) -> Vec<u8> {
     [SIGNED_CONTEXT, digest.as_slice()].concat()
 }
 
-/// The hex payload of a key or signature file: its non-comment lines. A
-/// file whose header says it holds the other half of a key pair is
-/// refused: signing with the public key, or publishing the secret one as
-/// a public key, only shows when nothing verifies.
-fn read_hex_file<const N: usize>(path: &Path, what: &str) -> Result<[u8; N]> {
+/// What the first comment line `module keygen` writes in each half of a
+/// key pair says (after "tether module "): how a file given for the other
+/// half is told apart.
+pub const PUBLIC_KEY_HEADER: &str = "signing public key";
+pub const SECRET_KEY_HEADER: &str = "signing SECRET key";
+
+/// The hex payload of a key or signature file: its non-comment lines.
+/// `other_half`: the header of the key pair's other half, and what to say
+/// of a file that carries it. Signing with the public key, or publishing
+/// the secret one as a public key, would only show when nothing verifies.
+fn read_hex_file<const N: usize>(path: &Path, what: &str, other_half: Option<(&str, &str)>) -> Result<[u8; N]> {
     // A plain file of at most 64 KiB: a FIFO or a device would hang or fill memory.
     let text = crate::plain_file::read_text(path, 64 << 10).with_context(|| format!("cannot read {what} {}", path.display()))?;
-    let header = text.lines().map(str::trim).filter(|line| line.starts_with('#')).collect::<Vec<_>>().join(" ");
-    let other = match what {
-        "signing key" if header.contains("signing public key") => Some("a public key: sign with the NAME.key file"),
-        "public key" if header.contains("signing SECRET key") => Some("a secret signing key: give its NAME.pub file, and keep the .key private"),
-        _ => None,
-    };
-    if let Some(other) = other {
-        anyhow::bail!("{} is {other}", path.display());
+    if let Some((header, said)) = other_half {
+        if text.lines().any(|line| line.trim().strip_prefix('#').is_some_and(|comment| comment.contains(header))) {
+            anyhow::bail!("{} is {said}", path.display());
+        }
     }
     parse_hex(&text).with_context(|| format!("{} is not a {what} file", path.display()))
 }
@@ -119,20 +121,24 @@ fn parse_hex<const N: usize>(text: &str) -> Result<[u8; N]> {
 }
 
 pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
-    Ok(SigningKey::from_bytes(&read_hex_file::<32>(path, "signing key")?))
+    Ok(SigningKey::from_bytes(&read_hex_file::<32>(path, "signing key", Some((PUBLIC_KEY_HEADER, "a public key: sign with the NAME.key file")))?))
 }
 
 /// A public key given as 64 hex digits or as the path of a `.pub` file.
 pub fn parse_verifying_key(spec: &str) -> Result<VerifyingKey> {
     let bytes = match parse_hex::<32>(spec) {
         Ok(bytes) => bytes,
-        Err(_) => read_hex_file::<32>(Path::new(spec), "public key")?,
+        Err(_) => read_hex_file::<32>(
+            Path::new(spec),
+            "public key",
+            Some((SECRET_KEY_HEADER, "a secret signing key: give its NAME.pub file, and keep the .key private")),
+        )?,
     };
     VerifyingKey::from_bytes(&bytes).map_err(|_| anyhow::anyhow!("{spec} is not a valid ed25519 public key"))
 }
 
 pub fn read_signature(path: &Path) -> Result<Signature> {
-    Ok(Signature::from_bytes(&read_hex_file::<64>(path, "signature")?))
+    Ok(Signature::from_bytes(&read_hex_file::<64>(path, "signature", None)?))
 }
 
 #[cfg(test)]
@@ -167,10 +173,10 @@ mod tests {
         assert!(parse_verifying_key("not-a-key").is_err());
         // Each half of a pair as the tether writes them, given for the other.
         let secret = dir.path().join("k.key");
-        std::fs::write(&secret, format!("# tether module signing SECRET key x: keep it private\n{hex_key}\n")).unwrap();
+        std::fs::write(&secret, format!("# tether module {SECRET_KEY_HEADER} x: keep it private\n{hex_key}\n")).unwrap();
         let err = format!("{:#}", parse_verifying_key(secret.to_str().unwrap()).unwrap_err());
         assert!(err.contains("is a secret signing key"), "{err}");
-        std::fs::write(&file, format!("# tether module signing public key x\n{hex_key}\n")).unwrap();
+        std::fs::write(&file, format!("# tether module {PUBLIC_KEY_HEADER} x\n{hex_key}\n")).unwrap();
         let err = format!("{:#}", read_signing_key(&file).unwrap_err());
         assert!(err.contains("is a public key"), "{err}");
         assert_eq!(signature_path_for(Path::new("/x/c.wasm")), Path::new("/x/c.wasm.sig"));

@@ -85,8 +85,8 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
             let secret_path = PathBuf::from(format!("{}.key", out.display()));
             let public_path = PathBuf::from(format!("{}.pub", out.display()));
             // The public half first: if it cannot be written, no secret is left behind.
-            write_new(&public_path, &format!("# tether module signing public key {id}\n{}\n", hex::encode(public.as_bytes())), false)?;
-            write_new(&secret_path, &format!("# tether module signing SECRET key {id}: keep it private\n{}\n", hex::encode(key.to_bytes())), true)?;
+            write_new(&public_path, &format!("# tether module {PUBLIC_KEY_HEADER} {id}\n{}\n", hex::encode(public.as_bytes())), false)?;
+            write_new(&secret_path, &format!("# tether module {SECRET_KEY_HEADER} {id}: keep it private\n{}\n", hex::encode(key.to_bytes())), true)?;
             outln!("wrote {} (secret) and {} (key id {id})", secret_path.display(), public_path.display())?;
         }
         ModuleCommand::Sign { key, module, signature } => {
