@@ -225,22 +225,31 @@ fn a_registry_that_is_down_is_a_clear_error() {
     assert!(err.contains("names its registry"), "{err}");
 }
 
+/// Serves the router `app(port)` makes on a free loopback port of
+/// `runtime`, for registries that lie; returns the port.
+fn lying_registry(runtime: &tokio::runtime::Runtime, app: impl FnOnce(u16) -> axum::Router) -> u16 {
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let app = app(port);
+    runtime.spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
 /// A registry that answers a manifest request with more than a manifest
 /// can be (here 64 MiB, endless would do the same) is cut off at 4 MiB.
 #[test]
 fn a_manifest_bigger_than_any_manifest_is_refused_unread() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new().route("/v2/", axum::routing::get(|| async { "{}" })).route(
-        "/v2/connectors/asana/manifests/{tag}",
-        axum::routing::get(|| async {
-            let chunk = axum::body::Bytes::from(vec![b' '; 1 << 20]);
-            let body = futures::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
-            ([("content-type", "application/vnd.oci.image.manifest.v1+json")], axum::body::Body::from_stream(body))
-        }),
-    );
-    runtime.spawn(async move { axum::serve(listener, app).await });
+    let port = lying_registry(&runtime, |_| {
+        axum::Router::new().route("/v2/", axum::routing::get(|| async { "{}" })).route(
+            "/v2/connectors/asana/manifests/{tag}",
+            axum::routing::get(|| async {
+                let chunk = axum::body::Bytes::from(vec![b' '; 1 << 20]);
+                let body = futures::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+                ([("content-type", "application/vnd.oci.image.manifest.v1+json")], axum::body::Body::from_stream(body))
+            }),
+        )
+    });
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("out");
     let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
@@ -255,31 +264,31 @@ fn a_manifest_bigger_than_any_manifest_is_refused_unread() {
 #[test]
 fn a_token_endpoint_that_never_ends_or_is_plain_http_elsewhere_is_refused() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let app = axum::Router::new()
-        .route(
+    let port = lying_registry(&runtime, |port| {
+        axum::Router::new()
+            .route(
+                "/v2/",
+                axum::routing::get(move || async move {
+                    let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"registry\"");
+                    (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)], "{}")
+                }),
+            )
+            .route(
+                "/token",
+                axum::routing::get(|| async {
+                    let chunk = axum::body::Bytes::from(vec![b' '; 1 << 16]);
+                    axum::body::Body::from_stream(futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone())))
+                }),
+            )
+    });
+    let elsewhere_port = lying_registry(&runtime, |_| {
+        axum::Router::new().route(
             "/v2/",
-            axum::routing::get(move || async move {
-                let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"registry\"");
-                (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)], "{}")
+            axum::routing::get(|| async {
+                (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", "Bearer realm=\"http://registry.invalid/token\"")], "")
             }),
         )
-        .route(
-            "/token",
-            axum::routing::get(|| async {
-                let chunk = axum::body::Bytes::from(vec![b' '; 1 << 16]);
-                axum::body::Body::from_stream(futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone())))
-            }),
-        );
-    runtime.spawn(async move { axum::serve(listener, app).await });
-    let elsewhere = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-    let elsewhere_port = elsewhere.local_addr().unwrap().port();
-    let app = axum::Router::new().route(
-        "/v2/",
-        axum::routing::get(|| async { (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", "Bearer realm=\"http://registry.invalid/token\"")], "") }),
-    );
-    runtime.spawn(async move { axum::serve(elsewhere, app).await });
+    });
     let home = tempfile::tempdir().unwrap();
     let out = home.path().join("out");
     let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));

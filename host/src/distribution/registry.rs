@@ -115,9 +115,10 @@ impl Registry {
 
     /// The credentials for `operation` on `reference`: a bearer token
     /// fetched here when the registry asks for one (else the configured
-    /// ones), for the pulls above and for oci-client's push. oci-client's own exchange reads the token
-    /// endpoint's answer whole with no time limit (an endless one took the
-    /// process to 3.8 GB) and sends the credentials to any realm named.
+    /// ones), for the pulls above and for oci-client's push. oci-client's
+    /// own exchange reads the token endpoint's answer whole with no time
+    /// limit (an endless one took the process to 3.8 GB) and sends the
+    /// credentials to any realm named.
     pub async fn authenticate(&self, reference: &Reference, operation: RegistryOperation) -> Result<RegistryAuth> {
         let registry = reference.resolve_registry();
         let url = format!("{}://{registry}/v2/", self.scheme);
