@@ -536,13 +536,30 @@ impl SyncFile {
         Ok(self.conn.query_row("PRAGMA user_version", [], |row| row.get(0))?)
     }
 
+    /// Starts a new run. The records of earlier runs that did not succeed
+    /// go: only the newest run can be resumed, so once this one starts they
+    /// never will be, and kept they would grow the file by a run's records
+    /// with every failed sync. Their rows in `sync_runs` stay, as history.
     pub fn begin_run(&mut self, connector: &ConnectorIdentity) -> Result<i64> {
-        self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let mut dropped = 0;
+        for table in ["run_resource_types", "resource_rows", "entitlement_rows", "grant_rows", "grant_stage"] {
+            dropped += tx.execute(&format!("DELETE FROM {table} WHERE run_id IN (SELECT id FROM sync_runs WHERE status <> 'succeeded')"), [])?;
+        }
+        tx.execute("UPDATE sync_runs SET checkpoint = NULL WHERE status <> 'succeeded' AND checkpoint IS NOT NULL", [])?;
+        tx.execute(
             "INSERT INTO sync_runs (started_at, status, connector_name, connector_version, connector_digest)
              VALUES (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 'running', ?1, ?2, ?3)",
             params![connector.name, connector.version, connector.digest],
         )?;
-        Ok(self.conn.last_insert_rowid())
+        let run = tx.last_insert_rowid();
+        tx.commit()?;
+        if dropped > 0 {
+            if let Err(e) = self.give_pages_back() {
+                tracing::warn!("cannot free the sync file's unused pages: {e}");
+            }
+        }
+        Ok(run)
     }
 
     pub fn write_resource_types(&mut self, run: i64, types: &[ResourceType]) -> Result<()> {
@@ -1725,6 +1742,38 @@ CREATE VIEW IF NOT EXISTS grants AS
         let mut read = file.grants(run, None).unwrap();
         read.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(read, expected);
+    }
+
+    /// Only the newest run can be resumed: a new run drops the records of
+    /// earlier runs that did not succeed (failed syncs would otherwise
+    /// each leave a run's records in the file), and keeps the good ones'.
+    #[test]
+    fn a_new_run_drops_the_records_of_runs_that_failed() {
+        let (_dir, mut file, good, next) = fresh_run();
+        file.write_page(good, &member_page(member(&[])), 0, Some(next.as_str())).unwrap();
+        file.finish_run(good, RunEnd::Succeeded, 0).unwrap();
+        let identity = ConnectorIdentity { name: "test".into(), version: "1".into(), digest: "d".into() };
+        let failed = file.begin_run(&identity).unwrap();
+        let grants = (0..3000)
+            .map(|n| Grant {
+                principal: ResourceKey { resource_type: "user".into(), id: format!("u{n}") },
+                id: format!("team:t1:member:user:u{n}"),
+                ..member(&[])
+            })
+            .collect();
+        file.write_page(failed, &PageRecords { grants, resources: vec![user(&[])], ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
+        file.finish_run(failed, RunEnd::Failed("boom"), 0).unwrap();
+        assert_eq!(file.count(failed, Table::Grants).unwrap(), 3000);
+        assert_eq!(file.count(failed, Table::Resources).unwrap(), 1);
+
+        let next_run = file.begin_run(&identity).unwrap();
+        assert_eq!(file.count(failed, Table::Grants).unwrap(), 0);
+        assert_eq!(file.count(failed, Table::Resources).unwrap(), 0);
+        assert!(file.resumable_run("d").unwrap().is_none(), "the new run is the newest");
+        assert_eq!(file.count(good, Table::Grants).unwrap(), 1, "the good run's records stay");
+        let free = file.conn.query_row("PRAGMA freelist_count", [], |row| row.get::<_, i64>(0)).unwrap();
+        assert_eq!(free, 0, "the failed run's pages went back to the file system");
+        assert_ne!(next_run, failed);
     }
 
     #[test]
