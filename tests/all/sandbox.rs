@@ -1010,3 +1010,56 @@ async fn the_config_fingerprint_a_resume_checks_covers_the_secrets() {
     assert_ne!(a, fingerprint(with_token("token-of-org-b")).await, "another token");
     assert!(!a.contains("token-of-org-a"));
 }
+
+/// An upstream nothing should reach: a listener whose queue stays empty
+/// unless a request was let out.
+fn untouched_upstream() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/users/42/deactivate", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+/// Only the writes the operator confirmed may change the upstream: a
+/// check-write (asked before `--yes`) or a listing that sends anything but
+/// a GET is refused, and nothing leaves the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn only_a_write_call_may_send_more_than_get() {
+    let (upstream, url) = untouched_upstream();
+    let addr = upstream.local_addr().unwrap();
+    let widgets = load(shared_engine(), &wasm("connector-v0-4"));
+    let grants = with_server(hostile_permissions(&[("write-in-check", &url)]), addr);
+    let mut instance = ConnectorInstance::start(shared_engine(), &widgets, &grants).await.expect("starts");
+    let account = ResourceRef { resource_type: "user".into(), id: "42".into() };
+    match instance.check_write(&PlannedWrite::DisableAccount(account)).await {
+        Err(CallError::Connector(ConnectorError::Forbidden(why))) => assert!(why.contains("only GET is sent outside a write call"), "{why}"),
+        other => panic!("expected the write in check-write to be refused, got {other:?}"),
+    }
+    for method in ["post", "put", "patch", "delete"] {
+        let grants = with_server(hostile_permissions(&[("mode", "fetch"), ("method", method), ("url", &url)]), addr);
+        match connector_error(attack(&grants).await) {
+            ConnectorError::Forbidden(why) => assert!(why.contains("only GET is sent outside a write call"), "{method}: {why}"),
+            other => panic!("{method}: expected a refusal, got {other:?}"),
+        }
+    }
+    assert!(upstream.accept().is_err(), "a request reached the upstream");
+}
+
+/// A connector logging as fast as it may per call is held to the pool's
+/// log rate: lines past it are dropped and counted, and the sync goes on.
+#[test]
+fn a_log_flood_is_held_to_the_log_rate() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["sync", "--connector", wasm("hostile").to_str().unwrap(), "--out", dir.path().join("s.db").to_str().unwrap()])
+        .args(["--config", "mode=log-pages", "--config", "pages=40", "--max-log-kb-per-second", "4"])
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join("tether-test-cache"))
+        .output()
+        .expect("tether runs");
+    let log = stderr(&output);
+    assert!(output.status.success(), "{log}");
+    // 40 pages of 900 lines of 4 KB would be 144 MB; the burst is 64 KiB
+    // and the sync takes a few seconds at most.
+    assert!(log.len() < 1 << 20, "{} bytes of log", log.len());
+    assert!(log.contains("log line(s) of this connector dropped: more than 4096 bytes a second"), "{}", &log[log.len().saturating_sub(2000)..]);
+}

@@ -152,6 +152,9 @@ pub struct LimitArgs {
     /// Longest log line kept, in bytes (longer ones are cut).
     #[arg(long, value_name = "BYTES", default_value_t = 4_096)]
     pub max_log_line_bytes: usize,
+    /// Most connector log a sync writes per second, in KiB (16 seconds' worth at once; lines past it are dropped and counted).
+    #[arg(long, value_name = "KIB", default_value_t = 64)]
+    pub max_log_kb_per_second: usize,
     /// Most bytes of strings one page may carry, in MiB.
     #[arg(long, value_name = "MIB", default_value_t = 8)]
     pub max_page_mb: usize,
@@ -199,6 +202,7 @@ impl LimitArgs {
             records_per_page: self.max_page_records,
             log_lines_per_call: self.max_log_lines,
             log_bytes_per_line: self.max_log_line_bytes,
+            log_bytes_per_second: self.max_log_kb_per_second.checked_mul(1 << 10).context("--max-log-kb-per-second is too large")?,
             bytes_per_page: self.max_page_mb.checked_mul(1 << 20).context("--max-page-mb is too large")?,
             hostcall_bytes: self.max_hostcall_mb.checked_mul(1 << 20).context("--max-hostcall-mb is too large")?,
             table_elements: self.max_table_elements,

@@ -17,6 +17,7 @@ use crate::runtime::bindings::{guest, v0_2, v0_3, v0_4, ConnectorError, Connecto
 use crate::runtime::engine::{ConnectorEngine, LoadedModule};
 use crate::runtime::imports::config::{ConnectorConfig, Secrets};
 use crate::runtime::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
+use crate::runtime::imports::log::LogRate;
 use crate::runtime::imports::storage::ConnectorStorage;
 use crate::runtime::imports::wasi::GuestStderr;
 use crate::runtime::limits::{LimitExceeded, Limits};
@@ -98,6 +99,9 @@ pub struct ConnectorInstance {
     pool_memory: Arc<PoolMemory>,
     wall_per_call: Duration,
     poisoned: bool,
+    /// The next call is a write (grant, revoke, create or disable an
+    /// account): the only calls whose requests may be other than GET.
+    next_call_writes: bool,
     pub metadata: guest::ConnectorMetadata,
     /// What 0.4.0 added to the metadata, beside the host's (0.1.0) shape.
     pub declared: Declared,
@@ -178,6 +182,12 @@ macro_rules! call_export {
     };
 }
 
+/// Names an instance in logs and its storage: the operator's name for it,
+/// else one made from the module's file name.
+fn instance_label(module: &LoadedModule, permissions: &Permissions) -> String {
+    permissions.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path))
+}
+
 /// The module's `connector` export, in the version it was built against.
 enum Exports {
     V0_1(ConnectorWorld),
@@ -197,8 +207,13 @@ impl ConnectorInstance {
             &permissions.limits,
             permissions.dry_run,
         )?);
-        let pool_memory = PoolMemory::new(permissions.limits.pool_memory_bytes);
-        let instance = Self::start_on(engine, module, permissions, http, pool_memory, None).await?;
+        let pool = Shared {
+            http,
+            pool_memory: PoolMemory::new(permissions.limits.pool_memory_bytes),
+            log_rate: LogRate::new(permissions.limits.log_bytes_per_second, instance_label(module, permissions)),
+            activity: engine.activity().clone(),
+        };
+        let instance = Self::start_on(engine, module, permissions, pool, None).await?;
         let settings = UpstreamSettings::resolve(&instance.declared.limits, &permissions.limits.upstream);
         instance.http.throttle.configure(settings);
         if settings.clamped() {
@@ -230,18 +245,28 @@ impl ConnectorInstance {
         let size = first.upstream_settings().concurrent_reads.value.max(1);
         // The gateway is cloned out first: holding `&first` (not Sync) across
         // an await would make the future unfit for a spawned task.
-        let (http, pool_memory, hosts) = (first.http.clone(), first.pool_memory.clone(), first.metadata.hosts.clone());
+        let (shared, hosts) = (first.pool_shared(), first.metadata.hosts.clone());
         let mut pool = Vec::with_capacity(size);
         pool.push(first);
         for _ in 1..size {
-            pool.push(Self::start_on(engine, module, permissions, http.clone(), pool_memory.clone(), Some(hosts.clone())).await?);
+            pool.push(Self::start_on(engine, module, permissions, shared.clone(), Some(hosts.clone())).await?);
         }
         Ok(pool)
     }
 
     /// Another instance of the same module on this one's HTTP gateway.
     pub async fn sibling(&self, engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
-        Self::start_on(engine, module, permissions, self.http.clone(), self.pool_memory.clone(), Some(self.metadata.hosts.clone())).await
+        Self::start_on(engine, module, permissions, self.pool_shared(), Some(self.metadata.hosts.clone())).await
+    }
+
+    /// What this instance's siblings share with it.
+    fn pool_shared(&self) -> Shared {
+        Shared {
+            http: self.http.clone(),
+            pool_memory: self.pool_memory.clone(),
+            log_rate: self.store.data().log.rate.clone(),
+            activity: self.store.data().activity.clone(),
+        }
     }
 
     /// Starts an instance on `http`. The first of a gateway's instances
@@ -253,12 +278,12 @@ impl ConnectorInstance {
         engine: &ConnectorEngine,
         module: &LoadedModule,
         permissions: &Permissions,
-        http: Arc<HttpGateway>,
-        pool_memory: Arc<PoolMemory>,
+        pool: Shared,
         siblings_of: Option<Vec<String>>,
     ) -> Result<Self> {
+        let (http, pool_memory) = (pool.http.clone(), pool.pool_memory.clone());
         let limits = permissions.limits.clone();
-        let label = permissions.instance_name.clone().unwrap_or_else(|| default_instance_name(&module.path));
+        let label = instance_label(module, permissions);
         // The namespace is the operator's choice (the instance name), never
         // the name a module gives itself: a module calling itself "asana"
         // must not read the Asana instance's storage.
@@ -266,9 +291,8 @@ impl ConnectorInstance {
             Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
             None => None,
         };
-        let activity = engine.activity().clone();
-        let shared = Shared { http: http.clone(), pool_memory: pool_memory.clone(), activity: activity.clone() };
-        let data = StoreData::new(limits.clone(), shared, permissions.config.clone(), permissions.secrets.clone(), storage, label);
+        let activity = pool.activity.clone();
+        let data = StoreData::new(limits.clone(), pool, permissions.config.clone(), permissions.secrets.clone(), storage, label);
         let mut store = Store::new(engine.engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.set_hostcall_fuel(limits.hostcall_bytes);
@@ -302,6 +326,7 @@ impl ConnectorInstance {
             pool_memory,
             wall_per_call: limits.wall_per_call,
             poisoned: false,
+            next_call_writes: false,
             metadata: empty_metadata(),
             declared: Declared::default(),
         };
@@ -378,7 +403,8 @@ impl ConnectorInstance {
     }
 
     fn before_call(&mut self) {
-        self.store.data_mut().begin_call();
+        let writes = std::mem::take(&mut self.next_call_writes);
+        self.store.data_mut().begin_call(writes);
         self.store.set_epoch_deadline(1);
     }
 
@@ -425,10 +451,12 @@ impl ConnectorInstance {
     }
 
     pub async fn grant_entitlement(&mut self, entitlement_id: &str, principal: &ResourceRef) -> Result<guest::WriteResult, CallError> {
+        self.next_call_writes = true;
         guarded!(self, |exports, store| call_export!(exports, store, call_grant_entitlement(entitlement_id, principal)))?.map_err(CallError::Connector)
     }
 
     pub async fn revoke_grant(&mut self, grant_id: &str) -> Result<guest::WriteResult, CallError> {
+        self.next_call_writes = true;
         guarded!(self, |exports, store| call_export!(exports, store, call_revoke_grant(grant_id)))?.map_err(CallError::Connector)
     }
 
@@ -438,6 +466,7 @@ impl ConnectorInstance {
         let for_v0_2 = request.clone().convert();
         let for_v0_3 = request.clone().convert();
         let for_v0_4 = request.clone().convert();
+        self.next_call_writes = true;
         guarded!(self, |exports, store| async {
             match exports {
                 Exports::V0_1(world) => world
@@ -462,6 +491,7 @@ impl ConnectorInstance {
     }
 
     pub async fn disable_account(&mut self, account: &ResourceRef) -> Result<guest::WriteResult, CallError> {
+        self.next_call_writes = true;
         guarded!(self, |exports, store| call_export!(exports, store, call_disable_account(account)))?.map_err(CallError::Connector)
     }
 

@@ -26,6 +26,9 @@ pub struct Limits {
     /// Log lines and log bytes per call.
     pub log_lines_per_call: usize,
     pub log_bytes_per_line: usize,
+    /// Log bytes a second the instances of one pool may write together
+    /// (lines past it are dropped and counted; see `imports::log::LogRate`).
+    pub log_bytes_per_second: usize,
     /// Size of one HTTP response body.
     pub http_response_bytes: usize,
     /// Time one HTTP request may take.
@@ -77,6 +80,7 @@ impl Default for Limits {
             bytes_per_page: 8 << 20,
             log_lines_per_call: 1_000,
             log_bytes_per_line: 4_096,
+            log_bytes_per_second: 64 << 10,
             http_response_bytes: 16 << 20,
             http_timeout: Duration::from_secs(30),
             http_requests_per_call: 100,

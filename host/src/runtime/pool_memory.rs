@@ -8,6 +8,10 @@
 //! pool holds no more than that however many instances it has; a
 //! connector that needs little memory (Asana: a few MiB an instance) still
 //! gets all the instances it asks for.
+//!
+//! The instance cap counts all of a store's memories together: a component
+//! may hold several core instances, or core modules with several memories
+//! (multi-memory), and each would otherwise get the whole cap.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -46,18 +50,21 @@ impl PoolMemory {
     }
 }
 
-/// One store's limits: its own (wasmtime's `StoreLimits`), then its share
+/// One store's limits: its own (wasmtime's `StoreLimits`, per memory and
+/// table), the instance's cap on all its memories together, then its share
 /// of the pool's memory. What it holds goes back to the pool when the
 /// store is dropped.
 pub struct PoolLimiter {
     store: StoreLimits,
     pool: Arc<PoolMemory>,
+    /// Bytes all of the store's memories may hold together.
+    instance_total: usize,
     held: usize,
 }
 
 impl PoolLimiter {
-    pub fn new(store: StoreLimits, pool: Arc<PoolMemory>) -> Self {
-        PoolLimiter { store, pool, held: 0 }
+    pub fn new(store: StoreLimits, instance_total: usize, pool: Arc<PoolMemory>) -> Self {
+        PoolLimiter { store, pool, instance_total, held: 0 }
     }
 }
 
@@ -67,6 +74,15 @@ impl ResourceLimiter for PoolLimiter {
             return Ok(false);
         }
         let more = desired.saturating_sub(current);
+        if self.held.saturating_add(more) > self.instance_total {
+            return Err(wasmtime::Error::new(LimitExceeded::new(
+                "memory",
+                format!(
+                    "growing a memory by {more} bytes would take this instance's memories past {} bytes together ({} held); see --max-memory-mb",
+                    self.instance_total, self.held
+                ),
+            )));
+        }
         match self.pool.reserve(more) {
             Ok(()) => {
                 self.held += more;
@@ -122,8 +138,8 @@ mod tests {
     fn instances_share_the_budget_and_give_it_back_when_dropped() {
         let pool = PoolMemory::new(100);
         let limits = || StoreLimitsBuilder::new().memory_size(80).build();
-        let mut a = PoolLimiter::new(limits(), pool.clone());
-        let mut b = PoolLimiter::new(limits(), pool.clone());
+        let mut a = PoolLimiter::new(limits(), 80, pool.clone());
+        let mut b = PoolLimiter::new(limits(), 80, pool.clone());
         assert!(a.memory_growing(0, 60, None).unwrap());
         // Within its own cap (80) but past the pool's (100).
         let refused = b.memory_growing(0, 60, None).unwrap_err();
@@ -135,5 +151,17 @@ mod tests {
         drop(a);
         assert_eq!(pool.used(), 40);
         assert!(b.memory_growing(40, 80, None).unwrap());
+    }
+
+    #[test]
+    fn an_instance_cap_counts_all_its_memories_together() {
+        let pool = PoolMemory::new(1000);
+        let mut limiter = PoolLimiter::new(StoreLimitsBuilder::new().memory_size(80).build(), 80, pool.clone());
+        // Two memories, each within the per-memory cap.
+        assert!(limiter.memory_growing(0, 50, None).unwrap());
+        let refused = limiter.memory_growing(0, 50, None).unwrap_err();
+        assert_eq!(refused.downcast_ref::<LimitExceeded>().map(|l| l.limit), Some("memory"));
+        assert!(limiter.memory_growing(0, 30, None).unwrap());
+        assert_eq!(pool.used(), 80);
     }
 }

@@ -16,7 +16,7 @@ use crate::runtime::activity::GuestActivity;
 use crate::runtime::bindings::tether::connector as wit;
 use crate::runtime::imports::config::{Config, ConfigCtx, ConnectorConfig, Secrets};
 use crate::runtime::imports::http::{Http, HttpCtx, HttpGateway};
-use crate::runtime::imports::log::{Log, LogCtx};
+use crate::runtime::imports::log::{Log, LogCtx, LogRate};
 use crate::runtime::imports::storage::{ConnectorStorage, Storage, StorageCtx};
 use crate::runtime::imports::wasi::StartupWasiCtx;
 use crate::runtime::imports::Types;
@@ -39,9 +39,11 @@ pub struct StoreData {
 }
 
 /// What a store shares with the other instances of its pool and engine.
+#[derive(Clone)]
 pub struct Shared {
     pub http: Arc<HttpGateway>,
     pub pool_memory: Arc<PoolMemory>,
+    pub log_rate: Arc<LogRate>,
     pub activity: Arc<GuestActivity>,
 }
 
@@ -54,7 +56,7 @@ impl StoreData {
         storage: Option<ConnectorStorage>,
         connector_label: String,
     ) -> Self {
-        let Shared { http, pool_memory, activity } = shared;
+        let Shared { http, pool_memory, log_rate, activity } = shared;
         let store_limits = StoreLimitsBuilder::new()
             .memory_size(limits.memory_bytes)
             .table_elements(limits.table_elements)
@@ -68,18 +70,18 @@ impl StoreData {
             http: HttpCtx::new(http, &limits, activity.clone()),
             config: ConfigCtx::new(config, secrets.clone()),
             storage: StorageCtx::new(storage),
-            log: LogCtx::new(connector_label, secrets, &limits),
+            log: LogCtx::new(connector_label, secrets, &limits, log_rate),
             cpu: CpuBudget::new(limits.cpu_per_call),
-            limiter: PoolLimiter::new(store_limits, pool_memory),
+            limiter: PoolLimiter::new(store_limits, limits.memory_bytes, pool_memory),
             limits,
             activity,
         }
     }
 
-    /// Before every call into the guest: fresh per-call budgets, and no
-    /// stderr left from the call before.
-    pub fn begin_call(&mut self) {
-        self.http.begin_call();
+    /// Before every call into the guest: fresh per-call budgets, no stderr
+    /// left from the call before, and whether the call may write upstream.
+    pub fn begin_call(&mut self, writes: bool) {
+        self.http.begin_call(writes);
         self.log.begin_call();
         self.cpu.reset();
         self.wasi.begin_call();

@@ -639,16 +639,34 @@ pub struct HttpCtx {
     pub requests: CallBudget,
     /// A call waiting on its upstream runs no guest code.
     activity: Arc<GuestActivity>,
+    /// Whether the current call is a write (see [`HttpCtx::begin_call`]).
+    writes: bool,
 }
 
 impl HttpCtx {
     pub fn new(gateway: Arc<HttpGateway>, limits: &Limits, activity: Arc<GuestActivity>) -> Self {
-        HttpCtx { gateway, requests: CallBudget::new(limits.http_requests_per_call, "http-requests-per-call", "HTTP requests"), activity }
+        HttpCtx { gateway, requests: CallBudget::new(limits.http_requests_per_call, "http-requests-per-call", "HTTP requests"), activity, writes: false }
     }
 
-    /// Before every call into the guest: a fresh request budget.
-    pub fn begin_call(&mut self) {
+    /// Before every call into the guest: a fresh request budget, and
+    /// whether the call may send more than GET. Only the writes (grant,
+    /// revoke, create and disable an account) may, and only once the
+    /// operator confirmed them: a sync, a test, the metadata and above all
+    /// check-write (which says whether a write can be undone, before the
+    /// host asks for `--yes`) change nothing upstream.
+    pub fn begin_call(&mut self, writes: bool) {
         self.requests.reset();
+        self.writes = writes;
+    }
+}
+
+fn method_name(method: &Method) -> &'static str {
+    match method {
+        Method::Get => "GET",
+        Method::Post => "POST",
+        Method::Put => "PUT",
+        Method::Patch => "PATCH",
+        Method::Delete => "DELETE",
     }
 }
 
@@ -662,6 +680,13 @@ impl HasData for Http {
 impl wit::Host for HttpCtx {
     async fn send(&mut self, request: Request) -> wasmtime::Result<Result<Response, HttpError>> {
         self.requests.charge()?;
+        if !self.writes && !matches!(request.method, Method::Get) {
+            return Ok(Err(HttpError::Denied(format!(
+                "{} {}: only GET is sent outside a write call (grant, revoke, create-account, disable-account); a sync, a test or check-write changes nothing upstream",
+                method_name(&request.method),
+                crate::terminal::escape(&crate::terminal::clip(&request.url, 256))
+            ))));
+        }
         let _waiting = self.activity.wait();
         Ok(self.gateway.send(request).await)
     }
