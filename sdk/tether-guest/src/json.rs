@@ -2,6 +2,10 @@
 //! from a `Value`, or straight into a connector's own structs through the
 //! lenient field types [`Flag`] and [`Text`].
 
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
@@ -62,12 +66,7 @@ impl Flag {
 
 impl<'de> Deserialize<'de> for Flag {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Flag(match Value::deserialize(deserializer)? {
-            Value::Bool(b) => Some(b),
-            Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
-            Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
-            _ => None,
-        }))
+        deserializer.deserialize_any(Lenient::<bool>(PhantomData)).map(Flag)
     }
 }
 
@@ -89,10 +88,91 @@ impl Text {
 
 impl<'de> Deserialize<'de> for Text {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(Text(match Value::deserialize(deserializer)? {
-            Value::String(s) => Some(s),
-            _ => None,
-        }))
+        deserializer.deserialize_any(Lenient::<String>(PhantomData)).map(Text)
+    }
+}
+
+/// What a lenient field keeps of a bool or a string it is given.
+trait Kept: Sized {
+    fn from_bool(_: bool) -> Option<Self> {
+        None
+    }
+    fn from_str(text: &str) -> Option<Self>;
+    fn from_string(text: String) -> Option<Self> {
+        Self::from_str(&text)
+    }
+}
+
+impl Kept for bool {
+    fn from_bool(b: bool) -> Option<Self> {
+        Some(b)
+    }
+    fn from_str(text: &str) -> Option<Self> {
+        if text.eq_ignore_ascii_case("true") {
+            Some(true)
+        } else if text.eq_ignore_ascii_case("false") {
+            Some(false)
+        } else {
+            None
+        }
+    }
+}
+
+impl Kept for String {
+    fn from_str(text: &str) -> Option<Self> {
+        Some(text.to_string())
+    }
+    fn from_string(text: String) -> Option<Self> {
+        Some(text)
+    }
+}
+
+/// Reads any JSON value, keeping what `T` makes of a bool or a string:
+/// numbers, nulls, lists and objects are read past (never built) and give
+/// none. Going through `Value` cost a map entry or a string per field of
+/// every membership of a page.
+struct Lenient<T>(PhantomData<T>);
+
+impl<'de, T: Kept> Visitor<'de> for Lenient<T> {
+    type Value = Option<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
+        Ok(T::from_bool(b))
+    }
+    fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+        Ok(T::from_str(text))
+    }
+    fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+        Ok(T::from_string(text))
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        Ok(None)
     }
 }
 
@@ -133,6 +213,8 @@ mod tests {
         assert_eq!(m.guest, Flag(None));
         assert!(!m.guest.is_true());
         assert!(m.active.or(true));
+        let m: Member = serde_json::from_str(r#"{"name": null, "admin": 1, "guest": "False", "active": [{"a": {"b": [null, 2.5]}}]}"#).unwrap();
+        assert_eq!((m.name, m.admin, m.guest, m.active), (Text(None), Flag(None), Flag(Some(false)), Flag(None)));
         let m: Member = serde_json::from_str(r#"{"name": "Ann", "active": false}"#).unwrap();
         assert_eq!(m.name.as_deref(), Some("Ann"));
         assert!(!m.active.or(true));
