@@ -460,6 +460,24 @@ max-memory-mb = 16
     let disable = format!("/v1/instances/asana/accounts/{outsider}/disable");
     let (status, refused) = served.call("POST", &disable, Some(json!({"dryRun": true, "confirm": true}))).await;
     assert_eq!((status, refused["code"].as_str()), (422, Some("bad_request")), "{refused}");
+    // The flags count without a Content-Type too: read as absent, a dry
+    // run would deactivate the user.
+    let raw = |body: &'static str, content_type: Option<&'static str>| {
+        let mut request = served.client.post(format!("{}{disable}", served.base)).bearer_auth(TOKEN).body(body);
+        if let Some(content_type) = content_type {
+            request = request.header("content-type", content_type);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, dry) = raw(r#"{"dry_run": true}"#, None).await;
+    assert_eq!((status, dry["outcome"].as_str()), (200, Some("dry_run")), "{dry}");
+    let (status, refused) = raw("this is {not json", None).await;
+    assert_eq!((status, refused["code"].as_str()), (422, Some("bad_request")), "{refused}");
+    let (status, refused) = raw(r#"{"dry_run": true}"#, Some("text/plain")).await;
+    assert_eq!((status, refused["code"].as_str()), (415, Some("bad_request")), "{refused}");
     let (status, refused) = served.call("POST", "/v1/instances/asana/grants", Some(json!({"entitlement": "x", "principal": "user:1", "dry-run": true}))).await;
     assert_eq!((status, refused["code"].as_str()), (422, Some("bad_request")), "{refused}");
     assert_eq!(sim.requests().iter().filter(|r| r.method != "GET").count(), writes_before, "nothing was sent");
@@ -467,13 +485,17 @@ max-memory-mb = 16
     let audit = served.get("/v1/audit?instance=asana").await;
     let items = audit["items"].as_array().unwrap();
     let summary: Vec<(&str, &str)> = items.iter().map(|i| (i["action"].as_str().unwrap(), i["outcome"].as_str().unwrap())).collect();
-    assert_eq!(summary, [("disable-account", "refused"), ("revoke", "changed"), ("grant", "changed"), ("grant", "dry_run")], "{audit}");
-    assert_eq!(items[2]["target"]["principal"], format!("user:{outsider}"));
-    assert_eq!(items[2]["dry_run"], false);
-    assert!(items[2]["upstream"].as_str().unwrap().contains(&format!("added user {outsider} to team {team}")), "{audit}");
+    assert_eq!(
+        summary,
+        [("disable-account", "dry_run"), ("disable-account", "refused"), ("revoke", "changed"), ("grant", "changed"), ("grant", "dry_run")],
+        "{audit}"
+    );
+    assert_eq!(items[3]["target"]["principal"], format!("user:{outsider}"));
+    assert_eq!(items[3]["dry_run"], false);
+    assert!(items[3]["upstream"].as_str().unwrap().contains(&format!("added user {outsider} to team {team}")), "{audit}");
     // Paged, newest first.
-    let page = served.get("/v1/audit?instance=asana&limit=3").await;
-    let rest = served.get(&format!("/v1/audit?instance=asana&limit=3&cursor={}", page["next_cursor"].as_str().unwrap())).await;
+    let page = served.get("/v1/audit?instance=asana&limit=4").await;
+    let rest = served.get(&format!("/v1/audit?instance=asana&limit=4&cursor={}", page["next_cursor"].as_str().unwrap())).await;
     assert_eq!(rest["items"][0]["outcome"], "dry_run");
     // An id the connector cannot read is the client's mistake: 400, not a
     // 502 a client would retry.

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -54,6 +55,22 @@ pub struct AccountBody {
     dry_run: bool,
     #[serde(default)]
     confirm: bool,
+}
+
+/// A disable's flags: none without a body (the defaults), else its JSON,
+/// strictly. Read from the bytes, not through an optional `Json`: that
+/// one is absent without a Content-Type header, and a `{"dry_run": true}`
+/// sent without one made a real deactivation.
+fn optional_flags(headers: &HeaderMap, body: &[u8]) -> Result<WriteFlags, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(WriteFlags::default());
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or_default().trim().to_ascii_lowercase());
+    if content_type.as_ref().is_some_and(|t| !(t.starts_with("application/json") || t.contains("+json"))) {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "bad_request", "the body must be JSON (Content-Type: application/json)"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad_request", format!("the body is not the flags of a disable: {e}")))
 }
 
 fn reference(text: &str) -> Result<ResourceRef, ApiError> {
@@ -106,9 +123,9 @@ pub async fn disable_account(
     State(s): State<Arc<Server>>,
     Path((name, id)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Option<Json<WriteFlags>>,
+    body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let flags = body.map(|Json(f)| f).unwrap_or_default();
+    let flags = optional_flags(&headers, &body)?;
     let account = if id.contains(':') { reference(&id)? } else { ResourceRef { resource_type: "user".into(), id: id.clone() } };
     let target = json!({"account": format!("{}:{}", account.resource_type, account.id)});
     write(&s, &name, &actor(&headers), "disable-account", target, PlannedWrite::DisableAccount(account), flags.dry_run, flags.confirm).await
