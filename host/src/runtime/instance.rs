@@ -90,6 +90,18 @@ pub enum CallError {
     Poisoned,
 }
 
+impl CallError {
+    /// The error as a failure of `what`. A limit keeps its type, under
+    /// `what` as context: metrics count limits by type, never by reading
+    /// text, which a connector's own error could make say anything.
+    pub fn context(self, what: impl std::fmt::Display + Send + Sync + 'static) -> anyhow::Error {
+        match self {
+            CallError::Limit(limit) => anyhow::Error::new(limit).context(what),
+            other => anyhow::anyhow!("{what}: {other}"),
+        }
+    }
+}
+
 pub struct ConnectorInstance {
     store: Store<StoreData>,
     exports: Exports,
@@ -308,8 +320,8 @@ impl ConnectorInstance {
         let instantiated = tokio::time::timeout(limits.wall_per_call, module.pre.instantiate_async(&mut store)).await;
         drop(running);
         let instance = instantiated
-            .map_err(|_| anyhow::anyhow!("limit exceeded: wall-clock: instantiation took longer than {:?}", limits.wall_per_call))?
-            .map_err(|e| anyhow::anyhow!("cannot instantiate connector {}: {}", module.path.display(), classify_trap(e, &limits)))?;
+            .map_err(|_| LimitExceeded::new("wall-clock", format!("instantiation took longer than {:?}", limits.wall_per_call)))?
+            .map_err(|e| classify_trap(e, &limits).context(format!("cannot instantiate connector {}", module.path.display())))?;
         let exports = match module.api {
             ApiVersion::V0_1 => ConnectorWorld::new(&mut store, &instance).map(Exports::V0_1),
             ApiVersion::V0_2 => v0_2::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_2),

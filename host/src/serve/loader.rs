@@ -167,7 +167,7 @@ pub async fn load(
     if !unknown.is_empty() {
         tracing::warn!(instance = %config.name, "{}", crate::runtime::settings::unknown_keys_message(&metadata.config, &unknown));
     }
-    instance.validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
+    instance.validate().await.map_err(|e| e.context("the connector refused its configuration"))?;
     // What the connector declares and what its syncs use per upstream host
     // (`limits.concurrency` is the reads cap and the pool size).
     let mut operator = permissions(config, data_dir, false).limits.upstream;

@@ -195,14 +195,15 @@ pub async fn run(server: Arc<Server>, instance: Arc<InstanceRuntime>, previous: 
             let ok = sync_once(&server, &instance).await;
             let schedule = instance.settings().schedule.clone();
             let regular = next_due(&schedule, started);
-            due = if ok {
+            let wait = if ok {
                 backoff = backoff_for(&schedule);
-                regular
+                Duration::ZERO
             } else {
                 let wait = backoff.next().unwrap_or(schedule.max_backoff);
                 tracing::info!("backing off: next try in {}", humantime::format_duration(wait));
-                regular.max(Instant::now() + wait)
+                wait
             };
+            due = due_after(ok, regular, Instant::now(), wait);
             // Ticks missed while the sync ran: `due` is in the past, so the
             // next loop runs once at once, and counts on from there.
             if *quit.borrow() {
@@ -213,6 +214,18 @@ pub async fn run(server: Arc<Server>, instance: Arc<InstanceRuntime>, previous: 
     }
     .instrument(span)
     .await
+}
+
+/// When the next sync runs: the regular time after a good one; after a
+/// failure, once its back-off has passed, sooner or later than the
+/// regular time (back-off brings a retry forward on a long interval and
+/// spaces retries out on a short one).
+fn due_after(ok: bool, regular: Instant, now: Instant, backoff: Duration) -> Instant {
+    if ok {
+        regular
+    } else {
+        now + backoff
+    }
 }
 
 fn set_next_run(instance: &InstanceRuntime, due: Instant) {
@@ -269,10 +282,11 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
         }
         Err(e) => {
             let interrupted = e.chain().find_map(|c| c.downcast_ref::<Interrupted>());
+            // By type only: the host's limits carry it; a connector's error
+            // text saying "limit exceeded" is not one (and read as one, it
+            // named a new series of the metric with every failure).
             if let Some(limit) = e.chain().find_map(|c| c.downcast_ref::<LimitExceeded>()) {
                 metrics.limit_violations.with_label_values(&[&instance.name, limit.limit]).inc();
-            } else if let Some(limit) = limit_named_in(&format!("{e:#}")) {
-                metrics.limit_violations.with_label_values(&[&instance.name, &limit]).inc();
             }
             let text = format!("{e:#}");
             match interrupted {
@@ -310,14 +324,6 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
     outcome == "succeeded"
 }
 
-/// Limits reported by the connector's calls reach the driver as text
-/// (`limit exceeded: NAME: …`).
-fn limit_named_in(text: &str) -> Option<String> {
-    let rest = &text[text.find("limit exceeded: ")? + "limit exceeded: ".len()..];
-    let name: String = rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-    (!name.is_empty()).then_some(name)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,9 +358,25 @@ mod tests {
         assert_eq!(waits[4], Duration::from_secs(4), "{waits:?}");
     }
 
+    /// The limits metric counts the host's limits, by type: a connector's
+    /// error that says "limit exceeded" is not one.
     #[test]
-    fn limit_names_are_read_from_errors() {
-        assert_eq!(limit_named_in("listing probe failed: limit exceeded: cpu: the call ran").as_deref(), Some("cpu"));
-        assert_eq!(limit_named_in("upstream error"), None);
+    fn only_the_hosts_limits_count_as_limits() {
+        use crate::runtime::bindings::ConnectorError;
+        use crate::runtime::instance::CallError;
+        let limit_of = |e: &anyhow::Error| e.chain().find_map(|c| c.downcast_ref::<LimitExceeded>()).map(|l| l.limit);
+        let hit = CallError::Limit(LimitExceeded::new("cpu", "the call ran 10s")).context("listing probe failed");
+        assert_eq!(format!("{hit:#}"), "listing probe failed: limit exceeded: cpu: the call ran 10s");
+        assert_eq!(limit_of(&hit), Some("cpu"));
+        let claimed = CallError::Connector(ConnectorError::Upstream("limit exceeded: cpu: made up".into())).context("listing probe failed");
+        assert_eq!(limit_of(&claimed), None);
+    }
+
+    #[test]
+    fn a_failed_sync_is_tried_again_after_its_backoff_not_at_the_next_regular_run() {
+        let now = Instant::now();
+        let regular = now + Duration::from_secs(3600);
+        assert_eq!(due_after(false, regular, now, Duration::from_secs(2)), now + Duration::from_secs(2));
+        assert_eq!(due_after(true, regular, now, Duration::from_secs(2)), regular);
     }
 }

@@ -384,7 +384,7 @@ async fn fetch(instance: &mut ConnectorInstance, job: &Job) -> Result<(guest::Pa
         Listing::Grants(r) => retry_rate_limited!(instance, list_grants(r, token)),
     };
     let cost = instance.requests_in_last_call() > 0;
-    page.map(|page| (page, cost)).map_err(|e| anyhow!("{} failed: {e}", job.listing.describe()))
+    page.map(|page| (page, cost)).map_err(|e| e.context(format!("{} failed", job.listing.describe())))
 }
 
 impl Driver<'_> {
@@ -393,7 +393,7 @@ impl Driver<'_> {
     async fn drive<'p>(&mut self, idle: &mut Vec<Worker<'p>>, from: Checkpoint) -> Result<()> {
         // Validation is the connector's check of its configuration, the
         // same for every instance: once is enough.
-        idle[0].instance().validate().await.map_err(|e| anyhow!("the connector refused its configuration: {e}"))?;
+        idle[0].instance().validate().await.map_err(|e| e.context("the connector refused its configuration"))?;
         self.file.write_resource_types(self.run, &self.types)?;
         self.work = self.plan(from)?;
         self.work.settings = Some(self.settings.clone());
