@@ -300,7 +300,7 @@ impl ConnectorInstance {
         // the name a module gives itself: a module calling itself "asana"
         // must not read the Asana instance's storage.
         let storage = match &permissions.storage_root {
-            Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes)?),
+            Some(root) => Some(ConnectorStorage::open(root, &storage_namespace(&label), limits.storage_bytes, permissions.dry_run)?),
             None => None,
         };
         let activity = pool.activity.clone();

@@ -1,8 +1,10 @@
 //! The `storage` import: a small key/value namespace per connector, kept as
 //! files in a capability directory (cap-std), so no key can reach outside it.
 
+use std::collections::BTreeMap;
 use std::io::ErrorKind;
 use std::path::Path;
+use std::sync::Mutex;
 
 use anyhow::{Context, Result};
 use cap_std::ambient_authority;
@@ -27,16 +29,26 @@ fn cost(len: u64) -> u64 {
 pub struct ConnectorStorage {
     dir: Dir,
     quota_bytes: u64,
+    /// In a dry run, what the connector set (Some) or deleted (None): it
+    /// reads its own changes back, and they go when the instance does. A
+    /// dry run writes nothing, in storage no more than upstream.
+    dry_run: Option<Mutex<BTreeMap<String, Option<Vec<u8>>>>>,
 }
 
 impl ConnectorStorage {
-    /// Opens (creating it) the namespace `name` under `root`.
-    pub fn open(root: &Path, name: &str, quota_bytes: u64) -> Result<Self> {
+    /// Opens (creating it) the namespace `name` under `root`; with
+    /// `dry_run`, changes are kept in memory only.
+    pub fn open(root: &Path, name: &str, quota_bytes: u64, dry_run: bool) -> Result<Self> {
         validate_key(name).map_err(|e| anyhow::anyhow!("bad storage namespace {name:?}: {e:?}"))?;
         let path = root.join(name);
         std::fs::create_dir_all(&path).with_context(|| format!("cannot create storage folder {}", path.display()))?;
         let dir = Dir::open_ambient_dir(&path, ambient_authority()).with_context(|| format!("cannot open storage folder {}", path.display()))?;
-        Ok(ConnectorStorage { dir, quota_bytes })
+        Ok(ConnectorStorage { dir, quota_bytes, dry_run: dry_run.then(Mutex::default) })
+    }
+
+    /// The dry run's changes, if this is one.
+    fn overlay(&self) -> Option<std::sync::MutexGuard<'_, BTreeMap<String, Option<Vec<u8>>>>> {
+        self.dry_run.as_ref().map(|changes| changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
     fn used_bytes(&self, except: &str) -> Result<u64, StorageError> {
@@ -53,6 +65,9 @@ impl ConnectorStorage {
 
     pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StorageError> {
         validate_key(key)?;
+        if let Some(changed) = self.overlay().and_then(|changes| changes.get(key).cloned()) {
+            return Ok(changed);
+        }
         match self.dir.read(key) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -70,11 +85,19 @@ impl ConnectorStorage {
                 self.quota_bytes
             )));
         }
+        if let Some(mut changes) = self.overlay() {
+            changes.insert(key.to_string(), Some(value.to_vec()));
+            return Ok(());
+        }
         self.dir.write(key, value).map_err(io_error)
     }
 
     pub fn delete(&self, key: &str) -> Result<(), StorageError> {
         validate_key(key)?;
+        if let Some(mut changes) = self.overlay() {
+            changes.insert(key.to_string(), None);
+            return Ok(());
+        }
         match self.dir.remove_file(key) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -92,7 +115,13 @@ impl ConnectorStorage {
                 }
             }
         }
+        if let Some(changes) = self.overlay() {
+            keys.retain(|key| !matches!(changes.get(key), Some(None)));
+            keys.extend(changes.iter().filter(|(key, value)| value.is_some() && key.starts_with(prefix)).map(|(key, _)| key.clone()));
+            keys.dedup();
+        }
         keys.sort();
+        keys.dedup();
         Ok(keys)
     }
 }
@@ -163,12 +192,30 @@ mod tests {
     #[test]
     fn empty_values_still_count_against_the_quota() {
         let dir = tempfile::tempdir().unwrap();
-        let storage = ConnectorStorage::open(dir.path(), "ns", 1024).unwrap();
+        let storage = ConnectorStorage::open(dir.path(), "ns", 1024, false).unwrap();
         for i in 0..4 {
             storage.set(&format!("k{i}"), b"").unwrap();
         }
         assert!(matches!(storage.set("k4", b""), Err(StorageError::QuotaExceeded(_))), "a 1 KiB quota holds 4 keys");
         storage.set("k0", b"replaced in place").unwrap();
         assert_eq!(storage.list_keys("").unwrap().len(), 4);
+    }
+
+    #[test]
+    fn a_dry_run_reads_its_own_changes_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        ConnectorStorage::open(dir.path(), "ns", 4096, false).unwrap().set("kept", b"before").unwrap();
+        let dry = ConnectorStorage::open(dir.path(), "ns", 4096, true).unwrap();
+        dry.set("new", b"x").unwrap();
+        dry.set("kept", b"changed").unwrap();
+        assert_eq!(dry.get("kept").unwrap().as_deref(), Some(&b"changed"[..]));
+        assert_eq!(dry.list_keys("").unwrap(), ["kept", "new"]);
+        dry.delete("kept").unwrap();
+        assert_eq!(dry.get("kept").unwrap(), None);
+        assert_eq!(dry.list_keys("").unwrap(), ["new"]);
+        drop(dry);
+        let real = ConnectorStorage::open(dir.path(), "ns", 4096, false).unwrap();
+        assert_eq!(real.list_keys("").unwrap(), ["kept"]);
+        assert_eq!(real.get("kept").unwrap().as_deref(), Some(&b"before"[..]));
     }
 }
