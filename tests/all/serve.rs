@@ -472,8 +472,10 @@ max-memory-mb = 16
             (response.status().as_u16(), response.json::<Value>().await.unwrap())
         }
     };
+    // Read, the dry run passes the confirmation (without it: 409 above) and
+    // reaches the write, which this instance (no SCIM) cannot make.
     let (status, dry) = raw(r#"{"dry_run": true}"#, None).await;
-    assert_eq!((status, dry["outcome"].as_str()), (200, Some("dry_run")), "{dry}");
+    assert_eq!((status, dry["code"].as_str()), (501, Some("unsupported")), "{dry}");
     let (status, refused) = raw("this is {not json", None).await;
     assert_eq!((status, refused["code"].as_str()), (422, Some("bad_request")), "{refused}");
     let (status, refused) = raw(r#"{"dry_run": true}"#, Some("text/plain")).await;
@@ -487,7 +489,7 @@ max-memory-mb = 16
     let summary: Vec<(&str, &str)> = items.iter().map(|i| (i["action"].as_str().unwrap(), i["outcome"].as_str().unwrap())).collect();
     assert_eq!(
         summary,
-        [("disable-account", "dry_run"), ("disable-account", "refused"), ("revoke", "changed"), ("grant", "changed"), ("grant", "dry_run")],
+        [("disable-account", "failed"), ("disable-account", "refused"), ("revoke", "changed"), ("grant", "changed"), ("grant", "dry_run")],
         "{audit}"
     );
     assert_eq!(items[3]["target"]["principal"], format!("user:{outsider}"));
@@ -497,6 +499,7 @@ max-memory-mb = 16
     let page = served.get("/v1/audit?instance=asana&limit=4").await;
     let rest = served.get(&format!("/v1/audit?instance=asana&limit=4&cursor={}", page["next_cursor"].as_str().unwrap())).await;
     assert_eq!(rest["items"][0]["outcome"], "dry_run");
+    assert_eq!(items[0]["dry_run"], true, "the flags of the disable without a Content-Type were read");
     // An id the connector cannot read is the client's mistake: 400, not a
     // 502 a client would retry.
     let (status, refused) = served.call("DELETE", "/v1/instances/asana/grants/not-an-asana-grant?dry_run=true", None).await;
@@ -632,7 +635,7 @@ async fn an_older_signed_version_is_refused_as_a_rollback() {
         install(&module, &v1, Some(sign(&key, &v1)));
         text += &asana_instance(name, &module, &sim, "interval = \"1h\"", extra);
     }
-    std::fs::write(&config, text).unwrap();
+    std::fs::write(&config, &text).unwrap();
     let served = Served::start(&config, dir.path()).await;
     let hostile = std::fs::read(wasm("hostile")).unwrap();
     for name in ["strict", "lenient"] {
@@ -646,6 +649,22 @@ async fn an_older_signed_version_is_refused_as_a_rollback() {
     assert_eq!(refused["module"]["version"], "0.2.0");
     let swapped = served.until("lenient", "the allowed downgrade", Duration::from_secs(60), |i| i["module"]["version"] == "0.1.0").await;
     assert!(swapped["last_refusal"].is_null(), "{swapped}");
+
+    // An edit of the strict instance's schedule loads its module again: the
+    // rollback is refused there too, and the whole reload with it.
+    std::fs::write(&config, text.replacen("interval = \"1h\"", "interval = \"2h\"", 1)).unwrap();
+    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let list = loop {
+        let list = served.get("/v1/instances").await;
+        if list["config_reload_refusal"].is_object() {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "the reload was not refused: {list}\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(list["config_reload_refusal"]["reason"].as_str().unwrap().contains("refused as a rollback"), "{list}");
+    assert_eq!(served.instance("strict").await["module"]["version"], "0.2.0");
 }
 
 #[tokio::test(flavor = "multi_thread")]

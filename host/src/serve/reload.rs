@@ -192,7 +192,16 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
         }
         // A running instance's new settings may not widen its hosts either.
         let strict = current.contains_key(name);
-        match loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, strict).await {
+        // Any change to an instance loads its module again: the rollback
+        // check holds here as in a swap, or a module the watcher refused
+        // as a rollback came in with the next edit of its schedule.
+        let running = current.get(name).and_then(|i| i.version());
+        let loaded_version =
+            loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, strict).await.and_then(|version| match running {
+                Some(running) if !settings.allow_downgrade => refuse_downgrade(&running.version, &version.version).map(|()| version),
+                _ => Ok(version),
+            });
+        match loaded_version {
             Ok(version) => {
                 loaded.insert(name.clone(), Arc::new(version));
             }
