@@ -1321,3 +1321,41 @@ async fn an_instance_removed_mid_sync_and_added_again_waits_for_its_old_sync() {
     assert!(logs.contains("waiting for the sync of the instance removed under this name to end"), "{logs}");
     assert!(!logs.contains("another tether process"), "{logs}");
 }
+
+/// A stop waits for an API write in progress: the write that reached the
+/// upstream gets its answer, and the audit table has it (recorded as
+/// started before it went out, then with its outcome).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_waits_for_an_api_write_and_the_audit_keeps_it() {
+    let mut sim_config = SimConfig::new(Org::generate(&OrgSpec { users: 10, teams: 2, workspaces: 1, seed: 21 }));
+    sim_config.latency = Duration::from_millis(700);
+    let sim = start_sim_with(sim_config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    let mut served = Served::start(&config, dir.path()).await;
+    let (team, outsider) = team_and_outsider(&sim.org());
+    let grant = json!({"entitlement": format!("team:{team}:member"), "principal": format!("user:{outsider}")});
+    let request = served.client.post(format!("{}/v1/instances/asana/grants", served.base)).bearer_auth(TOKEN).json(&grant);
+    let answer = tokio::spawn(async move {
+        let response = request.send().await.expect("the write is answered, stop or not");
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    });
+    // The write has begun once the audit table says so.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let audit = served.get("/v1/audit?instance=asana").await;
+        if audit["items"].as_array().unwrap().iter().any(|i| i["outcome"] == "started") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the write did not start: {audit}\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(served.terminate(Duration::from_secs(30)).success());
+    let (status, done) = answer.await.unwrap();
+    assert_eq!((status, done["outcome"].as_str()), (200, Some("changed")), "{done}");
+    assert!(sim.requests().iter().any(|r| r.method == "POST" && r.path == format!("/teams/{team}/addUser") && r.status == 200));
+    let audit = rusqlite::Connection::open(dir.path().join("data").join("audit.db")).unwrap();
+    let outcome: String = audit.query_row("SELECT outcome FROM audit WHERE action = 'grant'", [], |row| row.get(0)).unwrap();
+    assert_eq!(outcome, "changed");
+}

@@ -62,6 +62,15 @@ impl Audit {
         Ok(conn.last_insert_rowid())
     }
 
+    /// Sets the outcome of entry `id`, recorded as `started` before its
+    /// write went out: a write the process did not live to finish stays
+    /// in the table as started.
+    pub fn finish(&self, id: i64, outcome: &str, upstream: &str) -> Result<()> {
+        let conn = self.conn.lock().map_err(|_| anyhow::anyhow!("the audit log is unavailable"))?;
+        conn.execute("UPDATE audit SET outcome = ?2, upstream = ?3 WHERE id = ?1", params![id, outcome, upstream])?;
+        Ok(())
+    }
+
     /// Newest first: up to `limit` entries older than `before` (an id).
     pub fn list(&self, instance: Option<&str>, before: Option<i64>, limit: usize) -> Result<Vec<AuditEntry>> {
         let conn = self.conn.lock().map_err(|_| anyhow::anyhow!("the audit log is unavailable"))?;

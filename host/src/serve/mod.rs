@@ -54,6 +54,10 @@ pub struct Server {
     pub config_refusal: Mutex<Option<Refusal>>,
     /// One config reload at a time (SIGHUP and the file watcher).
     reloading: tokio::sync::Mutex<()>,
+    /// Held (shared) by every API write in progress: a stop waits for them
+    /// within its grace period, so a write that reached the upstream gets
+    /// its answer and its audit entry.
+    pub writes: tokio::sync::RwLock<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -127,6 +131,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         quit: watch::channel(false).0,
         config_refusal: Mutex::new(None),
         reloading: tokio::sync::Mutex::new(()),
+        writes: tokio::sync::RwLock::new(()),
         tasks: Mutex::new(vec![]),
     });
 
@@ -261,9 +266,11 @@ async fn shutdown(server: &Arc<Server>) {
         let _ = instance.quit.send(true);
     }
     let tasks: Vec<_> = std::mem::take(&mut *server.tasks.lock().expect("tasks lock"));
-    let all = futures::future::join_all(tasks);
+    let all = futures::future::join(futures::future::join_all(tasks), server.writes.write());
     match tokio::time::timeout(grace, all).await {
         Ok(_) => tracing::info!("stopped cleanly"),
-        Err(_) => tracing::warn!("the grace period ran out with syncs still running; the next start resumes them"),
+        Err(_) => tracing::warn!(
+            "the grace period ran out with syncs or API writes still running; the next start resumes the syncs, and the audit table shows such a write as started"
+        ),
     }
 }

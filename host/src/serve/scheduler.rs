@@ -37,6 +37,10 @@ pub struct InstanceRuntime {
     pub module_seen: Mutex<Option<super::reload::Fingerprint>>,
     /// True once its task has ended (its last sync with it).
     pub done: watch::Sender<bool>,
+    /// Writes through the API, one at a time: each reads the upstream
+    /// before it acts, and two at once (a grant and a disable of one user)
+    /// would act on what the other is changing.
+    pub writing: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -101,6 +105,7 @@ impl InstanceRuntime {
             quit: watch::channel(false).0,
             module_seen: Mutex::new(seen),
             done: watch::channel(false).0,
+            writing: tokio::sync::Mutex::new(()),
         })
     }
 

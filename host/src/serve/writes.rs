@@ -2,7 +2,9 @@
 //! Each asks the connector first what it would do (`check-write`); one the
 //! upstream cannot undo needs `"confirm": true`, as the CLI needs `--yes`.
 //! `"dry_run": true` holds every write back and shows it. Every request,
-//! refused or not, goes to the audit table.
+//! refused or not, goes to the audit table; one that reaches the write is
+//! recorded as `started` before it goes out. Writes to one instance run one
+//! at a time, and a stop waits for those in progress.
 
 use std::sync::Arc;
 
@@ -143,6 +145,13 @@ async fn write(
     confirm: bool,
 ) -> Result<Json<Value>, ApiError> {
     let instance = find(server, name)?;
+    // Counted in before the stop is looked at: a stop either sees this
+    // write and waits for it, or this write sees the stop.
+    let _in_flight = server.writes.read().await;
+    if *server.quit.borrow() {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "the server is stopping; send the write again once it is back"));
+    }
+    let _one_write_at_a_time = instance.writing.lock().await;
     let record = |outcome: &str, upstream: &str| {
         let entry = NewEntry { actor, instance: name, action, target: &target, dry_run, outcome, upstream };
         if let Err(e) = server.audit.record(&entry) {
@@ -182,13 +191,24 @@ async fn write(
             format!("this write cannot be undone ({}); send it again with \"confirm\": true", effect.description),
         ));
     }
+    // Recorded before the write goes out, its outcome once it is known.
+    let started = NewEntry { actor, instance: name, action, target: &target, dry_run, outcome: "started", upstream: "" };
+    let entry = server.audit.record(&started).map_err(|e| {
+        tracing::error!(instance = %name, "cannot record a write in the audit log: {e:#}");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", "the audit log cannot be written, so no write is made")
+    })?;
+    let finish = |outcome: &str, upstream: &str| {
+        if let Err(e) = server.audit.finish(entry, outcome, upstream) {
+            tracing::error!(instance = %name, "cannot record a write's outcome in the audit log: {e:#}");
+        }
+    };
     let done = super::adapter::perform_write(&mut connector, &planned).await;
     server.metrics.add_http(name, &connector.http().counters);
     let done = match done {
         Ok(done) => done,
         Err(e) => {
             let text = e.to_string();
-            record("failed", &text);
+            finish("failed", &text);
             return Err(client_mistake(&e).unwrap_or_else(|| ApiError::new(StatusCode::BAD_GATEWAY, "upstream_failed", text)));
         }
     };
@@ -202,7 +222,7 @@ async fn write(
             None => "done",
         }
     };
-    record(outcome, &done.message);
+    finish(outcome, &done.message);
     tracing::info!(instance = %name, action, outcome, "write through the API");
     Ok(Json(json!({
         "outcome": outcome,
