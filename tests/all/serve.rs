@@ -1359,3 +1359,30 @@ async fn a_stop_waits_for_an_api_write_and_the_audit_keeps_it() {
     let outcome: String = audit.query_row("SELECT outcome FROM audit WHERE action = 'grant'", [], |row| row.get(0)).unwrap();
     assert_eq!(outcome, "changed");
 }
+
+/// Connections that never send a request (no token needed to open one)
+/// are closed after the header timeout and capped in number: they cannot
+/// take every file descriptor, and the API answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_connections_are_closed_and_cannot_starve_the_api() {
+    use tokio::io::AsyncReadExt;
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 4 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    let addr = served.base.trim_start_matches("http://").to_string();
+    let mut idle = vec![];
+    for _ in 0..tether_host::serve::http_server::MAX_CONNECTIONS + 40 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    // The API answers once the idle ones are let go, well within a minute.
+    let started = Instant::now();
+    let health = served.client.get(format!("{}/healthz", served.base)).timeout(Duration::from_secs(60)).send().await.expect("the API answers");
+    assert_eq!(health.status(), 200);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // The first idle connection was closed by the server: it reads the end.
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(30), idle[0].read(&mut byte)).await.expect("closed within the header timeout");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}

@@ -12,6 +12,7 @@ pub mod adapter;
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod http_server;
 pub mod loader;
 pub mod logging;
 pub mod metrics;
@@ -143,15 +144,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
             tracing::warn!("listening beyond loopback ({listen}): the bearer token is the only guard; put TLS and a network policy in front");
         }
         let app = api::router(server.clone());
-        let mut quit = server.quit.subscribe();
-        tokio::spawn(async move {
-            let stopped = async move {
-                let _ = quit.wait_for(|q| *q).await;
-            };
-            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-                tracing::error!("the HTTP server failed: {e}");
-            }
-        })
+        tokio::spawn(http_server::serve(listener, app, server.quit.subscribe()))
     });
 
     // Every module loads, or the start fails with every problem listed.
