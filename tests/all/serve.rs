@@ -137,6 +137,19 @@ impl Served {
         }
     }
 
+    /// `/v1/instances` once it shows a config reload refused.
+    async fn reload_refused(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let list = self.get("/v1/instances").await;
+            if list["config_reload_refusal"].is_object() {
+                return list;
+            }
+            assert!(Instant::now() < deadline, "no reload refused: {list}\n{}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit.
     fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
@@ -654,15 +667,7 @@ async fn an_older_signed_version_is_refused_as_a_rollback() {
     // rollback is refused there too, and the whole reload with it.
     std::fs::write(&config, text.replacen("interval = \"1h\"", "interval = \"2h\"", 1)).unwrap();
     unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let list = loop {
-        let list = served.get("/v1/instances").await;
-        if list["config_reload_refusal"].is_object() {
-            break list;
-        }
-        assert!(Instant::now() < deadline, "the reload was not refused: {list}\n{}", served.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let list = served.reload_refused().await;
     assert!(list["config_reload_refusal"]["reason"].as_str().unwrap().contains("refused as a rollback"), "{list}");
     assert_eq!(served.instance("strict").await["module"]["version"], "0.2.0");
 }
@@ -917,15 +922,7 @@ async fn a_config_reload_applies_all_of_a_good_file_and_none_of_a_bad_one() {
         + &asana_instance("second", &asana_wasm(), &sim, "interval = \"1h\"", "");
     std::fs::write(&config, bad).unwrap();
     hangup();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let refused = loop {
-        let list = served.get("/v1/instances").await;
-        if list["config_reload_refusal"].is_object() {
-            break list;
-        }
-        assert!(Instant::now() < deadline, "no refusal: {list}\n{}", served.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let refused = served.reload_refused().await;
     let reason = refused["config_reload_refusal"]["reason"].as_str().unwrap();
     assert!(reason.contains("[instances.asana]") && reason.contains("default-workspace-id"), "{reason}");
     assert_eq!(names(&refused), ["asana"]);

@@ -1744,6 +1744,17 @@ CREATE VIEW IF NOT EXISTS grants AS
         assert_eq!(read, expected);
     }
 
+    /// `count` users' memberships of team t1: many pages of the file.
+    fn team_members(count: usize) -> Vec<Grant> {
+        (0..count)
+            .map(|n| Grant {
+                principal: ResourceKey { resource_type: "user".into(), id: format!("u{n}") },
+                id: format!("team:t1:member:user:u{n}"),
+                ..member(&[])
+            })
+            .collect()
+    }
+
     /// Only the newest run can be resumed: a new run drops the records of
     /// earlier runs that did not succeed (failed syncs would otherwise
     /// each leave a run's records in the file), and keeps the good ones'.
@@ -1754,13 +1765,7 @@ CREATE VIEW IF NOT EXISTS grants AS
         file.finish_run(good, RunEnd::Succeeded, 0).unwrap();
         let identity = ConnectorIdentity { name: "test".into(), version: "1".into(), digest: "d".into() };
         let failed = file.begin_run(&identity).unwrap();
-        let grants = (0..3000)
-            .map(|n| Grant {
-                principal: ResourceKey { resource_type: "user".into(), id: format!("u{n}") },
-                id: format!("team:t1:member:user:u{n}"),
-                ..member(&[])
-            })
-            .collect();
+        let grants = team_members(3000);
         file.write_page(failed, &PageRecords { grants, resources: vec![user(&[])], ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
         file.finish_run(failed, RunEnd::Failed("boom"), 0).unwrap();
         assert_eq!(file.count(failed, Table::Grants).unwrap(), 3000);
@@ -1779,13 +1784,7 @@ CREATE VIEW IF NOT EXISTS grants AS
     #[test]
     fn a_good_run_gives_the_pages_of_its_stage_back() {
         let (_dir, mut file, run, next) = fresh_run();
-        let grants = (0..3000)
-            .map(|n| Grant {
-                principal: ResourceKey { resource_type: "user".into(), id: format!("u{n}") },
-                id: format!("team:t1:member:user:u{n}"),
-                ..member(&[])
-            })
-            .collect();
+        let grants = team_members(3000);
         file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
         let free = |file: &SyncFile| file.conn.query_row("PRAGMA freelist_count", [], |row| row.get::<_, i64>(0)).unwrap();
         assert_eq!(free(&file), 0);
