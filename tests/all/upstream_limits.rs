@@ -172,9 +172,36 @@ async fn a_serve_configs_limits_override_the_declared_ones_and_only_those_given(
     // The pool the scheduler starts for each.
     let engine = engine();
     let module = load(&engine, &asana_wasm());
-    let permissions = tether_host::serve::loader::permissions(given, dir.path(), false);
+    let permissions = tether_host::serve::loader::permissions(given, dir.path(), false, None);
     let pool = ConnectorInstance::start_pool(&engine, &module, &permissions, given.sync_limits.concurrency).await.unwrap();
     let used = pool[0].upstream_settings();
     assert_eq!((pool.len(), used.requests_per_minute.value, used.concurrent_writes.value), (7, 1500, 3));
     assert_eq!(used.requests_per_minute.source, Source::Connector);
+}
+
+/// Under serve, an instance's syncs and API writes share one upstream
+/// budget: instances started on a shared throttle count against one rate,
+/// where each used to get a fresh one.
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_on_one_throttle_share_its_rate() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tether_host::runtime::imports::upstream::HostThrottle;
+    use tether_host::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 8 }).await;
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let mut grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    grants.limits.upstream.requests_per_minute = Some(2);
+    let shared = Arc::new(HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &grants.limits.upstream)));
+    let on_shared = Permissions { throttle: Some(shared), ..grants.clone() };
+    let mut first = ConnectorInstance::start(&engine, &module, &on_shared).await.unwrap();
+    first.test_connection().await.unwrap();
+    first.test_connection().await.unwrap();
+    // The budget of two a minute is spent: a second instance on the same
+    // throttle waits, one on a throttle of its own does not.
+    let mut own = ConnectorInstance::start(&engine, &module, &grants).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), own.test_connection()).await.expect("a budget of its own").unwrap();
+    let mut second = ConnectorInstance::start(&engine, &module, &on_shared).await.unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(2), second.test_connection()).await.is_err(), "the shared budget was spent");
 }

@@ -51,6 +51,7 @@ pub async fn prepare_with_reads(args: &ConnectorArgs, dry_run: bool, concurrent_
         storage_root: args.storage_dir.clone(),
         instance_name: args.instance.instance_name.clone(),
         dry_run,
+        throttle: None,
     };
     permissions.limits.upstream.concurrent_reads = concurrent_reads;
     let instance = ConnectorInstance::start(&engine, &module, &permissions).await?;

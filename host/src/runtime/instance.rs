@@ -19,6 +19,7 @@ use crate::runtime::imports::config::{ConnectorConfig, Secrets};
 use crate::runtime::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
 use crate::runtime::imports::log::LogRate;
 use crate::runtime::imports::storage::ConnectorStorage;
+use crate::runtime::imports::upstream::HostThrottle;
 use crate::runtime::imports::wasi::GuestStderr;
 use crate::runtime::limits::{LimitExceeded, Limits};
 use crate::runtime::pool_memory::PoolMemory;
@@ -43,6 +44,10 @@ pub struct Permissions {
     /// namespace and its name in logs. None: the module's file stem.
     pub instance_name: Option<String>,
     pub dry_run: bool,
+    /// The upstream budget to share (serve: the instance's, so its syncs
+    /// and its API writes count against one rate and one cap on writes in
+    /// flight). None: a budget of its own.
+    pub throttle: Option<Arc<HostThrottle>>,
 }
 
 /// A write the host is about to make, for [`ConnectorInstance::check_write`].
@@ -218,6 +223,7 @@ impl ConnectorInstance {
             permissions.secrets.clone(),
             &permissions.limits,
             permissions.dry_run,
+            permissions.throttle.clone(),
         )?);
         let pool = Shared {
             http,

@@ -15,6 +15,7 @@ use crate::distribution::ResolvedModule;
 use crate::runtime::engine::{ConnectorEngine, LoadedModule};
 use crate::runtime::imports::config::ConnectorConfig;
 use crate::runtime::imports::http::AllowedHost;
+use crate::runtime::imports::upstream::HostThrottle;
 use crate::runtime::instance::{ConnectorInstance, Permissions};
 use crate::runtime::trust::{key_id, ModuleTrust};
 use crate::terminal::escape as esc;
@@ -42,16 +43,24 @@ pub struct LoadedVersion {
 
 /// What the instance may do, as its config grants it: its hosts are
 /// exactly the granted ones, whatever the module declares.
-pub fn permissions(config: &InstanceConfig, data_dir: &Path, dry_run: bool) -> Permissions {
+/// `throttle`: the instance's upstream budget, shared by its syncs and
+/// API writes. Both resolve the same settings from it (a sync's pool size
+/// caps reads for writes too), so neither resets the other's.
+pub fn permissions(config: &InstanceConfig, data_dir: &Path, dry_run: bool, throttle: Option<Arc<HostThrottle>>) -> Permissions {
+    let mut limits = config.limits.clone();
+    if let Some(size) = config.sync_limits.concurrency {
+        limits.upstream.concurrent_reads = Some(size.max(1));
+    }
     Permissions {
         config: ConnectorConfig::new(config.config.clone()),
         secrets: config.resolved_secrets.clone(),
         extra_hosts: config.allowed_hosts.clone(),
         only_extra_hosts: true,
-        limits: config.limits.clone(),
+        limits,
         storage_root: Some(data_dir.join("storage")),
         instance_name: Some(config.name.clone()),
         dry_run,
+        throttle,
     }
 }
 
@@ -131,7 +140,7 @@ pub async fn load(
 ) -> Result<LoadedVersion> {
     let path = &resolved.path;
     let (module, signer) = off_the_runtime(|| verify_and_compile(engine, config, path))?;
-    let mut instance = ConnectorInstance::start(engine, &module, &permissions(config, data_dir, false)).await?;
+    let mut instance = ConnectorInstance::start(engine, &module, &permissions(config, data_dir, false, None)).await?;
     let metadata = instance.metadata.clone();
     let mut ungranted = vec![];
     for declared in &metadata.hosts {
@@ -170,7 +179,7 @@ pub async fn load(
     instance.validate().await.map_err(|e| e.context("the connector refused its configuration"))?;
     // What the connector declares and what its syncs use per upstream host
     // (`limits.concurrency` is the reads cap and the pool size).
-    let mut operator = permissions(config, data_dir, false).limits.upstream;
+    let mut operator = permissions(config, data_dir, false, None).limits.upstream;
     operator.concurrent_reads = config.sync_limits.concurrency;
     let used = crate::runtime::upstream_limits::UpstreamSettings::resolve(&instance.declared.limits, &operator);
     tracing::info!(instance = %config.name, "upstream limits declared: {}; per host using {used}", instance.declared.limits);

@@ -16,8 +16,10 @@ use tracing::Instrument;
 use super::config::{InstanceConfig, Schedule};
 use super::loader::Version;
 use super::Server;
+use crate::runtime::imports::upstream::HostThrottle;
 use crate::runtime::instance::ConnectorInstance;
 use crate::runtime::limits::LimitExceeded;
+use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 use crate::sync::{Interrupted, StopRequest, SyncOptions};
 
 /// One instance as the server runs it.
@@ -41,6 +43,10 @@ pub struct InstanceRuntime {
     /// before it acts, and two at once (a grant and a disable of one user)
     /// would act on what the other is changing.
     pub writing: tokio::sync::Mutex<()>,
+    /// The upstream budget its syncs and API writes share: the rate and
+    /// the caps in flight the operator set are the instance's, not each
+    /// call's.
+    pub throttle: Arc<HostThrottle>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -97,7 +103,6 @@ impl InstanceRuntime {
         let seen = super::reload::fingerprint(&settings);
         Arc::new(InstanceRuntime {
             name: settings.name.clone(),
-            settings: RwLock::new(settings),
             current: RwLock::new(version),
             status: Mutex::new(Status::default()),
             trigger: Notify::new(),
@@ -106,6 +111,8 @@ impl InstanceRuntime {
             module_seen: Mutex::new(seen),
             done: watch::channel(false).0,
             writing: tokio::sync::Mutex::new(()),
+            throttle: Arc::new(HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &settings.limits.upstream))),
+            settings: RwLock::new(settings),
         })
     }
 
@@ -266,7 +273,7 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
     let mut counters = None;
     let result = async {
         std::fs::create_dir_all(path.parent().unwrap_or(&server.data_dir))?;
-        let permissions = super::loader::permissions(&settings, &server.data_dir, false);
+        let permissions = super::loader::permissions(&settings, &server.data_dir, false, Some(instance.throttle.clone()));
         // Listings run concurrently on a pool, as with `tether sync`.
         let mut pool = ConnectorInstance::start_pool(&server.engine, &version.module, &permissions, settings.sync_limits.concurrency).await?;
         let result = super::adapter::run_sync(&mut pool, &path, &version.digest, &options).await;

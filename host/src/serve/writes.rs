@@ -163,7 +163,7 @@ async fn write(
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the instance has no module loaded"));
     };
     let settings = instance.settings();
-    let permissions = super::loader::permissions(&settings, &server.data_dir, dry_run);
+    let permissions = super::loader::permissions(&settings, &server.data_dir, dry_run, Some(instance.throttle.clone()));
     let mut connector = ConnectorInstance::start(&server.engine, &version.module, &permissions).await.map_err(|e| {
         record("failed", &format!("{e:#}"));
         ApiError::new(StatusCode::BAD_GATEWAY, "connector_failed", format!("{e:#}"))

@@ -107,7 +107,7 @@ async fn config_sync(args: ConfigSyncArgs) -> Result<()> {
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let permissions = crate::serve::loader::permissions(settings, data_dir, false);
+    let permissions = crate::serve::loader::permissions(settings, data_dir, false, None);
     let mut pool = crate::runtime::instance::ConnectorInstance::start_pool(&engine, &version.module, &permissions, settings.sync_limits.concurrency).await?;
     let options = crate::sync::SyncOptions { resume: args.resume, limits: settings.sync_limits.clone(), stop: Default::default() };
     let summary = crate::serve::adapter::run_sync(&mut pool, &out, &version.digest, &options)

@@ -346,7 +346,7 @@ pub struct HttpGateway {
     max_response_bytes: usize,
     /// Rate budget, requests in flight and 429 pauses per host, shared by
     /// every instance that holds this gateway.
-    pub throttle: HostThrottle,
+    pub throttle: Arc<HostThrottle>,
     retry: RetryPolicy,
     pub counters: HttpCounters,
     /// With dry-run, writes are held here instead of being sent.
@@ -359,7 +359,8 @@ pub struct HttpGateway {
 const HOST_HEADERS: [&str; 6] = ["authorization", "host", "accept-encoding", "te", "range", "if-range"];
 
 impl HttpGateway {
-    pub fn new(policy: EgressPolicy, secrets: Arc<Secrets>, limits: &Limits, dry_run: bool) -> Result<Self> {
+    /// `throttle`: a budget to share; None, one of its own.
+    pub fn new(policy: EgressPolicy, secrets: Arc<Secrets>, limits: &Limits, dry_run: bool, throttle: Option<Arc<HostThrottle>>) -> Result<Self> {
         let timeout = limits.http_timeout;
         let policy = Arc::new(RwLock::new(policy));
         let redirect_policy = policy.clone();
@@ -389,7 +390,7 @@ impl HttpGateway {
             policy,
             secrets,
             max_response_bytes: limits.http_response_bytes,
-            throttle: HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &limits.upstream)),
+            throttle: throttle.unwrap_or_else(|| Arc::new(HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &limits.upstream)))),
             retry: RetryPolicy::new(limits),
             counters: HttpCounters::default(),
             dry_run: dry_run.then(|| Mutex::new(vec![])),
@@ -774,7 +775,7 @@ mod tests {
 
     fn gateway(addr: SocketAddr, limits: Limits) -> HttpGateway {
         let policy = EgressPolicy::new(vec![AllowedHost::parse(&addr.to_string()).unwrap()]);
-        HttpGateway::new(policy, Arc::new(Secrets::default()), &limits, false).unwrap()
+        HttpGateway::new(policy, Arc::new(Secrets::default()), &limits, false, None).unwrap()
     }
 
     fn fast_retries(retries: u32, budget: u32) -> Limits {

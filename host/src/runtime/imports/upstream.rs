@@ -28,6 +28,8 @@ pub enum Access {
     Write,
 }
 
+/// One upstream budget: shared by the instances of a pool, and under
+/// `serve` by every sync and API write of one instance.
 pub struct HostThrottle {
     /// Requests per minute per host; replaced (with its counts) when the
     /// settings change, before the first request.
@@ -140,6 +142,12 @@ impl MinuteWindow {
 pub struct Admission {
     _slot: OwnedSemaphorePermit,
     _counted: Counted,
+}
+
+impl std::fmt::Debug for HostThrottle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostThrottle").field("settings", &self.settings()).finish_non_exhaustive()
+    }
 }
 
 impl HostThrottle {
