@@ -57,8 +57,26 @@ struct Args {
     url_file: Option<PathBuf>,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+/// A bad flag or a port in use is said in one line, never as a backtrace
+/// (a returned error prints one when RUST_BACKTRACE is set).
+fn main() -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> Result<()> {
     let args = Args::parse();
     for (flag, rate) in [("inject-429", args.inject_429), ("inject-5xx", args.inject_5xx), ("inject-reset", args.inject_reset)] {
         if !(0.0..=1.0).contains(&rate) {

@@ -147,7 +147,10 @@ impl EgressPolicy {
         let default_port = if scheme == "https" { 443 } else { 80 };
         let matching = || self.hosts.iter().filter(|h| h.host == host && h.port.unwrap_or(default_port) == port);
         // The operator's listing of a host outranks the connector's.
-        let entry = matching().find(|h| h.from_operator).or_else(|| matching().next()).ok_or_else(|| format!("{host}:{port} is not an allowed host"))?;
+        let entry = matching()
+            .find(|h| h.from_operator)
+            .or_else(|| matching().next())
+            .ok_or_else(|| format!("{host}:{port} is not an allowed host (the operator allows hosts with --allow-host, or allowed_hosts under serve)"))?;
         if matches!(url.host(), Some(url::Host::Ipv4(_) | url::Host::Ipv6(_))) && !entry.from_operator {
             return Err(format!("{host} is an IP address, which only the operator can allow (--allow-host)"));
         }
