@@ -57,6 +57,10 @@ async fn sync_prints_a_summary_and_writes_a_queryable_sync_file() {
     assert_eq!(teams.len(), 12);
     assert!(teams.iter().all(|t| t["resource_type"] == "team" && t["parent"]["resource_type"] == "workspace"));
 
+    let unknown = tether(&["inspect", out.to_str().unwrap(), "grants", "--type", "workspaces"]);
+    assert_eq!(unknown.status.code(), Some(1), "{}", stderr(&unknown));
+    assert!(stderr(&unknown).contains("no resource type \"workspaces\"; it has: workspace, "), "{}", stderr(&unknown));
+
     let table = tether(&["inspect", out.to_str().unwrap(), "grants", "--type", "workspace"]);
     assert!(table.status.success());
     let header = stdout(&table).lines().next().unwrap().to_string();

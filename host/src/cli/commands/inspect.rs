@@ -47,6 +47,14 @@ pub enum InspectFormat {
 
 pub fn print(file: &SyncFile, what: InspectWhat, resource_type: Option<&str>, format: InspectFormat, out: &mut dyn Write) -> Result<()> {
     let run = file.last_good_run()?.context("the sync file holds no successful sync yet")?;
+    if let Some(wanted) = resource_type {
+        // A misspelt type would print nothing, as an empty one does.
+        let types: Vec<String> = file.count_resources_by_type(run.id)?.into_iter().map(|(t, _)| t).collect();
+        if !types.is_empty() && !types.iter().any(|t| t == wanted) {
+            let known: Vec<String> = types.iter().map(|t| crate::terminal::escape(t).into_owned()).collect();
+            anyhow::bail!("the last good sync has no resource type {:?}; it has: {}", crate::terminal::escape(wanted), known.join(", "));
+        }
+    }
     let rows: Vec<serde_json::Value> = match what {
         InspectWhat::Resources => file.resources(run.id, resource_type)?.into_iter().map(|r| json!(r)).collect(),
         InspectWhat::Entitlements => file.entitlements(run.id, resource_type)?.into_iter().map(|e| json!(e)).collect(),
