@@ -111,9 +111,9 @@ pub struct ConnectorInstance {
     store: Store<StoreData>,
     exports: Exports,
     api: ApiVersion,
-    http: Arc<HttpGateway>,
-    /// The memory budget this instance shares with its pool.
-    pool_memory: Arc<PoolMemory>,
+    /// What it shares with the other instances of its pool: the HTTP
+    /// gateway, the memory budget, the log rate.
+    pool: Shared,
     wall_per_call: Duration,
     poisoned: bool,
     /// The next call is a write (grant, revoke, create or disable an
@@ -233,7 +233,7 @@ impl ConnectorInstance {
         };
         let instance = Self::start_on(engine, module, permissions, pool, None).await?;
         let settings = UpstreamSettings::resolve(&instance.declared.limits, &permissions.limits.upstream);
-        instance.http.throttle.configure(settings);
+        instance.pool.http.throttle.configure(settings);
         if settings.clamped() {
             tracing::warn!("the connector declares upstream limits beyond the host's maxima ({}); using {settings}", instance.declared.limits);
         }
@@ -242,7 +242,7 @@ impl ConnectorInstance {
 
     /// What the instance's gateway uses per upstream host, and why.
     pub fn upstream_settings(&self) -> UpstreamSettings {
-        self.http.throttle.settings()
+        self.pool.http.throttle.settings()
     }
 
     /// Instances of the module (one `InstancePre`, each its own store)
@@ -263,7 +263,7 @@ impl ConnectorInstance {
         let size = first.upstream_settings().concurrent_reads.value.max(1);
         // The gateway is cloned out first: holding `&first` (not Sync) across
         // an await would make the future unfit for a spawned task.
-        let (shared, hosts) = (first.pool_shared(), first.metadata.hosts.clone());
+        let (shared, hosts) = (first.pool.clone(), first.metadata.hosts.clone());
         let mut pool = Vec::with_capacity(size);
         pool.push(first);
         for _ in 1..size {
@@ -274,20 +274,10 @@ impl ConnectorInstance {
 
     /// Another instance of the same module on this one's HTTP gateway.
     pub async fn sibling(&self, engine: &ConnectorEngine, module: &LoadedModule, permissions: &Permissions) -> Result<Self> {
-        Self::start_on(engine, module, permissions, self.pool_shared(), Some(self.metadata.hosts.clone())).await
+        Self::start_on(engine, module, permissions, self.pool.clone(), Some(self.metadata.hosts.clone())).await
     }
 
-    /// What this instance's siblings share with it.
-    fn pool_shared(&self) -> Shared {
-        Shared {
-            http: self.http.clone(),
-            pool_memory: self.pool_memory.clone(),
-            log_rate: self.store.data().log.rate.clone(),
-            activity: self.store.data().activity.clone(),
-        }
-    }
-
-    /// Starts an instance on `http`. The first of a gateway's instances
+    /// Starts an instance on `pool` (its gateway, memory and log rate). The first of a gateway's instances
     /// (`siblings_of`: None) sets its allow-list from the hosts it declares;
     /// a sibling must declare the same hosts (`siblings_of`) and changes
     /// nothing: the hosts the operator was shown are the hosts every
@@ -299,7 +289,6 @@ impl ConnectorInstance {
         pool: Shared,
         siblings_of: Option<Vec<String>>,
     ) -> Result<Self> {
-        let (http, pool_memory) = (pool.http.clone(), pool.pool_memory.clone());
         let limits = permissions.limits.clone();
         let label = instance_label(module, permissions);
         // The namespace is the operator's choice (the instance name), never
@@ -310,7 +299,7 @@ impl ConnectorInstance {
             None => None,
         };
         let activity = pool.activity.clone();
-        let data = StoreData::new(limits.clone(), pool, permissions.config.clone(), permissions.secrets.clone(), storage, label);
+        let data = StoreData::new(limits.clone(), pool.clone(), permissions.config.clone(), permissions.secrets.clone(), storage, label);
         let mut store = Store::new(engine.engine(), data);
         store.limiter(|data| &mut data.limiter);
         store.set_hostcall_fuel(limits.hostcall_bytes);
@@ -340,8 +329,7 @@ impl ConnectorInstance {
             store,
             exports,
             api: module.api,
-            http,
-            pool_memory,
+            pool,
             wall_per_call: limits.wall_per_call,
             poisoned: false,
             next_call_writes: false,
@@ -371,7 +359,7 @@ impl ConnectorInstance {
                 hosts.push(host);
             }
         }
-        instance.http.set_policy(EgressPolicy::new(hosts));
+        instance.pool.http.set_policy(EgressPolicy::new(hosts));
         Ok(instance)
     }
 
@@ -396,17 +384,17 @@ impl ConnectorInstance {
     }
 
     pub fn http(&self) -> &HttpGateway {
-        &self.http
+        &self.pool.http
     }
 
     /// Bytes of linear memory this instance's pool holds now.
     pub fn pool_memory_used(&self) -> usize {
-        self.pool_memory.used()
+        self.pool.pool_memory.used()
     }
 
     /// The gateway, shared with the instances of the same pool.
     pub fn http_shared(&self) -> Arc<HttpGateway> {
-        self.http.clone()
+        self.pool.http.clone()
     }
 
     /// HTTP requests the last call sent (retries not counted): the pool

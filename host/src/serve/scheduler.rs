@@ -19,7 +19,6 @@ use super::Server;
 use crate::runtime::imports::upstream::HostThrottle;
 use crate::runtime::instance::ConnectorInstance;
 use crate::runtime::limits::LimitExceeded;
-use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 use crate::sync::{Interrupted, StopRequest, SyncOptions};
 
 /// One instance as the server runs it.
@@ -111,7 +110,7 @@ impl InstanceRuntime {
             module_seen: Mutex::new(seen),
             done: watch::channel(false).0,
             writing: tokio::sync::Mutex::new(()),
-            throttle: Arc::new(HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &settings.limits.upstream))),
+            throttle: Arc::new(HostThrottle::undeclared(&settings.limits.upstream)),
             settings: RwLock::new(settings),
         })
     }

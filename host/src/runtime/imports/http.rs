@@ -31,7 +31,6 @@ use crate::runtime::bindings::Pair;
 use crate::runtime::imports::config::Secrets;
 use crate::runtime::imports::upstream::{self, Access, HostThrottle};
 use crate::runtime::limits::{CallBudget, Limits};
-use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 
 /// One destination a connector may reach.
 #[derive(Debug, Clone, PartialEq)]
@@ -393,7 +392,7 @@ impl HttpGateway {
             policy,
             secrets,
             max_response_bytes: limits.http_response_bytes,
-            throttle: throttle.unwrap_or_else(|| Arc::new(HostThrottle::new(UpstreamSettings::resolve(&UpstreamLimits::default(), &limits.upstream)))),
+            throttle: throttle.unwrap_or_else(|| Arc::new(HostThrottle::undeclared(&limits.upstream))),
             retry: RetryPolicy::new(limits),
             counters: HttpCounters::default(),
             dry_run: dry_run.then(|| Mutex::new(vec![])),
@@ -438,13 +437,7 @@ impl HttpGateway {
         let url = Url::parse(&request.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         self.policy.read().map_err(|_| HttpError::Denied("policy unavailable".into()))?.check(&url).map_err(HttpError::Denied)?;
 
-        let method = match request.method {
-            Method::Get => reqwest::Method::GET,
-            Method::Post => reqwest::Method::POST,
-            Method::Put => reqwest::Method::PUT,
-            Method::Patch => reqwest::Method::PATCH,
-            Method::Delete => reqwest::Method::DELETE,
-        };
+        let method = http_method(&request.method);
         if let Some(held) = &self.dry_run {
             if method != reqwest::Method::GET {
                 let body = request.body.as_ref().map(|b| String::from_utf8_lossy(b).into_owned());
@@ -664,13 +657,14 @@ impl HttpCtx {
     }
 }
 
-fn method_name(method: &Method) -> &'static str {
+/// The contract's method as HTTP's.
+fn http_method(method: &Method) -> reqwest::Method {
     match method {
-        Method::Get => "GET",
-        Method::Post => "POST",
-        Method::Put => "PUT",
-        Method::Patch => "PATCH",
-        Method::Delete => "DELETE",
+        Method::Get => reqwest::Method::GET,
+        Method::Post => reqwest::Method::POST,
+        Method::Put => reqwest::Method::PUT,
+        Method::Patch => reqwest::Method::PATCH,
+        Method::Delete => reqwest::Method::DELETE,
     }
 }
 
@@ -687,7 +681,7 @@ impl wit::Host for HttpCtx {
         if !self.writes && !matches!(request.method, Method::Get) {
             return Ok(Err(HttpError::Denied(format!(
                 "{} {}: only GET is sent outside a write call (grant, revoke, create-account, disable-account); a sync, a test or check-write changes nothing upstream",
-                method_name(&request.method),
+                http_method(&request.method),
                 crate::terminal::escape(&crate::terminal::clip(&request.url, 256))
             ))));
         }

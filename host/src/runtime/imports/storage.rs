@@ -118,7 +118,6 @@ impl ConnectorStorage {
         if let Some(changes) = self.overlay() {
             keys.retain(|key| !matches!(changes.get(key), Some(None)));
             keys.extend(changes.iter().filter(|(key, value)| value.is_some() && key.starts_with(prefix)).map(|(key, _)| key.clone()));
-            keys.dedup();
         }
         keys.sort();
         keys.dedup();

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::runtime::upstream_limits::UpstreamSettings;
+use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamOverrides, UpstreamSettings};
 
 /// The longest pause one Retry-After can impose on every worker.
 pub const MAX_PAUSE: Duration = Duration::from_secs(120);
@@ -151,6 +151,12 @@ impl std::fmt::Debug for HostThrottle {
 }
 
 impl HostThrottle {
+    /// A budget before the connector's metadata is read: the operator's
+    /// overrides, else the host's defaults (see [`HostThrottle::configure`]).
+    pub fn undeclared(operator: &UpstreamOverrides) -> Self {
+        Self::new(UpstreamSettings::resolve(&UpstreamLimits::default(), operator))
+    }
+
     pub fn new(settings: UpstreamSettings) -> Self {
         HostThrottle {
             rate: RwLock::new(MinuteWindow::new(settings.requests_per_minute.value)),
