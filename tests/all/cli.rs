@@ -339,7 +339,8 @@ fn describe_lists_config_keys_and_which_are_secret() {
 
 /// `--jsonl -`: stdout carries only the records (the summary goes to
 /// stderr), and a reader that stops early (`| head -1`) ends the command
-/// cleanly, the sync recorded; it used to panic (exit 101).
+/// cleanly, the sync recorded (it used to panic, exit 101); so do an
+/// export and a diff cut short.
 #[tokio::test(flavor = "multi_thread")]
 async fn json_lines_on_stdout_are_only_records_and_a_closed_pipe_is_no_crash() {
     // Records well past a pipe's 64 KiB, so that writes after the reader
@@ -364,6 +365,21 @@ async fn json_lines_on_stdout_are_only_records_and_a_closed_pipe_is_no_crash() {
         let export = vec!["export".to_string(), out.to_str().unwrap().into(), "--format".into(), format.into()];
         let closed = read_one_line_then_close(export).await;
         assert_eq!(closed.status.code(), Some(0), "{format}: {}", stderr(&closed));
+    }
+
+    // A diff whose reader stops after the first difference still answers
+    // 1, "they differ" (it used to exit 2, as for an error), quietly.
+    let other_sim = start_sim(OrgSpec { users: 1000, teams: 20, workspaces: 1, seed: 3 }).await;
+    let other = dir.path().join("other.db");
+    let mut sync_other = vec!["sync".to_string(), "--out".into(), other.to_str().unwrap().into()];
+    sync_other.extend(connector_flags(&other_sim, &[]));
+    let run = tether_async(sync_other).await;
+    assert!(run.status.success(), "{}", stderr(&run));
+    for format in ["table", "csv", "jsonl"] {
+        let diff = vec!["diff".to_string(), out.to_str().unwrap().into(), other.to_str().unwrap().into(), "--format".into(), format.into()];
+        let closed = read_one_line_then_close(diff).await;
+        assert_eq!(closed.status.code(), Some(1), "{format}: {}", stderr(&closed));
+        assert_eq!(stderr(&closed), "", "{format}");
     }
 }
 

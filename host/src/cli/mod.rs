@@ -93,8 +93,9 @@ pub fn main() -> ExitCode {
             ExitCode::from(128 + sync::STOP_SIGNAL.load(std::sync::atomic::Ordering::SeqCst).clamp(1, 127) as u8)
         }
         // A reader that stopped early (`| head`) is not an error; but a diff
-        // cut short cannot say whether the syncs differ, hence `failure`.
-        Err(e) if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) => {
+        // cut short before its first difference cannot say whether the
+        // syncs differ, hence `failure` (see `diff::run`).
+        Err(e) if is_broken_pipe(&e) => {
             if is_diff {
                 eprintln!("error: the output was closed before the diff finished");
                 failure
@@ -107,6 +108,11 @@ pub fn main() -> ExitCode {
             failure
         }
     }
+}
+
+/// Whether `error` comes from an output its reader closed (`| head`).
+pub(crate) fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// An error as the operator's terminal gets it. What a connector or an

@@ -72,31 +72,59 @@ pub fn run(args: DiffArgs) -> Result<bool> {
         DiffFormat::Csv => crate::terminal::Lines::Csv,
         DiffFormat::Jsonl => crate::terminal::Lines::Json,
     }));
+    // A reader that stops early (`| head`) closes the output: once a
+    // difference has come, the answer (1, "they differ") is known all the
+    // same.
+    let mut found = false;
+    let written = (|| -> Result<()> {
+        write_differences(&args, &first, later, (&from, &to), &mut out, &mut found)?;
+        Ok(out.flush()?)
+    })();
+    match written {
+        Ok(()) => Ok(found),
+        Err(e) if found && crate::cli::is_broken_pipe(&e) => Ok(true),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes the differences between runs `from` and `to` in the format
+/// asked for; `found` is set by the first.
+fn write_differences(
+    args: &DiffArgs,
+    first: &SyncFile,
+    later: &SyncFile,
+    (from, to): (&RunInfo, &RunInfo),
+    out: &mut impl Write,
+    found: &mut bool,
+) -> Result<()> {
     let counts = match args.format {
         DiffFormat::Table => {
             let name = |path: &PathBuf, run: &RunInfo| format!("sync run {} of {} ({})", run.id, path.display(), run.started_at);
             let later_path = args.other.as_ref().unwrap_or(&args.file);
-            writeln!(out, "{} → {}", name(&args.file, &from), name(later_path, &to))?;
+            writeln!(out, "{} → {}", name(&args.file, from), name(later_path, to))?;
             let mut header = false;
-            let counts = review::diff(&first, from.id, later, to.id, |d| {
+            let counts = review::diff(first, from.id, later, to.id, |d| {
+                *found = true;
                 if !header {
                     writeln!(out, "{:<8} {:<12} {:<30} {:<30} id", "change", "kind", "name", "on")?;
                     header = true;
                 }
-                write_table_row(&mut out, d)
+                write_table_row(out, d)
             })?;
-            write_counts(&mut out, &counts)?;
+            write_counts(out, &counts)?;
             counts
         }
-        DiffFormat::Jsonl => review::diff(&first, from.id, later, to.id, |d| {
-            serde_json::to_writer(&mut out, d).map_err(std::io::Error::from)?;
+        DiffFormat::Jsonl => review::diff(first, from.id, later, to.id, |d| {
+            *found = true;
+            serde_json::to_writer(&mut *out, d).map_err(std::io::Error::from)?;
             out.write_all(b"\n")?;
             Ok(())
         })?,
         DiffFormat::Csv => {
-            let mut csv = SpreadsheetCsv::new(&mut out)?;
+            let mut csv = SpreadsheetCsv::new(&mut *out)?;
             csv.write_row(CSV_COLUMNS)?;
-            let counts = review::diff(&first, from.id, later, to.id, |d| {
+            let counts = review::diff(first, from.id, later, to.id, |d| {
+                *found = true;
                 let changes: Vec<String> = d.changes.iter().map(|c| format!("{}: {} → {}", c.field, c.from, c.to)).collect();
                 csv.write_row([d.change.as_str(), d.kind.as_str(), &d.id, &d.name, &d.on, &changes.join("; ")])
             })?;
@@ -104,8 +132,8 @@ pub fn run(args: DiffArgs) -> Result<bool> {
             counts
         }
     };
-    out.flush()?;
-    Ok(counts.total() > 0)
+    *found |= counts.total() > 0;
+    Ok(())
 }
 
 /// A difference on one line (and a line per changed field), every
