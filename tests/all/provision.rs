@@ -360,6 +360,13 @@ async fn accounts_are_created_through_rest_in_the_default_workspace() {
     assert!(sim.org().workspace_membership(&created.account.id, &workspace).is_some());
     let again = connector.create_account(&request).await.unwrap();
     assert_eq!(again.outcome, Some(guest::Outcome::NoChange));
+
+    // A name cannot go through REST: the answer says so instead of
+    // dropping it in silence.
+    let named = guest::AccountRequest { email: "named@example.com".into(), display_name: Some("Named Person".into()), options: vec![] };
+    let created = connector.create_account(&named).await.unwrap();
+    assert_eq!(created.outcome, Some(guest::Outcome::Changed));
+    assert!(created.message.contains("not named \"Named Person\"") && created.message.contains("use-scim-api"), "{}", created.message);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -141,14 +141,23 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
         return Ok(account_exists(resource, email));
     }
     let user = client.post(&format!("/workspaces/{}/addUser", segment(&workspace)), json!({ "user": email }))?;
+    // addUser takes only the email: the invitee sets their own name.
+    let unnamed = |mut result: AccountResult| {
+        if let Some(name) = request.display_name.as_deref().filter(|n| !n.trim().is_empty()) {
+            result
+                .message
+                .push_str(&format!(" (not named {name:?}: Asana's REST API takes only the email, and the invitee sets their name; use-scim-api sets it)"));
+        }
+        result
+    };
     if user.is_null() {
-        return Ok(pending_account(email));
+        return Ok(unnamed(pending_account(email)));
     }
     let user: User =
         serde_json::from_value(user).map_err(|e| malformed(&format!("/workspaces/{}/addUser", segment(&workspace)), &format!("unexpected JSON: {e}")))?;
     let mut resource = user_resource(user)?;
     resource.attributes.push(pair("email", email.to_string()));
-    Ok(account_created(resource, email))
+    Ok(unnamed(account_created(resource, email)))
 }
 
 fn account_created(account: Resource, email: &str) -> AccountResult {
