@@ -51,14 +51,26 @@ impl ConnectorStorage {
         self.dry_run.as_ref().map(|changes| changes.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
     }
 
+    /// What the namespace holds against the quota, leaving out `except`
+    /// (the key about to be set). In a dry run that is what the connector
+    /// sees: the files, as its own changes leave them. The changes are held
+    /// in memory, so the quota bounds them as it bounds the folder.
     fn used_bytes(&self, except: &str) -> Result<u64, StorageError> {
+        let changes = self.overlay();
+        let changed = |name: &str| changes.as_ref().is_some_and(|changes| changes.contains_key(name));
         let mut total = 0;
         for entry in self.dir.entries().map_err(io_error)? {
             let entry = entry.map_err(io_error)?;
-            if entry.file_name().to_str() == Some(except) {
+            let name = entry.file_name();
+            let name = name.to_str();
+            if name == Some(except) || name.is_some_and(changed) {
                 continue;
             }
             total += cost(entry.metadata().map_err(io_error)?.len());
+        }
+        if let Some(changes) = &changes {
+            total +=
+                changes.iter().filter(|(key, _)| key.as_str() != except).filter_map(|(_, value)| value.as_ref()).map(|v| cost(v.len() as u64)).sum::<u64>();
         }
         Ok(total)
     }
@@ -216,5 +228,23 @@ mod tests {
         let real = ConnectorStorage::open(dir.path(), "ns", 4096, false).unwrap();
         assert_eq!(real.list_keys("").unwrap(), ["kept"]);
         assert_eq!(real.get("kept").unwrap().as_deref(), Some(&b"before"[..]));
+    }
+
+    /// The dry run's changes live in the host's memory: the quota holds
+    /// them as it holds the folder, counting what the connector sees.
+    #[test]
+    fn a_dry_run_is_held_to_the_quota_it_would_have() {
+        let dir = tempfile::tempdir().unwrap();
+        ConnectorStorage::open(dir.path(), "ns", 1024, false).unwrap().set("on-disk", b"").unwrap();
+        let dry = ConnectorStorage::open(dir.path(), "ns", 1024, true).unwrap();
+        for key in ["k1", "k2", "k3"] {
+            dry.set(key, b"").unwrap();
+        }
+        assert!(matches!(dry.set("k4", b""), Err(StorageError::QuotaExceeded(_))), "the file and three changes fill 1 KiB");
+        // Setting a key again replaces its cost; deleting one frees it.
+        dry.set("k3", b"x").unwrap();
+        dry.delete("on-disk").unwrap();
+        dry.set("k4", b"").unwrap();
+        assert!(matches!(dry.set("k5", vec![0; 2048].as_slice()), Err(StorageError::QuotaExceeded(_))));
     }
 }
