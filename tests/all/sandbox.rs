@@ -997,18 +997,25 @@ fn a_connector_that_cannot_say_still_needs_yes_to_disable_an_account() {
 
 /// A resume goes on only under the same config and the same secrets: where
 /// every customer shares one URL (Asana), the token picks the organisation,
-/// and a resume under another token mixed two orgs in one "good" run.
+/// and a resume under another token mixed two orgs in one "good" run. The
+/// fingerprint is kept in the sync file, which auditors are given: it is
+/// salted and slow, so a weak secret cannot be found by hashing guesses.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_config_fingerprint_a_resume_checks_covers_the_secrets() {
     let with_token = |token: &str| Permissions {
         secrets: Arc::new(Secrets::resolve(&[format!("token=literal:{token}").parse().unwrap()]).unwrap()),
         ..hostile_permissions(&[("mode", "benign")])
     };
-    let fingerprint = |grants: Permissions| async move { ConnectorInstance::start(shared_engine(), hostile(), &grants).await.unwrap().config_fingerprint() };
-    let a = fingerprint(with_token("token-of-org-a")).await;
-    assert_eq!(a, fingerprint(with_token("token-of-org-a")).await, "the same config and secrets");
-    assert_ne!(a, fingerprint(with_token("token-of-org-b")).await, "another token");
+    let org_a = ConnectorInstance::start(shared_engine(), hostile(), &with_token("token-of-org-a")).await.unwrap();
+    let again = ConnectorInstance::start(shared_engine(), hostile(), &with_token("token-of-org-a")).await.unwrap();
+    let org_b = ConnectorInstance::start(shared_engine(), hostile(), &with_token("token-of-org-b")).await.unwrap();
+    let a = org_a.config_fingerprint(None);
+    assert!(again.has_config(&a), "the same config and secrets");
+    assert!(!org_b.has_config(&a), "another token");
+    assert_ne!(a, org_a.config_fingerprint(None), "salted anew for each run");
+    assert!(a.starts_with("pbkdf2-sha256-100k."), "{a}");
     assert!(!a.contains("token-of-org-a"));
+    assert!(!org_a.has_config("0123abcd"), "an unsalted digest of an older tether is not taken for a match");
 }
 
 /// An upstream nothing should reach: a listener whose queue stays empty

@@ -26,6 +26,13 @@ use crate::runtime::pool_memory::PoolMemory;
 use crate::runtime::store_data::{Shared, StoreData};
 use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
 
+/// The scheme of a config fingerprint (see `config_fingerprint`):
+/// PBKDF2-HMAC-SHA256, `FINGERPRINT_ROUNDS` rounds, written as
+/// `SCHEME.SALT.KEY` in hex.
+const FINGERPRINT_SCHEME: &str = "pbkdf2-sha256-100k";
+/// About 20 ms of one core, once per sync and resume.
+const FINGERPRINT_ROUNDS: std::num::NonZeroU32 = std::num::NonZeroU32::new(100_000).unwrap();
+
 /// What the operator permits one connector instance: its config and secrets,
 /// the hosts it may reach, its limits, its storage and its name. (Not to be
 /// confused with grants, the access the data model records.)
@@ -363,9 +370,36 @@ impl ConnectorInstance {
         Ok(instance)
     }
 
-    /// A digest (hex) of the config and secrets this instance was given:
-    /// what a resumed run must go on with.
-    pub fn config_fingerprint(&self) -> String {
+    /// A fingerprint of the config and secrets this instance was given:
+    /// what a resumed run must go on with. It is kept in the sync file,
+    /// which is handed to auditors; so it is salted and slow (PBKDF2), as a
+    /// stored password is: someone holding the file cannot test guesses at
+    /// a weak secret at the speed of SHA-256. `salt`: a new one when none.
+    pub fn config_fingerprint(&self, salt: Option<&[u8]>) -> String {
+        let mut fresh = [0u8; 16];
+        let salt = match salt {
+            Some(salt) => salt,
+            None => {
+                // Without randomness the salt is fixed: still slow to guess.
+                let _ = getrandom::fill(&mut fresh);
+                &fresh
+            }
+        };
+        let mut derived = [0u8; 32];
+        ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, FINGERPRINT_ROUNDS, salt, &self.config_digest(), &mut derived);
+        format!("{FINGERPRINT_SCHEME}.{}.{}", hex::encode(salt), hex::encode(derived))
+    }
+
+    /// Whether `saved` (a [`Self::config_fingerprint`]) fingerprints this
+    /// instance's config and secrets. One of another scheme does not.
+    pub fn has_config(&self, saved: &str) -> bool {
+        let mut parts = saved.split('.');
+        let (Some(FINGERPRINT_SCHEME), Some(salt), Some(_), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else { return false };
+        hex::decode(salt).is_ok_and(|salt| self.config_fingerprint(Some(&salt)) == saved)
+    }
+
+    /// SHA-256 of every config key and value and every secret, in order.
+    fn config_digest(&self) -> [u8; 32] {
         let config = &self.store.data().config.config;
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
@@ -376,11 +410,10 @@ impl ConnectorInstance {
             hasher.update([0]);
         }
         // The secrets too: where every customer shares one URL (Asana), the
-        // token is what picks the organisation. Only this digest of all of
-        // them together is kept, never a value.
+        // token is what picks the organisation.
         hasher.update(b"secrets\0");
         self.store.data().config.secrets.digest_into(&mut hasher);
-        hex::encode(hasher.finalize())
+        hasher.finalize().into()
     }
 
     pub fn http(&self) -> &HttpGateway {

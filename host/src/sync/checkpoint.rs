@@ -16,9 +16,11 @@ pub const CHECKPOINT_VERSION: u32 = 3;
 pub struct Checkpoint {
     pub version: u32,
     pub position: Position,
-    /// A digest of the connector's config (secrets aside) the run was made
-    /// with: a resume under other config (another upstream URL) would mix
-    /// two sources in one run. None in checkpoints saved before it.
+    /// A salted fingerprint of the connector's config and secrets the run
+    /// was made with (see `ConnectorInstance::config_fingerprint`): a
+    /// resume under other config (another upstream URL, another org's
+    /// token) would mix two sources in one run. None in checkpoints saved
+    /// before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub settings: Option<String>,
 }

@@ -168,10 +168,10 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
     let Some(first) = workers.first_mut().map(Worker::instance) else { anyhow::bail!("a sync needs at least one connector instance") };
     let connector = ConnectorIdentity { name: first.metadata.name.clone(), version: first.metadata.version.clone(), digest: digest.to_string() };
     let types: Vec<ResourceType> = super::model::resource_types(&first.metadata, &first.declared);
-    let settings = first.config_fingerprint();
+    let settings = first.config_fingerprint(None);
     let resumable = if options.resume { file.resumable_run(digest)? } else { None };
     let resumable = resumable.filter(|(run_id, checkpoint)| {
-        let same = checkpoint.settings.as_ref().is_none_or(|saved| *saved == settings);
+        let same = checkpoint.settings.as_ref().is_none_or(|saved| first.has_config(saved));
         if !same {
             tracing::warn!("sync run {run_id} was made with other config: starting over rather than mixing two in one run");
         }
