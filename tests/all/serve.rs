@@ -1358,8 +1358,9 @@ async fn a_stop_waits_for_an_api_write_and_the_audit_keeps_it() {
 }
 
 /// Connections that never send a request (no token needed to open one)
-/// are closed after the header timeout and capped in number: they cannot
-/// take every file descriptor, and the API answers again.
+/// are capped in number and the oldest idle one is closed to make room:
+/// they cannot take every file descriptor, nor hold the API (and the
+/// health check) shut.
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_closed_and_cannot_starve_the_api() {
     use tokio::io::AsyncReadExt;
@@ -1373,11 +1374,12 @@ async fn idle_connections_are_closed_and_cannot_starve_the_api() {
     for _ in 0..tether_host::serve::http_server::MAX_CONNECTIONS + 40 {
         idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
     }
-    // The API answers once the idle ones are let go, well within a minute.
+    // The API answers at once: the oldest idle connection makes room (it
+    // used to wait in the listen queue for the idle ones' header timeout).
     let started = Instant::now();
     let health = served.client.get(format!("{}/healthz", served.base)).timeout(Duration::from_secs(60)).send().await.expect("the API answers");
     assert_eq!(health.status(), 200);
-    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(started.elapsed() < tether_host::serve::http_server::HEADER_READ_TIMEOUT / 2, "{:?}", started.elapsed());
     // The first idle connection was closed by the server: it reads the end.
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(30), idle[0].read(&mut byte)).await.expect("closed within the header timeout");
