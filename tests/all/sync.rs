@@ -638,6 +638,65 @@ async fn a_version_2_checkpoint_resumes_on_a_pool() {
     assert_eq!(all_rows(&out), all_rows(&clean), "every record is back, none doubled");
 }
 
+/// Only organizations have teams: a plain workspace that answers 400 to its
+/// teams listing has none, and the sync goes on; an organization that does
+/// is failing, and the sync fails with it rather than record every team as
+/// gone (the last good sync stays the last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_organization_that_refuses_its_teams_fails_the_sync() {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    use serde_json::json;
+    let refuse = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let refusing = refuse.clone();
+    let bad_request = || (StatusCode::BAD_REQUEST, axum::Json(json!({"errors": [{"message": "teams are not available"}]})));
+    let app = axum::Router::new()
+        .route(
+            "/workspaces",
+            get(|| async {
+                axum::Json(json!({"data": [{"gid": "101", "name": "Org", "is_organization": true}, {"gid": "102", "name": "Plain", "is_organization": false}]}))
+            }),
+        )
+        .route(
+            "/workspaces/101/teams",
+            get(move || {
+                let refused = refusing.load(std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    if refused {
+                        bad_request().into_response()
+                    } else {
+                        axum::Json(json!({"data": [{"gid": "201", "name": "Team"}]})).into_response()
+                    }
+                }
+            }),
+        )
+        .route("/workspaces/102/teams", get(move || async move { bad_request() }))
+        .route("/users", get(|| async { axum::Json(json!({"data": [{"gid": "301", "name": "Ann"}]})) }))
+        .route("/workspaces/{gid}/workspace_memberships", get(|| async { axum::Json(json!({"data": [{"user": {"gid": "301", "name": "Ann"}}]})) }))
+        .route("/teams/201/team_memberships", get(|| async { axum::Json(json!({"data": [{"user": {"gid": "301"}}]})) }));
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let engine = engine();
+    let module = load(&engine, &asana_wasm());
+    let grants = permissions_for(&format!("http://{addr}"), addr, "teams-token");
+    let good = sync_with(&engine, &module, &grants, &out).await.expect("the plain workspace's 400 means no teams");
+    let file = SyncFile::open_existing(&out).unwrap();
+    let teams: Vec<String> = file.resources(good.run_id, Some("team")).unwrap().into_iter().map(|t| t.id).collect();
+    assert_eq!(teams, ["201"]);
+    drop(file);
+
+    refuse.store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = sync_with(&engine, &module, &grants, &out).await.expect_err("an organization's 400 fails the sync");
+    assert!(format!("{error:#}").contains("organization 101 refused to list its teams"), "{error:#}");
+    let file = SyncFile::open_existing(&out).unwrap();
+    assert_eq!(file.last_good_run().unwrap().unwrap().id, good.run_id, "the good sync stays the last good one");
+}
+
 /// An Asana that answers in shapes its spec does not promise: flags as
 /// strings or numbers, users without names or with an email that is not a
 /// string, fields nobody asked for. The connector reads pages straight into

@@ -104,11 +104,14 @@ fn known_organizations() -> usize {
 /// else as `/workspaces` says (read once per instance).
 fn is_organization(client: &Client, workspace: &Resource) -> Result<bool, ConnectorError> {
     match attribute(workspace, "is_organization") {
-        Some("true") => return Ok(true),
-        Some("false") => return Ok(false),
-        _ => {}
+        Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        _ => is_organization_id(client, &workspace.id),
     }
-    let workspace = workspace.id.as_str();
+}
+
+/// Whether workspace `workspace` is an organization, from `/workspaces`.
+fn is_organization_id(client: &Client, workspace: &str) -> Result<bool, ConnectorError> {
     if let Some(known) = ORGANIZATIONS.with(|known| known.borrow().get(workspace).copied()) {
         return Ok(known);
     }
@@ -155,8 +158,13 @@ pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&Resou
             let path = format!("/workspaces/{}/teams", segment(&workspace.id));
             let page = match client.list::<serde_json::Value>(&path, &[], TEAM_FIELDS, token) {
                 // Only organizations have teams; a plain workspace may answer
-                // 400 rather than an empty list. Say so, and go on.
+                // 400 rather than an empty list. Say so, and go on. An
+                // organization has teams: its 400 is a failure, not a sync
+                // that would record every team as gone.
                 Err(ConnectorError::InvalidArgument(why)) if token.is_none() => {
+                    if is_organization_id(client, &workspace.id)? {
+                        return Err(ConnectorError::Upstream(format!("organization {} refused to list its teams: {why}", workspace.id)));
+                    }
                     log::emit(log::Level::Warn, &format!("no teams listed for workspace {}: {why}", workspace.id));
                     return Ok(empty_page());
                 }
