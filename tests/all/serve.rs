@@ -629,6 +629,29 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
     assert_eq!(metric(&m, "tether_reload_refusals_total", &[("instance", "asana")]), 2.0, "{m}");
     assert_eq!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]), 3.0, "{m}");
     assert!(served.logs().contains("new module version refused"));
+
+    // The release key is revoked (its file now holds another key) and the
+    // config reloaded: the running module, which only it signed, no longer
+    // runs. The reload is refused, and the instance syncs nothing until a
+    // module signed by a trusted key loads.
+    let successor = tether_host::runtime::trust::generate_signing_key().unwrap();
+    std::fs::write(&public, hex::encode(successor.verifying_key().as_bytes())).unwrap();
+    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+    let revoked = served.until("asana", "the revocation", Duration::from_secs(60), |i| i["module"].is_null()).await;
+    assert!(revoked["last_refusal"]["reason"].as_str().unwrap().contains("is no longer trusted"), "{revoked}");
+    let (status, _) = served.call("POST", "/v1/instances/asana/sync", None).await;
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !served.logs().contains("no module loaded; nothing to sync") {
+        assert!(Instant::now() < deadline, "the sync asked for was not declined: {}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.instance("asana").await["last_sync"]["run_id"], after["last_sync"]["run_id"], "no sync ran");
+    // A module the new key signed loads.
+    let v4 = variant(&asana_wasm(), "v4");
+    install(&module, &v4, Some(sign(&successor, &v4)));
+    let back = served.until("asana", "a module of the new key", Duration::from_secs(60), |i| i["module"].is_object()).await;
+    assert!(back["last_refusal"].is_null(), "{back}");
 }
 
 /// A signature covers a build, not its place in time: an older signed

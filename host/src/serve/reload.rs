@@ -142,13 +142,10 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
                 version.manifest_digest.as_ref().map(|m| format!(", manifest {m}")).unwrap_or_default()
             );
             server.metrics.module_loads.with_label_values(&[&instance.name, "loaded"]).inc();
-            // Refused before (its signature had not arrived yet, say), now
-            // running: the refusal no longer describes the instance.
-            let mut status = instance.status.lock().expect("status lock");
-            if status.last_refusal.as_ref().is_some_and(|r| r.digest.as_deref() == Some(version.digest.as_str())) {
-                status.last_refusal = None;
-            }
-            drop(status);
+            // A version loaded after a refusal (the refused one, its
+            // signature arrived since, or a later one): the refusal no
+            // longer describes the instance.
+            instance.status.lock().expect("status lock").last_refusal = None;
             *instance.current.write().expect("current lock") = Some(Arc::new(version));
         }
         Err(e) => refuse(server, instance, settings, resolved, &e),
@@ -186,7 +183,13 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
     let mut loaded = BTreeMap::new();
     let mut problems = vec![];
     for (name, settings) in &config.instances {
-        let unchanged = current.get(name).is_some_and(|i| i.settings().raw == settings.raw && i.version().is_some());
+        // The keys are compared as read, not as written: a key file given
+        // new contents (a revoked key replaced) must verify the running
+        // module again, which its old key alone may have signed.
+        let unchanged = current.get(name).is_some_and(|i| {
+            let running = i.settings();
+            running.raw == settings.raw && running.public_keys == settings.public_keys && i.version().is_some()
+        });
         if unchanged {
             continue;
         }
@@ -233,7 +236,10 @@ pub async fn reload_config(server: &Arc<Server>) {
     };
     let loaded = match load_changed(server, &fresh).await {
         Ok(loaded) => loaded,
-        Err(problems) => return refuse_config(server, problems),
+        Err(problems) => {
+            unload_revoked(server, &fresh);
+            return refuse_config(server, problems);
+        }
     };
     let old = server.config();
     let (was, now) = (&old.server, &fresh.server);
@@ -288,6 +294,38 @@ pub async fn reload_config(server: &Arc<Server>) {
     *server.config.write().expect("config lock") = Arc::new(kept);
     *server.config_refusal.lock().expect("refusal lock") = None;
     tracing::info!("config reloaded");
+}
+
+/// A refused config keeps the running versions, but not one signed by a
+/// key the new config no longer trusts (a revoked key): that version is
+/// unloaded, and the instance syncs nothing until a module signed by a
+/// trusted key is loaded.
+fn unload_revoked(server: &Server, fresh: &config::ServeConfig) {
+    for (name, settings) in &fresh.instances {
+        let Some(instance) = server.instances().get(name).cloned() else { continue };
+        let Some(running) = instance.version() else { continue };
+        let Some(signer) = &running.signer else { continue };
+        if settings.public_keys.is_empty() || settings.public_keys.iter().any(|key| crate::runtime::trust::key_id(key) == *signer) {
+            continue;
+        }
+        let reason =
+            format!("key {signer}, which signed the running module, is no longer trusted: the module is unloaded until one signed by a trusted key loads");
+        tracing::error!(instance = %name, "{reason}");
+        server.metrics.reload_refusals.with_label_values(&[name]).inc();
+        *instance.current.write().expect("current lock") = None;
+        // A sync running on it stops at its next page (saved, to start
+        // over on a trusted version: a resume needs the same module).
+        if instance.status.lock().expect("status lock").running {
+            instance.stopped_for_revocation.store(true, std::sync::atomic::Ordering::SeqCst);
+            instance.stop.request();
+        }
+        // Nor may a swap load another module the revoked key signed.
+        let mut kept = instance.settings().as_ref().clone();
+        kept.public_keys = settings.public_keys.clone();
+        *instance.settings.write().expect("settings lock") = Arc::new(kept);
+        instance.status.lock().expect("status lock").last_refusal =
+            Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), digest: Some(running.digest.clone()), reason });
+    }
 }
 
 fn refuse_config(server: &Server, problems: Vec<String>) {

@@ -30,8 +30,12 @@ pub struct InstanceRuntime {
     pub current: RwLock<Option<Version>>,
     pub status: Mutex<Status>,
     pub trigger: Notify,
-    /// Asks the running sync to stop at its next page (shutdown, removal).
+    /// Asks the running sync to stop at its next page (shutdown, removal,
+    /// a revoked signing key).
     pub stop: StopRequest,
+    /// The stop was asked for a revoked key alone: the instance goes on,
+    /// so the stop is lifted once its sync has ended.
+    pub stopped_for_revocation: std::sync::atomic::AtomicBool,
     /// Ends the task (shutdown, or the instance left the config).
     pub quit: watch::Sender<bool>,
     /// The module file (and its signature) as last seen.
@@ -106,6 +110,7 @@ impl InstanceRuntime {
             status: Mutex::new(Status::default()),
             trigger: Notify::new(),
             stop: StopRequest::default(),
+            stopped_for_revocation: Default::default(),
             quit: watch::channel(false).0,
             module_seen: Mutex::new(seen),
             done: watch::channel(false).0,
@@ -318,6 +323,9 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
     metrics.syncs.with_label_values(&[&instance.name, outcome]).inc();
     metrics.sync_duration.with_label_values(&[&instance.name, outcome]).observe(elapsed.as_secs_f64());
     metrics.running.with_label_values(&[&instance.name]).set(0);
+    if instance.stopped_for_revocation.swap(false, std::sync::atomic::Ordering::SeqCst) && !*instance.quit.borrow() {
+        instance.stop.clear();
+    }
     let mut status = instance.status.lock().expect("status lock");
     status.running = false;
     status.consecutive_failures = if outcome == "succeeded" { 0 } else { status.consecutive_failures + 1 };

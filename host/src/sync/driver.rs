@@ -67,6 +67,11 @@ impl StopRequest {
     pub fn is_requested(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+
+    /// Lifts a stop asked for one sync (see `InstanceRuntime::stop`).
+    pub fn clear(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// The error a sync ends with when it was asked to stop: its records and
