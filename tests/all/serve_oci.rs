@@ -116,6 +116,12 @@ async fn serve_follows_a_moved_tag_to_a_signed_version_and_refuses_unsigned_or_t
     assert_eq!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]), 2.0, "{m}");
     let logs = served.logs();
     assert!(logs.contains("swapped in") && logs.contains("new module version refused"), "{logs}");
+
+    // The tampered module pushed again, now with its own good signature:
+    // the same bytes in a new manifest are checked again, and swapped in.
+    push(dir.path(), "v4-signed", &v4, Some(sign(&key, &v4)), &tag);
+    let fixed = served.until("asana", "the re-signed push", Duration::from_secs(60), |i| i["module"]["digest"] == sha256(&v4).as_str()).await;
+    assert!(fixed["last_refusal"].is_null(), "{fixed}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -110,8 +110,9 @@ pub async fn follow_tag(server: &Server, instance: &InstanceRuntime) {
 }
 
 /// Verifies, compiles and validates `resolved` and swaps it in, unless it
-/// is the running version (or the one last refused: refused once, it is not
-/// compiled again at every sync).
+/// is the running version (or the one last refused, in the same manifest:
+/// refused once, it is not compiled again at every sync; pushed again, its
+/// signature in a new manifest, it is checked again).
 async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, resolved: &ResolvedModule) {
     if instance.version().is_some_and(|current| current.digest == resolved.digest) {
         return;
@@ -124,7 +125,7 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
             .expect("status lock")
             .last_refusal
             .as_ref()
-            .is_some_and(|r| r.digest.as_deref() == Some(resolved.digest.as_str()) && r.module == shown);
+            .is_some_and(|r| r.digest.as_deref() == Some(resolved.digest.as_str()) && r.manifest_digest == resolved.manifest_digest && r.module == shown);
     if refused_before {
         return;
     }
@@ -172,8 +173,13 @@ fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig
     tracing::warn!("new module version refused; the running version stays: {reason}");
     server.metrics.module_loads.with_label_values(&[&instance.name, "refused"]).inc();
     server.metrics.reload_refusals.with_label_values(&[&instance.name]).inc();
-    instance.status.lock().expect("status lock").last_refusal =
-        Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), digest: Some(resolved.digest.clone()), reason });
+    instance.status.lock().expect("status lock").last_refusal = Some(Refusal {
+        at: rfc3339(SystemTime::now()),
+        module: settings.module.to_string(),
+        digest: Some(resolved.digest.clone()),
+        reason,
+        manifest_digest: resolved.manifest_digest.clone(),
+    });
 }
 
 /// Loads every instance of `config` whose settings are new or changed.
@@ -323,8 +329,13 @@ fn unload_revoked(server: &Server, fresh: &config::ServeConfig) {
         let mut kept = instance.settings().as_ref().clone();
         kept.public_keys = settings.public_keys.clone();
         *instance.settings.write().expect("settings lock") = Arc::new(kept);
-        instance.status.lock().expect("status lock").last_refusal =
-            Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), digest: Some(running.digest.clone()), reason });
+        instance.status.lock().expect("status lock").last_refusal = Some(Refusal {
+            at: rfc3339(SystemTime::now()),
+            module: settings.module.to_string(),
+            digest: Some(running.digest.clone()),
+            reason,
+            manifest_digest: running.manifest_digest.clone(),
+        });
     }
 }
 
@@ -333,6 +344,11 @@ fn refuse_config(server: &Server, problems: Vec<String>) {
         tracing::error!("config reload refused: {problem}");
     }
     server.metrics.reload_refusals.with_label_values(&["-"]).inc();
-    *server.config_refusal.lock().expect("refusal lock") =
-        Some(Refusal { at: rfc3339(SystemTime::now()), module: server.config().path.display().to_string(), digest: None, reason: problems.join("\n") });
+    *server.config_refusal.lock().expect("refusal lock") = Some(Refusal {
+        at: rfc3339(SystemTime::now()),
+        module: server.config().path.display().to_string(),
+        digest: None,
+        reason: problems.join("\n"),
+        manifest_digest: None,
+    });
 }

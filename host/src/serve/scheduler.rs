@@ -95,6 +95,11 @@ pub struct Refusal {
     pub module: String,
     pub digest: Option<String>,
     pub reason: String,
+    /// The OCI manifest refused: the same module bytes pushed again with a
+    /// good signature come in another manifest, which is not refused
+    /// unseen (see `reload::swap_in`).
+    #[serde(skip)]
+    pub manifest_digest: Option<String>,
 }
 
 pub fn rfc3339(at: SystemTime) -> String {
