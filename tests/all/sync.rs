@@ -599,6 +599,26 @@ async fn a_429_pauses_every_worker_until_its_retry_after_passes() {
     assert_eq!(summary.grants, expected_grants(&sim.org()));
 }
 
+/// The pause is the host's doing, not the connector's: a call held back by
+/// it is not charged for the wait. With a Retry-After longer than the
+/// call's wall-clock limit, the other workers' calls wait it out and the
+/// sync succeeds (they used to fail on "limit exceeded: wall-clock").
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pause_longer_than_the_call_limit_is_waited_out_not_charged() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(600, 24, 2, 47)));
+    config.retry_after_secs = 3;
+    let sim = start_sim_with(config).await;
+    let minimum = sim.org().minimum_requests(100);
+    sim.force_429_from(minimum / 3, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    grants.limits.wall_per_call = std::time::Duration::from_secs(2);
+    let summary = sync_pool(&grants, &dir.path().join("s.db"), 8, false).await.expect("the calls held back wait the pause out");
+    assert_eq!(summary.rate_limited, 1);
+    assert!(summary.elapsed >= std::time::Duration::from_secs(3));
+    assert_eq!(summary.grants, expected_grants(&sim.org()));
+}
+
 /// A run interrupted by an older tether (a version-2 checkpoint: one
 /// resource part way through its listings) resumes on a pool: that
 /// resource's listings from the step named, then the rest of the queue.

@@ -171,8 +171,25 @@ macro_rules! guarded {
         }
         $self.before_call();
         let running = $self.store.data().activity.enter();
-        let ($exports, $store) = (&$self.exports, &mut $self.store);
-        let timed = tokio::time::timeout($self.wall_per_call, $call).await;
+        // The wall clock leaves out the time the host's throttle held the
+        // call's requests back (a 429's pause can be as long as the limit).
+        let held = $self.store.data().http.held.clone();
+        let held_before = held.held();
+        let started = tokio::time::Instant::now();
+        let timed = {
+            let ($exports, $store) = (&$self.exports, &mut $self.store);
+            let call = $call;
+            tokio::pin!(call);
+            loop {
+                let deadline = started + $self.wall_per_call + held.held().saturating_sub(held_before);
+                match tokio::time::timeout_at(deadline, &mut call).await {
+                    Ok(done) => break Ok(done),
+                    // Held back meanwhile: the deadline moved on.
+                    Err(_) if deadline < started + $self.wall_per_call + held.held().saturating_sub(held_before) => continue,
+                    Err(elapsed) => break Err(elapsed),
+                }
+            }
+        };
         drop(running);
         let outcome = match timed {
             Err(_) => Err(CallError::Limit(LimitExceeded::new("wall-clock", format!("the call took longer than {:?}", $self.wall_per_call)))),

@@ -434,6 +434,11 @@ impl HttpGateway {
     }
 
     pub async fn send(&self, request: Request) -> Result<Response, HttpError> {
+        self.send_held(request, None).await
+    }
+
+    /// Sends `request`, adding the time the throttle holds it back to `held`.
+    pub async fn send_held(&self, request: Request, held: Option<&upstream::HeldTime>) -> Result<Response, HttpError> {
         let url = Url::parse(&request.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         self.policy.read().map_err(|_| HttpError::Denied("policy unavailable".into()))?.check(&url).map_err(HttpError::Denied)?;
 
@@ -470,7 +475,7 @@ impl HttpGateway {
 
         // The call's wall-clock limit bounds the attempts and the waits
         // between them, like any other wait.
-        let outcome = (|| self.attempt(&prepared, &host))
+        let outcome = (|| self.attempt(&prepared, &host, held))
             .retry(self.retry.backoff)
             .sleep(tokio::time::sleep)
             .when(|failed: &FailedAttempt| may_retry(idempotent, failed.failure))
@@ -494,7 +499,7 @@ impl HttpGateway {
     /// Sends one attempt of `prepared`. Ok is an answer to hand over as it
     /// is; a 500/502/503/504 or a transport failure comes back as a
     /// failed attempt, which may be tried again.
-    async fn attempt(&self, prepared: &reqwest::Request, host: &str) -> Result<Response, FailedAttempt> {
+    async fn attempt(&self, prepared: &reqwest::Request, host: &str, held: Option<&upstream::HeldTime>) -> Result<Response, FailedAttempt> {
         let failed = |failure, error| FailedAttempt { failure, outcome: Err(error) };
         let request = prepared.try_clone().ok_or_else(|| failed(Failure::Final, HttpError::InvalidRequest("the request body cannot be sent again".into())))?;
         // Past the per-host budget, the cap on requests in flight or a 429's
@@ -502,7 +507,9 @@ impl HttpGateway {
         // bounds the wait); its slot and its place in the budget are held
         // until the answer is read.
         let access = if prepared.method() == reqwest::Method::GET || prepared.method() == reqwest::Method::HEAD { Access::Read } else { Access::Write };
+        let holding = held.map(upstream::HeldTime::hold);
         let _admission = self.throttle.acquire(host, access).await;
+        drop(holding);
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let sent = std::time::Instant::now();
         let mut response = self.client.execute(request).await.map_err(|e| {
@@ -638,11 +645,19 @@ pub struct HttpCtx {
     activity: Arc<GuestActivity>,
     /// Whether the current call is a write (see [`HttpCtx::begin_call`]).
     writes: bool,
+    /// Time this instance's calls were held back by the throttle.
+    pub held: Arc<upstream::HeldTime>,
 }
 
 impl HttpCtx {
     pub fn new(gateway: Arc<HttpGateway>, limits: &Limits, activity: Arc<GuestActivity>) -> Self {
-        HttpCtx { gateway, requests: CallBudget::new(limits.http_requests_per_call, "http-requests-per-call", "HTTP requests"), activity, writes: false }
+        HttpCtx {
+            gateway,
+            requests: CallBudget::new(limits.http_requests_per_call, "http-requests-per-call", "HTTP requests"),
+            activity,
+            writes: false,
+            held: Arc::default(),
+        }
     }
 
     /// Before every call into the guest: a fresh request budget, and
@@ -686,7 +701,7 @@ impl wit::Host for HttpCtx {
             ))));
         }
         let _waiting = self.activity.wait();
-        Ok(self.gateway.send(request).await)
+        Ok(self.gateway.send_held(request, Some(&self.held)).await)
     }
 }
 

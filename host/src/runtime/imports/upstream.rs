@@ -18,6 +18,49 @@ use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamOverrides, Upstrea
 /// The longest pause one Retry-After can impose on every worker.
 pub const MAX_PAUSE: Duration = Duration::from_secs(120);
 
+/// How long the calls of one instance were held back by the host's own
+/// throttle (a pause after a 429, the rate budget, the caps in flight):
+/// time the call's wall-clock limit does not count, since the host, not
+/// the connector, spent it. One call at a time runs on an instance.
+#[derive(Default)]
+pub struct HeldTime(std::sync::Mutex<Held>);
+
+#[derive(Default)]
+struct Held {
+    total: Duration,
+    since: Option<Instant>,
+}
+
+/// A hold in progress, until dropped.
+#[must_use]
+pub struct Holding<'a>(&'a HeldTime);
+
+impl HeldTime {
+    fn state(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn hold(&self) -> Holding<'_> {
+        self.state().since.get_or_insert_with(Instant::now);
+        Holding(self)
+    }
+
+    /// Held so far, the hold in progress included.
+    pub fn held(&self) -> Duration {
+        let state = self.state();
+        state.total + state.since.map_or(Duration::ZERO, |since| since.elapsed())
+    }
+}
+
+impl Drop for Holding<'_> {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        if let Some(since) = state.since.take() {
+            state.total += since.elapsed();
+        }
+    }
+}
+
 /// Reads and writes are capped apart, as upstreams count them (Asana: 50
 /// concurrent reads, 15 concurrent writes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
