@@ -272,15 +272,18 @@ async fn the_scim_connector_syncs_writes_and_syncs_again_against_scim2_server() 
 
 /// The same sync, writes and sync again against an independent
 /// implementation with other quirks (see support/django_scim2.rs): PATCH
-/// answered 200 with a body, member removal by path filter answered 501,
-/// filter support not announced.
+/// answered 200 with a body, member removal by path filter answered 501
+/// (so the operator sets remove-member-by-value), filter support not
+/// announced.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_scim_connector_syncs_writes_and_syncs_again_against_django_scim2() {
     let server = tokio::task::spawn_blocking(|| DjangoScim2::start(TOKEN)).await.unwrap();
     let api = Api::at(server.base_url());
     let s = seed(&api).await;
     let dir = tempfile::tempdir().unwrap();
-    let flags = flags_for(&server.base_url(), server.addr(), dir.path());
+    let mut flags = flags_for(&server.base_url(), server.addr(), dir.path());
+    // Its 501 to a removal by path filter takes the member in `value`.
+    flags.extend(["--config".to_string(), "remove-member-by-value=true".to_string()]);
     let db = dir.path().join("scim.db");
 
     sync(&flags, &db).await;
@@ -428,4 +431,79 @@ async fn the_asana_and_scim_connectors_sync_side_by_side_in_one_host() {
     assert_eq!(requests.iter().filter(|l| l.contains("\"POST /v2/")).count(), 5, "{scim_log}");
     assert!(requests.iter().filter(|l| !l.contains("\"POST ")).all(|l| l.contains("\"GET /v2/")), "{scim_log}");
     assert!(requests.iter().any(|l| l.contains("\"GET /v2/Users?")), "{scim_log}");
+}
+
+/// A SCIM server that says less, or other, than the truth about a group
+/// (g1, whose member u1 is): it leaves `members` out of the group, as AWS
+/// IAM Identity Center does, though its filter finds u1; then it answers a
+/// PATCH 200 with the group unchanged; then 501 to a removal by path
+/// filter. A revoke is never "no change" while the access stays, never
+/// "changed" when the server says it was not, and never falls back to a
+/// removal that would take every member unless the operator says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn revokes_believe_neither_an_omitted_member_list_nor_a_contradicting_answer() {
+    use axum::extract::{Query, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::get;
+    #[derive(Clone, Default)]
+    struct Fake {
+        /// How PATCH answers: 204, 200 with the unchanged group, or 501.
+        patch: Arc<std::sync::Mutex<u16>>,
+        patches: Arc<std::sync::Mutex<Vec<String>>>,
+    }
+    let group = || json!({"schemas": [GROUP], "id": "g1", "displayName": "G"});
+    let fake = Fake::default();
+    let app = axum::Router::new()
+        .route("/ServiceProviderConfig", get(|| async { axum::Json(json!({"patch": {"supported": true}, "filter": {"supported": true, "maxResults": 100}})) }))
+        .route("/Schemas/{id}", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/Groups/{id}",
+            get(move || async move { axum::Json(group()) }).patch(|State(fake): State<Fake>, body: String| async move {
+                fake.patches.lock().unwrap().push(body);
+                match *fake.patch.lock().unwrap() {
+                    200 => axum::Json(json!({"schemas": [GROUP], "id": "g1", "displayName": "G", "members": [{"value": "u1"}]})).into_response(),
+                    501 => StatusCode::NOT_IMPLEMENTED.into_response(),
+                    _ => StatusCode::NO_CONTENT.into_response(),
+                }
+            }),
+        )
+        .route(
+            "/Groups",
+            get(|Query(q): Query<std::collections::HashMap<String, String>>| async move {
+                let found = q.get("filter").is_some_and(|f| f.contains("g1") && f.contains("u1"));
+                let resources = if found { vec![json!({"id": "g1"})] } else { vec![] };
+                axum::Json(json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:ListResponse"], "totalResults": resources.len(), "Resources": resources}))
+            }),
+        )
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let dir = tempfile::tempdir().unwrap();
+    let flags = flags_for(&format!("http://{addr}"), addr, dir.path());
+    let revoke = |flags: Vec<String>| async move {
+        let args: Vec<String> = ["revoke", "--grant", "group:g1:member:user:u1"].iter().map(|s| s.to_string()).chain(flags).collect();
+        tether(args).await
+    };
+
+    *fake.patch.lock().unwrap() = 204;
+    let out = revoke(flags.clone()).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("changed:"), "the filter found the member: {}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(fake.patches.lock().unwrap().len(), 1, "the removal was sent");
+
+    *fake.patch.lock().unwrap() = 200;
+    let out = revoke(flags.clone()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("which still lists member u1: it was not removed"), "{stderr}");
+
+    *fake.patch.lock().unwrap() = 501;
+    fake.patches.lock().unwrap().clear();
+    let out = revoke(flags.clone()).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("remove-member-by-value"), "{stderr}");
+    assert_eq!(fake.patches.lock().unwrap().len(), 1, "no removal of every member was sent: {:?}", fake.patches.lock().unwrap());
 }

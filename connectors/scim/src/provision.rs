@@ -17,11 +17,14 @@ pub fn add_member(server: &Server, entitlement_id: &str, principal: &ResourceRef
     check_principal(principal)?;
     server.require_patch("adding a group member")?;
     let grant = member_grant(&group, principal);
-    if is_member(server, &group, &principal.id)? {
+    if is_member(server, &group, &principal.id)? == Membership::Member {
         let message = format!("{} {} is already a member of group {group}", principal.resource_type, principal.id);
         return Ok(WriteResult { outcome: Outcome::NoChange, grant: Some(grant), message });
     }
-    server.scim.patch("/Groups", &group, vec![op_add("members", json!([{ "value": principal.id }]))])?;
+    let answer = server.scim.patch("/Groups", &group, vec![op_add("members", json!([{ "value": principal.id }]))])?;
+    if lists_member(answer.as_ref(), &principal.id) == Some(false) {
+        return Err(contradicted(&group, &principal.id, "does not list", "added"));
+    }
     let message = format!("added {} {} to group {group}", principal.resource_type, principal.id);
     Ok(WriteResult { outcome: Outcome::Changed, grant: Some(grant), message })
 }
@@ -29,29 +32,74 @@ pub fn add_member(server: &Server, entitlement_id: &str, principal: &ResourceRef
 pub fn remove_member(server: &Server, grant_id: &str) -> Result<WriteResult, ConnectorError> {
     let (group, principal) = parse_member_grant(grant_id)?;
     server.require_patch("removing a group member")?;
-    if !is_member(server, &group, &principal.id)? {
+    let membership = is_member(server, &group, &principal.id)?;
+    if membership == Membership::NotMember {
         let message = format!("{} {} is not a member of group {group}", principal.resource_type, principal.id);
         return Ok(WriteResult { outcome: Outcome::NoChange, grant: None, message });
     }
-    server.scim.remove_member(&group, &principal.id)?;
-    let message = format!("removed {} {} from group {group}", principal.resource_type, principal.id);
+    let answer = server.scim.remove_member(&group, &principal.id, server.settings.remove_member_by_value).map_err(|e| match e {
+        ConnectorError::Unsupported(why) => {
+            ConnectorError::Unsupported(format!("{why}: set remove-member-by-value = true only if this server removes just the member given"))
+        }
+        other => other,
+    })?;
+    if lists_member(answer.as_ref(), &principal.id) == Some(true) {
+        return Err(contradicted(&group, &principal.id, "still lists", "removed"));
+    }
+    let unknown = if membership == Membership::Unknown { " (the server does not list the group's members, so it may not have been one)" } else { "" };
+    let message = format!("removed {} {} from group {group}{unknown}", principal.resource_type, principal.id);
     Ok(WriteResult { outcome: Outcome::Changed, grant: None, message })
 }
 
+/// What the server says of one member of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Member,
+    NotMember,
+    /// The group came without `members` and the server has no filter to
+    /// ask by: an empty group (RFC 7643 §2.5 leaves the attribute out), or a
+    /// server that does not return members.
+    Unknown,
+}
+
 /// Whether `member` is in `group`, read the way memberships are synced.
-fn is_member(server: &Server, group: &str, member: &str) -> Result<bool, ConnectorError> {
-    if server.members_from()? == MembersFrom::Filter {
-        // RFC 7644 §3.4.2.2's own example of a membership test.
-        let filter = format!("{} and {}", filter_eq("id", group), filter_eq("members.value", member));
-        let found = server.scim.list("/Groups", &ListQuery { filter: Some(&filter), attributes: Some("id"), ..ListQuery::default() })?;
-        // A group that does not exist is an error, not "not a member".
-        if found.resources.is_empty() {
-            server.scim.get("/Groups", group, Some("id"))?;
+/// A group that comes without `members` is asked again by filter where the
+/// server has one: a server that leaves members out (AWS IAM Identity
+/// Center does) would otherwise make a revoke "no change" while the access
+/// stays.
+fn is_member(server: &Server, group: &str, member: &str) -> Result<Membership, ConnectorError> {
+    if server.members_from()? != MembersFrom::Filter {
+        let raw = server.scim.get("/Groups", group, Some("members"))?;
+        if let Some(listed) = lists_member(Some(&raw), member) {
+            return Ok(if listed { Membership::Member } else { Membership::NotMember });
         }
-        return Ok(!found.resources.is_empty());
+        if !server.features()?.config.filter {
+            return Ok(Membership::Unknown);
+        }
     }
-    let raw = server.scim.get("/Groups", group, Some("members"))?;
-    Ok(read::list(&raw, "members").iter().any(|m| read::text(m, "value") == Some(member)))
+    // RFC 7644 §3.4.2.2's own example of a membership test.
+    let filter = format!("{} and {}", filter_eq("id", group), filter_eq("members.value", member));
+    let found = server.scim.list("/Groups", &ListQuery { filter: Some(&filter), attributes: Some("id"), ..ListQuery::default() })?;
+    // A group that does not exist is an error, not "not a member".
+    if found.resources.is_empty() {
+        server.scim.get("/Groups", group, Some("id"))?;
+    }
+    Ok(if found.resources.is_empty() { Membership::NotMember } else { Membership::Member })
+}
+
+/// Whether a group as the server gave it lists `member`; None when it
+/// has no `members` attribute to say (or no group was given).
+fn lists_member(group: Option<&Value>, member: &str) -> Option<bool> {
+    let members = group?.get("members")?.as_array()?;
+    Some(members.iter().any(|m| read::text(m, "value") == Some(member)))
+}
+
+/// A write the server answered 200 to, with the group, which says it did
+/// not happen.
+fn contradicted(group: &str, member: &str, says: &str, done: &str) -> ConnectorError {
+    ConnectorError::Upstream(format!(
+        "the server answered the PATCH with group {group}, which {says} member {member}: it was not {done}; read the group again before trying once more"
+    ))
 }
 
 pub fn create_user(server: &Server, request: &AccountRequest) -> Result<AccountResult, ConnectorError> {

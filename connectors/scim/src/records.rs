@@ -39,6 +39,13 @@ pub fn metadata() -> ConnectorMetadata {
                 Some("auto"),
             ),
             field("deactivation-irreversible", "The server cannot reactivate a deactivated user: disable-account is then irreversible", false, false, Some("false")),
+            field(
+                "remove-member-by-value",
+                "Where the server answers 501 to removing a member by path filter, remove it with path members and the member in value; set only for a server known to remove just that member (on one that follows RFC 7644 it removes every member)",
+                false,
+                false,
+                Some("false"),
+            ),
         ],
         // The server is wherever base-url says: the operator allows it.
         hosts: vec![],

@@ -21,6 +21,10 @@ pub struct Settings {
     /// The server cannot reactivate a deactivated user (the operator says
     /// so; SCIM has no standard way for a server to say it).
     pub deactivation_irreversible: bool,
+    /// The server takes a member removal as `path: members` with the
+    /// member in `value` where it answers 501 to a path filter (see
+    /// `ScimClient::remove_member`); the operator says so.
+    pub remove_member_by_value: bool,
 }
 
 impl Settings {
@@ -37,11 +41,20 @@ impl Settings {
             Some("filter") => MembersFrom::Filter,
             Some(other) => return Err(ConnectorError::InvalidConfig(format!("group-members must be auto, attribute or filter, got {other:?}"))),
         };
-        let deactivation_irreversible = match config::get("deactivation-irreversible").as_deref().map(str::to_ascii_lowercase).as_deref() {
-            None | Some("") | Some("false") | Some("no") | Some("0") => false,
-            Some("true") | Some("yes") | Some("1") => true,
-            Some(other) => return Err(ConnectorError::InvalidConfig(format!("deactivation-irreversible must be true or false, got {other:?}"))),
-        };
-        Ok(Settings { base_url: base_url.trim_end_matches('/').to_string(), members_from, deactivation_irreversible })
+        Ok(Settings {
+            base_url: base_url.trim_end_matches('/').to_string(),
+            members_from,
+            deactivation_irreversible: flag("deactivation-irreversible")?,
+            remove_member_by_value: flag("remove-member-by-value")?,
+        })
+    }
+}
+
+/// A true-or-false setting, false when not given.
+fn flag(key: &str) -> Result<bool, ConnectorError> {
+    match config::get(key).as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("") | Some("false") | Some("no") | Some("0") => Ok(false),
+        Some("true") | Some("yes") | Some("1") => Ok(true),
+        Some(other) => Err(ConnectorError::InvalidConfig(format!("{key} must be true or false, got {other:?}"))),
     }
 }

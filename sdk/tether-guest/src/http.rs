@@ -187,7 +187,7 @@ pub fn status_error(service: &str, path: &str, status: u16, headers: &[Pair], bo
         401 => ConnectorError::Unauthorized(message),
         403 => ConnectorError::Forbidden(message),
         404 => ConnectorError::NotFound(message),
-        429 => ConnectorError::RateLimited(RateLimit { retry_after_ms: retry_after_seconds(headers) * 1000, message }),
+        429 => ConnectorError::RateLimited(RateLimit { retry_after_ms: retry_after_seconds(headers).saturating_mul(1000), message }),
         400 | 409 | 422 => ConnectorError::InvalidArgument(message),
         _ => ConnectorError::Upstream(message),
     }

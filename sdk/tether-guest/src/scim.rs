@@ -224,19 +224,29 @@ impl ScimClient {
     }
 
     /// Removes one member from a group with RFC 7644's
-    /// `members[value eq "ID"]` path. A server that answers that with 501
-    /// Not Implemented (django-scim2 does) gets the form many servers take
-    /// instead: `path: members` with the member in `value`. Only then: on
-    /// a server that implements the RFC, that form would remove every member.
-    pub fn remove_member(&self, group_id: &str, member_id: &str) -> Result<(), ConnectorError> {
+    /// `members[value eq "ID"]` path; the group when the server answers 200
+    /// with it. A server that answers that with 501 Not Implemented
+    /// (django-scim2 does) is sent the form many servers take instead,
+    /// `path: members` with the member in `value`, only if `by_value` says
+    /// the operator knows it takes it: on a server that implements the RFC
+    /// that form removes every member. Otherwise the 501 is an
+    /// `unsupported` error.
+    pub fn remove_member(&self, group_id: &str, member_id: &str, by_value: bool) -> Result<Option<Value>, ConnectorError> {
         let path = self.resource_path("/Groups", group_id)?;
         let by_filter = patch_body(vec![op_remove(&member_path(member_id))]);
         let response = self.http.exchange(Method::Patch, &path, &[], Some(by_filter))?;
-        if response.status != NOT_IMPLEMENTED {
-            return self.http.answer(&path, &response).map(|_| ());
-        }
-        let by_value = patch_body(vec![json!({ "op": "remove", "path": "members", "value": [{ "value": member_id }] })]);
-        self.http.patch(&path, &[], by_value).map(|_| ())
+        let body = if response.status != NOT_IMPLEMENTED {
+            self.http.answer(&path, &response)?
+        } else if by_value {
+            let by_value = patch_body(vec![json!({ "op": "remove", "path": "members", "value": [{ "value": member_id }] })]);
+            self.http.patch(&path, &[], by_value)?
+        } else {
+            return Err(ConnectorError::Unsupported(
+                "the server does not implement removing one member by path filter (PATCH answered 501); the form it may take instead (path members, the member in value) removes every member on a server that follows RFC 7644"
+                    .into(),
+            ));
+        };
+        Ok(body.is_object().then_some(body))
     }
 
     /// `endpoint/ID`, the ID as one path segment.
