@@ -1380,6 +1380,31 @@ async fn a_stop_waits_for_an_api_write_and_the_audit_keeps_it() {
     assert_eq!(outcome, "changed");
 }
 
+/// A token rotated in its file applies with the reload: the old one (which
+/// may have leaked) is refused at once, not at the next start.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotated_api_token_applies_on_reload() {
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 4 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("api-token");
+    let (old, new) = ("old-token-0123456789abcdef", "new-token-0123456789abcdef");
+    std::fs::write(&token_file, old).unwrap();
+    let config = dir.path().join("serve.toml");
+    let server = server_section(dir.path()).replace("env:TETHER_API_TOKEN", &format!("file:{}", token_file.display()));
+    std::fs::write(&config, server + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    assert_eq!(served.call_with("GET", "/v1/instances", None, Some(old)).await.0, 200);
+
+    std::fs::write(&token_file, new).unwrap();
+    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served.call_with("GET", "/v1/instances", None, Some(new)).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the new token was not taken: {}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.call_with("GET", "/v1/instances", None, Some(old)).await.0, 401, "the old token is refused");
+}
+
 /// Connections that never send a request (no token needed to open one)
 /// are capped in number and the oldest idle one is closed to make room:
 /// they cannot take every file descriptor, nor hold the API (and the

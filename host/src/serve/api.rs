@@ -105,7 +105,8 @@ async fn require_token(State(server): State<Arc<Server>>, headers: HeaderMap, re
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map_or("", |(_, token)| token.trim_start());
     // Compared as hashes: the time taken says nothing about the token.
-    let matches = !server.token.is_empty() && Sha256::digest(given.as_bytes()) == Sha256::digest(server.token.as_bytes());
+    let token = server.token.read().expect("token lock").clone();
+    let matches = !token.is_empty() && Sha256::digest(given.as_bytes()) == Sha256::digest(token.as_bytes());
     if !matches {
         let mut response = ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "a valid bearer token is required").into_response();
         response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));

@@ -50,7 +50,9 @@ pub struct Server {
     pub ready: AtomicBool,
     /// Set on shutdown: the watcher and schedulers end.
     pub quit: watch::Sender<bool>,
-    pub token: String,
+    /// The API's bearer token; a reload that changes it (a rotated
+    /// `file:` token) applies it at once.
+    pub token: RwLock<String>,
     /// The last config reload refused, if the one after it did not succeed.
     pub config_refusal: Mutex<Option<Refusal>>,
     /// One config reload at a time (SIGHUP and the file watcher).
@@ -120,7 +122,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let engine = ConnectorEngine::new(cache_dir)?;
     let listen = options.listen.or(config.server.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("default address"));
     let server = Arc::new(Server {
-        token: config.server.api_token.clone().unwrap_or_default(),
+        token: RwLock::new(config.server.api_token.clone().unwrap_or_default()),
         audit: audit::Audit::open(&data_dir.join("audit.db"))?,
         config: RwLock::new(Arc::new(config)),
         instances: RwLock::new(BTreeMap::new()),

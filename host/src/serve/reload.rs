@@ -249,17 +249,18 @@ pub async fn reload_config(server: &Arc<Server>) {
     };
     let old = server.config();
     let (was, now) = (&old.server, &fresh.server);
-    let at_next_start: Vec<&str> = [
-        ("listen", was.listen != now.listen),
-        ("data_dir", was.data_dir != now.data_dir),
-        ("api_token", was.api_token != now.api_token),
-        ("cache_dir", was.cache_dir != now.cache_dir),
-    ]
-    .into_iter()
-    .filter_map(|(key, changed)| changed.then_some(key))
-    .collect();
+    let at_next_start: Vec<&str> =
+        [("listen", was.listen != now.listen), ("data_dir", was.data_dir != now.data_dir), ("cache_dir", was.cache_dir != now.cache_dir)]
+            .into_iter()
+            .filter_map(|(key, changed)| changed.then_some(key))
+            .collect();
     if !at_next_start.is_empty() {
-        tracing::warn!("changed [server] {} take effect at the next start; grace_period and watch_interval apply now", at_next_start.join(", "));
+        tracing::warn!("changed [server] {} take effect at the next start; api_token, grace_period and watch_interval apply now", at_next_start.join(", "));
+    }
+    if was.api_token != now.api_token {
+        // A rotated token: the old one (leaked, perhaps) stops working now.
+        *server.token.write().expect("token lock") = now.api_token.clone().unwrap_or_default();
+        tracing::info!("the API token changed: the new one applies now");
     }
     let mut instances = server.instances.write().expect("instances lock");
     for (name, settings) in &fresh.instances {
@@ -294,9 +295,14 @@ pub async fn reload_config(server: &Arc<Server>) {
     });
     drop(instances);
     // What the running server was started with stays (the socket, the
-    // folders, the token); the timings are read where they are used.
+    // folders); the token and the timings are read where they are used.
     let mut kept = fresh;
-    kept.server = ServerSettings { grace_period: kept.server.grace_period, watch_interval: kept.server.watch_interval, ..old.server.clone() };
+    kept.server = ServerSettings {
+        grace_period: kept.server.grace_period,
+        watch_interval: kept.server.watch_interval,
+        api_token: kept.server.api_token.clone(),
+        ..old.server.clone()
+    };
     *server.config.write().expect("config lock") = Arc::new(kept);
     *server.config_refusal.lock().expect("refusal lock") = None;
     tracing::info!("config reloaded");
