@@ -257,6 +257,43 @@ fn a_manifest_bigger_than_any_manifest_is_refused_unread() {
     assert!(!out.exists());
 }
 
+/// A module's blob is read only as far as its manifest says it is long:
+/// a blob that runs on is refused there, not at the 256 MiB every module
+/// is held to (which a served instance paid before every sync).
+#[test]
+fn a_blob_longer_than_its_manifest_says_is_refused_there() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let port = lying_registry(&runtime, |_| {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.wasm.config.v0+json", "digest": format!("sha256:{}", "1".repeat(64)), "size": 2},
+            "layers": [{"mediaType": "application/wasm", "digest": format!("sha256:{}", "2".repeat(64)), "size": 1000}],
+        });
+        axum::Router::new()
+            .route("/v2/", axum::routing::get(|| async { "{}" }))
+            .route(
+                "/v2/connectors/asana/manifests/{tag}",
+                axum::routing::get(move || {
+                    let manifest = manifest.to_string();
+                    async move { ([("content-type", "application/vnd.oci.image.manifest.v1+json")], manifest) }
+                }),
+            )
+            .route(
+                "/v2/connectors/asana/blobs/{digest}",
+                axum::routing::get(|| async {
+                    let chunk = axum::body::Bytes::from(vec![0u8; 1 << 20]);
+                    axum::body::Body::from_stream(futures::stream::iter((0..64).map(move |_| Ok::<_, std::io::Error>(chunk.clone()))))
+                }),
+            )
+    });
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("out");
+    let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
+    assert!(err.contains("larger than 1000 bytes"), "{err}");
+    assert!(!out.join("asana.wasm").exists());
+}
+
 /// A registry's token endpoint is read only as far as a token can be, and
 /// only over https (or from the plain-http registry itself): an endless
 /// answer once took the process to 3.8 GB, and a realm elsewhere over

@@ -80,10 +80,18 @@ impl VerifiedModule {
 
     /// Writes `<dir>/<name>.wasm` and, if signed, `<name>.wasm.sig` (the
     /// format `tether module sign` writes), each whole or not at all.
+    ///
+    /// The module is written first: a write that fails (a full disk) leaves
+    /// the previous pull and its signature as they were, still verifying,
+    /// where writing the signature first left the old module beside the new
+    /// one's signature. Between the two renames a reader may see the new
+    /// module with the old signature: it is refused then, never wrongly
+    /// trusted.
     pub fn write_to(&self, dir: &Path, name: &str) -> Result<PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let module = dir.join(format!("{name}.wasm"));
         let sig = crate::runtime::trust::signature_path_for(&module);
+        write_atomic(&module, &self.module)?;
         match &self.signature {
             Some(signature) => {
                 let key = self.annotations.get(ANNOTATION_KEY_ID).map(|id| format!(" by key {}", crate::terminal::escape(id))).unwrap_or_default();
@@ -96,7 +104,6 @@ impl VerifiedModule {
                 removed.with_context(|| format!("cannot remove {}", sig.display()))?;
             }
         }
-        write_atomic(&module, &self.module)?;
         Ok(module)
     }
 }
@@ -209,11 +216,14 @@ fn layer_deadline(size: u64) -> std::time::Duration {
     std::time::Duration::from_secs(60 + size / (256 << 10))
 }
 
-/// Downloads a layer of `size` bytes (as the manifest says), never holding
-/// more than `MAX_MODULE_BYTES`, within [`layer_deadline`].
+/// Downloads a layer of `size` bytes (as the manifest says, at most
+/// `MAX_MODULE_BYTES`), never holding more than that, within
+/// [`layer_deadline`]: a blob that runs past its declared size is refused
+/// there, not at the global cap.
 async fn pull_layer(registry: &Registry, reference: &Reference, auth: &RegistryAuth, digest: &str, size: u64) -> Result<Vec<u8>> {
     let deadline = layer_deadline(size);
-    tokio::time::timeout(deadline, registry.pull_blob(reference, digest, auth, MAX_MODULE_BYTES))
+    let cap = usize::try_from(size).unwrap_or(MAX_MODULE_BYTES).min(MAX_MODULE_BYTES);
+    tokio::time::timeout(deadline, registry.pull_blob(reference, digest, auth, cap))
         .await
         .map_err(|_| anyhow::anyhow!("not downloaded within {deadline:?}"))
         .and_then(|pulled| pulled)
