@@ -123,6 +123,22 @@ fn a_module_that_is_no_plain_file_or_too_big_is_refused_unread() {
         assert_eq!(run.status.code(), Some(1));
         assert!(stderr(&run).contains(&format!("cannot read {secret}: it is not a plain file")), "{}", stderr(&run));
     }
+    // As the sync file: it used to hang opening the FIFO for its lock.
+    let run = tether(&[
+        "sync",
+        "--connector",
+        asana_wasm().to_str().unwrap(),
+        "--out",
+        fifo.to_str().unwrap(),
+        "--secret",
+        "token=literal:sim-token-long",
+        "--config",
+        "asana-api-url=http://127.0.0.1:9/api/1.0",
+        "--allow-host",
+        "127.0.0.1:9",
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("is not a plain file, so it is no sync file"), "{}", stderr(&run));
 }
 
 #[test]

@@ -651,6 +651,15 @@ async fn a_tampered_or_unsigned_module_is_refused() {
     assert!(Path::new(&path("hostile.wasm.sig")).is_file());
     let run = tether(&["module", "verify", "--key", &path("ops.pub"), &module]);
     assert!(run.status.success(), "{}", stderr(&run));
+    // A signature may be written over, anything else not (a sync file
+    // named by mistake became two lines of text).
+    std::fs::write(path("precious.db"), b"SQLite format 3\0").unwrap();
+    let run = tether(&["module", "sign", "--key", &path("ops.key"), &module, "--signature", &path("precious.db")]);
+    assert_eq!(run.status.code(), Some(1));
+    assert!(stderr(&run).contains("exists and is not a signature: refusing to write over it"), "{}", stderr(&run));
+    assert_eq!(std::fs::read(path("precious.db")).unwrap(), b"SQLite format 3\0");
+    let run = tether(&["module", "sign", "--key", &path("ops.key"), &module, "--signature", &path("hostile.wasm.sig")]);
+    assert!(run.status.success(), "a signature is replaced: {}", stderr(&run));
 
     let signer = tether_host::runtime::trust::parse_verifying_key(&path("ops.pub")).unwrap();
     let trust = ModuleTrust { signer: Some(signer), ..ModuleTrust::default() };

@@ -105,7 +105,12 @@ type OpenByInode = HashMap<(u64, u64), Arc<File>>;
 /// (see the module's note on why it is never closed).
 fn open_once(path: &Path) -> Result<Arc<File>> {
     static OPEN: LazyLock<Mutex<OpenByInode>> = LazyLock::new(Default::default);
-    let key = inode(&std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?);
+    let metadata = std::fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    // Opening a FIFO (or a device) would wait for a writer, for ever.
+    if !metadata.is_file() {
+        anyhow::bail!("{} is not a plain file, so it is no sync file", path.display());
+    }
+    let key = inode(&metadata);
     let mut open = OPEN.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(file) = open.get(&key) {
         return Ok(file.clone());

@@ -95,7 +95,8 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
             let target = signature.unwrap_or_else(|| signature_path_for(&module));
             let id = key_id(&key.verifying_key());
             let text = format!("# signature of sha256 {} by key {id}\n{}\n", hex::encode(digest), hex::encode(sign_digest(&key, &digest).to_bytes()));
-            std::fs::write(&target, text).with_context(|| format!("cannot write {}", target.display()))?;
+            refuse_to_overwrite_other_than_a_signature(&target)?;
+            crate::distribution::artifact::write_atomic(&target, text.as_bytes())?;
             outln!("signed {} (sha256 {}) with key {id}: {}", module.display(), hex::encode(digest), target.display())?;
         }
         ModuleCommand::Verify { key, module, signature } => {
@@ -104,6 +105,19 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
             ModuleTrust { digest: None, signer: Some(signer), signature }.check(&module, &bytes)?;
             outln!("{} (sha256 {}): good signature by key {}", module.display(), hex::encode(Sha256::digest(&bytes)), key_id(&signer))?;
         }
+    }
+    Ok(())
+}
+
+/// `--signature` may replace a signature, never anything else (a sync
+/// file named by mistake, a module): what is there must read as one.
+fn refuse_to_overwrite_other_than_a_signature(target: &Path) -> Result<()> {
+    if std::fs::symlink_metadata(target).is_err() {
+        return Ok(());
+    }
+    let is_signature = crate::plain_file::read(target, 4096).is_ok_and(|bytes| bytes.starts_with(b"# signature of sha256 "));
+    if !is_signature {
+        anyhow::bail!("{} exists and is not a signature: refusing to write over it", target.display());
     }
     Ok(())
 }
