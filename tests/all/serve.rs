@@ -652,6 +652,16 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
     install(&module, &v4, Some(sign(&successor, &v4)));
     let back = served.until("asana", "a module of the new key", Duration::from_secs(60), |i| i["module"].is_object()).await;
     assert!(back["last_refusal"].is_null(), "{back}");
+
+    // The module file gone: the running version stays, and the refusal
+    // says why (the next start would fail on it).
+    std::fs::remove_file(&module).unwrap();
+    let gone = served
+        .until("asana", "the missing file reported", Duration::from_secs(60), |i| {
+            i["last_refusal"]["reason"].as_str().is_some_and(|r| r.contains("cannot read the new module"))
+        })
+        .await;
+    assert!(gone["module"].is_object(), "{gone}");
 }
 
 /// A signature covers a build, not its place in time: an older signed

@@ -18,19 +18,41 @@ use super::scheduler::{rfc3339, InstanceRuntime, Refusal, SourceError};
 use super::Server;
 use crate::distribution::{ModuleSource, ResolvedModule};
 
-/// What tells a changed module: its file's time and length, and its
-/// signature file's time (a signature may land after its module).
-pub type Fingerprint = (SystemTime, u64, Option<SystemTime>);
+/// What tells a changed module: its file's identity (device, inode), times
+/// (modified, and changed: a release installed by rename with its times
+/// kept, as `cp -p`, rsync -a or tar do, is a new inode with a new change
+/// time) and length, and the same of its signature file (a signature may
+/// land after its module).
+pub type Fingerprint = (FileSeen, Option<FileSeen>);
+
+/// One file as the watcher saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileSeen {
+    identity: (u64, u64),
+    modified: Option<SystemTime>,
+    changed: (i64, i64),
+    len: u64,
+}
+
+fn seen(path: &std::path::Path) -> Option<FileSeen> {
+    let metadata = std::fs::metadata(path).ok()?;
+    #[cfg(unix)]
+    let changed = {
+        use std::os::unix::fs::MetadataExt;
+        (metadata.ctime(), metadata.ctime_nsec())
+    };
+    #[cfg(not(unix))]
+    let changed = (0, 0);
+    Some(FileSeen { identity: crate::sync::writer_lock::inode(&metadata), modified: metadata.modified().ok(), changed, len: metadata.len() })
+}
 
 pub fn fingerprint(settings: &InstanceConfig) -> Option<Fingerprint> {
     // An OCI module has no file to watch: its tag is looked up before each sync.
     let ModuleSource::Path(path) = &settings.module else {
         return None;
     };
-    let module = std::fs::metadata(path).ok()?;
     let signature = settings.signature.clone().unwrap_or_else(|| crate::runtime::trust::signature_path_for(path));
-    let signed = std::fs::metadata(signature).ok().and_then(|m| m.modified().ok());
-    Some((module.modified().ok()?, module.len(), signed))
+    Some((seen(path)?, seen(&signature)))
 }
 
 /// Checks every instance's module file, and the config file, every
@@ -54,9 +76,11 @@ pub async fn watch_modules(server: Arc<Server>) {
         for instance in instances {
             let settings = instance.settings();
             let seen = fingerprint(&settings);
+            // A file gone is a change too: reported, as the next start
+            // would fail on it.
             let changed = {
                 let mut last = instance.module_seen.lock().expect("module_seen lock");
-                let changed = seen.is_some() && *last != seen;
+                let changed = *last != seen;
                 if changed {
                     *last = seen;
                 }
@@ -75,8 +99,16 @@ async fn swap_module(server: &Server, instance: &InstanceRuntime, settings: &Ins
     async {
         match loader::resolve(settings, &server.module_cache()).await {
             Ok(resolved) => swap_in(server, instance, settings, &resolved).await,
-            // The file went away or cannot be read: the running version stays.
-            Err(e) => tracing::warn!("cannot read the new module; the running version stays: {e:#}"),
+            // The file went away or cannot be read: the running version
+            // stays, and says so where refusals show (the next start would
+            // fail on it).
+            Err(e) => {
+                let reason = format!("cannot read the new module: {e:#}");
+                tracing::warn!("{reason}; the running version stays");
+                server.metrics.reload_refusals.with_label_values(&[&instance.name]).inc();
+                instance.status.lock().expect("status lock").last_refusal =
+                    Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), digest: None, reason, manifest_digest: None });
+            }
         }
     }
     .instrument(span)
