@@ -703,6 +703,15 @@ async fn an_older_signed_version_is_refused_as_a_rollback() {
     let list = served.reload_refused().await;
     assert!(list["config_reload_refusal"]["reason"].as_str().unwrap().contains("refused as a rollback"), "{list}");
     assert_eq!(served.instance("strict").await["module"]["version"], "0.2.0");
+
+    // Nor does a restart bring it back: with nothing running, the version
+    // of the instance's last good sync is the one a rollback is measured
+    // against, and the start fails.
+    let mut served = served;
+    assert!(served.terminate(Duration::from_secs(30)).success());
+    let mut restarted = Served::launch(&config, dir.path());
+    assert_eq!(restarted.wait_exit(Duration::from_secs(60)).code(), Some(1), "{}", restarted.logs());
+    assert!(restarted.logs().contains("older than the running 0.2.0: refused as a rollback"), "{}", restarted.logs());
 }
 
 #[tokio::test(flavor = "multi_thread")]

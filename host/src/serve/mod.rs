@@ -156,7 +156,11 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let load_all = async {
         for (name, settings) in &config.instances {
             let span = tracing::info_span!("instance", instance = %name);
-            match loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false).instrument(span).await {
+            let loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false)
+                .instrument(span)
+                .await
+                .and_then(|version| reload::refuse_rollback_of_synced(&server.data_dir, name, settings, &version).map(|()| version));
+            match loaded_version {
                 Ok(version) => {
                     server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
                     loaded.push(InstanceRuntime::new(settings.clone(), Some(Arc::new(version))));

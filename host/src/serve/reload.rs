@@ -200,6 +200,26 @@ fn refuse_downgrade(running: &str, new: &str) -> anyhow::Result<()> {
     }
 }
 
+/// With no version running (a start, an instance added again), the one
+/// that made the instance's last good sync is what a rollback is measured
+/// against: a restart must not be the way an old signed build comes back.
+pub fn refuse_rollback_of_synced(data_dir: &std::path::Path, name: &str, settings: &InstanceConfig, version: &loader::LoadedVersion) -> anyhow::Result<()> {
+    if settings.allow_downgrade {
+        return Ok(());
+    }
+    let path = super::sync_file_in(data_dir, name);
+    if !path.is_file() {
+        return Ok(());
+    }
+    let last_good = crate::sync::SyncFile::open_reader(&path).ok().and_then(|file| file.last_good_run().ok().flatten());
+    match last_good {
+        Some(run) => {
+            refuse_downgrade(&run.connector_version, &version.version).map_err(|e| anyhow::anyhow!("{e} (the version of the instance's last good sync)"))
+        }
+        None => Ok(()),
+    }
+}
+
 fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, resolved: &ResolvedModule, error: &anyhow::Error) {
     let reason = format!("{error:#}");
     tracing::warn!("new module version refused; the running version stays: {reason}");
@@ -240,7 +260,8 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
         let loaded_version =
             loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, strict).await.and_then(|version| match running {
                 Some(running) if !settings.allow_downgrade => refuse_downgrade(&running.version, &version.version).map(|()| version),
-                _ => Ok(version),
+                Some(_) => Ok(version),
+                None => refuse_rollback_of_synced(&server.data_dir, name, settings, &version).map(|()| version),
             });
         match loaded_version {
             Ok(version) => {
