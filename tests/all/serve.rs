@@ -151,7 +151,7 @@ impl Served {
     }
 
     /// Sends SIGTERM and waits for the exit.
-    fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         self.wait_exit(within)
     }

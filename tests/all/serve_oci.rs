@@ -177,6 +177,22 @@ async fn serve_keeps_syncing_the_last_good_module_while_the_registry_is_down_and
     assert_eq!(metric(&m, "tether_module_resolve_failures_total", &[("instance", "pinned")]), 0.0, "{m}");
     assert_eq!(metric(&m, "tether_reload_refusals_total", &[]), 0.0, "{m}");
     assert!(served.logs().contains("cannot look up"), "{}", served.logs());
+
+    // A restart while the registry is still down starts every instance: the
+    // tag's on the cached pull of its last good sync (checked as a pull),
+    // the lookup failure shown; it used to stop the whole start.
+    let mut served = served;
+    assert!(served.terminate(Duration::from_secs(30)).success());
+    let restarted = Served::start(&config, dir.path()).await;
+    let follows = restarted.instance("follows").await;
+    assert_eq!(follows["module"]["digest"], d1.as_str(), "{follows}");
+    assert!(follows["module_source_error"].is_object(), "{follows}");
+    let run = follows["last_sync"]["run_id"].as_i64();
+    restarted
+        .until("follows", "a sync after the restart", Duration::from_secs(60), |i| {
+            i["last_sync"]["run_id"].as_i64() > run && i["last_sync"]["outcome"] == "succeeded"
+        })
+        .await;
 }
 
 #[test]

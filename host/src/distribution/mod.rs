@@ -151,6 +151,28 @@ pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &P
     })
 }
 
+/// For a tag whose registry cannot be reached: the pull in `cache` of the
+/// tag's repository whose module hashes to `module_digest` (the version an
+/// instance last synced with), as a digest pin. Loading the pin checks it
+/// as a download would be (manifest, layer digest, signature).
+pub fn cached_pin(source: &ModuleSource, cache: &Path, module_digest: &str) -> Option<ModuleSource> {
+    let ModuleSource::Oci(reference) = source else { return None };
+    let name = file_name_for(reference);
+    let entries = std::fs::read_dir(cache).ok()?;
+    for entry in entries.flatten() {
+        let dir_name = entry.file_name();
+        let Some(hex) = dir_name.to_str().and_then(|n| n.strip_prefix("sha256-")) else { continue };
+        let Ok(module) = crate::plain_file::read(&entry.path().join(format!("{name}.wasm")), crate::runtime::engine::MAX_MODULE_BYTES as u64) else {
+            continue;
+        };
+        if hex::encode(Sha256::digest(&module)) == module_digest {
+            let pin = Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), format!("sha256:{hex}"));
+            return Some(ModuleSource::Oci(pin));
+        }
+    }
+    None
+}
+
 /// The cached module's file name: the repository's last segment.
 pub fn file_name_for(reference: &Reference) -> String {
     let last = reference.repository().rsplit('/').next().unwrap_or("connector");

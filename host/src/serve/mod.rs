@@ -156,14 +156,29 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let load_all = async {
         for (name, settings) in &config.instances {
             let span = tracing::info_span!("instance", instance = %name);
-            let loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false)
-                .instrument(span)
+            let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false)
+                .instrument(span.clone())
                 .await
                 .and_then(|version| reload::refuse_rollback_of_synced(&server.data_dir, name, settings, &version).map(|()| version));
+            let mut source_error = None;
+            if let Err(e) = &loaded_version {
+                // A registry that is down keeps a tag's instance on the
+                // version of its last good sync, as it would have running.
+                if let Some(fallback) = reload::load_last_synced_pull(&server, name, settings).instrument(span).await {
+                    source_error = Some(format!("{e:#}"));
+                    loaded_version = Ok(fallback);
+                }
+            }
             match loaded_version {
                 Ok(version) => {
                     server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
-                    loaded.push(InstanceRuntime::new(settings.clone(), Some(Arc::new(version))));
+                    let runtime = InstanceRuntime::new(settings.clone(), Some(Arc::new(version)));
+                    if let Some(error) = source_error {
+                        tracing::warn!(instance = %name, "cannot look up {}; starting on the cached pull of its last good sync: {}", settings.module, crate::terminal::escape(&error));
+                        runtime.status.lock().expect("status lock").module_source_error =
+                            Some(scheduler::SourceError { at: scheduler::rfc3339(std::time::SystemTime::now()), module: settings.module.to_string(), error });
+                    }
+                    loaded.push(runtime);
                 }
                 Err(e) => problems.push(format!("{}: [instances.{name}] module: {e:#}", config.path.display())),
             }

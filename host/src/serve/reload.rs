@@ -220,6 +220,27 @@ pub fn refuse_rollback_of_synced(data_dir: &std::path::Path, name: &str, setting
     }
 }
 
+/// For an instance following a tag whose lookup failed at start: its
+/// last good sync's version from the module cache, pinned by digest and
+/// checked as any pull (signature included), if the cache still has it.
+pub async fn load_last_synced_pull(server: &Server, name: &str, settings: &InstanceConfig) -> Option<loader::LoadedVersion> {
+    if !settings.module.is_moving_tag() {
+        return None;
+    }
+    let path = super::sync_file_in(&server.data_dir, name);
+    let run = crate::sync::SyncFile::open_reader(&path).ok()?.last_good_run().ok().flatten()?;
+    let pin = crate::distribution::cached_pin(&settings.module, &server.module_cache(), &run.connector_digest)?;
+    let mut pinned = settings.clone();
+    pinned.module = pin;
+    match loader::resolve_and_load(&server.engine, &pinned, &server.module_cache(), &server.data_dir, false).await {
+        Ok(version) => Some(version),
+        Err(e) => {
+            tracing::warn!(instance = %name, "the cached pull of the last good sync does not load either: {e:#}");
+            None
+        }
+    }
+}
+
 fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, resolved: &ResolvedModule, error: &anyhow::Error) {
     let reason = format!("{error:#}");
     tracing::warn!("new module version refused; the running version stays: {reason}");
