@@ -110,8 +110,8 @@ pub struct LimitArgs {
     /// CPU seconds one connector call may use.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub cpu_seconds: f64,
-    /// Wall-clock seconds one connector call may take, besides the time the
-    /// host holds its requests back (a 429's pause, the rate budget).
+    /// Wall-clock seconds one connector call may take, besides waiting out
+    /// a 429's pause (up to one a call).
     #[arg(long, value_name = "SECONDS", default_value_t = 120.0)]
     pub call_timeout: f64,
     /// Seconds one HTTP request may take.

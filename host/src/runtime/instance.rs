@@ -171,21 +171,22 @@ macro_rules! guarded {
         }
         $self.before_call();
         let running = $self.store.data().activity.enter();
-        // The wall clock leaves out the time the host's throttle held the
-        // call's requests back (a 429's pause can be as long as the limit).
+        // The wall clock leaves out the time the call waited out a 429's
+        // pause (as long as the default limit), up to one pause a call.
         let held = $self.store.data().http.held.clone();
         let held_before = held.held();
         let started = tokio::time::Instant::now();
+        let deadline_now = || started + $self.wall_per_call + held.held().saturating_sub(held_before).min(crate::runtime::imports::upstream::MAX_PAUSE);
         let timed = {
             let ($exports, $store) = (&$self.exports, &mut $self.store);
             let call = $call;
             tokio::pin!(call);
             loop {
-                let deadline = started + $self.wall_per_call + held.held().saturating_sub(held_before);
+                let deadline = deadline_now();
                 match tokio::time::timeout_at(deadline, &mut call).await {
                     Ok(done) => break Ok(done),
-                    // Held back meanwhile: the deadline moved on.
-                    Err(_) if deadline < started + $self.wall_per_call + held.held().saturating_sub(held_before) => continue,
+                    // Paused meanwhile: the deadline moved on.
+                    Err(_) if deadline < deadline_now() => continue,
                     Err(elapsed) => break Err(elapsed),
                 }
             }

@@ -437,7 +437,7 @@ impl HttpGateway {
         self.send_held(request, None).await
     }
 
-    /// Sends `request`, adding the time the throttle holds it back to `held`.
+    /// Sends `request`, adding the time it waits out a 429's pause to `held`.
     pub async fn send_held(&self, request: Request, held: Option<&upstream::HeldTime>) -> Result<Response, HttpError> {
         let url = Url::parse(&request.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         self.policy.read().map_err(|_| HttpError::Denied("policy unavailable".into()))?.check(&url).map_err(HttpError::Denied)?;
@@ -507,9 +507,7 @@ impl HttpGateway {
         // bounds the wait); its slot and its place in the budget are held
         // until the answer is read.
         let access = if prepared.method() == reqwest::Method::GET || prepared.method() == reqwest::Method::HEAD { Access::Read } else { Access::Write };
-        let holding = held.map(upstream::HeldTime::hold);
-        let _admission = self.throttle.acquire(host, access).await;
-        drop(holding);
+        let _admission = self.throttle.acquire_held(host, access, held).await;
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         let sent = std::time::Instant::now();
         let mut response = self.client.execute(request).await.map_err(|e| {
@@ -645,7 +643,7 @@ pub struct HttpCtx {
     activity: Arc<GuestActivity>,
     /// Whether the current call is a write (see [`HttpCtx::begin_call`]).
     writes: bool,
-    /// Time this instance's calls were held back by the throttle.
+    /// Time this instance's calls waited out 429 pauses.
     pub held: Arc<upstream::HeldTime>,
 }
 

@@ -18,10 +18,13 @@ use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamOverrides, Upstrea
 /// The longest pause one Retry-After can impose on every worker.
 pub const MAX_PAUSE: Duration = Duration::from_secs(120);
 
-/// How long the calls of one instance were held back by the host's own
-/// throttle (a pause after a 429, the rate budget, the caps in flight):
-/// time the call's wall-clock limit does not count, since the host, not
-/// the connector, spent it. One call at a time runs on an instance.
+/// How long the calls of one instance waited out the pause a 429 put on
+/// their host (up to [`MAX_PAUSE`], as long as the default call limit):
+/// time the call's wall-clock limit does not count, up to one pause a
+/// call, since the upstream and the host, not the connector, spent it. The
+/// waits for the rate budget and the caps in flight do count: a connector
+/// flooding a host must still meet its limit. One call at a time runs on
+/// an instance.
 #[derive(Default)]
 pub struct HeldTime(std::sync::Mutex<Held>);
 
@@ -242,7 +245,13 @@ impl HostThrottle {
     /// of its kind, within the rate budget. Both are held by the returned
     /// admission until the answer is read.
     pub async fn acquire(&self, host: &str, access: Access) -> Admission {
-        self.wait_out_pause(host).await;
+        self.acquire_held(host, access, None).await
+    }
+
+    /// `acquire`, adding the time spent waiting out a 429's pause to
+    /// `held` (see [`HeldTime`]).
+    pub async fn acquire_held(&self, host: &str, access: Access, held: Option<&HeldTime>) -> Admission {
+        self.wait_out_pause_held(host, held).await;
         let slot = {
             let mut slots = self.slots.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
             slots.entry((host.to_string(), access)).or_insert_with(|| Arc::new(Semaphore::new(self.cap(access)))).clone()
@@ -252,8 +261,13 @@ impl HostThrottle {
         let rate = self.rate.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         let counted = rate.until_ready(host).await;
         // A 429 may have come in while this request waited its turn.
-        self.wait_out_pause(host).await;
+        self.wait_out_pause_held(host, held).await;
         Admission { _slot: permit, _counted: counted }
+    }
+
+    async fn wait_out_pause_held(&self, host: &str, held: Option<&HeldTime>) {
+        let _holding = held.map(HeldTime::hold);
+        self.wait_out_pause(host).await;
     }
 
     /// Holds every request to `host` back for `wait` (at most [`MAX_PAUSE`]),
