@@ -1,7 +1,7 @@
 //! The host's paged list calls: each is at most one SCIM request.
 //!
 //! Users and groups are listed with `startIndex`/`count` (the page token is
-//! the next `startIndex`). A group's `member` entitlement costs no request.
+//! the next `startIndex`, see `StartToken`). A group's `member` entitlement costs no request.
 //! Grants come from one of two places (`Server::members_from`): a group's
 //! `members` (one GET per group, since servers often leave members out of
 //! list answers), or, for servers that never return members, per user or
@@ -9,8 +9,8 @@
 
 use tether_guest::contract::Page;
 use tether_guest::page::{empty, PageBuilder};
-use tether_guest::scim::{filter_eq, ListQuery};
-use tether_guest::{json, paging, ConnectorError, ResourceRef};
+use tether_guest::scim::{filter_eq, ListQuery, StartToken};
+use tether_guest::{json, ConnectorError, ResourceRef};
 
 use crate::records;
 use crate::server::Server;
@@ -23,15 +23,15 @@ pub fn list_resources(server: &Server, resource_type: &str, token: Option<&str>)
         "group" => ("/Groups", Some("members")),
         other => return Err(unknown_type(other)),
     };
-    let start = paging::number_token(token, 1, "SCIM")?;
+    let token = StartToken::parse(token)?;
     let count = server.page_size()?;
     let list =
-        server.scim.list(endpoint, &ListQuery { start_index: Some(start), count: Some(count), excluded_attributes: excluded, ..ListQuery::default() })?;
+        server.scim.list(endpoint, &ListQuery { start_index: Some(token.start), count: Some(count), excluded_attributes: excluded, ..ListQuery::default() })?;
     let mut page = PageBuilder::new();
     for raw in &list.resources {
         page.resource(if resource_type == "user" { records::user(raw)? } else { records::group(raw)? });
     }
-    Ok(page.finish(list.next_start(start)?.map(|n| n.to_string())))
+    Ok(page.finish(token.next(&list)?))
 }
 
 pub fn list_entitlements(server: &Server, resource: &ResourceRef) -> Result<Page, ConnectorError> {
@@ -73,17 +73,17 @@ fn members_of(server: &Server, group: &ResourceRef) -> Result<Page, ConnectorErr
 
 /// The grants `principal` holds, from the groups that list it as a member.
 fn groups_of(server: &Server, principal: &ResourceRef, token: Option<&str>) -> Result<Page, ConnectorError> {
-    let start = paging::number_token(token, 1, "SCIM")?;
+    let token = StartToken::parse(token)?;
     let count = server.page_size()?;
     let filter = filter_eq("members.value", &principal.id);
-    let query = ListQuery { start_index: Some(start), count: Some(count), filter: Some(&filter), attributes: Some("id"), ..ListQuery::default() };
+    let query = ListQuery { start_index: Some(token.start), count: Some(count), filter: Some(&filter), attributes: Some("id"), ..ListQuery::default() };
     let list = server.scim.list("/Groups", &query)?;
     let mut page = PageBuilder::new();
     for group in &list.resources {
         let group = records::group(group)?;
         page.grant(records::member_grant(&group.id, principal));
     }
-    Ok(page.finish(list.next_start(start)?.map(|n| n.to_string())))
+    Ok(page.finish(token.next(&list)?))
 }
 
 fn unknown_type(resource_type: &str) -> ConnectorError {

@@ -117,6 +117,56 @@ impl ListResponse {
     }
 }
 
+/// A SCIM page token: the `startIndex` to ask for and a mark of the page
+/// before it (its first id, hashed), written `START` or `START.MARK`. A
+/// server that ignores `startIndex` and says nothing of it (no
+/// `startIndex`, no `totalResults` in its answer) gives the same page
+/// again: caught on the second page, where it was read until the page cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartToken {
+    pub start: u64,
+    previous_first: Option<u64>,
+}
+
+impl StartToken {
+    /// The token the host handed back (the first page's when none).
+    pub fn parse(token: Option<&str>) -> Result<Self, ConnectorError> {
+        let Some(token) = token else { return Ok(StartToken { start: 1, previous_first: None }) };
+        let (start, mark) = match token.split_once('.') {
+            Some((start, mark)) => (start, Some(mark)),
+            None => (token, None),
+        };
+        let bad = || ConnectorError::InvalidArgument(format!("bad SCIM page token {token:?}"));
+        let previous_first = mark.map(|m| u64::from_str_radix(m, 16).map_err(|_| bad())).transpose()?;
+        Ok(StartToken { start: paging::number_token(Some(start), 1, "SCIM").map_err(|_| bad())?, previous_first })
+    }
+
+    /// The token of the page after `list` (this token's page), if any; an
+    /// `upstream` error when `list` is the page before it again.
+    pub fn next(&self, list: &ListResponse) -> Result<Option<String>, ConnectorError> {
+        let first = list.resources.first().and_then(|r| json::text(r, "id")).map(mark_of);
+        if first.is_some() && first == self.previous_first {
+            return Err(ConnectorError::Upstream(format!(
+                "SCIM paging: asked for startIndex {}, the server answered the page before it again: it does not page as SCIM does",
+                self.start
+            )));
+        }
+        Ok(list.next_start(self.start)?.map(|next| match first {
+            Some(mark) => format!("{next}.{mark:x}"),
+            None => next.to_string(),
+        }))
+    }
+}
+
+/// A page's mark: its first id, hashed (the same in every build of one
+/// Rust release; a resume across releases at worst misses one repeat).
+fn mark_of(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// `attribute eq "value"`, the value escaped as a JSON string (RFC 7644
 /// §3.4.2.2: compValue is a JSON literal), so it cannot end the filter.
 pub fn filter_eq(attribute: &str, value: &str) -> String {
@@ -265,6 +315,24 @@ impl ScimClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_page_answered_again_for_the_next_start_index_is_caught() {
+        let page = |ids: &[&str]| ListResponse { resources: ids.iter().map(|id| json!({"id": id})).collect(), total_results: None, start_index: None };
+        let first = StartToken::parse(None).unwrap();
+        let next = first.next(&page(&["a", "b"])).unwrap().expect("a next page");
+        assert!(next.starts_with("3."), "{next}");
+        let second = StartToken::parse(Some(&next)).unwrap();
+        assert_eq!(second.start, 3);
+        let err = second.next(&page(&["a", "b"])).unwrap_err();
+        assert!(matches!(&err, ConnectorError::Upstream(m) if m.contains("answered the page before it again")), "{err:?}");
+        assert_eq!(second.next(&page(&["c"])).unwrap().as_deref().map(|t| t.starts_with("4.")), Some(true));
+        assert_eq!(second.next(&page(&[])).unwrap(), None);
+        // Tokens of before (a number alone) still read; garbage does not.
+        assert_eq!(StartToken::parse(Some("101")).unwrap().start, 101);
+        assert!(StartToken::parse(Some("5.zz")).is_err());
+        assert!(StartToken::parse(Some("x")).is_err());
+    }
 
     #[test]
     fn service_provider_config_reads_features_and_limits() {
