@@ -335,6 +335,18 @@ fn a_token_endpoint_that_never_ends_or_is_plain_http_elsewhere_is_refused() {
     assert!(err.contains("the token is larger than 65536 bytes"), "{err}");
     let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{elsewhere_port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
     assert!(err.contains("token realm http://registry.invalid/token is not https"), "{err}");
+    // Another port of the registry's host is another server: no clear text.
+    let other_port = lying_registry(&runtime, move |_| {
+        axum::Router::new().route(
+            "/v2/",
+            axum::routing::get(move || async move {
+                let challenge = format!("Bearer realm=\"http://127.0.0.1:{port}/token\"");
+                (axum::http::StatusCode::UNAUTHORIZED, [("www-authenticate", challenge)], "")
+            }),
+        )
+    });
+    let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{other_port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
+    assert!(err.contains(&format!("token realm http://127.0.0.1:{port}/token is not https")), "{err}");
 }
 
 /// Basic auth: refused without credentials, accepted with a password given

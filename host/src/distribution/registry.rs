@@ -128,11 +128,14 @@ impl Registry {
         let Some((realm, service)) = challenge else { return Ok(self.auth.clone()) };
         let shown = || crate::terminal::escape(&realm).into_owned();
         let realm_url = url::Url::parse(&realm).with_context(|| format!("the registry's token realm {} is not a URL", shown()))?;
-        let registry_host = url::Url::parse(&url).ok().and_then(|u| u.host_str().map(str::to_string));
-        // The credentials go over https, or to the plain-http registry itself.
-        let plain_allowed = self.scheme == "http" && realm_url.host_str().map(str::to_string) == registry_host;
+        let origin = |u: &url::Url| (u.host_str().map(str::to_string), u.port_or_known_default());
+        let registry_origin = url::Url::parse(&url).ok().map(|u| origin(&u));
+        // The credentials go over https, or to the plain-http registry
+        // itself (its host and port: another port of the host is another
+        // server).
+        let plain_allowed = self.scheme == "http" && Some(origin(&realm_url)) == registry_origin;
         if realm_url.scheme() != "https" && !(realm_url.scheme() == "http" && plain_allowed) {
-            bail!("the registry's token realm {} is not https", shown());
+            bail!("the registry's token realm {} is not https (plain http is sent only to the registry itself)", shown());
         }
         let scope = match operation {
             RegistryOperation::Pull => format!("repository:{}:pull", reference.repository()),
