@@ -23,7 +23,15 @@ fn write_new(path: &Path, text: &str, secret: bool) -> Result<()> {
     }
     let _ = secret;
     let mut file = options.open(path).with_context(|| format!("cannot create {} (it must not exist yet)", path.display()))?;
-    file.write_all(text.as_bytes()).with_context(|| format!("cannot write {}", path.display()))
+    let written = file.write_all(text.as_bytes()).and_then(|()| file.sync_all());
+    if let Err(e) = written {
+        // A half-written key (a full disk) would make the next keygen
+        // refuse "must not exist yet": made here, it goes here.
+        drop(file);
+        let _ = std::fs::remove_file(path);
+        return Err(e).with_context(|| format!("cannot write {}", path.display()));
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -86,7 +94,13 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
             let public_path = PathBuf::from(format!("{}.pub", out.display()));
             // The public half first: if it cannot be written, no secret is left behind.
             write_new(&public_path, &format!("# tether module {PUBLIC_KEY_HEADER} {id}\n{}\n", hex::encode(public.as_bytes())), false)?;
-            write_new(&secret_path, &format!("# tether module {SECRET_KEY_HEADER} {id}: keep it private\n{}\n", hex::encode(key.to_bytes())), true)?;
+            if let Err(e) =
+                write_new(&secret_path, &format!("# tether module {SECRET_KEY_HEADER} {id}: keep it private\n{}\n", hex::encode(key.to_bytes())), true)
+            {
+                // No half pair: a public key without its secret is no use.
+                let _ = std::fs::remove_file(&public_path);
+                return Err(e);
+            }
             outln!("wrote {} (secret) and {} (key id {id})", secret_path.display(), public_path.display())?;
         }
         ModuleCommand::Sign { key, module, signature } => {
