@@ -193,7 +193,8 @@ async fn sync_runs_straight_from_an_oci_reference() {
     .map(|s| s.to_string())
     .collect();
     let home_path = home.path().to_path_buf();
-    let run = tokio::task::spawn_blocking(move || tether(&home_path, &args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
+    let first_args = args.clone();
+    let run = tokio::task::spawn_blocking(move || tether(&home_path, &first_args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     ok(run);
     assert!(stderr.contains("resolved oci://") && stderr.contains(&sha256_file(&asana_wasm())), "{stderr}");
@@ -205,6 +206,19 @@ async fn sync_runs_straight_from_an_oci_reference() {
     assert_eq!(sha256_file(&cache.join(&entries[0]).join("asana.wasm")), sha256_file(&asana_wasm()));
     let file = tether_host::sync::SyncFile::open(&db).unwrap();
     assert!(file.last_good_run().unwrap().is_some(), "the sync from the registry was good");
+    drop(file);
+
+    // A cache that cannot be made (here its parent is a file; a read-only
+    // home does the same) costs a scratch pull, not the run.
+    let blocked = home.path().join("not-a-folder");
+    std::fs::write(&blocked, b"").unwrap();
+    let mut args = args;
+    args.extend(["--cache-dir".to_string(), blocked.join("cache").to_str().unwrap().to_string()]);
+    let home_path = home.path().to_path_buf();
+    let run = tokio::task::spawn_blocking(move || tether(&home_path, &args.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+    ok(run);
+    assert!(stderr.contains("cannot use the module cache") && stderr.contains("scratch folder"), "{stderr}");
 }
 
 #[test]

@@ -52,7 +52,14 @@ pub async fn local_module(
 ) -> Result<LocalModule> {
     let (cache, scratch) = match (source, no_cache, module_cache_dir(cache_dir)) {
         (ModuleSource::Path(_), ..) => (PathBuf::new(), None),
-        (_, false, Some(dir)) => (dir, None),
+        // A cache that cannot be made (a read-only home) costs a pull
+        // kept only for this run, as with --no-cache, not the run.
+        (_, false, Some(dir)) if std::fs::create_dir_all(&dir).is_ok() => (dir, None),
+        (_, false, Some(dir)) => {
+            eprintln!("warning: cannot use the module cache {}: pulling into a scratch folder for this run", dir.display());
+            let scratch = tempfile::tempdir()?;
+            (scratch.path().to_path_buf(), Some(scratch))
+        }
         _ => {
             let scratch = tempfile::tempdir()?;
             (scratch.path().to_path_buf(), Some(scratch))
