@@ -477,9 +477,7 @@ async fn revokes_believe_neither_an_omitted_member_list_nor_a_contradicting_answ
             }),
         )
         .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_stub(app).await;
     let dir = tempfile::tempdir().unwrap();
     let flags = flags_for(&format!("http://{addr}"), addr, dir.path());
     let revoke = |flags: Vec<String>| async move {

@@ -695,9 +695,7 @@ async fn an_organization_that_refuses_its_teams_fails_the_sync() {
         .route("/users", get(|| async { axum::Json(json!({"data": [{"gid": "301", "name": "Ann"}]})) }))
         .route("/workspaces/{gid}/workspace_memberships", get(|| async { axum::Json(json!({"data": [{"user": {"gid": "301", "name": "Ann"}}]})) }))
         .route("/teams/201/team_memberships", get(|| async { axum::Json(json!({"data": [{"user": {"gid": "301"}}]})) }));
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_stub(app).await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");
@@ -753,9 +751,7 @@ async fn odd_shapes_read_leniently_and_a_membership_without_a_user_fails_clearly
                 async move { axum::Json(json!({"data": members})) }
             }),
         );
-    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_stub(app).await;
 
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");

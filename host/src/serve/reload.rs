@@ -105,9 +105,7 @@ async fn swap_module(server: &Server, instance: &InstanceRuntime, settings: &Ins
             Err(e) => {
                 let reason = format!("cannot read the new module: {e:#}");
                 tracing::warn!("{reason}; the running version stays");
-                server.metrics.reload_refusals.with_label_values(&[&instance.name]).inc();
-                instance.status.lock().expect("status lock").last_refusal =
-                    Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), digest: None, reason, manifest_digest: None });
+                record_refusal(server, instance, settings, (None, None), reason);
             }
         }
     }
@@ -245,14 +243,17 @@ fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig
     let reason = format!("{error:#}");
     tracing::warn!("new module version refused; the running version stays: {reason}");
     server.metrics.module_loads.with_label_values(&[&instance.name, "refused"]).inc();
+    record_refusal(server, instance, settings, (Some(resolved.digest.clone()), resolved.manifest_digest.clone()), reason);
+}
+
+/// Shows a refused (or unloaded, or unreadable) version on the instance
+/// in the API and in `tether_reload_refusals_total`. `digests`: the
+/// module's and its OCI manifest's, where known.
+fn record_refusal(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, digests: (Option<String>, Option<String>), reason: String) {
+    let (digest, manifest_digest) = digests;
     server.metrics.reload_refusals.with_label_values(&[&instance.name]).inc();
-    instance.status.lock().expect("status lock").last_refusal = Some(Refusal {
-        at: rfc3339(SystemTime::now()),
-        module: settings.module.to_string(),
-        digest: Some(resolved.digest.clone()),
-        reason,
-        manifest_digest: resolved.manifest_digest.clone(),
-    });
+    instance.status.lock().expect("status lock").last_refusal =
+        Some(Refusal { at: rfc3339(SystemTime::now()), module: settings.module.to_string(), digest, reason, manifest_digest });
 }
 
 /// Loads every instance of `config` whose settings are new or changed.
@@ -397,7 +398,6 @@ fn unload_revoked(server: &Server, fresh: &config::ServeConfig) {
         let reason =
             format!("key {signer}, which signed the running module, is no longer trusted: the module is unloaded until one signed by a trusted key loads");
         tracing::error!(instance = %name, "{reason}");
-        server.metrics.reload_refusals.with_label_values(&[name]).inc();
         *instance.current.write().expect("current lock") = None;
         // A sync running on it stops at its next page (saved, to start
         // over on a trusted version: a resume needs the same module).
@@ -409,13 +409,7 @@ fn unload_revoked(server: &Server, fresh: &config::ServeConfig) {
         let mut kept = instance.settings().as_ref().clone();
         kept.public_keys = settings.public_keys.clone();
         *instance.settings.write().expect("settings lock") = Arc::new(kept);
-        instance.status.lock().expect("status lock").last_refusal = Some(Refusal {
-            at: rfc3339(SystemTime::now()),
-            module: settings.module.to_string(),
-            digest: Some(running.digest.clone()),
-            reason,
-            manifest_digest: running.manifest_digest.clone(),
-        });
+        record_refusal(server, &instance, settings, (Some(running.digest.clone()), running.manifest_digest.clone()), reason);
     }
 }
 

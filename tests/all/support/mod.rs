@@ -115,3 +115,11 @@ pub fn team_and_outsider(org: &Org) -> (String, String) {
     }
     panic!("no team with an outsider");
 }
+
+/// Serves `app` on a free loopback port: an upstream a test scripts.
+pub async fn serve_stub(app: axum::Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
