@@ -212,6 +212,30 @@ async fn workspace_membership_grant_and_revoke() {
     assert_eq!(outcome(&connector.revoke_grant(&grant_id).await.unwrap()), "no-change");
 }
 
+/// An ID of `.` or `..` cannot stay one path segment (URL parsers take
+/// `%2E%2E` for `..`): `workspace:..:member` sent its read to
+/// `/workspace_memberships` and its write to `/addUser`. Refused, and
+/// nothing sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn dot_ids_are_refused_not_sent_elsewhere() {
+    let sim = start_sim(small_org()).await;
+    let someone = sim.org().users[0].gid.clone();
+    let mut connector = instance(&rest(&sim)).await;
+    for entitlement in ["workspace:..:member", "team:.:member"] {
+        let refused = connector.grant_entitlement(entitlement, &user(&someone)).await;
+        assert!(matches!(&refused, Err(CallError::Connector(ConnectorError::InvalidArgument(m))) if m.contains("is not an ID")), "{refused:?}");
+        connector = instance(&rest(&sim)).await;
+    }
+    let refused = connector.revoke_grant(&format!("workspace:..:member:user:{someone}")).await;
+    assert!(matches!(&refused, Err(CallError::Connector(ConnectorError::InvalidArgument(_)))), "{refused:?}");
+    assert!(
+        sim.requests().iter().all(|r| r.path.starts_with("/workspaces/") || r.path.starts_with("/teams/") || r.path == "/users/me" || r.path == "/workspaces"),
+        "{:?}",
+        sim.requests()
+    );
+    assert_eq!(writes(&sim), 0);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn license_moves_through_scim_patch() {
     let sim = start_sim(small_org()).await;
@@ -232,6 +256,18 @@ async fn license_moves_through_scim_patch() {
     // License IDs name their organization; the old org-less ones are refused.
     let old = connector.grant_entitlement("license:enterprise:assigned", &user(&viewer)).await;
     assert!(matches!(&old, Err(CallError::Connector(ConnectorError::InvalidArgument(m))) if m.contains("ORG_GID:enterprise")), "{old:?}");
+    // A license of another organization is refused, not moved in this one
+    // (the answer and the audit would have named the other).
+    let elsewhere = connector.grant_entitlement("license:9999:enterprise:assigned", &user(&viewer)).await;
+    assert!(
+        matches!(&elsewhere, Err(CallError::Connector(ConnectorError::InvalidArgument(m))) if m.contains("organization 9999 is not the one")),
+        "{elsewhere:?}"
+    );
+    let mut connector = instance(&scim(&sim)).await;
+    let elsewhere = connector.revoke_grant(&format!("license:9999:enterprise:assigned:user:{viewer}")).await;
+    assert!(matches!(&elsewhere, Err(CallError::Connector(ConnectorError::InvalidArgument(_)))), "{elsewhere:?}");
+    assert_eq!(writes(&sim), 0, "nothing was written");
+    let mut connector = instance(&scim(&sim)).await;
 
     // View only -> enterprise.
     let result = connector.grant_entitlement(&enterprise, &user(&viewer)).await.unwrap();

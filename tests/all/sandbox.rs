@@ -361,6 +361,21 @@ async fn a_request_to_a_host_not_allowed_is_denied() {
     asana_still_syncs().await;
 }
 
+/// A path whose `..` (however spelled) the URL parser would remove goes
+/// nowhere: `/workspaces/%2E%2E/addUser` would have been sent as
+/// `/addUser`, another endpoint than the connector's escaping named.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dot_segment_path_is_refused_before_it_is_sent() {
+    let server = start_misbehaving_server().await;
+    for path in ["x/%2E%2E/echo", "x/../echo", "x/%2e/echo"] {
+        let url = format!("http://{server}/{path}");
+        let grants = with_server(hostile_permissions(&[("mode", "fetch"), ("url", &url), ("bearer", "token")]), server);
+        let error = connector_error(attack(&grants).await);
+        assert!(format!("{error:?}").contains("a path segment . or .."), "{path}: {error:?}");
+    }
+    asana_still_syncs().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redirect_to_a_host_not_allowed_is_refused() {
     let server = start_misbehaving_server().await;

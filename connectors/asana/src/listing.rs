@@ -155,7 +155,7 @@ pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&Resou
         // says which workspaces are organizations.
         ("license", Some(workspace)) if workspace.resource_type == "workspace" => Ok(empty_page()),
         ("team", Some(workspace)) if workspace.resource_type == "workspace" => {
-            let path = format!("/workspaces/{}/teams", segment(&workspace.id));
+            let path = format!("/workspaces/{}/teams", segment(&workspace.id)?);
             let page = match client.list::<serde_json::Value>(&path, &[], TEAM_FIELDS, token) {
                 // Only organizations have teams; a plain workspace may answer
                 // 400 rather than an empty list. Say so, and go on. An
@@ -212,7 +212,7 @@ pub fn list_grants(client: &Client, whole: &Resource, token: Option<&str>) -> Re
     match resource.resource_type.as_str() {
         "workspace" => workspace_grants(client, whole, token),
         "team" => {
-            let path = format!("/teams/{}/team_memberships", segment(&resource.id));
+            let path = format!("/teams/{}/team_memberships", segment(&resource.id)?);
             let page = client.list::<Membership>(&path, &[], TEAM_MEMBERSHIP_FIELDS, token)?;
             let mut out = Page { next_token: page.next_offset, ..empty_page() };
             // Grants only: a team's members are members of its organization,
@@ -249,7 +249,7 @@ fn workspace_grants(client: &Client, whole: &Resource, token: Option<&str>) -> R
     // organization has licenses.
     let rest_licenses = !client.settings.use_scim && is_organization(client, whole)?;
     let workspace = &reference(whole);
-    let path = format!("/workspaces/{}/workspace_memberships", segment(&workspace.id));
+    let path = format!("/workspaces/{}/workspace_memberships", segment(&workspace.id)?);
     let page = client.list::<Membership>(&path, &[], WORKSPACE_MEMBERSHIP_FIELDS, token)?;
     let mut out = Page { next_token: page.next_offset, ..empty_page() };
     for membership in page.items {

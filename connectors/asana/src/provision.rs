@@ -26,19 +26,20 @@ pub fn grant_entitlement(client: &Client, entitlement_id: &str, principal: &Reso
             if let Some(role) = team_membership_role(client, &resource.id, user)? {
                 return Ok(no_change(format!("user {user} is already on team {} (as {role})", resource.id)));
             }
-            client.post(&format!("/teams/{}/addUser", segment(&resource.id)), json!({ "user": user }))?;
+            client.post(&format!("/teams/{}/addUser", segment(&resource.id)?), json!({ "user": user }))?;
             Ok(changed(format!("added user {user} to team {}", resource.id), Some(grant(resource, "member", user, false, vec![]))))
         }
         ("workspace", "member") => {
             if let Some(role) = workspace_membership_role(client, &resource.id, user)? {
                 return Ok(no_change(format!("user {user} is already in workspace {} (as {role})", resource.id)));
             }
-            client.post(&format!("/workspaces/{}/addUser", segment(&resource.id)), json!({ "user": user }))?;
+            client.post(&format!("/workspaces/{}/addUser", segment(&resource.id)?), json!({ "user": user }))?;
             Ok(changed(format!("added user {user} to workspace {}", resource.id), Some(grant(resource, "member", user, false, vec![]))))
         }
         ("license", "assigned") => {
             client.settings.require_scim("changing a license")?;
             let (org, license) = ids::parse_license(&resource.id)?;
+            require_scim_organization(client, org)?;
             let current = match scim_user(client, user, Some(org))? {
                 ScimLookup::Found(current) if current.active => current,
                 _ => return Err(ConnectorError::InvalidArgument(format!("user {user} is deactivated, and Asana cannot reactivate a user"))),
@@ -60,7 +61,7 @@ pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, Conn
     match (resource.resource_type.as_str(), entitlement.slug.as_str()) {
         ("team", "member") => match team_membership_role(client, &resource.id, user)? {
             Some("member") => {
-                client.post(&format!("/teams/{}/removeUser", segment(&resource.id)), json!({ "user": user }))?;
+                client.post(&format!("/teams/{}/removeUser", segment(&resource.id)?), json!({ "user": user }))?;
                 Ok(changed(format!("removed user {user} from team {}", resource.id), None))
             }
             Some(role) => Ok(no_change(format!("user {user} is on team {} as {role}, not as a member", resource.id))),
@@ -68,7 +69,7 @@ pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, Conn
         },
         ("workspace", "member") => match workspace_membership_role(client, &resource.id, user)? {
             Some("member") => {
-                client.post(&format!("/workspaces/{}/removeUser", segment(&resource.id)), json!({ "user": user }))?;
+                client.post(&format!("/workspaces/{}/removeUser", segment(&resource.id)?), json!({ "user": user }))?;
                 Ok(changed(format!("removed user {user} from workspace {}", resource.id), None))
             }
             Some(role) => Ok(no_change(format!("user {user} is in workspace {} as {role}, not as a member", resource.id))),
@@ -77,6 +78,7 @@ pub fn revoke_grant(client: &Client, grant_id: &str) -> Result<WriteResult, Conn
         ("license", "assigned") => {
             client.settings.require_scim("changing a license")?;
             let (org, license) = ids::parse_license(&resource.id)?;
+            require_scim_organization(client, org)?;
             let current = match scim_user(client, user, Some(org))? {
                 ScimLookup::Found(current) => current,
                 ScimLookup::Deactivated { .. } => {
@@ -134,13 +136,14 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
     };
     if let Some(role) = existing_role {
         let existing =
-            client.list::<Membership>(&format!("/workspaces/{}/workspace_memberships", segment(&workspace)), &[("user", email)], "user.name", None)?;
+            client.list::<Membership>(&format!("/workspaces/{}/workspace_memberships", segment(&workspace)?), &[("user", email)], "user.name", None)?;
         let membership = existing.items.into_iter().find(|m| names_user(m, email)).ok_or_else(|| ConnectorError::Upstream("membership vanished".into()))?;
         let mut resource = user_resource(membership.into_user()?)?;
         resource.attributes.extend([pair("email", email.to_string()), pair("role", role.into())]);
         return Ok(account_exists(resource, email));
     }
-    let user = client.post(&format!("/workspaces/{}/addUser", segment(&workspace)), json!({ "user": email }))?;
+    let add_user = format!("/workspaces/{}/addUser", segment(&workspace)?);
+    let user = client.post(&add_user, json!({ "user": email }))?;
     // addUser takes only the email: the invitee sets their own name.
     let unnamed = |mut result: AccountResult| {
         if let Some(name) = request.display_name.as_deref().filter(|n| !n.trim().is_empty()) {
@@ -153,8 +156,7 @@ pub fn create_account(client: &Client, request: &AccountRequest) -> Result<Accou
     if user.is_null() {
         return Ok(unnamed(pending_account(email)));
     }
-    let user: User =
-        serde_json::from_value(user).map_err(|e| malformed(&format!("/workspaces/{}/addUser", segment(&workspace)), &format!("unexpected JSON: {e}")))?;
+    let user: User = serde_json::from_value(user).map_err(|e| malformed(&add_user, &format!("unexpected JSON: {e}")))?;
     let mut resource = user_resource(user)?;
     resource.attributes.push(pair("email", email.to_string()));
     Ok(unnamed(account_created(resource, email)))
@@ -225,6 +227,24 @@ fn scim_user(client: &Client, user: &str, org: Option<&str>) -> Result<ScimLooku
     Err(ConnectorError::NotFound(format!("user {user} does not exist in the organization ({why})")))
 }
 
+/// Licenses change through SCIM, which serves the service account's one
+/// organization: a license ID naming another organization is refused, not
+/// written to this one (with the other organization named in the answer
+/// and the audit).
+fn require_scim_organization(client: &Client, org: &str) -> Result<(), ConnectorError> {
+    match organizations(client)?.as_slice() {
+        [only] if only == org => Ok(()),
+        [only] => Err(ConnectorError::InvalidArgument(format!(
+            "organization {org} is not the one whose licenses this token's SCIM API changes (organization {only})"
+        ))),
+        [] => Err(ConnectorError::InvalidArgument(format!("the token sees no organization, so organization {org}'s licenses cannot be changed"))),
+        many => Err(ConnectorError::InvalidConfig(format!(
+            "use-scim-api: the token sees {} organizations, but Asana's SCIM API serves one (a service account belongs to one organization)",
+            many.len()
+        ))),
+    }
+}
+
 /// The gids of the organizations the token sees.
 fn organizations(client: &Client) -> Result<Vec<String>, ConnectorError> {
     let mut found = Vec::new();
@@ -245,7 +265,7 @@ fn organizations(client: &Client) -> Result<Vec<String>, ConnectorError> {
 /// first, should there be several); None when Asana does not know the user
 /// there.
 fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Option<Membership>, ConnectorError> {
-    let path = format!("/workspaces/{}/workspace_memberships", segment(org));
+    let path = format!("/workspaces/{}/workspace_memberships", segment(org)?);
     let page = match client.list(&path, &[("user", user)], WORKSPACE_MEMBERSHIP_FIELDS, None) {
         // Asana answers 404 (or 400) for a user it does not know.
         Err(ConnectorError::NotFound(_) | ConnectorError::InvalidArgument(_)) => return Ok(None),
@@ -259,7 +279,7 @@ fn organization_membership(client: &Client, org: &str, user: &str) -> Result<Opt
 /// The user's role on a team, if they are on it.
 fn team_membership_role(client: &Client, team: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
     // Asana takes `user` only together with `workspace`: the team's.
-    let team_object = client.get(&format!("/teams/{}", segment(team)), "organization")?;
+    let team_object = client.get(&format!("/teams/{}", segment(team)?), "organization")?;
     let workspace =
         team_object.get("organization").map(gid).transpose()?.ok_or_else(|| ConnectorError::Upstream(format!("team {team} has no organization")))?;
     let page = client.list::<Membership>("/team_memberships", &[("team", team), ("user", user), ("workspace", &workspace)], TEAM_MEMBERSHIP_FIELDS, None)?;
@@ -283,7 +303,7 @@ fn names_user(membership: &Membership, user: &str) -> bool {
 /// The user's role in a workspace, if they are an active member.
 fn workspace_membership_role(client: &Client, workspace: &str, user: &str) -> Result<Option<&'static str>, ConnectorError> {
     let page = client.list::<Membership>(
-        &format!("/workspaces/{}/workspace_memberships", segment(workspace)),
+        &format!("/workspaces/{}/workspace_memberships", segment(workspace)?),
         &[("user", user)],
         WORKSPACE_MEMBERSHIP_FIELDS,
         None,

@@ -143,10 +143,13 @@ pub fn url(base: &str, path: &str, query: &[(&str, &str)]) -> String {
 }
 
 /// One path segment (an upstream ID) percent-encoded, so an ID cannot
-/// reach another endpoint (`../`, `?`, `#`).
-pub fn segment(id: &str) -> String {
-    if id == "." || id == ".." {
-        return id.replace('.', "%2E");
+/// reach another endpoint (`../`, `?`, `#`). An empty ID, `.` and `..`
+/// are refused: no encoding keeps them in place (URL parsers take `%2E%2E`
+/// for `..` too, and a write to `/workspaces/../addUser` went to
+/// `/addUser`).
+pub fn segment(id: &str) -> Result<String, ConnectorError> {
+    if id.is_empty() || id == "." || id == ".." {
+        return Err(ConnectorError::InvalidArgument(format!("{id:?} is not an ID (it would not stay one path segment)")));
     }
     let mut out = String::with_capacity(id.len());
     for b in id.bytes() {
@@ -156,7 +159,7 @@ pub fn segment(id: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
+    Ok(out)
 }
 
 pub fn malformed(service: &str, path: &str, what: &str) -> ConnectorError {
@@ -269,10 +272,12 @@ mod tests {
 
     #[test]
     fn segments_cannot_leave_their_endpoint() {
-        assert_eq!(segment("2819c223-7f76-453a-919d-413861904646"), "2819c223-7f76-453a-919d-413861904646");
-        assert_eq!(segment("../Groups?x#y"), "..%2FGroups%3Fx%23y");
-        assert_eq!(segment("a b:é"), "a%20b%3A%C3%A9");
-        assert_eq!(segment(".."), "%2E%2E");
-        assert_eq!(segment("a..b"), "a..b");
+        assert_eq!(segment("2819c223-7f76-453a-919d-413861904646").unwrap(), "2819c223-7f76-453a-919d-413861904646");
+        assert_eq!(segment("../Groups?x#y").unwrap(), "..%2FGroups%3Fx%23y");
+        assert_eq!(segment("a b:é").unwrap(), "a%20b%3A%C3%A9");
+        assert_eq!(segment("a..b").unwrap(), "a..b");
+        for dots in ["", ".", ".."] {
+            assert!(matches!(segment(dots), Err(ConnectorError::InvalidArgument(_))), "{dots:?}");
+        }
     }
 }

@@ -304,7 +304,7 @@ impl ScimClient {
         if id.is_empty() {
             return Err(ConnectorError::InvalidArgument(format!("an empty {} id", endpoint.trim_start_matches('/'))));
         }
-        Ok(format!("{endpoint}/{}", segment(id)))
+        Ok(format!("{endpoint}/{}", segment(id)?))
     }
 
     fn malformed(&self, path: &str, what: &str) -> ConnectorError {

@@ -439,6 +439,12 @@ impl HttpGateway {
 
     /// Sends `request`, adding the time it waits out a 429's pause to `held`.
     pub async fn send_held(&self, request: Request, held: Option<&upstream::HeldTime>) -> Result<Response, HttpError> {
+        if has_dot_segment(&request.url) {
+            return Err(HttpError::InvalidRequest(format!(
+                "{}: a path segment . or .. (also as %2E) would take the request to another endpoint than the one named",
+                crate::terminal::escape(&crate::terminal::clip(&request.url, 256))
+            )));
+        }
         let url = Url::parse(&request.url).map_err(|e| HttpError::InvalidRequest(format!("bad URL: {e}")))?;
         self.policy.read().map_err(|_| HttpError::Denied("policy unavailable".into()))?.check(&url).map_err(HttpError::Denied)?;
 
@@ -681,6 +687,21 @@ fn http_method(method: &Method) -> reqwest::Method {
     }
 }
 
+/// Whether the path of `url` (as the connector wrote it) has a `.` or `..`
+/// segment, plain or percent-encoded: URL parsing removes them (WHATWG
+/// takes `%2E%2E` for `..`), so `/workspaces/%2E%2E/addUser` would be sent
+/// as `/addUser`. Whatever a connector's escaping, the request goes where
+/// its path says or not at all.
+fn has_dot_segment(url: &str) -> bool {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let Some((_, path)) = after_scheme.split_once('/') else { return false };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    path.split(['/', '\\']).any(|segment| {
+        let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// Links `http` with a projection onto an [`HttpCtx`].
 pub struct Http;
 
@@ -706,6 +727,30 @@ impl wit::Host for HttpCtx {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dot_segment_in_any_spelling_is_caught() {
+        for url in [
+            "https://a.example/x/../y",
+            "https://a.example/x/%2E%2E/addUser",
+            "https://a.example/x/%2e/y",
+            "https://a.example/x/.%2E",
+            "https://a.example/..",
+            "https://a.example/x\\..\\y",
+        ] {
+            assert!(has_dot_segment(url), "{url}");
+        }
+        for url in [
+            "https://a.example/x/a..b",
+            "https://a.example/x/...",
+            "https://a.example/x?y=../z",
+            "https://a.example/x#/../",
+            "https://a.example",
+            "https://a.example/x/%2E%2Ex",
+        ] {
+            assert!(!has_dot_segment(url), "{url}");
+        }
+    }
 
     fn check(hosts: Vec<AllowedHost>, url: &str) -> Result<(), String> {
         EgressPolicy::new(hosts).check(&Url::parse(url).unwrap())
