@@ -9,13 +9,21 @@ use tether_host::runtime::imports::http::AllowedHost;
 use tether_host::runtime::instance::ConnectorInstance;
 
 async fn connector_for(server: &Scim2Server) -> ConnectorInstance {
+    // Asana's REST API says which organization the service account's SCIM
+    // API serves (a license write must name it): a stub that knows ORG.
+    let rest = serve_stub(axum::Router::new().route(
+        "/api/1.0/workspaces",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({"data": [{"gid": ORG, "name": "Org", "is_organization": true}]})) }),
+    ))
+    .await;
     let mut grants = permissions_for("http://127.0.0.1:9/api/1.0", server.addr(), "any-token");
     grants.config = ConnectorConfig::new([
         ("use-service-account".to_string(), "true".to_string()),
         ("use-scim-api".to_string(), "true".to_string()),
         ("scim-url".to_string(), server.base_url()),
+        ("asana-api-url".to_string(), format!("http://{rest}/api/1.0")),
     ]);
-    grants.extra_hosts = vec![AllowedHost::parse(&server.addr().to_string()).unwrap()];
+    grants.extra_hosts = vec![AllowedHost::parse(&server.addr().to_string()).unwrap(), AllowedHost::parse(&rest.to_string()).unwrap()];
     let engine = engine();
     let module = load(&engine, &asana_wasm());
     ConnectorInstance::start(&engine, &module, &grants).await.unwrap()
