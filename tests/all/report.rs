@@ -185,4 +185,14 @@ async fn report_of_a_first_sync_says_there_is_nothing_to_compare_and_errors_keep
     assert_eq!(std::fs::read_to_string(&page).unwrap(), html, "the earlier page is untouched");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n.to_string_lossy().contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // A page of the last good run says a newer sync failed: an auditor
+    // must not take it for the state of today.
+    let again = tether(&["report", path(&db), "--out", path(&page)]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(stderr(&again).contains(&format!("a newer sync did not succeed (run {}", failed.id)), "{}", stderr(&again));
+    let html = std::fs::read_to_string(&page).unwrap();
+    let newer = html.split("\"newer_attempt\":").nth(1).expect("the page's data has a newer attempt");
+    let newer = &newer[..newer.find('}').expect("an object")];
+    assert!(newer.starts_with('{') && newer.contains(&format!("\"id\":{},", failed.id)) && newer.contains("\"status\":\"failed\""), "{newer}");
 }

@@ -71,6 +71,12 @@ impl<'a> From<&'a RunInfo> for RunMeta<'a> {
     }
 }
 
+/// The file's newest run, if it is newer than `run` and did not succeed
+/// (failed, interrupted, or still running).
+pub fn newer_unsuccessful_run(file: &SyncFile, run: &RunInfo) -> Option<RunInfo> {
+    file.last_run().ok().flatten().filter(|newest| newest.id > run.id && newest.status != "succeeded")
+}
+
 /// The run to compare with: the good run before `run`, or why there is none.
 pub fn previous_run(file: &SyncFile, run: &RunInfo) -> std::result::Result<RunInfo, String> {
     review::good_run_before(file, run.id).map_err(|e| format!("Nothing to compare with: {e:#}."))
@@ -119,6 +125,12 @@ fn write_data(file: &SyncFile, file_label: &str, run: &RunInfo, previous: std::r
         "grants": file.count(run.id, Table::Grants)?,
     });
     write!(out, ",\"counts\":{counts}")?;
+    // The newest attempt, if it came after this run and did not succeed:
+    // an auditor reading an older good run is told a newer one failed.
+    write!(out, ",\"newer_attempt\":")?;
+    let newer = newer_unsuccessful_run(file, run);
+    let newer = newer.as_ref().map(|r| serde_json::json!({"id": r.id, "started_at": r.started_at, "status": r.status, "error": r.error}));
+    serde_json::to_writer(&mut *out, &newer)?;
 
     write!(out, ",\"previous\":")?;
     match previous {

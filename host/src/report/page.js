@@ -34,6 +34,13 @@
   $("connector-version").textContent = run.connector_version;
   $("connector-digest").textContent = run.connector_digest;
   $("file-name").textContent = data.file;
+  if (data.newer_attempt) {
+    var newer = data.newer_attempt;
+    var said = $("newer-warning");
+    said.textContent = "A newer sync did not succeed: run " + newer.id + " (started " + newer.started_at + ") " + newer.status +
+      (newer.error ? ": " + newer.error : "") + ". This page shows the last good run.";
+    said.hidden = false;
+  }
   if (grants.length !== data.counts.grants) {
     var warning = $("load-warning");
     warning.textContent = "This page holds " + num(grants.length) + " grants but the sync has " + num(data.counts.grants) + ".";

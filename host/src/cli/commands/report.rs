@@ -46,6 +46,9 @@ pub fn run(args: ReportArgs) -> Result<()> {
         Err(_) => String::from(", no earlier good sync to compare with"),
     };
     eprintln!("wrote {} ({mib:.1} MiB): {} grants of sync run {} ({}){since}", args.out.display(), stats.grants, run.id, run.started_at);
+    if let Some(newer) = report::newer_unsuccessful_run(&file, &run) {
+        eprintln!("note: a newer sync did not succeed (run {}, started {}, {}); the page says so", newer.id, newer.started_at, newer.status);
+    }
     if stats.bytes > report::BIG_PAGE_BYTES {
         eprintln!(
             "warning: the page is big ({mib:.0} MiB) and will be slow to open; `tether export` writes the same grants as CSV for a spreadsheet or a database"
