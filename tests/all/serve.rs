@@ -422,6 +422,11 @@ max-memory-mb = 16
     assert_eq!((status, body["code"].as_str()), (405, Some("method_not_allowed")), "{body}");
     let (status, body) = served.call("GET", "/v1/instances/nobody/grants", None).await;
     assert_eq!((status, body["code"].as_str()), (404, Some("unknown_instance")));
+    // A write aimed at no instance is refused, and audited all the same.
+    let (status, body) = served.call("POST", "/v1/instances/nobody/grants", Some(json!({"entitlement": "team:1:member", "principal": "user:2"}))).await;
+    assert_eq!((status, body["code"].as_str()), (404, Some("unknown_instance")), "{body}");
+    let audit = served.get("/v1/audit?instance=nobody").await;
+    assert!(audit["items"].as_array().unwrap().iter().any(|i| i["outcome"] == "refused" && i["upstream"] == "no such instance"), "{audit}");
 
     // A trigger runs a sync now; a second one while it is asked for is 409.
     let before = metric(&served.metrics().await, "tether_syncs_total", &[("instance", "asana")]);

@@ -144,7 +144,18 @@ async fn write(
     dry_run: bool,
     confirm: bool,
 ) -> Result<Json<Value>, ApiError> {
-    let instance = find(server, name)?;
+    let instance = match find(server, name) {
+        Ok(instance) => instance,
+        Err(unknown) => {
+            // An attempt is evidence too, aimed at an instance or not.
+            let name = crate::terminal::clip(name, 256);
+            let entry = NewEntry { actor, instance: &name, action, target: &target, dry_run, outcome: "refused", upstream: "no such instance" };
+            if let Err(e) = server.audit.record(&entry) {
+                tracing::error!("cannot record a write in the audit log: {e:#}");
+            }
+            return Err(unknown);
+        }
+    };
     // Counted in before the stop is looked at: a stop either sees this
     // write and waits for it, or this write sees the stop.
     let _in_flight = server.writes.read().await;
