@@ -133,12 +133,7 @@ pub fn list_resources(client: &Client, resource_type: &str, scope: Option<&Resou
             let page = client.list::<serde_json::Value>("/workspaces", &[], WORKSPACE_FIELDS, token)?;
             remember_workspaces(&page.items)?;
             if client.settings.use_scim && known_organizations() > 1 {
-                // SCIM answers for the service account's one organization;
-                // with several, its licenses could not be told apart.
-                return Err(ConnectorError::InvalidConfig(format!(
-                    "use-scim-api: the token sees {} organizations, but Asana's SCIM API serves one (a service account belongs to one organization)",
-                    known_organizations()
-                )));
+                return Err(crate::settings::scim_serves_one_organization(known_organizations()));
             }
             let mut resources = Vec::new();
             for item in &page.items {

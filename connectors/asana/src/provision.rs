@@ -238,10 +238,7 @@ fn require_scim_organization(client: &Client, org: &str) -> Result<(), Connector
             "organization {org} is not the one whose licenses this token's SCIM API changes (organization {only})"
         ))),
         [] => Err(ConnectorError::InvalidArgument(format!("the token sees no organization, so organization {org}'s licenses cannot be changed"))),
-        many => Err(ConnectorError::InvalidConfig(format!(
-            "use-scim-api: the token sees {} organizations, but Asana's SCIM API serves one (a service account belongs to one organization)",
-            many.len()
-        ))),
+        many => Err(crate::settings::scim_serves_one_organization(many.len())),
     }
 }
 

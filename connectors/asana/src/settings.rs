@@ -42,6 +42,14 @@ impl Settings {
     }
 }
 
+/// SCIM answers for the service account's one organization: with a token
+/// that sees `organizations` of them, its licenses could not be told apart.
+pub fn scim_serves_one_organization(organizations: usize) -> ConnectorError {
+    ConnectorError::InvalidConfig(format!(
+        "use-scim-api: the token sees {organizations} organizations, but Asana's SCIM API serves one (a service account belongs to one organization)"
+    ))
+}
+
 fn url_setting(key: &str, default: String) -> Result<String, ConnectorError> {
     let url = config::get(key).unwrap_or(default);
     if !(url.starts_with("https://") || url.starts_with("http://")) {

@@ -94,8 +94,8 @@ impl VerifiedModule {
         write_atomic(&module, &self.module)?;
         match &self.signature {
             Some(signature) => {
-                let key = self.annotations.get(ANNOTATION_KEY_ID).map(|id| format!(" by key {}", crate::terminal::escape(id))).unwrap_or_default();
-                let text = format!("# signature of sha256 {}{key}\n{}\n", self.module_digest_hex(), hex::encode(signature.to_bytes()));
+                let key = self.annotations.get(ANNOTATION_KEY_ID).map(|id| crate::terminal::escape(id).into_owned());
+                let text = crate::runtime::trust::signature_file_text(&self.module_digest_hex(), key.as_deref(), signature);
                 write_atomic(&sig, text.as_bytes())?;
             }
             // A signature left from another version would only mislead.

@@ -137,6 +137,14 @@ pub fn parse_verifying_key(spec: &str) -> Result<VerifyingKey> {
     VerifyingKey::from_bytes(&bytes).map_err(|_| anyhow::anyhow!("{spec} is not a valid ed25519 public key"))
 }
 
+/// A signature file's text, as `tether module sign` and a pull write it:
+/// a comment naming the module's digest (and the key, if known), then the
+/// signature in hex.
+pub fn signature_file_text(digest_hex: &str, key_id: Option<&str>, signature: &Signature) -> String {
+    let by = key_id.map(|id| format!(" by key {id}")).unwrap_or_default();
+    format!("# signature of sha256 {digest_hex}{by}\n{}\n", hex::encode(signature.to_bytes()))
+}
+
 pub fn read_signature(path: &Path) -> Result<Signature> {
     Ok(Signature::from_bytes(&read_hex_file::<64>(path, "signature", None)?))
 }

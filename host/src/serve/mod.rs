@@ -159,7 +159,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
             let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false)
                 .instrument(span.clone())
                 .await
-                .and_then(|version| reload::refuse_rollback_of_synced(&server.data_dir, name, settings, &version).map(|()| version));
+                .and_then(|version| reload::refuse_rollback(&server.data_dir, name, settings, None, &version).map(|()| version));
             let mut source_error = None;
             if let Err(e) = &loaded_version {
                 // A registry that is down keeps a tag's instance on the

@@ -198,24 +198,36 @@ fn refuse_downgrade(running: &str, new: &str) -> anyhow::Result<()> {
     }
 }
 
-/// With no version running (a start, an instance added again), the one
-/// that made the instance's last good sync is what a rollback is measured
-/// against: a restart must not be the way an old signed build comes back.
-pub fn refuse_rollback_of_synced(data_dir: &std::path::Path, name: &str, settings: &InstanceConfig, version: &loader::LoadedVersion) -> anyhow::Result<()> {
+/// Refuses `new` as a rollback unless the instance allows downgrades: it
+/// may not be older than the `running` version, or, with none running (a
+/// start, an instance added again), than the one that made the instance's
+/// last good sync: a restart must not be the way an old signed build comes
+/// back.
+pub fn refuse_rollback(
+    data_dir: &std::path::Path,
+    name: &str,
+    settings: &InstanceConfig,
+    running: Option<&loader::LoadedVersion>,
+    new: &loader::LoadedVersion,
+) -> anyhow::Result<()> {
     if settings.allow_downgrade {
         return Ok(());
     }
+    match running {
+        Some(running) => refuse_downgrade(&running.version, &new.version),
+        None => match last_good_sync(data_dir, name) {
+            Some(run) => {
+                refuse_downgrade(&run.connector_version, &new.version).map_err(|e| anyhow::anyhow!("{e} (the version of the instance's last good sync)"))
+            }
+            None => Ok(()),
+        },
+    }
+}
+
+/// The last good sync recorded in the instance's sync file, if any.
+fn last_good_sync(data_dir: &std::path::Path, name: &str) -> Option<crate::sync::sync_file::RunInfo> {
     let path = super::sync_file_in(data_dir, name);
-    if !path.is_file() {
-        return Ok(());
-    }
-    let last_good = crate::sync::SyncFile::open_reader(&path).ok().and_then(|file| file.last_good_run().ok().flatten());
-    match last_good {
-        Some(run) => {
-            refuse_downgrade(&run.connector_version, &version.version).map_err(|e| anyhow::anyhow!("{e} (the version of the instance's last good sync)"))
-        }
-        None => Ok(()),
-    }
+    crate::sync::SyncFile::open_reader(&path).ok()?.last_good_run().ok().flatten()
 }
 
 /// For an instance following a tag whose lookup failed at start: its
@@ -225,8 +237,7 @@ pub async fn load_last_synced_pull(server: &Server, name: &str, settings: &Insta
     if !settings.module.is_moving_tag() {
         return None;
     }
-    let path = super::sync_file_in(&server.data_dir, name);
-    let run = crate::sync::SyncFile::open_reader(&path).ok()?.last_good_run().ok().flatten()?;
+    let run = last_good_sync(&server.data_dir, name)?;
     let pin = crate::distribution::cached_pin(&settings.module, &server.module_cache(), &run.connector_digest)?;
     let mut pinned = settings.clone();
     pinned.module = pin;
@@ -279,12 +290,9 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
         // check holds here as in a swap, or a module the watcher refused
         // as a rollback came in with the next edit of its schedule.
         let running = current.get(name).and_then(|i| i.version());
-        let loaded_version =
-            loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, strict).await.and_then(|version| match running {
-                Some(running) if !settings.allow_downgrade => refuse_downgrade(&running.version, &version.version).map(|()| version),
-                Some(_) => Ok(version),
-                None => refuse_rollback_of_synced(&server.data_dir, name, settings, &version).map(|()| version),
-            });
+        let loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, strict)
+            .await
+            .and_then(|version| refuse_rollback(&server.data_dir, name, settings, running.as_deref(), &version).map(|()| version));
         match loaded_version {
             Ok(version) => {
                 loaded.insert(name.clone(), Arc::new(version));

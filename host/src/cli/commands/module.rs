@@ -108,7 +108,7 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
             let digest = read_module(&module)?;
             let target = signature.unwrap_or_else(|| signature_path_for(&module));
             let id = key_id(&key.verifying_key());
-            let text = format!("# signature of sha256 {} by key {id}\n{}\n", hex::encode(digest), hex::encode(sign_digest(&key, &digest).to_bytes()));
+            let text = signature_file_text(&hex::encode(digest), Some(&id), &sign_digest(&key, &digest));
             refuse_to_overwrite_other_than_a_signature(&target)?;
             crate::distribution::artifact::write_atomic(&target, text.as_bytes())?;
             outln!("signed {} (sha256 {}) with key {id}: {}", module.display(), hex::encode(digest), target.display())?;
@@ -124,13 +124,13 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
 }
 
 /// `--signature` may replace a signature, never anything else (a sync
-/// file named by mistake, a module): what is there must read as one.
+/// file named by mistake, a module): what is there must read as one, as
+/// `verify` and the loaders read it.
 fn refuse_to_overwrite_other_than_a_signature(target: &Path) -> Result<()> {
     if std::fs::symlink_metadata(target).is_err() {
         return Ok(());
     }
-    let is_signature = crate::plain_file::read(target, 4096).is_ok_and(|bytes| bytes.starts_with(b"# signature of sha256 "));
-    if !is_signature {
+    if read_signature(target).is_err() {
         anyhow::bail!("{} exists and is not a signature: refusing to write over it", target.display());
     }
     Ok(())
