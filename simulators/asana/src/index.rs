@@ -3,11 +3,14 @@
 //! scan of every membership in the org (at 100k users and 2k teams the
 //! scans made the simulator, not the connector, the bottleneck).
 //!
-//! Every list keeps the org's own order, so pages are what a scan gave.
+//! Every list is in gid order, the order pages are served in, so a page
+//! is found by a binary search for its offset (see `query::window`)
+//! instead of a sort and a filter of the whole list.
 
 use std::collections::HashMap;
 
 use crate::org::Org;
+use crate::query::gid_num;
 
 #[derive(Default)]
 pub(crate) struct OrgIndex {
@@ -17,7 +20,7 @@ pub(crate) struct OrgIndex {
     pub workspace_memberships_by_workspace: HashMap<String, Vec<usize>>,
     /// Indices into `org.team_memberships`, per team gid.
     pub team_memberships_by_team: HashMap<String, Vec<usize>>,
-    /// Indices into `org.users`, ascending, per workspace gid and per team gid.
+    /// Indices into `org.users`, per workspace gid and per team gid.
     pub users_by_workspace: HashMap<String, Vec<usize>>,
     pub users_by_team: HashMap<String, Vec<usize>>,
     /// Workspace gids per user gid, in membership order.
@@ -45,8 +48,17 @@ impl OrgIndex {
             }
         }
         for users in index.users_by_workspace.values_mut().chain(index.users_by_team.values_mut()) {
-            users.sort_unstable();
+            by_gid(users, |i| &org.users[i].gid);
             users.dedup();
+        }
+        for teams in index.teams_by_workspace.values_mut() {
+            by_gid(teams, |i| &org.teams[i].gid);
+        }
+        for memberships in index.workspace_memberships_by_workspace.values_mut() {
+            by_gid(memberships, |i| &org.workspace_memberships[i].gid);
+        }
+        for memberships in index.team_memberships_by_team.values_mut() {
+            by_gid(memberships, |i| &org.team_memberships[i].gid);
         }
         index
     }
@@ -55,4 +67,9 @@ impl OrgIndex {
     pub fn get<'a>(map: &'a HashMap<String, Vec<usize>>, key: &str) -> &'a [usize] {
         map.get(key).map(Vec::as_slice).unwrap_or(&[])
     }
+}
+
+/// Sorts indices by the gid of what they point at (ties: by index).
+fn by_gid<'o>(list: &mut [usize], gid_at: impl Fn(usize) -> &'o str) {
+    list.sort_by_cached_key(|&i| (gid_num(gid_at(i)), i));
 }

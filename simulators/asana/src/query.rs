@@ -86,8 +86,28 @@ fn decode_offset(raw: &str, key: &str) -> Result<u64, ApiError> {
     token.after.parse().map_err(|_| invalid())
 }
 
-fn gid_num(gid: &str) -> u64 {
+pub(crate) fn gid_num(gid: &str) -> u64 {
     gid.parse().unwrap_or(u64::MAX)
+}
+
+/// The part of `sorted` (ascending by gid) that the query's page can come
+/// from: from its offset on, at most one more than its limit (which tells
+/// `paginate` whether there is a next page). Found by binary search, so a
+/// page of a big list costs what is on it.
+pub(crate) fn window<'s, 'g, T>(sorted: &'s [T], gid_of: impl Fn(&T) -> &'g str, query: &Query, path: &str) -> Result<&'s [T], ApiError> {
+    let limit = query.limit()?;
+    let start = match query.get("offset") {
+        Some(raw) => {
+            let after = decode_offset(raw, &query.listing_key(path))?;
+            sorted.partition_point(|t| gid_num(gid_of(t)) <= after)
+        }
+        None => 0,
+    };
+    let rest = &sorted[start..];
+    Ok(match limit {
+        Some(limit) => &rest[..rest.len().min(limit + 1)],
+        None => rest,
+    })
 }
 
 /// One page of a listing.

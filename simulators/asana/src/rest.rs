@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::index::OrgIndex;
 use crate::org::{name_from_email, valid_email, License, Org, User};
-use crate::query::{paginate, render, Query};
+use crate::query::{paginate, render, window, Query};
 use crate::server::Shared;
 use crate::{lock, views, API_PREFIX};
 
@@ -149,7 +149,8 @@ async fn list_teams(State(shared): State<Arc<Shared>>, Path(gid): Path<String>, 
     if shared.teams_only_in_organizations && !workspace.is_organization {
         return Err(ApiError::bad_request("workspace: This workspace is not an organization, so it has no teams"));
     }
-    let items: Vec<_> = OrgIndex::get(&index.teams_by_workspace, &gid).iter().map(|&i| &org.teams[i]).collect();
+    let teams = window(OrgIndex::get(&index.teams_by_workspace, &gid), |&i| &org.teams[i].gid, &ctx.query, &ctx.path)?;
+    let items: Vec<_> = teams.iter().map(|&i| &org.teams[i]).collect();
     ctx.list(&shared, items, |t| &t.gid, |t| views::team(org, t), views::COMPACT)
 }
 
@@ -170,11 +171,10 @@ async fn list_workspace_memberships(State(shared): State<Arc<Shared>>, Path(gid)
         Some(r) => Some(resolve_user(org, r)?.gid.clone()).filter(|_| !shared.ignore_user_filter),
         None => None,
     };
-    let items: Vec<_> = OrgIndex::get(&index.workspace_memberships_by_workspace, &gid)
-        .iter()
-        .map(|&i| &org.workspace_memberships[i])
-        .filter(|m| only_user.as_ref().is_none_or(|u| &m.user_gid == u))
-        .collect();
+    let all = OrgIndex::get(&index.workspace_memberships_by_workspace, &gid);
+    // Filtered, the page's window is not known before the filter.
+    let memberships = if only_user.is_some() { all } else { window(all, |&i| &org.workspace_memberships[i].gid, &ctx.query, &ctx.path)? };
+    let items: Vec<_> = memberships.iter().map(|&i| &org.workspace_memberships[i]).filter(|m| only_user.as_ref().is_none_or(|u| &m.user_gid == u)).collect();
     ctx.list(&shared, items, |m| &m.gid, |m| views::workspace_membership(org, m), views::WORKSPACE_MEMBERSHIP_COMPACT)
 }
 
@@ -182,7 +182,8 @@ async fn list_team_memberships(State(shared): State<Arc<Shared>>, Path(gid): Pat
     let mut world = lock(&shared.world);
     let (org, index) = world.indexed();
     org.team(&gid).ok_or_else(|| unknown("team", &gid))?;
-    let items: Vec<_> = OrgIndex::get(&index.team_memberships_by_team, &gid).iter().map(|&i| &org.team_memberships[i]).collect();
+    let memberships = window(OrgIndex::get(&index.team_memberships_by_team, &gid), |&i| &org.team_memberships[i].gid, &ctx.query, &ctx.path)?;
+    let items: Vec<_> = memberships.iter().map(|&i| &org.team_memberships[i]).collect();
     ctx.list(&shared, items, |m| &m.gid, |m| views::team_membership(org, m), views::TEAM_MEMBERSHIP_COMPACT)
 }
 
@@ -229,14 +230,16 @@ fn users_response(shared: &Shared, ctx: &Ctx, workspace: Option<&str>, team: Opt
     if let Some(t) = team {
         org.team(t).ok_or_else(|| unknown("team", t))?;
     }
-    // Indices into org.users, ascending: the org's order, as a scan gave.
+    // Indices into org.users; those of one workspace or team come in gid
+    // order, so only the page's window of them is looked at.
+    let user_gid = |&i: &usize| org.users[i].gid.as_str();
     let chosen: Vec<usize> = match (workspace, team) {
         (Some(w), Some(t)) => {
-            let in_team = OrgIndex::get(&index.users_by_team, t);
-            OrgIndex::get(&index.users_by_workspace, w).iter().copied().filter(|u| in_team.binary_search(u).is_ok()).collect()
+            let in_team: std::collections::HashSet<usize> = OrgIndex::get(&index.users_by_team, t).iter().copied().collect();
+            OrgIndex::get(&index.users_by_workspace, w).iter().copied().filter(|u| in_team.contains(u)).collect()
         }
-        (Some(w), None) => OrgIndex::get(&index.users_by_workspace, w).to_vec(),
-        (None, Some(t)) => OrgIndex::get(&index.users_by_team, t).to_vec(),
+        (Some(w), None) => window(OrgIndex::get(&index.users_by_workspace, w), user_gid, &ctx.query, &ctx.path)?.to_vec(),
+        (None, Some(t)) => window(OrgIndex::get(&index.users_by_team, t), user_gid, &ctx.query, &ctx.path)?.to_vec(),
         (None, None) => (0..org.users.len()).collect(),
     };
     let items: Vec<&User> = chosen.into_iter().map(|i| &org.users[i]).collect();
