@@ -252,4 +252,35 @@ mod tests {
         assert!(decode_offset(&tok, "/b?").is_err());
         assert!(decode_offset("garbage!", "/a?").is_err());
     }
+
+    /// Walking a sorted list through `window` then `paginate` gives the
+    /// pages a sort and filter of the whole list gave, whatever the limit.
+    #[test]
+    fn a_window_then_paginate_gives_the_pages_of_the_whole_list() {
+        let owned: Vec<String> = (0..257).map(|i| (1_000 + i * 3).to_string()).collect();
+        let gids: Vec<&str> = owned.iter().map(String::as_str).collect();
+        for limit in [1, 7, 100] {
+            let mut pages = Vec::new();
+            let mut offset: Option<String> = None;
+            loop {
+                let raw = match &offset {
+                    Some(o) => format!("limit={limit}&offset={o}"),
+                    None => format!("limit={limit}"),
+                };
+                let query = Query::parse(Some(&raw)).unwrap();
+                let part = window(&gids, |g| *g, &query, "/users").unwrap();
+                assert!(part.len() <= limit + 1);
+                assert_eq!(part.first(), gids.get(pages.len()), "the window starts at the page");
+                let page = paginate(part.to_vec(), |g| *g, &query, "/users", "http://x").unwrap();
+                pages.extend(page.items);
+                match page.next {
+                    Some(Some(next)) => offset = Some(next["offset"].as_str().unwrap().to_string()),
+                    _ => break,
+                }
+            }
+            assert_eq!(pages, gids, "limit {limit}");
+        }
+        let other = Query::parse(Some(&format!("limit=5&offset={}", encode_offset("1003", "/teams?")))).unwrap();
+        assert!(window(&gids, |g| *g, &other, "/users").is_err(), "a token of another listing is refused");
+    }
 }
