@@ -25,7 +25,11 @@ fn main() {
         let cache = tempfile::tempdir().unwrap();
         // A fresh engine each time, as a new `tether` process would have.
         let load = || {
-            let engine = ConnectorEngine::new(Some(cache.path().to_path_buf())).unwrap();
+            let engine = ConnectorEngine::with_compiler(
+                Some(cache.path().to_path_buf()),
+                tether_host::runtime::compile::Compiler { exe: env!("CARGO_BIN_EXE_tether").into(), limits: Default::default() },
+            )
+            .unwrap();
             let module = engine.load(&path, None).unwrap();
             (engine, module)
         };

@@ -5,5 +5,9 @@ use std::process::ExitCode;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // A copy of tether run to compile one module (see runtime::compile).
+    if let Some(code) = tether_host::runtime::compile::run_child_if_asked() {
+        return code;
+    }
     tether_host::cli::main()
 }

@@ -735,3 +735,18 @@ async fn revoking_the_last_license_needs_yes() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(!sim.org().user(&target).unwrap().active, "confirmed, it deactivates");
 }
+
+/// The product's own compiler child: a module that would take gigabytes
+/// to compile is stopped at the default limit, with a clear error and a
+/// failed exit, by `tether` as any command runs it.
+#[test]
+fn a_compile_bomb_is_stopped_by_the_default_compile_limits() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.wasm");
+    // About 2.4 GB compiled whole, against the default 1 GiB.
+    std::fs::write(&bomb, compile_bomb(5_000, 5_000)).unwrap();
+    let out = tether(&["describe", "--connector", bomb.to_str().unwrap(), "--cache-dir", dir.path().join("cache").to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("limit exceeded: compile") && stderr.contains("more than 1024 MiB of memory"), "{stderr}");
+}

@@ -200,7 +200,7 @@ async fn a_guest_sleeping_on_a_wasi_clock_is_stopped_by_the_wall_clock() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_epoch_ticks_only_while_a_guest_can_run() {
     // An engine of its own: no other test's calls tick it.
-    let engine = ConnectorEngine::new(None).unwrap();
+    let engine = engine();
     let module = load(&engine, &wasm("hostile"));
     let addr = start_misbehaving_server().await;
     let mut grants = with_server(hostile_permissions(&[("mode", "fetch"), ("url", &format!("http://{addr}/hang"))]), addr);
@@ -725,9 +725,9 @@ async fn a_failed_sync_leaves_the_last_good_sync_untouched() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_load_reuses_the_compiled_code() {
     let dir = tempfile::tempdir().unwrap();
-    let first = ConnectorEngine::new(Some(dir.path().to_path_buf())).unwrap().load(&wasm("hostile"), None).unwrap();
+    let first = engine_caching_in(Some(dir.path())).load(&wasm("hostile"), None).unwrap();
     assert!(!first.from_cache);
-    let engine = ConnectorEngine::new(Some(dir.path().to_path_buf())).unwrap();
+    let engine = engine_caching_in(Some(dir.path()));
     let second = engine.load(&wasm("hostile"), None).unwrap();
     assert!(second.from_cache, "the second load reads the cache");
     assert_eq!(second.digest, first.digest);
@@ -934,7 +934,7 @@ async fn a_swapped_cache_entry_is_never_run() {
     let shown = describe(&asana_wasm());
     assert!(shown.starts_with("asana ") && shown.contains(&asana_digest), "the Asana module's own code ran: {shown}");
     // Recompiled, so the entry is good again, and used.
-    let engine = ConnectorEngine::new(Some(cache.path().to_path_buf())).unwrap();
+    let engine = engine_caching_in(Some(cache.path()));
     let again = engine.load(&asana_wasm(), None).unwrap();
     assert!(again.from_cache);
     let instance = ConnectorInstance::start(&engine, &again, &Permissions::default()).await.unwrap();
@@ -1093,4 +1093,33 @@ fn a_log_flood_is_held_to_the_log_rate() {
     // and the sync takes a few seconds at most.
     assert!(log.len() < 1 << 20, "{} bytes of log", log.len());
     assert!(log.contains("log line(s) of this connector dropped: more than 4096 bytes a second"), "{}", &log[log.len().saturating_sub(2000)..]);
+}
+
+/// A module whose compile would take minutes or gigabytes (11 bytes a
+/// block of Cranelift work) is compiled in a child process, which is
+/// stopped at the compile limits: the error names the limit, and the host
+/// goes on compiling good modules.
+#[test]
+fn a_module_too_costly_to_compile_is_stopped_at_the_compile_limits() {
+    use tether_host::runtime::compile::{CompileLimits, Compiler};
+    let dir = tempfile::tempdir().unwrap();
+    let engine_with = |limits: CompileLimits| ConnectorEngine::with_compiler(None, Compiler { exe: env!("CARGO_BIN_EXE_tether").into(), limits }).unwrap();
+    // About 34 s of CPU compiled whole.
+    let slow = dir.path().join("slow.wasm");
+    std::fs::write(&slow, compile_bomb(4_000, 1_000)).unwrap();
+    let cpu_bound = engine_with(CompileLimits { cpu: Duration::from_secs(1), wall: Duration::from_secs(120), memory_bytes: 8 << 30 });
+    let started = Instant::now();
+    let err = format!("{:#}", cpu_bound.load(&slow, None).err().expect("stopped"));
+    assert!(err.contains("limit exceeded: compile") && err.contains("of CPU") && err.contains("cannot compile"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30), "stopped near its second of CPU, not after {:?}", started.elapsed());
+
+    // About 2.4 GB compiled whole.
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, compile_bomb(5_000, 5_000)).unwrap();
+    let memory_bound = engine_with(CompileLimits { cpu: Duration::from_secs(600), wall: Duration::from_secs(600), memory_bytes: 300 << 20 });
+    let err = format!("{:#}", memory_bound.load(&big, None).err().expect("stopped"));
+    assert!(err.contains("limit exceeded: compile") && err.contains("more than 300 MiB of memory"), "{err}");
+    // The same limits let a real connector through.
+    let module = memory_bound.load(&asana_wasm(), None).expect("the Asana connector compiles within them");
+    assert_eq!(module.api, ApiVersion::V0_4);
 }

@@ -11,7 +11,7 @@ use asana_sim::{Org, OrgSpec, SimConfig, SimHandle};
 use serde_json::{json, Value};
 
 use crate::support::process::free_port;
-use crate::support::{asana_wasm, repo_root, start_sim, start_sim_with, team_and_outsider, wasm};
+use crate::support::{asana_wasm, compile_bomb, repo_root, start_sim, start_sim_with, team_and_outsider, wasm};
 
 const TOKEN: &str = "test-api-token-0123456789";
 
@@ -1456,4 +1456,43 @@ async fn idle_connections_are_closed_and_cannot_starve_the_api() {
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(30), idle[0].read(&mut byte)).await.expect("closed within the header timeout");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// A module that would compile for minutes does not hold up a stop at
+/// start: the compile runs in a child process the stop does not wait for,
+/// and the child ends with the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_is_not_held_up_by_a_module_still_compiling() {
+    let dir = tempfile::tempdir().unwrap();
+    let bomb = dir.path().join("bomb.wasm");
+    // Minutes of CPU, in little memory.
+    std::fs::write(&bomb, compile_bomb(30_000, 100)).unwrap();
+    let config = dir.path().join("serve.toml");
+    let instance = format!("\n[instances.slow]\nmodule = \"{}\"\n[instances.slow.schedule]\ninterval = \"1h\"\n", bomb.display());
+    std::fs::write(&config, server_section(dir.path()) + &instance).unwrap();
+    let mut starting = Served::launch(&config, dir.path());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while starting.client.get(format!("{}/healthz", starting.base)).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "no health check; log:\n{}", starting.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let server = starting.child.id();
+    let compiling = || {
+        std::fs::read_dir("/proc").unwrap().filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok()).any(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.get(1) == Some(&&b"__compile-component"[..]) && args.get(2) == Some(&server.to_string().as_bytes())
+        })
+    };
+    while !compiling() {
+        assert!(Instant::now() < deadline, "no compiler child; log:\n{}", starting.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = starting.terminate(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}; log:\n{}", starting.logs());
+    assert!(starting.logs().contains("stopped while the modules loaded"), "{}", starting.logs());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while compiling() {
+        assert!(Instant::now() < deadline, "the compiler child outlived the server");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

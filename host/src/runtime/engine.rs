@@ -15,6 +15,8 @@ use wasmtime::{Config, Engine};
 
 use crate::runtime::activity::GuestActivity;
 use crate::runtime::api_version::ApiVersion;
+use crate::runtime::compile::Compiler;
+use crate::runtime::limits::LimitExceeded;
 use crate::runtime::store_data::StoreData;
 use crate::runtime::trust::ModuleTrust;
 
@@ -44,6 +46,8 @@ const WASI_IMPORT_PREFIXES: &[&str] = &["wasi:cli/", "wasi:io/", "wasi:filesyste
 
 pub struct ConnectorEngine {
     engine: Engine,
+    /// Compiles modules in a child process, under limits.
+    compiler: Compiler,
     /// Every import the host offers, linked once for all instances.
     linker: Linker<StoreData>,
     cache_dir: Option<PathBuf>,
@@ -67,24 +71,21 @@ pub struct LoadedModule {
 }
 
 impl ConnectorEngine {
-    /// `cache_dir`: where compiled code is kept between runs (None: no cache).
+    /// `cache_dir`: where compiled code is kept between runs (None: no
+    /// cache). Modules are compiled by this program in a child process.
     pub fn new(cache_dir: Option<PathBuf>) -> Result<Self> {
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config.max_wasm_stack(MAX_WASM_STACK);
-        // Compiled on the calling thread: compiled in parallel, the
-        // compiler's memory stayed with its pool's threads after it was
-        // freed, and a module's first sync peaked 50 MiB higher (122 MiB
-        // against 72 at 10k users) for about the same wall time.
-        config.parallel_compilation(false);
-        let engine = Engine::new(&config).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
+        Self::with_compiler(cache_dir, Compiler::this_program()?)
+    }
+
+    /// Like [`ConnectorEngine::new`], compiling with `compiler`.
+    pub fn with_compiler(cache_dir: Option<PathBuf>, compiler: Compiler) -> Result<Self> {
+        let engine = Engine::new(&config()).map_err(anyhow::Error::from).context("cannot configure wasmtime")?;
         let mut linker = Linker::<StoreData>::new(&engine);
         crate::runtime::store_data::add_to_linker(&mut linker)?;
 
         let activity = GuestActivity::new();
         start_epoch_ticker(&engine, activity.clone())?;
-        Ok(ConnectorEngine { engine, linker, cache_dir, activity })
+        Ok(ConnectorEngine { engine, compiler, linker, cache_dir, activity })
     }
 
     pub fn engine(&self) -> &Engine {
@@ -129,7 +130,14 @@ impl ConnectorEngine {
         if !bytes.starts_with(b"\0asm") {
             bail!("{} is not a WebAssembly file (it does not start with \\0asm)", path.display());
         }
-        let (component, from_cache) = self.compile(&bytes, &digest).with_context(|| format!("{} is not a valid WebAssembly component", path.display()))?;
+        let (component, from_cache) = self.compile(&bytes, &digest).map_err(|e| {
+            let what = if e.is::<LimitExceeded>() {
+                format!("cannot compile {}", path.display())
+            } else {
+                format!("{} is not a valid WebAssembly component", path.display())
+            };
+            e.context(what)
+        })?;
         check_imports(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
         let api = ApiVersion::of(&self.engine, &component).with_context(|| format!("connector {} refused", path.display()))?;
         let pre = self.linker.instantiate_pre(&component).map_err(anyhow::Error::from).with_context(|| format!("connector {} refused", path.display()))?;
@@ -140,7 +148,7 @@ impl ConnectorEngine {
     /// module and the same engine settings.
     fn compile(&self, bytes: &[u8], digest: &str) -> Result<(Component, bool)> {
         let Some(dir) = &self.cache_dir else {
-            return Ok((Component::new(&self.engine, bytes)?, false));
+            return Ok((self.compile_afresh(bytes)?.0, false));
         };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut hasher);
@@ -159,13 +167,41 @@ impl ConnectorEngine {
                 }
             }
         }
-        let component = Component::new(&self.engine, bytes)?;
-        let written = cache.and_then(|cache| cache.write(&cached, digest, &component.serialize()?));
+        let (component, code) = self.compile_afresh(bytes)?;
+        let written = cache.and_then(|cache| cache.write(&cached, digest, &code));
         if let Err(e) = written {
             tracing::warn!("cannot cache compiled code in {}: {e:#}", dir.display());
         }
         Ok((component, false))
     }
+}
+
+impl ConnectorEngine {
+    /// Compiles in the compiler child; the component and its code.
+    fn compile_afresh(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>)> {
+        let code = self.compiler.compile(bytes)?;
+        // SAFETY: wasmtime runs deserialized code without validating it.
+        // This code is what this very program, run as the compiler child,
+        // made of this module for an engine of the same `config()`: as
+        // trusted as code compiled here, and refused by wasmtime if the
+        // engines differ.
+        let component = unsafe { Component::deserialize(&self.engine, &code) }.map_err(anyhow::Error::from)?;
+        Ok((component, code))
+    }
+}
+
+/// The engine's settings; the compiler child compiles for the same ones.
+pub fn config() -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    config.max_wasm_stack(MAX_WASM_STACK);
+    // Compiled on one thread: compiled in parallel, the compiler's memory
+    // stayed with its pool's threads after it was freed, and a module's
+    // first sync peaked 50 MiB higher (122 MiB against 72 at 10k users)
+    // for about the same wall time.
+    config.parallel_compilation(false);
+    config
 }
 
 /// Advances the engine's epoch every `EPOCH_TICK` while a guest call can

@@ -11,6 +11,7 @@ pub mod activity;
 pub mod api_version;
 pub mod bindings;
 pub mod cache;
+pub mod compile;
 pub mod engine;
 pub mod imports;
 pub mod instance;

@@ -151,49 +151,59 @@ pub async fn run(options: ServeOptions) -> Result<()> {
 
     // Every module loads, or the start fails with every problem listed.
     let config = server.config();
-    let mut problems = vec![];
-    let mut loaded = vec![];
-    let load_all = async {
-        for (name, settings) in &config.instances {
-            let span = tracing::info_span!("instance", instance = %name);
-            let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false)
-                .instrument(span.clone())
-                .await
-                .and_then(|version| reload::refuse_rollback(&server.data_dir, name, settings, None, &version).map(|()| version));
-            let mut source_error = None;
-            if let Err(e) = &loaded_version {
-                // A registry that is down keeps a tag's instance on the
-                // version of its last good sync, as it would have running.
-                if let Some(fallback) = reload::load_last_synced_pull(&server, name, settings).instrument(span).await {
-                    source_error = Some(format!("{e:#}"));
-                    loaded_version = Ok(fallback);
-                }
-            }
-            match loaded_version {
-                Ok(version) => {
-                    server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
-                    let runtime = InstanceRuntime::new(settings.clone(), Some(Arc::new(version)));
-                    if let Some(error) = source_error {
-                        tracing::warn!(instance = %name, "cannot look up {}; starting on the cached pull of its last good sync: {}", settings.module, crate::terminal::escape(&error));
-                        runtime.status.lock().expect("status lock").module_source_error =
-                            Some(scheduler::SourceError { at: scheduler::rfc3339(std::time::SystemTime::now()), module: settings.module.to_string(), error });
+    // A task of its own: a compile holds its thread (see
+    // `loader::off_the_runtime`), and the stop below must still be heard.
+    let load_all = tokio::spawn({
+        let (server, config) = (server.clone(), config.clone());
+        async move {
+            let mut problems = vec![];
+            let mut loaded = vec![];
+            for (name, settings) in &config.instances {
+                let span = tracing::info_span!("instance", instance = %name);
+                let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false)
+                    .instrument(span.clone())
+                    .await
+                    .and_then(|version| reload::refuse_rollback(&server.data_dir, name, settings, None, &version).map(|()| version));
+                let mut source_error = None;
+                if let Err(e) = &loaded_version {
+                    // A registry that is down keeps a tag's instance on the
+                    // version of its last good sync, as it would have running.
+                    if let Some(fallback) = reload::load_last_synced_pull(&server, name, settings).instrument(span).await {
+                        source_error = Some(format!("{e:#}"));
+                        loaded_version = Ok(fallback);
                     }
-                    loaded.push(runtime);
                 }
-                Err(e) => problems.push(format!("{}: [instances.{name}] module: {e:#}", config.path.display())),
+                match loaded_version {
+                    Ok(version) => {
+                        server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
+                        let runtime = InstanceRuntime::new(settings.clone(), Some(Arc::new(version)));
+                        if let Some(error) = source_error {
+                            tracing::warn!(instance = %name, "cannot look up {}; starting on the cached pull of its last good sync: {}", settings.module, crate::terminal::escape(&error));
+                            runtime.status.lock().expect("status lock").module_source_error = Some(scheduler::SourceError {
+                                at: scheduler::rfc3339(std::time::SystemTime::now()),
+                                module: settings.module.to_string(),
+                                error,
+                            });
+                        }
+                        loaded.push(runtime);
+                    }
+                    Err(e) => problems.push(format!("{}: [instances.{name}] module: {e:#}", config.path.display())),
+                }
             }
+            (problems, loaded)
         }
-    };
+    });
     // A stop while the modules load (a registry that does not answer can
-    // take a while) ends the start at once: nothing runs yet.
-    tokio::select! {
-        _ = load_all => {}
+    // take a while, a compile up to its limits) ends the start at once:
+    // nothing runs yet, and a compiler child dies with this process.
+    let (problems, loaded) = tokio::select! {
+        loaded = load_all => loaded.context("loading the modules failed")?,
         _ = signals.stop() => {
             let _ = server.quit.send(true);
             tracing::info!("stopped while the modules loaded");
             return Ok(());
         }
-    }
+    };
     if !problems.is_empty() {
         let _ = server.quit.send(true);
         anyhow::bail!("{} instance(s) cannot start:\n  {}", problems.len(), problems.join("\n  "));

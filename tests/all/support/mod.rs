@@ -58,7 +58,18 @@ pub fn permissions_for(base_url: &str, addr: SocketAddr, token: &str) -> Permiss
 }
 
 pub fn engine() -> ConnectorEngine {
-    ConnectorEngine::new(None).expect("engine")
+    engine_caching_in(None)
+}
+
+/// An engine compiling with the `tether` binary (the test binary cannot
+/// be the compiler child), caching in `cache`.
+pub fn engine_caching_in(cache: Option<&Path>) -> ConnectorEngine {
+    ConnectorEngine::with_compiler(cache.map(Path::to_path_buf), compiler()).expect("engine")
+}
+
+/// The `tether` binary as the compiler, with the default limits.
+pub fn compiler() -> tether_host::runtime::compile::Compiler {
+    tether_host::runtime::compile::Compiler { exe: env!("CARGO_BIN_EXE_tether").into(), limits: Default::default() }
 }
 
 pub fn load(engine: &ConnectorEngine, path: &Path) -> LoadedModule {
@@ -122,4 +133,67 @@ pub async fn serve_stub(app: axum::Router) -> SocketAddr {
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// A valid component, 11 bytes a block, that takes Cranelift time about
+/// the square of `blocks` and memory about `blocks` × `locals` to compile:
+/// one function of `blocks` `if` blocks, each setting one of `locals`
+/// locals, then reading every local.
+pub fn compile_bomb(blocks: u32, locals: u32) -> Vec<u8> {
+    fn uleb(mut n: u64, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            out.push(if n == 0 { byte } else { byte | 0x80 });
+            if n == 0 {
+                return;
+            }
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        uleb(body.len() as u64, out);
+        out.extend_from_slice(body);
+    }
+    let mut code = Vec::new();
+    for i in 0..blocks {
+        // local.get 0; if; i32.const i (signed LEB of i, i < 2^20); local.set (i % locals); end
+        code.extend_from_slice(&[0x20, 0x00, 0x04, 0x40, 0x41]);
+        let mut v = i as i64;
+        loop {
+            let byte = (v & 0x7f) as u8;
+            v >>= 7;
+            let done = (v == 0 && byte & 0x40 == 0) || (v == -1 && byte & 0x40 != 0);
+            code.push(if done { byte } else { byte | 0x80 });
+            if done {
+                break;
+            }
+        }
+        code.push(0x21);
+        uleb((i % locals) as u64, &mut code);
+        code.push(0x0b);
+    }
+    code.extend_from_slice(&[0x41, 0x00]);
+    for l in 0..locals {
+        code.push(0x20);
+        uleb(l as u64, &mut code);
+        code.push(0x6a);
+    }
+    code.push(0x1a);
+    let mut function = vec![0x01];
+    uleb(locals as u64, &mut function);
+    function.push(0x7f);
+    function.extend_from_slice(&code);
+    function.push(0x0b);
+    let mut bodies = vec![0x01];
+    uleb(function.len() as u64, &mut bodies);
+    bodies.extend_from_slice(&function);
+    let mut core = b"\0asm\x01\0\0\0".to_vec();
+    section(1, &[0x01, 0x60, 0x00, 0x00], &mut core);
+    section(3, &[0x01, 0x00], &mut core);
+    section(10, &bodies, &mut core);
+    let mut component = b"\0asm\x0d\x00\x01\x00".to_vec();
+    section(1, &core, &mut component);
+    section(2, &[0x01, 0x00, 0x00, 0x00], &mut component);
+    component
 }
