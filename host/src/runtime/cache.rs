@@ -18,6 +18,9 @@ pub struct CompiledCache {
 
 const CACHE_KEY_FILE: &str = "cache.key";
 const MAC_LEN: usize = 32;
+/// The largest entry read: compiled code is handed back at most
+/// `compile::MAX_COMPILED_BYTES`.
+const MAX_ENTRY_BYTES: u64 = super::compile::MAX_COMPILED_BYTES + MAC_LEN as u64;
 
 impl CompiledCache {
     /// Reads the folder's key, creating folder and key on first use.
@@ -54,7 +57,16 @@ impl CompiledCache {
 
     /// The code of an entry whose MAC verifies for the module `digest`.
     pub fn read(&self, path: &Path, digest: &str) -> Option<Vec<u8>> {
-        let mut bytes = std::fs::read(path).ok()?;
+        // A plain file of bounded size: a FIFO or a link to /dev/zero put
+        // in its place would hang the load or fill memory.
+        let mut bytes = match crate::plain_file::read(path, MAX_ENTRY_BYTES) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("ignoring cache entry {}: {e}", path.display());
+                return None;
+            }
+        };
         if bytes.len() < MAC_LEN {
             tracing::warn!("ignoring cache entry {}: too short", path.display());
             return None;
@@ -76,9 +88,13 @@ impl CompiledCache {
         // New only: a file (or symlink) planted under the temp name is
         // not written through.
         let _ = std::fs::remove_file(&tmp);
-        write_private_file(&tmp, &bytes, true)?;
-        std::fs::rename(&tmp, target)?;
-        Ok(())
+        let written = write_private_file(&tmp, &bytes, true).and_then(|()| Ok(std::fs::rename(&tmp, target)?));
+        if written.is_err() {
+            // Half written (a full disk) or not moved: left, it would take
+            // its space for good.
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 }
 
@@ -157,5 +173,30 @@ mod tests {
         std::fs::set_permissions(cache.join(CACHE_KEY_FILE), std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = format!("{:#}", CompiledCache::open(&cache).err().expect("refused"));
         assert!(err.contains("is not a private file of this user"), "{err}");
+    }
+
+    /// A write that cannot finish leaves no temp file to take its space
+    /// for good; an entry that is no plain file (a FIFO, a link to
+    /// /dev/zero) is passed over at once, not read.
+    #[test]
+    fn failed_writes_leave_nothing_and_odd_entries_are_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompiledCache::open(dir.path()).unwrap();
+        let target = dir.path().join("entry.cwasm");
+        std::fs::create_dir(&target).unwrap();
+        std::fs::write(target.join("in-the-way"), b"x").unwrap();
+        assert!(cache.write(&target, "digest", b"code").is_err(), "a folder in the way");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        assert!(!left.iter().any(|name| name.contains(".tmp")), "{left:?}");
+
+        let fifo = dir.path().join("fifo.cwasm");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        assert_eq!(cache.read(&fifo, "digest"), None);
+        let zero = dir.path().join("zero.cwasm");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        assert_eq!(cache.read(&zero, "digest"), None);
+        let good = dir.path().join("good.cwasm");
+        cache.write(&good, "digest", b"code").unwrap();
+        assert_eq!(cache.read(&good, "digest").as_deref(), Some(&b"code"[..]));
     }
 }
