@@ -1427,6 +1427,23 @@ async fn a_rotated_api_token_applies_on_reload() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(served.call_with("GET", "/v1/instances", None, Some(old)).await.0, 401, "the old token is refused");
+
+    // Rotated with a reload that adds a module still compiling (minutes,
+    // as far as the compile limits let it): the token does not wait.
+    let bomb = dir.path().join("bomb.wasm");
+    std::fs::write(&bomb, compile_bomb(30_000, 100)).unwrap();
+    let newest = "newest-token-0123456789abcdef";
+    std::fs::write(&token_file, newest).unwrap();
+    let with_bomb = std::fs::read_to_string(&config).unwrap()
+        + &format!("\n[instances.slow]\nmodule = \"{}\"\n[instances.slow.schedule]\ninterval = \"1h\"\n", bomb.display());
+    std::fs::write(&config, with_bomb).unwrap();
+    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served.call_with("GET", "/v1/instances", None, Some(newest)).await.0 != 200 {
+        assert!(Instant::now() < deadline, "the newest token waited for the compile: {}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(served.call_with("GET", "/v1/instances", None, Some(new)).await.0, 401, "the token before it is refused");
 }
 
 /// Connections that never send a request (no token needed to open one)

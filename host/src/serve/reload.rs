@@ -310,6 +310,18 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
 /// SIGHUP: reads the config file again; applies it only if all of it is
 /// good (every instance's module included), else keeps the running one.
 pub async fn reload_config(server: &Arc<Server>) {
+    // A rotated token applies before this reload waits its turn or loads
+    // a module (an earlier reload's compile can take minutes), and even if
+    // a module of the new config is refused: the old one, leaked perhaps,
+    // stops working now.
+    if let Ok(fresh) = config::load(&server.config().path) {
+        let token = fresh.server.api_token.clone().unwrap_or_default();
+        let mut current = server.token.write().expect("token lock");
+        if *current != token {
+            *current = token;
+            tracing::info!("the API token changed: the new one applies now");
+        }
+    }
     let _one_at_a_time = server.reloading.lock().await;
     if *server.quit.borrow() {
         // Stopping: a reload that waited its turn has nothing to start.
@@ -339,11 +351,6 @@ pub async fn reload_config(server: &Arc<Server>) {
             .collect();
     if !at_next_start.is_empty() {
         tracing::warn!("changed [server] {} take effect at the next start; api_token, grace_period and watch_interval apply now", at_next_start.join(", "));
-    }
-    if was.api_token != now.api_token {
-        // A rotated token: the old one (leaked, perhaps) stops working now.
-        *server.token.write().expect("token lock") = now.api_token.clone().unwrap_or_default();
-        tracing::info!("the API token changed: the new one applies now");
     }
     let mut instances = server.instances.write().expect("instances lock");
     for (name, settings) in &fresh.instances {
