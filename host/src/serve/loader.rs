@@ -145,7 +145,8 @@ pub async fn load(
     let mut ungranted = vec![];
     for declared in &metadata.hosts {
         let asked = AllowedHost::declared(declared).map_err(|e| anyhow!("the module declares a bad host {:?}: {e}", esc(declared)))?;
-        let granted = config.allowed_hosts.iter().any(|g| g.host == asked.host && (g.port.is_none() || g.port == asked.port));
+        // A declared host is https only: no port means 443.
+        let granted = config.allowed_hosts.iter().any(|g| g.host == asked.host && (g.port.is_none() || g.port == Some(asked.port.unwrap_or(443))));
         if !granted {
             ungranted.push(esc(declared).into_owned());
         }

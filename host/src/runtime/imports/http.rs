@@ -61,7 +61,19 @@ impl AllowedHost {
             bail!("--allow-host {spec}: give a host and optional port only");
         }
         let host = url.host_str().ok_or_else(|| anyhow::anyhow!("--allow-host {spec}: no host"))?.to_ascii_lowercase();
-        let port = url.port();
+        if host.contains('*') {
+            bail!("--allow-host {spec}: wildcards are not supported; list each host");
+        }
+        if rest.trim_end_matches('/').ends_with(':') {
+            bail!("--allow-host {spec}: the port is empty");
+        }
+        // The port as written: parsed as https, 443 reads as no port, and
+        // would then mean 80 for a plain-http request.
+        let written = |scheme: &str| Url::parse(&format!("{scheme}://{}", rest.trim_end_matches('/'))).ok().and_then(|url| url.port());
+        let port = written("https").or_else(|| written("http"));
+        if port == Some(0) {
+            bail!("--allow-host {spec}: port 0 is no port a request can go to");
+        }
         let plain_http = scheme == Some("http") || is_loopback(&host);
         Ok(AllowedHost { host, port, plain_http, from_operator: true })
     }
@@ -774,6 +786,23 @@ mod tests {
         assert!(check(vec![operator("10.1.2.3")], "http://10.1.2.3/").unwrap_err().contains("https only"));
         let both = vec![AllowedHost::declared("10.1.2.3").unwrap(), operator("10.1.2.3")];
         assert!(check(both, "https://10.1.2.3/").is_ok(), "the operator's listing wins");
+    }
+
+    /// The port the operator wrote is the one allowed, the scheme's
+    /// default included: `HOST:443` used to read as "no port", which let a
+    /// plain-http request reach port 80 and refused port 443.
+    #[test]
+    fn the_port_as_written_is_the_port_allowed() {
+        for spec in ["127.0.0.1:443", "http://127.0.0.1:443", "https://127.0.0.1:443"] {
+            let allowed = || vec![AllowedHost::parse(spec).unwrap()];
+            assert!(check(allowed(), "http://127.0.0.1:443/").is_ok(), "{spec}");
+            assert!(check(allowed(), "http://127.0.0.1/").unwrap_err().contains("not an allowed host"), "{spec}");
+        }
+        assert_eq!(AllowedHost::parse("http://10.0.0.1:80").unwrap().port, Some(80));
+        assert_eq!(AllowedHost::parse("10.0.0.1").unwrap().port, None);
+        for meaningless in ["*", "*.example.com", "10.0.0.1:0", "10.0.0.1:", "http://10.0.0.1:/"] {
+            assert!(AllowedHost::parse(meaningless).is_err(), "{meaningless}");
+        }
     }
 
     #[test]
