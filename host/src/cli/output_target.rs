@@ -41,6 +41,17 @@ pub fn check(out: &Path, sync_files: &[&Path], writes: Writes) -> Result<()> {
             bail!("{} is the sync file itself: write the output elsewhere", out.display());
         }
     }
+    let companion_of = |db: &Path| {
+        let name = out.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        ["-wal", "-shm", "-journal", ".lock"].iter().any(|suffix| name.strip_suffix(suffix).is_some_and(|rest| same_file(&out.with_file_name(rest), db)))
+    };
+    if let Some(database) = sync_files.iter().find(|db| companion_of(db)).map(|db| db.to_path_buf()).or_else(|| crate::sync::sync_file::sqlite_companion(out)) {
+        bail!(
+            "{} is named like a companion file of the SQLite database {} (its WAL, shared memory, journal or lock): SQLite would delete it; write the output elsewhere",
+            out.display(),
+            database.display()
+        );
+    }
     let Ok(meta) = std::fs::metadata(out) else { return Ok(()) };
     if meta.is_file() && is_sqlite(out) {
         bail!("{} is a SQLite database (a sync file?): refusing to write over it; remove it first or choose another path", out.display());
@@ -92,6 +103,12 @@ mod tests {
             check(&page, &[&db], writes).unwrap();
             check(&dir.path().join("new.csv"), &[&db], writes).unwrap();
         }
+        // Where SQLite keeps a database's companions, which it deletes.
+        for companion in ["s.db-wal", "s.db-shm", "s.db-journal", "s.db.lock", "other.db-wal"] {
+            let err = check(&dir.path().join(companion), &[&db], Writes::Through).unwrap_err().to_string();
+            assert!(err.contains("companion file"), "{companion}: {err}");
+        }
+        check(&dir.path().join("page.html-wal"), &[&db], Writes::Through).unwrap();
         // Not there yet, by another spelling of the same path.
         let missing = dir.path().join("missing.db");
         let spelt = dir.path().join(".").join("missing.db");

@@ -467,6 +467,13 @@ impl SyncFile {
     /// its process died, since nobody held the lock — as interrupted, so
     /// that `--resume` can go on from its checkpoint.
     pub fn open_for_sync(path: &Path) -> Result<Self> {
+        if let Some(database) = sqlite_companion(path) {
+            anyhow::bail!(
+                "{} is named like a companion file of the SQLite database {} (its WAL, shared memory, journal or lock): SQLite would delete it; give another name",
+                path.display(),
+                database.display()
+            );
+        }
         // The lock comes first: opening may migrate, which must not race a
         // running sync.
         let (mut lock, lock_existed) = WriterLock::take(path)?;
@@ -1198,6 +1205,19 @@ fn bind_staged(insert: &mut rusqlite::Statement<'_>, run: i64, rows: &[StagedGra
     Ok(())
 }
 
+/// The SQLite database `path` is a companion file of (`DB-wal`, `DB-shm`,
+/// `DB-journal`, or the sync's `DB.lock`), if that database exists: SQLite
+/// deletes or rewrites such files when it opens or closes the database,
+/// so an output written there is lost without a word.
+pub fn sqlite_companion(path: &Path) -> Option<std::path::PathBuf> {
+    let name = path.file_name()?.to_str()?;
+    let database = ["-wal", "-shm", "-journal", ".lock"].iter().find_map(|suffix| name.strip_suffix(suffix)).filter(|db| !db.is_empty())?;
+    let database = path.with_file_name(database);
+    let mut header = [0u8; 16];
+    let is_sqlite = std::fs::File::open(&database).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header)).is_ok() && &header == b"SQLite format 3\0";
+    is_sqlite.then_some(database)
+}
+
 /// Whether the file has the table of runs every sync file has.
 fn has_sync_runs(conn: &Connection) -> rusqlite::Result<bool> {
     conn.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'sync_runs'", [], |row| row.get(0))
@@ -1487,6 +1507,20 @@ CREATE VIEW IF NOT EXISTS grants AS
             // Opening again is a no-op.
             assert_eq!(SyncFile::open(&path).unwrap().schema_version().unwrap(), SCHEMA_VERSION);
         }
+    }
+
+    /// A sync into `DB-wal` (or `-shm`, `-journal`, `.lock`) of an existing
+    /// database would be deleted by SQLite the next time DB is opened.
+    #[test]
+    fn a_sync_into_a_companion_of_a_database_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        drop(SyncFile::open(&db).unwrap());
+        for companion in ["s.db-wal", "s.db-shm", "s.db-journal", "s.db.lock"] {
+            let err = SyncFile::open_for_sync(&dir.path().join(companion)).err().expect("refused").to_string();
+            assert!(err.contains("companion file"), "{companion}: {err}");
+        }
+        assert!(SyncFile::open_for_sync(&dir.path().join("t.db-wal")).is_ok(), "no database t.db: an ordinary name");
     }
 
     #[test]
