@@ -548,6 +548,19 @@ impl SyncFile {
     /// never will be, and kept they would grow the file by a run's records
     /// with every failed sync. Their rows in `sync_runs` stay, as history.
     pub fn begin_run(&mut self, connector: &ConnectorIdentity) -> Result<i64> {
+        // Another connector's run would become the last good one: diff and
+        // report would show every record of the file's own as removed, and
+        // a second one would drop them.
+        if let Some(last) = self.last_good_run()? {
+            if last.connector_name != connector.name {
+                anyhow::bail!(
+                    "this sync file holds syncs of connector {:?}, not {:?}: sync {:?} into a file of its own",
+                    crate::terminal::escape(&last.connector_name),
+                    crate::terminal::escape(&connector.name),
+                    crate::terminal::escape(&connector.name)
+                );
+            }
+        }
         let tx = self.conn.transaction()?;
         let mut dropped = 0;
         for table in ["run_resource_types", "resource_rows", "entitlement_rows", "grant_rows", "grant_stage"] {
@@ -1617,6 +1630,20 @@ CREATE VIEW IF NOT EXISTS grants AS
         (dir, file, run, serde_json::to_string(&Checkpoint::from(Position::TopLevel { index: 0, token: None })).unwrap())
     }
 
+    /// Another connector's sync into the file is refused before it changes
+    /// anything: it would have become the last good run.
+    #[test]
+    fn a_sync_of_another_connector_is_refused() {
+        let (_dir, mut file, run, _) = fresh_run();
+        file.finish_run(run, RunEnd::Succeeded, 1).unwrap();
+        let other = ConnectorIdentity { name: "other".into(), version: "1".into(), digest: "e".into() };
+        let err = file.begin_run(&other).unwrap_err().to_string();
+        assert!(err.contains("holds syncs of connector \"c\", not \"other\""), "{err}");
+        assert_eq!(file.last_run().unwrap().unwrap().id, run, "no run was begun");
+        let same = ConnectorIdentity { name: "c".into(), version: "2".into(), digest: "f".into() };
+        assert!(file.begin_run(&same).is_ok(), "a new version of the same connector");
+    }
+
     /// A page with user u1 and one grant to it.
     fn member_page(grant: Grant) -> PageRecords {
         PageRecords { resources: vec![user(&[])], grants: vec![grant], ..PageRecords::default() }
@@ -1797,7 +1824,7 @@ CREATE VIEW IF NOT EXISTS grants AS
         let (_dir, mut file, good, next) = fresh_run();
         file.write_page(good, &member_page(member(&[])), 0, Some(next.as_str())).unwrap();
         file.finish_run(good, RunEnd::Succeeded, 0).unwrap();
-        let identity = ConnectorIdentity { name: "test".into(), version: "1".into(), digest: "d".into() };
+        let identity = ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() };
         let failed = file.begin_run(&identity).unwrap();
         let grants = team_members(3000);
         file.write_page(failed, &PageRecords { grants, resources: vec![user(&[])], ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
