@@ -214,6 +214,7 @@ async fn a_bad_config_is_refused_with_every_problem_listed() {
 [server]
 api_token = "literal:oops-a-token-inline"
 colour = "blue"
+max_concurrent_syncs = 0
 
 [instances.a]
 module = "missing.wasm"
@@ -247,6 +248,7 @@ cron = "0 0 30 2 *"
         "[server] data_dir: missing",
         "[server] api_token: secrets are never written in the config file",
         "[server] colour: unknown key",
+        "[server] max_concurrent_syncs: 0 is not from 1 to 4096",
         "[instances.a] module: no file at",
         "[instances.a] colour: unknown key",
         "[instances.a] secrets.token: a secret is a reference",
@@ -1512,4 +1514,36 @@ async fn a_stop_is_not_held_up_by_a_module_still_compiling() {
         assert!(Instant::now() < deadline, "the compiler child outlived the server");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Syncs across instances are capped by `max_concurrent_syncs`: with one
+/// slot, a second instance due at start waits while the first syncs (a
+/// config of hundreds of instances all syncing at once ran the host out of
+/// memory mappings).
+#[tokio::test(flavor = "multi_thread")]
+async fn syncs_beyond_max_concurrent_syncs_wait_their_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    let sleeper = |name: &str| {
+        format!(
+            "\n[instances.{name}]\nmodule = \"{}\"\n[instances.{name}.config]\nmode = \"sleep\"\n[instances.{name}.schedule]\ninterval = \"1h\"\n",
+            wasm("hostile").display()
+        )
+    };
+    let server = server_section(dir.path()) + "max_concurrent_syncs = 1\n";
+    std::fs::write(&config, server + &sleeper("a") + &sleeper("b")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !served.logs().contains("waiting for a sync slot") {
+        assert!(Instant::now() < deadline, "no instance waited; log:\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let running = || async {
+        served.get("/v1/instances").await["instances"].as_array().unwrap().iter().filter(|i| i["running"] == true).count()
+    };
+    while running().await == 0 {
+        assert!(Instant::now() < deadline, "nothing runs; log:\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(running().await, 1, "one slot, one sync; log:\n{}", served.logs());
 }

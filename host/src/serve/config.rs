@@ -84,6 +84,16 @@ pub struct ServerSettings {
     pub grace_period: Duration,
     /// How often module files are checked for a new version.
     pub watch_interval: Duration,
+    /// Syncs that run at once, across instances; the others wait their
+    /// turn. Each holds a pool of wasm instances and a sync file open: a
+    /// config of hundreds of instances all syncing at start ran the host
+    /// out of memory mappings.
+    pub max_concurrent_syncs: usize,
+}
+
+/// Twice the cores, at least 4: syncs mostly wait on their upstream.
+pub fn default_concurrent_syncs() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
 }
 
 #[derive(Clone)]
@@ -330,8 +340,16 @@ impl Walker {
         let cache_dir = self.take::<String>(&mut t, "cache_dir", "a folder path").map(|d| self.path(&d));
         let grace_period = self.duration(&mut t, "grace_period").unwrap_or(Duration::from_secs(30));
         let watch_interval = self.duration(&mut t, "watch_interval").unwrap_or(Duration::from_secs(2));
-        self.unknown_keys(t, "", &["listen", "data_dir", "api_token", "cache_dir", "grace_period", "watch_interval"]);
-        ServerSettings { listen, data_dir, api_token, cache_dir, grace_period, watch_interval }
+        let max_concurrent_syncs = match self.take::<i64>(&mut t, "max_concurrent_syncs", "a number of syncs") {
+            Some(n @ 1..=4096) => n as usize,
+            Some(n) => {
+                self.problem("max_concurrent_syncs", format!("{n} is not from 1 to 4096"));
+                1
+            }
+            None => default_concurrent_syncs(),
+        };
+        self.unknown_keys(t, "", &["listen", "data_dir", "api_token", "cache_dir", "grace_period", "watch_interval", "max_concurrent_syncs"]);
+        ServerSettings { listen, data_dir, api_token, cache_dir, grace_period, watch_interval, max_concurrent_syncs }
     }
 
     fn instance_config(&mut self, name: &str, mut t: Table) -> Option<InstanceConfig> {

@@ -62,6 +62,8 @@ pub struct Server {
     /// its answer and its audit entry.
     pub writes: tokio::sync::RwLock<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One permit per sync that may run at once (`max_concurrent_syncs`).
+    pub sync_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Server {
@@ -116,6 +118,7 @@ pub struct ServeOptions {
 pub async fn run(options: ServeOptions) -> Result<()> {
     let mut signals = Signals::install()?;
     let config = config::load(&options.config).map_err(anyhow::Error::new)?;
+    let sync_slots = config.server.max_concurrent_syncs;
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let cache_dir = config.server.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir);
@@ -136,6 +139,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
         reloading: tokio::sync::Mutex::new(()),
         writes: tokio::sync::RwLock::new(()),
         tasks: Mutex::new(vec![]),
+        sync_slots: Arc::new(tokio::sync::Semaphore::new(sync_slots)),
     });
 
     // Listen first: health checks answer while the modules compile.

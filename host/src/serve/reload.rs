@@ -344,11 +344,15 @@ pub async fn reload_config(server: &Arc<Server>) {
     };
     let old = server.config();
     let (was, now) = (&old.server, &fresh.server);
-    let at_next_start: Vec<&str> =
-        [("listen", was.listen != now.listen), ("data_dir", was.data_dir != now.data_dir), ("cache_dir", was.cache_dir != now.cache_dir)]
-            .into_iter()
-            .filter_map(|(key, changed)| changed.then_some(key))
-            .collect();
+    let at_next_start: Vec<&str> = [
+        ("listen", was.listen != now.listen),
+        ("data_dir", was.data_dir != now.data_dir),
+        ("cache_dir", was.cache_dir != now.cache_dir),
+        ("max_concurrent_syncs", was.max_concurrent_syncs != now.max_concurrent_syncs),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
     if !at_next_start.is_empty() {
         tracing::warn!("changed [server] {} take effect at the next start; api_token, grace_period and watch_interval apply now", at_next_start.join(", "));
     }

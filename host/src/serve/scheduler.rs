@@ -210,10 +210,26 @@ pub async fn run(server: Arc<Server>, instance: Arc<InstanceRuntime>, previous: 
             if *quit.borrow() {
                 break;
             }
+            // One of the server's sync slots: with hundreds of instances,
+            // all due at start, the rest wait their turn.
+            let slot = match server.sync_slots.clone().try_acquire_owned() {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::info!("waiting for a sync slot: as many syncs as max_concurrent_syncs are running");
+                    tokio::select! {
+                        slot = server.sync_slots.clone().acquire_owned() => match slot {
+                            Ok(slot) => slot,
+                            Err(_) => break,
+                        },
+                        _ = quit.changed() => break,
+                    }
+                }
+            };
             // A tag may have moved: a new version swaps in for this sync.
             super::reload::follow_tag(&server, &instance).await;
             let started = Instant::now();
             let ok = sync_once(&server, &instance).await;
+            drop(slot);
             let schedule = instance.settings().schedule.clone();
             let regular = next_due(&schedule, started);
             let wait = if ok {
@@ -288,8 +304,17 @@ async fn sync_once(server: &Server, instance: &InstanceRuntime) -> bool {
         let result = super::adapter::run_sync(&mut pool, &path, &version.digest, &options).await;
         counters = pool.into_iter().next();
         result
-    }
-    .await;
+    };
+    // A panic under the sync (wasmtime's, when the host runs out of memory
+    // mappings) fails this sync only: left to unwind, it ended the
+    // instance's scheduler with the instance shown running for good.
+    let result = match futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(result)).await {
+        Ok(result) => result,
+        Err(panic) => {
+            let what = panic.downcast_ref::<String>().map(String::as_str).or_else(|| panic.downcast_ref::<&str>().copied()).unwrap_or("no message");
+            Err(anyhow::anyhow!("the sync failed in the host (a panic: {}); the instance syncs again on its schedule", crate::terminal::escape(what)))
+        }
+    };
     if let Some(connector) = &counters {
         metrics.add_http(&instance.name, &connector.http().counters);
     }
