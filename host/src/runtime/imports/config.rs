@@ -163,6 +163,11 @@ impl Secrets {
                     value.len()
                 );
             }
+            // Sent in headers, where a line break fails every request with
+            // an error that names neither the secret nor the break.
+            if let Some(at) = value.bytes().position(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+                bail!("secret {} holds a control character at byte {at} (a line break?): a secret is one line of text", source.name);
+            }
             values.insert(source.name.clone(), SecretValue(value));
         }
         Ok(Secrets { values })
@@ -278,6 +283,20 @@ mod tests {
 
     fn secrets(value: &str) -> Secrets {
         Secrets::resolve(&[format!("token=literal:{value}").parse().unwrap()]).unwrap()
+    }
+
+    /// A secret with a line break (a two-line token file, an env var
+    /// ending in CR) is refused at once, naming it.
+    #[test]
+    fn a_secret_with_a_control_character_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for value in ["first-line\nsecond-line\n", "token-value\r1234\n", "an-escape-\x1b[31m-red"] {
+            let file = dir.path().join("token");
+            std::fs::write(&file, value).unwrap();
+            let err = Secrets::resolve(&[format!("token=file:{}", file.display()).parse().unwrap()]).err().expect("refused").to_string();
+            assert!(err.contains("secret token holds a control character"), "{value:?}: {err}");
+        }
+        assert!(Secrets::resolve(&["token=literal:with\ttab-inside".parse().unwrap()]).is_ok());
     }
 
     #[test]
