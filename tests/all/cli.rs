@@ -750,3 +750,21 @@ fn a_compile_bomb_is_stopped_by_the_default_compile_limits() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("limit exceeded: compile") && stderr.contains("more than 1024 MiB of memory"), "{stderr}");
 }
+
+/// Names that mean nothing are refused before anything is written: an
+/// empty `--digest` pin (it read "…but  was pinned"), and keygen's `--out`
+/// as a folder or a device (hidden `keys/.key`, `/dev/null.key`).
+#[test]
+fn an_empty_pin_and_a_key_name_that_is_a_folder_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tether(&["describe", "--connector", asana_wasm().to_str().unwrap(), "--digest", ""]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("a sha256 is 64 hex digits"));
+    let folder = format!("{}/", dir.path().display());
+    for name in [folder.as_str(), dir.path().to_str().unwrap(), "/dev/null"] {
+        let out = tether(&["module", "keygen", "--out", name]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("give the keys' name"), "{name}");
+    }
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
+}

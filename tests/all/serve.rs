@@ -1538,9 +1538,7 @@ async fn syncs_beyond_max_concurrent_syncs_wait_their_turn() {
         assert!(Instant::now() < deadline, "no instance waited; log:\n{}", served.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let running = || async {
-        served.get("/v1/instances").await["instances"].as_array().unwrap().iter().filter(|i| i["running"] == true).count()
-    };
+    let running = || async { served.get("/v1/instances").await["instances"].as_array().unwrap().iter().filter(|i| i["running"] == true).count() };
     while running().await == 0 {
         assert!(Instant::now() < deadline, "nothing runs; log:\n{}", served.logs());
         tokio::time::sleep(Duration::from_millis(50)).await;

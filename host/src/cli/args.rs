@@ -77,7 +77,7 @@ pub fn parse_instance_name(text: &str) -> Result<String, String> {
 #[derive(Args, Debug, Clone, Default)]
 pub struct TrustArgs {
     /// Refuse the module unless its sha256 is this.
-    #[arg(long, value_name = "SHA256")]
+    #[arg(long, value_name = "SHA256", value_parser = parse_sha256)]
     pub digest: Option<String>,
     /// Refuse the module unless it carries a good signature by this key: a
     /// NAME.pub file from `tether module keygen`, or 64 hex digits.
@@ -257,5 +257,15 @@ impl SyncLimitArgs {
             duration: Duration::from_secs_f64(minutes * 60.0),
             concurrency: self.concurrency.map(usize::from),
         })
+    }
+}
+
+/// A sha256 as 64 hex digits, in lower case.
+fn parse_sha256(text: &str) -> Result<String, String> {
+    let digest = text.trim().strip_prefix("sha256:").unwrap_or(text.trim()).to_ascii_lowercase();
+    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(digest)
+    } else {
+        Err("a sha256 is 64 hex digits".to_string())
     }
 }

@@ -87,6 +87,11 @@ pub async fn run(args: ModuleArgs) -> Result<()> {
         ModuleCommand::Push(args) => return super::module_oci::push(args).await,
         ModuleCommand::Pull(args) => return super::module_oci::pull(args).await,
         ModuleCommand::Keygen { out } => {
+            // NAME.key and NAME.pub: a folder (`keys/`) or no name would
+            // give hidden `.key` files, or `/dev/null.key`.
+            if out.as_os_str().to_string_lossy().ends_with('/') || out.is_dir() || out.file_name().is_none() || (out.exists() && !out.is_file()) {
+                anyhow::bail!("--out {}: give the keys' name, such as ops or keys/ops (writes NAME.key and NAME.pub)", out.display());
+            }
             let key = generate_signing_key()?;
             let public = key.verifying_key();
             let id = key_id(&public);
