@@ -210,6 +210,11 @@ async fn export_writes_every_grant_as_csv_excel_opens_safely_and_as_json_lines()
     let column = |name: &str| headers.iter().position(|h| h == name).unwrap();
     let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
     assert_eq!(rows.len() as i64, grants, "one row per grant");
+    // `--out -` is standard output, the same bytes, and no file named "-".
+    let piped = std::process::Command::new(env!("CARGO_BIN_EXE_tether")).args(["export", path(&db), "--out", "-"]).current_dir(dir.path()).output().unwrap();
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert_eq!(piped.stdout, bytes);
+    assert!(!dir.path().join("-").exists());
     let guarded: Vec<&csv::StringRecord> = rows.iter().filter(|r| r[column("principal_id")] == *member).collect();
     assert!(!guarded.is_empty());
     for row in &guarded {

@@ -36,7 +36,11 @@ pub enum ExportFormat {
 }
 
 /// `tether export FILE`.
-pub fn run(args: ExportArgs) -> Result<()> {
+pub fn run(mut args: ExportArgs) -> Result<()> {
+    // `-` is standard output, as with `sync --jsonl -` (it wrote a file named "-").
+    if args.out.as_deref() == Some(std::path::Path::new("-")) {
+        args.out = None;
+    }
     if let Some(path) = &args.out {
         crate::cli::output_target::check(path, &[&args.file], crate::cli::output_target::Writes::Through)?;
     }

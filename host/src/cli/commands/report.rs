@@ -27,6 +27,9 @@ pub struct ReportArgs {
 
 /// `tether report FILE --out PAGE.html`.
 pub fn run(args: ReportArgs) -> Result<()> {
+    if args.out == std::path::Path::new("-") {
+        anyhow::bail!("--out -: the report is a page written to a file; give its path, such as review.html");
+    }
     crate::cli::output_target::check(&args.out, &[&args.file], crate::cli::output_target::Writes::ByRename)?;
     let file = SyncFile::open_reader(&args.file)?;
     let context = || format!("cannot report on {}", args.file.display());
