@@ -211,6 +211,7 @@ async fn a_bad_config_is_refused_with_every_problem_listed() {
     std::fs::write(
         &config,
         r#"
+data_dir = "above-its-section"
 [server]
 api_token = "literal:oops-a-token-inline"
 colour = "blue"
@@ -249,6 +250,7 @@ cron = "0 0 30 2 *"
         "[server] api_token: secrets are never written in the config file",
         "[server] colour: unknown key",
         "[server] max_concurrent_syncs: 0 is not from 1 to 4096",
+        "top level, data_dir: unknown key (known: [server] and [instances.NAME]; keys such as data_dir go under [server])",
         "[instances.a] module: no file at",
         "[instances.a] colour: unknown key",
         "[instances.a] secrets.token: a secret is a reference",

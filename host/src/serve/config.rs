@@ -30,6 +30,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
 pub struct Problem {
     pub file: PathBuf,
     pub instance: Option<String>,
+    /// A key outside `[server]` and the instances (a mistyped section).
+    pub top_level: bool,
     pub key: String,
     pub message: String,
 }
@@ -38,6 +40,7 @@ impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let place = match &self.instance {
             Some(name) => format!("[instances.{name}]"),
+            None if self.top_level => "top level,".to_string(),
             None => "[server]".to_string(),
         };
         let key = if self.key.is_empty() { String::new() } else { format!(" {}", self.key) };
@@ -169,7 +172,8 @@ pub fn load_for_sync(path: &Path) -> Result<ServeConfig, ConfigErrors> {
 }
 
 fn load_as(path: &Path, serving: bool) -> Result<ServeConfig, ConfigErrors> {
-    let problem = |key: &str, message: String| ConfigErrors(vec![Problem { file: path.to_path_buf(), instance: None, key: key.into(), message }]);
+    let problem =
+        |key: &str, message: String| ConfigErrors(vec![Problem { file: path.to_path_buf(), instance: None, top_level: false, key: key.into(), message }]);
     let text = crate::plain_file::read_text(path, MAX_CONFIG_BYTES).map_err(|e| problem("", format!("cannot read the config file: {e}")))?;
     let table: Table = text.parse().map_err(|e: toml::de::Error| problem("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -194,7 +198,18 @@ struct Walker {
 
 impl Walker {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(Problem { file: self.file.clone(), instance: self.instance.clone(), key: key.to_string(), message: message.into() });
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            instance: self.instance.clone(),
+            top_level: false,
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// A problem with a key of the file's top level, outside any section.
+    fn top_level_problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem { file: self.file.clone(), instance: None, top_level: true, key: key.to_string(), message: message.into() });
     }
 
     /// Takes `key` out of `table` as a `T`; a wrong type is a problem.
@@ -280,7 +295,7 @@ impl Walker {
         let server = match table.remove("server") {
             Some(Value::Table(server)) => self.server(server),
             Some(other) => {
-                self.problem("server", format!("expected a table, found {}", describe_value(&other)));
+                self.top_level_problem("server", format!("expected a table, found {}", describe_value(&other)));
                 self.server(Table::new())
             }
             None => self.server(Table::new()),
@@ -304,13 +319,15 @@ impl Walker {
                     self.instance = None;
                 }
             }
-            Some(other) => self.problem("instances", format!("expected tables [instances.NAME], found {}", describe_value(&other))),
+            Some(other) => self.top_level_problem("instances", format!("expected tables [instances.NAME], found {}", describe_value(&other))),
             None => {}
         }
         if instances.is_empty() && !self.problems.iter().any(|p| p.instance.is_some()) {
-            self.problem("instances", "no connector instances: add at least one [instances.NAME] table");
+            self.top_level_problem("instances", "no connector instances: add at least one [instances.NAME] table");
         }
-        self.unknown_keys(table, "", &["server", "instances"]);
+        for key in table.keys() {
+            self.top_level_problem(key, "unknown key (known: [server] and [instances.NAME]; keys such as data_dir go under [server])");
+        }
         ServeConfig { path: self.file.clone(), server, instances }
     }
 

@@ -293,7 +293,7 @@ mod tests {
         for value in ["first-line\nsecond-line\n", "token-value\r1234\n", "an-escape-\x1b[31m-red"] {
             let file = dir.path().join("token");
             std::fs::write(&file, value).unwrap();
-            let err = Secrets::resolve(&[format!("token=file:{}", file.display()).parse().unwrap()]).err().expect("refused").to_string();
+            let err = Secrets::resolve(&[format!("token=file:{}", file.display()).parse().unwrap()]).expect_err("refused").to_string();
             assert!(err.contains("secret token holds a control character"), "{value:?}: {err}");
         }
         assert!(Secrets::resolve(&["token=literal:with\ttab-inside".parse().unwrap()]).is_ok());
