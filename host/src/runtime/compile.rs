@@ -56,7 +56,15 @@ pub struct Compiler {
 impl Compiler {
     /// This very program as the compiler, with the default limits.
     pub fn this_program() -> Result<Self> {
-        let exe = std::env::current_exe().context("cannot find this program to compile modules with")?;
+        // On Linux the running binary itself, even once an upgrade has
+        // replaced or removed its file: a long-running serve still
+        // compiles the modules swapped in.
+        let proc_exe = Path::new("/proc/self/exe");
+        let exe = if cfg!(target_os = "linux") && proc_exe.exists() {
+            proc_exe.to_path_buf()
+        } else {
+            std::env::current_exe().context("cannot find this program to compile modules with")?
+        };
         Ok(Compiler { exe, limits: CompileLimits::default() })
     }
 
