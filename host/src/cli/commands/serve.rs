@@ -110,9 +110,14 @@ async fn config_sync(args: ConfigSyncArgs) -> Result<()> {
     let permissions = crate::serve::loader::permissions(settings, data_dir, false, None);
     let mut pool = crate::runtime::instance::ConnectorInstance::start_pool(&engine, &version.module, &permissions, settings.sync_limits.concurrency).await?;
     let options = crate::sync::SyncOptions { resume: args.resume, limits: settings.sync_limits.clone(), stop: Default::default() };
-    let summary = crate::serve::adapter::run_sync(&mut pool, &out, &version.digest, &options)
-        .await
-        .with_context(|| format!("sync failed; {} still holds the last good sync", out.display()))?;
+    let summary = crate::serve::adapter::run_sync(&mut pool, &out, &version.digest, &options).await.with_context(|| {
+        // Said as `sync` says it: the file may hold no good sync, or be no sync file.
+        let last_good = crate::sync::SyncFile::open_reader(&out).ok().and_then(|file| file.last_good_run().ok().flatten());
+        match last_good {
+            Some(good) => format!("sync failed; {} still holds the last good sync (run {})", out.display(), good.id),
+            None => format!("sync failed; {} holds no good sync", out.display()),
+        }
+    })?;
     crate::cli::output::print_summary(&summary, &out, false)?;
     Ok(())
 }

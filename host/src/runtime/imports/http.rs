@@ -61,7 +61,8 @@ impl AllowedHost {
             bail!("--allow-host {spec}: give a host and optional port only");
         }
         let host = url.host_str().ok_or_else(|| anyhow::anyhow!("--allow-host {spec}: no host"))?.to_ascii_lowercase();
-        if host.contains('*') {
+        // The URL parser would take `*` as the name "%2a".
+        if rest.contains('*') || host.contains('%') {
             bail!("--allow-host {spec}: wildcards are not supported; list each host");
         }
         if rest.trim_end_matches('/').ends_with(':') {
