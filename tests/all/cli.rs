@@ -769,3 +769,25 @@ fn an_empty_pin_and_a_key_name_that_is_a_folder_are_refused() {
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing written");
 }
+
+/// Flags that could only fail later fail at once: a timeout below a
+/// millisecond (5e-324 was a zero timeout), and --only-allowed-hosts with
+/// no host allowed.
+#[test]
+fn a_zero_timeout_and_only_no_hosts_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_file = dir.path().join("s.db");
+    let module = asana_wasm();
+    let base = ["sync", "--connector", module.to_str().unwrap(), "--secret", "token=literal:long-enough-token", "--out", out_file.to_str().unwrap()];
+    let timeout = tether(&[&base[..], &["--http-timeout", "5e-324"]].concat());
+    assert_ne!(timeout.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&timeout.stderr).contains("--http-timeout must be a number of seconds from 0.001"),
+        "{}",
+        String::from_utf8_lossy(&timeout.stderr)
+    );
+    let nowhere = tether(&[&base[..], &["--only-allowed-hosts"]].concat());
+    assert_ne!(nowhere.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&nowhere.stderr).contains("--only-allowed-hosts without --allow-host"), "{}", String::from_utf8_lossy(&nowhere.stderr));
+    assert!(!out_file.exists(), "no sync file begun");
+}

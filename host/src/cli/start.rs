@@ -42,6 +42,9 @@ pub async fn prepare_with_reads(args: &ConnectorArgs, dry_run: bool, concurrent_
         if module.from_cache { ", compiled code from cache" } else { "" }
     );
     let hosts = args.allow_host.iter().map(|h| AllowedHost::parse(h)).collect::<Result<Vec<_>>>()?;
+    if args.only_allowed_hosts && hosts.is_empty() {
+        anyhow::bail!("--only-allowed-hosts without --allow-host leaves the connector no host to reach: list them with --allow-host");
+    }
     let mut permissions = Permissions {
         config: ConnectorConfig::new(args.config.clone()),
         secrets: Arc::new(Secrets::resolve(&args.secret)?),
