@@ -177,7 +177,7 @@ impl LimitArgs {
     pub fn to_limits(&self) -> Result<Limits> {
         let seconds = |name: &str, value: f64| {
             // At least a millisecond: 5e-324 was a zero timeout.
-            if value.is_finite() && value >= 0.001 && value < 86_400.0 {
+            if (0.001..86_400.0).contains(&value) {
                 Ok(Duration::from_secs_f64(value))
             } else {
                 bail!("--{name} must be a number of seconds from 0.001 to below 86400")
