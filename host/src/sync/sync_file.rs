@@ -481,7 +481,14 @@ impl SyncFile {
         // hard link SQLite would keep a second WAL for it, and corrupt it.
         let existed = path.exists();
         if existed {
-            lock.lock_database(path)?;
+            if let Err(e) = lock.lock_database(path) {
+                // A folder or a FIFO, say: refused, and no lock file left
+                // behind for it.
+                if !lock_existed {
+                    lock.abandon(path);
+                }
+                return Err(e);
+            }
         }
         let mut file = match Self::open(path) {
             Ok(file) => file,
@@ -1520,6 +1527,16 @@ CREATE VIEW IF NOT EXISTS grants AS
             // Opening again is a no-op.
             assert_eq!(SyncFile::open(&path).unwrap().schema_version().unwrap(), SCHEMA_VERSION);
         }
+    }
+
+    /// An output refused (a folder) leaves no lock file of its own.
+    #[test]
+    fn a_refused_output_leaves_no_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("adir");
+        std::fs::create_dir(&folder).unwrap();
+        assert!(SyncFile::open_for_sync(&folder).is_err());
+        assert!(!dir.path().join("adir.lock").exists(), "no adir.lock left");
     }
 
     /// A sync into `DB-wal` (or `-shm`, `-journal`, `.lock`) of an existing
