@@ -258,7 +258,7 @@ cron = "0 0 30 2 *"
         "[instances.a] limits.max-memory-mb: expected a number",
         "[instances.a] limits.no-such-limit: unknown limit",
         "[instances.b] module: no file at",
-        "[instances.b] allowed_hosts[0]:",
+        "[instances.b] allowed_hosts[0]: scheme \"ftp\" is not http or https",
         "[instances.b] schedule.cron: \"every tuesday\" is not a cron expression",
         "[instances.c] schedule.cron: \"0 0 30 2 *\" never fires",
     ] {

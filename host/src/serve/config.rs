@@ -382,8 +382,10 @@ impl Walker {
             },
             Some(module) => {
                 let path = self.path(&module);
-                if !path.is_file() {
+                if !path.exists() {
                     self.problem("module", format!("no file at {}", path.display()));
+                } else if !path.is_file() {
+                    self.problem("module", format!("{} is not a plain file (a folder or a device?)", path.display()));
                 }
                 ModuleSource::Path(path)
             }
@@ -457,10 +459,15 @@ impl Walker {
             }
         }
         let mut allowed_hosts = vec![];
-        for (i, spec) in self.take::<Vec<String>>(&mut t, "allowed_hosts", "a list of HOST[:PORT]").unwrap_or_default().iter().enumerate() {
+        for (i, spec) in self.take::<Vec<String>>(&mut t, "allowed_hosts", "a list of strings, each HOST[:PORT]").unwrap_or_default().iter().enumerate() {
             match AllowedHost::parse(spec) {
                 Ok(host) => allowed_hosts.push(host),
-                Err(e) => self.problem(&format!("allowed_hosts[{i}]"), format!("{e:#}")),
+                // Its message names the CLI's flag; here the key says where.
+                Err(e) => {
+                    let message = format!("{e:#}");
+                    let message = message.strip_prefix(&format!("--allow-host {spec}: ")).unwrap_or(&message).to_string();
+                    self.problem(&format!("allowed_hosts[{i}]"), message)
+                }
             }
         }
         let schedule = match t.remove("schedule") {
