@@ -1550,3 +1550,44 @@ async fn syncs_beyond_max_concurrent_syncs_wait_their_turn() {
     }
     assert_eq!(running().await, 1, "one slot, one sync; log:\n{}", served.logs());
 }
+
+/// A module still compiling for one instance holds back no other
+/// instance's swap: each instance's load runs on its own task (the watcher
+/// used to load one instance after another).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_module_compiling_for_one_instance_does_not_hold_back_another_swap() {
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 3 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (slow, quick) = (dir.path().join("slow.wasm"), dir.path().join("quick.wasm"));
+    let v1 = variant(&asana_wasm(), "v1");
+    install(&slow, &v1, None);
+    install(&quick, &v1, None);
+    let config = dir.path().join("serve.toml");
+    let text = server_section(dir.path())
+        + &asana_instance("slow", &slow, &sim, "interval = \"1h\"", "")
+        + &asana_instance("quick", &quick, &sim, "interval = \"1h\"", "");
+    std::fs::write(&config, text).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    let first = served.until("quick", "the first sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+    let d1 = first["module"]["digest"].as_str().unwrap().to_string();
+
+    // Minutes of CPU to compile, in little memory: the watcher starts on it.
+    install(&slow, &compile_bomb(30_000, 100), None);
+    let server = served.child.id();
+    let compiling = || {
+        std::fs::read_dir("/proc").unwrap().filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok()).any(|cmdline| {
+            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            args.get(1) == Some(&&b"__compile-component"[..]) && args.get(2) == Some(&server.to_string().as_bytes())
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !compiling() {
+        assert!(Instant::now() < deadline, "the bomb is not being compiled; log:\n{}", served.logs());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    install(&quick, &variant(&asana_wasm(), "v2"), None);
+    // Well inside the compile limit (60 s of CPU) the bomb still holds.
+    let swapped = served.until("quick", "the swap beside the compile", Duration::from_secs(20), |i| i["module"]["digest"] != d1.as_str()).await;
+    assert!(swapped["last_refusal"].is_null(), "{swapped}");
+    assert!(compiling(), "the bomb was still compiling: the swap did not wait for it");
+}

@@ -61,12 +61,20 @@ pub async fn watch_modules(server: Arc<Server>) {
     let mut quit = server.quit.subscribe();
     let config_seen = |server: &Server| std::fs::metadata(&server.config().path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
     let mut config_last = config_seen(&server);
+    // One load at a time per instance, each on a task of its own: a module
+    // that compiles for long (up to the compile limits) holds back no other
+    // instance's swap.
+    let mut swapping: std::collections::HashMap<String, tokio::task::JoinHandle<()>> = std::collections::HashMap::new();
     loop {
         let interval = server.config().server.watch_interval;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = quit.changed() => return,
+            _ = quit.changed() => {
+                swapping.values().for_each(tokio::task::JoinHandle::abort);
+                return;
+            }
         }
+        swapping.retain(|_, task| !task.is_finished());
         let config_now = config_seen(&server);
         if config_now.is_some() && config_now != config_last {
             config_last = config_now;
@@ -74,6 +82,10 @@ pub async fn watch_modules(server: Arc<Server>) {
         }
         let instances: Vec<Arc<InstanceRuntime>> = server.instances().values().cloned().collect();
         for instance in instances {
+            if swapping.contains_key(&instance.name) {
+                // Looked at again once its load ends.
+                continue;
+            }
             let settings = instance.settings();
             let seen = fingerprint(&settings);
             // A file gone is a change too: reported, as the next start
@@ -87,7 +99,8 @@ pub async fn watch_modules(server: Arc<Server>) {
                 changed
             };
             if changed {
-                swap_module(&server, &instance, &settings).await;
+                let (server, name) = (server.clone(), instance.name.clone());
+                swapping.insert(name, tokio::spawn(async move { swap_module(&server, &instance, &settings).await }));
             }
         }
     }
