@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use super::args::ConnectorArgs;
 use crate::runtime::engine::{ConnectorEngine, LoadedModule};
@@ -41,7 +41,7 @@ pub async fn prepare_with_reads(args: &ConnectorArgs, dry_run: bool, concurrent_
         module.load_time.as_secs_f64() * 1000.0,
         if module.from_cache { ", compiled code from cache" } else { "" }
     );
-    let hosts = args.allow_host.iter().map(|h| AllowedHost::parse(h)).collect::<Result<Vec<_>>>()?;
+    let hosts = args.allow_host.iter().map(|h| AllowedHost::parse(h).with_context(|| format!("--allow-host {h}"))).collect::<Result<Vec<_>>>()?;
     if args.only_allowed_hosts && hosts.is_empty() {
         anyhow::bail!("--only-allowed-hosts without --allow-host leaves the connector no host to reach: list them with --allow-host");
     }

@@ -462,12 +462,7 @@ impl Walker {
         for (i, spec) in self.take::<Vec<String>>(&mut t, "allowed_hosts", "a list of strings, each HOST[:PORT]").unwrap_or_default().iter().enumerate() {
             match AllowedHost::parse(spec) {
                 Ok(host) => allowed_hosts.push(host),
-                // Its message names the CLI's flag; here the key says where.
-                Err(e) => {
-                    let message = format!("{e:#}");
-                    let message = message.strip_prefix(&format!("--allow-host {spec}: ")).unwrap_or(&message).to_string();
-                    self.problem(&format!("allowed_hosts[{i}]"), message)
-                }
+                Err(e) => self.problem(&format!("allowed_hosts[{i}]"), format!("{e:#}")),
             }
         }
         let schedule = match t.remove("schedule") {

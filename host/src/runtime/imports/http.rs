@@ -48,32 +48,32 @@ pub struct AllowedHost {
 
 impl AllowedHost {
     /// Parses the operator's `HOST`, `HOST:PORT`, `http://HOST[:PORT]` or
-    /// `https://HOST[:PORT]`.
+    /// `https://HOST[:PORT]`. Errors say what is wrong with `spec`; the
+    /// caller says where it was given (a flag, a config key, metadata).
     pub fn parse(spec: &str) -> Result<Self> {
         let (scheme, rest) = match spec.split_once("://") {
             Some((scheme @ ("http" | "https"), rest)) => (Some(scheme), rest),
-            Some((other, _)) => bail!("--allow-host {spec}: scheme {other:?} is not http or https"),
+            Some((other, _)) => bail!("scheme {other:?} is not http or https"),
             None => (None, spec),
         };
-        let url =
-            Url::parse(&format!("https://{}", rest.trim_end_matches('/'))).map_err(|e| anyhow::anyhow!("--allow-host {spec}: not a HOST[:PORT] ({e})"))?;
+        let url = Url::parse(&format!("https://{}", rest.trim_end_matches('/'))).map_err(|e| anyhow::anyhow!("not a HOST[:PORT] ({e})"))?;
         if url.path() != "/" || url.query().is_some() || !url.username().is_empty() {
-            bail!("--allow-host {spec}: give a host and optional port only");
+            bail!("give a host and optional port only");
         }
-        let host = url.host_str().ok_or_else(|| anyhow::anyhow!("--allow-host {spec}: no host"))?.to_ascii_lowercase();
+        let host = url.host_str().ok_or_else(|| anyhow::anyhow!("no host"))?.to_ascii_lowercase();
         // The URL parser would take `*` as the name "%2a".
         if rest.contains('*') || host.contains('%') {
-            bail!("--allow-host {spec}: wildcards are not supported; list each host");
+            bail!("wildcards are not supported; list each host");
         }
         if rest.trim_end_matches('/').ends_with(':') {
-            bail!("--allow-host {spec}: the port is empty");
+            bail!("the port is empty");
         }
         // The port as written: parsed as https, 443 reads as no port, and
         // would then mean 80 for a plain-http request.
         let written = |scheme: &str| Url::parse(&format!("{scheme}://{}", rest.trim_end_matches('/'))).ok().and_then(|url| url.port());
         let port = written("https").or_else(|| written("http"));
         if port == Some(0) {
-            bail!("--allow-host {spec}: port 0 is no port a request can go to");
+            bail!("port 0 is no port a request can go to");
         }
         let plain_http = scheme == Some("http") || is_loopback(&host);
         Ok(AllowedHost { host, port, plain_http, from_operator: true })
