@@ -263,10 +263,5 @@ impl SyncLimitArgs {
 
 /// A sha256 as 64 hex digits, in lower case.
 fn parse_sha256(text: &str) -> Result<String, String> {
-    let digest = text.trim().strip_prefix("sha256:").unwrap_or(text.trim()).to_ascii_lowercase();
-    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(digest)
-    } else {
-        Err("a sha256 is 64 hex digits".to_string())
-    }
+    crate::runtime::trust::parse_sha256(text.trim()).ok_or_else(|| "a sha256 is 64 hex digits".to_string())
 }

@@ -27,13 +27,20 @@ pub struct ModuleTrust {
     pub signature: Option<PathBuf>,
 }
 
+/// A sha256 pin as given (`HEX` or `sha256:HEX`, any case), as 64 lower
+/// case hex digits; None if it is not one.
+pub fn parse_sha256(text: &str) -> Option<String> {
+    let hex = text.trim_start_matches("sha256:").to_ascii_lowercase();
+    (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
+}
+
 impl ModuleTrust {
     /// Ok when `bytes` (read from `path`) meet every requirement.
     pub fn check(&self, path: &Path, bytes: &[u8]) -> Result<()> {
         let digest: [u8; 32] = Sha256::digest(bytes).into();
         let digest_hex = hex::encode(digest);
         if let Some(expected) = &self.digest {
-            let expected = expected.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+            let expected = parse_sha256(expected.trim()).unwrap_or_else(|| expected.clone());
             if expected != digest_hex {
                 bail!("connector {} has sha256 {digest_hex}, but {expected} was pinned", path.display());
             }

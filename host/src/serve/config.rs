@@ -396,11 +396,8 @@ impl Walker {
         };
         let registry = self.registry_options(&mut t, &module);
         let digest = self.take::<String>(&mut t, "digest", "a sha256 in hex");
-        if let Some(d) = &digest {
-            let hex = d.trim_start_matches("sha256:");
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                self.problem("digest", "expected a sha256: 64 hex digits, optionally after \"sha256:\"");
-            }
+        if digest.as_deref().is_some_and(|d| crate::runtime::trust::parse_sha256(d).is_none()) {
+            self.problem("digest", "expected a sha256: 64 hex digits, optionally after \"sha256:\"");
         }
         let allow_downgrade = self.take::<bool>(&mut t, "allow_downgrade", "true or false").unwrap_or(false);
         let mut public_keys = vec![];
