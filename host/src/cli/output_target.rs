@@ -3,10 +3,11 @@
 //! or any other SQLite database, and, for a page that replaces its target
 //! by renaming, never over what is not a plain file (a device, a FIFO).
 
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+
+use crate::sync::sync_file::{companion_base, is_sqlite};
 
 /// How the command writes its output.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -41,11 +42,10 @@ pub fn check(out: &Path, sync_files: &[&Path], writes: Writes) -> Result<()> {
             bail!("{} is the sync file itself: write the output elsewhere", out.display());
         }
     }
-    let companion_of = |db: &Path| {
-        let name = out.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-        ["-wal", "-shm", "-journal", ".lock"].iter().any(|suffix| name.strip_suffix(suffix).is_some_and(|rest| same_file(&out.with_file_name(rest), db)))
-    };
-    if let Some(database) = sync_files.iter().find(|db| companion_of(db)).map(|db| db.to_path_buf()).or_else(|| crate::sync::sync_file::sqlite_companion(out)) {
+    // Of a sync file read (which may not be there yet, by another
+    // spelling), or of any SQLite database.
+    let companion_of = companion_base(out).filter(|base| sync_files.iter().any(|db| same_file(base, db)) || is_sqlite(base));
+    if let Some(database) = companion_of {
         bail!(
             "{} is named like a companion file of the SQLite database {} (its WAL, shared memory, journal or lock): SQLite would delete it; write the output elsewhere",
             out.display(),
@@ -72,12 +72,6 @@ fn same_file(a: &Path, b: &Path) -> bool {
         }
     }
     real_path(a) == real_path(b)
-}
-
-/// SQLite's file header.
-fn is_sqlite(path: &Path) -> bool {
-    let mut header = [0u8; 16];
-    std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut header)).is_ok() && &header == b"SQLite format 3\0"
 }
 
 #[cfg(test)]

@@ -1225,17 +1225,25 @@ fn bind_staged(insert: &mut rusqlite::Statement<'_>, run: i64, rows: &[StagedGra
     Ok(())
 }
 
-/// The SQLite database `path` is a companion file of (`DB-wal`, `DB-shm`,
-/// `DB-journal`, or the sync's `DB.lock`), if that database exists: SQLite
+/// The database `path` would be a companion file of (`DB-wal`, `DB-shm`,
+/// `DB-journal`, or the sync's `DB.lock`), by its name alone: SQLite
 /// deletes or rewrites such files when it opens or closes the database,
 /// so an output written there is lost without a word.
-pub fn sqlite_companion(path: &Path) -> Option<std::path::PathBuf> {
+pub fn companion_base(path: &Path) -> Option<std::path::PathBuf> {
     let name = path.file_name()?.to_str()?;
     let database = ["-wal", "-shm", "-journal", ".lock"].iter().find_map(|suffix| name.strip_suffix(suffix)).filter(|db| !db.is_empty())?;
-    let database = path.with_file_name(database);
+    Some(path.with_file_name(database))
+}
+
+/// The SQLite database `path` is a companion file of, if it exists.
+pub fn sqlite_companion(path: &Path) -> Option<std::path::PathBuf> {
+    companion_base(path).filter(|database| is_sqlite(database))
+}
+
+/// Whether `path` starts with SQLite's file header.
+pub fn is_sqlite(path: &Path) -> bool {
     let mut header = [0u8; 16];
-    let is_sqlite = std::fs::File::open(&database).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header)).is_ok() && &header == b"SQLite format 3\0";
-    is_sqlite.then_some(database)
+    std::fs::File::open(path).and_then(|mut f| std::io::Read::read_exact(&mut f, &mut header)).is_ok() && &header == b"SQLite format 3\0"
 }
 
 /// Whether the file has the table of runs every sync file has.
