@@ -81,6 +81,15 @@ impl Served {
         }
     }
 
+    /// Waits until the API takes `token`, failing with `what` after `within`.
+    async fn until_token_works(&self, token: &str, within: Duration, what: &str) {
+        let deadline = Instant::now() + within;
+        while self.call_with("GET", "/v1/instances", None, Some(token)).await.0 != 200 {
+            assert!(Instant::now() < deadline, "{what}: {}", self.logs());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -1425,11 +1434,7 @@ async fn a_rotated_api_token_applies_on_reload() {
 
     std::fs::write(&token_file, new).unwrap();
     unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while served.call_with("GET", "/v1/instances", None, Some(new)).await.0 != 200 {
-        assert!(Instant::now() < deadline, "the new token was not taken: {}", served.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served.until_token_works(new, Duration::from_secs(60), "the new token was not taken").await;
     assert_eq!(served.call_with("GET", "/v1/instances", None, Some(old)).await.0, 401, "the old token is refused");
 
     // Rotated with a reload that adds a module still compiling (minutes,
@@ -1442,11 +1447,7 @@ async fn a_rotated_api_token_applies_on_reload() {
         + &format!("\n[instances.slow]\nmodule = \"{}\"\n[instances.slow.schedule]\ninterval = \"1h\"\n", bomb.display());
     std::fs::write(&config, with_bomb).unwrap();
     unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while served.call_with("GET", "/v1/instances", None, Some(newest)).await.0 != 200 {
-        assert!(Instant::now() < deadline, "the newest token waited for the compile: {}", served.logs());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    served.until_token_works(newest, Duration::from_secs(20), "the newest token waited for the compile").await;
     assert_eq!(served.call_with("GET", "/v1/instances", None, Some(new)).await.0, 401, "the token before it is refused");
 }
 
@@ -1501,12 +1502,7 @@ async fn a_stop_is_not_held_up_by_a_module_still_compiling() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let server = starting.child.id();
-    let compiling = || {
-        std::fs::read_dir("/proc").unwrap().filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok()).any(|cmdline| {
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.get(1) == Some(&&b"__compile-component"[..]) && args.get(2) == Some(&server.to_string().as_bytes())
-        })
-    };
+    let compiling = || compiler_child_running(server);
     while !compiling() {
         assert!(Instant::now() < deadline, "no compiler child; log:\n{}", starting.logs());
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -1574,12 +1570,7 @@ async fn a_module_compiling_for_one_instance_does_not_hold_back_another_swap() {
     // Minutes of CPU to compile, in little memory: the watcher starts on it.
     install(&slow, &compile_bomb(30_000, 100), None);
     let server = served.child.id();
-    let compiling = || {
-        std::fs::read_dir("/proc").unwrap().filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok()).any(|cmdline| {
-            let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
-            args.get(1) == Some(&&b"__compile-component"[..]) && args.get(2) == Some(&server.to_string().as_bytes())
-        })
-    };
+    let compiling = || compiler_child_running(server);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !compiling() {
         assert!(Instant::now() < deadline, "the bomb is not being compiled; log:\n{}", served.logs());
@@ -1590,4 +1581,13 @@ async fn a_module_compiling_for_one_instance_does_not_hold_back_another_swap() {
     let swapped = served.until("quick", "the swap beside the compile", Duration::from_secs(20), |i| i["module"]["digest"] != d1.as_str()).await;
     assert!(swapped["last_refusal"].is_null(), "{swapped}");
     assert!(compiling(), "the bomb was still compiling: the swap did not wait for it");
+}
+
+/// Whether a compiler child of the server `pid` is running (see
+/// `runtime::compile`).
+fn compiler_child_running(pid: u32) -> bool {
+    std::fs::read_dir("/proc").unwrap().filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok()).any(|cmdline| {
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        args.get(1) == Some(&&b"__compile-component"[..]) && args.get(2) == Some(&pid.to_string().as_bytes())
+    })
 }

@@ -174,9 +174,7 @@ impl ConnectorEngine {
         }
         Ok((component, false))
     }
-}
 
-impl ConnectorEngine {
     /// Compiles in the compiler child; the component and its code.
     fn compile_afresh(&self, bytes: &[u8]) -> Result<(Component, Vec<u8>)> {
         let code = self.compiler.compile(bytes)?;
