@@ -292,6 +292,29 @@ cron = "0 0 30 2 *"
     assert!(problems[1].contains("[instances.asana] public_keys[0]: cannot read public key /etc/tether/keys/release.pub"), "{err}");
 }
 
+/// A check writes nothing of the server's: a config is often checked on a
+/// build machine, without the server's data_dir, caches or rights to them.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_check_writes_nothing() {
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 3 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    let mut text = server_section(dir.path());
+    text += &format!("cache_dir = \"{}\"\n", dir.path().join("cache").display());
+    text += &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "");
+    std::fs::write(&config, text).unwrap();
+    let check = Command::new(env!("CARGO_BIN_EXE_tether"))
+        .args(["serve", "--check", "--config", config.to_str().unwrap()])
+        .env("SIM_TOKEN", "sim-token")
+        .env("TETHER_API_TOKEN", TOKEN)
+        .env("XDG_CACHE_HOME", dir.path().join("xdg-cache"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&check.stdout).contains("1 instance(s), every module verified and validated"), "{check:?}");
+    let left: Vec<String> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert_eq!(left, ["serve.toml"], "no data_dir, audit log, storage or cache");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_syncs_on_schedule_beside_a_looping_connector_and_serves_the_api() {
     let sim = start_sim(OrgSpec { users: 30, teams: 3, workspaces: 1, seed: 7 }).await;

@@ -40,6 +40,15 @@ pub struct NewEntry<'a> {
 impl Audit {
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path).with_context(|| format!("cannot open the audit log {}", path.display()))?;
+        Self::with(conn, &path.display().to_string())
+    }
+
+    /// An audit log kept in memory only (`serve --check`, which writes nothing).
+    pub fn in_memory() -> Result<Self> {
+        Self::with(Connection::open_in_memory()?, "the in-memory audit log")
+    }
+
+    fn with(conn: Connection, name: &str) -> Result<Self> {
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         conn.execute_batch(
             "PRAGMA journal_mode = WAL;
@@ -49,7 +58,7 @@ impl Audit {
                 actor TEXT NOT NULL, instance TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL,
                 dry_run INTEGER NOT NULL, outcome TEXT NOT NULL, upstream TEXT NOT NULL);",
         )
-        .with_context(|| format!("{} is not a usable audit log", path.display()))?;
+        .with_context(|| format!("{name} is not a usable audit log"))?;
         Ok(Audit { conn: Mutex::new(conn) })
     }
 

@@ -120,13 +120,24 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let config = config::load(&options.config).map_err(anyhow::Error::new)?;
     let sync_slots = config.server.max_concurrent_syncs;
     let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    let cache_dir = config.server.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir);
+    // A check writes nothing of the server's (a config is often checked
+    // on a build machine without the server's folders): instances start
+    // with their storage and module pulls in a scratch folder, gone at
+    // exit, compile without the code cache, and audit to memory.
+    let scratch = if options.check { Some(tempfile::tempdir().context("cannot make a scratch folder for the check")?) } else { None };
+    if scratch.is_none() {
+        std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    }
+    let cache_dir = if options.check { None } else { config.server.cache_dir.clone().or_else(ConnectorEngine::default_cache_dir) };
     let engine = ConnectorEngine::new(cache_dir)?;
+    let audit = match &scratch {
+        Some(_) => audit::Audit::in_memory()?,
+        None => audit::Audit::open(&data_dir.join("audit.db"))?,
+    };
     let listen = options.listen.or(config.server.listen).unwrap_or_else(|| config::DEFAULT_LISTEN.parse().expect("default address"));
     let server = Arc::new(Server {
         token: RwLock::new(config.server.api_token.clone().unwrap_or_default()),
-        audit: audit::Audit::open(&data_dir.join("audit.db"))?,
+        audit,
         config: RwLock::new(Arc::new(config)),
         instances: RwLock::new(BTreeMap::new()),
         retiring: Mutex::new(BTreeMap::new()),
@@ -157,22 +168,28 @@ pub async fn run(options: ServeOptions) -> Result<()> {
     let config = server.config();
     // A task of its own: a compile holds its thread (see
     // `loader::off_the_runtime`), and the stop below must still be heard.
+    let (module_cache, instances_dir) = match &scratch {
+        Some(scratch) => (scratch.path().join("modules"), scratch.path().to_path_buf()),
+        None => (server.module_cache(), server.data_dir.clone()),
+    };
     let load_all = tokio::spawn({
-        let (server, config) = (server.clone(), config.clone());
+        let (server, config, check) = (server.clone(), config.clone(), options.check);
         async move {
             let mut problems = vec![];
             let mut loaded = vec![];
             for (name, settings) in &config.instances {
                 let span = tracing::info_span!("instance", instance = %name);
-                let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, false)
+                let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &module_cache, &instances_dir, false)
                     .instrument(span.clone())
                     .await
                     .and_then(|version| reload::refuse_rollback(&server.data_dir, name, settings, None, &version).map(|()| version));
                 let mut source_error = None;
                 if let Err(e) = &loaded_version {
                     // A registry that is down keeps a tag's instance on the
-                    // version of its last good sync, as it would have running.
-                    if let Some(fallback) = reload::load_last_synced_pull(&server, name, settings).instrument(span).await {
+                    // version of its last good sync, as it would have running
+                    // (a check reports it: the registry is a problem to fix).
+                    let fallback = if check { None } else { reload::load_last_synced_pull(&server, name, settings).instrument(span).await };
+                    if let Some(fallback) = fallback {
                         source_error = Some(format!("{e:#}"));
                         loaded_version = Ok(fallback);
                     }
