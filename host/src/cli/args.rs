@@ -69,7 +69,7 @@ pub fn parse_instance_name(text: &str) -> Result<String, String> {
     if valid {
         Ok(text.to_string())
     } else {
-        Err(format!("{text:?}: an instance name is 1-64 letters, digits, '-' or '_'"))
+        Err(format!("{:?}: an instance name is 1-64 letters, digits, '-' or '_'", crate::terminal::clip(text, 80)))
     }
 }
 

@@ -36,14 +36,20 @@ pub struct Problem {
     pub message: String,
 }
 
+/// The longest key or instance name a problem shows whole.
+const MAX_NAME_SHOWN: usize = 200;
+
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A key or name is the file's own text: a long one is shown in part,
+        // or one line of the error would be the whole of it.
+        let clip = |text: &str| crate::terminal::clip(text, MAX_NAME_SHOWN).into_owned();
         let place = match &self.instance {
-            Some(name) => format!("[instances.{name}]"),
+            Some(name) => format!("[instances.{}]", clip(name)),
             None if self.top_level => "top level,".to_string(),
             None => "[server]".to_string(),
         };
-        let key = if self.key.is_empty() { String::new() } else { format!(" {}", self.key) };
+        let key = if self.key.is_empty() { String::new() } else { format!(" {}", clip(&self.key)) };
         // A problem with the file as a whole (it is not TOML) is nobody's
         // section; the TOML parser's message shows the line, on lines of
         // its own.
@@ -198,18 +204,16 @@ struct Walker {
 
 impl Walker {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            file: self.file.clone(),
-            instance: self.instance.clone(),
-            top_level: false,
-            key: key.to_string(),
-            message: message.into(),
-        });
+        self.push_problem(self.instance.clone(), false, key, message.into());
     }
 
     /// A problem with a key of the file's top level, outside any section.
     fn top_level_problem(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(Problem { file: self.file.clone(), instance: None, top_level: true, key: key.to_string(), message: message.into() });
+        self.push_problem(None, true, key, message.into());
+    }
+
+    fn push_problem(&mut self, instance: Option<String>, top_level: bool, key: &str, message: String) {
+        self.problems.push(Problem { file: self.file.clone(), instance, top_level, key: key.to_string(), message });
     }
 
     /// Takes `key` out of `table` as a `T`; a wrong type is a problem.
@@ -389,6 +393,8 @@ impl Walker {
                 }
                 ModuleSource::Path(path)
             }
+            // Present but not text is a problem already reported.
+            None if self.problems[before..].iter().any(|p| p.key == "module") => ModuleSource::Path(PathBuf::new()),
             None => {
                 self.problem("module", "missing: the connector component (.wasm)");
                 ModuleSource::Path(PathBuf::new())
@@ -687,5 +693,23 @@ fn describe_value(value: &Value) -> &'static str {
         Value::Datetime(_) => "a date",
         Value::Array(_) => "a list",
         Value::Table(_) => "a table",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_huge_key_or_instance_name_is_shown_in_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        let long = "k".repeat(120_000);
+        std::fs::write(&path, format!("[server]\ndata_dir = \"data\"\n{long} = 1\n[instances.{long}]\nmodule = 1\n")).unwrap();
+        let Err(errors) = load_for_sync(&path) else { panic!("a huge key is refused") };
+        let errors = errors.to_string();
+        assert!(errors.contains("[server] kkkk") && errors.contains("more bytes)"), "{}", &errors[..500.min(errors.len())]);
+        assert!(errors.len() < 4_000, "{} bytes of error: {}", errors.len(), errors.replace(&long, "<LONG>"));
+        assert_eq!(errors.matches("module:").count(), 1, "a module of the wrong type is not also missing: {}", errors.replace(&long, "<LONG>"));
     }
 }
