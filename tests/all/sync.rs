@@ -549,6 +549,69 @@ async fn a_concurrent_sync_that_failed_resumes_asking_no_page_twice() {
     assert_eq!(summary.grants, expected_grants(&org), "nothing lost, nothing doubled");
 }
 
+/// A page the file refuses (a full disk, a lock held past the busy
+/// timeout; here a trigger) fails the run, and no checkpoint saved after
+/// it counts it as done: the resume asks for it again. Before, the failed
+/// run's last checkpoint did, and the resume ended "succeeded" without it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_the_file_refuses_is_asked_again_on_resume() {
+    let sim = start_sim(spec(200, 8, 2, 47)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    let clean = sync_pool(&grants, &dir.path().join("clean.db"), 1, false).await.expect("a clean sync");
+
+    let out = dir.path().join("s.db");
+    drop(SyncFile::open(&out).unwrap());
+    let sql = |sql: &str| rusqlite::Connection::open(&out).unwrap().execute_batch(sql).unwrap();
+    // The entitlements of the first team: the first page asked for once
+    // the queue has handed the teams out.
+    sql("CREATE TRIGGER refuse_a_page BEFORE INSERT ON entitlement_rows
+         WHEN NEW.resource IN (SELECT kid FROM resource_keys WHERE resource_type = 'team')
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;");
+    // One listing at a time: pages are written one by one, not in batches.
+    let error = sync_pool(&grants, &out, 1, false).await.expect_err("the refused page fails the sync");
+    assert!(format!("{error:#}").contains("database or disk is full"), "{error:#}");
+    sql("DROP TRIGGER refuse_a_page;");
+    let resumed = sync_pool(&grants, &out, 1, true).await.expect("the resume finishes");
+    assert_eq!(resumed.entitlements, clean.entitlements, "the refused page's entitlements too");
+    assert_eq!((&resumed.resources, resumed.grants), (&clean.resources, clean.grants));
+}
+
+/// Another connection holding the file's write lock for a moment (a
+/// checkpointer, a backup tool) makes a page wait, within the busy
+/// timeout, instead of failing the sync.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_waits_for_a_write_lock_held_for_a_moment() {
+    let mut config = SimConfig::new(asana_sim::Org::generate(&spec(2000, 40, 2, 53)));
+    config.latency = std::time::Duration::from_millis(5);
+    let sim = start_sim_with(config).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("s.db");
+    let holder = std::thread::spawn({
+        let out = out.clone();
+        move || loop {
+            // Once the sync has written some pages, its file's lock for 2 s.
+            let written =
+                rusqlite::Connection::open(&out).and_then(|c| c.query_row("SELECT count(*) FROM resource_rows", [], |r| r.get::<_, i64>(0)).map(|n| (c, n)));
+            if let Ok((c, n)) = written {
+                if n > 100 {
+                    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+                    let status: String = c.query_row("SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1", [], |r| r.get(0)).unwrap();
+                    std::thread::sleep(std::time::Duration::from_secs(2));
+                    c.execute_batch("COMMIT").unwrap();
+                    return status;
+                }
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    });
+    let grants = permissions_for(&sim.base_url(), sim.addr(), "sim-token");
+    let summary = sync_pool(&grants, &out, 1, false).await.expect("the sync waits for the lock");
+    assert_eq!(holder.join().unwrap(), "running", "the lock was held while the sync ran");
+    assert_eq!(summary.grants, expected_grants(&sim.org()));
+}
+
 /// Under a rate budget the driver keeps only the listings in flight that
 /// the rate needs (rate × answer time × 1.5 + 2), not the whole pool: here
 /// 5 a second at about 50 ms is 3, so an upstream that takes 4 reads at

@@ -291,8 +291,8 @@ struct Driver<'a> {
     /// Pages came in that were not worth a write of their own: the state
     /// saved last is behind.
     unsaved: bool,
-    /// A batch of pages failed to commit: the work is ahead of the file,
-    /// so nothing more is written.
+    /// A page or a batch of pages failed to be written: the work is ahead
+    /// of the file, so nothing more is written (no checkpoint either).
     poisoned: bool,
     workers: usize,
     http: Arc<crate::runtime::imports::http::HttpGateway>,
@@ -485,9 +485,11 @@ impl Driver<'_> {
                     None => break,
                 }
             }
-            let batch = arrived.len() > 1 && !self.poisoned;
-            if batch {
+            if arrived.len() > 1 && !self.poisoned {
                 if let Err(e) = self.file.begin_batch() {
+                    // Written one by one instead, each page would commit
+                    // a checkpoint: simpler to stop writing.
+                    self.poisoned = true;
                     failure.get_or_insert(e);
                 }
             }
@@ -504,7 +506,7 @@ impl Driver<'_> {
                     }
                 }
             }
-            if batch {
+            if self.file.in_batch() {
                 // The batch's pages were written without their checkpoints:
                 // one, of the work after all of them, is saved with them.
                 if let Err(e) = self.save_checkpoint() {
@@ -672,13 +674,22 @@ impl Driver<'_> {
         // users list no entitlements of their own), or for a stop. Every
         // page that cost a request is saved with it.
         if count > 0 || cost {
-            if self.file.in_batch() {
+            let written = if self.file.in_batch() {
                 // The batch's end saves where the work is after all its pages.
-                self.file.write_page(self.run, &records, depth, None)?;
-                self.unsaved = true;
+                self.file.write_page(self.run, &records, depth, None).map(|()| true)
             } else {
-                self.file.write_page(self.run, &records, depth, Some(&self.work.checkpoint_json()))?;
-                self.unsaved = false;
+                self.file.write_page(self.run, &records, depth, Some(&self.work.checkpoint_json())).map(|()| false)
+            };
+            match written {
+                Ok(unsaved) => self.unsaved = unsaved,
+                Err(e) => {
+                    // The work counts the page done and the file does not
+                    // hold it: any checkpoint saved from now on would skip
+                    // it on resume. The last one committed is where to go
+                    // on from.
+                    self.poisoned = true;
+                    return Err(e);
+                }
             }
         } else {
             self.unsaved = true;

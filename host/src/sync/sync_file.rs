@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBehavior};
 use serde_json::{Map, Value};
 
 use super::checkpoint::Checkpoint;
@@ -568,7 +568,7 @@ impl SyncFile {
                 );
             }
         }
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         let mut dropped = 0;
         for table in ["run_resource_types", "resource_rows", "entitlement_rows", "grant_rows", "grant_stage"] {
             dropped += tx.execute(&format!("DELETE FROM {table} WHERE run_id IN (SELECT id FROM sync_runs WHERE status <> 'succeeded')"), [])?;
@@ -590,7 +590,7 @@ impl SyncFile {
     }
 
     pub fn write_resource_types(&mut self, run: i64, types: &[ResourceType]) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         {
             let mut insert = tx.prepare(
                 "INSERT OR REPLACE INTO run_resource_types (run_id, id, display_name, description, listed_under)
@@ -620,7 +620,7 @@ impl SyncFile {
             // fails the batch.
             Self::write_page_with(&self.conn, &mut self.keys, run, page, depth, next)
         } else {
-            self.conn.transaction().map_err(anyhow::Error::from).and_then(|tx| {
+            write_transaction(&mut self.conn).map_err(anyhow::Error::from).and_then(|tx| {
                 Self::write_page_with(&tx, &mut self.keys, run, page, depth, next)?;
                 Ok(tx.commit()?)
             })
@@ -781,7 +781,7 @@ impl SyncFile {
     /// good run stays what the views show. `http_requests` adds to the
     /// run's count.
     pub fn finish_run(&mut self, run: i64, end: RunEnd<'_>, http_requests: u64) -> Result<()> {
-        let tx = self.conn.transaction()?;
+        let tx = write_transaction(&mut self.conn)?;
         let (status, error) = match end {
             RunEnd::Succeeded => ("succeeded", None),
             RunEnd::Failed(error) => ("failed", Some(error)),
@@ -1046,6 +1046,14 @@ struct KeyCache {
 /// too (from addresses the connector cannot see), so a connector still
 /// cannot aim its ids at one bucket.
 type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A transaction that takes the write lock at its start, waiting for it up
+/// to the busy timeout. A deferred one that has read first cannot wait
+/// (SQLite answers BUSY at once rather than risk a deadlock), so a
+/// checkpointer or another tool holding the lock for a moment failed a page.
+fn write_transaction(conn: &mut Connection) -> rusqlite::Result<Transaction<'_>> {
+    conn.transaction_with_behavior(TransactionBehavior::Immediate)
+}
 
 /// Attributes as stored: most records have none.
 fn attributes_text(attributes: &Map<String, Value>) -> serde_json::Result<std::borrow::Cow<'static, str>> {
