@@ -110,6 +110,14 @@ async fn serve_follows_a_moved_tag_to_a_signed_version_and_refuses_unsigned_or_t
     assert_eq!(later["last_sync"]["module_digest"], d2.as_str(), "{later}");
     assert_eq!(later["module"]["manifest_digest"], m2.as_str(), "{later}");
 
+    // Refused before anything was written: the cache holds v1 and v2 only,
+    // so no registry can crowd the last good pull out with refused ones.
+    let cached = std::fs::read_dir(dir.path().join("data/modules"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("sha256-"))
+        .count();
+    assert_eq!(cached, 2, "the refused pulls were cached");
+
     // Each bad version is refused once, not again at every sync.
     let m = served.metrics().await;
     assert_eq!(metric(&m, "tether_reload_refusals_total", &[("instance", "asana")]), 2.0, "{m}");

@@ -9,6 +9,7 @@ use crate::runtime::engine::{ConnectorEngine, LoadedModule};
 use crate::runtime::imports::config::{ConnectorConfig, Secrets};
 use crate::runtime::imports::http::AllowedHost;
 use crate::runtime::instance::{ConnectorInstance, Permissions};
+use crate::runtime::trust::ModuleTrust;
 use crate::terminal::escape as esc;
 
 /// A connector loaded and started as the flags say.
@@ -31,7 +32,11 @@ pub async fn prepare_with_reads(args: &ConnectorArgs, dry_run: bool, concurrent_
     let engine = ConnectorEngine::new(cache_dir)?;
     let trust = args.trust.to_trust()?;
     let local = super::registry::local_module(&args.connector, &args.registry, &trust, args.cache_dir.as_deref(), args.no_cache).await?;
-    let module = engine.load_trusted(&local.resolved.path, &trust)?;
+    // The engine reads the file again: pinned to the digest it was resolved
+    // (and, if pulled, verified) as, it compiles those bytes or none, not a
+    // cached file replaced in between.
+    let pinned = ModuleTrust { digest: trust.digest.clone().or_else(|| Some(local.resolved.digest.clone())), ..trust.clone() };
+    let module = engine.load_trusted(&local.resolved.path, &pinned)?;
     eprintln!(
         "loaded {} (sha256 {}{}, tether:connector@{}) in {:.0} ms{}",
         module.path.display(),

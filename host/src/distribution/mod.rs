@@ -133,7 +133,12 @@ pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &P
         let first = refusals.next().expect("a signer");
         if let Err(refused) = first {
             if !refusals.any(|other| other.is_ok()) {
-                return Err(refused);
+                return Err(SignatureRefused {
+                    module_digest: module.module_digest_hex(),
+                    manifest_digest: module.manifest_digest.clone(),
+                    reason: format!("{refused:#}"),
+                }
+                .into());
             }
         }
     }
@@ -151,14 +156,34 @@ pub async fn resolve(source: &ModuleSource, options: &RegistryOptions, cache: &P
     })
 }
 
-/// For a tag whose registry cannot be reached: the pull in `cache` of the
+/// A pull that no trusted key signed, refused before anything was written
+/// (its digests, for the refusal `tether serve` shows).
+#[derive(Debug)]
+pub struct SignatureRefused {
+    pub module_digest: String,
+    pub manifest_digest: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SignatureRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for SignatureRefused {}
+
+/// For a tag whose registry cannot be reached: the pulls in `cache` of the
 /// tag's repository whose module hashes to `module_digest` (the version an
-/// instance last synced with), as a digest pin. Loading the pin checks it
-/// as a download would be (manifest, layer digest, signature).
-pub fn cached_pin(source: &ModuleSource, cache: &Path, module_digest: &str) -> Option<ModuleSource> {
-    let ModuleSource::Oci(reference) = source else { return None };
+/// instance last synced with), as digest pins. Loading a pin checks it as
+/// a download would be (manifest, layer digest, signature); there may be
+/// several (the same module under other manifests, say unsigned), so the
+/// caller tries each.
+pub fn cached_pins(source: &ModuleSource, cache: &Path, module_digest: &str) -> Vec<ModuleSource> {
+    let ModuleSource::Oci(reference) = source else { return vec![] };
     let name = file_name_for(reference);
-    let entries = std::fs::read_dir(cache).ok()?;
+    let Ok(entries) = std::fs::read_dir(cache) else { return vec![] };
+    let mut pins = vec![];
     for entry in entries.flatten() {
         let dir_name = entry.file_name();
         let Some(hex) = dir_name.to_str().and_then(|n| n.strip_prefix("sha256-")) else { continue };
@@ -167,10 +192,10 @@ pub fn cached_pin(source: &ModuleSource, cache: &Path, module_digest: &str) -> O
         };
         if hex::encode(Sha256::digest(&module)) == module_digest {
             let pin = Reference::with_digest(reference.registry().to_string(), reference.repository().to_string(), format!("sha256:{hex}"));
-            return Some(ModuleSource::Oci(pin));
+            pins.push(ModuleSource::Oci(pin));
         }
     }
-    None
+    pins
 }
 
 /// The cached module's file name: the repository's last segment.

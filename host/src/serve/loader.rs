@@ -66,18 +66,25 @@ pub fn permissions(config: &InstanceConfig, data_dir: &Path, dry_run: bool, thro
 
 /// Turns the instance's module into a local file: a path as it is; an OCI
 /// reference looked up (a tag: in the registry each time; a digest pin:
-/// from `cache` once pulled) and pulled into `cache`. The signature is
-/// checked by `load`, against every key the instance trusts, before
-/// anything is compiled (so that a refusal is the instance's
-/// `last_refusal`, naming the digest refused).
+/// from `cache` once pulled) and pulled into `cache`. A pull is checked
+/// against the keys the instance trusts before it is written (refused, the
+/// error is a `SignatureRefused`, with its digests), so a registry cannot
+/// fill the cache with modules the instance would refuse and crowd out
+/// the pull of its last good sync; `load` checks the file again before
+/// anything is compiled.
 pub async fn resolve(config: &InstanceConfig, cache: &Path) -> Result<ResolvedModule> {
-    crate::distribution::resolve(&config.module, &config.registry, cache, &[]).await
+    crate::distribution::resolve(&config.module, &config.registry, cache, &config.public_keys).await
 }
 
 /// Reads, verifies and compiles the module at `path`, and the key that
-/// signed it (if the instance requires one).
-fn verify_and_compile(engine: &ConnectorEngine, config: &InstanceConfig, path: &Path) -> Result<(LoadedModule, Option<VerifyingKey>)> {
+/// signed it (if the instance requires one). `resolved`: the sha256 the
+/// module was resolved (and, if pulled, verified) as; the bytes compiled
+/// must be those, not whatever replaced the cached file since.
+fn verify_and_compile(engine: &ConnectorEngine, config: &InstanceConfig, path: &Path, resolved: &str) -> Result<(LoadedModule, Option<VerifyingKey>)> {
     let bytes = crate::runtime::engine::read_module(path)?;
+    if hex::encode(Sha256::digest(&bytes)) != resolved {
+        bail!("{} changed after it was resolved as sha256 {resolved}; it will be checked again", path.display());
+    }
     // One of the instance's keys must have signed it; find which before
     // compiling, so that the engine checks exactly that key again.
     let signer = if config.public_keys.is_empty() {
@@ -100,7 +107,8 @@ fn verify_and_compile(engine: &ConnectorEngine, config: &InstanceConfig, path: &
             None => return Err(last.unwrap_or_else(|| anyhow!("no key"))).context("signature check failed"),
         }
     };
-    let trust = ModuleTrust { digest: config.digest.clone(), signer, signature: config.signature.clone() };
+    // The engine reads the file again: pinned, it compiles those bytes or none.
+    let trust = ModuleTrust { digest: config.digest.clone().or_else(|| Some(resolved.to_string())), signer, signature: config.signature.clone() };
     let module = engine.load_trusted(path, &trust)?;
     if hex::encode(Sha256::digest(&bytes)) != module.digest {
         bail!("{} changed while it was being loaded; it will be checked again", path.display());
@@ -139,7 +147,7 @@ pub async fn load(
     hosts_must_be_granted: bool,
 ) -> Result<LoadedVersion> {
     let path = &resolved.path;
-    let (module, signer) = off_the_runtime(|| verify_and_compile(engine, config, path))?;
+    let (module, signer) = off_the_runtime(|| verify_and_compile(engine, config, path, &resolved.digest))?;
     let mut instance = ConnectorInstance::start(engine, &module, &permissions(config, data_dir, false, None)).await?;
     let metadata = instance.metadata.clone();
     let mut ungranted = vec![];
@@ -211,3 +219,31 @@ pub async fn load(
 
 /// A shared handle on a loaded version.
 pub type Version = Arc<LoadedVersion>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bytes compiled are the bytes resolved (and, pulled, verified):
+    /// a cached file replaced in between is refused, not compiled.
+    #[test]
+    fn a_module_file_changed_since_it_was_resolved_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("c.wasm");
+        std::fs::write(&module, b"\0asm\x0d\0\x01\0").unwrap();
+        let config = dir.path().join("serve.toml");
+        std::fs::write(
+            &config,
+            format!("[server]\ndata_dir = \"data\"\n[instances.a]\nmodule = \"{}\"\n[instances.a.schedule]\ninterval = \"1h\"\n", module.display()),
+        )
+        .unwrap();
+        let config = match super::super::config::load_for_sync(&config) {
+            Ok(config) => config,
+            Err(e) => panic!("the config loads: {e}"),
+        };
+        let engine = ConnectorEngine::new(None).unwrap();
+        let resolved = hex::encode(Sha256::digest(b"the bytes that were verified"));
+        let Err(refused) = verify_and_compile(&engine, &config.instances["a"], &module, &resolved) else { panic!("compiled other bytes") };
+        assert!(format!("{refused:#}").contains("changed after it was resolved"), "{refused:#}");
+    }
+}

@@ -142,6 +142,26 @@ pub async fn follow_tag(server: &Server, instance: &InstanceRuntime) {
             instance.status.lock().expect("status lock").module_source_error = None;
             swap_in(server, instance, &settings, &resolved).await;
         }
+        Err(e) if e.downcast_ref::<crate::distribution::SignatureRefused>().is_some() => {
+            // The registry answered, with a version no trusted key signed:
+            // a refusal like any other, shown once.
+            instance.status.lock().expect("status lock").module_source_error = None;
+            let refused = e.downcast_ref::<crate::distribution::SignatureRefused>().expect("checked above");
+            let digests = (Some(refused.module_digest.clone()), Some(refused.manifest_digest.clone()));
+            let shown = settings.module.to_string();
+            let known = instance
+                .status
+                .lock()
+                .expect("status lock")
+                .last_refusal
+                .as_ref()
+                .is_some_and(|r| (r.digest.as_ref(), r.manifest_digest.as_ref()) == (digests.0.as_ref(), digests.1.as_ref()) && r.module == shown);
+            if !known {
+                tracing::warn!("new module version refused; the running version stays: {}", crate::terminal::escape(&refused.reason));
+                server.metrics.module_loads.with_label_values(&[&instance.name, "refused"]).inc();
+                record_refusal(server, instance, &settings, digests, refused.reason.clone());
+            }
+        }
         Err(e) => {
             let error = format!("{e:#}");
             tracing::warn!("cannot look up {}; the running version stays: {}", settings.module, crate::terminal::escape(&error));
@@ -251,16 +271,15 @@ pub async fn load_last_synced_pull(server: &Server, name: &str, settings: &Insta
         return None;
     }
     let run = last_good_sync(&server.data_dir, name)?;
-    let pin = crate::distribution::cached_pin(&settings.module, &server.module_cache(), &run.connector_digest)?;
-    let mut pinned = settings.clone();
-    pinned.module = pin;
-    match loader::resolve_and_load(&server.engine, &pinned, &server.module_cache(), &server.data_dir, false).await {
-        Ok(version) => Some(version),
-        Err(e) => {
-            tracing::warn!(instance = %name, "the cached pull of the last good sync does not load either: {e:#}");
-            None
+    for pin in crate::distribution::cached_pins(&settings.module, &server.module_cache(), &run.connector_digest) {
+        let mut pinned = settings.clone();
+        pinned.module = pin;
+        match loader::resolve_and_load(&server.engine, &pinned, &server.module_cache(), &server.data_dir, false).await {
+            Ok(version) => return Some(version),
+            Err(e) => tracing::warn!(instance = %name, "a cached pull of the last good sync does not load: {e:#}"),
         }
     }
+    None
 }
 
 fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, resolved: &ResolvedModule, error: &anyhow::Error) {
