@@ -249,6 +249,35 @@ fn lying_registry(runtime: &tokio::runtime::Runtime, app: impl FnOnce(u16) -> ax
     port
 }
 
+/// A manifest comes from the registry asked, not from wherever it points:
+/// a redirect to another server (here another port, say an internal
+/// service) is refused, and that server never hears from the host.
+#[test]
+fn a_manifest_redirected_to_another_server_is_refused_unfetched() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let elsewhere = lying_registry(&runtime, |_| {
+        let asked = asked.clone();
+        axum::Router::new().fallback(move || {
+            asked.store(true, std::sync::atomic::Ordering::SeqCst);
+            async { "{}" }
+        })
+    });
+    let port = lying_registry(&runtime, move |_| {
+        axum::Router::new().route("/v2/", axum::routing::get(|| async { "{}" })).route(
+            "/v2/connectors/asana/manifests/{tag}",
+            axum::routing::get(move || async move {
+                (axum::http::StatusCode::TEMPORARY_REDIRECT, [("location", format!("http://127.0.0.1:{elsewhere}/internal"))], "")
+            }),
+        )
+    });
+    let home = tempfile::tempdir().unwrap();
+    let out = home.path().join("out");
+    let err = failed(tether(home.path(), &["module", "pull", &format!("127.0.0.1:{port}/connectors/asana:1.0"), "--out", out.to_str().unwrap()]));
+    assert!(err.contains("outside the registry, is not followed"), "{err}");
+    assert!(!asked.load(std::sync::atomic::Ordering::SeqCst), "the other server was asked");
+}
+
 /// A registry that answers a manifest request with more than a manifest
 /// can be (here 64 MiB, endless would do the same) is cut off at 4 MiB.
 #[test]

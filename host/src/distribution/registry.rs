@@ -62,8 +62,12 @@ pub struct RegistryOptions {
 pub struct Registry {
     pub client: Client,
     pub auth: RegistryAuth,
-    /// For pulls and the token exchange (see [`Registry::pull_manifest`]).
+    /// For manifests and the token exchange (see [`Registry::pull_manifest`]):
+    /// redirects within the server only.
     http: reqwest::Client,
+    /// For blobs: redirects within the server, or to https (a storage
+    /// bucket or a CDN, as big registries do).
+    blob_http: reqwest::Client,
     scheme: &'static str,
 }
 
@@ -94,7 +98,7 @@ impl Registry {
     /// redirect elsewhere (a storage bucket) does not carry the credentials.
     pub async fn pull_blob(&self, reference: &Reference, digest: &str, auth: &RegistryAuth, max: usize) -> Result<Vec<u8>> {
         let url = format!("{}://{}/v2/{}/blobs/{digest}", self.scheme, reference.resolve_registry(), reference.repository());
-        self.get_capped(self.http.get(&url), auth, &url, max, "the module").await
+        self.get_capped(self.blob_http.get(&url), auth, &url, max, "the module").await
     }
 
     /// Sends `request` with `auth` and reads a successful answer's body, at
@@ -164,6 +168,37 @@ impl Registry {
     }
 }
 
+/// Where a registry request may be redirected.
+#[derive(Clone, Copy)]
+enum Redirects {
+    /// Only within the server first asked (its scheme, host and port): a
+    /// manifest or a token comes from the registry or its token service,
+    /// never from wherever they point (an internal address, say).
+    SameServer,
+    /// Within it, or to any https server (a blob's storage bucket).
+    SameServerOrHttps,
+}
+
+/// At most 5 hops, each as `redirects` allows; credentials are not carried
+/// across servers (reqwest drops them).
+fn redirect_policy(redirects: Redirects) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let same_server = attempt.previous().first().is_some_and(|first| {
+            let server = |u: &url::Url| (u.scheme().to_string(), u.host_str().map(str::to_string), u.port_or_known_default());
+            server(first) == server(attempt.url())
+        });
+        let allowed = same_server || matches!(redirects, Redirects::SameServerOrHttps) && attempt.url().scheme() == "https";
+        if attempt.previous().len() > 5 {
+            attempt.error("more than 5 redirects")
+        } else if allowed {
+            attempt.follow()
+        } else {
+            let to = crate::terminal::escape(attempt.url().as_str()).into_owned();
+            attempt.error(format!("a redirect to {to}, outside the registry, is not followed"))
+        }
+    })
+}
+
 /// A token endpoint's answer is a few KiB.
 const MAX_TOKEN_BYTES: usize = 64 << 10;
 
@@ -210,13 +245,22 @@ impl RegistryOptions {
             ..ClientConfig::default()
         };
         let client = Client::try_from(config).context("cannot set up the registry client")?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(10)))
-            .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("cannot set up the registry client")?;
+        let http_with = |redirects: Redirects| {
+            reqwest::Client::builder()
+                .connect_timeout(self.connect_timeout.unwrap_or(Duration::from_secs(10)))
+                .user_agent(concat!("tether/", env!("CARGO_PKG_VERSION")))
+                .redirect(redirect_policy(redirects))
+                .build()
+                .context("cannot set up the registry client")
+        };
         let scheme = if plain_http { "http" } else { "https" };
-        Ok(Registry { client, auth: self.auth_for(&registry)?, http, scheme })
+        Ok(Registry {
+            client,
+            auth: self.auth_for(&registry)?,
+            http: http_with(Redirects::SameServer)?,
+            blob_http: http_with(Redirects::SameServerOrHttps)?,
+            scheme,
+        })
     }
 
     fn auth_for(&self, registry: &str) -> Result<RegistryAuth> {
