@@ -181,7 +181,7 @@ fn load_as(path: &Path, serving: bool) -> Result<ServeConfig, ConfigErrors> {
     let problem =
         |key: &str, message: String| ConfigErrors(vec![Problem { file: path.to_path_buf(), instance: None, top_level: false, key: key.into(), message }]);
     let text = crate::plain_file::read_text(path, MAX_CONFIG_BYTES).map_err(|e| problem("", format!("cannot read the config file: {e}")))?;
-    let table: Table = text.parse().map_err(|e: toml::de::Error| problem("", format!("not valid TOML: {}", e.to_string().trim_end())))?;
+    let table: Table = text.parse().map_err(|e: toml::de::Error| problem("", format!("not valid TOML: {}", toml_error(&text, &e))))?;
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
     let mut walker = Walker { file: path.to_path_buf(), base, instance: None, problems: vec![], serving };
     let config = walker.config(table);
@@ -189,6 +189,22 @@ fn load_as(path: &Path, serving: bool) -> Result<ServeConfig, ConfigErrors> {
         Ok(config)
     } else {
         Err(ConfigErrors(walker.problems))
+    }
+}
+
+/// Where a TOML error is and what it is, without the line itself: the
+/// parser quotes it, and a line that does not parse may be a secret pasted
+/// unquoted (`token = s3cr3t`), which would go to the log and the API.
+fn toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    match error.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message.to_string(),
     }
 }
 
@@ -711,5 +727,16 @@ mod tests {
         assert!(errors.contains("[server] kkkk") && errors.contains("more bytes)"), "{}", &errors[..500.min(errors.len())]);
         assert!(errors.len() < 4_000, "{} bytes of error: {}", errors.len(), errors.replace(&long, "<LONG>"));
         assert_eq!(errors.matches("module:").count(), 1, "a module of the wrong type is not also missing: {}", errors.replace(&long, "<LONG>"));
+    }
+
+    #[test]
+    fn a_line_that_is_not_toml_is_not_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(&path, "[server]\ndata_dir = \"data\"\n[instances.a.secrets]\ntoken = pasted-s3cr3t-unquoted\n").unwrap();
+        let Err(errors) = load_for_sync(&path) else { panic!("not TOML") };
+        let errors = errors.to_string();
+        assert!(errors.contains("not valid TOML: line 4, column 9"), "{errors}");
+        assert!(!errors.contains("s3cr3t"), "the line is quoted: {errors}");
     }
 }
