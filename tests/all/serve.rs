@@ -536,24 +536,51 @@ max-memory-mb = 16
     assert_eq!((status, refused["code"].as_str()), (415, Some("bad_request")), "{refused}");
     let (status, refused) = served.call("POST", "/v1/instances/asana/grants", Some(json!({"entitlement": "x", "principal": "user:1", "dry-run": true}))).await;
     assert_eq!((status, refused["code"].as_str()), (422, Some("bad_request")), "{refused}");
+    // Flags in the place the other writes take them are refused, not
+    // ignored: ignored, `?dry_run=true` on a grant made the grant.
+    let outsider_grant = json!({"entitlement": format!("team:{team}:member"), "principal": format!("user:{outsider}")});
+    let (status, refused) = served.call("POST", "/v1/instances/asana/grants?dry_run=true", Some(outsider_grant)).await;
+    assert_eq!((status, refused["code"].as_str()), (400, Some("bad_request")), "{refused}");
+    let member = format!("/v1/instances/asana/grants/team:{team}:member:user:{outsider}");
+    let (status, refused) = served.call("DELETE", &member, Some(json!({"dry_run": true}))).await;
+    assert_eq!((status, refused["code"].as_str()), (400, Some("bad_request")), "{refused}");
     assert_eq!(sim.requests().iter().filter(|r| r.method != "GET").count(), writes_before, "nothing was sent");
 
+    // Every attempt is audited, those refused before they reached the
+    // connector too (a body that is not JSON, flags in the wrong place).
     let audit = served.get("/v1/audit?instance=asana").await;
     let items = audit["items"].as_array().unwrap();
     let summary: Vec<(&str, &str)> = items.iter().map(|i| (i["action"].as_str().unwrap(), i["outcome"].as_str().unwrap())).collect();
     assert_eq!(
         summary,
-        [("disable-account", "failed"), ("disable-account", "refused"), ("revoke", "changed"), ("grant", "changed"), ("grant", "dry_run")],
+        [
+            ("revoke", "refused"),
+            ("grant", "refused"),
+            ("grant", "refused"),
+            ("disable-account", "refused"),
+            ("disable-account", "refused"),
+            ("disable-account", "failed"),
+            ("disable-account", "refused"),
+            ("revoke", "refused"),
+            ("disable-account", "refused"),
+            ("revoke", "changed"),
+            ("grant", "changed"),
+            ("grant", "dry_run"),
+            ("grant", "refused"),
+        ],
         "{audit}"
     );
-    assert_eq!(items[3]["target"]["principal"], format!("user:{outsider}"));
-    assert_eq!(items[3]["dry_run"], false);
-    assert!(items[3]["upstream"].as_str().unwrap().contains(&format!("added user {outsider} to team {team}")), "{audit}");
+    assert!(items[1]["upstream"].as_str().unwrap().contains("takes no query"), "{audit}");
+    assert!(items[3]["upstream"].as_str().unwrap().starts_with("415"), "{audit}");
+    let granted = &items[10];
+    assert_eq!(granted["target"]["principal"], format!("user:{outsider}"));
+    assert_eq!(granted["dry_run"], false);
+    assert!(granted["upstream"].as_str().unwrap().contains(&format!("added user {outsider} to team {team}")), "{audit}");
     // Paged, newest first.
     let page = served.get("/v1/audit?instance=asana&limit=4").await;
     let rest = served.get(&format!("/v1/audit?instance=asana&limit=4&cursor={}", page["next_cursor"].as_str().unwrap())).await;
-    assert_eq!(rest["items"][0]["outcome"], "dry_run");
-    assert_eq!(items[0]["dry_run"], true, "the flags of the disable without a Content-Type were read");
+    assert_eq!(rest["items"][0]["id"], items[4]["id"]);
+    assert_eq!(items[5]["dry_run"], true, "the flags of the disable without a Content-Type were read");
     // An id the connector cannot read is the client's mistake: 400, not a
     // 502 a client would retry.
     let (status, refused) = served.call("DELETE", "/v1/instances/asana/grants/not-an-asana-grant?dry_run=true", None).await;
@@ -1504,6 +1531,45 @@ async fn idle_connections_are_closed_and_cannot_starve_the_api() {
     let mut byte = [0u8; 1];
     let read = tokio::time::timeout(Duration::from_secs(30), idle[0].read(&mut byte)).await.expect("closed within the header timeout");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+/// Requests whose body never finishes (authenticated: without the token
+/// the 401 comes before the body is read) cannot hold the API: one more
+/// connection than there are slots closes the oldest still sending its
+/// body, and each is answered once the body's deadline passes. Before,
+/// they held every slot and the health check as long as the clients liked.
+#[tokio::test(flavor = "multi_thread")]
+async fn bodies_that_never_finish_cannot_starve_the_api() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 4 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    let addr = served.base.trim_start_matches("http://").to_string();
+    let head = format!(
+        "POST /v1/instances/asana/grants HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
+    );
+    let mut slow = vec![];
+    for _ in 0..tether_host::serve::http_server::MAX_CONNECTIONS + 8 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream.write_all(head.as_bytes()).await.unwrap();
+        slow.push(stream);
+    }
+    let started = Instant::now();
+    let client = reqwest::Client::new();
+    let health = client.get(format!("{}/healthz", served.base)).timeout(Duration::from_secs(60)).send().await.expect("the API answers");
+    assert_eq!(health.status(), 200);
+    // At once: a connection still sending its body makes room as an idle
+    // one does (before, every slot was held until the bodies' deadline).
+    assert!(started.elapsed() < tether_host::serve::http_server::HEADER_READ_TIMEOUT / 2, "{:?}", started.elapsed());
+    let deadline = tether_host::serve::api::BODY_READ_TIMEOUT;
+    // The oldest slow request was closed or got an error answer, not a write.
+    let mut answer = vec![0u8; 64];
+    let read = tokio::time::timeout(deadline * 3, slow[0].read(&mut answer)).await.expect("answered within the body's deadline");
+    let answer = String::from_utf8_lossy(&answer[..read.unwrap_or(0)]).into_owned();
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 4"), "{answer}");
+    assert!(sim.requests().iter().all(|r| r.method == "GET"), "nothing was written");
 }
 
 /// A module that would compile for minutes does not hold up a stop at

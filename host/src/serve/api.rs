@@ -20,6 +20,9 @@ use super::Server;
 use crate::sync::query::{self, Cursor, Filter};
 use crate::sync::SyncFile;
 
+/// How long a client has to send a request's body once its headers are in.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The OpenAPI document of this API, as kept in the repository.
 pub const OPENAPI: &str = include_str!("../../../docs/openapi.yaml");
 
@@ -37,6 +40,8 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/instances/{name}/accounts", post(super::writes::create_account))
         .route("/v1/instances/{name}/accounts/{id}/disable", post(super::writes::disable_account))
         .route("/v1/audit", get(audit))
+        // Inside the token check: only an authenticated refusal is audited.
+        .route_layer(middleware::from_fn_with_state(server.clone(), super::writes::audit_refused_writes))
         .route_layer(middleware::from_fn_with_state(server.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
@@ -44,6 +49,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .merge(protected)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such path") })
         .layer(middleware::map_response(errors_as_json))
+        // hyper bounds the time to send headers; this, the body's (a body
+        // sent a byte at a time held its connection slot for good).
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(BODY_READ_TIMEOUT))
         .with_state(server)
 }
 

@@ -6,9 +6,10 @@
 //!
 //! At most `MAX_CONNECTIONS` are open. When one more comes, the oldest
 //! connection with no request in progress (one that sent nothing yet, or
-//! kept alive between requests) is closed to make room: idle sockets
-//! cannot hold the API, and the health check behind them, shut; a request
-//! being answered is never cut.
+//! kept alive between requests) or whose request's body is still coming
+//! in is closed to make room: idle or slow sockets cannot hold the API,
+//! and the health check behind them, shut; a request being answered is
+//! never cut.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -90,6 +91,11 @@ pub async fn serve(listener: TcpListener, app: Router, mut quit: watch::Receiver
 struct ConnectionState {
     /// Requests received and not yet answered to their last byte.
     in_progress: AtomicUsize,
+    /// Requests whose body is still coming in: not being served yet, so
+    /// the connection may be closed to make room as an idle one is (a
+    /// body sent a byte at a time otherwise held its slot until the
+    /// body's deadline, and enough of them the health check).
+    receiving: AtomicUsize,
     /// Told to close (see `OpenConnections::close_oldest_idle`).
     close: Notify,
 }
@@ -109,10 +115,12 @@ impl OpenConnections {
         self.lock().retain(|open| !Arc::ptr_eq(open, state));
     }
 
-    /// Closes the oldest connection with no request in progress, if any.
+    /// Closes the oldest connection with no request in progress, or only
+    /// one still sending its body, if any.
     fn close_oldest_idle(&self) {
         let mut open = self.lock();
-        if let Some(at) = open.iter().position(|c| c.in_progress.load(Ordering::SeqCst) == 0) {
+        let idle = |c: &Arc<ConnectionState>| c.in_progress.load(Ordering::SeqCst) == 0 || c.receiving.load(Ordering::SeqCst) > 0;
+        if let Some(at) = open.iter().position(idle) {
             if let Some(idle) = open.remove(at) {
                 // A permit, should its task not be waiting yet.
                 idle.close.notify_one();
@@ -140,7 +148,8 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Counting
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = InProgress::enter(&self.state);
-        let answer = self.inner.call(request);
+        let state = self.state.clone();
+        let answer = self.inner.call(request.map(|body| ReceivingBody::new(body, &state)));
         Box::pin(async move {
             let response = answer.await?;
             Ok(response.map(|body| Body::new(CountedBody { inner: body, _in_progress: guard })))
@@ -161,6 +170,57 @@ impl InProgress {
 impl Drop for InProgress {
     fn drop(&mut self) {
         self.0.in_progress.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request's body, counted as still coming in (see `ConnectionState`)
+/// until its last frame is read or it is dropped.
+struct ReceivingBody {
+    inner: hyper::body::Incoming,
+    receiving: Option<Receiving>,
+}
+
+impl ReceivingBody {
+    fn new(inner: hyper::body::Incoming, state: &Arc<ConnectionState>) -> Self {
+        let receiving = (!hyper::body::Body::is_end_stream(&inner)).then(|| Receiving::enter(state));
+        ReceivingBody { inner, receiving }
+    }
+}
+
+impl hyper::body::Body for ReceivingBody {
+    type Data = axum::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let frame = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) || self.inner.is_end_stream() {
+            self.receiving = None;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A request whose body is still coming in, until dropped.
+struct Receiving(Arc<ConnectionState>);
+
+impl Receiving {
+    fn enter(state: &Arc<ConnectionState>) -> Self {
+        state.receiving.fetch_add(1, Ordering::SeqCst);
+        Receiving(state.clone())
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.0.receiving.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

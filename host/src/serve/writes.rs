@@ -9,8 +9,10 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -92,11 +94,50 @@ fn actor(headers: &HeaderMap) -> String {
     }
 }
 
-pub async fn grant(State(s): State<Arc<Server>>, Path(name): Path<String>, headers: HeaderMap, Json(body): Json<GrantBody>) -> Result<Json<Value>, ApiError> {
+/// A write's flags come in one place: the JSON body (grant, create and
+/// disable) or the query (revoke, which has no body). Sent in the other,
+/// they were ignored, and a `?dry_run=true` on a grant made the write.
+fn no_query(uri: &Uri) -> Result<(), ApiError> {
+    match uri.query() {
+        Some(query) if !query.is_empty() => {
+            Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "this write takes no query: send dry_run and confirm in the JSON body; nothing was done"))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn no_body(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_request", "a revoke takes no body: send ?dry_run=true or ?confirm=true in the query; nothing was done"))
+    }
+}
+
+/// The answer of a request that reached `write`, which audits it, marked
+/// so that `audit_refused_writes` does not record it again.
+fn audited(answer: Result<Json<Value>, ApiError>) -> Response {
+    let mut response = answer.into_response();
+    response.extensions_mut().insert(Audited);
+    response
+}
+
+/// Marks an answer whose request is in the audit log already.
+#[derive(Clone, Copy)]
+pub struct Audited;
+
+pub async fn grant(
+    State(s): State<Arc<Server>>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    Json(body): Json<GrantBody>,
+) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     let principal = reference(&body.principal)?;
     let target = json!({"entitlement": body.entitlement, "principal": body.principal});
     let planned = PlannedWrite::Grant { entitlement_id: body.entitlement.clone(), principal };
-    write(&s, &name, &actor(&headers), "grant", target, planned, body.dry_run, body.confirm).await
+    Ok(audited(write(&s, &name, &actor(&headers), "grant", target, planned, body.dry_run, body.confirm).await))
 }
 
 pub async fn revoke(
@@ -104,33 +145,86 @@ pub async fn revoke(
     Path((name, id)): Path<(String, String)>,
     Query(flags): Query<WriteFlags>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    no_body(&body)?;
     let target = json!({"grant": id});
-    write(&s, &name, &actor(&headers), "revoke", target, PlannedWrite::Revoke { grant_id: id.clone() }, flags.dry_run, flags.confirm).await
+    Ok(audited(write(&s, &name, &actor(&headers), "revoke", target, PlannedWrite::Revoke { grant_id: id.clone() }, flags.dry_run, flags.confirm).await))
 }
 
 pub async fn create_account(
     State(s): State<Arc<Server>>,
     Path(name): Path<String>,
+    uri: Uri,
     headers: HeaderMap,
     Json(body): Json<AccountBody>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     let target = json!({"email": body.email, "display_name": body.display_name, "fields": body.fields});
     let options = body.fields.iter().map(|(k, v)| Pair { name: k.clone(), value: v.clone() }).collect();
     let request = guest::AccountRequest { email: body.email.clone(), display_name: body.display_name.clone(), options };
-    write(&s, &name, &actor(&headers), "create-account", target, PlannedWrite::CreateAccount(request), body.dry_run, body.confirm).await
+    Ok(audited(write(&s, &name, &actor(&headers), "create-account", target, PlannedWrite::CreateAccount(request), body.dry_run, body.confirm).await))
 }
 
 pub async fn disable_account(
     State(s): State<Arc<Server>>,
     Path((name, id)): Path<(String, String)>,
+    uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Response, ApiError> {
+    no_query(&uri)?;
     let flags = optional_flags(&headers, &body)?;
     let account = if id.contains(':') { reference(&id)? } else { ResourceRef { resource_type: "user".into(), id: id.clone() } };
     let target = json!({"account": format!("{}:{}", account.resource_type, account.id)});
-    write(&s, &name, &actor(&headers), "disable-account", target, PlannedWrite::DisableAccount(account), flags.dry_run, flags.confirm).await
+    Ok(audited(write(&s, &name, &actor(&headers), "disable-account", target, PlannedWrite::DisableAccount(account), flags.dry_run, flags.confirm).await))
+}
+
+/// The write a request is, by its method and path: the instance's name and
+/// the audit's action.
+fn write_action(method: &Method, path: &str) -> Option<(String, &'static str)> {
+    let rest = path.strip_prefix("/v1/instances/")?;
+    let (name, what) = rest.split_once('/')?;
+    let what: Vec<&str> = what.split('/').collect();
+    let action = match (method, what.as_slice()) {
+        (&Method::POST, ["grants"]) => "grant",
+        (&Method::DELETE, ["grants", _]) => "revoke",
+        (&Method::POST, ["accounts"]) => "create-account",
+        (&Method::POST, ["accounts", _, "disable"]) => "disable-account",
+        _ => return None,
+    };
+    Some((name.to_string(), action))
+}
+
+/// Records a write refused before it reached `write` (a body that is not
+/// JSON, flags of the wrong type or in the wrong place, a body too big):
+/// every write attempt is evidence, and one probing the API leaves a trace.
+/// Behind the token check: unauthenticated requests are not recorded, or
+/// anyone could fill the log.
+pub async fn audit_refused_writes(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
+    let write = write_action(request.method(), request.uri().path());
+    let path = request.uri().path().to_string();
+    let who = actor(request.headers());
+    let response = next.run(request).await;
+    let Some((name, action)) = write else { return response };
+    if response.status().is_success() || response.extensions().get::<Audited>().is_some() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, 64 << 10).await.unwrap_or_default();
+    // JSON from the handlers; axum's own refusals are still plain text here.
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    let name = crate::terminal::clip(&name, 256);
+    let target = json!({"path": crate::terminal::clip(&path, 1024)});
+    let upstream = format!("{}: {}", parts.status, crate::terminal::clip(&message, 1024));
+    let entry = NewEntry { actor: &who, instance: &name, action, target: &target, dry_run: false, outcome: "refused", upstream: &upstream };
+    if let Err(e) = server.audit.record(&entry) {
+        tracing::error!("cannot record a refused write in the audit log: {e:#}");
+    }
+    Response::from_parts(parts, axum::body::Body::from(body))
 }
 
 #[allow(clippy::too_many_arguments)]
