@@ -487,6 +487,7 @@ max-memory-mb = 16
     let (status, dry) = served.call("POST", "/v1/instances/asana/grants", Some(grant.clone())).await;
     assert_eq!(status, 200, "{dry}");
     assert_eq!(dry["outcome"], "dry_run");
+    assert!(dry["message"].as_str().unwrap().starts_with("dry run, nothing was sent: "), "{dry}");
     let held = dry["held_requests"].as_array().unwrap();
     assert!(held.iter().any(|r| r["method"] == "POST" && r["url"].as_str().unwrap().ends_with(&format!("/teams/{team}/addUser"))), "{dry}");
     assert!(sim.requests().iter().all(|r| r.method == "GET"), "a dry run sends no write");

@@ -327,11 +327,15 @@ async fn write(
             None => "done",
         }
     };
-    finish(outcome, &done.message);
+    // The connector wrote its message as if the write went out (its
+    // requests were held): said plainly, so no reader takes a dry run's
+    // "deactivated user …" for a deactivation.
+    let message = if dry_run { format!("dry run, nothing was sent: {}", done.message) } else { done.message };
+    finish(outcome, &message);
     tracing::info!(instance = %name, action, outcome, "write through the API");
     Ok(Json(json!({
         "outcome": outcome,
-        "message": done.message,
+        "message": message,
         "id": done.id,
         "irreversible": effect.irreversible,
         "effect": effect.description,
