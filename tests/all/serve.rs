@@ -1502,6 +1502,18 @@ async fn a_rotated_api_token_applies_on_reload() {
     assert_eq!(served.call_with("GET", "/v1/instances", None, Some(new)).await.0, 401, "the token before it is refused");
 }
 
+/// A server of one Asana instance over a small simulated org, synced
+/// hourly: for tests of the server itself. The folder lives as long as
+/// the value kept.
+async fn one_small_instance() -> (SimHandle, tempfile::TempDir, Served) {
+    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 4 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    (sim, dir, served)
+}
+
 /// Connections that never send a request (no token needed to open one)
 /// are capped in number and the oldest idle one is closed to make room:
 /// they cannot take every file descriptor, nor hold the API (and the
@@ -1509,11 +1521,7 @@ async fn a_rotated_api_token_applies_on_reload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn idle_connections_are_closed_and_cannot_starve_the_api() {
     use tokio::io::AsyncReadExt;
-    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 4 }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("serve.toml");
-    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
-    let served = Served::start(&config, dir.path()).await;
+    let (_sim, _dir, served) = one_small_instance().await;
     let addr = served.base.trim_start_matches("http://").to_string();
     let mut idle = vec![];
     for _ in 0..tether_host::serve::http_server::MAX_CONNECTIONS + 40 {
@@ -1542,11 +1550,7 @@ async fn idle_connections_are_closed_and_cannot_starve_the_api() {
 #[tokio::test(flavor = "multi_thread")]
 async fn bodies_that_never_finish_cannot_starve_the_api() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let sim = start_sim(OrgSpec { users: 5, teams: 1, workspaces: 1, seed: 4 }).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("serve.toml");
-    std::fs::write(&config, server_section(dir.path()) + &asana_instance("asana", &asana_wasm(), &sim, "interval = \"1h\"", "")).unwrap();
-    let served = Served::start(&config, dir.path()).await;
+    let (sim, _dir, served) = one_small_instance().await;
     let addr = served.base.trim_start_matches("http://").to_string();
     let head = format!(
         "POST /v1/instances/asana/grants HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{"
