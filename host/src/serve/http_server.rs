@@ -148,8 +148,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Counting
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let guard = InProgress::enter(&self.state);
-        let state = self.state.clone();
-        let answer = self.inner.call(request.map(|body| ReceivingBody::new(body, &state)));
+        let answer = self.inner.call(request.map(|body| ReceivingBody::new(body, &self.state)));
         Box::pin(async move {
             let response = answer.await?;
             Ok(response.map(|body| Body::new(CountedBody { inner: body, _in_progress: guard })))

@@ -85,6 +85,7 @@ fn verify_and_compile(engine: &ConnectorEngine, config: &InstanceConfig, path: &
     if hex::encode(Sha256::digest(&bytes)) != resolved {
         bail!("{} changed after it was resolved as sha256 {resolved}; it will be checked again", path.display());
     }
+    // From here `bytes` hash to `resolved`.
     // One of the instance's keys must have signed it; find which before
     // compiling, so that the engine checks exactly that key again.
     let signer = if config.public_keys.is_empty() {
@@ -110,7 +111,7 @@ fn verify_and_compile(engine: &ConnectorEngine, config: &InstanceConfig, path: &
     // The engine reads the file again: pinned, it compiles those bytes or none.
     let trust = ModuleTrust { digest: config.digest.clone().or_else(|| Some(resolved.to_string())), signer, signature: config.signature.clone() };
     let module = engine.load_trusted(path, &trust)?;
-    if hex::encode(Sha256::digest(&bytes)) != module.digest {
+    if module.digest != resolved {
         bail!("{} changed while it was being loaded; it will be checked again", path.display());
     }
     Ok((module, signer))

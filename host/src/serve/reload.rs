@@ -142,24 +142,14 @@ pub async fn follow_tag(server: &Server, instance: &InstanceRuntime) {
             instance.status.lock().expect("status lock").module_source_error = None;
             swap_in(server, instance, &settings, &resolved).await;
         }
-        Err(e) if e.downcast_ref::<crate::distribution::SignatureRefused>().is_some() => {
-            // The registry answered, with a version no trusted key signed:
-            // a refusal like any other, shown once.
+        // The registry answered, with a version no trusted key signed: a
+        // refusal like any other, shown once.
+        Err(e) if e.is::<crate::distribution::SignatureRefused>() => {
             instance.status.lock().expect("status lock").module_source_error = None;
-            let refused = e.downcast_ref::<crate::distribution::SignatureRefused>().expect("checked above");
-            let digests = (Some(refused.module_digest.clone()), Some(refused.manifest_digest.clone()));
-            let shown = settings.module.to_string();
-            let known = instance
-                .status
-                .lock()
-                .expect("status lock")
-                .last_refusal
-                .as_ref()
-                .is_some_and(|r| (r.digest.as_ref(), r.manifest_digest.as_ref()) == (digests.0.as_ref(), digests.1.as_ref()) && r.module == shown);
-            if !known {
-                tracing::warn!("new module version refused; the running version stays: {}", crate::terminal::escape(&refused.reason));
-                server.metrics.module_loads.with_label_values(&[&instance.name, "refused"]).inc();
-                record_refusal(server, instance, &settings, digests, refused.reason.clone());
+            let refused = e.downcast_ref::<crate::distribution::SignatureRefused>().expect("matched above");
+            if !refused_before(instance, &settings, &refused.module_digest, Some(&refused.manifest_digest)) {
+                let digests = (Some(refused.module_digest.clone()), Some(refused.manifest_digest.clone()));
+                refuse_version(server, instance, &settings, digests, refused.reason.clone());
             }
         }
         Err(e) => {
@@ -180,16 +170,7 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
     if instance.version().is_some_and(|current| current.digest == resolved.digest) {
         return;
     }
-    let shown = settings.module.to_string();
-    let refused_before = matches!(settings.module, ModuleSource::Oci(_))
-        && instance
-            .status
-            .lock()
-            .expect("status lock")
-            .last_refusal
-            .as_ref()
-            .is_some_and(|r| r.digest.as_deref() == Some(resolved.digest.as_str()) && r.manifest_digest == resolved.manifest_digest && r.module == shown);
-    if refused_before {
+    if matches!(settings.module, ModuleSource::Oci(_)) && refused_before(instance, settings, &resolved.digest, resolved.manifest_digest.as_deref()) {
         return;
     }
     let loaded = loader::load(&server.engine, settings, resolved, &server.data_dir, true).await.and_then(|version| match instance.version() {
@@ -282,11 +263,30 @@ pub async fn load_last_synced_pull(server: &Server, name: &str, settings: &Insta
     None
 }
 
+/// Whether the instance's standing refusal is of this module (its digest,
+/// in this manifest, from this source): refused once, a version is not
+/// checked and shown again at every lookup.
+fn refused_before(instance: &InstanceRuntime, settings: &InstanceConfig, digest: &str, manifest_digest: Option<&str>) -> bool {
+    let shown = settings.module.to_string();
+    instance
+        .status
+        .lock()
+        .expect("status lock")
+        .last_refusal
+        .as_ref()
+        .is_some_and(|r| r.digest.as_deref() == Some(digest) && r.manifest_digest.as_deref() == manifest_digest && r.module == shown)
+}
+
 fn refuse(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, resolved: &ResolvedModule, error: &anyhow::Error) {
-    let reason = format!("{error:#}");
-    tracing::warn!("new module version refused; the running version stays: {reason}");
+    refuse_version(server, instance, settings, (Some(resolved.digest.clone()), resolved.manifest_digest.clone()), format!("{error:#}"));
+}
+
+/// A new version refused while the running one stays: logged, counted and
+/// shown on the instance. `digests`: the module's and its manifest's.
+fn refuse_version(server: &Server, instance: &InstanceRuntime, settings: &InstanceConfig, digests: (Option<String>, Option<String>), reason: String) {
+    tracing::warn!("new module version refused; the running version stays: {}", crate::terminal::escape(&reason));
     server.metrics.module_loads.with_label_values(&[&instance.name, "refused"]).inc();
-    record_refusal(server, instance, settings, (Some(resolved.digest.clone()), resolved.manifest_digest.clone()), reason);
+    record_refusal(server, instance, settings, digests, reason);
 }
 
 /// Shows a refused (or unloaded, or unreadable) version on the instance

@@ -202,11 +202,10 @@ fn write_action(method: &Method, path: &str) -> Option<(String, &'static str)> {
 /// Behind the token check: unauthenticated requests are not recorded, or
 /// anyone could fill the log.
 pub async fn audit_refused_writes(State(server): State<Arc<Server>>, request: Request, next: Next) -> Response {
-    let write = write_action(request.method(), request.uri().path());
+    let Some((name, action)) = write_action(request.method(), request.uri().path()) else { return next.run(request).await };
     let path = request.uri().path().to_string();
     let who = actor(request.headers());
     let response = next.run(request).await;
-    let Some((name, action)) = write else { return response };
     if response.status().is_success() || response.extensions().get::<Audited>().is_some() {
         return response;
     }
