@@ -16,13 +16,14 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 use asana_sim::OrgSpec;
 use tether_host::runtime::api_version::ApiVersion;
+use tether_host::runtime::bindings::ConnectorError;
 use tether_host::runtime::bindings::ResourceRef;
-use tether_host::runtime::bindings::{guest, ConnectorError};
 use tether_host::runtime::engine::{ConnectorEngine, LoadedModule};
 use tether_host::runtime::imports::config::{ConnectorConfig, Secrets};
 use tether_host::runtime::imports::http::AllowedHost;
 use tether_host::runtime::instance::{CallError, ConnectorInstance, Permissions, PlannedWrite};
 use tether_host::runtime::limits::Limits;
+use tether_host::runtime::page::Page;
 use tether_host::runtime::trust::ModuleTrust;
 use tether_host::sync::SyncFile;
 
@@ -71,13 +72,13 @@ fn with_server(grants: Permissions, addr: SocketAddr) -> Permissions {
 }
 
 /// Starts the hostile connector and runs its attack (listing `probe`).
-async fn attack(grants: &Permissions) -> Result<guest::Page, CallError> {
+async fn attack(grants: &Permissions) -> Result<Page, CallError> {
     let mut instance = ConnectorInstance::start(shared_engine(), hostile(), grants).await.expect("the hostile connector starts");
     instance.list_resources("probe", None, None).await
 }
 
 /// The limit an attack ran into, and the error's text.
-fn limit_hit(outcome: Result<guest::Page, CallError>) -> (&'static str, String) {
+fn limit_hit(outcome: Result<Page, CallError>) -> (&'static str, String) {
     match outcome {
         Err(CallError::Limit(limit)) => (limit.limit, limit.to_string()),
         other => panic!("expected a limit, got {other:?}"),
@@ -85,7 +86,7 @@ fn limit_hit(outcome: Result<guest::Page, CallError>) -> (&'static str, String) 
 }
 
 /// The typed error the connector reported.
-fn connector_error(outcome: Result<guest::Page, CallError>) -> ConnectorError {
+fn connector_error(outcome: Result<Page, CallError>) -> ConnectorError {
     match outcome {
         Err(CallError::Connector(error)) => error,
         other => panic!("expected a connector error, got {other:?}"),
@@ -93,7 +94,7 @@ fn connector_error(outcome: Result<guest::Page, CallError>) -> ConnectorError {
 }
 
 /// The one probe a successful attack reports, as (display name, attributes).
-fn single_probe(outcome: Result<guest::Page, CallError>) -> (String, Vec<(String, String)>) {
+fn single_probe(outcome: Result<Page, CallError>) -> (String, Vec<(String, String)>) {
     let page = outcome.expect("the call succeeds");
     let probe = page.resources.into_iter().next().expect("a probe");
     (probe.display_name, probe.attributes.into_iter().map(|p| (p.name, p.value)).collect())
@@ -643,7 +644,8 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     };
     let error = refused("v9.wasm", r#"(component (instance $none) (export "tether:connector/connector@9.0.0" (instance $none)))"#);
     assert!(
-        error.contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0 and @0.3.0 and @0.4.0"),
+        error
+            .contains("it exports tether:connector/connector@9.0.0, but this host supports tether:connector@0.1.0 and @0.2.0 and @0.3.0 and @0.4.0 and @0.5.0"),
         "{error}"
     );
     let error = refused("http3.wasm", r#"(component (import "tether:connector/http@0.3.0" (instance)))"#);

@@ -15,6 +15,7 @@ use wasmtime::Engine;
 use crate::runtime::bindings::v0_2::guest as v0_2_guest;
 use crate::runtime::bindings::v0_3::guest as v0_3_guest;
 use crate::runtime::bindings::v0_4::guest as v0_4_guest;
+use crate::runtime::bindings::v0_5::guest as v0_5_guest;
 use crate::runtime::bindings::{guest, ConnectorError, Pair, ResourceRef};
 
 const PACKAGE: &str = "tether:connector";
@@ -33,10 +34,12 @@ pub enum ApiVersion {
     /// Adds the upstream's limits and the per-type listing flags to the
     /// metadata; the listings take the resource as reported.
     V0_4,
+    /// Adds grant sets to the pages.
+    V0_5,
 }
 
 impl ApiVersion {
-    pub const SUPPORTED: [ApiVersion; 4] = [ApiVersion::V0_1, ApiVersion::V0_2, ApiVersion::V0_3, ApiVersion::V0_4];
+    pub const SUPPORTED: [ApiVersion; 5] = [ApiVersion::V0_1, ApiVersion::V0_2, ApiVersion::V0_3, ApiVersion::V0_4, ApiVersion::V0_5];
 
     pub fn version(self) -> Version {
         match self {
@@ -44,6 +47,7 @@ impl ApiVersion {
             ApiVersion::V0_2 => Version::new(0, 2, 0),
             ApiVersion::V0_3 => Version::new(0, 3, 0),
             ApiVersion::V0_4 => Version::new(0, 4, 0),
+            ApiVersion::V0_5 => Version::new(0, 5, 0),
         }
     }
 
@@ -163,7 +167,6 @@ macro_rules! records_shared_with_v0_1 {
             Resource { resource_type, id, display_name, parent, attributes }
             Entitlement { id, resource, slug, display_name, description, grantable }
             Grant { id, entitlement_id, principal, immutable, attributes }
-            Page { resources, entitlements, grants, next_token }
             WriteResult { outcome, grant, message }
         );
         same_records!(guest => $version:
@@ -181,7 +184,18 @@ macro_rules! records_shared_with_v0_1 {
     )*};
 }
 
-records_shared_with_v0_1!(v0_2_guest, v0_3_guest, v0_4_guest);
+records_shared_with_v0_1!(v0_2_guest, v0_3_guest, v0_4_guest, v0_5_guest);
+
+/// Pages had 0.1.0's shape until 0.5.0 (see `runtime::page` for 0.5.0's).
+macro_rules! pages_shared_with_v0_1 {
+    ($($version:ident),*) => {$(
+        same_records!($version => guest:
+            Page { resources, entitlements, grants, next_token }
+        );
+    )*};
+}
+
+pages_shared_with_v0_1!(v0_2_guest, v0_3_guest, v0_4_guest);
 
 /// The metadata had 0.1.0's shape until 0.4.0.
 macro_rules! metadata_shared_with_v0_1 {
@@ -194,33 +208,42 @@ macro_rules! metadata_shared_with_v0_1 {
 }
 
 metadata_shared_with_v0_1!(v0_2_guest, v0_3_guest);
-// 0.4.0's listings take the resource as reported.
-same_records!(guest => v0_4_guest:
-    Resource { resource_type, id, display_name, parent, attributes }
-);
 
-/// 0.4.0's resource types in the host's shape; the listing flags are read
-/// apart (`ConnectorInstance::resource_types`).
-impl Convert<guest::ResourceType> for v0_4_guest::ResourceType {
-    fn convert(self) -> guest::ResourceType {
-        guest::ResourceType { id: self.id, display_name: self.display_name, description: self.description, listed_under: self.listed_under }
-    }
-}
+/// What 0.4.0 changed in the metadata and the listings' argument, and
+/// later versions kept.
+macro_rules! shaped_like_v0_4 {
+    ($($version:ident),*) => {$(
+        // The listings take the resource as reported.
+        same_records!(guest => $version:
+            Resource { resource_type, id, display_name, parent, attributes }
+        );
 
-/// 0.4.0's metadata in the host's shape; the limits are read apart.
-impl Convert<guest::ConnectorMetadata> for v0_4_guest::ConnectorMetadata {
-    fn convert(self) -> guest::ConnectorMetadata {
-        guest::ConnectorMetadata {
-            name: self.name,
-            version: self.version,
-            description: self.description,
-            resource_types: self.resource_types.convert(),
-            config: self.config.convert(),
-            hosts: self.hosts,
-            account_fields: self.account_fields.convert(),
+        /// Resource types in the host's shape; the listing flags are read
+        /// apart (`ConnectorInstance::resource_types`).
+        impl Convert<guest::ResourceType> for $version::ResourceType {
+            fn convert(self) -> guest::ResourceType {
+                guest::ResourceType { id: self.id, display_name: self.display_name, description: self.description, listed_under: self.listed_under }
+            }
         }
-    }
+
+        /// The metadata in the host's shape; the limits are read apart.
+        impl Convert<guest::ConnectorMetadata> for $version::ConnectorMetadata {
+            fn convert(self) -> guest::ConnectorMetadata {
+                guest::ConnectorMetadata {
+                    name: self.name,
+                    version: self.version,
+                    description: self.description,
+                    resource_types: self.resource_types.convert(),
+                    config: self.config.convert(),
+                    hosts: self.hosts,
+                    account_fields: self.account_fields.convert(),
+                }
+            }
+        }
+    )*};
 }
+
+shaped_like_v0_4!(v0_4_guest, v0_5_guest);
 
 #[cfg(test)]
 mod tests {

@@ -54,6 +54,12 @@ pub mod v0_4 {
     later_version!("../wit/v0.4.0", connector0_4_0);
 }
 
+/// `tether:connector@0.5.0`: a page may carry grants in sets (one
+/// entitlement, many principals), the shape of a membership listing.
+pub mod v0_5 {
+    later_version!("../wit/v0.5.0", connector0_5_0);
+}
+
 pub use tether::connector::types::{ConnectorError, Pair, RateLimit, ResourceRef};
 
 /// A connector error as one readable line (the generated Display is

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use wasmtime::{Store, UpdateDeadline};
 
 use crate::runtime::api_version::{ApiVersion, Convert};
-use crate::runtime::bindings::{guest, v0_2, v0_3, v0_4, ConnectorError, ConnectorWorld, ResourceRef};
+use crate::runtime::bindings::{guest, v0_2, v0_3, v0_4, v0_5, ConnectorError, ConnectorWorld, ResourceRef};
 use crate::runtime::engine::{ConnectorEngine, LoadedModule};
 use crate::runtime::imports::config::{ConnectorConfig, Secrets};
 use crate::runtime::imports::http::{AllowedHost, EgressPolicy, HttpGateway};
@@ -22,6 +22,7 @@ use crate::runtime::imports::storage::ConnectorStorage;
 use crate::runtime::imports::upstream::HostThrottle;
 use crate::runtime::imports::wasi::GuestStderr;
 use crate::runtime::limits::{LimitExceeded, Limits};
+use crate::runtime::page::{Page, PageBytes};
 use crate::runtime::pool_memory::PoolMemory;
 use crate::runtime::store_data::{Shared, StoreData};
 use crate::runtime::upstream_limits::{UpstreamLimits, UpstreamSettings};
@@ -219,7 +220,48 @@ macro_rules! call_export {
                 Exports::V0_2(world) => world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg),*).await.map(Convert::convert),
                 Exports::V0_3(world) => world.tether_connector0_3_0_connector().$method(&mut *$store, $($arg),*).await.map(Convert::convert),
                 Exports::V0_4(world) => world.tether_connector0_4_0_connector().$method(&mut *$store, $($arg4),*).await.map(Convert::convert),
+                Exports::V0_5(world) => world.tether_connector0_5_0_connector().$method(&mut *$store, $($arg4),*).await.map(Convert::convert),
             }
+        }
+    };
+}
+
+/// The metadata of 0.4.0 on in the host's shape, with what it declares
+/// beside it: the upstream's limits and each type's listings.
+macro_rules! declared_metadata {
+    () => {
+        |m| {
+            let limits = UpstreamLimits::declared(m.limits.requests_per_minute, m.limits.concurrent_reads, m.limits.concurrent_writes);
+            let listings = m.resource_types.iter().map(|t| TypeListings { entitlements: t.lists_entitlements, grants: t.lists_grants }).collect();
+            (m.convert(), Declared { limits, listings })
+        }
+    };
+}
+
+/// Calls listing `$method` in whichever version of the contract the module
+/// speaks, and gives the page in the host's shape. Before 0.4.0 it takes
+/// the `$arg`s (the resource's reference); from 0.4.0 the `$reported` ones
+/// (the resource as reported), written once and evaluated in each
+/// version's arm, so each converts into that version's type.
+macro_rules! call_listing {
+    ($exports:ident, $store:ident, $method:ident ( $($arg:expr),* ) reported ( $($reported:expr),* )) => {
+        async {
+            let page: wasmtime::Result<Result<Page, ConnectorError>> = match $exports {
+                Exports::V0_1(world) => world.tether_connector_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(Page::from)),
+                Exports::V0_2(world) => {
+                    world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(|p| Page::from(Convert::<guest::Page>::convert(p))))
+                }
+                Exports::V0_3(world) => {
+                    world.tether_connector0_3_0_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(|p| Page::from(Convert::<guest::Page>::convert(p))))
+                }
+                Exports::V0_4(world) => world
+                    .tether_connector0_4_0_connector()
+                    .$method(&mut *$store, $($reported),*)
+                    .await
+                    .map(|r| r.map(|p| Page::from(Convert::<guest::Page>::convert(p)))),
+                Exports::V0_5(world) => world.tether_connector0_5_0_connector().$method(&mut *$store, $($reported),*).await.map(|r| r.map(Page::from)),
+            };
+            page
         }
     };
 }
@@ -236,6 +278,7 @@ enum Exports {
     V0_2(v0_2::ConnectorWorld),
     V0_3(v0_3::ConnectorWorld),
     V0_4(v0_4::ConnectorWorld),
+    V0_5(v0_5::ConnectorWorld),
 }
 
 impl ConnectorInstance {
@@ -347,6 +390,7 @@ impl ConnectorInstance {
             ApiVersion::V0_2 => v0_2::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_2),
             ApiVersion::V0_3 => v0_3::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_3),
             ApiVersion::V0_4 => v0_4::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_4),
+            ApiVersion::V0_5 => v0_5::ConnectorWorld::new(&mut store, &instance).map(Exports::V0_5),
         }
         .map_err(|e| anyhow::anyhow!("connector {} lacks a function of tether:connector@{}: {e}", module.path.display(), module.api))?;
 
@@ -469,11 +513,8 @@ impl ConnectorInstance {
     async fn call_metadata(&mut self) -> Result<(guest::ConnectorMetadata, Declared), CallError> {
         guarded!(self, |exports, store| async {
             match exports {
-                Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_metadata(&mut *store).await.map(|m| {
-                    let limits = UpstreamLimits::declared(m.limits.requests_per_minute, m.limits.concurrent_reads, m.limits.concurrent_writes);
-                    let listings = m.resource_types.iter().map(|t| TypeListings { entitlements: t.lists_entitlements, grants: t.lists_grants }).collect();
-                    (m.convert(), Declared { limits, listings })
-                }),
+                Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_metadata(&mut *store).await.map(declared_metadata!()),
+                Exports::V0_5(world) => world.tether_connector0_5_0_connector().call_metadata(&mut *store).await.map(declared_metadata!()),
                 _ => call_export!(exports, store, call_metadata()).await.map(|m| (m, Declared::default())),
             }
         })
@@ -485,25 +526,32 @@ impl ConnectorInstance {
 
     /// The listings take the resource as the connector reported it (0.4.0
     /// on); older modules get its reference.
-    pub async fn list_resources(&mut self, resource_type: &str, scope: Option<&guest::Resource>, token: Option<&str>) -> Result<guest::Page, CallError> {
+    pub async fn list_resources(&mut self, resource_type: &str, scope: Option<&guest::Resource>, token: Option<&str>) -> Result<Page, CallError> {
         let scope_ref = scope.map(reference);
-        let scope_v0_4: Option<v0_4::guest::Resource> = scope.cloned().convert();
-        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_resources(resource_type, scope_ref.as_ref(), token) v0_4 (resource_type, scope_v0_4.as_ref(), token)))?
-            .map_err(CallError::Connector)?;
+        let page = guarded!(self, |exports, store| call_listing!(exports, store, call_list_resources(resource_type, scope_ref.as_ref(), token) reported (
+            resource_type,
+            scope.map(|s| s.clone().convert()).as_ref(),
+            token
+        )))?
+        .map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
-    pub async fn list_entitlements(&mut self, resource: &guest::Resource, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let (as_ref, as_v0_4): (ResourceRef, v0_4::guest::Resource) = (reference(resource), resource.clone().convert());
-        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_entitlements(&as_ref, token) v0_4 (&as_v0_4, token)))?
-            .map_err(CallError::Connector)?;
+    pub async fn list_entitlements(&mut self, resource: &guest::Resource, token: Option<&str>) -> Result<Page, CallError> {
+        let as_ref = reference(resource);
+        let page = guarded!(
+            self,
+            |exports, store| call_listing!(exports, store, call_list_entitlements(&as_ref, token) reported (&resource.clone().convert(), token))
+        )?
+        .map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
-    pub async fn list_grants(&mut self, resource: &guest::Resource, token: Option<&str>) -> Result<guest::Page, CallError> {
-        let (as_ref, as_v0_4): (ResourceRef, v0_4::guest::Resource) = (reference(resource), resource.clone().convert());
-        let page = guarded!(self, |exports, store| call_export!(exports, store, call_list_grants(&as_ref, token) v0_4 (&as_v0_4, token)))?
-            .map_err(CallError::Connector)?;
+    pub async fn list_grants(&mut self, resource: &guest::Resource, token: Option<&str>) -> Result<Page, CallError> {
+        let as_ref = reference(resource);
+        let page =
+            guarded!(self, |exports, store| call_listing!(exports, store, call_list_grants(&as_ref, token) reported (&resource.clone().convert(), token)))?
+                .map_err(CallError::Connector)?;
         self.check_page(page)
     }
 
@@ -520,9 +568,6 @@ impl ConnectorInstance {
     /// Creates an account. Before 0.3.0 the contract did not say whether
     /// the account was new: `outcome` is None for those connectors.
     pub async fn create_account(&mut self, request: &guest::AccountRequest) -> Result<AccountCreated, CallError> {
-        let for_v0_2 = request.clone().convert();
-        let for_v0_3 = request.clone().convert();
-        let for_v0_4 = request.clone().convert();
         self.next_call_writes = true;
         guarded!(self, |exports, store| async {
             match exports {
@@ -533,13 +578,16 @@ impl ConnectorInstance {
                     .map(|r| r.map(|account| AccountCreated { outcome: None, account, message: String::new() })),
                 Exports::V0_2(world) => world
                     .tether_connector0_2_0_connector()
-                    .call_create_account(&mut *store, &for_v0_2)
+                    .call_create_account(&mut *store, &request.clone().convert())
                     .await
                     .map(|r| r.map(|account| AccountCreated { outcome: None, account: account.convert(), message: String::new() })),
-                Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_create_account(&mut *store, &for_v0_3).await.map(|r| {
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_create_account(&mut *store, &request.clone().convert()).await.map(|r| {
                     r.map(|created| AccountCreated { outcome: Some(created.outcome.convert()), account: created.account.convert(), message: created.message })
                 }),
-                Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_create_account(&mut *store, &for_v0_4).await.map(|r| {
+                Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_create_account(&mut *store, &request.clone().convert()).await.map(|r| {
+                    r.map(|created| AccountCreated { outcome: Some(created.outcome.convert()), account: created.account.convert(), message: created.message })
+                }),
+                Exports::V0_5(world) => world.tether_connector0_5_0_connector().call_create_account(&mut *store, &request.clone().convert()).await.map(|r| {
                     r.map(|created| AccountCreated { outcome: Some(created.outcome.convert()), account: created.account.convert(), message: created.message })
                 }),
             }
@@ -557,6 +605,7 @@ impl ConnectorInstance {
     pub async fn test_connection(&mut self) -> Result<String, CallError> {
         guarded!(self, |exports, store| async {
             match exports {
+                Exports::V0_5(world) => world.tether_connector0_5_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_4(world) => world.tether_connector0_4_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_test_connection(&mut *store).await,
                 Exports::V0_2(world) => world.tether_connector0_2_0_connector().call_test_connection(&mut *store).await,
@@ -573,23 +622,21 @@ impl ConnectorInstance {
     /// account counts as irreversible (the host cannot know it is not) and
     /// the other writes as reversible, which is what they were before.
     pub async fn check_write(&mut self, write: &PlannedWrite) -> Result<WriteEffect, CallError> {
-        let request = match write {
-            PlannedWrite::Grant { entitlement_id, principal } => {
-                v0_3::guest::WriteRequest::GrantEntitlement(v0_3::guest::GrantRequest { entitlement_id: entitlement_id.clone(), principal: principal.clone() })
-            }
-            PlannedWrite::Revoke { grant_id } => v0_3::guest::WriteRequest::RevokeGrant(grant_id.clone()),
-            PlannedWrite::CreateAccount(request) => v0_3::guest::WriteRequest::CreateAccount(request.clone().convert()),
-            PlannedWrite::DisableAccount(account) => v0_3::guest::WriteRequest::DisableAccount(account.clone()),
-        };
-        let request_v0_4 = match write {
-            PlannedWrite::Grant { entitlement_id, principal } => {
-                v0_4::guest::WriteRequest::GrantEntitlement(v0_4::guest::GrantRequest { entitlement_id: entitlement_id.clone(), principal: principal.clone() })
-            }
-            PlannedWrite::Revoke { grant_id } => v0_4::guest::WriteRequest::RevokeGrant(grant_id.clone()),
-            PlannedWrite::CreateAccount(request) => v0_4::guest::WriteRequest::CreateAccount(request.clone().convert()),
-            PlannedWrite::DisableAccount(account) => v0_4::guest::WriteRequest::DisableAccount(account.clone()),
-        };
-        if !matches!(self.exports, Exports::V0_3(_) | Exports::V0_4(_)) {
+        // The same request in each version's types.
+        macro_rules! request_of {
+            ($version:ident) => {
+                match write {
+                    PlannedWrite::Grant { entitlement_id, principal } => $version::guest::WriteRequest::GrantEntitlement($version::guest::GrantRequest {
+                        entitlement_id: entitlement_id.clone(),
+                        principal: principal.clone(),
+                    }),
+                    PlannedWrite::Revoke { grant_id } => $version::guest::WriteRequest::RevokeGrant(grant_id.clone()),
+                    PlannedWrite::CreateAccount(request) => $version::guest::WriteRequest::CreateAccount(request.clone().convert()),
+                    PlannedWrite::DisableAccount(account) => $version::guest::WriteRequest::DisableAccount(account.clone()),
+                }
+            };
+        }
+        if matches!(self.exports, Exports::V0_1(_) | Exports::V0_2(_)) {
             return Ok(match write {
                 PlannedWrite::DisableAccount(account) => WriteEffect {
                     description: format!(
@@ -603,10 +650,15 @@ impl ConnectorInstance {
         }
         let effect = guarded!(self, |exports, store| async {
             match exports {
-                Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_check_write(&mut *store, &request).await,
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().call_check_write(&mut *store, &request_of!(v0_3)).await,
                 Exports::V0_4(world) => world
                     .tether_connector0_4_0_connector()
-                    .call_check_write(&mut *store, &request_v0_4)
+                    .call_check_write(&mut *store, &request_of!(v0_4))
+                    .await
+                    .map(|r| r.map(|e| v0_3::guest::WriteEffect { description: e.description, irreversible: e.irreversible })),
+                Exports::V0_5(world) => world
+                    .tether_connector0_5_0_connector()
+                    .call_check_write(&mut *store, &request_of!(v0_5))
                     .await
                     .map(|r| r.map(|e| v0_3::guest::WriteEffect { description: e.description, irreversible: e.irreversible })),
                 _ => Ok(Err(ConnectorError::Unsupported("check-write is new in tether:connector@0.3.0".into()))),
@@ -617,13 +669,13 @@ impl ConnectorInstance {
     }
 
     /// Caps what one page may carry, in records and in bytes.
-    fn check_page(&mut self, page: guest::Page) -> Result<guest::Page, CallError> {
+    fn check_page(&mut self, page: Page) -> Result<Page, CallError> {
         let limits = &self.store.data().limits;
-        let records = page.resources.len() + page.entitlements.len() + page.grants.len();
+        let records = page.records();
         let over = if records > limits.records_per_page {
             Some(LimitExceeded::new("records-per-page", format!("{records} records in one page (at most {})", limits.records_per_page)))
         } else {
-            let PageBytes { total, largest_record } = page_bytes(&page);
+            let PageBytes { total, largest_record } = page.bytes();
             if total > limits.bytes_per_page {
                 Some(LimitExceeded::new("bytes-per-page", format!("{total} bytes in one page (at most {})", limits.bytes_per_page)))
             } else if largest_record > MAX_RECORD_BYTES {
@@ -652,43 +704,6 @@ fn reference(resource: &guest::Resource) -> ResourceRef {
 /// listed: 7 MB attributes on resources listed under took the host past
 /// a gigabyte within every other limit. Real records are well under 1 KiB.
 pub const MAX_RECORD_BYTES: usize = 64 << 10;
-
-fn pairs_bytes(pairs: &[crate::runtime::bindings::Pair]) -> usize {
-    pairs.iter().map(|p| p.name.len() + p.value.len()).sum()
-}
-
-// Every string of a record counts: one left out (a reference's type) was
-// a way to send pages of any size past the limits.
-fn resource_bytes(r: &guest::Resource) -> usize {
-    r.resource_type.len() + r.id.len() + r.display_name.len() + r.parent.as_ref().map_or(0, ref_bytes) + pairs_bytes(&r.attributes)
-}
-
-fn entitlement_bytes(e: &guest::Entitlement) -> usize {
-    e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + ref_bytes(&e.resource)
-}
-
-fn grant_bytes(g: &guest::Grant) -> usize {
-    g.id.len() + g.entitlement_id.len() + ref_bytes(&g.principal) + pairs_bytes(&g.attributes)
-}
-
-fn ref_bytes(r: &crate::runtime::bindings::ResourceRef) -> usize {
-    r.resource_type.len() + r.id.len()
-}
-
-/// Bytes of strings a page carries, in all and in its largest record.
-struct PageBytes {
-    total: usize,
-    largest_record: usize,
-}
-
-/// One walk over the page for both of its byte counts.
-fn page_bytes(page: &guest::Page) -> PageBytes {
-    let resources = page.resources.iter().map(resource_bytes);
-    let entitlements = page.entitlements.iter().map(entitlement_bytes);
-    let records = resources.chain(entitlements).chain(page.grants.iter().map(grant_bytes));
-    let (total, largest_record) = records.fold((0, 0), |(total, largest), bytes| (total + bytes, largest.max(bytes)));
-    PageBytes { total: total + page.next_token.as_ref().map_or(0, String::len), largest_record }
-}
 
 /// Turns a wasmtime error into what the operator needs to know: which
 /// limit was hit (in one line), or the crash with its wasm backtrace.

@@ -24,9 +24,9 @@ use super::checkpoint::{Checkpoint, ListingKey, Position};
 use super::model::{PageRecords, ResourceType};
 use super::sync_file::{ConnectorIdentity, RunEnd, SyncFile, Table};
 use super::work::{self, Job, Listing, Work};
-use crate::runtime::bindings::guest;
 use crate::runtime::instance::{retry_rate_limited, CallError, ConnectorInstance};
 use crate::runtime::limits::{LimitExceeded, SyncLimits};
+use crate::runtime::page::Page;
 
 /// Resources read from the queue at a time.
 const QUEUE_BATCH: usize = 64;
@@ -305,7 +305,7 @@ struct Driver<'a> {
 /// What one worker brought back: itself (none if its task panicked), the
 /// listing, the page asked for, and the page (and whether it cost a
 /// request) or why not.
-type Fetched<'p> = (Option<Worker<'p>>, ListingKey, Option<String>, Result<(guest::Page, bool)>);
+type Fetched<'p> = (Option<Worker<'p>>, ListingKey, Option<String>, Result<(Page, bool)>);
 
 /// The page tokens each listing in progress has been given, as hashes:
 /// an upstream whose pages go A → B → A would otherwise be listed until
@@ -389,9 +389,9 @@ fn dispatch<'p>(worker: Worker<'p>, key: ListingKey, job: Job) -> BoxFuture<'p, 
 
 /// Asks `instance` for one page of `job`, waiting out rate limits the
 /// connector reports. The flag says whether it cost a request.
-async fn fetch(instance: &mut ConnectorInstance, job: &Job) -> Result<(guest::Page, bool)> {
+async fn fetch(instance: &mut ConnectorInstance, job: &Job) -> Result<(Page, bool)> {
     let token = job.token.as_deref();
-    let page: Result<guest::Page, CallError> = match &job.listing {
+    let page: Result<Page, CallError> = match &job.listing {
         Listing::Resources(t, scope) => retry_rate_limited!(instance, list_resources(t, scope.as_ref(), token)),
         Listing::Entitlements(r) => retry_rate_limited!(instance, list_entitlements(r, token)),
         Listing::Grants(r) => retry_rate_limited!(instance, list_grants(r, token)),
@@ -651,7 +651,7 @@ impl Driver<'_> {
 
     /// Writes one page that came in, with the checkpoint of the work after
     /// it, in one transaction.
-    fn take_page(&mut self, key: ListingKey, token: Option<String>, page: guest::Page, cost: bool) -> Result<()> {
+    fn take_page(&mut self, key: ListingKey, token: Option<String>, page: Page, cost: bool) -> Result<()> {
         let limits = &self.options.limits;
         let next = page.next_token.clone();
         let Some(depth) = self.work.depth_of(key) else { return Ok(()) };
@@ -663,7 +663,7 @@ impl Driver<'_> {
             return Err(anyhow!("{}: the connector returned a page token it had returned before: its pages go round in a circle", describe()));
         }
         let records = PageRecords::from(page);
-        let count = (records.resources.len() + records.entitlements.len() + records.grants.len()) as u64;
+        let count = records.len() as u64;
         self.records += count;
         if self.records > limits.records {
             return Err(LimitExceeded::new("records-per-sync", format!("the connector reported more than {} records", limits.records)).into());
@@ -720,7 +720,7 @@ impl Driver<'_> {
     fn show_progress(&mut self, records: &PageRecords) {
         self.tally.resources += records.resources.len();
         self.tally.entitlements += records.entitlements.len();
-        self.tally.grants += records.grants.len();
+        self.tally.grants += records.grant_count();
         if self.progress.is_hidden() {
             return;
         }

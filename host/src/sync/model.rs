@@ -7,6 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::runtime::bindings::{guest, Pair};
 use crate::runtime::instance::{Declared, TypeListings};
+use crate::runtime::page::{set_members, GrantSet, Page};
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ResourceType {
@@ -55,17 +56,25 @@ pub struct Grant {
     pub attributes: Map<String, Value>,
 }
 
-/// Everything one page of a listing carried.
+/// Everything one page of a listing carried. Grants in sets stay in their
+/// sets (a string per grant): the file writes them as it would the same
+/// grants one by one, after the page's `grants`.
 #[derive(Debug, Default, Clone)]
 pub struct PageRecords {
     pub resources: Vec<Resource>,
     pub entitlements: Vec<Entitlement>,
     pub grants: Vec<Grant>,
+    pub grant_sets: Vec<GrantSet>,
 }
 
 impl PageRecords {
     pub fn len(&self) -> usize {
-        self.resources.len() + self.entitlements.len() + self.grants.len()
+        self.resources.len() + self.entitlements.len() + self.grant_count()
+    }
+
+    /// Grants, those in sets included.
+    pub fn grant_count(&self) -> usize {
+        self.grants.len() + set_members(&self.grant_sets)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -158,12 +167,13 @@ impl From<guest::Grant> for Grant {
     }
 }
 
-impl From<guest::Page> for PageRecords {
-    fn from(p: guest::Page) -> Self {
+impl From<Page> for PageRecords {
+    fn from(p: Page) -> Self {
         PageRecords {
             resources: p.resources.into_iter().map(Into::into).collect(),
             entitlements: p.entitlements.into_iter().map(Into::into).collect(),
             grants: p.grants.into_iter().map(Into::into).collect(),
+            grant_sets: p.grant_sets,
         }
     }
 }

@@ -672,7 +672,7 @@ impl SyncFile {
                 let resource = key_of.resource(&e.resource.resource_type, &e.resource.id)?;
                 entitlement.execute(params![run, id, resource, e.slug, e.display_name, e.description, e.grantable])?;
             }
-            let mut rows = Vec::with_capacity(page.grants.len());
+            let mut rows = Vec::with_capacity(page.grant_count());
             // A page of grants is mostly one entitlement's (its members).
             let mut last_entitlement: Option<(&str, i64)> = None;
             for g in &page.grants {
@@ -693,6 +693,15 @@ impl SyncFile {
                 let id = (!derived).then_some(g.id.as_str());
                 let (attributes, attrs) = key_of.attributes(&g.attributes)?;
                 rows.push((entitlement, principal, id, g.immutable, attributes, attrs));
+            }
+            // A set's grants are as the same grants one by one: derived
+            // ids, no attributes.
+            for set in &page.grant_sets {
+                let entitlement = key_of.entitlement(&set.entitlement_id)?;
+                for id in &set.principal_ids {
+                    let principal = key_of.resource(&set.principal_type, id)?;
+                    rows.push((entitlement, principal, None, set.immutable, String::new(), None));
+                }
             }
             stage_grants(tx, run, &rows)?;
             if let Some(next) = next {
@@ -1810,6 +1819,46 @@ CREATE VIEW IF NOT EXISTS grants AS
         let mut api: Vec<Grant> = page.items;
         api.sort_by(|a, b| a.id.cmp(&b.id));
         assert_eq!(api, expected, "so does the API's query");
+    }
+
+    /// Grant sets (contract 0.5.0) are written as the same grants one by
+    /// one: derived ids, no attributes, each set's mutability, merged with
+    /// the page's other grants in order (a set's grants after them).
+    #[test]
+    fn a_grant_set_writes_what_its_grants_one_by_one_would() {
+        use crate::runtime::page::GrantSet;
+        let set = |team: &str, ids: &[&str], immutable: bool| GrantSet {
+            entitlement_id: format!("team:{team}:member"),
+            principal_type: "user".into(),
+            principal_ids: ids.iter().map(|id| id.to_string()).collect(),
+            immutable,
+        };
+        let one_by_one =
+            |team: &str, ids: &[&str], immutable: bool| ids.iter().map(move |u| Grant { immutable, ..member_of(team, u, &[]) }).collect::<Vec<_>>();
+        // u1 is also a plain grant, with an attribute: the set's report of
+        // it comes second and merges over it.
+        let plain = vec![member_of("t1", "u1", &[("since", "2026")])];
+        let sets = vec![set("t1", &["u1", "u2"], false), set("t2", &["u2", "u3"], true), set("t3", &[], false)];
+        let as_grants: Vec<Grant> = plain.iter().cloned().chain(one_by_one("t1", &["u1", "u2"], false)).chain(one_by_one("t2", &["u2", "u3"], true)).collect();
+
+        let (_dir, mut by_set, run, next) = fresh_run();
+        let page = PageRecords { grants: plain, grant_sets: sets, ..PageRecords::default() };
+        assert_eq!((page.len(), page.grant_count()), (5, 5));
+        by_set.write_page(run, &page, 0, Some(next.as_str())).unwrap();
+        let (_dir2, mut by_grant, run2, next2) = fresh_run();
+        by_grant.write_page(run2, &PageRecords { grants: as_grants, ..PageRecords::default() }, 0, Some(next2.as_str())).unwrap();
+
+        assert_eq!(by_set.grants_by_hand(run), by_grant.grants_by_hand(run2), "staged");
+        by_set.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+        by_grant.finish_run(run2, RunEnd::Succeeded, 0).unwrap();
+        let written = by_set.grants(run, None).unwrap();
+        assert_eq!(written, by_grant.grants(run2, None).unwrap(), "moved into place");
+        assert_eq!(written.len(), 4);
+        let u1 = written.iter().find(|g| g.id == "team:t1:member:user:u1").unwrap();
+        assert_eq!(u1.attributes, member_of("t1", "u1", &[("since", "2026")]).attributes, "merged with the plain report");
+        assert!(written.iter().filter(|g| g.entitlement_id == "team:t2:member").all(|g| g.immutable));
+        let ids_stored: i64 = by_set.conn.query_row("SELECT count(*) FROM grant_rows WHERE id IS NOT NULL", [], |row| row.get(0)).unwrap();
+        assert_eq!(ids_stored, 0, "every id is derived");
     }
 
     /// Schema 4 stored every grant's attributes in its row: such a file

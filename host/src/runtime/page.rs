@@ -1,0 +1,125 @@
+//! A page of a listing in the host's shape, whatever the contract version
+//! of the module that sent it, and what it weighs against the page limits.
+//! Pages of 0.1.0 to 0.4.0 have no grant sets; 0.5.0's may carry them.
+
+use crate::runtime::api_version::Convert;
+use crate::runtime::bindings::{guest, v0_5, Pair, ResourceRef};
+
+/// Grants of one entitlement to principals of one type, without attributes
+/// (0.5.0 on): each is `ENTITLEMENT_ID:PRINCIPAL_TYPE:PRINCIPAL_ID`.
+pub use v0_5::guest::GrantSet;
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub resources: Vec<guest::Resource>,
+    pub entitlements: Vec<guest::Entitlement>,
+    pub grants: Vec<guest::Grant>,
+    pub grant_sets: Vec<GrantSet>,
+    pub next_token: Option<String>,
+}
+
+impl From<guest::Page> for Page {
+    fn from(p: guest::Page) -> Self {
+        Page { resources: p.resources, entitlements: p.entitlements, grants: p.grants, grant_sets: Vec::new(), next_token: p.next_token }
+    }
+}
+
+impl From<v0_5::guest::Page> for Page {
+    fn from(p: v0_5::guest::Page) -> Self {
+        Page {
+            resources: p.resources.convert(),
+            entitlements: p.entitlements.convert(),
+            grants: p.grants.convert(),
+            grant_sets: p.grant_sets,
+            next_token: p.next_token,
+        }
+    }
+}
+
+impl Page {
+    /// Records the page carries: each grant of a set counts as one, as it
+    /// would in `grants`.
+    pub fn records(&self) -> usize {
+        self.resources.len() + self.entitlements.len() + self.grants.len() + set_members(&self.grant_sets)
+    }
+
+    /// Bytes of strings the page carries, in all and in its largest record.
+    pub fn bytes(&self) -> PageBytes {
+        let resources = self.resources.iter().map(resource_bytes);
+        let entitlements = self.entitlements.iter().map(entitlement_bytes);
+        let records = resources.chain(entitlements).chain(self.grants.iter().map(grant_bytes));
+        let (total, largest_record) = records.fold((0, 0), |(total, largest), bytes| (total + bytes, largest.max(bytes)));
+        // A set's strings are held once, however many grants it makes; its
+        // largest grant is its entitlement, its type and its longest id.
+        let (sets_total, largest_grant) = self.grant_sets.iter().fold((0, 0), |(total, largest), set| {
+            let shared = set.entitlement_id.len() + set.principal_type.len();
+            let ids: usize = set.principal_ids.iter().map(String::len).sum();
+            let longest = set.principal_ids.iter().map(String::len).max().unwrap_or(0);
+            (total + shared + ids, largest.max(shared + longest))
+        });
+        PageBytes { total: total + sets_total + self.next_token.as_ref().map_or(0, String::len), largest_record: largest_record.max(largest_grant) }
+    }
+}
+
+/// Grants in `sets`, in all.
+pub fn set_members(sets: &[GrantSet]) -> usize {
+    sets.iter().map(|set| set.principal_ids.len()).sum()
+}
+
+/// Bytes of strings a page carries, in all and in its largest record.
+pub struct PageBytes {
+    pub total: usize,
+    pub largest_record: usize,
+}
+
+fn pairs_bytes(pairs: &[Pair]) -> usize {
+    pairs.iter().map(|p| p.name.len() + p.value.len()).sum()
+}
+
+// Every string of a record counts: one left out (a reference's type) was
+// a way to send pages of any size past the limits.
+fn resource_bytes(r: &guest::Resource) -> usize {
+    r.resource_type.len() + r.id.len() + r.display_name.len() + r.parent.as_ref().map_or(0, ref_bytes) + pairs_bytes(&r.attributes)
+}
+
+fn entitlement_bytes(e: &guest::Entitlement) -> usize {
+    e.id.len() + e.slug.len() + e.display_name.len() + e.description.len() + ref_bytes(&e.resource)
+}
+
+fn grant_bytes(g: &guest::Grant) -> usize {
+    g.id.len() + g.entitlement_id.len() + ref_bytes(&g.principal) + pairs_bytes(&g.attributes)
+}
+
+fn ref_bytes(r: &ResourceRef) -> usize {
+    r.resource_type.len() + r.id.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(entitlement_id: &str, ids: &[&str]) -> GrantSet {
+        GrantSet {
+            entitlement_id: entitlement_id.into(),
+            principal_type: "user".into(),
+            principal_ids: ids.iter().map(|id| id.to_string()).collect(),
+            immutable: false,
+        }
+    }
+
+    #[test]
+    fn each_grant_of_a_set_counts_as_a_record() {
+        let page = Page { grant_sets: vec![set("team:1:member", &["a", "b", "c"]), set("team:2:member", &[])], ..Page::default() };
+        assert_eq!(page.records(), 3);
+    }
+
+    #[test]
+    fn a_sets_bytes_count_its_shared_strings_once_and_its_longest_grant() {
+        let long = "x".repeat(100);
+        let page = Page { grant_sets: vec![set("team:1:member", &["a", &long])], next_token: Some("n".into()), ..Page::default() };
+        let bytes = page.bytes();
+        assert_eq!(bytes.total, "team:1:member".len() + "user".len() + 1 + 100 + 1);
+        assert_eq!(bytes.largest_record, "team:1:member".len() + "user".len() + 100);
+    }
+}
