@@ -87,7 +87,7 @@ fn push_then_pull_round_trips_bytes_digest_signature_and_metadata() {
     let pulled = out.join("asana.wasm");
     assert_eq!(std::fs::read(&pulled).unwrap(), std::fs::read(asana_wasm()).unwrap(), "the same bytes");
     assert!(text.contains(&digest) && text.contains(&sha256_file(&asana_wasm())) && text.contains("good signature"), "{text}");
-    assert!(text.contains("tether:connector@0.4.0"), "the contract version travels as an annotation: {text}");
+    assert!(text.contains("tether:connector@0.5.0"), "the contract version travels as an annotation: {text}");
     // The signature travels too, in the format `module verify` reads.
     ok(tether(home.path(), &["module", "verify", "--key", public.to_str().unwrap(), pulled.to_str().unwrap()]));
 

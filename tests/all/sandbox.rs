@@ -616,8 +616,10 @@ async fn modules_of_every_supported_version_run_and_others_are_refused() {
     let effect = instance.check_write(&PlannedWrite::Revoke { grant_id: "probe:p1:member:user:1".into() }).await.unwrap();
     assert!(!effect.irreversible);
 
-    // 0.4.0: the Asana connector, with test-connection and check-write.
-    assert_eq!(asana().api, ApiVersion::V0_4);
+    // 0.5.0: the Asana connector, with test-connection and check-write
+    // (0.4.0's fixture is driven in its own test below).
+    assert_eq!(asana().api, ApiVersion::V0_5);
+    assert_eq!(load(shared_engine(), &wasm("connector-v0-4")).api, ApiVersion::V0_4);
     let sim = start_sim(OrgSpec { users: 10, teams: 1, workspaces: 1, seed: 3 }).await;
     let mut instance = ConnectorInstance::start(shared_engine(), asana(), &permissions_for(&sim.base_url(), sim.addr(), TOKEN)).await.unwrap();
     let owner = sim.org().token_owner().unwrap().clone();
@@ -1123,5 +1125,5 @@ fn a_module_too_costly_to_compile_is_stopped_at_the_compile_limits() {
     assert!(err.contains("limit exceeded: compile") && err.contains("more than 300 MiB of memory"), "{err}");
     // The same limits let a real connector through.
     let module = memory_bound.load(&asana_wasm(), None).expect("the Asana connector compiles within them");
-    assert_eq!(module.api, ApiVersion::V0_4);
+    assert_eq!(module.api, ApiVersion::V0_5);
 }

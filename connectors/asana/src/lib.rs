@@ -3,10 +3,11 @@
 //! It reaches Asana only through the host's `http` import (which attaches the
 //! token), and answers the host's paged list calls one upstream request at a
 //! time: every list call is at most one Asana request. It targets
-//! `tether:connector@0.4.0` through the `tether-guest` SDK (bindings, HTTP
+//! `tether:connector@0.5.0` through the `tether-guest` SDK (bindings, HTTP
 //! client, SCIM client, IDs): it declares Asana's limits (1,500 requests a
 //! minute, 50 concurrent reads, 15 concurrent writes) and that users list
-//! neither entitlements nor grants, reads what it needs of a listing's
+//! neither entitlements nor grants, reports team memberships and licenses
+//! as grant sets (a string per grant), reads what it needs of a listing's
 //! resource from the attributes it reported (a workspace's
 //! `is_organization`), and says before each write what the write would do
 //! and whether Asana could undo it (`effects`).

@@ -27,7 +27,7 @@ use crate::records::*;
 use crate::scim;
 use tether_guest::contract::{Page, Resource};
 use tether_guest::log;
-use tether_guest::page::{attribute, reference};
+use tether_guest::page::{attribute, reference, GrantSets};
 use tether_guest::types::{ConnectorError, ResourceRef};
 
 pub const WORKSPACE_FIELDS: &str = "name,is_organization,email_domains";
@@ -209,15 +209,19 @@ pub fn list_grants(client: &Client, whole: &Resource, token: Option<&str>) -> Re
         "team" => {
             let path = format!("/teams/{}/team_memberships", segment(&resource.id)?);
             let page = client.list::<Membership>(&path, &[], TEAM_MEMBERSHIP_FIELDS, token)?;
-            let mut out = Page { next_token: page.next_offset, ..empty_page() };
             // Grants only: a team's members are members of its organization,
             // whose memberships listing reports each user once, with the same
-            // name. Reported here too, a user came back once per team.
-            for membership in &page.items {
-                let role = team_role(membership);
-                out.grants.push(grant(resource, role, membership.user()?.gid()?, role != "member", vec![]));
+            // name. Reported here too, a user came back once per team. They
+            // go in sets, one per role: the user's gid is each grant's one
+            // string.
+            let role_ids: Vec<(&str, String)> = TEAM_ROLES.iter().map(|(slug, ..)| (*slug, ids::entitlement_id("team", &resource.id, slug))).collect();
+            let mut members = GrantSets::new();
+            for membership in page.items {
+                let role = team_role(&membership);
+                let entitlement_id = role_ids.iter().find(|(slug, _)| *slug == role).map(|(_, id)| id.as_str()).unwrap_or_default();
+                members.add(entitlement_id, "user", membership.into_user()?.gid.non_empty().ok_or_else(no_gid)?, role != "member");
             }
-            Ok(out)
+            Ok(Page { grant_sets: members.into_sets(), next_token: page.next_offset, ..empty_page() })
         }
         "license" => {
             let (org, license) = ids::parse_license(&resource.id)?;
@@ -247,6 +251,9 @@ fn workspace_grants(client: &Client, whole: &Resource, token: Option<&str>) -> R
     let path = format!("/workspaces/{}/workspace_memberships", segment(&workspace.id)?);
     let page = client.list::<Membership>(&path, &[], WORKSPACE_MEMBERSHIP_FIELDS, token)?;
     let mut out = Page { next_token: page.next_offset, ..empty_page() };
+    let license_id = |license| ids::entitlement_id("license", &ids::license_resource_id(&workspace.id, license), "assigned");
+    let (enterprise, view_only_license) = (license_id("enterprise"), license_id("view only"));
+    let mut licenses = GrantSets::new();
     for membership in page.items {
         let role = workspace_role(&membership);
         let active = membership.is_active();
@@ -255,10 +262,11 @@ fn workspace_grants(client: &Client, whole: &Resource, token: Option<&str>) -> R
         let attributes = vec![pair("is_active", active.to_string()), pair("is_view_only", view_only.to_string())];
         out.grants.push(grant(workspace, role, &user.id, role != "member", attributes));
         if rest_licenses && active && role != "guest" {
-            let license = if view_only { "view only" } else { "enterprise" };
-            out.grants.push(license_grant(&workspace.id, license, &user.id, true));
+            let license = if view_only { &view_only_license } else { &enterprise };
+            licenses.add(license, "user", user.id.clone(), true);
         }
         out.resources.push(user);
     }
+    out.grant_sets = licenses.into_sets();
     Ok(out)
 }

@@ -143,11 +143,6 @@ pub struct Membership {
 }
 
 impl Membership {
-    /// The user it names.
-    pub fn user(&self) -> Result<&User, ConnectorError> {
-        self.user.as_ref().ok_or_else(no_user)
-    }
-
     pub fn into_user(self) -> Result<User, ConnectorError> {
         self.user.ok_or_else(no_user)
     }
@@ -162,7 +157,7 @@ fn no_user() -> ConnectorError {
     ConnectorError::Upstream("membership without a user".into())
 }
 
-fn no_gid() -> ConnectorError {
+pub fn no_gid() -> ConnectorError {
     ConnectorError::Upstream("an Asana user without a gid, or whose gid is not a string".into())
 }
 
@@ -173,12 +168,6 @@ pub struct User {
     pub gid: Text,
     pub name: Text,
     pub email: Text,
-}
-
-impl User {
-    pub fn gid(&self) -> Result<&str, ConnectorError> {
-        self.gid.as_deref().filter(|g| !g.is_empty()).ok_or_else(no_gid)
-    }
 }
 
 /// A REST user as a resource (memberships name users without email; the

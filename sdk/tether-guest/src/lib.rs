@@ -1,7 +1,7 @@
 //! `tether-guest`: what every Tether connector written in Rust needs, so
 //! that a connector holds only what is specific to its upstream.
 //!
-//! - [`bindings`]: the contract this SDK targets (`tether:connector@0.4.0`),
+//! - [`bindings`]: the contract this SDK targets (`tether:connector@0.5.0`),
 //!   generated once here; [`contract`] and [`types`] re-export its records.
 //!   A connector implements [`Guest`] and calls [`export!`](crate::export).
 //! - [`metadata`]: resource types (with the listings each has) and the
@@ -28,9 +28,9 @@ pub mod scim;
 /// here, so a connector calls `tether_guest::export!(MyConnector);`.
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../../wit/v0.4.0",
+        path: "../../wit/v0.5.0",
         world: "connector-world",
-        // The 0.1.0 interfaces the world imports come from wit/v0.4.0/deps/.
+        // The 0.1.0 interfaces the world imports come from wit/v0.5.0/deps/.
         generate_all,
         pub_export_macro: true,
         // Tests compare records; connectors may too.
@@ -40,12 +40,12 @@ pub mod bindings {
 }
 
 /// The contract version this SDK targets.
-pub const CONTRACT_VERSION: &str = "0.4.0";
+pub const CONTRACT_VERSION: &str = "0.5.0";
 
 /// `tether_guest::export!(MyConnector);` exports a connector.
 pub use bindings::export;
 /// The exported interface's records and the trait a connector implements.
-pub use bindings::exports::tether::connector0_4_0::connector as contract;
+pub use bindings::exports::tether::connector0_5_0::connector as contract;
 /// The host's imports: configuration, HTTP, storage and logging.
 pub use bindings::tether::connector0_1_0::{config, log, storage, types};
 pub use contract::Guest;
