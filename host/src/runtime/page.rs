@@ -45,20 +45,18 @@ impl Page {
     }
 
     /// Bytes of strings the page carries, in all and in its largest record.
+    /// A grant of a set weighs what the same grant in `grants` would (its
+    /// id is its entitlement, type and principal joined): that is what the
+    /// file stores and every export and report writes out, so a set is no
+    /// way past the limits.
     pub fn bytes(&self) -> PageBytes {
         let resources = self.resources.iter().map(resource_bytes);
         let entitlements = self.entitlements.iter().map(entitlement_bytes);
-        let records = resources.chain(entitlements).chain(self.grants.iter().map(grant_bytes));
+        let grants = self.grants.iter().map(grant_bytes);
+        let members = self.grant_sets.iter().flat_map(|set| set.principal_ids.iter().map(move |id| member_bytes(set, id)));
+        let records = resources.chain(entitlements).chain(grants).chain(members);
         let (total, largest_record) = records.fold((0, 0), |(total, largest), bytes| (total + bytes, largest.max(bytes)));
-        // A set's strings are held once, however many grants it makes; its
-        // largest grant is its entitlement, its type and its longest id.
-        let (sets_total, largest_grant) = self.grant_sets.iter().fold((0, 0), |(total, largest), set| {
-            let shared = set.entitlement_id.len() + set.principal_type.len();
-            let ids: usize = set.principal_ids.iter().map(String::len).sum();
-            let longest = set.principal_ids.iter().map(String::len).max().unwrap_or(0);
-            (total + shared + ids, largest.max(shared + longest))
-        });
-        PageBytes { total: total + sets_total + self.next_token.as_ref().map_or(0, String::len), largest_record: largest_record.max(largest_grant) }
+        PageBytes { total: total + self.next_token.as_ref().map_or(0, String::len), largest_record }
     }
 }
 
@@ -91,6 +89,13 @@ fn grant_bytes(g: &guest::Grant) -> usize {
     g.id.len() + g.entitlement_id.len() + ref_bytes(&g.principal) + pairs_bytes(&g.attributes)
 }
 
+/// A set's grant as the plain grant it stands for: its id
+/// `ENTITLEMENT:TYPE:ID`, then the entitlement, type and principal again.
+fn member_bytes(set: &GrantSet, principal_id: &str) -> usize {
+    let strings = set.entitlement_id.len() + set.principal_type.len() + principal_id.len();
+    2 * strings + 2
+}
+
 fn ref_bytes(r: &ResourceRef) -> usize {
     r.resource_type.len() + r.id.len()
 }
@@ -115,11 +120,23 @@ mod tests {
     }
 
     #[test]
-    fn a_sets_bytes_count_its_shared_strings_once_and_its_longest_grant() {
+    fn a_sets_grants_weigh_what_the_same_grants_one_by_one_would() {
         let long = "x".repeat(100);
-        let page = Page { grant_sets: vec![set("team:1:member", &["a", &long])], next_token: Some("n".into()), ..Page::default() };
-        let bytes = page.bytes();
-        assert_eq!(bytes.total, "team:1:member".len() + "user".len() + 1 + 100 + 1);
-        assert_eq!(bytes.largest_record, "team:1:member".len() + "user".len() + 100);
+        let set = set("team:1:member", &["a", &long]);
+        let as_grants: Vec<guest::Grant> = set
+            .principal_ids
+            .iter()
+            .map(|id| guest::Grant {
+                id: format!("team:1:member:user:{id}"),
+                entitlement_id: "team:1:member".into(),
+                principal: ResourceRef { resource_type: "user".into(), id: id.clone() },
+                immutable: false,
+                attributes: vec![],
+            })
+            .collect();
+        let by_set = Page { grant_sets: vec![set], next_token: Some("n".into()), ..Page::default() }.bytes();
+        let one_by_one = Page { grants: as_grants, next_token: Some("n".into()), ..Page::default() }.bytes();
+        assert_eq!((by_set.total, by_set.largest_record), (one_by_one.total, one_by_one.largest_record));
+        assert_eq!(by_set.largest_record, 2 * ("team:1:member".len() + "user".len() + 100) + 2);
     }
 }

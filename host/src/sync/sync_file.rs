@@ -697,6 +697,11 @@ impl SyncFile {
             // A set's grants are as the same grants one by one: derived
             // ids, no attributes.
             for set in &page.grant_sets {
+                // A set without members grants nothing, and counts as no
+                // record: it must not make an entitlement key either.
+                if set.principal_ids.is_empty() {
+                    continue;
+                }
                 let entitlement = key_of.entitlement(&set.entitlement_id)?;
                 for id in &set.principal_ids {
                     let principal = key_of.resource(&set.principal_type, id)?;
@@ -1036,8 +1041,11 @@ impl Table {
 struct KeyCache {
     /// Type -> id -> key.
     resources: FastMap<String, FastMap<IdKey, i64>>,
-    resource_count: usize,
     entitlements: FastMap<String, i64>,
+    /// Entries of `resources`, `entitlements` and `attribute_sets`, and
+    /// the bytes of text they hold: the bounds of the cache.
+    held_entries: usize,
+    held_bytes: usize,
     /// The run whose resource rows `written` describes.
     written_run: i64,
     /// Resource key -> the last report written to its row in `written_run`
@@ -1149,8 +1157,27 @@ impl std::borrow::Borrow<str> for IdKey {
     }
 }
 
-/// About 10 MB of ids at most.
+/// Entries the key cache holds at most (about 10 MB of ids of 20 bytes).
 const KEY_CACHE_ENTRIES: usize = 1 << 17;
+/// Bytes of text it holds at most: ids may be 64 KiB each, and 2^17 of
+/// those took a sync past a gigabyte.
+const KEY_CACHE_BYTES: usize = 16 << 20;
+
+impl KeyCache {
+    /// Makes room for an entry of `bytes` of text: a full cache starts over
+    /// (what it forgets is looked up in the file again).
+    fn make_room(&mut self, bytes: usize) {
+        if self.held_entries >= KEY_CACHE_ENTRIES || self.held_bytes + bytes > KEY_CACHE_BYTES {
+            self.resources.clear();
+            self.entitlements.clear();
+            self.attribute_sets.clear();
+            self.held_entries = 0;
+            self.held_bytes = 0;
+        }
+        self.held_entries += 1;
+        self.held_bytes += bytes;
+    }
+}
 
 struct Keys<'t, 'c> {
     cache: &'c mut KeyCache,
@@ -1187,12 +1214,8 @@ impl<'t, 'c> Keys<'t, 'c> {
             // result table per key).
             None => self.add_resource.insert(params![resource_type, id])?,
         };
-        if self.cache.resource_count >= KEY_CACHE_ENTRIES {
-            self.cache.resources.clear();
-            self.cache.resource_count = 0;
-        }
+        self.cache.make_room(resource_type.len() + id.len());
         self.cache.resources.entry(resource_type.to_string()).or_default().insert(IdKey::new(id), key);
-        self.cache.resource_count += 1;
         Ok(key)
     }
 
@@ -1210,9 +1233,7 @@ impl<'t, 'c> Keys<'t, 'c> {
             Some(Some(aid)) => return Ok((String::new(), Some(*aid))),
             Some(None) => {}
             None => {
-                if self.cache.attribute_sets.len() >= KEY_CACHE_ENTRIES {
-                    self.cache.attribute_sets.clear();
-                }
+                self.cache.make_room(json.len());
                 self.cache.attribute_sets.insert(json.clone(), None);
                 return Ok((json, None));
             }
@@ -1221,6 +1242,7 @@ impl<'t, 'c> Keys<'t, 'c> {
             Some(aid) => aid,
             None => self.add_attributes.insert([&json])?,
         };
+        // In the cache already (seen once): replaced, it takes no more room.
         self.cache.attribute_sets.insert(json, Some(aid));
         Ok((String::new(), Some(aid)))
     }
@@ -1233,9 +1255,7 @@ impl<'t, 'c> Keys<'t, 'c> {
             Some(key) => key,
             None => self.add_entitlement.insert(params![id])?,
         };
-        if self.cache.entitlements.len() >= KEY_CACHE_ENTRIES {
-            self.cache.entitlements.clear();
-        }
+        self.cache.make_room(id.len());
         self.cache.entitlements.insert(id.to_string(), key);
         Ok(key)
     }
@@ -1607,7 +1627,6 @@ CREATE VIEW IF NOT EXISTS grants AS
         }
     }
 
-    /// An output refused (a folder) leaves no lock file of its own.
     #[test]
     fn the_key_cache_finds_ids_of_every_length_by_str() {
         let ids = [String::new(), "1200000000000008".into(), "a".repeat(22), "a".repeat(23), "é".repeat(11), format!("{}é", "a".repeat(21))];
@@ -1624,6 +1643,29 @@ CREATE VIEW IF NOT EXISTS grants AS
         assert_eq!(map.get(&*"a".repeat(24)), None);
     }
 
+    /// Ids as long as a record allows (64 KiB) fill the key cache by bytes
+    /// long before its count of entries: it starts over at its byte bound.
+    #[test]
+    fn the_key_cache_is_bounded_in_bytes_as_well_as_entries() {
+        let (_dir, mut file, run, next) = fresh_run();
+        let long = |i: usize| format!("{i:05}{}", "x".repeat(60_000));
+        let mut most_held = 0;
+        for chunk in (0..600).collect::<Vec<_>>().chunks(50) {
+            let grants = chunk.iter().map(|&i| member_of("t1", &long(i), &[])).collect();
+            file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
+            most_held = most_held.max(file.keys.held_bytes);
+            let ids_held: usize = file.keys.resources.values().flat_map(|ids| ids.keys()).map(|id| id.as_str().len()).sum();
+            assert!(ids_held <= KEY_CACHE_BYTES, "{ids_held} bytes of ids held");
+        }
+        assert!(most_held > KEY_CACHE_BYTES / 2 && most_held <= KEY_CACHE_BYTES, "{most_held}");
+        // What it forgot is found in the file again: one key per id.
+        let grants = (0..600).map(|i| member_of("t2", &long(i), &[])).collect();
+        file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
+        let keys: i64 = file.conn.query_row("SELECT count(*) FROM resource_keys", [], |row| row.get(0)).unwrap();
+        assert_eq!(keys, 600);
+    }
+
+    /// An output refused (a folder) leaves no lock file of its own.
     #[test]
     fn a_refused_output_leaves_no_lock_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -1838,6 +1880,7 @@ CREATE VIEW IF NOT EXISTS grants AS
         // u1 is also a plain grant, with an attribute: the set's report of
         // it comes second and merges over it.
         let plain = vec![member_of("t1", "u1", &[("since", "2026")])];
+        // t3's set has no members: it makes no grant, and no entitlement key.
         let sets = vec![set("t1", &["u1", "u2"], false), set("t2", &["u2", "u3"], true), set("t3", &[], false)];
         let as_grants: Vec<Grant> = plain.iter().cloned().chain(one_by_one("t1", &["u1", "u2"], false)).chain(one_by_one("t2", &["u2", "u3"], true)).collect();
 
@@ -1859,6 +1902,8 @@ CREATE VIEW IF NOT EXISTS grants AS
         assert!(written.iter().filter(|g| g.entitlement_id == "team:t2:member").all(|g| g.immutable));
         let ids_stored: i64 = by_set.conn.query_row("SELECT count(*) FROM grant_rows WHERE id IS NOT NULL", [], |row| row.get(0)).unwrap();
         assert_eq!(ids_stored, 0, "every id is derived");
+        let entitlement_keys = |file: &SyncFile| -> i64 { file.conn.query_row("SELECT count(*) FROM entitlement_keys", [], |row| row.get(0)).unwrap() };
+        assert_eq!((entitlement_keys(&by_set), entitlement_keys(&by_grant)), (2, 2), "none for the empty set");
     }
 
     /// Schema 4 stored every grant's attributes in its row: such a file
