@@ -70,7 +70,17 @@ pub fn main() -> ExitCode {
     } else {
         init_logs();
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if !matches!(cli.command, Command::Serve(_)) && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        // The command itself runs on this thread (`block_on`): a sync's
+        // driver writes every page here while the workers run the guests and
+        // their HTTP. A worker per core besides it only made the three
+        // contend for two cores (a 100k sync: about 0.3 CPU-s of context
+        // switches). serve's main thread only waits.
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        builder.worker_threads(cores.saturating_sub(1).max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
