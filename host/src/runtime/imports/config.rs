@@ -211,22 +211,7 @@ impl Secrets {
             // Without a backslash or a percent sign nothing is escaped: the
             // plain search alone, as fast as memmem goes.
             let escapes = memchr::memchr2(b'\\', b'%', &out).is_some();
-            let next = |out: &[u8], mut from: usize| -> Option<(usize, usize)> {
-                if escapes {
-                    // A match starts with the secret's first byte, plain or
-                    // escaped (so with `\` or `%`): only those are tried.
-                    let first = *secret.first()?;
-                    loop {
-                        let at = from + memchr::memchr3(first, b'\\', b'%', out.get(from..)?)?;
-                        if let Some(len) = escaped_match(&out[at..], secret) {
-                            return Some((at, len));
-                        }
-                        from = at + 1;
-                    }
-                } else {
-                    memchr::memmem::find(&out[from..], secret).map(|at| (from + at, secret.len()))
-                }
-            };
+            let next = |out: &[u8], from: usize| next_match(out, from, secret, escapes);
             let mut found = next(&out, 0);
             if found.is_none() {
                 continue;
@@ -256,6 +241,37 @@ impl Secrets {
         }
         out
     }
+}
+
+/// Where the first match of `secret` at or after `from` starts, and its
+/// length: plain, or (if the body holds `escapes`) escaped. A match that is
+/// not plain has a `\` or `%` after at most `secret.len() - 1` plain bytes,
+/// so only the starts that close before each of those are tried one by
+/// one: a JSON body has few (a `next_page` URI's `%2C`), while the secret's
+/// first byte may be on every line.
+fn next_match(out: &[u8], from: usize, secret: &[u8], escapes: bool) -> Option<(usize, usize)> {
+    let rest = out.get(from..)?;
+    let plain = memchr::memmem::find(rest, secret).map(|at| from + at);
+    if !escapes || secret.is_empty() {
+        return plain.map(|at| (at, secret.len()));
+    }
+    // A match at or after the plain one would not be the first.
+    let before = plain.unwrap_or(out.len());
+    let mut untried = from;
+    for escape in memchr::memchr2_iter(b'\\', b'%', rest).map(|at| from + at) {
+        let start = escape.saturating_sub(secret.len() - 1).max(untried);
+        if start >= before {
+            break;
+        }
+        let end = escape.min(before - 1);
+        for at in start..=end {
+            if let Some(len) = escaped_match(&out[at..], secret) {
+                return Some((at, len));
+            }
+        }
+        untried = end + 1;
+    }
+    plain.map(|at| (at, secret.len()))
 }
 
 /// How many bytes at the start of `hay` spell `secret`, each of its bytes
@@ -312,5 +328,36 @@ mod tests {
         for body in [r#"{"a":"2\/1204567890\/12098:abcSECRE"}"#, "2%2G1204567890/12098:abcSECRET", r#"\"#, "%"] {
             assert_eq!(redact(body), body);
         }
+    }
+
+    /// The search tries only the starts near an escape; trying every start
+    /// (as it once did) finds the same matches in bodies made of the
+    /// secret's bytes, escapes of them, and both near misses.
+    #[test]
+    fn the_windowed_search_finds_what_trying_every_start_finds() {
+        // Escapes late in the secret: a match's first escape may come long
+        // after its start.
+        let secret = b"abcabcd/";
+        let every_start = |out: &[u8], from: usize| (from..out.len()).find_map(|at| escaped_match(&out[at..], secret).map(|len| (at, len)));
+        let pieces: [&[u8]; 12] = [b"abcabcd", b"abc", b"a", b"b", b"c", b"d", b"/", b"\\/", b"%2F", b"\\u0061", b"%", b"x"];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut found = 0;
+        for _ in 0..20_000 {
+            let mut body = Vec::new();
+            for _ in 0..(seed % 16) {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                body.extend_from_slice(pieces[(seed % pieces.len() as u64) as usize]);
+            }
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let escapes = memchr::memchr2(b'\\', b'%', &body).is_some();
+            for from in 0..=body.len() {
+                let expected = every_start(&body, from);
+                found += usize::from(expected.is_some_and(|(_, len)| len > secret.len()));
+                assert_eq!(next_match(&body, from, secret, escapes), expected, "{:?} from {from}", String::from_utf8_lossy(&body));
+            }
+        }
+        assert!(found > 100, "escaped matches to find: {found}");
     }
 }
