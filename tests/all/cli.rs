@@ -569,6 +569,32 @@ async fn a_resume_under_other_config_starts_over() {
     assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
 }
 
+/// Nor under another module (another build of the same connector, its
+/// listings perhaps other): it starts over, and says why.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_under_another_module_starts_over_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let (sim, child, minimum) = start_slow_sync(&out, 1).await;
+    wait_for_requests(&sim, minimum / 3).await;
+    let stopped = sigterm(child).await;
+    assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
+    let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
+    let interrupted = file.last_run().unwrap().unwrap();
+
+    let rebuilt = dir.path().join("asana-rebuilt.wasm");
+    std::fs::write(&rebuilt, crate::serve::variant(&asana_wasm(), "rebuilt")).unwrap();
+    let mut args = vec!["sync".to_string(), "--resume".into(), "--out".into(), out.to_str().unwrap().into()];
+    args.extend(
+        connector_flags(&sim, &[]).into_iter().map(|flag| if flag == asana_wasm().to_str().unwrap() { rebuilt.to_str().unwrap().into() } else { flag }),
+    );
+    let resumed = tether_async(args).await;
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains(&format!("sync run {} was made by another module", interrupted.id)), "{}", stderr(&resumed));
+    let run = file.last_run().unwrap().unwrap();
+    assert_eq!((run.id, run.status.as_str()), (interrupted.id + 1, "succeeded"));
+}
+
 /// A listing that never comes back (an upstream that stopped answering, a
 /// long rate-limit wait) does not hold a stop past its grace: the run is
 /// interrupted and the resume asks that listing again.

@@ -899,6 +899,16 @@ impl SyncFile {
                 let checkpoint = Checkpoint::parse(&checkpoint).with_context(|| format!("cannot resume sync run {id}"))?;
                 Some((id, checkpoint))
             }
+            Some((id, status, run_digest, Some(_))) if status == "failed" || status == "interrupted" => {
+                // Said as a changed config is: a module swapped in since
+                // (another build, even of the same version) would list
+                // with other steps and ids.
+                tracing::warn!(
+                    "sync run {id} was made by another module (sha256 {}, this one is {digest}): starting over rather than mixing two in one run",
+                    crate::terminal::escape(&run_digest)
+                );
+                None
+            }
             _ => None,
         })
     }
