@@ -649,6 +649,10 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
     let extra = "public_keys = [\"release.pub\"]";
     let mut text = server_section(dir.path());
     text += &asana_instance("asana", &module, &sim, "interval = \"1h\"", extra);
+    // app.asana.com, which every Asana version asks for, is not granted
+    // (the simulator is): a new version asking for no more than the
+    // running one swaps in, as it would load at a restart.
+    let text = text.replace(", \"app.asana.com\"]", "]");
     std::fs::write(&config, text.replace("[instances.asana.config]\n", "[instances.asana.config]\ndeclare-host = \"evil.example.com\"\n")).unwrap();
     let served = Served::start(&config, dir.path()).await;
 
@@ -678,8 +682,8 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
     assert!(swapped["last_refusal"].is_null(), "{swapped}");
     let d2 = swapped["module"]["digest"].as_str().unwrap().to_string();
 
-    // Signed, but asking for a host the config does not grant: refused,
-    // naming the host.
+    // Signed, but asking for a host the config does not grant and the
+    // running version did not ask for: refused, naming the host.
     let hostile = std::fs::read(wasm("hostile")).unwrap();
     install(&module, &hostile, Some(sign(&key, &hostile)));
     let refused = served
@@ -696,6 +700,9 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
 
     let m = served.metrics().await;
     assert_eq!(metric(&m, "tether_reload_refusals_total", &[("instance", "asana")]), 2.0, "{m}");
+    // Which build runs, one series an instance: the one swapped in last.
+    assert_eq!(metric(&m, "tether_module_info", &[("instance", "asana")]), 1.0, "{m}");
+    assert_eq!(metric(&m, "tether_module_info", &[("instance", "asana"), ("digest", &d2), ("contract", "0.5.0"), ("connector", "asana")]), 1.0, "{m}");
     assert_eq!(metric(&m, "tether_module_loads_total", &[("instance", "asana"), ("outcome", "loaded")]), 3.0, "{m}");
     assert!(served.logs().contains("new module version refused"));
 
@@ -731,6 +738,36 @@ async fn a_new_module_is_swapped_in_between_syncs_and_a_bad_one_is_refused() {
         })
         .await;
     assert!(gone["module"].is_object(), "{gone}");
+}
+
+/// A version refused for a host the config does not grant, then accepted
+/// by a config reload that grants it, leaves no refusal standing beside
+/// it (the API showed the refusal of the very digest that ran).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_loads_a_refused_version_clears_its_refusal() {
+    let sim = start_sim(OrgSpec { users: 12, teams: 2, workspaces: 1, seed: 3 }).await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("asana.wasm");
+    install(&module, &std::fs::read(asana_wasm()).unwrap(), None);
+    let config = dir.path().join("serve.toml");
+    let mut text = server_section(dir.path());
+    text += &asana_instance("asana", &module, &sim, "interval = \"1h\"", "allow_downgrade = true");
+    // The hostile fixture declares the host `declare-host` names.
+    let text = text.replace("[instances.asana.config]\n", "[instances.asana.config]\ndeclare-host = \"evil.example.com\"\n");
+    std::fs::write(&config, &text).unwrap();
+    let served = Served::start(&config, dir.path()).await;
+    served.until("asana", "the first sync", Duration::from_secs(60), |i| i["last_sync"]["outcome"] == "succeeded").await;
+
+    install(&module, &std::fs::read(wasm("hostile")).unwrap(), None);
+    served
+        .until("asana", "the host refusal", Duration::from_secs(60), |i| i["last_refusal"]["reason"].as_str().is_some_and(|r| r.contains("evil.example.com")))
+        .await;
+    let granted = text.replace("\"app.asana.com\"]", "\"app.asana.com\", \"evil.example.com\"]");
+    assert_ne!(granted, text);
+    std::fs::write(&config, granted).unwrap();
+    unsafe { libc::kill(served.child.id() as i32, libc::SIGHUP) };
+    let loaded = served.until("asana", "the reload", Duration::from_secs(60), |i| i["module"]["version"] == "0.1.0").await;
+    assert!(loaded["last_refusal"].is_null(), "{loaded}");
 }
 
 /// A signature covers a build, not its place in time: an older signed

@@ -132,6 +132,9 @@ async fn readyz(State(server): State<Arc<Server>>) -> Response {
 }
 
 async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    let running: Vec<(String, Arc<super::loader::LoadedVersion>)> =
+        server.instances().into_iter().filter_map(|(name, instance)| instance.version().map(|version| (name, version))).collect();
+    server.metrics.set_modules(running.iter().map(|(name, v)| [name.as_str(), v.name.as_str(), v.version.as_str(), v.api.as_str(), v.digest.as_str()]));
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], server.metrics.render()).into_response()
 }
 

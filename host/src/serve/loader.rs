@@ -131,21 +131,30 @@ fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
 }
 
 /// `resolve`, then `load`.
-pub async fn resolve_and_load(engine: &ConnectorEngine, config: &InstanceConfig, cache: &Path, data_dir: &Path, strict: bool) -> Result<LoadedVersion> {
+pub async fn resolve_and_load(
+    engine: &ConnectorEngine,
+    config: &InstanceConfig,
+    cache: &Path,
+    data_dir: &Path,
+    replacing: Option<&LoadedVersion>,
+) -> Result<LoadedVersion> {
     let resolved = resolve(config, cache).await?;
-    load(engine, config, &resolved, data_dir, strict).await
+    load(engine, config, &resolved, data_dir, replacing).await
 }
 
-/// Verifies, compiles, starts and validates `config`'s module, as resolved. With
-/// `hosts_must_be_granted` (a new version swapping in), a module that asks
-/// for a host the config does not grant is refused, naming the host; at
-/// start the request is only logged.
+/// Verifies, compiles, starts and validates `config`'s module, as resolved.
+/// A host the module asks for that the config does not grant is logged (it
+/// cannot reach it); a new version `replacing` a running one that asks for
+/// such a host the running one did not ask for is refused, naming it: an
+/// update that wants more reach waits for the operator, as it would at a
+/// restart's `serve --check`, while one that asks for what the running
+/// version asked for swaps in as it would load at a restart.
 pub async fn load(
     engine: &ConnectorEngine,
     config: &InstanceConfig,
     resolved: &ResolvedModule,
     data_dir: &Path,
-    hosts_must_be_granted: bool,
+    replacing: Option<&LoadedVersion>,
 ) -> Result<LoadedVersion> {
     let path = &resolved.path;
     let (module, signer) = off_the_runtime(|| verify_and_compile(engine, config, path, &resolved.digest))?;
@@ -160,15 +169,18 @@ pub async fn load(
             ungranted.push(esc(declared).into_owned());
         }
     }
-    if !ungranted.is_empty() {
-        if hosts_must_be_granted {
+    if let Some(running) = replacing {
+        let newly_asked: Vec<&String> = ungranted.iter().filter(|host| !running.declared_hosts.iter().any(|asked| esc(asked) == host.as_str())).collect();
+        if !newly_asked.is_empty() {
             bail!(
-                "{} {} asks for host(s) the config does not grant: {} (add them to allowed_hosts to accept)",
+                "{} {} asks for host(s) the config does not grant and the running version did not ask for: {} (add them to allowed_hosts to accept)",
                 esc(&metadata.name),
                 esc(&metadata.version),
-                ungranted.join(", ")
+                newly_asked.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
             );
         }
+    }
+    if !ungranted.is_empty() {
         tracing::warn!(instance = %config.name, "the module asks for host(s) the config does not grant, so it cannot reach them: {}", ungranted.join(", "));
     }
     struct Table<'a>(&'a str);

@@ -25,6 +25,8 @@ pub struct Metrics {
     pub reload_refusals: IntCounterVec,
     pub module_resolve_failures: IntCounterVec,
     pub running: IntGaugeVec,
+    /// 1 per instance, labelled with the module it runs (see `set_modules`).
+    module_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -62,6 +64,11 @@ impl Metrics {
         registry.register(Box::new(sync_duration.clone()))?;
         let running = IntGaugeVec::new(Opts::new("tether_sync_running", "1 while the instance syncs."), &["instance"])?;
         registry.register(Box::new(running.clone()))?;
+        let module_info = IntGaugeVec::new(
+            Opts::new("tether_module_info", "1 for the module each instance runs: its connector name, version, contract version and sha256."),
+            &["instance", "connector", "version", "contract", "digest"],
+        )?;
+        registry.register(Box::new(module_info.clone()))?;
         Ok(Metrics {
             registry,
             syncs,
@@ -75,7 +82,18 @@ impl Metrics {
             reload_refusals,
             module_resolve_failures,
             running,
+            module_info,
         })
+    }
+
+    /// Sets `tether_module_info` to the modules running now, one series an
+    /// instance (`(instance, connector, version, contract, digest)`): which
+    /// build a swap left running, without the API.
+    pub fn set_modules<'a>(&self, modules: impl IntoIterator<Item = [&'a str; 5]>) {
+        self.module_info.reset();
+        for labels in modules {
+            self.module_info.with_label_values(&labels).set(1);
+        }
     }
 
     /// Adds what one sync's HTTP gateway counted.

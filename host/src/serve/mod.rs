@@ -179,7 +179,7 @@ pub async fn run(options: ServeOptions) -> Result<()> {
             let mut loaded = vec![];
             for (name, settings) in &config.instances {
                 let span = tracing::info_span!("instance", instance = %name);
-                let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &module_cache, &instances_dir, false)
+                let mut loaded_version = loader::resolve_and_load(&server.engine, settings, &module_cache, &instances_dir, None)
                     .instrument(span.clone())
                     .await
                     .and_then(|version| reload::refuse_rollback(&server.data_dir, name, settings, None, &version).map(|()| version));

@@ -173,7 +173,8 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
     if matches!(settings.module, ModuleSource::Oci(_)) && refused_before(instance, settings, &resolved.digest, resolved.manifest_digest.as_deref()) {
         return;
     }
-    let loaded = loader::load(&server.engine, settings, resolved, &server.data_dir, true).await.and_then(|version| match instance.version() {
+    let running = instance.version();
+    let loaded = loader::load(&server.engine, settings, resolved, &server.data_dir, running.as_deref()).await.and_then(|version| match instance.version() {
         Some(running) if !settings.allow_downgrade => refuse_downgrade(&running.version, &version.version).map(|()| version),
         _ => Ok(version),
     });
@@ -255,7 +256,7 @@ pub async fn load_last_synced_pull(server: &Server, name: &str, settings: &Insta
     for pin in crate::distribution::cached_pins(&settings.module, &server.module_cache(), &run.connector_digest) {
         let mut pinned = settings.clone();
         pinned.module = pin;
-        match loader::resolve_and_load(&server.engine, &pinned, &server.module_cache(), &server.data_dir, false).await {
+        match loader::resolve_and_load(&server.engine, &pinned, &server.module_cache(), &server.data_dir, None).await {
             Ok(version) => return Some(version),
             Err(e) => tracing::warn!(instance = %name, "a cached pull of the last good sync does not load: {e:#}"),
         }
@@ -316,13 +317,12 @@ async fn load_changed(server: &Server, config: &config::ServeConfig) -> Result<B
         if unchanged {
             continue;
         }
-        // A running instance's new settings may not widen its hosts either.
-        let strict = current.contains_key(name);
         // Any change to an instance loads its module again: the rollback
         // check holds here as in a swap, or a module the watcher refused
-        // as a rollback came in with the next edit of its schedule.
+        // as a rollback came in with the next edit of its schedule. Nor may
+        // it ask for an ungranted host the running version did not.
         let running = current.get(name).and_then(|i| i.version());
-        let loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, strict)
+        let loaded_version = loader::resolve_and_load(&server.engine, settings, &server.module_cache(), &server.data_dir, running.as_deref())
             .await
             .and_then(|version| refuse_rollback(&server.data_dir, name, settings, running.as_deref(), &version).map(|()| version));
         match loaded_version {
@@ -396,6 +396,9 @@ pub async fn reload_config(server: &Arc<Server>) {
                 if let Some(version) = loaded.get(name) {
                     *existing.current.write().expect("current lock") = Some(version.clone());
                     server.metrics.module_loads.with_label_values(&[name, "loaded"]).inc();
+                    // As after a swap: a version loaded since a refusal
+                    // (often the refused one, its host now granted).
+                    existing.status.lock().expect("status lock").last_refusal = None;
                 }
             }
             None => {

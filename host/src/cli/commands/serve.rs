@@ -102,7 +102,7 @@ async fn config_sync(args: ConfigSyncArgs) -> Result<()> {
     let cache_dir = config.server.cache_dir.clone().or_else(crate::runtime::engine::ConnectorEngine::default_cache_dir);
     let engine = crate::runtime::engine::ConnectorEngine::new(cache_dir)?;
     let modules = crate::serve::module_cache_in(&config.server);
-    let version = crate::serve::loader::resolve_and_load(&engine, settings, &modules, data_dir, false).await?;
+    let version = crate::serve::loader::resolve_and_load(&engine, settings, &modules, data_dir, None).await?;
     let out = args.out.unwrap_or_else(|| crate::serve::sync_file_in(data_dir, &settings.name));
     if let Some(parent) = out.parent() {
         std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
