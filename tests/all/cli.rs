@@ -545,11 +545,10 @@ async fn sigterm_stops_at_a_page_boundary_and_resume_asks_no_page_twice() {
     assert_same_grants_as_a_clean_sync(&sim, &file, run.id).await;
 }
 
-/// A run interrupted under one config is not resumed under another (here
-/// a setting the sync does not read, so that the fresh run succeeds): two
-/// upstreams' records would mix in one run. It starts over instead.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_resume_under_other_config_starts_over() {
+/// A sync into a new file stopped by SIGTERM a third of the way: its
+/// folder, the file, the simulator, the file opened, and the run it left.
+async fn sync_stopped_a_third_of_the_way(
+) -> (tempfile::TempDir, std::path::PathBuf, asana_sim::SimHandle, tether_host::sync::SyncFile, tether_host::sync::sync_file::RunInfo) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("sync.db");
     let (sim, child, minimum) = start_slow_sync(&out, 1).await;
@@ -558,6 +557,15 @@ async fn a_resume_under_other_config_starts_over() {
     assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
     let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
     let interrupted = file.last_run().unwrap().unwrap();
+    (dir, out, sim, file, interrupted)
+}
+
+/// A run interrupted under one config is not resumed under another (here
+/// a setting the sync does not read, so that the fresh run succeeds): two
+/// upstreams' records would mix in one run. It starts over instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_under_other_config_starts_over() {
+    let (_dir, out, sim, file, interrupted) = sync_stopped_a_third_of_the_way().await;
 
     let mut args = vec!["sync".to_string(), "--resume".into(), "--out".into(), out.to_str().unwrap().into()];
     args.extend(connector_flags(&sim, &["default-workspace-id=12345"]));
@@ -573,14 +581,7 @@ async fn a_resume_under_other_config_starts_over() {
 /// listings perhaps other): it starts over, and says why.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resume_under_another_module_starts_over_and_says_so() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("sync.db");
-    let (sim, child, minimum) = start_slow_sync(&out, 1).await;
-    wait_for_requests(&sim, minimum / 3).await;
-    let stopped = sigterm(child).await;
-    assert_eq!(stopped.status.code(), Some(143), "{}", stderr(&stopped));
-    let file = tether_host::sync::SyncFile::open_existing(&out).unwrap();
-    let interrupted = file.last_run().unwrap().unwrap();
+    let (dir, out, sim, file, interrupted) = sync_stopped_a_third_of_the_way().await;
 
     let rebuilt = dir.path().join("asana-rebuilt.wasm");
     std::fs::write(&rebuilt, crate::serve::variant(&asana_wasm(), "rebuilt")).unwrap();
