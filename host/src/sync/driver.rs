@@ -663,6 +663,9 @@ impl Driver<'_> {
             return Err(anyhow!("{}: the connector returned a page token it had returned before: its pages go round in a circle", describe()));
         }
         let records = PageRecords::from(page);
+        if let Some(what) = records.empty_id() {
+            return Err(anyhow!("{}: the connector reported {what}", describe()));
+        }
         let count = records.len() as u64;
         self.records += count;
         if self.records > limits.records {

@@ -80,6 +80,29 @@ impl PageRecords {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The first record with an empty id, type or key, described: such a
+    /// record cannot be told apart from others (a grant `::` of an empty
+    /// entitlement and principal), so a page that holds one is malformed.
+    pub fn empty_id(&self) -> Option<&'static str> {
+        let empty_key = |k: &ResourceKey| k.resource_type.is_empty() || k.id.is_empty();
+        if self.resources.iter().any(|r| r.resource_type.is_empty() || r.id.is_empty()) {
+            return Some("a resource with an empty type or id");
+        }
+        if self.resources.iter().any(|r| r.parent.as_ref().is_some_and(empty_key)) {
+            return Some("a resource whose parent has an empty type or id");
+        }
+        if self.entitlements.iter().any(|e| e.id.is_empty() || empty_key(&e.resource)) {
+            return Some("an entitlement with an empty id, or on a resource with an empty type or id");
+        }
+        if self.grants.iter().any(|g| g.id.is_empty() || g.entitlement_id.is_empty() || empty_key(&g.principal)) {
+            return Some("a grant with an empty id, entitlement id, principal type or principal id");
+        }
+        if self.grant_sets.iter().any(|s| s.entitlement_id.is_empty() || s.principal_type.is_empty() || s.principal_ids.iter().any(String::is_empty)) {
+            return Some("a grant set with an empty entitlement id, principal type or principal id");
+        }
+        None
+    }
 }
 
 fn attributes(pairs: Vec<Pair>) -> Map<String, Value> {
@@ -174,6 +197,32 @@ impl From<Page> for PageRecords {
             entitlements: p.entitlements.into_iter().map(Into::into).collect(),
             grants: p.grants.into_iter().map(Into::into).collect(),
             grant_sets: p.grant_sets,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_with_an_empty_id_anywhere_is_named() {
+        let key = |t: &str, id: &str| ResourceKey { resource_type: t.into(), id: id.into() };
+        let resource = Resource { resource_type: "user".into(), id: "u1".into(), display_name: String::new(), parent: None, attributes: Map::new() };
+        let grant = Grant { id: "e:user:u1".into(), entitlement_id: "e".into(), principal: key("user", "u1"), immutable: false, attributes: Map::new() };
+        let set = GrantSet { entitlement_id: "e".into(), principal_type: "user".into(), principal_ids: vec!["u2".into()], immutable: false };
+        let good = PageRecords { resources: vec![resource.clone()], grants: vec![grant.clone()], grant_sets: vec![set.clone()], ..PageRecords::default() };
+        assert_eq!(good.empty_id(), None, "an empty display name is no id");
+        let bad = [
+            PageRecords { resources: vec![Resource { id: String::new(), ..resource.clone() }], ..PageRecords::default() },
+            PageRecords { resources: vec![Resource { parent: Some(key("team", "")), ..resource.clone() }], ..PageRecords::default() },
+            PageRecords { grants: vec![Grant { principal: key("", "u1"), ..grant.clone() }], ..PageRecords::default() },
+            PageRecords { grants: vec![Grant { id: String::new(), ..grant.clone() }], ..PageRecords::default() },
+            PageRecords { grant_sets: vec![GrantSet { principal_ids: vec!["u2".into(), String::new()], ..set.clone() }], ..PageRecords::default() },
+            PageRecords { grant_sets: vec![GrantSet { entitlement_id: String::new(), ..set }], ..PageRecords::default() },
+        ];
+        for page in bad {
+            assert!(page.empty_id().is_some(), "{page:?}");
         }
     }
 }
