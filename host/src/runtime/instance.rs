@@ -248,17 +248,9 @@ macro_rules! call_listing {
         async {
             let page: wasmtime::Result<Result<Page, ConnectorError>> = match $exports {
                 Exports::V0_1(world) => world.tether_connector_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(Page::from)),
-                Exports::V0_2(world) => {
-                    world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(|p| Page::from(Convert::<guest::Page>::convert(p))))
-                }
-                Exports::V0_3(world) => {
-                    world.tether_connector0_3_0_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(|p| Page::from(Convert::<guest::Page>::convert(p))))
-                }
-                Exports::V0_4(world) => world
-                    .tether_connector0_4_0_connector()
-                    .$method(&mut *$store, $($reported),*)
-                    .await
-                    .map(|r| r.map(|p| Page::from(Convert::<guest::Page>::convert(p)))),
+                Exports::V0_2(world) => world.tether_connector0_2_0_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(Page::from)),
+                Exports::V0_3(world) => world.tether_connector0_3_0_connector().$method(&mut *$store, $($arg),*).await.map(|r| r.map(Page::from)),
+                Exports::V0_4(world) => world.tether_connector0_4_0_connector().$method(&mut *$store, $($reported),*).await.map(|r| r.map(Page::from)),
                 Exports::V0_5(world) => world.tether_connector0_5_0_connector().$method(&mut *$store, $($reported),*).await.map(|r| r.map(Page::from)),
             };
             page

@@ -25,6 +25,19 @@ impl From<guest::Page> for Page {
     }
 }
 
+/// Pages of 0.2.0 to 0.4.0 had 0.1.0's shape.
+macro_rules! pages_shaped_like_v0_1 {
+    ($($version:ident),*) => {$(
+        impl From<crate::runtime::bindings::$version::guest::Page> for Page {
+            fn from(p: crate::runtime::bindings::$version::guest::Page) -> Self {
+                Page::from(Convert::<guest::Page>::convert(p))
+            }
+        }
+    )*};
+}
+
+pages_shaped_like_v0_1!(v0_2, v0_3, v0_4);
+
 impl From<v0_5::guest::Page> for Page {
     fn from(p: v0_5::guest::Page) -> Self {
         Page {

@@ -174,7 +174,7 @@ async fn swap_in(server: &Server, instance: &InstanceRuntime, settings: &Instanc
         return;
     }
     let running = instance.version();
-    let loaded = loader::load(&server.engine, settings, resolved, &server.data_dir, running.as_deref()).await.and_then(|version| match instance.version() {
+    let loaded = loader::load(&server.engine, settings, resolved, &server.data_dir, running.as_deref()).await.and_then(|version| match &running {
         Some(running) if !settings.allow_downgrade => refuse_downgrade(&running.version, &version.version).map(|()| version),
         _ => Ok(version),
     });
