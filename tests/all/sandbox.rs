@@ -726,6 +726,20 @@ async fn a_failed_sync_leaves_the_last_good_sync_untouched() {
     asana_still_syncs().await;
 }
 
+/// A record with an empty id (here a resource) fails the sync, naming what
+/// was empty, and nothing of its page is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_with_an_empty_id_fails_the_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("sync.db");
+    let error = sync_with(shared_engine(), hostile(), &hostile_permissions(&[("mode", "empty-id")]), &out).await.expect_err("refused");
+    assert!(format!("{error:#}").contains("the connector reported a resource with an empty type or id"), "{error:#}");
+    let file = SyncFile::open_existing(&out).unwrap();
+    let last = file.last_run().unwrap().unwrap();
+    assert_eq!(last.status, "failed");
+    assert!(file.resources(last.id, None).unwrap().is_empty(), "nothing of the page is written");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_load_reuses_the_compiled_code() {
     let dir = tempfile::tempdir().unwrap();
