@@ -7,6 +7,7 @@
 
 pub mod checkpoint;
 pub mod driver;
+mod key_table;
 pub mod model;
 pub mod query;
 pub mod review;

@@ -15,6 +15,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction, TransactionBe
 use serde_json::{Map, Value};
 
 use super::checkpoint::Checkpoint;
+use super::key_table::KeyTable;
 use super::model::{Entitlement, Grant, PageRecords, Resource, ResourceKey, ResourceType};
 use super::writer_lock::WriterLock;
 
@@ -675,7 +676,10 @@ impl SyncFile {
             let mut rows = Vec::with_capacity(page.grant_count());
             // A page of grants is mostly one entitlement's (its members).
             let mut last_entitlement: Option<(&str, i64)> = None;
-            for g in &page.grants {
+            for (at, g) in page.grants.iter().enumerate() {
+                if at % PREFETCHED == 0 {
+                    key_of.prefetch(page.grants[at..].iter().take(PREFETCHED).map(|g| (g.principal.resource_type.as_str(), g.principal.id.as_str())));
+                }
                 let entitlement = match last_entitlement {
                     Some((id, key)) if id == g.entitlement_id => key,
                     _ => key_of.entitlement(&g.entitlement_id)?,
@@ -703,9 +707,12 @@ impl SyncFile {
                     continue;
                 }
                 let entitlement = key_of.entitlement(&set.entitlement_id)?;
-                for id in &set.principal_ids {
-                    let principal = key_of.resource(&set.principal_type, id)?;
-                    rows.push((entitlement, principal, None, set.immutable, String::new(), None));
+                for ids in set.principal_ids.chunks(PREFETCHED) {
+                    key_of.prefetch(ids.iter().map(|id| (set.principal_type.as_str(), id.as_str())));
+                    for id in ids {
+                        let principal = key_of.resource(&set.principal_type, id)?;
+                        rows.push((entitlement, principal, None, set.immutable, String::new(), None));
+                    }
                 }
             }
             stage_grants(tx, run, &rows)?;
@@ -1050,7 +1057,7 @@ impl Table {
 #[derive(Default)]
 struct KeyCache {
     /// Type -> id -> key.
-    resources: FastMap<String, FastMap<IdKey, i64>>,
+    resources: FastMap<String, KeyTable>,
     entitlements: FastMap<String, i64>,
     /// Entries of `resources`, `entitlements` and `attribute_sets`, and
     /// the bytes of text they hold: the bounds of the cache.
@@ -1114,59 +1121,6 @@ impl KeyCache {
     }
 }
 
-/// An id as the key cache holds it: short ids (most upstreams' are, such
-/// as Asana's 16-digit gids) inside the entry itself, so a lookup compares
-/// them without following a pointer to the heap; that miss was a third
-/// of a lookup at 100k principals.
-#[derive(Clone)]
-enum IdKey {
-    Inline { len: u8, bytes: [u8; IdKey::INLINE] },
-    Heap(Box<str>),
-}
-
-impl IdKey {
-    const INLINE: usize = 22;
-
-    fn new(id: &str) -> Self {
-        if id.len() <= Self::INLINE {
-            let mut bytes = [0; Self::INLINE];
-            bytes[..id.len()].copy_from_slice(id.as_bytes());
-            IdKey::Inline { len: id.len() as u8, bytes }
-        } else {
-            IdKey::Heap(id.into())
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            // Copied from a str whole, so a whole UTF-8 sequence.
-            IdKey::Inline { len, bytes } => std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default(),
-            IdKey::Heap(id) => id,
-        }
-    }
-}
-
-// Hashed and compared as the str it holds, so a lookup by `&str` finds it.
-impl std::hash::Hash for IdKey {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state)
-    }
-}
-
-impl PartialEq for IdKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for IdKey {}
-
-impl std::borrow::Borrow<str> for IdKey {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
 /// Entries the key cache holds at most (about 10 MB of ids of 20 bytes).
 const KEY_CACHE_ENTRIES: usize = 1 << 17;
 /// Bytes of text it holds at most: ids may be 64 KiB each, and 2^17 of
@@ -1215,7 +1169,7 @@ impl<'t, 'c> Keys<'t, 'c> {
     }
 
     fn resource(&mut self, resource_type: &str, id: &str) -> Result<i64> {
-        if let Some(&key) = self.cache.resources.get(resource_type).and_then(|ids| ids.get(id)) {
+        if let Some(key) = self.cache.resources.get(resource_type).and_then(|ids| ids.get(id)) {
             return Ok(key);
         }
         let key = match self.find_resource.query_row(params![resource_type, id], |row| row.get(0)).optional()? {
@@ -1225,8 +1179,22 @@ impl<'t, 'c> Keys<'t, 'c> {
             None => self.add_resource.insert(params![resource_type, id])?,
         };
         self.cache.make_room(resource_type.len() + id.len());
-        self.cache.resources.entry(resource_type.to_string()).or_default().insert(IdKey::new(id), key);
+        self.cache.resources.entry(resource_type.to_string()).or_default().insert(id, key);
         Ok(key)
+    }
+
+    /// Starts reading where the keys of these principals are cached: the
+    /// lookups that follow then miss the CPU's cache together (see
+    /// `KeyTable::prefetch`).
+    fn prefetch<'a>(&self, principals: impl Iterator<Item = (&'a str, &'a str)>) {
+        let mut principals = principals.peekable();
+        while let Some(&(resource_type, _)) = principals.peek() {
+            let of_type = std::iter::from_fn(|| principals.next_if(|(t, _)| *t == resource_type)).map(|(_, id)| id);
+            match self.cache.resources.get(resource_type) {
+                Some(ids) => ids.prefetch(of_type),
+                None => of_type.for_each(drop),
+            }
+        }
     }
 
     /// How a grant's attributes are stored: none as `''`; a set seen for
@@ -1270,6 +1238,10 @@ impl<'t, 'c> Keys<'t, 'c> {
         Ok(key)
     }
 }
+
+/// Grants whose principals' keys are prefetched together: as many cache
+/// misses as a core overlaps, about.
+const PREFETCHED: usize = 32;
 
 /// A grant as staged: entitlement and principal keys, id (none when
 /// derived), immutable, attributes as stored and their set's key.
@@ -1637,22 +1609,6 @@ CREATE VIEW IF NOT EXISTS grants AS
         }
     }
 
-    #[test]
-    fn the_key_cache_finds_ids_of_every_length_by_str() {
-        let ids = [String::new(), "1200000000000008".into(), "a".repeat(22), "a".repeat(23), "é".repeat(11), format!("{}é", "a".repeat(21))];
-        let mut map: FastMap<IdKey, i64> = FastMap::default();
-        for (key, id) in ids.iter().enumerate() {
-            map.insert(IdKey::new(id), key as i64);
-        }
-        assert_eq!(map.len(), ids.len());
-        for (key, id) in ids.iter().enumerate() {
-            assert_eq!(map.get(id.as_str()), Some(&(key as i64)), "{id:?}");
-            assert_eq!(IdKey::new(id).as_str(), id);
-        }
-        assert_eq!(map.get("120000000000000"), None, "a prefix is another id");
-        assert_eq!(map.get(&*"a".repeat(24)), None);
-    }
-
     /// Ids as long as a record allows (64 KiB) fill the key cache by bytes
     /// long before its count of entries: it starts over at its byte bound.
     #[test]
@@ -1664,7 +1620,7 @@ CREATE VIEW IF NOT EXISTS grants AS
             let grants = chunk.iter().map(|&i| member_of("t1", &long(i), &[])).collect();
             file.write_page(run, &PageRecords { grants, ..PageRecords::default() }, 0, Some(next.as_str())).unwrap();
             most_held = most_held.max(file.keys.held_bytes);
-            let ids_held: usize = file.keys.resources.values().flat_map(|ids| ids.keys()).map(|id| id.as_str().len()).sum();
+            let ids_held: usize = file.keys.resources.values().map(KeyTable::id_bytes).sum();
             assert!(ids_held <= KEY_CACHE_BYTES, "{ids_held} bytes of ids held");
         }
         assert!(most_held > KEY_CACHE_BYTES / 2 && most_held <= KEY_CACHE_BYTES, "{most_held}");
