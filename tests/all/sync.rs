@@ -592,7 +592,7 @@ async fn a_page_waits_for_a_write_lock_held_for_a_moment() {
         move || loop {
             // Once the sync has written some pages, its file's lock for 2 s.
             let written =
-                rusqlite::Connection::open(&out).and_then(|c| c.query_row("SELECT count(*) FROM resource_rows", [], |r| r.get::<_, i64>(0)).map(|n| (c, n)));
+                rusqlite::Connection::open(&out).and_then(|c| c.query_row("SELECT count(*) FROM run_resources", [], |r| r.get::<_, i64>(0)).map(|n| (c, n)));
             if let Ok((c, n)) = written {
                 if n > 100 {
                     c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();

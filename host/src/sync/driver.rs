@@ -195,6 +195,9 @@ async fn sync_on<'p>(workers: &mut Vec<Worker<'p>>, file: &mut SyncFile, digest:
         }
         None => (file.begin_run(&connector)?, Checkpoint::default()),
     };
+    // Resources that list nothing (users, mostly) need no place in the
+    // work queue: they wait in a stage until the run succeeds.
+    file.stage_resources_of(types.iter().filter(|t| work::listings_per_resource(&types, &t.id) == 0).map(|t| t.id.clone()));
     let records = file.records(run_id)?;
     let http = first.http_shared();
     let worker_count = workers.len();

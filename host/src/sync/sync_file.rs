@@ -22,7 +22,7 @@ use super::writer_lock::WriterLock;
 /// The schema this host writes, kept in `PRAGMA user_version`. Files of an
 /// older version are migrated when opened (see `migrate`); a newer one is
 /// refused rather than misread.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The schema at `SCHEMA_VERSION`. Statements are idempotent, so it also
 /// (re)creates the views after a migration.
@@ -117,6 +117,20 @@ CREATE TABLE IF NOT EXISTS grant_stage (
     attributes TEXT NOT NULL DEFAULT '{}',
     attrs INTEGER REFERENCES attribute_sets(aid)
 );
+-- Resources of a run still syncing whose types list nothing (users,
+-- mostly), in the order they came, appended without an index (schema 6).
+-- A principal's key is made when a grant first names it, so these come in
+-- no order of key: written into resource_rows at once, each took a page of
+-- its (run_id, key) index, with every commit. When the run succeeds they
+-- merge into resource_rows in one statement (see finish_run).
+CREATE TABLE IF NOT EXISTS resource_stage (
+    run_id INTEGER NOT NULL REFERENCES sync_runs(id),
+    key INTEGER NOT NULL REFERENCES resource_keys(kid),
+    display_name TEXT NOT NULL,
+    parent INTEGER REFERENCES resource_keys(kid),
+    attributes TEXT NOT NULL DEFAULT '{}',
+    depth INTEGER NOT NULL DEFAULT 0
+);
 -- Grant attributes seen more than once, once each (schema 5).
 CREATE TABLE IF NOT EXISTS attribute_sets (
     aid INTEGER PRIMARY KEY,
@@ -125,7 +139,10 @@ CREATE TABLE IF NOT EXISTS attribute_sets (
 
 CREATE VIEW IF NOT EXISTS run_resources AS
     SELECT r.run_id, k.resource_type, k.id, r.display_name, pk.resource_type AS parent_type, pk.id AS parent_id, r.attributes, r.depth
-    FROM resource_rows r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent;
+    FROM resource_rows r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent
+    UNION ALL
+    SELECT r.run_id, k.resource_type, k.id, r.display_name, pk.resource_type AS parent_type, pk.id AS parent_id, r.attributes, r.depth
+    FROM resource_stage r JOIN resource_keys k ON k.kid = r.key LEFT JOIN resource_keys pk ON pk.kid = r.parent;
 CREATE VIEW IF NOT EXISTS run_entitlements AS
     SELECT e.run_id, ek.id, k.resource_type, k.id AS resource_id, e.slug, e.display_name, e.description, e.grantable
     FROM entitlement_rows e JOIN entitlement_keys ek ON ek.eid = e.entitlement JOIN resource_keys k ON k.kid = e.resource;
@@ -347,6 +364,9 @@ pub struct SyncFile {
     keys: KeyCache,
     /// The batch of pages being written (see [`SyncFile::begin_batch`]).
     batch: Option<Batch>,
+    /// Types whose resources wait in `resource_stage` until their run
+    /// succeeds (see [`SyncFile::stage_resources_of`]).
+    staged_types: std::collections::HashSet<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -374,6 +394,14 @@ const FIND_ENTITLEMENT_KEY: &str = "SELECT eid FROM entitlement_keys WHERE id = 
 /// review page. Made with the schema, and again by each good run (see
 /// `finish_run`).
 const GRANTS_BY_PRINCIPAL: &str = "CREATE INDEX IF NOT EXISTS grant_rows_by_principal ON grant_rows (run_id, principal)";
+/// How a report of a resource already in the run merges into its row: it
+/// keeps its place (its rid), the newest name, a parent once it has one,
+/// attributes merged, and its smallest depth.
+const MERGE_RESOURCE: &str = "ON CONFLICT (run_id, key) DO UPDATE SET
+    display_name = excluded.display_name,
+    parent = coalesce(excluded.parent, parent),
+    attributes = json_patch(attributes, excluded.attributes),
+    depth = min(depth, excluded.depth)";
 const SAVE_CHECKPOINT: &str = "UPDATE sync_runs SET checkpoint = ?2 WHERE id = ?1";
 
 /// The attributes of grant row `g` as JSON, for queries of `grant_rows`
@@ -443,7 +471,7 @@ impl SyncFile {
             return Self::open(path);
         }
         conn.pragma_update(None, "foreign_keys", false)?;
-        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default(), batch: None })
+        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default(), batch: None, staged_types: Default::default() })
     }
 
     fn connect_reader(path: &Path, how: Reader) -> rusqlite::Result<Connection> {
@@ -543,7 +571,7 @@ impl SyncFile {
         // a third of a large sync's time. Tests run `foreign_key_check`.
         conn.pragma_update(None, "foreign_keys", false)?;
         migrate(&mut conn)?;
-        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default(), batch: None })
+        Ok(SyncFile { conn, _writer_lock: None, keys: KeyCache::default(), batch: None, staged_types: Default::default() })
     }
 
     /// The schema version the file is at.
@@ -571,7 +599,7 @@ impl SyncFile {
         }
         let tx = write_transaction(&mut self.conn)?;
         let mut dropped = 0;
-        for table in ["run_resource_types", "resource_rows", "entitlement_rows", "grant_rows", "grant_stage"] {
+        for table in ["run_resource_types", "resource_rows", "resource_stage", "entitlement_rows", "grant_rows", "grant_stage"] {
             dropped += tx.execute(&format!("DELETE FROM {table} WHERE run_id IN (SELECT id FROM sync_runs WHERE status <> 'succeeded')"), [])?;
         }
         tx.execute("UPDATE sync_runs SET checkpoint = NULL WHERE status <> 'succeeded' AND checkpoint IS NOT NULL", [])?;
@@ -619,10 +647,10 @@ impl SyncFile {
             // Part of the batch's transaction, without a savepoint of its
             // own (its journal cost more than the page): a page that fails
             // fails the batch.
-            Self::write_page_with(&self.conn, &mut self.keys, run, page, depth, next)
+            Self::write_page_with(&self.conn, &mut self.keys, &self.staged_types, run, page, depth, next)
         } else {
             write_transaction(&mut self.conn).map_err(anyhow::Error::from).and_then(|tx| {
-                Self::write_page_with(&tx, &mut self.keys, run, page, depth, next)?;
+                Self::write_page_with(&tx, &mut self.keys, &self.staged_types, run, page, depth, next)?;
                 Ok(tx.commit()?)
             })
         };
@@ -636,18 +664,23 @@ impl SyncFile {
         written
     }
 
-    fn write_page_with(tx: &Connection, keys: &mut KeyCache, run: i64, page: &PageRecords, depth: u32, next: Option<&str>) -> Result<()> {
+    fn write_page_with(
+        tx: &Connection,
+        keys: &mut KeyCache,
+        staged_types: &std::collections::HashSet<String>,
+        run: i64,
+        page: &PageRecords,
+        depth: u32,
+        next: Option<&str>,
+    ) -> Result<()> {
         {
             let mut key_of = Keys::new(tx, keys)?;
-            let mut resource = tx.prepare_cached(
+            let mut resource = tx.prepare_cached(&format!(
                 "INSERT INTO resource_rows (run_id, key, display_name, parent, attributes, depth)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (run_id, key) DO UPDATE SET
-                    display_name = excluded.display_name,
-                    parent = coalesce(excluded.parent, parent),
-                    attributes = json_patch(attributes, excluded.attributes),
-                    depth = min(depth, excluded.depth)",
-            )?;
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) {MERGE_RESOURCE}"
+            ))?;
+            let mut staged_resource =
+                tx.prepare_cached("INSERT INTO resource_stage (run_id, key, display_name, parent, attributes, depth) VALUES (?1, ?2, ?3, ?4, ?5, ?6)")?;
             for r in &page.resources {
                 let key = key_of.resource(&r.resource_type, &r.id)?;
                 let parent = match &r.parent {
@@ -661,7 +694,8 @@ impl SyncFile {
                 if key_of.cache.already_written(run, key, report, depth) {
                     continue;
                 }
-                resource.execute(params![run, key, r.display_name, parent, attributes, depth])?;
+                let into = if staged_types.contains(&r.resource_type) { &mut staged_resource } else { &mut resource };
+                into.execute(params![run, key, r.display_name, parent, attributes, depth])?;
                 key_of.cache.remember_written(run, key, report, depth);
             }
             let mut entitlement = tx.prepare_cached(
@@ -751,6 +785,14 @@ impl SyncFile {
         self.batch.is_some()
     }
 
+    /// Resources of `types` wait in a stage, unindexed, until their run
+    /// succeeds: for types whose resources list nothing, so the work queue
+    /// (a walk of `resource_rows`) never needs them. Until then they are
+    /// in `run_resources` and the counts, but not in `resource_rows`.
+    pub fn stage_resources_of(&mut self, types: impl IntoIterator<Item = String>) {
+        self.staged_types = types.into_iter().collect();
+    }
+
     /// The key of resource `id` of `resource_type`, if the file holds it.
     pub fn resource_key(&self, resource_type: &str, id: &str) -> Result<Option<i64>> {
         Ok(self.conn.prepare_cached(FIND_RESOURCE_KEY)?.query_row(params![resource_type, id], |row| row.get(0)).optional()?)
@@ -818,6 +860,16 @@ impl SyncFile {
             // kept, it took a random page of itself per grant moved and per
             // grant of a dropped run deleted.
             tx.execute_batch("DROP INDEX IF EXISTS grant_rows_by_principal")?;
+            // In the order they came, so reports of one resource merge as
+            // they would have on arrival.
+            tx.execute(
+                &format!(
+                    "INSERT INTO resource_rows (run_id, key, display_name, parent, attributes, depth)
+                     SELECT run_id, key, display_name, parent, attributes, depth FROM resource_stage WHERE run_id = ?1 ORDER BY rowid
+                     {MERGE_RESOURCE}"
+                ),
+                [run],
+            )?;
             // In the order they came (a walk of the stage's rows), so a
             // grant reported twice merges as it would have on arrival.
             tx.execute(
@@ -837,6 +889,7 @@ impl SyncFile {
             // All of it, which SQLite frees at once: this run is the
             // newest, so no other run's staged grants will be resumed.
             tx.execute("DELETE FROM grant_stage", [])?;
+            tx.execute("DELETE FROM resource_stage", [])?;
             for table in ["run_resource_types", "resource_rows", "entitlement_rows", "grant_rows"] {
                 tx.execute(
                     &format!(
@@ -982,6 +1035,9 @@ impl SyncFile {
         let sql = match table {
             // A run still syncing holds its grants in the stage.
             Table::Grants => "SELECT (SELECT count(*) FROM grant_rows WHERE run_id = ?1) + (SELECT count(*) FROM grant_stage WHERE run_id = ?1)".to_string(),
+            Table::Resources => {
+                "SELECT (SELECT count(*) FROM resource_rows WHERE run_id = ?1) + (SELECT count(*) FROM resource_stage WHERE run_id = ?1)".to_string()
+            }
             _ => format!("SELECT count(*) FROM {} WHERE run_id = ?1", table.name()),
         };
         Ok(self.conn.query_row(&sql, [run], |row| row.get(0))?)
@@ -1374,6 +1430,10 @@ fn migrate_in_transaction(conn: &mut Connection, version: i64, has_runs: bool) -
                 tx.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN attrs INTEGER REFERENCES attribute_sets(aid)"))?;
             }
         }
+    }
+    if version < 6 && has_runs {
+        // Schema 6 adds resource_stage, which run_resources shows as well.
+        tx.execute_batch("DROP VIEW IF EXISTS run_resources")?;
     }
     tx.execute_batch(SCHEMA)?;
     tx.execute_batch(GRANTS_BY_PRINCIPAL)?;
@@ -1939,6 +1999,48 @@ CREATE VIEW IF NOT EXISTS grants AS
         let plan: String =
             file.conn.query_row("EXPLAIN QUERY PLAN SELECT entitlement FROM grant_rows WHERE run_id = ?1 AND principal = 1", [run], |row| row.get(3)).unwrap();
         assert!(plan.contains("grant_rows_by_principal"), "{plan}");
+    }
+
+    /// Resources of a type that lists nothing wait in the stage, where the
+    /// work queue (resource_rows) does not see them, but readers and counts
+    /// do; when the run succeeds, every report of one merges as it would
+    /// have on arrival: newest name, attributes merged, smallest depth.
+    #[test]
+    fn resources_of_staged_types_wait_until_their_run_succeeds() {
+        let (_dir, mut file, run, next) = fresh_run();
+        file.stage_resources_of(["user".to_string()]);
+        let team = Resource { resource_type: "team".into(), id: "t1".into(), display_name: "Team".into(), parent: None, attributes: Map::new() };
+        let page = |user: Resource| PageRecords { resources: vec![team.clone(), user], ..PageRecords::default() };
+        file.write_page(run, &page(user(&[("email", "a@x")])), 2, Some(next.as_str())).unwrap();
+        assert_eq!(file.resources_after(run, 0, 10).unwrap().iter().map(|q| q.resource.id.as_str()).collect::<Vec<_>>(), ["t1"], "only the team is queued");
+        file.finish_run(run, RunEnd::Failed("boom"), 0).unwrap();
+        assert_eq!(file.count(run, Table::Resources).unwrap(), 2, "a failed run's resources are counted where they wait");
+        let by_hand: i64 = file.conn.query_row("SELECT count(*) FROM run_resources WHERE run_id = ?1 AND id = 'u1'", [run], |row| row.get(0)).unwrap();
+        assert_eq!(by_hand, 1, "run_resources shows a resource still in the stage");
+
+        file.reopen_run(run).unwrap();
+        let renamed = Resource { display_name: "Ada L.".into(), ..user(&[("title", "Countess")]) };
+        file.write_page(run, &page(renamed.clone()), 1, Some(next.as_str())).unwrap();
+        file.finish_run(run, RunEnd::Succeeded, 0).unwrap();
+        let read = file.resources(run, Some("user")).unwrap();
+        assert_eq!(read, vec![Resource { attributes: user(&[("email", "a@x"), ("title", "Countess")]).attributes, ..renamed }], "both reports merged");
+        let (depth, staged): (i64, i64) = file
+            .conn
+            .query_row(
+                "SELECT depth, (SELECT count(*) FROM resource_stage) FROM resource_rows r JOIN resource_keys k ON k.kid = r.key WHERE k.id = 'u1'",
+                [],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((depth, staged), (1, 0), "the smallest depth, and the stage emptied");
+        assert_eq!(file.count(run, Table::Resources).unwrap(), 2);
+        // A failed run's staged resources are dropped by the next run.
+        let next_run = file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        file.write_page(next_run, &page(user(&[])), 0, Some(next.as_str())).unwrap();
+        file.finish_run(next_run, RunEnd::Failed("boom"), 0).unwrap();
+        file.begin_run(&ConnectorIdentity { name: "c".into(), version: "1".into(), digest: "d".into() }).unwrap();
+        let staged: i64 = file.conn.query_row("SELECT count(*) FROM resource_stage", [], |row| row.get(0)).unwrap();
+        assert_eq!(staged, 0);
     }
 
     /// A page's grants are staged many to a statement and the rest one by
