@@ -710,27 +710,27 @@ impl SyncFile {
             let mut rows = Vec::with_capacity(page.grant_count());
             // A page of grants is mostly one entitlement's (its members).
             let mut last_entitlement: Option<(&str, i64)> = None;
-            for (at, g) in page.grants.iter().enumerate() {
-                if at % PREFETCHED == 0 {
-                    key_of.prefetch(page.grants[at..].iter().take(PREFETCHED).map(|g| (g.principal.resource_type.as_str(), g.principal.id.as_str())));
+            for grants in page.grants.chunks(PREFETCHED) {
+                key_of.prefetch(grants.iter().map(|g| (g.principal.resource_type.as_str(), g.principal.id.as_str())));
+                for g in grants {
+                    let entitlement = match last_entitlement {
+                        Some((id, key)) if id == g.entitlement_id => key,
+                        _ => key_of.entitlement(&g.entitlement_id)?,
+                    };
+                    last_entitlement = Some((&g.entitlement_id, entitlement));
+                    let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
+                    // Most connectors name a grant after its entitlement and
+                    // principal: then the id need not be stored.
+                    let derived =
+                        g.id.strip_prefix(g.entitlement_id.as_str())
+                            .and_then(|rest| rest.strip_prefix(':'))
+                            .and_then(|rest| rest.strip_prefix(g.principal.resource_type.as_str()))
+                            .and_then(|rest| rest.strip_prefix(':'))
+                            == Some(g.principal.id.as_str());
+                    let id = (!derived).then_some(g.id.as_str());
+                    let (attributes, attrs) = key_of.attributes(&g.attributes)?;
+                    rows.push((entitlement, principal, id, g.immutable, attributes, attrs));
                 }
-                let entitlement = match last_entitlement {
-                    Some((id, key)) if id == g.entitlement_id => key,
-                    _ => key_of.entitlement(&g.entitlement_id)?,
-                };
-                last_entitlement = Some((&g.entitlement_id, entitlement));
-                let principal = key_of.resource(&g.principal.resource_type, &g.principal.id)?;
-                // Most connectors name a grant after its entitlement and
-                // principal: then the id need not be stored.
-                let derived =
-                    g.id.strip_prefix(g.entitlement_id.as_str())
-                        .and_then(|rest| rest.strip_prefix(':'))
-                        .and_then(|rest| rest.strip_prefix(g.principal.resource_type.as_str()))
-                        .and_then(|rest| rest.strip_prefix(':'))
-                        == Some(g.principal.id.as_str());
-                let id = (!derived).then_some(g.id.as_str());
-                let (attributes, attrs) = key_of.attributes(&g.attributes)?;
-                rows.push((entitlement, principal, id, g.immutable, attributes, attrs));
             }
             // A set's grants are as the same grants one by one: derived
             // ids, no attributes.
@@ -1241,16 +1241,10 @@ impl<'t, 'c> Keys<'t, 'c> {
 
     /// Starts reading where the keys of these principals are cached: the
     /// lookups that follow then miss the CPU's cache together (see
-    /// `KeyTable::prefetch`).
+    /// `KeyTable::touch`).
     fn prefetch<'a>(&self, principals: impl Iterator<Item = (&'a str, &'a str)>) {
-        let mut principals = principals.peekable();
-        while let Some(&(resource_type, _)) = principals.peek() {
-            let of_type = std::iter::from_fn(|| principals.next_if(|(t, _)| *t == resource_type)).map(|(_, id)| id);
-            match self.cache.resources.get(resource_type) {
-                Some(ids) => ids.prefetch(of_type),
-                None => of_type.for_each(drop),
-            }
-        }
+        let tags = principals.fold(0u8, |tags, (resource_type, id)| tags ^ self.cache.resources.get(resource_type).map_or(0, |ids| ids.touch(id)));
+        std::hint::black_box(tags);
     }
 
     /// How a grant's attributes are stored: none as `''`; a set seen for
