@@ -130,6 +130,11 @@ fn off_the_runtime<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// Hosts as the operator reads them: escaped, one after the other.
+fn listed(hosts: &[&String]) -> String {
+    hosts.iter().map(|host| esc(host)).collect::<Vec<_>>().join(", ")
+}
+
 /// `resolve`, then `load`.
 pub async fn resolve_and_load(
     engine: &ConnectorEngine,
@@ -160,28 +165,28 @@ pub async fn load(
     let (module, signer) = off_the_runtime(|| verify_and_compile(engine, config, path, &resolved.digest))?;
     let mut instance = ConnectorInstance::start(engine, &module, &permissions(config, data_dir, false, None)).await?;
     let metadata = instance.metadata.clone();
-    let mut ungranted = vec![];
+    let mut ungranted: Vec<&String> = vec![];
     for declared in &metadata.hosts {
         let asked = AllowedHost::declared(declared).map_err(|e| anyhow!("the module declares a bad host {:?}: {e}", esc(declared)))?;
         // A declared host is https only: no port means 443.
         let granted = config.allowed_hosts.iter().any(|g| g.host == asked.host && (g.port.is_none() || g.port == Some(asked.port.unwrap_or(443))));
         if !granted {
-            ungranted.push(esc(declared).into_owned());
+            ungranted.push(declared);
         }
     }
     if let Some(running) = replacing {
-        let newly_asked: Vec<&String> = ungranted.iter().filter(|host| !running.declared_hosts.iter().any(|asked| esc(asked) == host.as_str())).collect();
+        let newly_asked: Vec<&String> = ungranted.iter().copied().filter(|host| !running.declared_hosts.contains(host)).collect();
         if !newly_asked.is_empty() {
             bail!(
                 "{} {} asks for host(s) the config does not grant and the running version did not ask for: {} (add them to allowed_hosts to accept)",
                 esc(&metadata.name),
                 esc(&metadata.version),
-                newly_asked.iter().map(|h| h.as_str()).collect::<Vec<_>>().join(", ")
+                listed(&newly_asked)
             );
         }
     }
     if !ungranted.is_empty() {
-        tracing::warn!(instance = %config.name, "the module asks for host(s) the config does not grant, so it cannot reach them: {}", ungranted.join(", "));
+        tracing::warn!(instance = %config.name, "the module asks for host(s) the config does not grant, so it cannot reach them: {}", listed(&ungranted));
     }
     struct Table<'a>(&'a str);
     impl crate::runtime::settings::HowToGive for Table<'_> {
